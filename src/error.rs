@@ -1,0 +1,193 @@
+//! One error type for the whole crate.
+//!
+//! Every failure keeps what an operator needs to act on it: the operation, the path (or dataset
+//! name) it failed on, and the errno where the kernel gave one. [`Error::kind`] folds the variants
+//! into a small stable set that the C ABI and the Go bindings turn into fixed result codes.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in goldclone.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A system call failed on a path.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// The operation that failed, e.g. `"open"`, `"copy_file_range"`.
+        op: &'static str,
+        /// The path it failed on.
+        path: PathBuf,
+        /// The kernel's answer; `raw_os_error()` is the errno.
+        #[source]
+        source: io::Error,
+    },
+    /// A path that must be a directory is something else.
+    #[error("{} is not a directory", path.display())]
+    NotADirectory {
+        /// The offending path.
+        path: PathBuf,
+    },
+    /// A path that must not exist yet already exists.
+    #[error("{} already exists", path.display())]
+    AlreadyExists {
+        /// The offending path.
+        path: PathBuf,
+    },
+    /// The copy destination lies inside the source tree.
+    #[error("destination {} is inside source {}", dst.display(), src.display())]
+    DestinationInsideSource {
+        /// Source tree.
+        src: PathBuf,
+        /// Destination path.
+        dst: PathBuf,
+    },
+    /// A name (dataset, snapshot, project, session) was rejected before any call was made.
+    #[error("invalid name {name:?}: {reason}")]
+    InvalidName {
+        /// The rejected name.
+        name: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// A name is longer than its namespace allows.
+    #[error("name {name:?} is too long ({len} > {max} bytes)")]
+    NameTooLong {
+        /// The rejected name.
+        name: String,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The operation was cancelled from another thread.
+    #[error("cancelled")]
+    Cancelled,
+    /// The filesystem (or the pair of filesystems) cannot do what was asked.
+    #[error("unsupported: {what}")]
+    Unsupported {
+        /// What could not be done.
+        what: String,
+    },
+    /// libzfs_core or /dev/zfs is not available on this host.
+    #[error("ZFS unavailable: {reason}")]
+    ZfsUnavailable {
+        /// Why: missing library, missing symbol, missing /dev/zfs.
+        reason: String,
+    },
+    /// A libzfs_core call failed.
+    #[error(transparent)]
+    Zfs(#[from] crate::zfs::ZfsError),
+}
+
+/// A small, stable classification of [`Error`], for callers that branch on the cause and for the
+/// C ABI's result codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A path, dataset or snapshot does not exist.
+    NotFound,
+    /// Something that must not exist yet already does.
+    AlreadyExists,
+    /// A path is not a directory.
+    NotADirectory,
+    /// A caller-supplied argument is wrong (destination inside source, bad option).
+    InvalidArgument,
+    /// A name was rejected by validation.
+    InvalidName,
+    /// A name is too long.
+    NameTooLong,
+    /// No space left (ENOSPC) or quota exceeded (EDQUOT).
+    NoSpace,
+    /// The object is busy (EBUSY): mounted, held, or has dependents.
+    Busy,
+    /// Permission denied (EPERM, EACCES).
+    PermissionDenied,
+    /// The filesystem cannot do it (EOPNOTSUPP, ENOTTY).
+    Unsupported,
+    /// Two objects are on different pools or filesystems (EXDEV).
+    CrossDevice,
+    /// The operation was cancelled.
+    Cancelled,
+    /// ZFS is not available on this host.
+    ZfsUnavailable,
+    /// Any other I/O error.
+    Io,
+}
+
+impl Error {
+    /// Build an [`Error::Io`] from the last OS error.
+    pub fn last_os(op: &'static str, path: impl Into<PathBuf>) -> Self {
+        Error::Io { op, path: path.into(), source: io::Error::last_os_error() }
+    }
+
+    /// Build an [`Error::Io`] from an errno value.
+    pub fn from_errno(op: &'static str, path: impl Into<PathBuf>, errno: i32) -> Self {
+        Error::Io { op, path: path.into(), source: io::Error::from_raw_os_error(errno) }
+    }
+
+    /// Wrap an [`io::Error`] with the operation and path.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io { op, path: path.into(), source }
+    }
+
+    /// The errno behind this error, where the kernel gave one.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Error::Io { source, .. } => source.raw_os_error(),
+            Error::Zfs(z) => Some(z.errno()),
+            _ => None,
+        }
+    }
+
+    /// The path this error is about, where there is one.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Error::Io { path, .. } | Error::NotADirectory { path } | Error::AlreadyExists { path } => {
+                Some(path)
+            }
+            Error::DestinationInsideSource { dst, .. } => Some(dst),
+            _ => None,
+        }
+    }
+
+    /// The stable classification of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Io { source, .. } => match source.raw_os_error() {
+                Some(e) => kind_of_errno(e),
+                None => ErrorKind::Io,
+            },
+            Error::NotADirectory { .. } => ErrorKind::NotADirectory,
+            Error::AlreadyExists { .. } => ErrorKind::AlreadyExists,
+            Error::DestinationInsideSource { .. } => ErrorKind::InvalidArgument,
+            Error::InvalidName { .. } => ErrorKind::InvalidName,
+            Error::NameTooLong { .. } => ErrorKind::NameTooLong,
+            Error::Cancelled => ErrorKind::Cancelled,
+            Error::Unsupported { .. } => ErrorKind::Unsupported,
+            Error::ZfsUnavailable { .. } => ErrorKind::ZfsUnavailable,
+            Error::Zfs(z) => z.kind(),
+        }
+    }
+}
+
+/// Classify an errno.
+pub fn kind_of_errno(errno: i32) -> ErrorKind {
+    match errno {
+        libc::ENOENT => ErrorKind::NotFound,
+        libc::EEXIST => ErrorKind::AlreadyExists,
+        libc::ENOTDIR => ErrorKind::NotADirectory,
+        libc::EINVAL => ErrorKind::InvalidArgument,
+        libc::ENAMETOOLONG => ErrorKind::NameTooLong,
+        libc::ENOSPC | libc::EDQUOT => ErrorKind::NoSpace,
+        libc::EBUSY => ErrorKind::Busy,
+        libc::EPERM | libc::EACCES => ErrorKind::PermissionDenied,
+        libc::EOPNOTSUPP | libc::ENOTTY | libc::ENOSYS => ErrorKind::Unsupported,
+        libc::EXDEV => ErrorKind::CrossDevice,
+        libc::ECANCELED => ErrorKind::Cancelled,
+        _ => ErrorKind::Io,
+    }
+}

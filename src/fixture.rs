@@ -1,0 +1,1 @@
+//! Sample docker-like trees.

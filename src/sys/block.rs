@@ -1,0 +1,1 @@
+//! Block-device ioctls (BLKZNAME, FIFREEZE/FITHAW). Filled in by the detection/ZFS work.
