@@ -25,6 +25,19 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// Reading or writing one extended attribute failed.
+    #[error("{op} {attr:?} on {}: {source}", path.display())]
+    Xattr {
+        /// `"getxattr"`, `"setxattr"`, ...
+        op: &'static str,
+        /// The attribute's name.
+        attr: String,
+        /// The file it belongs to.
+        path: PathBuf,
+        /// The kernel's answer.
+        #[source]
+        source: io::Error,
+    },
     /// A path that must be a directory is something else.
     #[error("{} is not a directory", path.display())]
     NotADirectory {
@@ -45,6 +58,13 @@ pub enum Error {
         /// Destination path.
         dst: PathBuf,
     },
+    /// A caller-supplied argument is unusable (an option out of range, a path with no final
+    /// component).
+    #[error("invalid argument: {what}")]
+    InvalidArgument {
+        /// What is wrong with it.
+        what: String,
+    },
     /// A name (dataset, snapshot, project, session) was rejected before any call was made.
     #[error("invalid name {name:?}: {reason}")]
     InvalidName {
@@ -62,6 +82,30 @@ pub enum Error {
         len: usize,
         /// The limit.
         max: usize,
+    },
+    /// No golden tree exists for this project.
+    #[error("unknown project {project:?}")]
+    UnknownProject {
+        /// The project id.
+        project: String,
+    },
+    /// No such session in this project.
+    #[error("unknown session {session:?} of project {project:?}")]
+    UnknownSession {
+        /// The project id.
+        project: String,
+        /// The session id.
+        session: String,
+    },
+    /// The session still has processes using it (open files, working directory, root).
+    #[error("session {session:?} of project {project:?} is in use by pid(s) {pids:?}")]
+    SessionBusy {
+        /// The project id.
+        project: String,
+        /// The session id.
+        session: String,
+        /// Processes holding it.
+        pids: Vec<u32>,
     },
     /// The operation was cancelled from another thread.
     #[error("cancelled")]
@@ -121,23 +165,35 @@ pub enum ErrorKind {
 impl Error {
     /// Build an [`Error::Io`] from the last OS error.
     pub fn last_os(op: &'static str, path: impl Into<PathBuf>) -> Self {
-        Error::Io { op, path: path.into(), source: io::Error::last_os_error() }
+        Error::Io {
+            op,
+            path: path.into(),
+            source: io::Error::last_os_error(),
+        }
     }
 
     /// Build an [`Error::Io`] from an errno value.
     pub fn from_errno(op: &'static str, path: impl Into<PathBuf>, errno: i32) -> Self {
-        Error::Io { op, path: path.into(), source: io::Error::from_raw_os_error(errno) }
+        Error::Io {
+            op,
+            path: path.into(),
+            source: io::Error::from_raw_os_error(errno),
+        }
     }
 
     /// Wrap an [`io::Error`] with the operation and path.
     pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        Error::Io { op, path: path.into(), source }
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
     }
 
     /// The errno behind this error, where the kernel gave one.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            Error::Io { source, .. } => source.raw_os_error(),
+            Error::Io { source, .. } | Error::Xattr { source, .. } => source.raw_os_error(),
             Error::Zfs(z) => Some(z.errno()),
             _ => None,
         }
@@ -146,9 +202,10 @@ impl Error {
     /// The path this error is about, where there is one.
     pub fn path(&self) -> Option<&Path> {
         match self {
-            Error::Io { path, .. } | Error::NotADirectory { path } | Error::AlreadyExists { path } => {
-                Some(path)
-            }
+            Error::Io { path, .. }
+            | Error::Xattr { path, .. }
+            | Error::NotADirectory { path }
+            | Error::AlreadyExists { path } => Some(path),
             Error::DestinationInsideSource { dst, .. } => Some(dst),
             _ => None,
         }
@@ -157,16 +214,20 @@ impl Error {
     /// The stable classification of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Io { source, .. } => match source.raw_os_error() {
+            Error::Io { source, .. } | Error::Xattr { source, .. } => match source.raw_os_error() {
                 Some(e) => kind_of_errno(e),
                 None => ErrorKind::Io,
             },
             Error::NotADirectory { .. } => ErrorKind::NotADirectory,
             Error::AlreadyExists { .. } => ErrorKind::AlreadyExists,
-            Error::DestinationInsideSource { .. } => ErrorKind::InvalidArgument,
+            Error::DestinationInsideSource { .. } | Error::InvalidArgument { .. } => {
+                ErrorKind::InvalidArgument
+            }
             Error::InvalidName { .. } => ErrorKind::InvalidName,
             Error::NameTooLong { .. } => ErrorKind::NameTooLong,
             Error::Cancelled => ErrorKind::Cancelled,
+            Error::UnknownProject { .. } | Error::UnknownSession { .. } => ErrorKind::NotFound,
+            Error::SessionBusy { .. } => ErrorKind::Busy,
             Error::Unsupported { .. } => ErrorKind::Unsupported,
             Error::ZfsUnavailable { .. } => ErrorKind::ZfsUnavailable,
             Error::Zfs(z) => z.kind(),

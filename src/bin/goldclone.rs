@@ -1,1 +1,61 @@
-fn main() {}
+//! `goldclone`: the operators' command line over the goldclone library.
+
+#[path = "../cli/mod.rs"]
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Instant private copies of a golden directory tree.
+#[derive(Debug, Parser)]
+#[command(name = "goldclone", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build a sample docker-like tree, copy it the best available way, compare with `cp -a`.
+    Demo(cli::demo::DemoArgs),
+    /// Show what backs a path (ZFS dataset, zvol, btrfs, reflink-capable or plain filesystem).
+    Detect(cli::detect::DetectArgs),
+    /// Copy a directory tree exactly (`cp -a` semantics), in parallel, reflinking where possible.
+    Copy(cli::copy::CopyArgs),
+    /// Remove staging directories left behind by killed copies.
+    Cleanup(cli::copy::CleanupArgs),
+    /// Compare two trees entry by entry (metadata, xattrs, hardlinks, content).
+    Verify(cli::copy::VerifyArgs),
+    /// Benchmarks against the tools the service uses today.
+    #[command(subcommand)]
+    Bench(cli::bench::BenchCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Demo(a) => cli::demo::run(a),
+        Command::Detect(a) => cli::detect::run(a),
+        Command::Copy(a) => cli::copy::run(a),
+        Command::Cleanup(a) => cli::copy::cleanup(a),
+        Command::Verify(a) => match cli::copy::verify(a) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(e) => Err(e),
+        },
+        Command::Bench(b) => cli::bench::run(b),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("goldclone: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                eprintln!("  caused by: {s}");
+                source = s.source();
+            }
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,1 +1,310 @@
-//! Path detection.
+//! Detection: what backs a path, and therefore which backend can copy it.
+//!
+//! [`detect`] finds the mount that holds a path, its filesystem type, and what the filesystem can
+//! do: a ZFS dataset (clone it), an XFS (or other) filesystem on a ZFS zvol (clone the zvol), a
+//! btrfs subvolume (snapshot it), a reflink-capable filesystem (FICLONE tree copy), or a plain one
+//! (byte copy). It never runs an external program and needs no udev.
+//!
+//! How the mount is found: the path is canonicalized (symlinks resolved), then `statx` gives the
+//! id of the mount holding it (`STATX_MNT_ID`), which is looked up in `/proc/thread-self/mountinfo`
+//! (the calling thread's mount namespace). On kernels without `STATX_MNT_ID`, or if the mount
+//! vanished in between, [`find_mount`] resolves the path through the mount tree instead; both
+//! handle bind mounts, stacked mounts and overmounts, and btrfs, whose per-subvolume `st_dev`
+//! never matches the `major:minor` in mountinfo.
+
+mod mountinfo;
+mod reflink;
+mod zvol;
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Serialize, Serializer};
+
+pub use mountinfo::{
+    find_mount, parse_line, parse_line_bytes, parse_mountinfo, parse_mountinfo_bytes, unescape,
+    Mount, MountinfoError,
+};
+pub use reflink::{clear_reflink_cache, reflink_supported};
+pub use zvol::{block_major, uevent_devname};
+
+use crate::sys::detect::{btrfs_subvolume_id, statx, MntId, BTRFS_FIRST_FREE_OBJECTID};
+use crate::{Error, Result};
+
+/// What [`detect`] found out about a path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Detection {
+    /// The path, canonicalized: absolute, symlinks resolved.
+    #[serde(serialize_with = "serialize_path_lossy")]
+    pub path: PathBuf,
+    /// The mount that holds it.
+    pub mount: Mount,
+    /// The backend that can copy it, most capable first.
+    pub backend: Backend,
+    /// Whether FICLONE works on its filesystem; `None` when that could not be probed (read-only
+    /// filesystem, no permission to create a file there, or the path is a non-directory mount
+    /// point such as a bind-mounted file).
+    pub reflink: Option<bool>,
+}
+
+/// How a path's tree can be copied, as decided by [`detect`]. Serialized with a lower-case
+/// `kind` tag: `zfs_dataset`, `zvol`, `btrfs`, `reflink`, `plain`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Backend {
+    /// A mounted ZFS filesystem dataset: snapshot and clone it.
+    ZfsDataset {
+        /// Dataset name, e.g. `tank/docker`.
+        dataset: String,
+        /// Pool name, the dataset name's first component.
+        pool: String,
+    },
+    /// A filesystem on a ZFS volume: snapshot and clone the volume, mount the clone.
+    Zvol {
+        /// The zvol's block device node, e.g. `/dev/zd16`.
+        #[serde(serialize_with = "serialize_path_lossy")]
+        device: PathBuf,
+        /// The volume's dataset name, e.g. `tank/golden-vol`.
+        dataset: String,
+        /// Pool name.
+        pool: String,
+        /// Filesystem on the volume, e.g. `xfs`.
+        fs_type: String,
+    },
+    /// btrfs: snapshot the subvolume.
+    Btrfs {
+        /// Whether the path itself is the root of a subvolume (only those can be snapshotted).
+        subvolume: bool,
+        /// Id of the subvolume that holds the path (5 is the top-level subvolume).
+        subvolume_id: u64,
+    },
+    /// Another filesystem on which FICLONE works (xfs with reflink): reflink tree copy.
+    Reflink {
+        /// Filesystem type.
+        fs_type: String,
+    },
+    /// No cheaper way than copying the bytes.
+    Plain {
+        /// Filesystem type.
+        fs_type: String,
+    },
+}
+
+impl Backend {
+    /// The ZFS pool, for the ZFS backends.
+    pub fn pool(&self) -> Option<&str> {
+        match self {
+            Backend::ZfsDataset { pool, .. } | Backend::Zvol { pool, .. } => Some(pool),
+            _ => None,
+        }
+    }
+
+    /// The `kind` tag this backend serializes with.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Backend::ZfsDataset { .. } => "zfs_dataset",
+            Backend::Zvol { .. } => "zvol",
+            Backend::Btrfs { .. } => "btrfs",
+            Backend::Reflink { .. } => "reflink",
+            Backend::Plain { .. } => "plain",
+        }
+    }
+}
+
+/// Serialize a path as a string, replacing bytes that are not UTF-8 (mount points can be any
+/// bytes; JSON cannot carry them).
+pub(crate) fn serialize_path_lossy<S: Serializer>(
+    p: &Path,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&p.to_string_lossy())
+}
+
+/// The pool of a ZFS dataset, snapshot or bookmark name: everything before the first `/`, `@`
+/// or `#`.
+pub fn pool_of(dataset: &str) -> &str {
+    dataset.split(['/', '@', '#']).next().unwrap_or(dataset)
+}
+
+/// The current thread's mounts, from `/proc/thread-self/mountinfo` (`/proc/self/mountinfo` on
+/// kernels before 3.17). The thread's view matters when it has its own mount namespace.
+pub fn mounts() -> Result<Vec<Mount>> {
+    let mut file = "/proc/thread-self/mountinfo";
+    // Bytes, not a String: mount points need not be UTF-8.
+    let text = match std::fs::read(file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            file = "/proc/self/mountinfo";
+            std::fs::read(file).map_err(|e| Error::io("read", file, e))?
+        }
+        Err(e) => return Err(Error::io("read", file, e)),
+    };
+    parse_mountinfo_bytes(&text).map_err(|e| {
+        Error::io(
+            "parse",
+            file,
+            std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        )
+    })
+}
+
+/// Detect what backs `path` (which must exist) and which backend can copy it.
+///
+/// Errors: the path does not exist or cannot be resolved ([`ErrorKind::NotFound`],
+/// [`ErrorKind::PermissionDenied`]); for a zvol, opening its device needs read access to it
+/// (root, usually), otherwise [`ErrorKind::PermissionDenied`].
+///
+/// [`ErrorKind::NotFound`]: crate::ErrorKind::NotFound
+/// [`ErrorKind::PermissionDenied`]: crate::ErrorKind::PermissionDenied
+pub fn detect(path: &Path) -> Result<Detection> {
+    let canonical = std::fs::canonicalize(path).map_err(|e| Error::io("canonicalize", path, e))?;
+    let c_path =
+        CString::new(canonical.as_os_str().as_bytes()).map_err(|_| Error::InvalidName {
+            name: canonical.to_string_lossy().into_owned(),
+            reason: "contains NUL",
+        })?;
+    let st = statx(&c_path, MntId::Listed).map_err(|e| Error::io("statx", &canonical, e))?;
+    // Read mountinfo after statx, so a mount made in between is in the list.
+    let all = mounts()?;
+    let mount = st
+        .mnt_id
+        .filter(|_| !st.mnt_id_unique)
+        .and_then(|id| all.iter().find(|m| m.mount_id == id))
+        .or_else(|| find_mount(&all, &canonical))
+        .cloned()
+        .ok_or_else(|| Error::Unsupported {
+            what: format!("no mount holds {}", canonical.display()),
+        })?;
+    let is_dir = st.mode & libc::S_IFMT == libc::S_IFDIR;
+
+    let backend = if mount.fs_type == "zfs" {
+        let dataset = mount.source.clone();
+        Some(Backend::ZfsDataset {
+            pool: pool_of(&dataset).to_owned(),
+            dataset,
+        })
+    } else if mount.major != 0 && zvol::zvol_major()? == Some(mount.major) {
+        let device = zvol::device_node(&mount.source, mount.major, mount.minor)?;
+        let dataset = zvol::dataset_of(&device)?;
+        Some(Backend::Zvol {
+            device,
+            pool: pool_of(&dataset).to_owned(),
+            dataset,
+            fs_type: mount.fs_type.clone(),
+        })
+    } else if mount.fs_type == "btrfs" {
+        // A non-directory is always in its parent directory's subvolume.
+        let dir = if is_dir {
+            canonical.as_path()
+        } else {
+            canonical.parent().unwrap_or(&canonical)
+        };
+        let f = File::open(dir).map_err(|e| Error::io("open", dir, e))?;
+        let subvolume_id =
+            btrfs_subvolume_id(f.as_fd()).map_err(|e| Error::io("BTRFS_IOC_INO_LOOKUP", dir, e))?;
+        Some(Backend::Btrfs {
+            subvolume: is_dir && st.ino == BTRFS_FIRST_FREE_OBJECTID,
+            subvolume_id,
+        })
+    } else {
+        None
+    };
+
+    // Probe in the path's directory, which is on the same mount, unless the path is a
+    // non-directory mounted on its own (a bind-mounted file): its parent is another filesystem.
+    let probe_dir = if is_dir {
+        Some(canonical.as_path())
+    } else if canonical == mount.mount_point {
+        None
+    } else {
+        canonical.parent()
+    };
+    let reflink = match probe_dir {
+        Some(d) => reflink_supported(d)?,
+        None => None,
+    };
+    let backend = backend.unwrap_or_else(|| {
+        let fs_type = mount.fs_type.clone();
+        if reflink == Some(true) {
+            Backend::Reflink { fs_type }
+        } else {
+            Backend::Plain { fs_type }
+        }
+    });
+    Ok(Detection {
+        path: canonical,
+        mount,
+        backend,
+        reflink,
+    })
+}
+
+/// The ZFS pool behind `path`, whether a ZFS dataset holds it or a filesystem on a zvol; `None`
+/// when it is not on ZFS or cannot be detected. The library side of the Go `DetectZFSPool`.
+pub fn zfs_pool(path: &Path) -> Option<String> {
+    detect(path)
+        .ok()
+        .and_then(|d| d.backend.pool().map(str::to_owned))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_names() {
+        assert_eq!(pool_of("tank"), "tank");
+        assert_eq!(pool_of("tank/a/b"), "tank");
+        assert_eq!(pool_of("tank@snap"), "tank");
+        assert_eq!(pool_of("my pool/x"), "my pool");
+        assert_eq!(pool_of("tank#bm"), "tank");
+    }
+
+    #[test]
+    fn backend_json_tags() {
+        let b = Backend::ZfsDataset {
+            dataset: "tank/docker".into(),
+            pool: "tank".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&b).unwrap(),
+            r#"{"kind":"zfs_dataset","dataset":"tank/docker","pool":"tank"}"#
+        );
+        let b = Backend::Zvol {
+            device: "/dev/zd0".into(),
+            dataset: "tank/v".into(),
+            pool: "tank".into(),
+            fs_type: "xfs".into(),
+        };
+        assert_eq!(b.kind(), "zvol");
+        assert_eq!(
+            serde_json::to_string(&b).unwrap(),
+            r#"{"kind":"zvol","device":"/dev/zd0","dataset":"tank/v","pool":"tank","fs_type":"xfs"}"#
+        );
+        let b = Backend::Btrfs {
+            subvolume: true,
+            subvolume_id: 256,
+        };
+        assert_eq!(
+            serde_json::to_string(&b).unwrap(),
+            r#"{"kind":"btrfs","subvolume":true,"subvolume_id":256}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Backend::Plain {
+                fs_type: "ext4".into()
+            })
+            .unwrap(),
+            r#"{"kind":"plain","fs_type":"ext4"}"#
+        );
+        assert_eq!(
+            Backend::Reflink {
+                fs_type: "xfs".into()
+            }
+            .kind(),
+            "reflink"
+        );
+    }
+}

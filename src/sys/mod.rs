@@ -5,5 +5,6 @@
 //! callers add the path when they turn it into a crate [`Error`](crate::Error).
 
 pub mod block;
+pub mod detect;
 pub mod fs;
 pub mod xattr;

@@ -1,0 +1,285 @@
+//! `goldclone bench copy`: goldclone's tree copy against `cp -a --reflink` and against the
+//! per-layer parallel `cp -a` the service runs today, in one run, as medians and ratios.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use goldclone::copy::{self, CopyOptions};
+use goldclone::fixture::{self, FixtureSpec};
+use goldclone::treediff::{self, CompareOptions};
+use goldclone::{detect, Error, Result};
+
+/// `goldclone bench ...`
+#[derive(Debug, Clone, Subcommand)]
+pub enum BenchCommand {
+    /// Tree copy vs `cp -a --reflink` and vs per-layer parallel `cp -a`.
+    Copy(BenchCopyArgs),
+}
+
+/// Arguments of `goldclone bench copy`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchCopyArgs {
+    /// Directory on the filesystem to measure; the sample tree is built (once) inside it.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Entries in the sample tree.
+    #[arg(long, default_value_t = 100_000)]
+    pub entries: usize,
+    /// Timed runs of each method (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// goldclone worker threads (0 = default).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Concurrent `cp -a` processes of the per-layer baseline.
+    #[arg(long, default_value_t = 8)]
+    pub cp_jobs: usize,
+    /// Drop the page cache before every timed run (cold cache).
+    #[arg(long)]
+    pub cold: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Run a bench subcommand.
+pub fn run(cmd: &BenchCommand) -> Result<()> {
+    match cmd {
+        BenchCommand::Copy(args) => bench_copy(args),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Method {
+    Goldclone,
+    CpReflink,
+    CpPerLayer,
+}
+
+impl Method {
+    fn label(self, reflink: bool) -> &'static str {
+        match (self, reflink) {
+            (Method::Goldclone, _) => "goldclone copy",
+            (Method::CpReflink, true) => "cp -a --reflink=always",
+            (Method::CpReflink, false) => "cp -a (--reflink=auto)",
+            (Method::CpPerLayer, _) => "per-layer parallel cp -a",
+        }
+    }
+}
+
+fn bench_copy(args: &BenchCopyArgs) -> Result<()> {
+    if args.runs == 0 {
+        return Err(Error::InvalidArgument {
+            what: "--runs must be at least 1".into(),
+        });
+    }
+    let src = args.dir.join(format!("bench-src-{}", args.entries));
+    if !src.exists() {
+        let t = Instant::now();
+        let built = fixture::build(&src, &FixtureSpec::bench(args.entries))?;
+        eprintln!(
+            "built {} entries ({} files, {} MiB) in {:.1} s",
+            built.entries,
+            built.files,
+            built.bytes >> 20,
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let found = detect::detect(&args.dir)?;
+    let reflink = detect::reflink_supported(&args.dir)?.unwrap_or(false);
+    eprintln!(
+        "{}: {} ({}), reflink {}",
+        args.dir.display(),
+        found.mount.fs_type,
+        found.backend.kind(),
+        reflink
+    );
+
+    // Correctness first, untimed: the copy must equal its source.
+    let check = args.dir.join("bench-check");
+    copy::remove_tree(&check)?;
+    copy::copy_tree(
+        &src,
+        &check,
+        &CopyOptions {
+            threads: args.threads,
+            ..Default::default()
+        },
+    )?;
+    let diffs = treediff::compare(&src, &check, &CompareOptions::default())?;
+    copy::remove_tree(&check)?;
+    if !diffs.is_empty() {
+        return Err(Error::Unsupported {
+            what: format!("copy differs from source: {}", diffs[0]),
+        });
+    }
+
+    let methods = [Method::Goldclone, Method::CpReflink, Method::CpPerLayer];
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); methods.len()];
+    for run in 0..args.runs {
+        // Rotate the order so no method always runs right after the same other one.
+        for k in 0..methods.len() {
+            let i = (run + k) % methods.len();
+            let dst = args.dir.join(format!("bench-dst-{i}"));
+            copy::remove_tree(&dst)?;
+            settle(args.cold);
+            let t = Instant::now();
+            match methods[i] {
+                Method::Goldclone => {
+                    copy::copy_tree(
+                        &src,
+                        &dst,
+                        &CopyOptions {
+                            threads: args.threads,
+                            ..Default::default()
+                        },
+                    )?;
+                }
+                Method::CpReflink => {
+                    let flag = if reflink {
+                        "--reflink=always"
+                    } else {
+                        "--reflink=auto"
+                    };
+                    run_cp(&[flag], &src, &dst)?;
+                }
+                Method::CpPerLayer => per_layer_cp(&src, &dst, args.cp_jobs)?,
+            }
+            times[i].push(t.elapsed());
+            eprintln!(
+                "run {}/{}: {:<26} {:.3} s",
+                run + 1,
+                args.runs,
+                methods[i].label(reflink),
+                t.elapsed().as_secs_f64()
+            );
+            copy::remove_tree(&dst)?;
+        }
+    }
+    let medians: Vec<f64> = times.iter().map(|t| median(t)).collect();
+    let ours = medians[0];
+    if args.json {
+        let rows: Vec<_> = methods
+            .iter()
+            .zip(&medians)
+            .zip(&times)
+            .map(|((m, med), all)| {
+                serde_json::json!({
+                    "method": m.label(reflink),
+                    "median_s": med,
+                    "runs_s": all.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
+                    "ratio_vs_goldclone": med / ours,
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "fs_type": found.mount.fs_type, "reflink": reflink, "entries": args.entries,
+            "runs": args.runs, "cold_cache": args.cold, "methods": rows,
+        });
+        println!("{out:#}");
+    } else {
+        println!(
+            "| filesystem | method | median (s) | runs (s) | goldclone speed-up |\n|---|---|---|---|---|"
+        );
+        for ((m, med), all) in methods.iter().zip(&medians).zip(&times) {
+            let runs: Vec<String> = all
+                .iter()
+                .map(|d| format!("{:.2}", d.as_secs_f64()))
+                .collect();
+            println!(
+                "| {} | {} | {:.3} | {} | {:.2}x |",
+                found.mount.fs_type,
+                m.label(reflink),
+                med,
+                runs.join(" "),
+                med / ours
+            );
+        }
+    }
+    Ok(())
+}
+
+fn median(samples: &[Duration]) -> f64 {
+    let mut s: Vec<f64> = samples.iter().map(Duration::as_secs_f64).collect();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+/// Write back dirty data from the previous run so it is not billed to the next one; optionally
+/// drop the page cache too.
+fn settle(cold: bool) {
+    nix::unistd::sync();
+    if cold {
+        let _ = std::fs::write("/proc/sys/vm/drop_caches", "3\n");
+    }
+}
+
+fn cp_command(flags: &[&str], src: &Path, dst: &Path) -> Command {
+    let mut cmd = Command::new("cp");
+    cmd.arg("-a").args(flags).arg(src).arg(dst);
+    cmd
+}
+
+fn wait_ok(mut child: Child, what: &Path) -> Result<()> {
+    let status = child.wait().map_err(|e| Error::io("wait cp", what, e))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::io(
+            "cp -a",
+            what,
+            std::io::Error::other(format!("cp exited with {status}")),
+        ))
+    }
+}
+
+fn run_cp(flags: &[&str], src: &Path, dst: &Path) -> Result<()> {
+    let child = cp_command(flags, src, dst)
+        .spawn()
+        .map_err(|e| Error::io("spawn cp", dst, e))?;
+    wait_ok(child, dst)
+}
+
+/// The service's copy today: one `cp -a --reflink=auto` per top-level entry and per
+/// `overlay2/` child, `jobs` at a time.
+fn per_layer_cp(src: &Path, dst: &Path, jobs: usize) -> Result<()> {
+    let mut work: Vec<(PathBuf, PathBuf)> = Vec::new();
+    std::fs::create_dir(dst).map_err(|e| Error::io("mkdir", dst, e))?;
+    for entry in std::fs::read_dir(src).map_err(|e| Error::io("readdir", src, e))? {
+        let entry = entry.map_err(|e| Error::io("readdir", src, e))?;
+        if entry.file_name() == "overlay2" && entry.path().is_dir() {
+            let layers = dst.join("overlay2");
+            std::fs::create_dir(&layers).map_err(|e| Error::io("mkdir", &layers, e))?;
+            for layer in std::fs::read_dir(entry.path())
+                .map_err(|e| Error::io("readdir", entry.path(), e))?
+            {
+                let layer = layer.map_err(|e| Error::io("readdir", entry.path(), e))?;
+                work.push((layer.path(), layers.join(layer.file_name())));
+            }
+        } else {
+            work.push((entry.path(), dst.join(entry.file_name())));
+        }
+    }
+    let mut running: Vec<(Child, PathBuf)> = Vec::new();
+    for (from, to) in work {
+        if running.len() >= jobs.max(1) {
+            let (child, path) = running.remove(0);
+            wait_ok(child, &path)?;
+        }
+        let child = cp_command(&["--reflink=auto"], &from, &to)
+            .spawn()
+            .map_err(|e| Error::io("spawn cp", &to, e))?;
+        running.push((child, to));
+    }
+    for (child, path) in running {
+        wait_ok(child, &path)?;
+    }
+    Ok(())
+}

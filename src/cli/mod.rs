@@ -1,0 +1,6 @@
+//! Subcommands of the `goldclone` binary, one module each.
+
+pub mod bench;
+pub mod copy;
+pub mod demo;
+pub mod detect;

@@ -1,0 +1,317 @@
+//! Where a copy is written before it exists: a staging directory beside DST, locked by its
+//! writer, renamed into place only when complete. Also removal of trees and of leftovers.
+//!
+//! Staging directories are named `.goldclone-staging.<dst-name>.<pid>.<nonce>` and their writer
+//! holds an exclusive `flock` on them for as long as it runs. A killed writer's lock goes with its
+//! process, so [`cleanup_staging`] can tell a leftover (lock free) from a copy in progress (lock
+//! held) without trusting pids.
+
+use std::ffi::{CStr, CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Component, Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use nix::dir::{Dir, Type};
+use nix::fcntl::{openat, renameat2, OFlag, RenameFlags, AT_FDCWD};
+use nix::sys::stat::{fchmod, fstat, mkdirat, Mode};
+use nix::unistd::{fchown, getegid, unlinkat, UnlinkatFlags};
+
+use crate::sys;
+use crate::{Error, Result};
+
+/// Name prefix of every staging directory.
+pub const STAGING_PREFIX: &str = ".goldclone-staging.";
+
+/// Flags for opening a directory we only read or use as a base for `*at` calls.
+pub(super) const DIR_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC);
+
+fn errno_io(e: nix::Error) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+/// A validated copy destination with its locked staging directory.
+pub(super) struct Staging {
+    /// The canonical source directory.
+    pub src: PathBuf,
+    /// DST as given.
+    pub dst: PathBuf,
+    /// DST's parent directory, open.
+    parent: OwnedFd,
+    dst_name: OsString,
+    staging_name: OsString,
+    /// Full path of the staging directory (for messages and path-based calls).
+    pub path: PathBuf,
+    /// The staging directory, open and exclusively locked.
+    pub fd: OwnedFd,
+}
+
+impl Staging {
+    /// Check SRC and DST and create the locked staging directory. Touches nothing on error.
+    pub fn prepare(src: &Path, dst: &Path) -> Result<Staging> {
+        let meta = std::fs::metadata(src).map_err(|e| Error::io("stat", src, e))?;
+        if !meta.is_dir() {
+            return Err(Error::NotADirectory {
+                path: src.to_path_buf(),
+            });
+        }
+        let src_canon = src
+            .canonicalize()
+            .map_err(|e| Error::io("canonicalize", src, e))?;
+
+        let dst_name = match dst.components().next_back() {
+            Some(Component::Normal(name)) => name.to_os_string(),
+            _ => {
+                return Err(Error::InvalidArgument {
+                    what: format!("destination {} has no final name component", dst.display()),
+                })
+            }
+        };
+        if std::fs::symlink_metadata(dst).is_ok() {
+            return Err(Error::AlreadyExists {
+                path: dst.to_path_buf(),
+            });
+        }
+        let parent_path = match dst.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let parent_canon = parent_path
+            .canonicalize()
+            .map_err(|e| Error::io("canonicalize", &parent_path, e))?;
+        if parent_canon.join(&dst_name).starts_with(&src_canon) {
+            return Err(Error::DestinationInsideSource {
+                src: src.to_path_buf(),
+                dst: dst.to_path_buf(),
+            });
+        }
+        let parent = openat(AT_FDCWD, &parent_canon, DIR_FLAGS, Mode::empty())
+            .map_err(|e| Error::io("open", &parent_canon, errno_io(e)))?;
+
+        let staging_name = staging_name_for(&dst_name);
+        let path = parent_canon.join(&staging_name);
+        mkdirat(
+            &parent,
+            staging_name.as_os_str(),
+            Mode::from_bits_truncate(0o700),
+        )
+        .map_err(|e| Error::io("mkdir", &path, errno_io(e)))?;
+        let staged = (|| {
+            let fd = openat(&parent, staging_name.as_os_str(), DIR_FLAGS, Mode::empty())
+                .map_err(|e| Error::io("open", &path, errno_io(e)))?;
+            sys::fs::lock(fd.as_fd(), true).map_err(|e| Error::io("flock", &path, e))?;
+            // A setgid parent hands its group and its setgid bit to the new directory, and it
+            // would pass them on to everything created in it: entries must start out as ours.
+            fchown(&fd, None, Some(getegid()))
+                .map_err(|e| Error::io("chown", &path, errno_io(e)))?;
+            fchmod(&fd, Mode::from_bits_truncate(0o700))
+                .map_err(|e| Error::io("chmod", &path, errno_io(e)))?;
+            // A default ACL on DST's parent is inherited by the new directory and would then be
+            // inherited by every entry created directly in it: strip what we did not ask for.
+            strip_xattrs(fd.as_fd()).map_err(|e| Error::io("removexattr", &path, e))?;
+            Ok(fd)
+        })();
+        let fd = match staged {
+            Ok(fd) => fd,
+            Err(e) => {
+                let _ = unlinkat(&parent, staging_name.as_os_str(), UnlinkatFlags::RemoveDir);
+                return Err(e);
+            }
+        };
+        Ok(Staging {
+            src: src_canon,
+            dst: dst.to_path_buf(),
+            parent,
+            dst_name,
+            staging_name,
+            path,
+            fd,
+        })
+    }
+
+    /// Flush the staging filesystem (data and metadata) so a power loss after the rename cannot
+    /// expose a partial copy.
+    pub fn sync(&self) -> Result<()> {
+        nix::unistd::syncfs(&self.fd).map_err(|e| Error::io("syncfs", &self.path, errno_io(e)))
+    }
+
+    /// Rename the finished staging directory to DST; never replaces an existing DST.
+    pub fn commit(self) -> Result<()> {
+        let res = renameat2(
+            &self.parent,
+            self.staging_name.as_os_str(),
+            &self.parent,
+            self.dst_name.as_os_str(),
+            RenameFlags::RENAME_NOREPLACE,
+        );
+        match res {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let err = if e == nix::Error::EEXIST {
+                    Error::AlreadyExists {
+                        path: self.dst.clone(),
+                    }
+                } else {
+                    Error::io("rename", &self.dst, errno_io(e))
+                };
+                self.abandon();
+                Err(err)
+            }
+        }
+    }
+
+    /// Remove the staging directory and everything in it. Best effort: what cannot be removed
+    /// stays recognisable (and locked until we exit) for [`cleanup_staging`].
+    pub fn abandon(self) {
+        let _ = remove_entry(self.parent.as_fd(), &self.staging_name, &self.path);
+    }
+}
+
+/// `.goldclone-staging.<dst-name>.<pid>.<nonce>`, kept within NAME_MAX.
+fn staging_name_for(dst_name: &OsStr) -> OsString {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let suffix = format!(".{}.{:08x}", std::process::id(), nanos);
+    let room = 255 - STAGING_PREFIX.len() - suffix.len();
+    let name = dst_name.as_bytes();
+    let mut out = Vec::with_capacity(255);
+    out.extend_from_slice(STAGING_PREFIX.as_bytes());
+    out.extend_from_slice(&name[..name.len().min(room)]);
+    out.extend_from_slice(suffix.as_bytes());
+    OsString::from_vec(out)
+}
+
+fn strip_xattrs(fd: BorrowedFd<'_>) -> io::Result<()> {
+    for name in sys::xattr::flist(fd)? {
+        sys::xattr::fremove(fd, &name)?;
+    }
+    Ok(())
+}
+
+/// Remove staging directories left in `dir` by copies that were killed. A staging directory
+/// whose writer is still running is left alone. Returns the paths removed.
+pub fn cleanup_staging(dir: &Path) -> Result<Vec<PathBuf>> {
+    let dirfd = openat(AT_FDCWD, dir, DIR_FLAGS, Mode::empty())
+        .map_err(|e| Error::io("open", dir, errno_io(e)))?;
+    let mut removed = Vec::new();
+    for name in list_names(dirfd.as_fd(), dir)? {
+        if !name.as_bytes().starts_with(STAGING_PREFIX.as_bytes()) {
+            continue;
+        }
+        let path = dir.join(OsStr::from_bytes(name.as_bytes()));
+        let Ok(fd) = openat(&dirfd, name.as_c_str(), DIR_FLAGS, Mode::empty()) else {
+            continue; // not a directory any more, or gone: not ours to judge
+        };
+        if !sys::fs::try_lock_exclusive(fd.as_fd()).map_err(|e| Error::io("flock", &path, e))? {
+            continue; // its writer is alive
+        }
+        remove_entry(dirfd.as_fd(), OsStr::from_bytes(name.as_bytes()), &path)?;
+        removed.push(path);
+    }
+    Ok(removed)
+}
+
+/// Remove `path` and, if it is a directory, everything below it; symlinks are removed, never
+/// followed. Read-only directories are made writable first. A missing path is not an error.
+pub fn remove_tree(path: &Path) -> Result<()> {
+    let name = match path.components().next_back() {
+        Some(Component::Normal(name)) => name.to_os_string(),
+        _ => {
+            return Err(Error::InvalidArgument {
+                what: format!("refusing to remove {}", path.display()),
+            })
+        }
+    };
+    let parent_path = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let parent = match openat(AT_FDCWD, parent_path, DIR_FLAGS, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(nix::Error::ENOENT) => return Ok(()),
+        Err(e) => return Err(Error::io("open", parent_path, errno_io(e))),
+    };
+    remove_entry(parent.as_fd(), &name, path)
+}
+
+/// Remove entry `name` of the open directory `parent`; `path` is its full path for messages.
+fn remove_entry(parent: BorrowedFd<'_>, name: &OsStr, path: &Path) -> Result<()> {
+    match unlinkat(parent, name, UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(nix::Error::ENOENT) => return Ok(()),
+        Err(nix::Error::EISDIR) => {}
+        Err(e) => return Err(Error::io("unlink", path, errno_io(e))),
+    }
+    let dir = match openat(parent, name, DIR_FLAGS, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(nix::Error::ENOENT) => return Ok(()),
+        Err(e) => return Err(Error::io("open", path, errno_io(e))),
+    };
+    remove_contents(dir.as_fd(), path)?;
+    match unlinkat(parent, name, UnlinkatFlags::RemoveDir) {
+        Ok(()) | Err(nix::Error::ENOENT) => Ok(()),
+        Err(e) => Err(Error::io("rmdir", path, errno_io(e))),
+    }
+}
+
+fn remove_contents(dir: BorrowedFd<'_>, path: &Path) -> Result<()> {
+    // Without write and search permission on the directory its entries cannot be unlinked (for
+    // a caller without CAP_DAC_OVERRIDE): make it ours to empty; it is going away anyway.
+    let st = fstat(dir).map_err(|e| Error::io("stat", path, errno_io(e)))?;
+    if st.st_mode & 0o700 != 0o700 {
+        let _ = fchmod(dir, Mode::from_bits_truncate((st.st_mode | 0o700) & 0o7777));
+    }
+    for (name, kind) in list_entries(dir, path)? {
+        let child = path.join(OsStr::from_bytes(name.as_bytes()));
+        if kind == Some(Type::Directory) {
+            remove_entry(dir, OsStr::from_bytes(name.as_bytes()), &child)?;
+        } else {
+            match unlinkat(dir, name.as_c_str(), UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(nix::Error::ENOENT) => {}
+                Err(nix::Error::EISDIR) => {
+                    remove_entry(dir, OsStr::from_bytes(name.as_bytes()), &child)?
+                }
+                Err(e) => return Err(Error::io("unlink", &child, errno_io(e))),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Names and types of the entries of an open directory, without `.` and `..`. Read whole before
+/// anything is changed in the directory (unlinking while reading may skip entries).
+pub(super) fn list_entries(
+    dir: BorrowedFd<'_>,
+    path: &Path,
+) -> Result<Vec<(CString, Option<Type>)>> {
+    let dup = dir
+        .try_clone_to_owned()
+        .map_err(|e| Error::io("dup", path, e))?;
+    let mut reader = Dir::from_fd(dup).map_err(|e| Error::io("opendir", path, errno_io(e)))?;
+    let mut out = Vec::new();
+    for entry in reader.iter() {
+        let entry = entry.map_err(|e| Error::io("readdir", path, errno_io(e)))?;
+        let name = entry.file_name();
+        if is_dot_or_dotdot(name) {
+            continue;
+        }
+        out.push((name.to_owned(), entry.file_type()));
+    }
+    Ok(out)
+}
+
+fn list_names(dir: BorrowedFd<'_>, path: &Path) -> Result<Vec<CString>> {
+    Ok(list_entries(dir, path)?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect())
+}
+
+pub(super) fn is_dot_or_dotdot(name: &CStr) -> bool {
+    matches!(name.to_bytes(), b"." | b"..")
+}

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# The one test command: installs what the suites need, starts the real components, runs every
+# suite, and fails if any suite failed or did not run.
+#
+#   tests/run-all.sh            everything (host suites on loop filesystems + the ZFS guest)
+#   GOLDCLONE_NO_ZFS_VM=1 tests/run-all.sh
+#                               host suites only, for a developer loop; prints that ZFS was NOT run
+#                               and exits non-zero under CI=true
+#
+# Ends with one line `N passed, N failed` summing every suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+export CARGO_TERM_COLOR=never
+unset GOLDCLONE_SKIP_LOOPFS   # the explicit dev opt-out never applies here
+
+[ "$(id -u)" = 0 ] || { echo "tests/run-all.sh needs root (loop mounts, mknod, trusted.* xattrs)" >&2; exit 1; }
+
+results=$(mktemp -d /tmp/goldclone-results.XXXXXX)
+passed=0; failed=0; missing=()
+
+step() { printf '\n==== %s\n' "$*"; }
+# Sum libtest summary lines of a log into passed/failed.
+count_libtest() {
+  local log=$1 p f
+  p=$(grep -E '^test result: ' "$log" | sed -E 's/.* ([0-9]+) passed.*/\1/' | paste -sd+ | bc 2>/dev/null || echo 0)
+  f=$(grep -E '^test result: ' "$log" | sed -E 's/.* ([0-9]+) failed.*/\1/' | paste -sd+ | bc 2>/dev/null || echo 0)
+  passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
+}
+# Require that test target $2 ran at least $3 tests in log $1 (guards against silent skips).
+require_ran() {
+  local log=$1 target=$2 min=$3 n
+  n=$(awk -v t="$target" '$0 ~ "Running .*"t"-" {on=1; next} on && /^test result:/ {sub(/.*ok\. |.*FAILED\. /,""); print $1+0; exit}' "$log")
+  if [ -z "$n" ] || [ "$n" -lt "$min" ]; then
+    echo "suite '$target' ran ${n:-0} tests, expected at least $min" >&2
+    missing+=("$target"); return 1
+  fi
+}
+
+step "install dependencies"
+if [ "${GOLDCLONE_NO_ZFS_VM:-0}" = 1 ]; then .ci/install-deps.sh --host-only; else .ci/install-deps.sh; fi
+command -v bc >/dev/null || { apt-get install -y -qq bc >/dev/null; }
+
+step "format, lints"
+cargo fmt --all -- --check
+cargo clippy --all-targets --quiet -- -D warnings
+
+step "loop filesystems"
+cleanup() { tests/loopfs.sh down || true; }
+trap cleanup EXIT
+tests/loopfs.sh up
+set -a; . "${GOLDCLONE_LOOP_DIR:-/var/tmp/goldclone-loop}/env"; set +a
+
+step "host test suites (unit, detection, copy fidelity on xfs/btrfs/ext4/tmpfs)"
+host_log=$results/host.log
+set +e
+cargo test --no-fail-fast 2>&1 | tee "$host_log"
+host_rc=${PIPESTATUS[0]}
+set -e
+count_libtest "$host_log"
+[ "$host_rc" = 0 ] || echo "host suites failed (exit $host_rc)" >&2
+require_ran "$host_log" copy_fidelity 8 || host_rc=1
+require_ran "$host_log" detect 5 || host_rc=1
+
+zfs_rc=0
+if [ "${GOLDCLONE_NO_ZFS_VM:-0}" = 1 ]; then
+  echo "ZFS guest suite NOT run (GOLDCLONE_NO_ZFS_VM=1)" >&2
+  missing+=("zfs-guest")
+  [ "${CI:-}" = true ] && zfs_rc=1
+else
+  step "ZFS suite in a QEMU guest"
+  zfs_log=$results/zfs.log
+  set +e
+  tests/zfs-vm.sh 2>&1 | tee "$zfs_log"
+  zfs_rc=${PIPESTATUS[0]}
+  set -e
+  line=$(grep -E '^([a-z-]+: )?[0-9]+ passed, [0-9]+ failed' "$zfs_log" | tail -1 || true)
+  if [ -z "$line" ]; then
+    echo "ZFS guest suite printed no result line" >&2; missing+=("zfs-guest"); zfs_rc=1
+  else
+    passed=$((passed + $(echo "$line" | sed -E 's/^([a-z-]+: )?([0-9]+) passed.*/\2/')))
+    failed=$((failed + $(echo "$line" | sed -E 's/.* ([0-9]+) failed.*/\1/')))
+  fi
+fi
+
+step "summary"
+[ "${#missing[@]}" -eq 0 ] || echo "suites that did not run (counted as failures): ${missing[*]}" >&2
+failed=$((failed + ${#missing[@]}))
+echo "logs: $results"
+echo "$passed passed, $failed failed"
+[ "$host_rc" = 0 ] && [ "$zfs_rc" = 0 ] && [ "$failed" = 0 ]
