@@ -15,6 +15,7 @@ pub mod copy;
 pub mod detect;
 pub mod error;
 pub mod fixture;
+pub mod golden;
 pub mod treediff;
 pub mod zfs;
 

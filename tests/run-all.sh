@@ -51,16 +51,20 @@ trap cleanup EXIT
 tests/loopfs.sh up
 set -a; . "${GOLDCLONE_LOOP_DIR:-/var/tmp/goldclone-loop}/env"; set +a
 
-step "host test suites (unit, detection, copy fidelity on xfs/btrfs/ext4/tmpfs)"
+step "host test suites (unit, detection, copy, lifecycle on xfs/btrfs/ext4/tmpfs, crash recovery)"
 host_log=$results/host.log
 set +e
-cargo test --no-fail-fast 2>&1 | tee "$host_log"
+# fault-injection compiles the kill -9 points the crash tests arm through GOLDCLONE_FAULT.
+cargo test --release --features fault-injection --no-fail-fast 2>&1 | tee "$host_log"
 host_rc=${PIPESTATUS[0]}
 set -e
 count_libtest "$host_log"
 [ "$host_rc" = 0 ] || echo "host suites failed (exit $host_rc)" >&2
 require_ran "$host_log" copy_fidelity 8 || host_rc=1
 require_ran "$host_log" detect 5 || host_rc=1
+require_ran "$host_log" copy_engine 7 || host_rc=1
+require_ran "$host_log" lifecycle 5 || host_rc=1
+require_ran "$host_log" lifecycle_crash 1 || host_rc=1
 
 zfs_rc=0
 if [ "${GOLDCLONE_NO_ZFS_VM:-0}" = 1 ]; then

@@ -27,6 +27,16 @@ enum Command {
     Cleanup(cli::copy::CleanupArgs),
     /// Compare two trees entry by entry (metadata, xattrs, hardlinks, content).
     Verify(cli::copy::VerifyArgs),
+    /// Golden trees: import an existing directory as a project's generation 1.
+    #[command(subcommand)]
+    Golden(cli::golden::GoldenCommand),
+    /// Sessions: setup, promote, cleanup.
+    #[command(subcommand)]
+    Session(cli::golden::SessionCommand),
+    /// Finish interrupted operations and remove everything no committed state refers to.
+    Gc(cli::golden::RootArgs),
+    /// A project's current generation and sessions.
+    Info(cli::golden::InfoArgs),
     /// Benchmarks against the tools the service uses today.
     #[command(subcommand)]
     Bench(cli::bench::BenchCommand),
@@ -44,6 +54,10 @@ fn main() -> ExitCode {
             Ok(false) => return ExitCode::from(1),
             Err(e) => Err(e),
         },
+        Command::Golden(g) => cli::golden::golden(g),
+        Command::Session(s) => cli::golden::session(s),
+        Command::Gc(r) => cli::golden::gc(r),
+        Command::Info(i) => cli::golden::info(i),
         Command::Bench(b) => cli::bench::run(b),
     };
     match result {

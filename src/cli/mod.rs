@@ -4,3 +4,4 @@ pub mod bench;
 pub mod copy;
 pub mod demo;
 pub mod detect;
+pub mod golden;

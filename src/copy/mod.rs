@@ -15,6 +15,7 @@ mod meta;
 mod staging;
 mod walk;
 
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -169,29 +170,15 @@ pub fn default_threads() -> usize {
 /// cancelled copy.
 pub fn copy_tree(src: &Path, dst: &Path, opts: &CopyOptions) -> Result<CopyStats> {
     let started = Instant::now();
-    let threads = match opts.threads {
-        0 => default_threads(),
-        n if n > 1024 => {
-            return Err(Error::InvalidArgument {
-                what: format!("{n} threads is more than 1024"),
-            });
-        }
-        n => n,
-    };
+    let threads = thread_count(opts)?;
     let staging = staging::Staging::prepare(src, dst)?;
-    let progress = opts.progress.as_deref();
-    let done = AtomicBool::new(false);
-    let result = std::thread::scope(|scope| {
-        if let (true, Some(p)) = (opts.count_totals, progress) {
-            let (root, done) = (staging.src.as_path(), &done);
-            scope.spawn(move || count_totals(root, p, done));
-        }
-        let staging_fd = std::os::fd::AsFd::as_fd(&staging.fd);
-        let walk = walk::Walk::new(&staging.src, &staging.path, staging_fd, opts, progress);
-        let result = walk.and_then(|w| w.run(threads));
-        done.store(true, Ordering::Relaxed);
-        result
-    });
+    let result = run_walk(
+        &staging.src,
+        &staging.path,
+        staging.fd.as_fd(),
+        opts,
+        threads,
+    );
     let stats = match result.and_then(|s| {
         if opts.sync {
             staging.sync().map(|()| s)
@@ -209,6 +196,87 @@ pub fn copy_tree(src: &Path, dst: &Path, opts: &CopyOptions) -> Result<CopyStats
     Ok(CopyStats {
         elapsed: started.elapsed(),
         ..stats
+    })
+}
+
+/// Copy the contents of `src`, and its root's own metadata, into the existing empty directory
+/// `dst` (a fresh btrfs subvolume, say). No staging: the caller makes the result visible
+/// atomically. On error `dst` is emptied again.
+pub fn copy_into(src: &Path, dst: &Path, opts: &CopyOptions) -> Result<CopyStats> {
+    let started = Instant::now();
+    let threads = thread_count(opts)?;
+    let meta = std::fs::metadata(src).map_err(|e| Error::io("stat", src, e))?;
+    if !meta.is_dir() {
+        return Err(Error::NotADirectory {
+            path: src.to_path_buf(),
+        });
+    }
+    let src = src
+        .canonicalize()
+        .map_err(|e| Error::io("canonicalize", src, e))?;
+    let dst_fd = nix::fcntl::openat(
+        nix::fcntl::AT_FDCWD,
+        dst,
+        staging::DIR_FLAGS,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| Error::io("open", dst, std::io::Error::from(e)))?;
+    if !staging::list_entries(dst_fd.as_fd(), dst)?.is_empty() {
+        return Err(Error::AlreadyExists {
+            path: dst.to_path_buf(),
+        });
+    }
+    let dst_canon = dst
+        .canonicalize()
+        .map_err(|e| Error::io("canonicalize", dst, e))?;
+    if dst_canon.starts_with(&src) {
+        return Err(Error::DestinationInsideSource {
+            src: src.clone(),
+            dst: dst.to_path_buf(),
+        });
+    }
+    match run_walk(&src, dst, dst_fd.as_fd(), opts, threads) {
+        Ok(stats) => Ok(CopyStats {
+            elapsed: started.elapsed(),
+            ..stats
+        }),
+        Err(e) => {
+            let _ = staging::remove_contents(dst_fd.as_fd(), dst);
+            Err(e)
+        }
+    }
+}
+
+fn thread_count(opts: &CopyOptions) -> Result<usize> {
+    match opts.threads {
+        0 => Ok(default_threads()),
+        n if n > 1024 => Err(Error::InvalidArgument {
+            what: format!("{n} threads is more than 1024"),
+        }),
+        n => Ok(n),
+    }
+}
+
+/// Copy `src` into the open directory `dst_fd` (at `dst_path`), with the totals counter beside it
+/// when asked for.
+fn run_walk(
+    src: &Path,
+    dst_path: &Path,
+    dst_fd: BorrowedFd<'_>,
+    opts: &CopyOptions,
+    threads: usize,
+) -> Result<CopyStats> {
+    let progress = opts.progress.as_deref();
+    let done = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        if let (true, Some(p)) = (opts.count_totals, progress) {
+            let done = &done;
+            scope.spawn(move || count_totals(src, p, done));
+        }
+        let result =
+            walk::Walk::new(src, dst_path, dst_fd, opts, progress).and_then(|w| w.run(threads));
+        done.store(true, Ordering::Relaxed);
+        result
     })
 }
 

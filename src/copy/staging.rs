@@ -259,7 +259,8 @@ fn remove_entry(parent: BorrowedFd<'_>, name: &OsStr, path: &Path) -> Result<()>
     }
 }
 
-fn remove_contents(dir: BorrowedFd<'_>, path: &Path) -> Result<()> {
+/// Remove everything inside the open directory `dir` (at `path`), leaving the directory.
+pub(super) fn remove_contents(dir: BorrowedFd<'_>, path: &Path) -> Result<()> {
     // Without write and search permission on the directory its entries cannot be unlinked (for
     // a caller without CAP_DAC_OVERRIDE): make it ours to empty; it is going away anyway.
     let st = fstat(dir).map_err(|e| Error::io("stat", path, errno_io(e)))?;

@@ -5,6 +5,7 @@
 //! callers add the path when they turn it into a crate [`Error`](crate::Error).
 
 pub mod block;
+pub mod btrfs;
 pub mod detect;
 pub mod fs;
 pub mod xattr;

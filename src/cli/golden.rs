@@ -1,0 +1,207 @@
+//! `goldclone golden import`, `goldclone session setup|promote|cleanup`, `goldclone gc`,
+//! `goldclone info`: the golden lifecycle by hand.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand, ValueEnum};
+use goldclone::golden::{BackendKind, Cache, OpenOptions};
+use goldclone::{Error, Result};
+
+/// Where the cache is and how to open it.
+#[derive(Debug, Clone, Args)]
+pub struct RootArgs {
+    /// The cache root directory (on ZFS: the directory its dataset is mounted at).
+    #[arg(long)]
+    pub root: PathBuf,
+    /// Use this backend instead of the one detection picks.
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendArg>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--backend` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum BackendArg {
+    /// ZFS filesystem clones.
+    Zfs,
+    /// ZFS volume (with XFS) clones.
+    Zvol,
+    /// btrfs snapshots.
+    Btrfs,
+    /// Exact tree copy.
+    Copy,
+}
+
+impl RootArgs {
+    fn open(&self) -> Result<Cache> {
+        let backend = self.backend.map(|b| match b {
+            BackendArg::Zfs => BackendKind::Zfs,
+            BackendArg::Zvol => BackendKind::Zvol,
+            BackendArg::Btrfs => BackendKind::Btrfs,
+            BackendArg::Copy => BackendKind::Copy,
+        });
+        Cache::open(
+            &self.root,
+            &OpenOptions {
+                backend,
+                ..OpenOptions::default()
+            },
+        )
+    }
+}
+
+/// `goldclone golden ...`
+#[derive(Debug, Clone, Subcommand)]
+pub enum GoldenCommand {
+    /// Make an existing directory generation 1 of a new project.
+    Import {
+        #[command(flatten)]
+        root: RootArgs,
+        /// Project id.
+        project: String,
+        /// The directory to import.
+        dir: PathBuf,
+    },
+}
+
+/// `goldclone session ...`
+#[derive(Debug, Clone, Subcommand)]
+pub enum SessionCommand {
+    /// Give a session its private writable copy of the project's current generation.
+    Setup(SessionArgs),
+    /// Make a (quiesced) session the project's next generation.
+    Promote(SessionArgs),
+    /// Remove a session.
+    Cleanup(SessionArgs),
+}
+
+/// A project and a session in a cache.
+#[derive(Debug, Clone, Args)]
+pub struct SessionArgs {
+    #[command(flatten)]
+    root: RootArgs,
+    /// Project id.
+    project: String,
+    /// Session id.
+    session: String,
+}
+
+/// `goldclone info`
+#[derive(Debug, Clone, Args)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    root: RootArgs,
+    /// Project id.
+    project: String,
+}
+
+fn print_json(value: &serde_json::Value) {
+    println!("{value:#}");
+}
+
+/// Run `goldclone golden ...`.
+pub fn golden(cmd: &GoldenCommand) -> Result<()> {
+    match cmd {
+        GoldenCommand::Import { root, project, dir } => {
+            let cache = root.open()?;
+            let generation = cache.import(project, dir)?;
+            if root.json {
+                print_json(
+                    &serde_json::json!({ "project": project, "generation": generation, "backend": cache.backend() }),
+                );
+            } else {
+                println!(
+                    "imported {} as project {project}, generation {generation} ({:?})",
+                    dir.display(),
+                    cache.backend()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Run `goldclone session ...`.
+pub fn session(cmd: &SessionCommand) -> Result<()> {
+    match cmd {
+        SessionCommand::Setup(a) => {
+            let path = a.root.open()?.setup(&a.project, &a.session)?;
+            if a.root.json {
+                print_json(
+                    &serde_json::json!({ "project": a.project, "session": a.session, "path": path }),
+                );
+            } else {
+                println!("{}", path.display());
+            }
+        }
+        SessionCommand::Promote(a) => {
+            let generation = a.root.open()?.promote(&a.project, &a.session)?;
+            if a.root.json {
+                print_json(
+                    &serde_json::json!({ "project": a.project, "session": a.session, "generation": generation }),
+                );
+            } else {
+                println!(
+                    "session {} is now generation {generation} of {}",
+                    a.session, a.project
+                );
+            }
+        }
+        SessionCommand::Cleanup(a) => {
+            a.root.open()?.cleanup(&a.project, &a.session)?;
+            if a.root.json {
+                print_json(
+                    &serde_json::json!({ "project": a.project, "session": a.session, "removed": true }),
+                );
+            } else {
+                println!("removed session {} of {}", a.session, a.project);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Run `goldclone gc`.
+pub fn gc(root: &RootArgs) -> Result<()> {
+    let report = root.open()?.gc()?;
+    if root.json {
+        print_json(
+            &serde_json::to_value(&report)
+                .map_err(|e| Error::io("serialize", "<stdout>", e.into()))?,
+        );
+    } else if report.removed.is_empty() {
+        println!("nothing to collect");
+    } else {
+        for r in &report.removed {
+            println!("removed {r}");
+        }
+    }
+    Ok(())
+}
+
+/// Run `goldclone info`.
+pub fn info(a: &InfoArgs) -> Result<()> {
+    let info = a.root.open()?.info(&a.project)?;
+    if a.root.json {
+        print_json(
+            &serde_json::to_value(&info)
+                .map_err(|e| Error::io("serialize", "<stdout>", e.into()))?,
+        );
+    } else {
+        println!("project:     {}", info.project);
+        println!("generation:  {}", info.generation);
+        println!("created_at:  {}", info.created_at);
+        println!(
+            "from:        {}",
+            info.source_session.as_deref().unwrap_or("(imported)")
+        );
+        println!("backend:     {:?}", info.backend);
+        println!("size:        {} bytes", info.size_bytes);
+        for (s, g) in &info.sessions {
+            println!("session:     {s} (generation {g})");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,33 @@
+//! Fault injection for the crash tests: with the `fault-injection` feature, reaching the point
+//! named by `GOLDCLONE_FAULT` kills the process with SIGKILL — no unwinding, no destructors, no
+//! buffered writes, exactly as `kill -9` would. Without the feature every point is a no-op.
+
+/// Every point, in the order an operation reaches them.
+pub const POINTS: &[&str] = &[
+    "import:intent-recorded",
+    "import:tree-created",
+    "import:meta-written",
+    "import:current-written",
+    "setup:intent-recorded",
+    "setup:tree-created",
+    "setup:meta-written",
+    "promote:intent-recorded",
+    "promote:tree-created",
+    "promote:meta-written",
+    "promote:current-written",
+    "cleanup:intent-recorded",
+    "cleanup:tree-moved",
+    "cleanup:meta-removed",
+];
+
+#[cfg(feature = "fault-injection")]
+pub(crate) fn point(name: &str) {
+    debug_assert!(POINTS.contains(&name), "unlisted fault point {name}");
+    if std::env::var("GOLDCLONE_FAULT").as_deref() == Ok(name) {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub(crate) fn point(_name: &str) {}

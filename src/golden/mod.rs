@@ -1,0 +1,632 @@
+//! The golden lifecycle: per project a golden tree in generations, per session a private writable
+//! copy of the current generation, promotion of a session to the next generation while older
+//! sessions keep running, cleanup, garbage collection, crash recovery.
+//!
+//! One API over four backends, picked by [`detect`](crate::detect) from the cache root and
+//! overridable: ZFS filesystems, ZFS zvol + XFS, btrfs subvolumes, and the tree copy.
+
+mod busy;
+pub mod fault;
+mod state;
+mod store;
+
+use std::path::{Path, PathBuf};
+
+pub use state::{validate_name, MAX_NAME_LEN};
+
+use state::{GenerationMeta, Intent, Layout, SessionMeta};
+use store::{BtrfsStore, CopyStore, Store};
+
+use crate::copy::STAGING_PREFIX;
+use crate::detect::{self, Backend};
+use crate::{Error, Result};
+
+/// Which primitive a cache uses to give sessions their copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    /// A ZFS dataset per generation; sessions are clones mounted with mount(2).
+    Zfs,
+    /// A ZFS volume with XFS per generation; sessions are zvol clones mounted `nouuid`.
+    Zvol,
+    /// btrfs subvolumes; sessions are snapshots.
+    Btrfs,
+    /// The exact parallel tree copy (reflinked where the filesystem can).
+    Copy,
+}
+
+/// How to open a cache.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// Force a backend instead of detecting one from the root.
+    pub backend: Option<BackendKind>,
+    /// Worker threads of the copy backend (0 = default).
+    pub copy_threads: usize,
+}
+
+/// What a project's golden tree is now.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GoldenInfo {
+    /// The project id.
+    pub project: String,
+    /// Current generation, from 1.
+    pub generation: u64,
+    /// When this generation was made, seconds since the Unix epoch.
+    pub created_at: u64,
+    /// The session it was promoted from; `None` for an imported generation.
+    pub source_session: Option<String>,
+    /// The backend holding it.
+    pub backend: BackendKind,
+    /// Bytes used by the golden tree (as the backend counts them).
+    pub size_bytes: u64,
+    /// Sessions of this project that exist now, with the generation each was made from.
+    pub sessions: Vec<(String, u64)>,
+}
+
+/// What [`Cache::gc`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GcReport {
+    /// Human-readable names of what was removed (retired generations, orphans, staging).
+    pub removed: Vec<String>,
+}
+
+/// A golden-tree cache rooted at a directory (on ZFS: the directory a dataset is mounted at).
+///
+/// `Cache` is `Send + Sync`: one value may serve many threads, and many processes may open the
+/// same root at once; per-project locks (flock) keep them apart.
+#[derive(Debug)]
+pub struct Cache {
+    layout: Layout,
+    store: Box<dyn Store>,
+}
+
+impl Cache {
+    /// Open (creating the state directory if needed) the cache at `root`, and finish or roll back
+    /// whatever a crashed process left half done.
+    pub fn open(root: &Path, opts: &OpenOptions) -> Result<Cache> {
+        let meta = std::fs::metadata(root).map_err(|e| Error::io("stat", root, e))?;
+        if !meta.is_dir() {
+            return Err(Error::NotADirectory {
+                path: root.to_path_buf(),
+            });
+        }
+        let root = root
+            .canonicalize()
+            .map_err(|e| Error::io("canonicalize", root, e))?;
+        let found = detect::detect(&root)?;
+        let kind = opts.backend.unwrap_or(match &found.backend {
+            Backend::ZfsDataset { .. } => BackendKind::Zfs,
+            Backend::Zvol { .. } => BackendKind::Zvol,
+            Backend::Btrfs { .. } => BackendKind::Btrfs,
+            Backend::Reflink { .. } | Backend::Plain { .. } => BackendKind::Copy,
+        });
+        let store: Box<dyn Store> = match kind {
+            BackendKind::Copy => Box::new(CopyStore {
+                threads: opts.copy_threads,
+            }),
+            BackendKind::Btrfs => {
+                if !matches!(found.backend, Backend::Btrfs { .. }) {
+                    return Err(Error::Unsupported {
+                        what: format!(
+                            "btrfs backend asked for, but {} is on {}",
+                            root.display(),
+                            found.mount.fs_type
+                        ),
+                    });
+                }
+                Box::new(BtrfsStore {
+                    threads: opts.copy_threads,
+                })
+            }
+            BackendKind::Zfs | BackendKind::Zvol => {
+                return Err(Error::Unsupported {
+                    what: format!(
+                        "{kind:?} lifecycle backend for {} (use the copy backend)",
+                        root.display()
+                    ),
+                })
+            }
+        };
+        let cache = Cache {
+            layout: Layout { root },
+            store,
+        };
+        cache.layout.create()?;
+        cache.recover_all()?;
+        Ok(cache)
+    }
+
+    /// The cache root.
+    pub fn root(&self) -> &Path {
+        &self.layout.root
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> BackendKind {
+        self.store.kind()
+    }
+
+    /// Make `dir` generation 1 of a new project. `dir` is copied (or, on ZFS and btrfs, turned
+    /// into a snapshot source); it is not changed.
+    pub fn import(&self, project: &str, dir: &Path) -> Result<u64> {
+        validate_name(project)?;
+        let meta = std::fs::metadata(dir).map_err(|e| Error::io("stat", dir, e))?;
+        if !meta.is_dir() {
+            return Err(Error::NotADirectory {
+                path: dir.to_path_buf(),
+            });
+        }
+        let _lock = self.layout.lock(project, true, true)?;
+        if self.layout.read_current(project)?.is_some() {
+            return Err(Error::AlreadyExists {
+                path: self.layout.project(project),
+            });
+        }
+        for d in [
+            self.layout.generations(project),
+            self.layout.sessions(project),
+        ] {
+            std::fs::create_dir_all(&d).map_err(|e| Error::io("mkdir", &d, e))?;
+        }
+        let generation = 1;
+        let intent = Intent::Import {
+            project: project.to_string(),
+            generation,
+        };
+        self.run(&intent, "import", || {
+            self.store
+                .import(dir, &self.layout.generation(project, generation))?;
+            fault::point("import:tree-created");
+            state::write_json(
+                &self.layout.generation_meta(project, generation),
+                &GenerationMeta {
+                    project: project.to_string(),
+                    generation,
+                    created_at: state::now(),
+                    source_session: None,
+                    backend: self.backend(),
+                },
+            )?;
+            fault::point("import:meta-written");
+            state::write_atomic(
+                &self.layout.current(project),
+                format!("{generation}\n").as_bytes(),
+            )?;
+            fault::point("import:current-written");
+            Ok(generation)
+        })
+    }
+
+    /// A writable private copy of the project's current generation; returns its path. Sessions
+    /// of one project are set up concurrently.
+    pub fn setup(&self, project: &str, session: &str) -> Result<PathBuf> {
+        validate_name(project)?;
+        validate_name(session)?;
+        let _lock = self.layout.lock(project, false, false)?;
+        let generation = self.current(project)?;
+        let path = self.layout.session(project, session);
+        let intent = Intent::Setup {
+            project: project.to_string(),
+            session: session.to_string(),
+            generation,
+        };
+        self.run(&intent, "setup", || {
+            if self.layout.session_meta(project, session).exists() || path.exists() {
+                return Err(Error::AlreadyExists { path: path.clone() });
+            }
+            self.store
+                .session_from(&self.layout.generation(project, generation), &path)?;
+            fault::point("setup:tree-created");
+            state::write_json(
+                &self.layout.session_meta(project, session),
+                &SessionMeta {
+                    project: project.to_string(),
+                    session: session.to_string(),
+                    generation,
+                    created_at: state::now(),
+                },
+            )?;
+            fault::point("setup:meta-written");
+            Ok(path.clone())
+        })
+    }
+
+    /// Make the session's tree the project's next generation; returns that generation. The
+    /// session must be quiesced (no process using it) and keeps running unchanged afterwards;
+    /// sessions of older generations are not touched.
+    pub fn promote(&self, project: &str, session: &str) -> Result<u64> {
+        validate_name(project)?;
+        validate_name(session)?;
+        let _lock = self.layout.lock(project, true, false)?;
+        self.current(project)?;
+        self.session_meta(project, session)?;
+        let path = self.layout.session(project, session);
+        self.ensure_quiesced(project, session, &path)?;
+        let generation = self
+            .layout
+            .generation_numbers(project)?
+            .last()
+            .copied()
+            .unwrap_or(0)
+            + 1;
+        let intent = Intent::Promote {
+            project: project.to_string(),
+            session: session.to_string(),
+            generation,
+        };
+        self.run(&intent, "promote", || {
+            self.store
+                .golden_from(&path, &self.layout.generation(project, generation))?;
+            fault::point("promote:tree-created");
+            state::write_json(
+                &self.layout.generation_meta(project, generation),
+                &GenerationMeta {
+                    project: project.to_string(),
+                    generation,
+                    created_at: state::now(),
+                    source_session: Some(session.to_string()),
+                    backend: self.backend(),
+                },
+            )?;
+            fault::point("promote:meta-written");
+            state::write_atomic(
+                &self.layout.current(project),
+                format!("{generation}\n").as_bytes(),
+            )?;
+            fault::point("promote:current-written");
+            Ok(generation)
+        })
+    }
+
+    /// Remove a session. Once the last session of a retired generation is gone, that generation
+    /// is reclaimed too.
+    pub fn cleanup(&self, project: &str, session: &str) -> Result<()> {
+        validate_name(project)?;
+        validate_name(session)?;
+        let _lock = self.layout.lock(project, false, false)?;
+        self.current(project)?;
+        let meta = self.session_meta(project, session)?;
+        let path = self.layout.session(project, session);
+        self.ensure_quiesced(project, session, &path)?;
+        let intent = Intent::Cleanup {
+            project: project.to_string(),
+            session: session.to_string(),
+        };
+        let trash = self.run(&intent, "cleanup", || self.retire_session(project, session))?;
+        if let Some(trash) = trash {
+            self.store.remove(&trash)?;
+        }
+        // The session is gone whatever happens next. Reclaiming its generation is a courtesy
+        // here; what it cannot do now, gc does later.
+        let _ = self.reclaim_if_unused(project, meta.generation);
+        Ok(())
+    }
+
+    /// Finish interrupted operations, then remove what no committed state refers to: session and
+    /// generation trees without metadata (and the reverse), retired generations without sessions,
+    /// staging leftovers, trash.
+    pub fn gc(&self) -> Result<GcReport> {
+        let mut report = GcReport::default();
+        let mut projects = self.layout.projects()?;
+        for p in self.layout.journaled_projects()? {
+            if !projects.contains(&p) {
+                projects.push(p);
+            }
+        }
+        for project in projects {
+            let _lock = self.layout.lock(&project, true, true)?;
+            self.recover(&project, &mut report)?;
+            self.collect(&project, &mut report)?;
+        }
+        Ok(report)
+    }
+
+    /// The project's current generation and its sessions.
+    pub fn info(&self, project: &str) -> Result<GoldenInfo> {
+        validate_name(project)?;
+        let _lock = self.layout.lock(project, false, false)?;
+        let generation = self.current(project)?;
+        let meta: GenerationMeta = state::read_json(
+            &self.layout.generation_meta(project, generation),
+        )?
+        .ok_or_else(|| Error::UnknownProject {
+            project: project.to_string(),
+        })?;
+        let mut sessions = Vec::new();
+        for s in self.layout.session_names(project)? {
+            if let Some(m) =
+                state::read_json::<SessionMeta>(&self.layout.session_meta(project, &s))?
+            {
+                sessions.push((s, m.generation));
+            }
+        }
+        Ok(GoldenInfo {
+            project: project.to_string(),
+            generation,
+            created_at: meta.created_at,
+            source_session: meta.source_session,
+            backend: self.backend(),
+            size_bytes: disk_usage(&self.layout.generation(project, generation)),
+            sessions,
+        })
+    }
+
+    // ---- internals ----
+
+    fn current(&self, project: &str) -> Result<u64> {
+        self.layout
+            .read_current(project)?
+            .ok_or_else(|| Error::UnknownProject {
+                project: project.to_string(),
+            })
+    }
+
+    fn session_meta(&self, project: &str, session: &str) -> Result<SessionMeta> {
+        state::read_json(&self.layout.session_meta(project, session))?.ok_or_else(|| {
+            Error::UnknownSession {
+                project: project.to_string(),
+                session: session.to_string(),
+            }
+        })
+    }
+
+    fn ensure_quiesced(&self, project: &str, session: &str, path: &Path) -> Result<()> {
+        let pids = busy::users_of(path);
+        if pids.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::SessionBusy {
+                project: project.to_string(),
+                session: session.to_string(),
+                pids,
+            })
+        }
+    }
+
+    /// Record `intent`, run `work`, and clear the intent. If `work` fails, undo what it did
+    /// (the same resolution a crash gets) before returning its error.
+    fn run<T>(
+        &self,
+        intent: &Intent,
+        op: &'static str,
+        work: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let record = self.layout.record(intent)?;
+        fault::point(match op {
+            "import" => "import:intent-recorded",
+            "setup" => "setup:intent-recorded",
+            "promote" => "promote:intent-recorded",
+            _ => "cleanup:intent-recorded",
+        });
+        let result = work();
+        if result.is_err() {
+            let mut ignored = GcReport::default();
+            let _ = self.resolve(intent, &mut ignored);
+        }
+        state::remove_file(&record)?;
+        result
+    }
+
+    /// Move the session's tree to the trash and drop its metadata: from here on it is gone.
+    fn retire_session(&self, project: &str, session: &str) -> Result<Option<PathBuf>> {
+        let path = self.layout.session(project, session);
+        let moved = self
+            .store
+            .retire(&path, &self.trash_name(project, session))?;
+        fault::point("cleanup:tree-moved");
+        state::remove_file(&self.layout.session_meta(project, session))?;
+        fault::point("cleanup:meta-removed");
+        Ok(moved)
+    }
+
+    fn trash_name(&self, project: &str, what: &str) -> PathBuf {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        self.layout
+            .trash()
+            .join(format!("{project}.{what}.{}.{nanos:x}", std::process::id()))
+    }
+
+    /// Remove generation `generation` if it is retired (not current) and no session uses it.
+    /// Safe under the shared lock: sessions are only made from the current generation, and the
+    /// rename to the trash lets exactly one of several concurrent callers do it.
+    fn reclaim_if_unused(&self, project: &str, generation: u64) -> Result<bool> {
+        if self.layout.read_current(project)? == Some(generation) {
+            return Ok(false);
+        }
+        for s in self.layout.session_names(project)? {
+            if let Some(m) =
+                state::read_json::<SessionMeta>(&self.layout.session_meta(project, &s))?
+            {
+                if m.generation == generation {
+                    return Ok(false);
+                }
+            }
+        }
+        let tree = self.layout.generation(project, generation);
+        let trash = self.trash_name(project, &format!("gen-{generation}"));
+        let moved = self.store.retire(&tree, &trash)?;
+        state::remove_file(&self.layout.generation_meta(project, generation))?;
+        if let Some(trash) = &moved {
+            self.store.remove(trash)?;
+        }
+        Ok(moved.is_some() || !tree.exists())
+    }
+
+    fn recover_all(&self) -> Result<()> {
+        let mut report = GcReport::default();
+        for project in self.layout.journaled_projects()? {
+            let _lock = self.layout.lock(&project, true, true)?;
+            self.recover(&project, &mut report)?;
+        }
+        Ok(())
+    }
+
+    /// Resolve every intent of `project`. Needs the project's exclusive lock: then every intent
+    /// left belongs to a process that died.
+    fn recover(&self, project: &str, report: &mut GcReport) -> Result<()> {
+        for (path, intent) in self.layout.intents(project)? {
+            self.resolve(&intent, report)?;
+            state::remove_file(&path)?;
+        }
+        let journal = self.layout.journal(project);
+        let _ = std::fs::remove_dir(&journal);
+        Ok(())
+    }
+
+    /// Finish or undo one interrupted operation. Its commit record decides: `current` for import
+    /// and promote, the session's metadata for setup; a cleanup always rolls forward.
+    fn resolve(&self, intent: &Intent, report: &mut GcReport) -> Result<()> {
+        let l = &self.layout;
+        match intent {
+            Intent::Import {
+                project,
+                generation,
+            }
+            | Intent::Promote {
+                project,
+                generation,
+                ..
+            } => {
+                if l.read_current(project)? == Some(*generation) {
+                    return Ok(());
+                }
+                self.store.remove(&l.generation(project, *generation))?;
+                state::remove_file(&l.generation_meta(project, *generation))?;
+                self.remove_staging(&l.generations(project), report)?;
+                report
+                    .removed
+                    .push(format!("{project}: rolled back generation {generation}"));
+                if matches!(intent, Intent::Import { .. }) {
+                    for d in [
+                        l.generations(project),
+                        l.sessions(project),
+                        l.project(project),
+                    ] {
+                        let _ = std::fs::remove_dir(&d);
+                    }
+                }
+            }
+            Intent::Setup {
+                project, session, ..
+            } => {
+                if l.session_meta(project, session).exists() {
+                    return Ok(());
+                }
+                self.store.remove(&l.session(project, session))?;
+                self.remove_staging(&l.sessions(project), report)?;
+                report
+                    .removed
+                    .push(format!("{project}: rolled back session {session}"));
+            }
+            Intent::Cleanup { project, session } => {
+                self.store.remove(&l.session(project, session))?;
+                state::remove_file(&l.session_meta(project, session))?;
+                report
+                    .removed
+                    .push(format!("{project}: finished cleanup of session {session}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove staging leftovers in `dir`. Only under the exclusive project lock: then no writer
+    /// of this project is alive.
+    fn remove_staging(&self, dir: &Path, report: &mut GcReport) -> Result<()> {
+        for name in state::list_names(dir)? {
+            if name.starts_with(STAGING_PREFIX) {
+                self.store.remove(&dir.join(&name))?;
+                report
+                    .removed
+                    .push(format!("staging {}", dir.join(&name).display()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Garbage-collect one project (exclusive lock held, intents resolved).
+    fn collect(&self, project: &str, report: &mut GcReport) -> Result<()> {
+        let l = &self.layout;
+        let current = l.read_current(project)?;
+        self.remove_staging(&l.generations(project), report)?;
+        self.remove_staging(&l.sessions(project), report)?;
+        for s in l.session_names(project)? {
+            let (tree, meta) = (l.session(project, &s), l.session_meta(project, &s));
+            match (tree.exists(), meta.exists()) {
+                (true, false) => {
+                    self.store.remove(&tree)?;
+                    report
+                        .removed
+                        .push(format!("{project}: orphan session tree {s}"));
+                }
+                (false, true) => {
+                    state::remove_file(&meta)?;
+                    report
+                        .removed
+                        .push(format!("{project}: metadata of missing session {s}"));
+                }
+                _ => {}
+            }
+        }
+        for g in l.generation_numbers(project)? {
+            if Some(g) == current {
+                continue;
+            }
+            let (tree, meta) = (l.generation(project, g), l.generation_meta(project, g));
+            if tree.exists() && meta.exists() {
+                if self.reclaim_if_unused(project, g)? {
+                    report
+                        .removed
+                        .push(format!("{project}: retired generation {g}"));
+                }
+            } else {
+                self.store.remove(&tree)?;
+                state::remove_file(&meta)?;
+                report
+                    .removed
+                    .push(format!("{project}: incomplete generation {g}"));
+            }
+        }
+        let prefix = format!("{project}.");
+        for name in state::list_names(&l.trash())? {
+            if name.starts_with(&prefix) {
+                self.store.remove(&l.trash().join(&name))?;
+                report.removed.push(format!("trash {name}"));
+            }
+        }
+        if current.is_none() {
+            for d in [
+                l.generations(project),
+                l.sessions(project),
+                l.project(project),
+            ] {
+                let _ = std::fs::remove_dir(&d);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Bytes allocated under `path` (st_blocks), each inode once; 0 where unreadable.
+fn disk_usage(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(m) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
+            continue;
+        }
+        total += m.blocks() * 512;
+        if m.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(&p) {
+                stack.extend(rd.flatten().map(|e| e.path()));
+            }
+        }
+    }
+    total
+}

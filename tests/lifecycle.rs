@@ -1,0 +1,481 @@
+//! The golden lifecycle on every backend the host has: the copy backend on XFS (reflink) and on
+//! ext4, and the btrfs backend, each on its loop filesystem (see tests/loopfs.sh). The same tests
+//! run in the ZFS guest through tests/zfs-vm.sh with `GOLDCLONE_TEST_ZFS_ROOT`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use goldclone::golden::{BackendKind, Cache, OpenOptions};
+use goldclone::{Error, ErrorKind};
+
+/// A cache root on one backend, removed on drop.
+struct Root {
+    path: PathBuf,
+    backend: BackendKind,
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        // Sessions and generations on btrfs are subvolumes: let the library remove them.
+        if let Ok(cache) = Cache::open(
+            &self.path,
+            &OpenOptions {
+                backend: Some(self.backend),
+                ..Default::default()
+            },
+        ) {
+            for project in list(&self.path).into_iter().filter(|p| !p.starts_with('.')) {
+                if let Ok(info) = cache.info(&project) {
+                    for (s, _) in info.sessions {
+                        let _ = cache.cleanup(&project, &s);
+                    }
+                }
+            }
+            let _ = cache.gc();
+        }
+        // What is left on btrfs (the current generation) is a read-only subvolume.
+        for sub in subvolumes(&self.path) {
+            let _ = Command::new("btrfs")
+                .args(["subvolume", "delete"])
+                .arg(&sub)
+                .stdout(Stdio::null())
+                .status();
+        }
+        let _ = goldclone::copy::remove_tree(&self.path);
+    }
+}
+
+/// btrfs subvolume roots (inode 256) under `dir`, deepest first.
+fn subvolumes(dir: &Path) -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        for e in fs::read_dir(&p).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                if e.metadata().is_ok_and(|m| m.ino() == 256) {
+                    out.push(e.path());
+                }
+                stack.push(e.path());
+            }
+        }
+    }
+    out.reverse();
+    out
+}
+
+fn list(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The backends to test: (name, mount point env var, backend).
+fn backends() -> Vec<(&'static str, Option<PathBuf>, BackendKind)> {
+    if let Some(zfs) = std::env::var_os("GOLDCLONE_TEST_ZFS_ROOT") {
+        // In the ZFS guest only the ZFS roots are set.
+        let mut v = vec![("zfs", Some(PathBuf::from(zfs)), BackendKind::Zfs)];
+        if let Some(zvol) = std::env::var_os("GOLDCLONE_TEST_ZVOL_ROOT") {
+            v.push(("zvol", Some(PathBuf::from(zvol)), BackendKind::Zvol));
+        }
+        return v;
+    }
+    vec![
+        (
+            "copy-xfs",
+            common::mount(common::Fs::Xfs),
+            BackendKind::Copy,
+        ),
+        (
+            "copy-ext4",
+            common::mount(common::Fs::Ext4),
+            BackendKind::Copy,
+        ),
+        (
+            "btrfs",
+            common::mount(common::Fs::Btrfs),
+            BackendKind::Btrfs,
+        ),
+    ]
+}
+
+fn roots(tag: &str) -> Vec<(Root, &'static str)> {
+    let mut out = Vec::new();
+    for (name, mnt, backend) in backends() {
+        let Some(mnt) = mnt else { continue }; // common::mount_point already failed or skipped
+        let path = mnt.join(format!("lifecycle-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).unwrap();
+        out.push((Root { path, backend }, name));
+    }
+    out
+}
+
+fn open(root: &Root) -> Cache {
+    let cache = Cache::open(
+        &root.path,
+        &OpenOptions {
+            backend: Some(root.backend),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(cache.backend(), root.backend);
+    cache
+}
+
+/// A small golden tree: `files` files whose content is the generation marker.
+fn golden_tree(dir: &Path, marker: &str, files: usize) {
+    fs::create_dir_all(dir.join("sub")).unwrap();
+    fs::write(dir.join("generation"), marker).unwrap();
+    for i in 0..files {
+        fs::write(dir.join("sub").join(format!("f{i:03}")), marker).unwrap();
+    }
+}
+
+/// Every file of the session carries the same marker: it saw one whole generation.
+fn whole_generation(session: &Path, files: usize) -> String {
+    let marker = fs::read_to_string(session.join("generation")).unwrap();
+    for i in 0..files {
+        let f = session.join("sub").join(format!("f{i:03}"));
+        assert_eq!(
+            fs::read_to_string(&f).unwrap(),
+            marker,
+            "{} mixes generations",
+            session.display()
+        );
+    }
+    marker
+}
+
+/// Every path under the root, for "nothing changed" checks.
+fn snapshot_tree(root: &Path) -> BTreeSet<PathBuf> {
+    let mut out = BTreeSet::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        for e in fs::read_dir(&p).into_iter().flatten().flatten() {
+            let path = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(path.clone());
+            }
+            out.insert(path.strip_prefix(root).unwrap().to_path_buf());
+        }
+    }
+    out
+}
+
+fn scratch_tree(tag: &str, marker: &str, files: usize) -> PathBuf {
+    let dir = PathBuf::from(format!(
+        "/var/tmp/goldclone-lifecycle-{tag}-{}",
+        std::process::id()
+    ));
+    let _ = fs::remove_dir_all(&dir);
+    golden_tree(&dir, marker, files);
+    dir
+}
+
+#[test]
+fn setup_promote_cleanup_gc_on_every_backend() {
+    let src = scratch_tree("full", "1", 20);
+    for (root, name) in roots("full") {
+        let cache = open(&root);
+        assert_eq!(cache.import("proj", &src).unwrap(), 1, "{name}");
+        let s1 = cache.setup("proj", "s1").unwrap();
+        let s2 = cache.setup("proj", "s2").unwrap();
+        assert_eq!(whole_generation(&s1, 20), "1");
+        // A session is private and writable.
+        fs::write(s1.join("generation"), "2").unwrap();
+        for i in 0..20 {
+            fs::write(s1.join("sub").join(format!("f{i:03}")), "2").unwrap();
+        }
+        fs::write(s1.join("added-by-s1"), "x").unwrap();
+        assert_eq!(whole_generation(&s2, 20), "1", "{name}: s2 saw s1's writes");
+
+        assert_eq!(cache.promote("proj", "s1").unwrap(), 2, "{name}");
+        let info = cache.info("proj").unwrap();
+        assert_eq!(
+            (
+                info.generation,
+                info.source_session.as_deref(),
+                info.backend
+            ),
+            (2, Some("s1"), root.backend)
+        );
+        assert!(info.created_at > 1_600_000_000);
+        assert!(info.size_bytes > 0, "{name}: size of the golden tree");
+        assert_eq!(
+            info.sessions,
+            vec![("s1".to_string(), 1), ("s2".to_string(), 1)]
+        );
+
+        // Old sessions keep running on generation 1; new ones get generation 2.
+        assert_eq!(whole_generation(&s2, 20), "1");
+        fs::write(s2.join("still-writable"), "y").unwrap();
+        let s3 = cache.setup("proj", "s3").unwrap();
+        assert_eq!(whole_generation(&s3, 20), "2");
+        assert!(s3.join("added-by-s1").exists());
+        // The promoted session itself is untouched and still writable.
+        fs::write(s1.join("after-promote"), "z").unwrap();
+        assert!(!cache
+            .setup("proj", "s4")
+            .unwrap()
+            .join("after-promote")
+            .exists());
+
+        // Generation 1 is reclaimed once its last session is gone.
+        cache.cleanup("proj", "s1").unwrap();
+        assert!(
+            root.path.join("proj/gen/1").exists(),
+            "{name}: gen 1 reclaimed while s2 still uses it"
+        );
+        cache.cleanup("proj", "s2").unwrap();
+        assert!(
+            !root.path.join("proj/gen/1").exists(),
+            "{name}: gen 1 not reclaimed after its last session"
+        );
+        assert!(!s1.exists() && !s2.exists());
+
+        cache.cleanup("proj", "s3").unwrap();
+        cache.cleanup("proj", "s4").unwrap();
+        let report = cache.gc().unwrap();
+        assert!(
+            report.removed.is_empty(),
+            "{name}: gc found leftovers of clean operations: {:?}",
+            report.removed
+        );
+        let left = snapshot_tree(&root.path.join("proj"));
+        let want: BTreeSet<PathBuf> = ["current", "gen", "gen/2", "gen/2.json", "sessions"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        let top: BTreeSet<PathBuf> = left
+            .into_iter()
+            .filter(|p| p.components().count() <= 2)
+            .collect();
+        assert_eq!(top, want, "{name}");
+        assert_eq!(whole_generation(&root.path.join("proj/gen/2"), 20), "2");
+    }
+    let _ = fs::remove_dir_all(&src);
+}
+
+#[test]
+fn bad_input_gets_a_typed_error_and_changes_nothing() {
+    let src = scratch_tree("bad", "1", 3);
+    for (root, name) in roots("bad") {
+        let cache = open(&root);
+        cache.import("proj", &src).unwrap();
+        cache.setup("proj", "s1").unwrap();
+        let before = snapshot_tree(&root.path);
+
+        let kind = |r: Result<(), Error>| r.map(|_| ()).unwrap_err().kind();
+        assert_eq!(
+            kind(cache.setup("nope", "s").map(drop)),
+            ErrorKind::NotFound,
+            "{name}"
+        );
+        assert!(matches!(
+            cache.setup("nope", "s"),
+            Err(Error::UnknownProject { .. })
+        ));
+        assert!(matches!(
+            cache.promote("proj", "ghost"),
+            Err(Error::UnknownSession { .. })
+        ));
+        assert!(matches!(
+            cache.cleanup("proj", "ghost"),
+            Err(Error::UnknownSession { .. })
+        ));
+        assert!(matches!(
+            cache.info("nope"),
+            Err(Error::UnknownProject { .. })
+        ));
+        assert_eq!(
+            kind(cache.setup("proj", "s1").map(drop)),
+            ErrorKind::AlreadyExists
+        );
+        assert_eq!(
+            kind(cache.import("proj", &src).map(drop)),
+            ErrorKind::AlreadyExists
+        );
+        assert_eq!(
+            kind(
+                cache
+                    .import("other", Path::new("/nonexistent/dir"))
+                    .map(drop)
+            ),
+            ErrorKind::NotFound
+        );
+        for bad in [
+            "a/b", "a@b", "", ".hidden", "-flag", "sp ace", "ünï", "..", ".",
+        ] {
+            assert_eq!(
+                kind(cache.setup("proj", bad).map(drop)),
+                ErrorKind::InvalidName,
+                "session {bad:?}"
+            );
+            assert_eq!(
+                kind(cache.setup(bad, "s").map(drop)),
+                ErrorKind::InvalidName,
+                "project {bad:?}"
+            );
+            assert_eq!(
+                kind(cache.promote("proj", bad).map(drop)),
+                ErrorKind::InvalidName
+            );
+            assert_eq!(kind(cache.cleanup(bad, "s1")), ErrorKind::InvalidName);
+            assert_eq!(
+                kind(cache.import(bad, &src).map(drop)),
+                ErrorKind::InvalidName
+            );
+        }
+        let long = "x".repeat(65);
+        assert_eq!(
+            kind(cache.setup("proj", &long).map(drop)),
+            ErrorKind::NameTooLong
+        );
+        assert_eq!(
+            kind(cache.import(&long, &src).map(drop)),
+            ErrorKind::NameTooLong
+        );
+        assert!(
+            cache.setup("proj", &"y".repeat(64)).is_ok(),
+            "64 bytes is allowed"
+        );
+        cache.cleanup("proj", &"y".repeat(64)).unwrap();
+
+        assert_eq!(
+            snapshot_tree(&root.path),
+            before,
+            "{name}: bad input changed the cache"
+        );
+    }
+    let _ = fs::remove_dir_all(&src);
+}
+
+#[test]
+fn busy_session_is_neither_promoted_nor_removed() {
+    let src = scratch_tree("busy", "1", 3);
+    for (root, name) in roots("busy") {
+        let cache = open(&root);
+        cache.import("proj", &src).unwrap();
+        let s1 = cache.setup("proj", "s1").unwrap();
+        let mut user = Command::new("sleep")
+            .arg("600")
+            .current_dir(&s1)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = user.id();
+        match cache.promote("proj", "s1") {
+            Err(Error::SessionBusy { pids, .. }) => {
+                assert!(pids.contains(&pid), "{name}: {pids:?} lacks {pid}")
+            }
+            other => panic!("{name}: promote of a busy session gave {other:?}"),
+        }
+        assert_eq!(
+            cache.cleanup("proj", "s1").unwrap_err().kind(),
+            ErrorKind::Busy
+        );
+        assert_eq!(
+            cache.info("proj").unwrap().generation,
+            1,
+            "{name}: a refused promote changed the generation"
+        );
+        user.kill().unwrap();
+        user.wait().unwrap();
+        assert_eq!(cache.promote("proj", "s1").unwrap(), 2);
+        cache.cleanup("proj", "s1").unwrap();
+    }
+    let _ = fs::remove_dir_all(&src);
+}
+
+#[test]
+fn eight_setups_and_a_promote_at_once() {
+    const FILES: usize = 200;
+    let src = scratch_tree("conc", "1", FILES);
+    for (root, name) in roots("conc") {
+        let cache = open(&root);
+        cache.import("proj", &src).unwrap();
+        let promoted = cache.setup("proj", "promoted").unwrap();
+        fs::write(promoted.join("generation"), "2").unwrap();
+        for i in 0..FILES {
+            fs::write(promoted.join("sub").join(format!("f{i:03}")), "2").unwrap();
+        }
+        let results: Vec<Result<String, Error>> = std::thread::scope(|scope| {
+            let mut handles = Vec::new();
+            for i in 0..8 {
+                let cache = &cache;
+                handles.push(scope.spawn(move || {
+                    cache
+                        .setup("proj", &format!("c{i}"))
+                        .map(|p| p.display().to_string())
+                }));
+            }
+            let promote = scope.spawn(|| cache.promote("proj", "promoted").map(|g| g.to_string()));
+            let mut out: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+            out.push(promote.join().unwrap());
+            out
+        });
+        for r in &results {
+            assert!(r.is_ok(), "{name}: {r:?}");
+        }
+        assert_eq!(results[8].as_ref().unwrap(), "2");
+        for i in 0..8 {
+            let session = root.path.join(format!("proj/sessions/c{i}"));
+            let marker = whole_generation(&session, FILES);
+            let recorded = cache
+                .info("proj")
+                .unwrap()
+                .sessions
+                .into_iter()
+                .find(|(s, _)| s == &format!("c{i}"))
+                .unwrap()
+                .1;
+            assert_eq!(
+                marker,
+                recorded.to_string(),
+                "{name}: c{i} content and metadata disagree"
+            );
+        }
+    }
+    let _ = fs::remove_dir_all(&src);
+}
+
+#[test]
+fn different_projects_never_wait_for_each_other() {
+    let src = scratch_tree("indep", "1", 3);
+    for (root, name) in roots("indep") {
+        let cache = open(&root);
+        cache.import("a", &src).unwrap();
+        cache.import("b", &src).unwrap();
+        // Hold project a's lock exclusively, as a long promote would.
+        let lock = fs::File::open(root.path.join(".goldclone/locks/a.lock")).unwrap();
+        nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+            .map(|held| {
+                let (tx, rx) = mpsc::channel();
+                std::thread::scope(|scope| {
+                    let cache = &cache;
+                    scope.spawn(move || tx.send(cache.setup("b", "s").map(drop)).unwrap());
+                    // Not a timing threshold: a generous bound that only a deadlock exceeds.
+                    let got = rx
+                        .recv_timeout(Duration::from_secs(120))
+                        .unwrap_or_else(|_| panic!("{name}: project b waited for project a"));
+                    got.unwrap();
+                });
+                drop(held);
+            })
+            .unwrap();
+        cache.cleanup("b", "s").unwrap();
+    }
+    let _ = fs::remove_dir_all(&src);
+}
