@@ -31,7 +31,8 @@ pub use mountinfo::{
 pub use reflink::{clear_reflink_cache, reflink_supported};
 pub use zvol::{block_major, uevent_devname};
 
-use crate::sys::detect::{btrfs_subvolume_id, statx, MntId, BTRFS_FIRST_FREE_OBJECTID};
+use crate::sys::btrfs::{btrfs_subvolume_id, BTRFS_FIRST_FREE_OBJECTID};
+use crate::sys::detect::{statx, MntId};
 use crate::{Error, Result};
 
 /// What [`detect`] found out about a path.

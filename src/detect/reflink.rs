@@ -10,7 +10,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex};
 
-use crate::sys::detect::{ficlone, fstatx, MntId};
+use crate::sys::detect::{fstatx, MntId};
+use crate::sys::fs::ficlone;
 use crate::{Error, Result};
 
 /// Identifies one mounted filesystem for the cache. `st_dev` alone is not enough: anonymous and

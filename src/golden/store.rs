@@ -13,6 +13,7 @@ use nix::sys::stat::Mode;
 
 use super::BackendKind;
 use crate::copy::{self, CopyOptions};
+use crate::sys::btrfs::BTRFS_FIRST_FREE_OBJECTID;
 use crate::{sys, Error, Result};
 
 /// What a backend does for the lifecycle. Paths are where the lifecycle wants each tree; none of
@@ -78,9 +79,6 @@ impl Store for CopyStore {
 pub(crate) struct BtrfsStore {
     pub threads: usize,
 }
-
-/// The inode number of every btrfs subvolume's root directory.
-const BTRFS_FIRST_FREE_OBJECTID: u64 = 256;
 
 fn split(path: &Path) -> Result<(&Path, CString)> {
     let parent = path.parent().ok_or_else(|| Error::InvalidArgument {

@@ -1,4 +1,5 @@
-//! btrfs subvolume ioctls: create, snapshot, delete, read-only flag. No `btrfs` binary.
+//! btrfs subvolume ioctls: create, snapshot, delete, read-only flag, subvolume id. No `btrfs`
+//! binary.
 
 use std::ffi::CStr;
 use std::io;
@@ -107,3 +108,35 @@ pub fn set_read_only(subvol: BorrowedFd<'_>, read_only: bool) -> io::Result<()> 
         .map(drop)
         .map_err(io::Error::from)
 }
+
+/// `BTRFS_FIRST_FREE_OBJECTID`: the inode number of every btrfs subvolume's root directory.
+pub const BTRFS_FIRST_FREE_OBJECTID: u64 = 256;
+
+/// `struct btrfs_ioctl_ino_lookup_args` from linux/btrfs.h (4096 bytes).
+#[repr(C)]
+pub struct BtrfsInoLookupArgs {
+    treeid: u64,
+    objectid: u64,
+    name: [u8; 4080],
+}
+
+// linux/btrfs.h: #define BTRFS_IOC_INO_LOOKUP _IOWR(BTRFS_IOCTL_MAGIC, 18, struct btrfs_ioctl_ino_lookup_args)
+nix::ioctl_readwrite!(ioctl_btrfs_ino_lookup, 0x94, 18, BtrfsInoLookupArgs);
+
+/// The id of the btrfs subvolume holding the open file `fd` (5 for the top-level subvolume).
+///
+/// Uses `BTRFS_IOC_INO_LOOKUP` with `treeid = 0, objectid = BTRFS_FIRST_FREE_OBJECTID`, the one
+/// form of that ioctl the kernel answers without CAP_SYS_ADMIN. ENOTTY on other filesystems.
+pub fn btrfs_subvolume_id(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut args = BtrfsInoLookupArgs {
+        treeid: 0,
+        objectid: BTRFS_FIRST_FREE_OBJECTID,
+        name: [0; 4080],
+    };
+    // SAFETY: `fd` is open for the call; `args` is a live, correctly laid out
+    // btrfs_ioctl_ino_lookup_args that the kernel reads and writes within its 4096 bytes.
+    unsafe { ioctl_btrfs_ino_lookup(fd.as_raw_fd(), &mut args) }.map_err(io::Error::from)?;
+    Ok(args.treeid)
+}
+
+const _: () = assert!(std::mem::size_of::<BtrfsInoLookupArgs>() == 4096);

@@ -1,5 +1,4 @@
-//! Syscall shims for detection: `statx` with the mount id, the FICLONE ioctl, and btrfs
-//! `BTRFS_IOC_INO_LOOKUP` (the id of the subvolume holding a file).
+//! Syscall shims for detection: `statx` with the mount id.
 
 use std::ffi::CStr;
 use std::io;
@@ -83,56 +82,4 @@ pub fn statx(path: &CStr, id: MntId) -> io::Result<StatxInfo> {
 /// `statx(fd, "", AT_EMPTY_PATH, ...)`: the same for an open file.
 pub fn fstatx(fd: BorrowedFd<'_>, id: MntId) -> io::Result<StatxInfo> {
     statx_raw(fd.as_raw_fd(), c"", libc::AT_EMPTY_PATH, id)
-}
-
-/// `ioctl(dst, FICLONE, src)`: make `dst` share all of `src`'s extents. Errors are the kernel's:
-/// EOPNOTSUPP/ENOTTY/EINVAL when the filesystem cannot, EXDEV across filesystems.
-pub fn ficlone(dst: BorrowedFd<'_>, src: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: both fds are open for the call's duration; FICLONE takes the source fd by value and
-    // reads or writes no user memory.
-    let rc = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// `BTRFS_FIRST_FREE_OBJECTID`: the inode number of every btrfs subvolume's root directory.
-pub const BTRFS_FIRST_FREE_OBJECTID: u64 = 256;
-
-/// `struct btrfs_ioctl_ino_lookup_args` from linux/btrfs.h (4096 bytes).
-#[repr(C)]
-pub struct BtrfsInoLookupArgs {
-    treeid: u64,
-    objectid: u64,
-    name: [u8; 4080],
-}
-
-// linux/btrfs.h: #define BTRFS_IOC_INO_LOOKUP _IOWR(BTRFS_IOCTL_MAGIC, 18, struct btrfs_ioctl_ino_lookup_args)
-nix::ioctl_readwrite!(ioctl_btrfs_ino_lookup, 0x94, 18, BtrfsInoLookupArgs);
-
-/// The id of the btrfs subvolume holding the open file `fd` (5 for the top-level subvolume).
-///
-/// Uses `BTRFS_IOC_INO_LOOKUP` with `treeid = 0, objectid = BTRFS_FIRST_FREE_OBJECTID`, the one
-/// form of that ioctl the kernel answers without CAP_SYS_ADMIN. ENOTTY on other filesystems.
-pub fn btrfs_subvolume_id(fd: BorrowedFd<'_>) -> io::Result<u64> {
-    let mut args = BtrfsInoLookupArgs {
-        treeid: 0,
-        objectid: BTRFS_FIRST_FREE_OBJECTID,
-        name: [0; 4080],
-    };
-    // SAFETY: `fd` is open for the call; `args` is a live, correctly laid out
-    // btrfs_ioctl_ino_lookup_args that the kernel reads and writes within its 4096 bytes.
-    unsafe { ioctl_btrfs_ino_lookup(fd.as_raw_fd(), &mut args) }.map_err(io::Error::from)?;
-    Ok(args.treeid)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ino_lookup_args_is_4096_bytes() {
-        assert_eq!(std::mem::size_of::<BtrfsInoLookupArgs>(), 4096);
-    }
 }
