@@ -307,3 +307,33 @@ fn unreadable_entry_fails_cleanly_for_an_unprivileged_user() {
     assert!(!dst.exists());
     assert!(staging_entries(s.path()).is_empty(), "staging left behind");
 }
+
+#[test]
+fn remove_tree_never_follows_symlinks_and_handles_read_only_dirs() {
+    let s = Scratch::new("remove");
+    let outside = s.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("precious"), b"keep").unwrap();
+    let tree = s.path().join("tree");
+    let mut deep = tree.clone();
+    for i in 0..60 {
+        deep = deep.join(format!("level{i}"));
+    }
+    fs::create_dir_all(&deep).unwrap();
+    fs::write(deep.join("bottom"), b"x").unwrap();
+    std::os::unix::fs::symlink(&outside, tree.join("link-to-outside")).unwrap();
+    std::os::unix::fs::symlink(&outside, deep.join("deep-link")).unwrap();
+    wide_tree(&tree.join("wide"), 30, 30);
+    let ro = tree.join("wide/d0007");
+    fs::set_permissions(&ro, fs::Permissions::from_mode(0o555)).unwrap();
+    fs::set_permissions(tree.join("level0"), fs::Permissions::from_mode(0o500)).unwrap();
+
+    copy::remove_tree(&tree).unwrap();
+    assert!(!tree.exists());
+    assert_eq!(
+        fs::read(outside.join("precious")).unwrap(),
+        b"keep",
+        "removal followed a symlink"
+    );
+    copy::remove_tree(&tree).unwrap(); // a missing path is not an error
+}

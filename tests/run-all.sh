@@ -62,7 +62,7 @@ count_libtest "$host_log"
 [ "$host_rc" = 0 ] || echo "host suites failed (exit $host_rc)" >&2
 require_ran "$host_log" copy_fidelity 8 || host_rc=1
 require_ran "$host_log" detect 5 || host_rc=1
-require_ran "$host_log" copy_engine 7 || host_rc=1
+require_ran "$host_log" copy_engine 8 || host_rc=1
 require_ran "$host_log" lifecycle 5 || host_rc=1
 require_ran "$host_log" lifecycle_crash 1 || host_rc=1
 

@@ -12,6 +12,7 @@
 
 mod data;
 mod meta;
+mod pool;
 mod staging;
 mod walk;
 

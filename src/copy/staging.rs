@@ -11,6 +11,8 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::dir::{Dir, Type};
@@ -243,45 +245,127 @@ pub fn remove_tree(path: &Path) -> Result<()> {
 /// Remove entry `name` of the open directory `parent`; `path` is its full path for messages.
 fn remove_entry(parent: BorrowedFd<'_>, name: &OsStr, path: &Path) -> Result<()> {
     match unlinkat(parent, name, UnlinkatFlags::NoRemoveDir) {
-        Ok(()) | Err(nix::Error::ENOENT) => return Ok(()),
-        Err(nix::Error::EISDIR) => {}
-        Err(e) => return Err(Error::io("unlink", path, errno_io(e))),
-    }
-    let dir = match openat(parent, name, DIR_FLAGS, Mode::empty()) {
-        Ok(fd) => fd,
-        Err(nix::Error::ENOENT) => return Ok(()),
-        Err(e) => return Err(Error::io("open", path, errno_io(e))),
-    };
-    remove_contents(dir.as_fd(), path)?;
-    match unlinkat(parent, name, UnlinkatFlags::RemoveDir) {
         Ok(()) | Err(nix::Error::ENOENT) => Ok(()),
-        Err(e) => Err(Error::io("rmdir", path, errno_io(e))),
+        Err(nix::Error::EISDIR) => remove_dir(parent, name, path),
+        Err(e) => Err(Error::io("unlink", path, errno_io(e))),
     }
 }
 
 /// Remove everything inside the open directory `dir` (at `path`), leaving the directory.
 pub(super) fn remove_contents(dir: BorrowedFd<'_>, path: &Path) -> Result<()> {
-    // Without write and search permission on the directory its entries cannot be unlinked (for
-    // a caller without CAP_DAC_OVERRIDE): make it ours to empty; it is going away anyway.
-    let st = fstat(dir).map_err(|e| Error::io("stat", path, errno_io(e)))?;
-    if st.st_mode & 0o700 != 0o700 {
-        let _ = fchmod(dir, Mode::from_bits_truncate((st.st_mode | 0o700) & 0o7777));
-    }
-    for (name, kind) in list_entries(dir, path)? {
-        let child = path.join(OsStr::from_bytes(name.as_bytes()));
-        if kind == Some(Type::Directory) {
-            remove_entry(dir, OsStr::from_bytes(name.as_bytes()), &child)?;
-        } else {
-            match unlinkat(dir, name.as_c_str(), UnlinkatFlags::NoRemoveDir) {
-                Ok(()) | Err(nix::Error::ENOENT) => {}
-                Err(nix::Error::EISDIR) => {
-                    remove_entry(dir, OsStr::from_bytes(name.as_bytes()), &child)?
-                }
-                Err(e) => return Err(Error::io("unlink", &child, errno_io(e))),
-            }
-        }
+    make_emptyable(dir, path)?;
+    for (name, _) in list_entries(dir, path)? {
+        let name = OsStr::from_bytes(name.as_bytes());
+        remove_entry(dir, name, &path.join(name))?;
     }
     Ok(())
+}
+
+/// Without write and search permission on a directory its entries cannot be unlinked (for a
+/// caller without CAP_DAC_OVERRIDE): make it ours to empty; it is going away anyway.
+fn make_emptyable(dir: BorrowedFd<'_>, path: &Path) -> Result<()> {
+    let st = fstat(dir).map_err(|e| Error::io("stat", path, errno_io(e)))?;
+    if st.st_mode & 0o700 != 0o700 {
+        fchmod(dir, Mode::from_bits_truncate((st.st_mode | 0o700) & 0o7777))
+            .map_err(|e| Error::io("chmod", path, errno_io(e)))?;
+    }
+    Ok(())
+}
+
+/// A directory being emptied by [`remove_dir`].
+struct Emptying {
+    /// `None` for the tree's top directory, whose parent is the caller's fd.
+    parent: Option<Arc<Emptying>>,
+    name: CString,
+    fd: OwnedFd,
+    path: PathBuf,
+    /// Subdirectories not yet removed, plus one for the listing.
+    pending: AtomicUsize,
+}
+
+/// Remove the directory `name` of `parent` and everything below it, in parallel: each directory
+/// is listed by one task, its files unlinked there, its subdirectories become tasks, and a
+/// directory is removed when its last subdirectory is.
+fn remove_dir(parent: BorrowedFd<'_>, name: &OsStr, path: &Path) -> Result<()> {
+    let top = match openat(parent, name, DIR_FLAGS, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(nix::Error::ENOENT) => return Ok(()),
+        Err(e) => return Err(Error::io("open", path, errno_io(e))),
+    };
+    let name = CString::new(name.as_bytes()).expect("a file name has no NUL");
+    let stop = AtomicBool::new(false);
+    let error: Mutex<Option<Error>> = Mutex::new(None);
+    let fail = |e: Error| {
+        error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(e);
+        stop.store(true, Ordering::Relaxed);
+    };
+    // Remove `node` if it was its last pending unit, then the same for its parents.
+    let finish = |mut node: Arc<Emptying>| loop {
+        if node.pending.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return Ok(());
+        }
+        let parent_fd = node.parent.as_ref().map_or(parent, |p| p.fd.as_fd());
+        match unlinkat(parent_fd, node.name.as_c_str(), UnlinkatFlags::RemoveDir) {
+            Ok(()) | Err(nix::Error::ENOENT) => {}
+            Err(e) => return Err(Error::io("rmdir", &node.path, errno_io(e))),
+        }
+        match node.parent.clone() {
+            Some(p) => node = p,
+            None => return Ok(()),
+        }
+    };
+    let empty = |node: Arc<Emptying>, push: &dyn Fn(Arc<Emptying>)| -> Result<()> {
+        make_emptyable(node.fd.as_fd(), &node.path)?;
+        for (child, kind) in list_entries(node.fd.as_fd(), &node.path)? {
+            let child_path = node.path.join(OsStr::from_bytes(child.as_bytes()));
+            if kind != Some(Type::Directory) {
+                match unlinkat(&node.fd, child.as_c_str(), UnlinkatFlags::NoRemoveDir) {
+                    Ok(()) | Err(nix::Error::ENOENT) => continue,
+                    Err(nix::Error::EISDIR) => {} // d_type was unknown: a directory after all
+                    Err(e) => return Err(Error::io("unlink", &child_path, errno_io(e))),
+                }
+            }
+            let fd = match openat(&node.fd, child.as_c_str(), DIR_FLAGS, Mode::empty()) {
+                Ok(fd) => fd,
+                Err(nix::Error::ENOENT) => continue,
+                Err(e) => return Err(Error::io("open", &child_path, errno_io(e))),
+            };
+            node.pending.fetch_add(1, Ordering::AcqRel);
+            push(Arc::new(Emptying {
+                parent: Some(node.clone()),
+                name: child,
+                fd,
+                path: child_path,
+                pending: AtomicUsize::new(1),
+            }));
+        }
+        finish(node)
+    };
+    let root = Arc::new(Emptying {
+        parent: None,
+        name,
+        fd: top,
+        path: path.to_path_buf(),
+        pending: AtomicUsize::new(1),
+    });
+    super::pool::run(
+        super::default_threads(),
+        "remove",
+        &stop,
+        |push| push(root),
+        |node, push| {
+            if let Err(e) = empty(node, push) {
+                fail(e);
+            }
+        },
+    );
+    match error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// Names and types of the entries of an open directory, without `.` and `..`. Read whole before

@@ -1,4 +1,4 @@
-//! The parallel walk: a work-stealing pool (crossbeam-deque) over directory and file-batch tasks.
+//! The parallel walk: directory and file-batch tasks on the work-stealing [`pool`].
 //!
 //! Memory stays bounded by keeping no per-entry state: a directory is a [`DirNode`] (two open
 //! fds and its source stat) only while tasks for its entries are queued or running, and the
@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use crossbeam::deque::{Injector, Steal, Stealer, Worker};
 use nix::dir::Type;
 use nix::fcntl::{openat, readlinkat, AtFlags, OFlag};
 use nix::sys::stat::{fstat, fstatat, mkdirat, mknodat, FileStat, Mode, SFlag};
@@ -27,6 +26,7 @@ use nix::unistd::{linkat, symlinkat};
 
 use super::data::{self, CapsCache, Method};
 use super::meta::{self, MetaError};
+use super::pool;
 use super::staging::{list_entries, DIR_FLAGS};
 use super::{CancelToken, CopyOptions, CopyStats, Progress};
 use crate::{Error, Result};
@@ -91,8 +91,6 @@ pub(super) struct Walk<'a> {
     counters: Counters,
     progress: Option<&'a Progress>,
     cancel: Option<&'a CancelToken>,
-    /// Tasks pushed and not yet finished; zero means the walk is over.
-    outstanding: AtomicUsize,
     failed: AtomicBool,
     error: Mutex<Option<Error>>,
 }
@@ -139,7 +137,6 @@ impl<'a> Walk<'a> {
             counters: Counters::default(),
             progress,
             cancel: opts.cancel.as_ref(),
-            outstanding: AtomicUsize::new(0),
             failed: AtomicBool::new(false),
             error: Mutex::new(None),
         })
@@ -147,23 +144,16 @@ impl<'a> Walk<'a> {
 
     /// Copy the whole tree with `threads` workers. The root's own metadata is applied last.
     pub fn run(self, threads: usize) -> Result<CopyStats> {
-        let injector = Injector::new();
-        let workers: Vec<Worker<Task>> = (0..threads).map(|_| Worker::new_lifo()).collect();
-        let stealers: Vec<Stealer<Task>> = workers.iter().map(Worker::stealer).collect();
-
-        match self.open_root() {
-            Ok(root) => self.list_dir(root, &|t| self.push_global(&injector, t)),
-            Err(e) => self.fail(e),
-        }
-        std::thread::scope(|scope| {
-            for (index, local) in workers.into_iter().enumerate() {
-                let (injector, stealers, walk) = (&injector, &stealers, &self);
-                std::thread::Builder::new()
-                    .name(format!("goldclone-copy-{index}"))
-                    .spawn_scoped(scope, move || walk.work(local, injector, stealers))
-                    .expect("spawning a copy worker thread");
-            }
-        });
+        pool::run(
+            threads,
+            "copy",
+            &self.failed,
+            |push| match self.open_root() {
+                Ok(root) => self.list_dir(root, push),
+                Err(e) => self.fail(e),
+            },
+            |task, push| self.run_task(task, push),
+        );
         if let Some(err) = self.error.into_inner().unwrap_or_else(|p| p.into_inner()) {
             return Err(err);
         }
@@ -184,51 +174,6 @@ impl<'a> Walk<'a> {
             threads,
             elapsed: Duration::ZERO,
         })
-    }
-
-    fn push_global(&self, injector: &Injector<Task>, task: Task) {
-        self.outstanding.fetch_add(1, Ordering::AcqRel);
-        injector.push(task);
-    }
-
-    fn work(&self, local: Worker<Task>, injector: &Injector<Task>, stealers: &[Stealer<Task>]) {
-        let push = |task: Task| {
-            self.outstanding.fetch_add(1, Ordering::AcqRel);
-            local.push(task);
-        };
-        let mut idle_rounds = 0u32;
-        loop {
-            if self.failed.load(Ordering::Relaxed) {
-                return; // queued tasks are dropped with the queues; their nodes close their fds
-            }
-            let task = local.pop().or_else(|| {
-                std::iter::repeat_with(|| {
-                    injector
-                        .steal_batch_and_pop(&local)
-                        .or_else(|| stealers.iter().map(Stealer::steal).collect::<Steal<Task>>())
-                })
-                .find(|s| !s.is_retry())
-                .and_then(Steal::success)
-            });
-            match task {
-                Some(task) => {
-                    idle_rounds = 0;
-                    self.run_task(task, &push);
-                    self.outstanding.fetch_sub(1, Ordering::AcqRel);
-                }
-                None => {
-                    if self.outstanding.load(Ordering::Acquire) == 0 {
-                        return;
-                    }
-                    idle_rounds += 1;
-                    if idle_rounds < 64 {
-                        std::thread::yield_now();
-                    } else {
-                        std::thread::sleep(Duration::from_micros(200));
-                    }
-                }
-            }
-        }
     }
 
     fn run_task(&self, task: Task, push: &dyn Fn(Task)) {
