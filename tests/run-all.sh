@@ -27,6 +27,23 @@ count_libtest() {
   f=$(grep -E '^test result: ' "$log" | sed -E 's/.* ([0-9]+) failed.*/\1/' | paste -sd+ | bc 2>/dev/null || echo 0)
   passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
 }
+# Run suite $1 (command $2...) whose last line is `$1: N passed, N failed`; add its counts.
+# A suite that exits non-zero or prints no such line counts as failed.
+suite() {
+  local name=$1 log=$results/$1.log line rc; shift
+  step "$name suite"
+  set +e
+  "$@" 2>&1 | tee "$log"
+  rc=${PIPESTATUS[0]}
+  set -e
+  line=$(grep -E "^$name: [0-9]+ passed, [0-9]+ failed" "$log" | tail -1 || true)
+  if [ -z "$line" ]; then
+    echo "$name suite printed no result line" >&2; missing+=("$name"); return 1
+  fi
+  passed=$((passed + $(echo "$line" | sed -E 's/^[a-z-]+: ([0-9]+) passed.*/\1/')))
+  failed=$((failed + $(echo "$line" | sed -E 's/.* ([0-9]+) failed.*/\1/')))
+  [ "$rc" = 0 ]
+}
 # Require that test target $2 ran at least $3 tests in log $1 (guards against silent skips).
 require_ran() {
   local log=$1 target=$2 min=$3 n
@@ -66,25 +83,16 @@ require_ran "$host_log" copy_engine 8 || host_rc=1
 require_ran "$host_log" lifecycle 5 || host_rc=1
 require_ran "$host_log" lifecycle_crash 1 || host_rc=1
 
-zfs_rc=0
+c_rc=0; go_rc=0; zfs_rc=0
+suite c env GOLDCLONE_PROFILE=release tests/c/run.sh || c_rc=1
+suite go env GOLDCLONE_PROFILE=release go-bindings/run.sh || go_rc=1
+
 if [ "${GOLDCLONE_NO_ZFS_VM:-0}" = 1 ]; then
   echo "ZFS guest suite NOT run (GOLDCLONE_NO_ZFS_VM=1)" >&2
-  missing+=("zfs-guest")
+  missing+=("zfs")
   [ "${CI:-}" = true ] && zfs_rc=1
 else
-  step "ZFS suite in a QEMU guest"
-  zfs_log=$results/zfs.log
-  set +e
-  tests/zfs-vm.sh 2>&1 | tee "$zfs_log"
-  zfs_rc=${PIPESTATUS[0]}
-  set -e
-  line=$(grep -E '^([a-z-]+: )?[0-9]+ passed, [0-9]+ failed' "$zfs_log" | tail -1 || true)
-  if [ -z "$line" ]; then
-    echo "ZFS guest suite printed no result line" >&2; missing+=("zfs-guest"); zfs_rc=1
-  else
-    passed=$((passed + $(echo "$line" | sed -E 's/^([a-z-]+: )?([0-9]+) passed.*/\2/')))
-    failed=$((failed + $(echo "$line" | sed -E 's/.* ([0-9]+) failed.*/\1/')))
-  fi
+  suite zfs tests/zfs-vm.sh || zfs_rc=1
 fi
 
 step "summary"
@@ -92,4 +100,4 @@ step "summary"
 failed=$((failed + ${#missing[@]}))
 echo "logs: $results"
 echo "$passed passed, $failed failed"
-[ "$host_rc" = 0 ] && [ "$zfs_rc" = 0 ] && [ "$failed" = 0 ]
+[ "$host_rc" = 0 ] && [ "$c_rc" = 0 ] && [ "$go_rc" = 0 ] && [ "$zfs_rc" = 0 ] && [ "$failed" = 0 ]

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 pub use state::{validate_name, MAX_NAME_LEN};
 
 use state::{GenerationMeta, Intent, Layout, SessionMeta};
-use store::{BtrfsStore, CopyStore, Store};
+use store::{BtrfsStore, CopyStore, Retired, Store, Tree, TreeId};
 
 use crate::copy::STAGING_PREFIX;
 use crate::detect::{self, Backend};
@@ -175,24 +175,9 @@ impl Cache {
         };
         self.run(&intent, "import", || {
             self.store
-                .import(dir, &self.layout.generation(project, generation))?;
+                .import(dir, &self.generation_tree(project, generation))?;
             fault::point("import:tree-created");
-            state::write_json(
-                &self.layout.generation_meta(project, generation),
-                &GenerationMeta {
-                    project: project.to_string(),
-                    generation,
-                    created_at: state::now(),
-                    source_session: None,
-                    backend: self.backend(),
-                },
-            )?;
-            fault::point("import:meta-written");
-            state::write_atomic(
-                &self.layout.current(project),
-                format!("{generation}\n").as_bytes(),
-            )?;
-            fault::point("import:current-written");
+            self.commit_generation(project, generation, None)?;
             Ok(generation)
         })
     }
@@ -211,11 +196,12 @@ impl Cache {
             generation,
         };
         self.run(&intent, "setup", || {
-            if self.layout.session_meta(project, session).exists() || path.exists() {
+            let tree = self.session_tree(project, session);
+            if self.layout.session_meta(project, session).exists() || self.store.exists(&tree)? {
                 return Err(Error::AlreadyExists { path: path.clone() });
             }
             self.store
-                .session_from(&self.layout.generation(project, generation), &path)?;
+                .session_from(&self.generation_tree(project, generation), &tree)?;
             fault::point("setup:tree-created");
             state::write_json(
                 &self.layout.session_meta(project, session),
@@ -238,7 +224,7 @@ impl Cache {
         validate_name(project)?;
         validate_name(session)?;
         let _lock = self.layout.lock(project, true, false)?;
-        self.current(project)?;
+        let previous = self.current(project)?;
         self.session_meta(project, session)?;
         let path = self.layout.session(project, session);
         self.ensure_quiesced(project, session, &path)?;
@@ -255,25 +241,13 @@ impl Cache {
             generation,
         };
         self.run(&intent, "promote", || {
-            self.store
-                .golden_from(&path, &self.layout.generation(project, generation))?;
+            self.store.golden_from(
+                &self.session_tree(project, session),
+                &self.generation_tree(project, generation),
+                &self.generation_tree(project, previous),
+            )?;
             fault::point("promote:tree-created");
-            state::write_json(
-                &self.layout.generation_meta(project, generation),
-                &GenerationMeta {
-                    project: project.to_string(),
-                    generation,
-                    created_at: state::now(),
-                    source_session: Some(session.to_string()),
-                    backend: self.backend(),
-                },
-            )?;
-            fault::point("promote:meta-written");
-            state::write_atomic(
-                &self.layout.current(project),
-                format!("{generation}\n").as_bytes(),
-            )?;
-            fault::point("promote:current-written");
+            self.commit_generation(project, generation, Some(session))?;
             Ok(generation)
         })
     }
@@ -292,9 +266,10 @@ impl Cache {
             project: project.to_string(),
             session: session.to_string(),
         };
-        let trash = self.run(&intent, "cleanup", || self.retire_session(project, session))?;
-        if let Some(trash) = trash {
-            self.store.remove(&trash)?;
+        if let Retired::Moved(trash) =
+            self.run(&intent, "cleanup", || self.retire_session(project, session))?
+        {
+            self.store.remove_trash(&trash)?;
         }
         // The session is gone whatever happens next. Reclaiming its generation is a courtesy
         // here; what it cannot do now, gc does later.
@@ -346,7 +321,7 @@ impl Cache {
             created_at: meta.created_at,
             source_session: meta.source_session,
             backend: self.backend(),
-            size_bytes: disk_usage(&self.layout.generation(project, generation)),
+            size_bytes: self.store.size(&self.generation_tree(project, generation)),
             sessions,
         })
     }
@@ -383,8 +358,25 @@ impl Cache {
         }
     }
 
-    /// Record `intent`, run `work`, and clear the intent. If `work` fails, undo what it did
-    /// (the same resolution a crash gets) before returning its error.
+    fn generation_tree(&self, project: &str, generation: u64) -> Tree {
+        Tree {
+            project: project.to_string(),
+            id: TreeId::Generation(generation),
+            path: self.layout.generation(project, generation),
+        }
+    }
+
+    fn session_tree(&self, project: &str, session: &str) -> Tree {
+        Tree {
+            project: project.to_string(),
+            id: TreeId::Session(session.to_string()),
+            path: self.layout.session(project, session),
+        }
+    }
+
+    /// Record `intent`, run `work`, and clear the intent. If `work` fails, resolve the intent
+    /// as recovery would (undo, or finish what can only be finished); if even that fails, the
+    /// intent stays for the next recovery.
     fn run<T>(
         &self,
         intent: &Intent,
@@ -399,24 +391,23 @@ impl Cache {
             _ => "cleanup:intent-recorded",
         });
         let result = work();
-        if result.is_err() {
-            let mut ignored = GcReport::default();
-            let _ = self.resolve(intent, &mut ignored);
+        if result.is_err() && self.resolve(intent, &mut GcReport::default()).is_err() {
+            return result;
         }
         state::remove_file(&record)?;
         result
     }
 
-    /// Move the session's tree to the trash and drop its metadata: from here on it is gone.
-    fn retire_session(&self, project: &str, session: &str) -> Result<Option<PathBuf>> {
-        let path = self.layout.session(project, session);
-        let moved = self
-            .store
-            .retire(&path, &self.trash_name(project, session))?;
+    /// Take the session's tree away and drop its metadata: from here on it is gone.
+    fn retire_session(&self, project: &str, session: &str) -> Result<Retired> {
+        let retired = self.store.retire(
+            &self.session_tree(project, session),
+            &self.trash_name(project, session),
+        )?;
         fault::point("cleanup:tree-moved");
         state::remove_file(&self.layout.session_meta(project, session))?;
         fault::point("cleanup:meta-removed");
-        Ok(moved)
+        Ok(retired)
     }
 
     fn trash_name(&self, project: &str, what: &str) -> PathBuf {
@@ -429,8 +420,8 @@ impl Cache {
     }
 
     /// Remove generation `generation` if it is retired (not current) and no session uses it.
-    /// Safe under the shared lock: sessions are only made from the current generation, and the
-    /// rename to the trash lets exactly one of several concurrent callers do it.
+    /// Safe under the shared lock: sessions are only made from the current generation, and
+    /// `retire` lets exactly one of several concurrent callers do it. True if this call did.
     fn reclaim_if_unused(&self, project: &str, generation: u64) -> Result<bool> {
         if self.layout.read_current(project)? == Some(generation) {
             return Ok(false);
@@ -444,14 +435,16 @@ impl Cache {
                 }
             }
         }
-        let tree = self.layout.generation(project, generation);
-        let trash = self.trash_name(project, &format!("gen-{generation}"));
-        let moved = self.store.retire(&tree, &trash)?;
+        let tree = self.generation_tree(project, generation);
+        let retired = self.store.retire(
+            &tree,
+            &self.trash_name(project, &format!("gen-{generation}")),
+        )?;
         state::remove_file(&self.layout.generation_meta(project, generation))?;
-        if let Some(trash) = &moved {
-            self.store.remove(trash)?;
+        if let Retired::Moved(trash) = &retired {
+            self.store.remove_trash(trash)?;
         }
-        Ok(moved.is_some() || !tree.exists())
+        Ok(retired != Retired::Absent)
     }
 
     fn recover_all(&self) -> Result<()> {
@@ -470,42 +463,66 @@ impl Cache {
             self.resolve(&intent, report)?;
             state::remove_file(&path)?;
         }
-        let journal = self.layout.journal(project);
-        let _ = std::fs::remove_dir(&journal);
+        let _ = std::fs::remove_dir(self.layout.journal(project));
         Ok(())
     }
 
     /// Finish or undo one interrupted operation. Its commit record decides: `current` for import
-    /// and promote, the session's metadata for setup; a cleanup always rolls forward.
+    /// and promote, the session's metadata for setup; a cleanup always rolls forward. A promote
+    /// the backend can only finish (ZFS, once the clone is promoted) is finished and committed.
     fn resolve(&self, intent: &Intent, report: &mut GcReport) -> Result<()> {
         let l = &self.layout;
         match intent {
             Intent::Import {
                 project,
                 generation,
-            }
-            | Intent::Promote {
-                project,
-                generation,
-                ..
             } => {
                 if l.read_current(project)? == Some(*generation) {
                     return Ok(());
                 }
-                self.store.remove(&l.generation(project, *generation))?;
+                self.store
+                    .discard(&self.generation_tree(project, *generation))?;
                 state::remove_file(&l.generation_meta(project, *generation))?;
                 self.remove_staging(&l.generations(project), report)?;
+                for d in [
+                    l.generations(project),
+                    l.sessions(project),
+                    l.project(project),
+                ] {
+                    let _ = std::fs::remove_dir(&d);
+                }
                 report
                     .removed
-                    .push(format!("{project}: rolled back generation {generation}"));
-                if matches!(intent, Intent::Import { .. }) {
-                    for d in [
-                        l.generations(project),
-                        l.sessions(project),
-                        l.project(project),
-                    ] {
-                        let _ = std::fs::remove_dir(&d);
-                    }
+                    .push(format!("{project}: rolled back import"));
+            }
+            Intent::Promote {
+                project,
+                session,
+                generation,
+            } => {
+                let current = l.read_current(project)?;
+                if current == Some(*generation) {
+                    return Ok(());
+                }
+                let previous = current.ok_or_else(|| Error::UnknownProject {
+                    project: project.clone(),
+                })?;
+                let finished = self.store.recover_golden_from(
+                    &self.session_tree(project, session),
+                    &self.generation_tree(project, *generation),
+                    &self.generation_tree(project, previous),
+                )?;
+                if finished {
+                    self.commit_generation(project, *generation, Some(session))?;
+                    report.removed.push(format!(
+                        "{project}: finished promote of {session} to generation {generation}"
+                    ));
+                } else {
+                    state::remove_file(&l.generation_meta(project, *generation))?;
+                    self.remove_staging(&l.generations(project), report)?;
+                    report
+                        .removed
+                        .push(format!("{project}: rolled back generation {generation}"));
                 }
             }
             Intent::Setup {
@@ -514,14 +531,14 @@ impl Cache {
                 if l.session_meta(project, session).exists() {
                     return Ok(());
                 }
-                self.store.remove(&l.session(project, session))?;
+                self.store.discard(&self.session_tree(project, session))?;
                 self.remove_staging(&l.sessions(project), report)?;
                 report
                     .removed
                     .push(format!("{project}: rolled back session {session}"));
             }
             Intent::Cleanup { project, session } => {
-                self.store.remove(&l.session(project, session))?;
+                self.store.discard(&self.session_tree(project, session))?;
                 state::remove_file(&l.session_meta(project, session))?;
                 report
                     .removed
@@ -531,12 +548,46 @@ impl Cache {
         Ok(())
     }
 
+    /// Write generation metadata, then `current`: the commit of an import or a promote.
+    fn commit_generation(
+        &self,
+        project: &str,
+        generation: u64,
+        source: Option<&str>,
+    ) -> Result<()> {
+        state::write_json(
+            &self.layout.generation_meta(project, generation),
+            &GenerationMeta {
+                project: project.to_string(),
+                generation,
+                created_at: state::now(),
+                source_session: source.map(str::to_string),
+                backend: self.backend(),
+            },
+        )?;
+        fault::point(if source.is_some() {
+            "promote:meta-written"
+        } else {
+            "import:meta-written"
+        });
+        state::write_atomic(
+            &self.layout.current(project),
+            format!("{generation}\n").as_bytes(),
+        )?;
+        fault::point(if source.is_some() {
+            "promote:current-written"
+        } else {
+            "import:current-written"
+        });
+        Ok(())
+    }
+
     /// Remove staging leftovers in `dir`. Only under the exclusive project lock: then no writer
     /// of this project is alive.
     fn remove_staging(&self, dir: &Path, report: &mut GcReport) -> Result<()> {
         for name in state::list_names(dir)? {
             if name.starts_with(STAGING_PREFIX) {
-                self.store.remove(&dir.join(&name))?;
+                self.store.remove_trash(&dir.join(&name))?;
                 report
                     .removed
                     .push(format!("staging {}", dir.join(&name).display()));
@@ -552,10 +603,11 @@ impl Cache {
         self.remove_staging(&l.generations(project), report)?;
         self.remove_staging(&l.sessions(project), report)?;
         for s in l.session_names(project)? {
-            let (tree, meta) = (l.session(project, &s), l.session_meta(project, &s));
-            match (tree.exists(), meta.exists()) {
+            let tree = self.session_tree(project, &s);
+            let meta = l.session_meta(project, &s);
+            match (self.store.exists(&tree)?, meta.exists()) {
                 (true, false) => {
-                    self.store.remove(&tree)?;
+                    self.store.discard(&tree)?;
                     report
                         .removed
                         .push(format!("{project}: orphan session tree {s}"));
@@ -573,16 +625,16 @@ impl Cache {
             if Some(g) == current {
                 continue;
             }
-            let (tree, meta) = (l.generation(project, g), l.generation_meta(project, g));
-            if tree.exists() && meta.exists() {
+            let tree = self.generation_tree(project, g);
+            let meta = l.generation_meta(project, g);
+            if meta.exists() {
                 if self.reclaim_if_unused(project, g)? {
                     report
                         .removed
                         .push(format!("{project}: retired generation {g}"));
                 }
-            } else {
-                self.store.remove(&tree)?;
-                state::remove_file(&meta)?;
+            } else if self.store.exists(&tree)? {
+                self.store.discard(&tree)?;
                 report
                     .removed
                     .push(format!("{project}: incomplete generation {g}"));
@@ -591,7 +643,7 @@ impl Cache {
         let prefix = format!("{project}.");
         for name in state::list_names(&l.trash())? {
             if name.starts_with(&prefix) {
-                self.store.remove(&l.trash().join(&name))?;
+                self.store.remove_trash(&l.trash().join(&name))?;
                 report.removed.push(format!("trash {name}"));
             }
         }
@@ -606,27 +658,4 @@ impl Cache {
         }
         Ok(())
     }
-}
-
-/// Bytes allocated under `path` (st_blocks), each inode once; 0 where unreadable.
-fn disk_usage(path: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let mut seen = std::collections::HashSet::new();
-    let mut total = 0;
-    let mut stack = vec![path.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        let Ok(m) = std::fs::symlink_metadata(&p) else {
-            continue;
-        };
-        if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
-            continue;
-        }
-        total += m.blocks() * 512;
-        if m.is_dir() {
-            if let Ok(rd) = std::fs::read_dir(&p) {
-                stack.extend(rd.flatten().map(|e| e.path()));
-            }
-        }
-    }
-    total
 }

@@ -6,7 +6,7 @@ use std::ffi::CString;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::fcntl::{openat, OFlag, AT_FDCWD};
 use nix::sys::stat::Mode;
@@ -16,28 +16,105 @@ use crate::copy::{self, CopyOptions};
 use crate::sys::btrfs::BTRFS_FIRST_FREE_OBJECTID;
 use crate::{sys, Error, Result};
 
-/// What a backend does for the lifecycle. Paths are where the lifecycle wants each tree; none of
-/// the destinations exists when called.
+/// A tree the lifecycle manages: a generation or a session of a project, and the path where
+/// it is (or would be) stored or mounted.
+#[derive(Debug, Clone)]
+pub(crate) struct Tree {
+    pub project: String,
+    pub id: TreeId,
+    pub path: PathBuf,
+}
+
+/// Which tree of a project.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TreeId {
+    Generation(u64),
+    Session(String),
+}
+
+/// What a backend does for the lifecycle. A destination tree does not exist when called.
+/// Every call either completes or leaves only what `discard`, `remove_trash` and
+/// `recover_golden_from` clean up.
 pub(crate) trait Store: Send + Sync + std::fmt::Debug {
     fn kind(&self) -> BackendKind;
-    /// A golden tree at `dst` with the contents of the directory `src`.
-    fn import(&self, src: &Path, dst: &Path) -> Result<()>;
-    /// A writable session tree at `dst` from the golden tree `golden`.
-    fn session_from(&self, golden: &Path, dst: &Path) -> Result<()>;
-    /// A golden tree at `dst` from the (quiesced) session tree `session`.
-    fn golden_from(&self, session: &Path, dst: &Path) -> Result<()>;
-    /// Remove a tree this store made (or a leftover of one), wherever it has been moved.
-    fn remove(&self, path: &Path) -> Result<()>;
-    /// Make the tree at `path` vanish from its place in one atomic step, so that of several
-    /// concurrent callers exactly one succeeds. Returns where it went, if somewhere (`trash`)
-    /// to be removed later; `None` if it is gone already (or was never there).
-    fn retire(&self, path: &Path, trash: &Path) -> Result<Option<std::path::PathBuf>> {
-        match std::fs::rename(path, trash) {
-            Ok(()) => Ok(Some(trash.to_path_buf())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io("rename", path, e)),
+    /// Generation `golden` with the contents of the directory `src`.
+    fn import(&self, src: &Path, golden: &Tree) -> Result<()>;
+    /// A writable `session` from the generation `golden`.
+    fn session_from(&self, golden: &Tree, session: &Tree) -> Result<()>;
+    /// Generation `golden` from the quiesced `session`; `previous` is the current generation.
+    fn golden_from(&self, session: &Tree, golden: &Tree, previous: &Tree) -> Result<()>;
+    /// After a crash or an error inside `golden_from`: finish it (`true`: `golden` is complete
+    /// and may be committed) or undo it (`false`). By default, undo.
+    fn recover_golden_from(&self, session: &Tree, golden: &Tree, previous: &Tree) -> Result<bool> {
+        let _ = (session, previous);
+        self.discard(golden)?;
+        Ok(false)
+    }
+    /// Whether the tree exists (complete or not).
+    fn exists(&self, tree: &Tree) -> Result<bool> {
+        match std::fs::symlink_metadata(&tree.path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io("stat", &tree.path, e)),
         }
     }
+    /// Make the tree vanish from its place in one atomic step, so that of several concurrent
+    /// callers exactly one succeeds. By default it moves to `trash`, to be removed with
+    /// [`remove_trash`](Store::remove_trash) after the caller's bookkeeping.
+    fn retire(&self, tree: &Tree, trash: &Path) -> Result<Retired> {
+        rename_to_trash(&tree.path, trash)
+    }
+    /// Remove a partial or orphaned tree where it is.
+    fn discard(&self, tree: &Tree) -> Result<()> {
+        self.remove_trash(&tree.path)
+    }
+    /// Remove something this store left at `path`: a retired tree or a staging leftover.
+    fn remove_trash(&self, path: &Path) -> Result<()>;
+    /// Bytes the tree occupies, as this backend counts them.
+    fn size(&self, tree: &Tree) -> u64 {
+        disk_usage(&tree.path)
+    }
+}
+
+/// What [`Store::retire`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Retired {
+    /// Moved here; remove it with [`Store::remove_trash`].
+    Moved(PathBuf),
+    /// Removed in place already.
+    Removed,
+    /// Was not there (another caller retired it).
+    Absent,
+}
+
+fn rename_to_trash(path: &Path, trash: &Path) -> Result<Retired> {
+    match std::fs::rename(path, trash) {
+        Ok(()) => Ok(Retired::Moved(trash.to_path_buf())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Retired::Absent),
+        Err(e) => Err(Error::io("rename", path, e)),
+    }
+}
+
+/// Bytes allocated under `path` (st_blocks), each inode once; 0 where unreadable.
+fn disk_usage(path: &Path) -> u64 {
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(m) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
+            continue;
+        }
+        total += m.blocks() * 512;
+        if m.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(&p) {
+                stack.extend(rd.flatten().map(|e| e.path()));
+            }
+        }
+    }
+    total
 }
 
 /// The tree-copy backend: every tree is an exact copy, reflinked where the filesystem can.
@@ -59,16 +136,16 @@ impl Store for CopyStore {
     fn kind(&self) -> BackendKind {
         BackendKind::Copy
     }
-    fn import(&self, src: &Path, dst: &Path) -> Result<()> {
-        copy::copy_tree(src, dst, &self.opts()).map(drop)
+    fn import(&self, src: &Path, golden: &Tree) -> Result<()> {
+        copy::copy_tree(src, &golden.path, &self.opts()).map(drop)
     }
-    fn session_from(&self, golden: &Path, dst: &Path) -> Result<()> {
-        copy::copy_tree(golden, dst, &self.opts()).map(drop)
+    fn session_from(&self, golden: &Tree, session: &Tree) -> Result<()> {
+        copy::copy_tree(&golden.path, &session.path, &self.opts()).map(drop)
     }
-    fn golden_from(&self, session: &Path, dst: &Path) -> Result<()> {
-        copy::copy_tree(session, dst, &self.opts()).map(drop)
+    fn golden_from(&self, session: &Tree, golden: &Tree, _previous: &Tree) -> Result<()> {
+        copy::copy_tree(&session.path, &golden.path, &self.opts()).map(drop)
     }
-    fn remove(&self, path: &Path) -> Result<()> {
+    fn remove_trash(&self, path: &Path) -> Result<()> {
         copy::remove_tree(path)
     }
 }
@@ -118,7 +195,8 @@ impl Store for BtrfsStore {
         BackendKind::Btrfs
     }
 
-    fn import(&self, src: &Path, dst: &Path) -> Result<()> {
+    fn import(&self, src: &Path, golden: &Tree) -> Result<()> {
+        let dst = golden.path.as_path();
         // Built under a staging name, made read-only, then renamed: `dst` appears complete or not
         // at all. A crash leaves the staging subvolume, which recovery removes.
         let (parent, name) = split(dst)?;
@@ -129,7 +207,7 @@ impl Store for BtrfsStore {
         ));
         let (_, staging_name) = split(&staging)?;
         let parent_fd = open_dir(parent)?;
-        let _ = self.remove(&staging);
+        let _ = self.remove_trash(&staging);
         sys::btrfs::subvol_create(parent_fd.as_fd(), &staging_name)
             .map_err(|e| Error::io("btrfs subvolume create", &staging, e))?;
         let filled = copy::copy_into(
@@ -147,43 +225,40 @@ impl Store for BtrfsStore {
         })
         .and_then(|()| std::fs::rename(&staging, dst).map_err(|e| Error::io("rename", dst, e)));
         if filled.is_err() {
-            let _ = self.remove(&staging);
+            let _ = self.remove_trash(&staging);
         }
         filled
     }
 
-    fn session_from(&self, golden: &Path, dst: &Path) -> Result<()> {
-        self.snapshot(golden, dst, false)
+    fn session_from(&self, golden: &Tree, session: &Tree) -> Result<()> {
+        self.snapshot(&golden.path, &session.path, false)
     }
 
-    fn golden_from(&self, session: &Path, dst: &Path) -> Result<()> {
-        self.snapshot(session, dst, true)
+    fn golden_from(&self, session: &Tree, golden: &Tree, _previous: &Tree) -> Result<()> {
+        self.snapshot(&session.path, &golden.path, true)
     }
 
     /// A subvolume is deleted in place: deleting is itself atomic, and a read-only one cannot
     /// be renamed (its `..` entry cannot change).
-    fn retire(&self, path: &Path, trash: &Path) -> Result<Option<std::path::PathBuf>> {
+    fn retire(&self, tree: &Tree, trash: &Path) -> Result<Retired> {
+        let path = tree.path.as_path();
         match std::fs::symlink_metadata(path) {
             Ok(m) if m.is_dir() && m.ino() == BTRFS_FIRST_FREE_OBJECTID => {
                 let (parent, name) = split(path)?;
                 let parent_fd = open_dir(parent)?;
                 match sys::btrfs::subvol_delete(parent_fd.as_fd(), &name) {
-                    Ok(()) => Ok(None),
-                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+                    Ok(()) => Ok(Retired::Removed),
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Retired::Absent),
                     Err(e) => Err(Error::io("btrfs subvolume delete", path, e)),
                 }
             }
-            Ok(_) => match std::fs::rename(path, trash) {
-                Ok(()) => Ok(Some(trash.to_path_buf())),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(Error::io("rename", path, e)),
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Ok(_) => rename_to_trash(path, trash),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Retired::Absent),
             Err(e) => Err(Error::io("stat", path, e)),
         }
     }
 
-    fn remove(&self, path: &Path) -> Result<()> {
+    fn remove_trash(&self, path: &Path) -> Result<()> {
         let meta = match std::fs::symlink_metadata(path) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
