@@ -14,6 +14,7 @@
 pub mod copy;
 pub mod detect;
 pub mod error;
+pub mod ffi;
 pub mod fixture;
 pub mod golden;
 pub mod treediff;

@@ -1,0 +1,191 @@
+package goldclone
+
+/*
+#include <stdint.h>
+#include "goldclone.h"
+#include "shim.h"
+*/
+import "C"
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"runtime/cgo"
+	"sync"
+	"time"
+)
+
+// Progress is a snapshot of a running copy.
+type Progress struct {
+	Entries, Bytes           uint64
+	TotalEntries, TotalBytes uint64
+	TotalsKnown              bool
+	// Finished is set on the last report, made after the copy succeeded.
+	Finished bool
+}
+
+// CopyOptions tune CopyTreeWithOptions; the zero value is the defaults.
+type CopyOptions struct {
+	// Threads is the number of worker threads (0 = default, at most 1024).
+	Threads int
+	// Sync makes the copy durable (syncfs) before it appears at dst.
+	Sync bool
+	// CloneMinSize: files smaller than this are written instead of reflinked (0 = clone all).
+	CloneMinSize uint64
+	// OnProgress, if set, is called on the calling goroutine: once before the copy starts,
+	// every ProgressInterval while it runs, and once after it succeeded. It must not block for
+	// long (the copy goes on meanwhile, but cancellation is noticed between reports).
+	OnProgress func(Progress)
+	// ProgressInterval between reports (0 = 100ms).
+	ProgressInterval time.Duration
+}
+
+// CopyStats is what a finished copy did.
+type CopyStats struct {
+	Entries, Files, Dirs, Symlinks, Specials, Hardlinks uint64
+	Bytes                                               uint64
+	Cloned, CopyFileRange, Sparse, ReadWrite            uint64
+	Threads                                             int
+	Elapsed                                             time.Duration
+}
+
+type copyState struct {
+	ctx        context.Context
+	onProgress func(Progress)
+	panicked   interface{}
+}
+
+// report runs the Go callback; a panic in it is caught (it must not unwind through C), cancels
+// the copy, and is re-raised once the C call has returned.
+func (st *copyState) report(p Progress) (cancel int) {
+	defer func() {
+		if r := recover(); r != nil {
+			st.panicked = r
+			cancel = 1
+		}
+	}()
+	if st.onProgress != nil && st.panicked == nil {
+		st.onProgress(p)
+	}
+	if st.ctx.Err() != nil {
+		return 1
+	}
+	return 0
+}
+
+// CopyTree copies the directory tree src to dst exactly (cp -a semantics, file data reflinked
+// where the filesystem can). dst must not exist; its parent must. On any error, cancellation
+// included, nothing is left at dst. onProgress (may be nil) gets the bytes copied so far and
+// the total bytes (-1 until known), on the calling goroutine. Cancelling ctx stops the copy
+// with an error matching ErrCancelled and context.Canceled.
+func CopyTree(ctx context.Context, src, dst string, onProgress func(copied, total int64)) error {
+	opts := CopyOptions{}
+	if onProgress != nil {
+		opts.OnProgress = func(p Progress) {
+			total := int64(-1)
+			if p.TotalsKnown {
+				total = int64(p.TotalBytes)
+			}
+			onProgress(int64(p.Bytes), total)
+		}
+	}
+	_, err := copyTree(ctx, src, dst, &opts, onProgress != nil)
+	return err
+}
+
+// CopyTreeWithOptions is CopyTree with all options and the statistics of the copy.
+func CopyTreeWithOptions(ctx context.Context, src, dst string, opts CopyOptions) (*CopyStats, error) {
+	return copyTree(ctx, src, dst, &opts, false)
+}
+
+func copyTree(ctx context.Context, src, dst string, opts *CopyOptions, countTotals bool) (*CopyStats, error) {
+	const op = "CopyTree"
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	if opts.Threads < 0 {
+		return nil, goError(op, ResultInvalidArgument, fmt.Sprintf("%d threads", opts.Threads))
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, &Error{Code: ResultCancelled, Op: op, Message: "cancelled: " + err.Error()}
+	}
+	csrc, err := cString(op, "src", src, ResultInvalidArgument)
+	if err != nil {
+		return nil, err
+	}
+	defer free(csrc)
+	cdst, err := cString(op, "dst", dst, ResultInvalidArgument)
+	if err != nil {
+		return nil, err
+	}
+	defer free(cdst)
+
+	var o C.goldclone_copy_options
+	C.goldclone_copy_options_init(&o)
+	o.threads = C.uint32_t(opts.Threads)
+	o.sync = C.bool(opts.Sync)
+	o.count_totals = C.bool(countTotals)
+	o.clone_min_size = C.uint64_t(opts.CloneMinSize)
+	o.progress_interval_ms = C.uint32_t(opts.ProgressInterval / time.Millisecond)
+
+	// The cancel handle: a goroutine cancels it when ctx is done, so a copy stuck between
+	// progress reports stops promptly. It is freed only after that goroutine has exited.
+	var cancel *C.goldclone_cancel
+	if err := call(op, func() C.goldclone_result { return C.goldclone_cancel_new(&cancel) }); err != nil {
+		return nil, err
+	}
+	defer C.goldclone_cancel_free(cancel)
+	o.cancel = cancel
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	if ctx.Done() != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			select {
+			case <-ctx.Done():
+				C.goldclone_cancel_cancel(cancel)
+			case <-done:
+			}
+		}()
+	}
+	defer wg.Wait()
+	defer close(done)
+
+	// A progress callback runs whenever there is something to report or a ctx to watch.
+	st := &copyState{ctx: ctx, onProgress: opts.OnProgress}
+	if opts.OnProgress != nil || ctx.Done() != nil {
+		h := cgo.NewHandle(st)
+		defer h.Delete()
+		C.goldclone_go_set_progress(&o, C.uintptr_t(h))
+	}
+
+	var stats C.goldclone_copy_stats
+	err = call(op, func() C.goldclone_result { return C.goldclone_copy_tree(csrc, cdst, &o, &stats) })
+	runtime.KeepAlive(st)
+	if st.panicked != nil {
+		panic(st.panicked)
+	}
+	if err != nil {
+		if e, ok := err.(*Error); ok && e.Code == ResultCancelled && ctx.Err() != nil {
+			e.Message = e.Message + " (" + ctx.Err().Error() + ")"
+		}
+		return nil, err
+	}
+	return &CopyStats{
+		Entries:       uint64(stats.entries),
+		Files:         uint64(stats.files),
+		Dirs:          uint64(stats.dirs),
+		Symlinks:      uint64(stats.symlinks),
+		Specials:      uint64(stats.specials),
+		Hardlinks:     uint64(stats.hardlinks),
+		Bytes:         uint64(stats.bytes),
+		Cloned:        uint64(stats.cloned),
+		CopyFileRange: uint64(stats.copy_file_range),
+		Sparse:        uint64(stats.sparse),
+		ReadWrite:     uint64(stats.read_write),
+		Threads:       int(stats.threads),
+		Elapsed:       time.Duration(stats.elapsed_ns),
+	}, nil
+}

@@ -1,0 +1,136 @@
+package goldclone
+
+/*
+#include "goldclone.h"
+*/
+import "C"
+
+import (
+	"context"
+	"fmt"
+	"io/fs"
+	"syscall"
+)
+
+// Result is a goldclone_result code of the C API. The numbers are fixed.
+type Result uint32
+
+// Result codes: the numbers of include/goldclone.h, fixed forever.
+const (
+	ResultOK               Result = 0
+	ResultNotFound         Result = 1
+	ResultAlreadyExists    Result = 2
+	ResultNotADirectory    Result = 3
+	ResultInvalidArgument  Result = 4
+	ResultInvalidName      Result = 5
+	ResultNameTooLong      Result = 6
+	ResultNoSpace          Result = 7
+	ResultBusy             Result = 8
+	ResultPermissionDenied Result = 9
+	ResultUnsupported      Result = 10
+	ResultCrossDevice      Result = 11
+	ResultCancelled        Result = 12
+	ResultZFSUnavailable   Result = 13
+	ResultIO               Result = 14
+	ResultOther            Result = 99
+	ResultNullParameter    Result = 100
+	ResultInvalidHandle    Result = 101
+	ResultBufferTooSmall   Result = 102
+	ResultPanic            Result = 103
+)
+
+// String is the C constant's name, e.g. "GOLDCLONE_RESULT_NOT_FOUND".
+func (r Result) String() string {
+	return C.GoString(C.goldclone_result_name(C.uint32_t(r)))
+}
+
+// Error is a failed call: the result code, the errno behind it (0 if none), and the library's
+// message. Compare causes with errors.Is and the Err* sentinels.
+type Error struct {
+	Code    Result
+	Errno   syscall.Errno
+	Message string
+	// Op is the Go function that failed, e.g. "SetupSession".
+	Op string
+}
+
+func (e *Error) Error() string {
+	if e.Message == "" {
+		return fmt.Sprintf("goldclone: %s: %s", e.Op, e.Code)
+	}
+	return fmt.Sprintf("goldclone: %s: %s", e.Op, e.Message)
+}
+
+// Is reports whether target is an *Error with the same code (the sentinels), or the standard
+// error matching the code: fs.ErrNotExist, fs.ErrExist, fs.ErrPermission, context.Canceled.
+func (e *Error) Is(target error) bool {
+	if t, ok := target.(*Error); ok {
+		return t.Code == e.Code
+	}
+	switch target {
+	case fs.ErrNotExist:
+		return e.Code == ResultNotFound
+	case fs.ErrExist:
+		return e.Code == ResultAlreadyExists
+	case fs.ErrPermission:
+		return e.Code == ResultPermissionDenied
+	case context.Canceled:
+		return e.Code == ResultCancelled
+	}
+	return false
+}
+
+// Unwrap gives the errno, so errors.Is(err, syscall.ENOSPC) works.
+func (e *Error) Unwrap() error {
+	if e.Errno != 0 {
+		return e.Errno
+	}
+	return nil
+}
+
+// Sentinels for errors.Is, one per result code.
+var (
+	ErrNotFound         = &Error{Code: ResultNotFound, Op: "sentinel"}
+	ErrAlreadyExists    = &Error{Code: ResultAlreadyExists, Op: "sentinel"}
+	ErrNotADirectory    = &Error{Code: ResultNotADirectory, Op: "sentinel"}
+	ErrInvalidArgument  = &Error{Code: ResultInvalidArgument, Op: "sentinel"}
+	ErrInvalidName      = &Error{Code: ResultInvalidName, Op: "sentinel"}
+	ErrNameTooLong      = &Error{Code: ResultNameTooLong, Op: "sentinel"}
+	ErrNoSpace          = &Error{Code: ResultNoSpace, Op: "sentinel"}
+	ErrBusy             = &Error{Code: ResultBusy, Op: "sentinel"}
+	ErrPermissionDenied = &Error{Code: ResultPermissionDenied, Op: "sentinel"}
+	ErrUnsupported      = &Error{Code: ResultUnsupported, Op: "sentinel"}
+	ErrCrossDevice      = &Error{Code: ResultCrossDevice, Op: "sentinel"}
+	ErrCancelled        = &Error{Code: ResultCancelled, Op: "sentinel"}
+	ErrZFSUnavailable   = &Error{Code: ResultZFSUnavailable, Op: "sentinel"}
+	ErrIO               = &Error{Code: ResultIO, Op: "sentinel"}
+	ErrOther            = &Error{Code: ResultOther, Op: "sentinel"}
+	ErrNullParameter    = &Error{Code: ResultNullParameter, Op: "sentinel"}
+	ErrInvalidHandle    = &Error{Code: ResultInvalidHandle, Op: "sentinel"}
+	ErrBufferTooSmall   = &Error{Code: ResultBufferTooSmall, Op: "sentinel"}
+	ErrPanic            = &Error{Code: ResultPanic, Op: "sentinel"}
+)
+
+// headerResults pairs each constant with the header's value (checked by the tests).
+var headerResults = map[Result]C.goldclone_result{
+	ResultOK:               C.GOLDCLONE_RESULT_OK,
+	ResultNotFound:         C.GOLDCLONE_RESULT_NOT_FOUND,
+	ResultAlreadyExists:    C.GOLDCLONE_RESULT_ALREADY_EXISTS,
+	ResultNotADirectory:    C.GOLDCLONE_RESULT_NOT_A_DIRECTORY,
+	ResultInvalidArgument:  C.GOLDCLONE_RESULT_INVALID_ARGUMENT,
+	ResultInvalidName:      C.GOLDCLONE_RESULT_INVALID_NAME,
+	ResultNameTooLong:      C.GOLDCLONE_RESULT_NAME_TOO_LONG,
+	ResultNoSpace:          C.GOLDCLONE_RESULT_NO_SPACE,
+	ResultBusy:             C.GOLDCLONE_RESULT_BUSY,
+	ResultPermissionDenied: C.GOLDCLONE_RESULT_PERMISSION_DENIED,
+	ResultUnsupported:      C.GOLDCLONE_RESULT_UNSUPPORTED,
+	ResultCrossDevice:      C.GOLDCLONE_RESULT_CROSS_DEVICE,
+	ResultCancelled:        C.GOLDCLONE_RESULT_CANCELLED,
+	ResultZFSUnavailable:   C.GOLDCLONE_RESULT_ZFS_UNAVAILABLE,
+	ResultIO:               C.GOLDCLONE_RESULT_IO,
+	ResultOther:            C.GOLDCLONE_RESULT_OTHER,
+	ResultNullParameter:    C.GOLDCLONE_RESULT_NULL_PARAMETER,
+	ResultInvalidHandle:    C.GOLDCLONE_RESULT_INVALID_HANDLE,
+	ResultBufferTooSmall:   C.GOLDCLONE_RESULT_BUFFER_TOO_SMALL,
+	ResultPanic:            C.GOLDCLONE_RESULT_PANIC,
+}

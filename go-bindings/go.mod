@@ -1,0 +1,3 @@
+module goldclone.dev/goldclone
+
+go 1.19

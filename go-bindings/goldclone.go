@@ -1,0 +1,452 @@
+package goldclone
+
+/*
+#cgo CFLAGS: -I${SRCDIR}/../include
+#cgo LDFLAGS: -L${SRCDIR}/../target/release -l:libgoldclone.a -lgcc_s -lutil -lrt -lpthread -lm -ldl
+#include <stdlib.h>
+#include "goldclone.h"
+*/
+import "C"
+
+import (
+	"fmt"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+)
+
+// pathBufSize holds any path the library returns.
+const pathBufSize = C.GOLDCLONE_PATH_BUF_SIZE
+
+// Version is the library version, e.g. "0.1.0".
+func Version() string { return C.GoString(C.goldclone_version()) }
+
+// ABIVersion is the C ABI version of the linked library; it equals HeaderABIVersion when the
+// header and the library match.
+func ABIVersion() uint32 { return uint32(C.goldclone_abi_version()) }
+
+// HeaderABIVersion is the C ABI version of the header this package was built with.
+const HeaderABIVersion uint32 = C.GOLDCLONE_ABI_VERSION
+
+// call runs one C call on a locked OS thread, so that the thread-local last error read
+// afterwards is the one this call set, and turns a failure into *Error.
+func call(op string, f func() C.goldclone_result) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if rc := f(); rc != C.GOLDCLONE_RESULT_OK {
+		return lastError(op, Result(rc))
+	}
+	return nil
+}
+
+// lastError reads the calling thread's last error; the caller holds the OS thread.
+func lastError(op string, code Result) *Error {
+	e := &Error{Code: code, Op: op, Errno: syscall.Errno(C.goldclone_last_error_errno())}
+	buf := make([]byte, 512)
+	for {
+		var n C.size_t
+		rc := C.goldclone_last_error_message((*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)), &n)
+		if rc == C.GOLDCLONE_RESULT_BUFFER_TOO_SMALL && int(n) >= len(buf) {
+			buf = make([]byte, int(n)+1)
+			continue
+		}
+		e.Message = string(buf[:int(n)])
+		return e
+	}
+}
+
+// goError is an *Error made on the Go side (a string that cannot be passed to C).
+func goError(op string, code Result, msg string) error {
+	return &Error{Code: code, Op: op, Message: msg}
+}
+
+// cString copies s for C; strings with NUL bytes cannot be passed (C would see them cut).
+func cString(op, what, s string, code Result) (*C.char, error) {
+	if strings.IndexByte(s, 0) >= 0 {
+		return nil, goError(op, code, what+" contains a NUL byte")
+	}
+	return C.CString(s), nil
+}
+
+func free(p *C.char) { C.free(unsafe.Pointer(p)) }
+
+// readString calls f with growing buffers until the string fits.
+func readString(op string, size int, f func(buf *C.char, n C.size_t, out *C.size_t) C.goldclone_result) (string, error) {
+	buf := make([]byte, size)
+	for {
+		var n C.size_t
+		var tooSmall bool
+		err := call(op, func() C.goldclone_result {
+			rc := f((*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)), &n)
+			if rc == C.GOLDCLONE_RESULT_BUFFER_TOO_SMALL && int(n) >= len(buf) {
+				tooSmall = true
+				return C.GOLDCLONE_RESULT_OK
+			}
+			return rc
+		})
+		if err != nil {
+			return "", err
+		}
+		if tooSmall {
+			buf = make([]byte, int(n)+1)
+			continue
+		}
+		return string(buf[:int(n)]), nil
+	}
+}
+
+// Backend is the primitive a cache uses for session copies.
+type Backend uint32
+
+// Backends.
+const (
+	BackendAuto  Backend = 0 // only for WithBackend: detect from the root
+	BackendZFS   Backend = 1
+	BackendZvol  Backend = 2
+	BackendBtrfs Backend = 3
+	BackendCopy  Backend = 4
+)
+
+// headerBackends pairs each constant with the header's value (checked by the tests).
+var headerBackends = map[Backend]C.goldclone_backend{
+	BackendAuto: C.GOLDCLONE_BACKEND_AUTO, BackendZFS: C.GOLDCLONE_BACKEND_ZFS,
+	BackendZvol: C.GOLDCLONE_BACKEND_ZVOL, BackendBtrfs: C.GOLDCLONE_BACKEND_BTRFS,
+	BackendCopy: C.GOLDCLONE_BACKEND_COPY,
+}
+
+func (b Backend) String() string {
+	switch b {
+	case BackendAuto:
+		return "auto"
+	case BackendZFS:
+		return "zfs"
+	case BackendZvol:
+		return "zvol"
+	case BackendBtrfs:
+		return "btrfs"
+	case BackendCopy:
+		return "copy"
+	}
+	return "unknown"
+}
+
+type openOptions struct {
+	backend     Backend
+	copyThreads int
+}
+
+// Option configures Open.
+type Option func(*openOptions)
+
+// WithBackend forces a backend instead of detecting one from the root.
+func WithBackend(b Backend) Option {
+	return func(o *openOptions) { o.backend = b }
+}
+
+// WithCopyThreads sets the worker threads of the copy backend (0 = default).
+func WithCopyThreads(n int) Option {
+	return func(o *openOptions) { o.copyThreads = n }
+}
+
+// Cache is a golden-tree cache rooted at a directory. Safe for concurrent use.
+type Cache struct {
+	ptr  atomic.Pointer[C.goldclone_cache]
+	root string
+}
+
+// Open opens (creating its state if needed) the cache at root, an existing directory, and
+// finishes or rolls back what a crashed process left half done.
+func Open(root string, opts ...Option) (*Cache, error) {
+	const op = "Open"
+	var oo openOptions
+	for _, opt := range opts {
+		opt(&oo)
+	}
+	if oo.copyThreads < 0 || oo.copyThreads > 1<<20 {
+		return nil, goError(op, ResultInvalidArgument, fmt.Sprintf("%d copy threads", oo.copyThreads))
+	}
+	var o C.goldclone_open_options
+	C.goldclone_open_options_init(&o)
+	o.backend = C.uint32_t(oo.backend)
+	o.copy_threads = C.uint32_t(oo.copyThreads)
+	croot, err := cString(op, "root", root, ResultInvalidArgument)
+	if err != nil {
+		return nil, err
+	}
+	defer free(croot)
+	var p *C.goldclone_cache
+	if err := call(op, func() C.goldclone_result { return C.goldclone_cache_open(croot, &o, &p) }); err != nil {
+		return nil, err
+	}
+	c := &Cache{root: root}
+	c.ptr.Store(p)
+	runtime.SetFinalizer(c, func(c *Cache) { _ = c.Close() })
+	return c, nil
+}
+
+var errClosed = func(op string) error {
+	return &Error{Code: ResultInvalidHandle, Op: op, Message: "cache is closed"}
+}
+
+// handle returns the live C handle or an ErrInvalidHandle error.
+func (c *Cache) handle(op string) (*C.goldclone_cache, error) {
+	if c == nil {
+		return nil, &Error{Code: ResultNullParameter, Op: op, Message: "nil *Cache"}
+	}
+	p := c.ptr.Load()
+	if p == nil {
+		return nil, errClosed(op)
+	}
+	return p, nil
+}
+
+// Close releases the cache. Calls running on it in other goroutines finish first; later
+// calls fail with ErrInvalidHandle. Closing twice is fine.
+func (c *Cache) Close() error {
+	if c == nil {
+		return nil
+	}
+	p := c.ptr.Swap(nil)
+	if p == nil {
+		return nil
+	}
+	runtime.SetFinalizer(c, nil)
+	return call("Close", func() C.goldclone_result { return C.goldclone_cache_free(p) })
+}
+
+// Root is the root directory the cache was opened with.
+func (c *Cache) Root() string { return c.root }
+
+// Backend is the backend the cache uses.
+func (c *Cache) Backend() (Backend, error) {
+	const op = "Backend"
+	p, err := c.handle(op)
+	if err != nil {
+		return 0, err
+	}
+	var b C.goldclone_backend
+	err = call(op, func() C.goldclone_result { return C.goldclone_cache_backend(p, &b) })
+	runtime.KeepAlive(c)
+	return Backend(b), err
+}
+
+// names converts a project and session id for C.
+func names(op, project, session string) (*C.char, *C.char, error) {
+	cp, err := cString(op, "project id", project, ResultInvalidName)
+	if err != nil {
+		return nil, nil, err
+	}
+	cs, err := cString(op, "session id", session, ResultInvalidName)
+	if err != nil {
+		free(cp)
+		return nil, nil, err
+	}
+	return cp, cs, nil
+}
+
+// Import makes the directory dir generation 1 of a new project and returns the generation.
+func (c *Cache) Import(projectID, dir string) (uint64, error) {
+	const op = "Import"
+	p, err := c.handle(op)
+	if err != nil {
+		return 0, err
+	}
+	cp, err := cString(op, "project id", projectID, ResultInvalidName)
+	if err != nil {
+		return 0, err
+	}
+	defer free(cp)
+	cd, err := cString(op, "dir", dir, ResultInvalidArgument)
+	if err != nil {
+		return 0, err
+	}
+	defer free(cd)
+	var g C.uint64_t
+	err = call(op, func() C.goldclone_result { return C.goldclone_cache_import(p, cp, cd, &g) })
+	runtime.KeepAlive(c)
+	return uint64(g), err
+}
+
+// SetupSession makes a private writable copy of the project's current generation for the
+// session and returns its path.
+func (c *Cache) SetupSession(projectID, sessionID string) (string, error) {
+	const op = "SetupSession"
+	p, err := c.handle(op)
+	if err != nil {
+		return "", err
+	}
+	cp, cs, err := names(op, projectID, sessionID)
+	if err != nil {
+		return "", err
+	}
+	defer free(cp)
+	defer free(cs)
+	// A buffer of GOLDCLONE_PATH_BUF_SIZE always suffices, so setup is never undone for lack
+	// of room.
+	buf := make([]byte, pathBufSize)
+	var n C.size_t
+	err = call(op, func() C.goldclone_result {
+		return C.goldclone_cache_setup(p, cp, cs, (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)), &n)
+	})
+	runtime.KeepAlive(c)
+	if err != nil {
+		return "", err
+	}
+	return string(buf[:int(n)]), nil
+}
+
+// PromoteSession makes the session's tree the project's next generation and returns it.
+// Sessions of older generations keep running unchanged.
+func (c *Cache) PromoteSession(projectID, sessionID string) (generation uint64, err error) {
+	const op = "PromoteSession"
+	p, err := c.handle(op)
+	if err != nil {
+		return 0, err
+	}
+	cp, cs, err := names(op, projectID, sessionID)
+	if err != nil {
+		return 0, err
+	}
+	defer free(cp)
+	defer free(cs)
+	var g C.uint64_t
+	err = call(op, func() C.goldclone_result { return C.goldclone_cache_promote(p, cp, cs, &g) })
+	runtime.KeepAlive(c)
+	return uint64(g), err
+}
+
+// CleanupSession removes the session. ErrBusy if processes still use it.
+func (c *Cache) CleanupSession(projectID, sessionID string) error {
+	const op = "CleanupSession"
+	p, err := c.handle(op)
+	if err != nil {
+		return err
+	}
+	cp, cs, err := names(op, projectID, sessionID)
+	if err != nil {
+		return err
+	}
+	defer free(cp)
+	defer free(cs)
+	err = call(op, func() C.goldclone_result { return C.goldclone_cache_cleanup(p, cp, cs) })
+	runtime.KeepAlive(c)
+	return err
+}
+
+// GC removes orphans, retired generations without sessions and staging leftovers, and returns
+// human-readable names of what it removed.
+func (c *Cache) GC() ([]string, error) {
+	const op = "GC"
+	p, err := c.handle(op)
+	if err != nil {
+		return nil, err
+	}
+	var r *C.goldclone_gc_report
+	err = call(op, func() C.goldclone_result { return C.goldclone_cache_gc(p, &r) })
+	runtime.KeepAlive(c)
+	if err != nil {
+		return nil, err
+	}
+	defer C.goldclone_gc_report_free(r)
+	var count C.size_t
+	if err := call(op, func() C.goldclone_result { return C.goldclone_gc_report_count(r, &count) }); err != nil {
+		return nil, err
+	}
+	removed := make([]string, 0, int(count))
+	for i := C.size_t(0); i < count; i++ {
+		s, err := readString(op, 256, func(b *C.char, n C.size_t, out *C.size_t) C.goldclone_result {
+			return C.goldclone_gc_report_item(r, i, b, n, out)
+		})
+		if err != nil {
+			return nil, err
+		}
+		removed = append(removed, s)
+	}
+	return removed, nil
+}
+
+// Session is a session of a project and the generation it was made from.
+type Session struct {
+	ID         string
+	Generation uint64
+}
+
+// Info is a project's state.
+type Info struct {
+	Project    string
+	Generation uint64
+	CreatedAt  time.Time
+	// SourceSession is the session the current generation was promoted from; "" if imported.
+	SourceSession string
+	Backend       Backend
+	SizeBytes     uint64
+	Sessions      []Session
+}
+
+// Info returns the project's current generation and its sessions.
+func (c *Cache) Info(projectID string) (*Info, error) {
+	const op = "Info"
+	p, err := c.handle(op)
+	if err != nil {
+		return nil, err
+	}
+	cp, err := cString(op, "project id", projectID, ResultInvalidName)
+	if err != nil {
+		return nil, err
+	}
+	defer free(cp)
+	var h *C.goldclone_info
+	err = call(op, func() C.goldclone_result { return C.goldclone_cache_info(p, cp, &h) })
+	runtime.KeepAlive(c)
+	if err != nil {
+		return nil, err
+	}
+	defer C.goldclone_info_free(h)
+	var gen, created, size C.uint64_t
+	var backend C.goldclone_backend
+	var count C.size_t
+	if err := call(op, func() C.goldclone_result {
+		return C.goldclone_info_get(h, &gen, &created, &size, &backend, &count)
+	}); err != nil {
+		return nil, err
+	}
+	info := &Info{
+		Project:    projectID,
+		Generation: uint64(gen),
+		CreatedAt:  time.Unix(int64(created), 0),
+		Backend:    Backend(backend),
+		SizeBytes:  uint64(size),
+		Sessions:   make([]Session, 0, int(count)),
+	}
+	src, err := readString(op, 128, func(b *C.char, n C.size_t, out *C.size_t) C.goldclone_result {
+		return C.goldclone_info_source_session(h, b, n, out)
+	})
+	switch {
+	case err == nil:
+		info.SourceSession = src
+	case !isCode(err, ResultNotFound):
+		return nil, err
+	}
+	for i := C.size_t(0); i < count; i++ {
+		var g C.uint64_t
+		id, err := readString(op, 128, func(b *C.char, n C.size_t, out *C.size_t) C.goldclone_result {
+			return C.goldclone_info_session(h, i, b, n, out, &g)
+		})
+		if err != nil {
+			return nil, err
+		}
+		info.Sessions = append(info.Sessions, Session{ID: id, Generation: uint64(g)})
+	}
+	return info, nil
+}
+
+func isCode(err error, code Result) bool {
+	e, ok := err.(*Error)
+	return ok && e.Code == code
+}
+
+// liveHandles is the library's count of live handles (a leak check for tests).
+func liveHandles() int { return int(C.goldclone_debug_live_handles()) }

@@ -1,0 +1,544 @@
+package goldclone
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestVersion(t *testing.T) {
+	if v := Version(); v == "" || v[0] < '0' || v[0] > '9' {
+		t.Fatalf("Version() = %q", v)
+	}
+	if ABIVersion() != HeaderABIVersion {
+		t.Fatalf("library ABI %d, header ABI %d", ABIVersion(), HeaderABIVersion)
+	}
+}
+
+func TestConstantsMatchHeader(t *testing.T) {
+	if len(headerResults) != 20 || len(headerBackends) != 5 || len(headerKinds) != 5 {
+		t.Fatal("a constant is not paired with the header")
+	}
+	for g, c := range headerResults {
+		if uint32(g) != uint32(c) {
+			t.Errorf("%s: Go %d, header %d", g, uint32(g), uint32(c))
+		}
+	}
+	for g, c := range headerBackends {
+		if uint32(g) != uint32(c) {
+			t.Errorf("backend %s: Go %d, header %d", g, uint32(g), uint32(c))
+		}
+	}
+	for g, c := range headerKinds {
+		if uint32(g) != uint32(c) {
+			t.Errorf("kind %s: Go %d, header %d", g, uint32(g), uint32(c))
+		}
+	}
+}
+
+func TestResultNamesAndErrorsIs(t *testing.T) {
+	sentinels := map[Result]*Error{
+		ResultNotFound: ErrNotFound, ResultAlreadyExists: ErrAlreadyExists,
+		ResultNotADirectory: ErrNotADirectory, ResultInvalidArgument: ErrInvalidArgument,
+		ResultInvalidName: ErrInvalidName, ResultNameTooLong: ErrNameTooLong,
+		ResultNoSpace: ErrNoSpace, ResultBusy: ErrBusy, ResultPermissionDenied: ErrPermissionDenied,
+		ResultUnsupported: ErrUnsupported, ResultCrossDevice: ErrCrossDevice,
+		ResultCancelled: ErrCancelled, ResultZFSUnavailable: ErrZFSUnavailable, ResultIO: ErrIO,
+		ResultOther: ErrOther, ResultNullParameter: ErrNullParameter,
+		ResultInvalidHandle: ErrInvalidHandle, ResultBufferTooSmall: ErrBufferTooSmall,
+		ResultPanic: ErrPanic,
+	}
+	if len(sentinels) != 19 {
+		t.Fatal("a sentinel is missing")
+	}
+	for code, s := range sentinels {
+		if !strings.HasPrefix(code.String(), "GOLDCLONE_RESULT_") || code.String() == "GOLDCLONE_RESULT_UNKNOWN" {
+			t.Errorf("%d: name %q", code, code.String())
+		}
+		err := error(&Error{Code: code, Op: "x", Message: "m"})
+		for other, o := range sentinels {
+			if got := errors.Is(err, o); got != (other == code) {
+				t.Errorf("errors.Is(%s, %s) = %v", code, other, got)
+			}
+		}
+		if !errors.Is(err, s) {
+			t.Errorf("%s does not match its sentinel", code)
+		}
+	}
+	if Result(12345).String() != "GOLDCLONE_RESULT_UNKNOWN" {
+		t.Error("unknown code name")
+	}
+	if ResultNotFound != 1 || ResultIO != 14 || ResultOther != 99 || ResultInvalidHandle != 101 {
+		t.Error("result numbers changed")
+	}
+}
+
+func TestDetect(t *testing.T) {
+	want := map[string]DetectKind{"xfs": KindReflink, "btrfs": KindBtrfs, "ext4": KindPlain, "tmpfs": KindPlain, "root": KindZFSDataset}
+	for _, f := range filesystems(t) {
+		d, err := Detect(f.path)
+		if err != nil {
+			t.Fatalf("%s: %v", f.name, err)
+		}
+		if d.Kind != want[f.name] && !(f.name == "root" && d.Kind == KindZvol) {
+			t.Errorf("%s: kind %s, want %s", f.name, d.Kind, want[f.name])
+		}
+		real, _ := filepath.EvalSymlinks(f.path)
+		if d.Path != real {
+			t.Errorf("%s: path %q, want %q", f.name, d.Path, real)
+		}
+		pool, ok := DetectZFSPool(f.path)
+		if f.name == "root" {
+			if !ok || pool == "" || d.Pool != pool || !strings.HasPrefix(d.Dataset, pool) {
+				t.Errorf("on ZFS: pool %q ok %v, detection %+v", pool, ok, d)
+			}
+		} else {
+			if ok || pool != "" || d.Pool != "" {
+				t.Errorf("%s: DetectZFSPool = %q, %v", f.name, pool, ok)
+			}
+			wantFS := f.name
+			if d.FSType != wantFS || d.MountPoint != real {
+				t.Errorf("%s: %+v", f.name, d)
+			}
+		}
+		if f.name == "btrfs" && (!d.BtrfsSubvolume || d.BtrfsSubvolumeID != 5) {
+			t.Errorf("btrfs: %+v", d)
+		}
+		if (f.name == "xfs" || f.name == "btrfs") && !(d.Reflink && d.ReflinkKnown) {
+			t.Errorf("%s: reflink %+v", f.name, d)
+		}
+	}
+	// bytes, not UTF-8
+	dir := filepath.Join(scratch(t, filesystems(t)[0].path, "detect"), "\xff\xfe")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	d, err := Detect(dir)
+	if err != nil || !strings.HasSuffix(d.Path, "/\xff\xfe") {
+		t.Errorf("non-UTF-8 path: %+v %v", d, err)
+	}
+	_, err = Detect("/nonexistent/goldclone")
+	if !errors.Is(err, ErrNotFound) || !errors.Is(err, fs.ErrNotExist) || !errors.Is(err, syscall.ENOENT) {
+		t.Errorf("missing path: %v", err)
+	}
+	if _, ok := DetectZFSPool("/nonexistent/goldclone"); ok {
+		t.Error("DetectZFSPool on a missing path")
+	}
+	if _, err := Detect("a\x00b"); !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("NUL in path: %v", err)
+	}
+}
+
+func TestCopyTree(t *testing.T) {
+	for _, f := range filesystems(t) {
+		t.Run(f.name, func(t *testing.T) {
+			dir := scratch(t, f.path, "copy")
+			src := makeTree(t, dir)
+			dst := filepath.Join(dir, "dst")
+			var calls int
+			var lastCopied, lastTotal int64
+			err := CopyTree(context.Background(), src, dst, func(copied, total int64) {
+				calls++
+				lastCopied, lastTotal = copied, total
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if calls < 2 || lastCopied != 6+5+6 || lastTotal != 6+5+6 {
+				t.Errorf("progress: %d calls, last %d/%d", calls, lastCopied, lastTotal)
+			}
+			if readFile(t, filepath.Join(dst, "caf\xe9-\xff", "\x80")) != "bytes\n" || readFile(t, filepath.Join(dst, "sub/b.txt")) != "beta\n" {
+				t.Error("content differs")
+			}
+			if l, _ := os.Readlink(filepath.Join(dst, "link")); l != "a.txt" {
+				t.Errorf("link %q", l)
+			}
+			if err := CopyTree(context.Background(), src, dst, nil); !errors.Is(err, ErrAlreadyExists) || !errors.Is(err, fs.ErrExist) {
+				t.Errorf("existing dst: %v", err)
+			}
+			stats, err := CopyTreeWithOptions(context.Background(), src, filepath.Join(dir, "dst2"), CopyOptions{Threads: 2})
+			if err != nil || stats.Entries != 7 || stats.Files != 3 || stats.Threads != 2 {
+				t.Errorf("stats %+v, %v", stats, err)
+			}
+			noStaging(t, dir)
+		})
+	}
+}
+
+func TestCopyTreeErrors(t *testing.T) {
+	dir := scratch(t, fsPath(t, "ext4"), "copyerr")
+	src := makeTree(t, dir)
+	ctx := context.Background()
+	cases := []struct {
+		src, dst string
+		want     error
+	}{
+		{filepath.Join(dir, "missing"), filepath.Join(dir, "d1"), ErrNotFound},
+		{filepath.Join(src, "a.txt"), filepath.Join(dir, "d2"), ErrNotADirectory},
+		{src, filepath.Join(src, "inside"), ErrInvalidArgument},
+		{src, filepath.Join(dir, strings.Repeat("n", 600)), ErrNameTooLong},
+		{src, "nul\x00byte", ErrInvalidArgument},
+		{"", filepath.Join(dir, "d3"), ErrNotFound},
+	}
+	for _, c := range cases {
+		err := CopyTree(ctx, c.src, c.dst, nil)
+		var e *Error
+		if !errors.Is(err, c.want) || !errors.As(err, &e) || e.Message == "" {
+			t.Errorf("CopyTree(%q, %q) = %v, want %v", c.src, c.dst, err, c.want)
+		}
+	}
+	if _, err := CopyTreeWithOptions(ctx, src, filepath.Join(dir, "d4"), CopyOptions{Threads: 5000}); !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("5000 threads: %v", err)
+	}
+	noStaging(t, dir)
+}
+
+func TestCopyTreeCancel(t *testing.T) {
+	dir := scratch(t, fsPath(t, "xfs"), "cancel")
+	src := makeTree(t, dir)
+
+	// already cancelled
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := CopyTree(ctx, src, filepath.Join(dir, "d1"), nil)
+	if !errors.Is(err, ErrCancelled) || !errors.Is(err, context.Canceled) || exists(filepath.Join(dir, "d1")) {
+		t.Errorf("pre-cancelled: %v", err)
+	}
+
+	// cancelled in the first progress report (made before the copy starts): deterministic
+	ctx, cancel = context.WithCancel(context.Background())
+	calls := 0
+	err = CopyTree(ctx, src, filepath.Join(dir, "d2"), func(copied, total int64) { calls++; cancel() })
+	if !errors.Is(err, ErrCancelled) || calls != 1 || exists(filepath.Join(dir, "d2")) {
+		t.Errorf("cancel in callback: %v after %d calls", err, calls)
+	}
+
+	// cancelled from another goroutine while a big copy runs
+	big := makeBigTree(t, dir, 3000)
+	ctx, cancel = context.WithCancel(context.Background())
+	go func() { time.Sleep(2 * time.Millisecond); cancel() }()
+	err = CopyTree(ctx, big, filepath.Join(dir, "d3"), nil)
+	t.Logf("big copy cancelled after 2ms: %v", err)
+	if err != nil && (!errors.Is(err, ErrCancelled) || exists(filepath.Join(dir, "d3"))) {
+		t.Errorf("cancel while running: %v", err)
+	}
+
+	// a deadline
+	ctx, cancel = context.WithTimeout(context.Background(), time.Millisecond)
+	defer cancel()
+	err = CopyTree(ctx, big, filepath.Join(dir, "d4"), func(int64, int64) {})
+	if err != nil && !errors.Is(err, ErrCancelled) {
+		t.Errorf("deadline: %v", err)
+	}
+	noStaging(t, dir)
+}
+
+func TestCopyTreeCallbackPanic(t *testing.T) {
+	dir := scratch(t, fsPath(t, "tmpfs"), "panic")
+	src := makeTree(t, dir)
+	defer func() {
+		if r := recover(); r != "boom" {
+			t.Errorf("recovered %v, want the callback's panic", r)
+		}
+		if exists(filepath.Join(dir, "dst")) {
+			t.Error("dst left after a panicking callback")
+		}
+	}()
+	_ = CopyTree(context.Background(), src, filepath.Join(dir, "dst"), func(int64, int64) { panic("boom") })
+	t.Error("no panic")
+}
+
+// cacheRoot gives a cache root on f: a fresh directory on the loop mounts, the ZFS dataset's
+// mount point itself in the guest (with a per-test project name to keep runs apart).
+func cacheRoot(t *testing.T, f testFS) (root, srcDir string) {
+	t.Helper()
+	if f.name == "root" {
+		return f.path, t.TempDir()
+	}
+	d := scratch(t, f.path, "cache")
+	root = filepath.Join(d, "cache")
+	if err := os.Mkdir(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return root, d
+}
+
+func TestLifecycle(t *testing.T) {
+	wantBackend := map[string]Backend{"xfs": BackendCopy, "btrfs": BackendBtrfs, "ext4": BackendCopy, "tmpfs": BackendCopy, "root": BackendZFS}
+	for _, f := range filesystems(t) {
+		if f.name == "root" {
+			// a ZFS dataset, or a filesystem on a zvol
+			if d, err := Detect(f.path); err == nil && d.Kind == KindZvol {
+				wantBackend["root"] = BackendZvol
+			}
+		}
+		t.Run(f.name, func(t *testing.T) {
+			root, srcDir := cacheRoot(t, f)
+			project := "go-" + strings.ReplaceAll(t.Name(), "/", "-") + "-" + time.Now().Format("150405.000000")
+			golden := filepath.Join(srcDir, "golden")
+			writeFile(t, filepath.Join(golden, "version.txt"), "gen1\n")
+			writeFile(t, filepath.Join(golden, "lib", "data"), "data\n")
+
+			c, err := Open(root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if b, err := c.Backend(); err != nil || b != wantBackend[f.name] {
+				t.Errorf("backend %s, %v", b, err)
+			}
+			if g, err := c.Import(project, golden); err != nil || g != 1 {
+				t.Fatalf("import: %d, %v", g, err)
+			}
+			if _, err := c.Import(project, golden); !errors.Is(err, ErrAlreadyExists) {
+				t.Errorf("second import: %v", err)
+			}
+			s1, err := c.SetupSession(project, "s1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			s2, err := c.SetupSession(project, "s2")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.SetupSession(project, "s1"); !errors.Is(err, ErrAlreadyExists) {
+				t.Errorf("setup twice: %v", err)
+			}
+			writeFile(t, filepath.Join(s1, "version.txt"), "gen2\n")
+			writeFile(t, filepath.Join(s1, "added"), "new\n")
+			g, err := c.PromoteSession(project, "s1")
+			if err != nil || g != 2 {
+				t.Fatalf("promote: %d, %v", g, err)
+			}
+			s3, err := c.SetupSession(project, "s3")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if readFile(t, filepath.Join(s3, "version.txt")) != "gen2\n" || readFile(t, filepath.Join(s3, "added")) != "new\n" {
+				t.Error("new session does not see generation 2")
+			}
+			if readFile(t, filepath.Join(s2, "version.txt")) != "gen1\n" || exists(filepath.Join(s2, "added")) {
+				t.Error("old session does not see generation 1 any more")
+			}
+			info, err := c.Info(project)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info.Generation != 2 || info.SourceSession != "s1" || info.Backend != wantBackend[f.name] ||
+				len(info.Sessions) != 3 || time.Since(info.CreatedAt) > time.Hour {
+				t.Errorf("info %+v", info)
+			}
+			gens := map[string]uint64{}
+			for _, s := range info.Sessions {
+				gens[s.ID] = s.Generation
+			}
+			if gens["s1"] != 1 || gens["s2"] != 1 || gens["s3"] != 2 {
+				t.Errorf("sessions %v", gens)
+			}
+			for _, s := range []string{"s1", "s2", "s3"} {
+				if err := c.CleanupSession(project, s); err != nil {
+					t.Errorf("cleanup %s: %v", s, err)
+				}
+			}
+			if exists(s2) {
+				t.Error("s2 still there")
+			}
+			if err := c.CleanupSession(project, "s2"); !errors.Is(err, ErrNotFound) {
+				t.Errorf("cleanup twice: %v", err)
+			}
+			removed, err := c.GC()
+			if err != nil {
+				t.Errorf("gc: %v", err)
+			}
+			t.Logf("gc removed %q", removed)
+			info, err = c.Info(project)
+			if err != nil || info.Generation != 2 || len(info.Sessions) != 0 {
+				t.Errorf("info after cleanup: %+v %v", info, err)
+			}
+			if _, err := c.Info("no-such-project"); !errors.Is(err, ErrNotFound) {
+				t.Errorf("unknown project: %v", err)
+			}
+			if err := c.Close(); err != nil {
+				t.Error(err)
+			}
+			if err := c.Close(); err != nil {
+				t.Errorf("second Close: %v", err)
+			}
+			if _, err := c.SetupSession(project, "s9"); !errors.Is(err, ErrInvalidHandle) {
+				t.Errorf("after Close: %v", err)
+			}
+		})
+	}
+}
+
+func TestBadNames(t *testing.T) {
+	f := filesystems(t)[0]
+	root, srcDir := cacheRoot(t, f)
+	golden := filepath.Join(srcDir, "golden")
+	writeFile(t, filepath.Join(golden, "x"), "x")
+	c, err := Open(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	project := "go-bad-" + time.Now().Format("150405.000000")
+	if _, err := c.Import(project, golden); err != nil {
+		t.Fatal(err)
+	}
+	cases := map[string]error{
+		"": ErrInvalidName, "..": ErrInvalidName, "../x": ErrInvalidName, "a/b": ErrInvalidName,
+		"-x": ErrInvalidName, "a@b": ErrInvalidName, "caf\u00e9": ErrInvalidName, "\xff\xfe": ErrInvalidName,
+		"nul\x00": ErrInvalidName, strings.Repeat("a", 65): ErrNameTooLong, strings.Repeat("b", 5000): ErrNameTooLong,
+	}
+	for name, want := range cases {
+		if _, err := c.SetupSession(project, name); !errors.Is(err, want) {
+			t.Errorf("SetupSession(%q) = %v, want %v", name, err, want)
+		}
+		if _, err := c.SetupSession(name, "s"); !errors.Is(err, want) {
+			t.Errorf("SetupSession(project %q) = %v", name, err)
+		}
+		if _, err := c.PromoteSession(project, name); !errors.Is(err, want) {
+			t.Errorf("PromoteSession(%q) = %v", name, err)
+		}
+		if err := c.CleanupSession(project, name); !errors.Is(err, want) {
+			t.Errorf("CleanupSession(%q) = %v", name, err)
+		}
+		if _, err := c.Info(name); !errors.Is(err, want) {
+			t.Errorf("Info(%q) = %v", name, err)
+		}
+	}
+	if _, err := c.SetupSession("unknown-project", "s"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("unknown project: %v", err)
+	}
+	if _, err := Open("/nonexistent/cache"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Open missing: %v", err)
+	}
+	if _, err := Open(root, WithBackend(Backend(77))); !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("Open bad backend: %v", err)
+	}
+	var nilCache *Cache
+	if _, err := nilCache.SetupSession(project, "s"); !errors.Is(err, ErrNullParameter) {
+		t.Errorf("nil cache: %v", err)
+	}
+}
+
+func TestConcurrentSessions(t *testing.T) {
+	f := filesystems(t)[0]
+	root, srcDir := cacheRoot(t, f)
+	golden := filepath.Join(srcDir, "golden")
+	writeFile(t, filepath.Join(golden, "x"), "x")
+	c, err := Open(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	project := "go-conc-" + time.Now().Format("150405.000000")
+	if _, err := c.Import(project, golden); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; i < 3; i++ {
+				s := "w" + string(rune('a'+w)) + "-" + string(rune('0'+i))
+				p, err := c.SetupSession(project, s)
+				if err == nil && !exists(filepath.Join(p, "x")) {
+					err = errors.New("session without content")
+				}
+				if err == nil {
+					_, err = c.Info(project)
+				}
+				if err == nil {
+					err = c.CleanupSession(project, s)
+				}
+				if err != nil {
+					errs <- err
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+// A Cache dropped without Close is released by its finalizer.
+func TestFinalizer(t *testing.T) {
+	f := filesystems(t)[0]
+	root, _ := cacheRoot(t, f)
+	before := liveHandles()
+	func() {
+		c, err := Open(root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if liveHandles() != before+1 {
+			t.Errorf("live handles %d, want %d", liveHandles(), before+1)
+		}
+		_ = c
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for liveHandles() != before && time.Now().Before(deadline) {
+		runtime.GC()
+		time.Sleep(10 * time.Millisecond)
+	}
+	if liveHandles() != before {
+		t.Errorf("finalizer did not free the cache: %d live, want %d", liveHandles(), before)
+	}
+}
+
+// Close while other goroutines use the Cache: their calls finish or fail with ErrInvalidHandle.
+func TestCloseWhileInUse(t *testing.T) {
+	f := filesystems(t)[0]
+	root, srcDir := cacheRoot(t, f)
+	golden := filepath.Join(srcDir, "golden")
+	writeFile(t, filepath.Join(golden, "x"), "x")
+	c, err := Open(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	project := "go-close-" + time.Now().Format("150405.000000")
+	if _, err := c.Import(project, golden); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				_, err := c.Info(project)
+				if errors.Is(err, ErrInvalidHandle) {
+					return
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	time.Sleep(20 * time.Millisecond)
+	if err := c.Close(); err != nil {
+		t.Error(err)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}

@@ -1,0 +1,11 @@
+#include "shim.h"
+#include "_cgo_export.h"
+
+static int32_t goldclone_go_trampoline(void *user_data, const goldclone_progress *progress) {
+    return goldcloneGoProgress((uintptr_t)user_data, (goldclone_progress *)progress);
+}
+
+void goldclone_go_set_progress(goldclone_copy_options *opts, uintptr_t handle) {
+    opts->progress = goldclone_go_trampoline;
+    opts->progress_user_data = (void *)handle;
+}

@@ -1,0 +1,11 @@
+/* C side of CopyTree's progress callback: a trampoline into the exported Go function, so no
+ * Go pointer is ever stored in C memory (user data is a runtime/cgo.Handle value). */
+#ifndef GOLDCLONE_GO_SHIM_H
+#define GOLDCLONE_GO_SHIM_H
+#include <stdint.h>
+#include "goldclone.h"
+
+/* Point opts at the Go progress callback with `handle` as its user data. */
+void goldclone_go_set_progress(goldclone_copy_options *opts, uintptr_t handle);
+
+#endif

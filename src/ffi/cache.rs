@@ -1,0 +1,465 @@
+//! The golden lifecycle: a cache of projects, sessions, promotion, cleanup, gc.
+
+use std::ffi::c_char;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+
+use super::args;
+use super::error::{goldclone_result, Failure};
+use super::handle::{self, Object};
+use crate::golden::{BackendKind, Cache, GcReport, GoldenInfo, OpenOptions};
+
+/// A golden-tree cache rooted at a directory. Opaque; free with `goldclone_cache_free`. One
+/// handle may be used from many threads at once.
+pub struct goldclone_cache {
+    _private: [u8; 0],
+}
+
+/// A project's state from `goldclone_cache_info`. Opaque; free with `goldclone_info_free`.
+pub struct goldclone_info {
+    _private: [u8; 0],
+}
+
+/// What `goldclone_cache_gc` removed. Opaque; free with `goldclone_gc_report_free`.
+pub struct goldclone_gc_report {
+    _private: [u8; 0],
+}
+
+/// The primitive a cache uses for session copies.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum goldclone_backend {
+    /// Only in `goldclone_open_options`: detect from the cache root.
+    Auto = 0,
+    /// A ZFS dataset per generation; sessions are clones.
+    Zfs = 1,
+    /// A ZFS volume with XFS per generation; sessions are zvol clones.
+    Zvol = 2,
+    /// btrfs subvolumes; sessions are snapshots.
+    Btrfs = 3,
+    /// The exact parallel tree copy (reflinked where the filesystem can).
+    Copy = 4,
+}
+
+impl From<BackendKind> for goldclone_backend {
+    fn from(b: BackendKind) -> Self {
+        match b {
+            BackendKind::Zfs => goldclone_backend::Zfs,
+            BackendKind::Zvol => goldclone_backend::Zvol,
+            BackendKind::Btrfs => goldclone_backend::Btrfs,
+            BackendKind::Copy => goldclone_backend::Copy,
+        }
+    }
+}
+
+/// How to open a cache. Fill with `goldclone_open_options_init` first.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct goldclone_open_options {
+    /// A `goldclone_backend` value; `GOLDCLONE_BACKEND_AUTO` (0) detects it from the root.
+    pub backend: u32,
+    /// Worker threads of the copy backend (0 = default).
+    pub copy_threads: u32,
+}
+
+fn cache(c: *const goldclone_cache) -> Result<Arc<Cache>, Failure> {
+    handle::get(c, "goldclone_cache", |o| match o {
+        Object::Cache(c) => Some(Arc::clone(c)),
+        _ => None,
+    })
+}
+
+fn info(i: *const goldclone_info) -> Result<Arc<GoldenInfo>, Failure> {
+    handle::get(i, "goldclone_info", |o| match o {
+        Object::Info(i) => Some(Arc::clone(i)),
+        _ => None,
+    })
+}
+
+fn gc_report(r: *const goldclone_gc_report) -> Result<Arc<GcReport>, Failure> {
+    handle::get(r, "goldclone_gc_report", |o| match o {
+        Object::GcReport(r) => Some(Arc::clone(r)),
+        _ => None,
+    })
+}
+
+fn index_error(what: &str, index: usize, len: usize) -> Failure {
+    Failure::new(
+        goldclone_result::InvalidArgument,
+        format!("{what} index {index} out of range (count {len})"),
+    )
+}
+
+/// Fill `*opts` with the defaults: detect the backend, default copy threads.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_open_options_init(
+    opts: *mut goldclone_open_options,
+) -> goldclone_result {
+    ffi_body!("goldclone_open_options_init", {
+        args::require(opts, "opts")?;
+        // SAFETY: non-NULL (checked), writable by the caller's promise.
+        unsafe { args::store(opts, goldclone_open_options::default()) };
+        Ok(())
+    })
+}
+
+/// Open (creating if needed) the cache at `root` (NUL-terminated bytes), finishing or rolling
+/// back what a crashed process left half done. `opts` may be NULL (defaults). On success `*out`
+/// is a new handle.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_cache_open(
+    root: *const c_char,
+    opts: *const goldclone_open_options,
+    out: *mut *mut goldclone_cache,
+) -> goldclone_result {
+    ffi_body!("goldclone_cache_open", {
+        // SAFETY: the caller passes a NUL-terminated string or NULL.
+        let root = unsafe { args::path(root, "root") }?;
+        args::require(out, "out")?;
+        let o = if opts.is_null() {
+            goldclone_open_options::default()
+        } else {
+            // SAFETY: non-NULL, points to an initialized goldclone_open_options (POD).
+            unsafe { opts.read() }
+        };
+        let backend = match o.backend {
+            0 => None,
+            1 => Some(BackendKind::Zfs),
+            2 => Some(BackendKind::Zvol),
+            3 => Some(BackendKind::Btrfs),
+            4 => Some(BackendKind::Copy),
+            n => {
+                return Err(Failure::new(
+                    goldclone_result::InvalidArgument,
+                    format!("{n} is not a goldclone_backend"),
+                ))
+            }
+        };
+        let c = Cache::open(
+            root,
+            &OpenOptions {
+                backend,
+                copy_threads: o.copy_threads as usize,
+            },
+        )?;
+        let h = handle::register(Object::Cache(Arc::new(c)));
+        // SAFETY: non-NULL (checked), writable by the caller's promise.
+        unsafe { args::store(out, h) };
+        Ok(())
+    })
+}
+
+/// Free a cache handle. Calls still running on it from other threads finish first (they hold
+/// their own reference). NULL is a no-op.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_cache_free(cache: *mut goldclone_cache) -> goldclone_result {
+    ffi_body!("goldclone_cache_free", {
+        handle::free(cache, "goldclone_cache", |o| matches!(o, Object::Cache(_)))
+    })
+}
+
+/// The backend the cache uses, in `*out`.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_cache_backend(
+    cache: *const goldclone_cache,
+    out: *mut goldclone_backend,
+) -> goldclone_result {
+    ffi_body!("goldclone_cache_backend", {
+        args::require(out, "out")?;
+        let b = self::cache(cache)?.backend();
+        // SAFETY: non-NULL (checked), writable by the caller's promise.
+        unsafe { args::store(out, b.into()) };
+        Ok(())
+    })
+}
+
+/// The cache root into a caller buffer.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_cache_root(
+    cache: *const goldclone_cache,
+    buf: *mut c_char,
+    buf_len: usize,
+    out_len: *mut usize,
+) -> goldclone_result {
+    ffi_body!("goldclone_cache_root", {
+        let c = self::cache(cache)?;
+        // SAFETY: the caller's promise on buf/buf_len/out_len.
+        unsafe { args::write_string(buf, buf_len, out_len, c.root().as_os_str().as_bytes()) }
+    })
+}
+
+/// Make the directory `dir` (NUL-terminated bytes) generation 1 of a new project `project`
+/// (UTF-8). `*generation` (may be NULL) receives the generation.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_cache_import(
+    cache: *const goldclone_cache,
+    project: *const c_char,
+    dir: *const c_char,
+    generation: *mut u64,
+) -> goldclone_result {
+    ffi_body!("goldclone_cache_import", {
+        // SAFETY: the caller passes NUL-terminated strings or NULL.
+        let project = unsafe { args::name(project, "project") }?;
+        // SAFETY: as above.
+        let dir = unsafe { args::path(dir, "dir") }?;
+        let g = self::cache(cache)?.import(project, dir)?;
+        // SAFETY: NULL or writable by the caller's promise.
+        unsafe { args::store(generation, g) };
+        Ok(())
+    })
+}
+
+/// Set up session `session` of `project` (both UTF-8): a private writable copy of the
+/// project's current generation. Its path goes into the caller buffer `path_buf` (a buffer of
+/// `GOLDCLONE_PATH_BUF_SIZE` bytes always suffices). If the path does not fit, the session is
+/// removed again and the call returns BUFFER_TOO_SMALL with the needed length in
+/// `*path_len_out`: either the session exists and you have its path, or it does not exist.
+///
+/// Errors: NOT_FOUND (project), ALREADY_EXISTS (session), INVALID_NAME, NAME_TOO_LONG,
+/// NO_SPACE, IO.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_cache_setup(
+    cache: *const goldclone_cache,
+    project: *const c_char,
+    session: *const c_char,
+    path_buf: *mut c_char,
+    path_buf_len: usize,
+    path_len_out: *mut usize,
+) -> goldclone_result {
+    ffi_body!("goldclone_cache_setup", {
+        // SAFETY: the caller passes NUL-terminated strings or NULL.
+        let project = unsafe { args::name(project, "project") }?;
+        // SAFETY: as above.
+        let session = unsafe { args::name(session, "session") }?;
+        args::require_buf(path_buf, path_buf_len)?;
+        let c = self::cache(cache)?;
+        let path = c.setup(project, session)?;
+        // SAFETY: the caller's promise on the buffer arguments.
+        let written = unsafe {
+            args::write_string(
+                path_buf,
+                path_buf_len,
+                path_len_out,
+                path.as_os_str().as_bytes(),
+            )
+        };
+        if let Err(mut f) = written {
+            if let Err(e) = c.cleanup(project, session) {
+                f.message = format!("{}; removing the session again failed: {e}", f.message);
+            } else {
+                f.message = format!("{}; the session was removed again", f.message);
+            }
+            return Err(f);
+        }
+        Ok(())
+    })
+}
+
+/// Make session `session`'s tree the next generation of `project`. `*generation` (may be NULL)
+/// receives it. Sessions made from older generations keep running.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_cache_promote(
+    cache: *const goldclone_cache,
+    project: *const c_char,
+    session: *const c_char,
+    generation: *mut u64,
+) -> goldclone_result {
+    ffi_body!("goldclone_cache_promote", {
+        // SAFETY: the caller passes NUL-terminated strings or NULL.
+        let project = unsafe { args::name(project, "project") }?;
+        // SAFETY: as above.
+        let session = unsafe { args::name(session, "session") }?;
+        let g = self::cache(cache)?.promote(project, session)?;
+        // SAFETY: NULL or writable by the caller's promise.
+        unsafe { args::store(generation, g) };
+        Ok(())
+    })
+}
+
+/// Remove session `session` of `project`. BUSY if processes still use it.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_cache_cleanup(
+    cache: *const goldclone_cache,
+    project: *const c_char,
+    session: *const c_char,
+) -> goldclone_result {
+    ffi_body!("goldclone_cache_cleanup", {
+        // SAFETY: the caller passes NUL-terminated strings or NULL.
+        let project = unsafe { args::name(project, "project") }?;
+        // SAFETY: as above.
+        let session = unsafe { args::name(session, "session") }?;
+        self::cache(cache)?.cleanup(project, session)?;
+        Ok(())
+    })
+}
+
+/// Remove orphans, retired generations without sessions and staging leftovers. `*report` (may
+/// be NULL) receives a new handle listing what was removed.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_cache_gc(
+    cache: *const goldclone_cache,
+    report: *mut *mut goldclone_gc_report,
+) -> goldclone_result {
+    ffi_body!("goldclone_cache_gc", {
+        let r = self::cache(cache)?.gc()?;
+        if !report.is_null() {
+            let h = handle::register(Object::GcReport(Arc::new(r)));
+            // SAFETY: non-NULL, writable by the caller's promise.
+            unsafe { args::store(report, h) };
+        }
+        Ok(())
+    })
+}
+
+/// Number of removed items in a gc report, in `*count`.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_gc_report_count(
+    report: *const goldclone_gc_report,
+    count: *mut usize,
+) -> goldclone_result {
+    ffi_body!("goldclone_gc_report_count", {
+        args::require(count, "count")?;
+        let n = gc_report(report)?.removed.len();
+        // SAFETY: non-NULL (checked), writable by the caller's promise.
+        unsafe { args::store(count, n) };
+        Ok(())
+    })
+}
+
+/// Removed item `index` (a human-readable name) into a caller buffer. INVALID_ARGUMENT past
+/// the end.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_gc_report_item(
+    report: *const goldclone_gc_report,
+    index: usize,
+    buf: *mut c_char,
+    buf_len: usize,
+    out_len: *mut usize,
+) -> goldclone_result {
+    ffi_body!("goldclone_gc_report_item", {
+        let r = gc_report(report)?;
+        let item = r
+            .removed
+            .get(index)
+            .ok_or_else(|| index_error("gc report", index, r.removed.len()))?;
+        // SAFETY: the caller's promise on buf/buf_len/out_len.
+        unsafe { args::write_string(buf, buf_len, out_len, item.as_bytes()) }
+    })
+}
+
+/// Free a gc report. NULL is a no-op.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_gc_report_free(
+    report: *mut goldclone_gc_report,
+) -> goldclone_result {
+    ffi_body!("goldclone_gc_report_free", {
+        handle::free(report, "goldclone_gc_report", |o| {
+            matches!(o, Object::GcReport(_))
+        })
+    })
+}
+
+/// The state of `project` (UTF-8): a new handle in `*out`. NOT_FOUND for an unknown project.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_cache_info(
+    cache: *const goldclone_cache,
+    project: *const c_char,
+    out: *mut *mut goldclone_info,
+) -> goldclone_result {
+    ffi_body!("goldclone_cache_info", {
+        // SAFETY: the caller passes a NUL-terminated string or NULL.
+        let project = unsafe { args::name(project, "project") }?;
+        args::require(out, "out")?;
+        let i = self::cache(cache)?.info(project)?;
+        let h = handle::register(Object::Info(Arc::new(i)));
+        // SAFETY: non-NULL (checked), writable by the caller's promise.
+        unsafe { args::store(out, h) };
+        Ok(())
+    })
+}
+
+/// Free an info handle. NULL is a no-op.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_info_free(info: *mut goldclone_info) -> goldclone_result {
+    ffi_body!("goldclone_info_free", {
+        handle::free(info, "goldclone_info", |o| matches!(o, Object::Info(_)))
+    })
+}
+
+/// The project's numbers; each output may be NULL: current generation (from 1), when it was
+/// made (seconds since the Unix epoch), bytes used by the golden tree, the backend holding it,
+/// and the number of sessions.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_info_get(
+    info: *const goldclone_info,
+    generation: *mut u64,
+    created_at: *mut u64,
+    size_bytes: *mut u64,
+    backend: *mut goldclone_backend,
+    session_count: *mut usize,
+) -> goldclone_result {
+    ffi_body!("goldclone_info_get", {
+        let i = self::info(info)?;
+        // SAFETY: each output is NULL or writable by the caller's promise.
+        unsafe {
+            args::store(generation, i.generation);
+            args::store(created_at, i.created_at);
+            args::store(size_bytes, i.size_bytes);
+            args::store(backend, i.backend.into());
+            args::store(session_count, i.sessions.len());
+        }
+        Ok(())
+    })
+}
+
+/// The session the current generation was promoted from, into a caller buffer; NOT_FOUND for
+/// an imported generation.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_info_source_session(
+    info: *const goldclone_info,
+    buf: *mut c_char,
+    buf_len: usize,
+    out_len: *mut usize,
+) -> goldclone_result {
+    ffi_body!("goldclone_info_source_session", {
+        args::require_buf(buf, buf_len)?;
+        let i = self::info(info)?;
+        let s = i.source_session.as_deref().ok_or_else(|| {
+            Failure::new(
+                goldclone_result::NotFound,
+                format!(
+                    "generation {} of {:?} was imported, not promoted",
+                    i.generation, i.project
+                ),
+            )
+        })?;
+        // SAFETY: the caller's promise on buf/buf_len/out_len.
+        unsafe { args::write_string(buf, buf_len, out_len, s.as_bytes()) }
+    })
+}
+
+/// Session `index` (0-based, below the session count): its id into a caller buffer and the
+/// generation it was made from in `*generation` (may be NULL). INVALID_ARGUMENT past the end.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_info_session(
+    info: *const goldclone_info,
+    index: usize,
+    buf: *mut c_char,
+    buf_len: usize,
+    out_len: *mut usize,
+    generation: *mut u64,
+) -> goldclone_result {
+    ffi_body!("goldclone_info_session", {
+        args::require_buf(buf, buf_len)?;
+        let i = self::info(info)?;
+        let (id, g) = i
+            .sessions
+            .get(index)
+            .ok_or_else(|| index_error("session", index, i.sessions.len()))?;
+        // SAFETY: the caller's promise on buf/buf_len/out_len.
+        unsafe { args::write_string(buf, buf_len, out_len, id.as_bytes()) }?;
+        // SAFETY: NULL or writable by the caller's promise.
+        unsafe { args::store(generation, *g) };
+        Ok(())
+    })
+}

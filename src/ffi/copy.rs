@@ -1,0 +1,311 @@
+//! The tree copy, with a progress callback on the calling thread and cancellation.
+
+use std::ffi::{c_char, c_void};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use super::args;
+use super::error::{goldclone_result, Failure};
+use super::handle::{self, Object};
+use crate::copy::{copy_tree, CancelToken, CopyOptions, CopyStats, Progress};
+
+/// A cancellation flag for copies, settable from any thread. Opaque; free with
+/// `goldclone_cancel_free`.
+pub struct goldclone_cancel {
+    _private: [u8; 0],
+}
+
+/// Counters passed to a progress callback.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct goldclone_progress {
+    /// Entries (files, directories, links, ...) copied so far.
+    pub entries: u64,
+    /// File bytes copied (or shared by reflink) so far.
+    pub bytes: u64,
+    /// Entries in the source tree; valid when `totals_known`.
+    pub total_entries: u64,
+    /// File bytes in the source tree; valid when `totals_known`.
+    pub total_bytes: u64,
+    /// Whether the totals are known yet (only with `count_totals`).
+    pub totals_known: bool,
+    /// Set on the last call, made after the copy succeeded; its return value is ignored.
+    pub finished: bool,
+}
+
+/// A progress callback. Called on the thread that called `goldclone_copy_tree`: once before
+/// the copy starts, every `progress_interval_ms` while it runs, and once after it succeeded
+/// (`finished` set; its return value is ignored). Return 0 to go on, anything else to cancel the copy (which then fails with
+/// CANCELLED); once the copy is cancelled (by the callback or a cancel handle) the callback is
+/// not called again. `progress` is valid only during the call. Must not unwind (no C++ exceptions, no
+/// Go panics).
+pub type goldclone_progress_fn = Option<
+    unsafe extern "C" fn(user_data: *mut c_void, progress: *const goldclone_progress) -> i32,
+>;
+
+/// How to copy. Fill with `goldclone_copy_options_init` first, then change fields.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct goldclone_copy_options {
+    /// Worker threads; 0 picks a default from the number of CPUs; at most 1024.
+    pub threads: u32,
+    /// `syncfs` the destination before the final rename.
+    pub sync: bool,
+    /// Walk the source alongside the copy to learn the totals for progress reports.
+    pub count_totals: bool,
+    /// Files smaller than this many bytes are written instead of reflinked (0: clone all).
+    pub clone_min_size: u64,
+    /// Progress callback, or NULL.
+    pub progress: goldclone_progress_fn,
+    /// Passed to `progress` unchanged.
+    pub progress_user_data: *mut c_void,
+    /// Milliseconds between progress calls; 0 means 100.
+    pub progress_interval_ms: u32,
+    /// A cancel handle whose cancellation stops the copy, or NULL.
+    pub cancel: *const goldclone_cancel,
+}
+
+/// What a finished copy did.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct goldclone_copy_stats {
+    /// All entries, the root directory included.
+    pub entries: u64,
+    /// Regular files created (hardlinks excluded).
+    pub files: u64,
+    /// Directories.
+    pub dirs: u64,
+    /// Symbolic links.
+    pub symlinks: u64,
+    /// Device nodes, fifos and sockets.
+    pub specials: u64,
+    /// Extra links made to an already copied file.
+    pub hardlinks: u64,
+    /// Bytes of regular-file data (apparent size).
+    pub bytes: u64,
+    /// Files whose data was shared with FICLONE.
+    pub cloned: u64,
+    /// Files copied by copy_file_range.
+    pub copy_file_range: u64,
+    /// Sparse files copied extent by extent.
+    pub sparse: u64,
+    /// Files copied through a user-space buffer.
+    pub read_write: u64,
+    /// Worker threads used.
+    pub threads: u32,
+    /// Wall time in nanoseconds.
+    pub elapsed_ns: u64,
+}
+
+impl From<&CopyStats> for goldclone_copy_stats {
+    fn from(s: &CopyStats) -> Self {
+        goldclone_copy_stats {
+            entries: s.entries,
+            files: s.files,
+            dirs: s.dirs,
+            symlinks: s.symlinks,
+            specials: s.specials,
+            hardlinks: s.hardlinks,
+            bytes: s.bytes,
+            cloned: s.cloned,
+            copy_file_range: s.copy_file_range,
+            sparse: s.sparse,
+            read_write: s.read_write,
+            threads: u32::try_from(s.threads).unwrap_or(u32::MAX),
+            elapsed_ns: u64::try_from(s.elapsed.as_nanos()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+impl Default for goldclone_copy_options {
+    fn default() -> Self {
+        goldclone_copy_options {
+            threads: 0,
+            sync: false,
+            count_totals: false,
+            clone_min_size: 0,
+            progress: None,
+            progress_user_data: std::ptr::null_mut(),
+            progress_interval_ms: 0,
+            cancel: std::ptr::null(),
+        }
+    }
+}
+
+fn cancel_token(c: *const goldclone_cancel) -> Result<CancelToken, Failure> {
+    handle::get(c, "goldclone_cancel", |o| match o {
+        Object::Cancel(t) => Some(t.clone()),
+        _ => None,
+    })
+}
+
+/// A new cancel handle, not cancelled, in `*out`.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_cancel_new(out: *mut *mut goldclone_cancel) -> goldclone_result {
+    ffi_body!("goldclone_cancel_new", {
+        args::require(out, "out")?;
+        let h = handle::register(Object::Cancel(CancelToken::new()));
+        // SAFETY: non-NULL (checked), writable by the caller's promise.
+        unsafe { args::store(out, h) };
+        Ok(())
+    })
+}
+
+/// Cancel: every copy using this handle stops soon and fails with CANCELLED. Any thread may
+/// call it, also while a copy is running; cancelling twice is fine.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_cancel_cancel(
+    cancel: *const goldclone_cancel,
+) -> goldclone_result {
+    ffi_body!("goldclone_cancel_cancel", {
+        cancel_token(cancel)?.cancel();
+        Ok(())
+    })
+}
+
+/// Whether the handle was cancelled, in `*out`.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_cancel_is_cancelled(
+    cancel: *const goldclone_cancel,
+    out: *mut bool,
+) -> goldclone_result {
+    ffi_body!("goldclone_cancel_is_cancelled", {
+        args::require(out, "out")?;
+        let cancelled = cancel_token(cancel)?.is_cancelled();
+        // SAFETY: non-NULL (checked), writable by the caller's promise.
+        unsafe { args::store(out, cancelled) };
+        Ok(())
+    })
+}
+
+/// Free a cancel handle. A copy already running with it keeps its own reference. NULL is a
+/// no-op.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_cancel_free(cancel: *mut goldclone_cancel) -> goldclone_result {
+    ffi_body!("goldclone_cancel_free", {
+        handle::free(cancel, "goldclone_cancel", |o| {
+            matches!(o, Object::Cancel(_))
+        })
+    })
+}
+
+/// Fill `*opts` with the defaults: no callback, no cancel handle, default threads.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_copy_options_init(
+    opts: *mut goldclone_copy_options,
+) -> goldclone_result {
+    ffi_body!("goldclone_copy_options_init", {
+        args::require(opts, "opts")?;
+        // SAFETY: non-NULL (checked), writable by the caller's promise.
+        unsafe { args::store(opts, goldclone_copy_options::default()) };
+        Ok(())
+    })
+}
+
+fn snapshot(p: &Progress, finished: bool) -> goldclone_progress {
+    let totals = p.totals();
+    goldclone_progress {
+        entries: p.entries(),
+        bytes: p.bytes(),
+        total_entries: totals.map_or(0, |t| t.0),
+        total_bytes: totals.map_or(0, |t| t.1),
+        totals_known: totals.is_some(),
+        finished,
+    }
+}
+
+/// Copy the directory tree `src` to `dst` exactly (`cp -a` semantics, reflinked where
+/// possible). `dst` must not exist; its parent must. Paths are NUL-terminated bytes. `opts` may
+/// be NULL (defaults); `stats` may be NULL. On any error nothing is left at `dst`.
+///
+/// Errors: NOT_FOUND (src), NOT_A_DIRECTORY, ALREADY_EXISTS (dst), INVALID_ARGUMENT (dst inside
+/// src, too many threads), NO_SPACE, CANCELLED, IO.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_copy_tree(
+    src: *const c_char,
+    dst: *const c_char,
+    opts: *const goldclone_copy_options,
+    stats: *mut goldclone_copy_stats,
+) -> goldclone_result {
+    ffi_body!("goldclone_copy_tree", {
+        // SAFETY: the caller passes NUL-terminated strings or NULL.
+        let src = unsafe { args::path(src, "src") }?;
+        // SAFETY: as above.
+        let dst = unsafe { args::path(dst, "dst") }?;
+        let o = if opts.is_null() {
+            goldclone_copy_options::default()
+        } else {
+            // SAFETY: non-NULL, and the caller promises it points to an initialized
+            // goldclone_copy_options (filled by goldclone_copy_options_init). Copy: it is POD.
+            unsafe { opts.read() }
+        };
+        let cancel = if o.cancel.is_null() {
+            None
+        } else {
+            Some(cancel_token(o.cancel)?)
+        };
+        let mut copy_opts = CopyOptions {
+            threads: o.threads as usize,
+            progress: None,
+            cancel,
+            sync: o.sync,
+            count_totals: o.count_totals,
+            clone_min_size: o.clone_min_size,
+        };
+        let result = match o.progress {
+            None => copy_tree(src, dst, &copy_opts),
+            Some(callback) => {
+                let progress = Progress::new();
+                let token = copy_opts
+                    .cancel
+                    .get_or_insert_with(CancelToken::new)
+                    .clone();
+                copy_opts.progress = Some(progress.clone());
+                let interval = Duration::from_millis(match o.progress_interval_ms {
+                    0 => 100,
+                    ms => u64::from(ms),
+                });
+                let report = |finished: bool| {
+                    let snap = snapshot(&progress, finished);
+                    // SAFETY: the caller supplied this function pointer and user data for
+                    // exactly this use; `snap` outlives the call.
+                    unsafe { callback(o.progress_user_data, &snap) }
+                };
+                if report(false) != 0 {
+                    token.cancel();
+                }
+                let result = std::thread::scope(|scope| {
+                    let (tx, rx) = mpsc::channel();
+                    let copy_opts = &copy_opts;
+                    scope.spawn(move || {
+                        // The receiver lives until a result arrives.
+                        let _ = tx.send(copy_tree(src, dst, copy_opts));
+                    });
+                    loop {
+                        match rx.recv_timeout(interval) {
+                            Ok(r) => break r,
+                            Err(mpsc::RecvTimeoutError::Timeout) => {
+                                // Once cancelled, the caller hears nothing more from this copy.
+                                if !token.is_cancelled() && report(false) != 0 {
+                                    token.cancel();
+                                }
+                            }
+                            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                                // The copy thread panicked; the scope re-raises it on exit.
+                                break Err(crate::Error::Cancelled);
+                            }
+                        }
+                    }
+                });
+                if result.is_ok() && !token.is_cancelled() {
+                    report(true);
+                }
+                result
+            }
+        };
+        let s = result?;
+        // SAFETY: NULL or writable by the caller's promise.
+        unsafe { args::store(stats, goldclone_copy_stats::from(&s)) };
+        Ok(())
+    })
+}

@@ -1,0 +1,444 @@
+/* The whole lifecycle through the C API, on every test filesystem (on ZFS in the guest):
+ * open, import, setup two sessions, write into one, promote it, check that a new session sees
+ * generation 2 while the old one still sees generation 1, info, cleanup, gc; bad names; many
+ * threads on one cache; a reopened cache. */
+#include <pthread.h>
+
+#include "harness.h"
+
+static struct harness_fs fs[6];
+
+/* Where the cache lives, and where the import source is made. In the guest the cache root is
+ * GOLDCLONE_TEST_ROOT itself (it must be the dataset's mount point) and sources go to /tmp. */
+struct place {
+    char *cache_root;
+    char *scratch;
+    char project[64];
+    int own_root;
+};
+
+static void place_init(struct place *pl, const struct harness_fs *f) {
+    static int n;
+    snprintf(pl->project, sizeof pl->project, "proj-%d-%d", (int)getpid(), ++n);
+    if (strcmp(f->name, "root") == 0) {
+        pl->cache_root = strdup(f->path);
+        pl->scratch = harness_scratch("/tmp", "lifecycle");
+        pl->own_root = 0;
+    } else {
+        pl->scratch = harness_scratch(f->path, "lifecycle");
+        pl->cache_root = harness_join(pl->scratch, "cache");
+        CHECK(mkdir(pl->cache_root, 0755) == 0);
+        pl->own_root = 1;
+    }
+}
+
+static void place_free(struct place *pl) {
+    harness_rm_rf(pl->scratch);
+    free(pl->scratch);
+    free(pl->cache_root);
+}
+
+static char *make_golden(const char *scratch) {
+    char *src = harness_join(scratch, "golden-src");
+    char *p;
+    CHECK(mkdir(src, 0755) == 0);
+    p = harness_join(src, "version.txt"); CHECK(harness_write(p, "gen1\n") == 0); free(p);
+    p = harness_join(src, "lib"); CHECK(mkdir(p, 0755) == 0); free(p);
+    p = harness_join(src, "lib/data"); CHECK(harness_write(p, "data\n") == 0); free(p);
+    return src;
+}
+
+static int file_is(const char *dir, const char *name, const char *want) {
+    char buf[256];
+    char *p = harness_join(dir, name);
+    int ok = harness_read(p, buf, sizeof buf) == 0 && strcmp(buf, want) == 0;
+    free(p);
+    return ok;
+}
+
+static int has(const char *dir, const char *name) {
+    char *p = harness_join(dir, name);
+    int r = harness_exists(p);
+    free(p);
+    return r;
+}
+
+static goldclone_backend expected_backend(const char *fs_name) {
+    if (strcmp(fs_name, "btrfs") == 0) return GOLDCLONE_BACKEND_BTRFS;
+    if (strcmp(fs_name, "root") == 0) return GOLDCLONE_BACKEND_ZFS;
+    return GOLDCLONE_BACKEND_COPY;
+}
+
+static int info_session(const goldclone_info *info, const char *id, uint64_t *gen) {
+    size_t n = 0;
+    if (goldclone_info_get(info, NULL, NULL, NULL, NULL, &n) != GOLDCLONE_RESULT_OK) return 0;
+    for (size_t i = 0; i < n; i++) {
+        char buf[128];
+        size_t len;
+        uint64_t g;
+        if (goldclone_info_session(info, i, buf, sizeof buf, &len, &g) == GOLDCLONE_RESULT_OK &&
+            strcmp(buf, id) == 0) {
+            if (gen) *gen = g;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static void lifecycle_on(const struct harness_fs *f) {
+    struct place pl;
+    place_init(&pl, f);
+    const char *P = pl.project;
+    char *golden = make_golden(pl.scratch);
+    goldclone_cache *cache = NULL;
+    goldclone_backend backend = 99;
+    uint64_t gen = 0;
+    char s1[GOLDCLONE_PATH_BUF_SIZE], s2[GOLDCLONE_PATH_BUF_SIZE], s3[GOLDCLONE_PATH_BUF_SIZE];
+    size_t len = 0;
+
+    CHECK_OK(goldclone_cache_open(pl.cache_root, NULL, &cache));
+    if (!cache) goto out;
+    CHECK_OK(goldclone_cache_backend(cache, &backend));
+    CHECK(backend == expected_backend(f->name) ||
+          (strcmp(f->name, "root") == 0 && backend == GOLDCLONE_BACKEND_ZVOL));
+    {
+        char root[GOLDCLONE_PATH_BUF_SIZE], real[GOLDCLONE_PATH_BUF_SIZE];
+        CHECK_OK(goldclone_cache_root(cache, root, sizeof root, &len));
+        CHECK(realpath(pl.cache_root, real) && strcmp(root, real) == 0);
+    }
+
+    CHECK_OK(goldclone_cache_import(cache, P, golden, &gen));
+    CHECK(gen == 1);
+    CHECK_RC(goldclone_cache_import(cache, P, golden, &gen), GOLDCLONE_RESULT_ALREADY_EXISTS);
+
+    CHECK_OK(goldclone_cache_setup(cache, P, "s1", s1, sizeof s1, &len));
+    CHECK(len == strlen(s1));
+    CHECK_OK(goldclone_cache_setup(cache, P, "s2", s2, sizeof s2, NULL));
+    CHECK(strcmp(s1, s2) != 0);
+    CHECK(file_is(s1, "version.txt", "gen1\n") && file_is(s2, "lib/data", "data\n"));
+    CHECK_RC(goldclone_cache_setup(cache, P, "s1", s3, sizeof s3, &len), GOLDCLONE_RESULT_ALREADY_EXISTS);
+
+    /* work in s1, promote it */
+    {
+        char *p = harness_join(s1, "version.txt");
+        CHECK(harness_write(p, "gen2\n") == 0);
+        free(p);
+        p = harness_join(s1, "added-in-s1");
+        CHECK(harness_write(p, "new\n") == 0);
+        free(p);
+    }
+    gen = 0;
+    CHECK_OK(goldclone_cache_promote(cache, P, "s1", &gen));
+    CHECK(gen == 2);
+
+    /* a new session sees generation 2; the old one still sees generation 1 */
+    CHECK_OK(goldclone_cache_setup(cache, P, "s3", s3, sizeof s3, &len));
+    CHECK(file_is(s3, "version.txt", "gen2\n") && file_is(s3, "added-in-s1", "new\n"));
+    CHECK(file_is(s2, "version.txt", "gen1\n") && !has(s2, "added-in-s1"));
+    CHECK(file_is(s1, "version.txt", "gen2\n")); /* the promoted session keeps running */
+
+    /* info */
+    {
+        goldclone_info *info = NULL;
+        uint64_t g = 0, created = 0, size = 0, sg = 0;
+        goldclone_backend b = 99;
+        size_t count = 0;
+        char src[128];
+        CHECK_OK(goldclone_cache_info(cache, P, &info));
+        CHECK_OK(goldclone_info_get(info, &g, &created, &size, &b, &count));
+        CHECK(g == 2 && created > 1600000000u && b == backend && count == 3);
+        CHECK_OK(goldclone_info_source_session(info, src, sizeof src, &len));
+        CHECK(strcmp(src, "s1") == 0 && len == 2);
+        CHECK(info_session(info, "s2", &sg) && sg == 1);
+        CHECK(info_session(info, "s3", &sg) && sg == 2);
+        CHECK(info_session(info, "s1", &sg) && sg == 1);
+        CHECK_RC(goldclone_info_session(info, count, src, sizeof src, &len, &sg), GOLDCLONE_RESULT_INVALID_ARGUMENT);
+        CHECK_OK(goldclone_info_free(info));
+        CHECK_RC(goldclone_cache_info(cache, "no-such-project", &info), GOLDCLONE_RESULT_NOT_FOUND);
+    }
+
+    /* setup with a buffer too small: nothing is left behind, and the needed length is given */
+    {
+        char tiny[4];
+        size_t need = 0;
+        CHECK_RC(goldclone_cache_setup(cache, P, "s4", tiny, sizeof tiny, &need), GOLDCLONE_RESULT_BUFFER_TOO_SMALL);
+        CHECK(need > sizeof tiny);
+        char s4[GOLDCLONE_PATH_BUF_SIZE];
+        CHECK_OK(goldclone_cache_setup(cache, P, "s4", s4, sizeof s4, &len));
+        CHECK(len == need);
+        CHECK_OK(goldclone_cache_cleanup(cache, P, "s4"));
+    }
+
+    /* cleanup, gc */
+    CHECK_OK(goldclone_cache_cleanup(cache, P, "s2"));
+    CHECK(!harness_exists(s2));
+    CHECK_RC(goldclone_cache_cleanup(cache, P, "s2"), GOLDCLONE_RESULT_NOT_FOUND);
+    CHECK_OK(goldclone_cache_cleanup(cache, P, "s1"));
+    CHECK_OK(goldclone_cache_cleanup(cache, P, "s3"));
+    {
+        goldclone_gc_report *report = NULL;
+        size_t n = 99;
+        char item[512];
+        CHECK_OK(goldclone_cache_gc(cache, &report));
+        CHECK_OK(goldclone_gc_report_count(report, &n));
+        for (size_t i = 0; i < n; i++) {
+            CHECK_OK(goldclone_gc_report_item(report, i, item, sizeof item, &len));
+            fprintf(stderr, "  gc removed: %s\n", item);
+        }
+        CHECK_RC(goldclone_gc_report_item(report, n, item, sizeof item, &len), GOLDCLONE_RESULT_INVALID_ARGUMENT);
+        CHECK_OK(goldclone_gc_report_free(report));
+        CHECK_OK(goldclone_cache_gc(cache, NULL));
+    }
+    {
+        goldclone_info *info = NULL;
+        uint64_t g = 0;
+        size_t count = 99;
+        CHECK_OK(goldclone_cache_info(cache, P, &info));
+        CHECK_OK(goldclone_info_get(info, &g, NULL, NULL, NULL, &count));
+        CHECK(g == 2 && count == 0);
+        CHECK_OK(goldclone_info_free(info));
+    }
+    CHECK_OK(goldclone_cache_free(cache));
+    cache = NULL;
+
+    /* the state survives reopening */
+    CHECK_OK(goldclone_cache_open(pl.cache_root, NULL, &cache));
+    {
+        goldclone_info *info = NULL;
+        uint64_t g = 0;
+        CHECK_OK(goldclone_cache_info(cache, P, &info));
+        CHECK_OK(goldclone_info_get(info, &g, NULL, NULL, NULL, NULL));
+        CHECK(g == 2);
+        CHECK_OK(goldclone_info_free(info));
+    }
+out:
+    CHECK_OK(goldclone_cache_free(cache));
+    free(golden);
+    place_free(&pl);
+}
+
+static void test_lifecycle(void) {
+    for (int i = 0; fs[i].name; i++) {
+        fprintf(stderr, "  on %s\n", fs[i].name);
+        lifecycle_on(&fs[i]);
+    }
+}
+
+static void test_bad_names(void) {
+    struct place pl;
+    place_init(&pl, &fs[0]);
+    char *golden = make_golden(pl.scratch);
+    goldclone_cache *cache = NULL;
+    char buf[GOLDCLONE_PATH_BUF_SIZE];
+    size_t len;
+    uint64_t gen;
+    CHECK_OK(goldclone_cache_open(pl.cache_root, NULL, &cache));
+    CHECK_OK(goldclone_cache_import(cache, pl.project, golden, &gen));
+
+    char long65[66], long5000[5001];
+    memset(long65, 'a', 65); long65[65] = 0;
+    memset(long5000, 'b', 5000); long5000[5000] = 0;
+    const struct { const char *name; goldclone_result want; } cases[] = {
+        {"", GOLDCLONE_RESULT_INVALID_NAME},
+        {"..", GOLDCLONE_RESULT_INVALID_NAME},
+        {"../escape", GOLDCLONE_RESULT_INVALID_NAME},
+        {"a/b", GOLDCLONE_RESULT_INVALID_NAME},
+        {"-dash", GOLDCLONE_RESULT_INVALID_NAME},
+        {"snap@x", GOLDCLONE_RESULT_INVALID_NAME},
+        {"sp ace", GOLDCLONE_RESULT_INVALID_NAME},
+        {"caf\xc3\xa9", GOLDCLONE_RESULT_INVALID_NAME},  /* UTF-8, not ASCII */
+        {"\xff\xfe", GOLDCLONE_RESULT_INVALID_NAME},      /* not UTF-8 */
+        {long65, GOLDCLONE_RESULT_NAME_TOO_LONG},
+        {long5000, GOLDCLONE_RESULT_NAME_TOO_LONG},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *n = cases[i].name;
+        goldclone_result w = cases[i].want;
+        goldclone_info *info = NULL;
+        CHECK_RC(goldclone_cache_setup(cache, pl.project, n, buf, sizeof buf, &len), w);
+        CHECK_RC(goldclone_cache_setup(cache, n, "s", buf, sizeof buf, &len), w);
+        CHECK_RC(goldclone_cache_promote(cache, pl.project, n, &gen), w);
+        CHECK_RC(goldclone_cache_cleanup(cache, pl.project, n), w);
+        CHECK_RC(goldclone_cache_import(cache, n, golden, &gen), w);
+        CHECK_RC(goldclone_cache_info(cache, n, &info), w);
+        CHECK(info == NULL);
+    }
+    /* NULL names */
+    CHECK_RC(goldclone_cache_setup(cache, pl.project, NULL, buf, sizeof buf, &len), GOLDCLONE_RESULT_NULL_PARAMETER);
+    CHECK_RC(goldclone_cache_setup(cache, NULL, "s", buf, sizeof buf, &len), GOLDCLONE_RESULT_NULL_PARAMETER);
+    CHECK_RC(goldclone_cache_promote(cache, pl.project, NULL, &gen), GOLDCLONE_RESULT_NULL_PARAMETER);
+    CHECK_RC(goldclone_cache_cleanup(cache, NULL, "s"), GOLDCLONE_RESULT_NULL_PARAMETER);
+    CHECK_RC(goldclone_cache_import(cache, pl.project, NULL, &gen), GOLDCLONE_RESULT_NULL_PARAMETER);
+    CHECK_RC(goldclone_cache_setup(cache, pl.project, "s", NULL, 10, &len), GOLDCLONE_RESULT_NULL_PARAMETER);
+    /* unknown project / session */
+    CHECK_RC(goldclone_cache_setup(cache, "nope", "s", buf, sizeof buf, &len), GOLDCLONE_RESULT_NOT_FOUND);
+    CHECK_RC(goldclone_cache_promote(cache, pl.project, "nope", &gen), GOLDCLONE_RESULT_NOT_FOUND);
+    CHECK_RC(goldclone_cache_cleanup(cache, pl.project, "nope"), GOLDCLONE_RESULT_NOT_FOUND);
+    /* import of something that is not a directory */
+    {
+        char *file = harness_join(golden, "version.txt");
+        CHECK_RC(goldclone_cache_import(cache, "other", file, &gen), GOLDCLONE_RESULT_NOT_A_DIRECTORY);
+        CHECK_RC(goldclone_cache_import(cache, "other2", "/nonexistent/dir", &gen), GOLDCLONE_RESULT_NOT_FOUND);
+        free(file);
+    }
+    /* a cache root that is a file, or missing */
+    {
+        goldclone_cache *c2 = NULL;
+        char *file = harness_join(golden, "version.txt");
+        CHECK_RC(goldclone_cache_open(file, NULL, &c2), GOLDCLONE_RESULT_NOT_A_DIRECTORY);
+        CHECK_RC(goldclone_cache_open("/nonexistent/cache", NULL, &c2), GOLDCLONE_RESULT_NOT_FOUND);
+        CHECK(c2 == NULL);
+        free(file);
+    }
+    /* the freed cache, used once */
+    CHECK_OK(goldclone_cache_free(cache));
+    CHECK_RC(goldclone_cache_setup(cache, pl.project, "s", buf, sizeof buf, &len), GOLDCLONE_RESULT_INVALID_HANDLE);
+    CHECK_RC(goldclone_cache_free(cache), GOLDCLONE_RESULT_INVALID_HANDLE);
+    free(golden);
+    place_free(&pl);
+}
+
+struct worker {
+    goldclone_cache *cache;
+    const char *project;
+    int id;
+    int failures;
+    char error[256];
+};
+
+static void *worker_main(void *arg) {
+    struct worker *w = arg;
+    char session[32], path[GOLDCLONE_PATH_BUF_SIZE];
+    size_t len;
+    for (int round = 0; round < 4; round++) {
+        snprintf(session, sizeof session, "w%d-%d", w->id, round);
+        goldclone_result rc = goldclone_cache_setup(w->cache, w->project, session, path, sizeof path, &len);
+        if (rc == GOLDCLONE_RESULT_OK) rc = goldclone_cache_cleanup(w->cache, w->project, session);
+        if (rc != GOLDCLONE_RESULT_OK) {
+            w->failures++;
+            goldclone_last_error_message(w->error, sizeof w->error, NULL);
+        }
+    }
+    return NULL;
+}
+
+static void test_threads_share_a_cache(void) {
+    struct place pl;
+    place_init(&pl, &fs[0]);
+    char *golden = make_golden(pl.scratch);
+    goldclone_cache *cache = NULL;
+    uint64_t gen;
+    CHECK_OK(goldclone_cache_open(pl.cache_root, NULL, &cache));
+    CHECK_OK(goldclone_cache_import(cache, pl.project, golden, &gen));
+    enum { N = 4 };
+    pthread_t t[N];
+    struct worker w[N];
+    for (int i = 0; i < N; i++) {
+        w[i] = (struct worker){.cache = cache, .project = pl.project, .id = i};
+        CHECK(pthread_create(&t[i], NULL, worker_main, &w[i]) == 0);
+    }
+    for (int i = 0; i < N; i++) {
+        pthread_join(t[i], NULL);
+        if (w[i].failures) fprintf(stderr, "  worker %d: %d failures, last: %s\n", i, w[i].failures, w[i].error);
+        CHECK(w[i].failures == 0);
+    }
+    CHECK_OK(goldclone_cache_free(cache));
+    free(golden);
+    place_free(&pl);
+}
+
+/* Paths are bytes: a cache root and an import source whose names are not UTF-8. */
+static void test_non_utf8_paths(void) {
+    if (strcmp(fs[0].name, "root") == 0) return; /* the ZFS root is given */
+    char *base = harness_scratch(fs[0].path, "bytes");
+    char *root = harness_join(base, "cache-\xff\xfe");
+    char *golden = harness_join(base, "golden-\xe9");
+    char *file = harness_join(golden, "f\x80");
+    CHECK(mkdir(root, 0755) == 0 && mkdir(golden, 0755) == 0 && harness_write(file, "x\n") == 0);
+    goldclone_cache *cache = NULL;
+    char path[GOLDCLONE_PATH_BUF_SIZE], got[GOLDCLONE_PATH_BUF_SIZE];
+    size_t len = 0;
+    uint64_t gen = 0;
+    CHECK_OK(goldclone_cache_open(root, NULL, &cache));
+    CHECK_OK(goldclone_cache_root(cache, got, sizeof got, &len));
+    CHECK(strstr(got, "cache-\xff\xfe") != NULL);
+    CHECK_OK(goldclone_cache_import(cache, "p", golden, &gen));
+    CHECK_OK(goldclone_cache_setup(cache, "p", "s", path, sizeof path, &len));
+    CHECK(strstr(path, "cache-\xff\xfe") != NULL && len == strlen(path));
+    CHECK(file_is(path, "f\x80", "x\n"));
+    CHECK_OK(goldclone_cache_cleanup(cache, "p", "s"));
+    CHECK_OK(goldclone_cache_free(cache));
+    harness_rm_rf(base);
+    free(file); free(golden); free(root); free(base);
+}
+
+struct user {
+    goldclone_cache *cache;
+    const char *project;
+    int ok, invalid_handle, other;
+};
+
+static void *use_until_freed(void *arg) {
+    struct user *u = arg;
+    char path[GOLDCLONE_PATH_BUF_SIZE];
+    for (int i = 0; u->invalid_handle == 0; i++) { /* until the cache is freed */
+        goldclone_info *info = NULL;
+        goldclone_result rc = goldclone_cache_info(u->cache, u->project, &info);
+        if (rc == GOLDCLONE_RESULT_OK) {
+            u->ok++;
+            goldclone_info_free(info);
+            if (i % 50 == 0) {
+                char s[32];
+                snprintf(s, sizeof s, "u%d", i);
+                if (goldclone_cache_setup(u->cache, u->project, s, path, sizeof path, NULL) == GOLDCLONE_RESULT_OK)
+                    goldclone_cache_cleanup(u->cache, u->project, s);
+            }
+        } else if (rc == GOLDCLONE_RESULT_INVALID_HANDLE) {
+            u->invalid_handle++;
+        } else {
+            u->other++;
+        }
+    }
+    return NULL;
+}
+
+/* Freeing a cache while other threads use it: their running calls finish, later ones get
+ * INVALID_HANDLE; nothing crashes. */
+static void test_free_while_in_use(void) {
+    struct place pl;
+    place_init(&pl, &fs[0]);
+    char *golden = make_golden(pl.scratch);
+    goldclone_cache *cache = NULL;
+    uint64_t gen;
+    CHECK_OK(goldclone_cache_open(pl.cache_root, NULL, &cache));
+    CHECK_OK(goldclone_cache_import(cache, pl.project, golden, &gen));
+    struct user u[3];
+    pthread_t t[3];
+    for (int i = 0; i < 3; i++) {
+        u[i] = (struct user){.cache = cache, .project = pl.project};
+        CHECK(pthread_create(&t[i], NULL, use_until_freed, &u[i]) == 0);
+    }
+    usleep(20000);
+    CHECK_OK(goldclone_cache_free(cache));
+    for (int i = 0; i < 3; i++) {
+        pthread_join(t[i], NULL);
+        fprintf(stderr, "  user %d: %d ok, %d invalid handle, %d other\n", i, u[i].ok, u[i].invalid_handle, u[i].other);
+        CHECK(u[i].other == 0);
+        CHECK(u[i].invalid_handle == 1); /* stopped at the first one */
+    }
+    free(golden);
+    place_free(&pl);
+}
+
+int main(void) {
+    if (harness_filesystems(fs) == 0) {
+        printf("test_lifecycle: 0 passed, 1 failed\n");
+        return 1;
+    }
+    RUN(test_lifecycle);
+    RUN(test_bad_names);
+    RUN(test_threads_share_a_cache);
+    RUN(test_non_utf8_paths);
+    RUN(test_free_while_in_use);
+    return harness_finish("test_lifecycle");
+}
