@@ -6,4 +6,5 @@
 
 pub mod block;
 pub mod fs;
+pub mod mount;
 pub mod xattr;
