@@ -803,6 +803,64 @@ impl Zfs {
             .map_or(ZcpValue::Nil, zcp_value))
     }
 
+    /// Destroy `root` with all its descendants and their snapshots in one channel program (one
+    /// transaction group, no process per dataset). Clones inside the tree are destroyed before
+    /// their origin snapshots by retrying in passes. Nothing may be mounted; a clone outside the
+    /// tree keeps its origin (and so `root`) alive. On failure the error names the first dataset
+    /// left and its errno; whatever could be destroyed is gone.
+    pub fn destroy_tree(&self, root: &DatasetName) -> Result<(), Error> {
+        const PROGRAM: &str = r#"
+local root = (...)["argv"][1]
+local pending = {}
+local function collect(ds)
+    for child in zfs.list.children(ds) do collect(child) end
+    for snap in zfs.list.snapshots(ds) do table.insert(pending, snap) end
+    table.insert(pending, ds)
+end
+collect(root)
+local last_err = 0
+while #pending > 0 do
+    local left = {}
+    for _, name in ipairs(pending) do
+        local err = zfs.sync.destroy(name)
+        if err ~= 0 then
+            table.insert(left, name)
+            last_err = err
+        end
+    end
+    if #left == #pending then
+        return {left = #left, errno = last_err, first = left[1]}
+    end
+    pending = left
+end
+return {left = 0, errno = 0}
+"#;
+        let result = self.channel_program(root.pool(), PROGRAM, &[root.as_str()], true)?;
+        let ZcpValue::Table(t) = result else {
+            return Err(
+                ZfsError::new(ZfsOp::ChannelProgram, root.as_str(), libc::EPROTO)
+                    .with_detail(Some(format!("unexpected result {result:?}")))
+                    .into(),
+            );
+        };
+        match (t.get("left"), t.get("errno"), t.get("first")) {
+            (Some(ZcpValue::Int(0)), _, _) => Ok(()),
+            (_, Some(ZcpValue::Int(errno)), first) => {
+                let first = match first {
+                    Some(ZcpValue::String(s)) => s.clone(),
+                    _ => root.to_string(),
+                };
+                let errno = i32::try_from(*errno).unwrap_or(libc::EIO);
+                Err(ZfsError::new(ZfsOp::Destroy, first, errno).into())
+            }
+            _ => Err(
+                ZfsError::new(ZfsOp::ChannelProgram, root.as_str(), libc::EPROTO)
+                    .with_detail(Some(format!("unexpected result {t:?}")))
+                    .into(),
+            ),
+        }
+    }
+
     /// Wait until everything written to `pool` so far is on disk.
     pub fn sync(&self, pool: &str) -> Result<(), Error> {
         let pool_name = DatasetName::new(pool)?;
