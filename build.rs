@@ -114,16 +114,16 @@ mod zfs_bindgen {
             .generate()
             .expect("bindgen: libzfs_core");
 
-        let text = format!(
-            "{HEADER}\npub mod nvpair {{\n{}}}\n\npub mod lzc {{\n{}}}\n",
-            nvpair, lzc
-        );
+        let text =
+            format!("{HEADER}\npub mod nvpair {{\n{}}}\n\npub mod lzc {{\n{}}}\n", nvpair, lzc);
         let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR")).join("zfs_bindings.rs");
         fs::write(&out, text).expect("write zfs_bindings.rs");
-        // rustfmt again so the nested modules are indented like the checked-in file.
+        // rustfmt again, with the crate's rustfmt.toml, so the file matches the checked-in one
+        // wherever the target directory is.
         let status =
             std::process::Command::new(env::var("RUSTFMT").unwrap_or_else(|_| "rustfmt".into()))
-                .args(["--edition", "2021"])
+                .args(["--edition", "2021", "--config-path"])
+                .arg(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"))
                 .arg(&out)
                 .status()
                 .expect("run rustfmt");

@@ -56,21 +56,11 @@ impl Fx {
         let zfs = Zfs::open().expect("ZFS must be available in the test VM");
         let root = ds(&format!("{}/t-{test}", pool_env("GOLDCLONE_TEST_POOL_A")));
         // Leftovers from an aborted run would make every assertion below lie.
-        assert!(
-            !zfs.exists(root.as_str()).unwrap(),
-            "{root} left over from an earlier run"
-        );
-        zfs.create_filesystem(&root, &Props::new().canmount(CanMount::NoAuto))
-            .unwrap();
+        assert!(!zfs.exists(root.as_str()).unwrap(), "{root} left over from an earlier run");
+        zfs.create_filesystem(&root, &Props::new().canmount(CanMount::NoAuto)).unwrap();
         let dir = PathBuf::from(format!("/tmp/goldclone-zfs-tests/{test}"));
         fs::create_dir_all(&dir).unwrap();
-        Fx {
-            zfs,
-            root,
-            roots_b: Mutex::new(Vec::new()),
-            dir,
-            mounts: Mutex::new(Vec::new()),
-        }
+        Fx { zfs, root, roots_b: Mutex::new(Vec::new()), dir, mounts: Mutex::new(Vec::new()) }
     }
 
     fn name(&self, rel: &str) -> DatasetName {
@@ -181,10 +171,7 @@ fn create_existing_is_exists() {
 #[ignore = "needs real ZFS: run by tests/zfs-vm.sh"]
 fn create_without_parent_is_not_found() {
     let fx = Fx::new("create_no_parent");
-    let err = fx
-        .zfs
-        .create_filesystem(&fx.name("missing/child"), &Props::new())
-        .unwrap_err();
+    let err = fx.zfs.create_filesystem(&fx.name("missing/child"), &Props::new()).unwrap_err();
     assert_eq!(zkind(&err), ZfsErrorKind::NotFound, "{err}");
 }
 
@@ -235,25 +222,15 @@ fn snapshot_batch_is_all_or_nothing_when_one_exists() {
     }
     let taken = b.snapshot("s").unwrap();
     fx.zfs.snapshot(std::slice::from_ref(&taken)).unwrap();
-    let batch = vec![
-        a.snapshot("s").unwrap(),
-        taken.clone(),
-        c.snapshot("s").unwrap(),
-    ];
+    let batch = vec![a.snapshot("s").unwrap(), taken.clone(), c.snapshot("s").unwrap()];
     let err = fx.zfs.snapshot(&batch).unwrap_err();
     assert_eq!(zkind(&err), ZfsErrorKind::Exists, "{err}");
     let Error::Zfs(z) = &err else { unreachable!() };
     assert_eq!(z.per_name().len(), 1, "{err}");
     assert_eq!(z.per_name()[0].name, taken.as_str());
     assert_eq!(z.per_name()[0].kind, ZfsErrorKind::Exists);
-    assert!(
-        !fx.zfs.exists(batch[0].as_str()).unwrap(),
-        "batch must be all-or-nothing"
-    );
-    assert!(
-        !fx.zfs.exists(batch[2].as_str()).unwrap(),
-        "batch must be all-or-nothing"
-    );
+    assert!(!fx.zfs.exists(batch[0].as_str()).unwrap(), "batch must be all-or-nothing");
+    assert!(!fx.zfs.exists(batch[2].as_str()).unwrap(), "batch must be all-or-nothing");
 }
 
 #[test]
@@ -292,10 +269,7 @@ fn snapshot_across_pools_is_pools_differ() {
 #[ignore = "needs real ZFS: run by tests/zfs-vm.sh"]
 fn snapshot_two_of_one_dataset_is_refused_before_the_call() {
     let fx = Fx::new("snapshot_dup_dataset");
-    let batch = vec![
-        fx.root.snapshot("x").unwrap(),
-        fx.root.snapshot("y").unwrap(),
-    ];
+    let batch = vec![fx.root.snapshot("x").unwrap(), fx.root.snapshot("y").unwrap()];
     let err = fx.zfs.snapshot(&batch).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidName, "{err}");
     assert!(!fx.zfs.exists(batch[0].as_str()).unwrap());
@@ -306,9 +280,7 @@ fn snapshot_two_of_one_dataset_is_refused_before_the_call() {
 fn snapshot_with_user_property_is_readable_by_channel_program() {
     let fx = Fx::new("snapshot_user_prop");
     let s = fx.root.snapshot("p").unwrap();
-    fx.zfs
-        .snapshot_with_props(std::slice::from_ref(&s), &[("goldclone:session", "abc")])
-        .unwrap();
+    fx.zfs.snapshot_with_props(std::slice::from_ref(&s), &[("goldclone:session", "abc")]).unwrap();
     let v = fx
         .zfs
         .channel_program(
@@ -329,25 +301,14 @@ fn clone_mount_sees_golden_and_writes_stay_private() {
     let fx = Fx::new("clone_mount");
     let base = fx.golden();
     let session = fx.name("s1");
-    fx.zfs
-        .clone(&session, &base, &Props::new().canmount(CanMount::NoAuto))
-        .unwrap();
+    fx.zfs.clone(&session, &base, &Props::new().canmount(CanMount::NoAuto)).unwrap();
     let dir = fx.mount(&session, "s1");
-    assert_eq!(
-        fs::read_to_string(dir.join("hello.txt")).unwrap(),
-        "golden\n"
-    );
-    assert_eq!(
-        fs::read_to_string(dir.join("etc/app/config")).unwrap(),
-        "x=1\n"
-    );
+    assert_eq!(fs::read_to_string(dir.join("hello.txt")).unwrap(), "golden\n");
+    assert_eq!(fs::read_to_string(dir.join("etc/app/config")).unwrap(), "x=1\n");
     fs::write(dir.join("hello.txt"), "mine\n").unwrap();
     fx.unmount(&dir);
     let gdir = fx.mount(&base.dataset(), "golden-check");
-    assert_eq!(
-        fs::read_to_string(gdir.join("hello.txt")).unwrap(),
-        "golden\n"
-    );
+    assert_eq!(fs::read_to_string(gdir.join("hello.txt")).unwrap(), "golden\n");
     fx.unmount(&gdir);
     let dir = fx.mount(&session, "s1");
     assert_eq!(fs::read_to_string(dir.join("hello.txt")).unwrap(), "mine\n");
@@ -364,10 +325,7 @@ fn clone_with_properties() {
         .clone(
             &c,
             &base,
-            &Props::new()
-                .mountpoint(mp)
-                .canmount(CanMount::NoAuto)
-                .user("goldclone:owner", "t"),
+            &Props::new().mountpoint(mp).canmount(CanMount::NoAuto).user("goldclone:owner", "t"),
         )
         .unwrap();
     let prog = "local a = (...)[\"argv\"] \
@@ -375,10 +333,7 @@ fn clone_with_properties() {
                 local o = zfs.get_prop(a[1], \"goldclone:owner\") \
                 local g = zfs.get_prop(a[1], \"origin\") \
                 return {mountpoint = m, owner = o, origin = g}";
-    let ZcpValue::Table(t) = fx
-        .zfs
-        .channel_program(c.pool(), prog, &[c.as_str()], false)
-        .unwrap()
+    let ZcpValue::Table(t) = fx.zfs.channel_program(c.pool(), prog, &[c.as_str()], false).unwrap()
     else {
         panic!("expected a table");
     };
@@ -403,10 +358,7 @@ fn clone_onto_existing_is_exists() {
 fn clone_of_missing_snapshot_is_not_found() {
     let fx = Fx::new("clone_missing_origin");
     fx.golden();
-    let err = fx
-        .zfs
-        .clone(&fx.name("c"), &fx.snap("golden@nope"), &Props::new())
-        .unwrap_err();
+    let err = fx.zfs.clone(&fx.name("c"), &fx.snap("golden@nope"), &Props::new()).unwrap_err();
     assert_eq!(zkind(&err), ZfsErrorKind::NotFound, "{err}");
     assert!(!fx.zfs.exists(fx.name("c").as_str()).unwrap());
 }
@@ -416,10 +368,7 @@ fn clone_of_missing_snapshot_is_not_found() {
 fn clone_into_missing_parent_is_not_found() {
     let fx = Fx::new("clone_missing_parent");
     let base = fx.golden();
-    let err = fx
-        .zfs
-        .clone(&fx.name("nope/c"), &base, &Props::new())
-        .unwrap_err();
+    let err = fx.zfs.clone(&fx.name("nope/c"), &base, &Props::new()).unwrap_err();
     assert_eq!(zkind(&err), ZfsErrorKind::NotFound, "{err}");
 }
 
@@ -445,9 +394,7 @@ fn destroy_clone_then_its_snapshot() {
     fx.zfs.clone(&c, &base, &Props::new()).unwrap();
     fx.zfs.destroy(&c).unwrap();
     assert!(!fx.zfs.exists(c.as_str()).unwrap());
-    fx.zfs
-        .destroy_snapshots(std::slice::from_ref(&base), false)
-        .unwrap();
+    fx.zfs.destroy_snapshots(std::slice::from_ref(&base), false).unwrap();
     assert!(!fx.zfs.exists(base.as_str()).unwrap());
 }
 
@@ -459,9 +406,7 @@ fn destroy_missing_is_not_found_and_missing_snapshots_are_ignored() {
     assert_eq!(zkind(&err), ZfsErrorKind::NotFound, "{err}");
     assert_eq!(err.kind(), ErrorKind::NotFound);
     // libzfs_core documents that destroy_snaps skips snapshots that do not exist.
-    fx.zfs
-        .destroy_snapshots(&[fx.root.snapshot("nope").unwrap()], false)
-        .unwrap();
+    fx.zfs.destroy_snapshots(&[fx.root.snapshot("nope").unwrap()], false).unwrap();
 }
 
 #[test]
@@ -470,18 +415,11 @@ fn destroy_cloned_snapshot_is_snapshot_has_clones() {
     let fx = Fx::new("destroy_cloned_snap");
     let base = fx.golden();
     fx.zfs.clone(&fx.name("c"), &base, &Props::new()).unwrap();
-    let err = fx
-        .zfs
-        .destroy_snapshots(std::slice::from_ref(&base), false)
-        .unwrap_err();
+    let err = fx.zfs.destroy_snapshots(std::slice::from_ref(&base), false).unwrap_err();
     assert_eq!(zkind(&err), ZfsErrorKind::SnapshotHasClones, "{err}");
     assert_eq!(err.kind(), ErrorKind::SnapshotHasClones);
     let Error::Zfs(z) = &err else { unreachable!() };
-    assert_eq!(
-        z.per_name().first().map(|n| n.name.as_str()),
-        Some(base.as_str()),
-        "{err}"
-    );
+    assert_eq!(z.per_name().first().map(|n| n.name.as_str()), Some(base.as_str()), "{err}");
     assert!(fx.zfs.exists(base.as_str()).unwrap());
 }
 
@@ -493,15 +431,9 @@ fn destroy_snapshots_is_all_or_nothing() {
     let free = fx.root.snapshot("free").unwrap();
     fx.zfs.snapshot(std::slice::from_ref(&free)).unwrap();
     fx.zfs.clone(&fx.name("c"), &base, &Props::new()).unwrap();
-    let err = fx
-        .zfs
-        .destroy_snapshots(&[free.clone(), base.clone()], false)
-        .unwrap_err();
+    let err = fx.zfs.destroy_snapshots(&[free.clone(), base.clone()], false).unwrap_err();
     assert_eq!(zkind(&err), ZfsErrorKind::SnapshotHasClones, "{err}");
-    assert!(
-        fx.zfs.exists(free.as_str()).unwrap(),
-        "no snapshot may be destroyed when one fails"
-    );
+    assert!(fx.zfs.exists(free.as_str()).unwrap(), "no snapshot may be destroyed when one fails");
 }
 
 #[test]
@@ -511,18 +443,10 @@ fn deferred_destroy_of_cloned_snapshot_happens_with_last_clone() {
     let base = fx.golden();
     let c = fx.name("c");
     fx.zfs.clone(&c, &base, &Props::new()).unwrap();
-    fx.zfs
-        .destroy_snapshots(std::slice::from_ref(&base), true)
-        .unwrap();
-    assert!(
-        fx.zfs.exists(base.as_str()).unwrap(),
-        "still cloned: only marked"
-    );
+    fx.zfs.destroy_snapshots(std::slice::from_ref(&base), true).unwrap();
+    assert!(fx.zfs.exists(base.as_str()).unwrap(), "still cloned: only marked");
     fx.zfs.destroy(&c).unwrap();
-    assert!(
-        !fx.zfs.exists(base.as_str()).unwrap(),
-        "gone with its last clone"
-    );
+    assert!(!fx.zfs.exists(base.as_str()).unwrap(), "gone with its last clone");
 }
 
 #[test]
@@ -561,9 +485,7 @@ fn destroy_with_children_is_has_children_and_with_snapshots_is_busy() {
     let fx = Fx::new("destroy_children");
     let p = fx.name("p");
     fx.zfs.create_filesystem(&p, &Props::new()).unwrap();
-    fx.zfs
-        .create_filesystem(&p.child("kid").unwrap(), &Props::new())
-        .unwrap();
+    fx.zfs.create_filesystem(&p.child("kid").unwrap(), &Props::new()).unwrap();
     let err = fx.zfs.destroy(&p).unwrap_err();
     assert_eq!(zkind(&err), ZfsErrorKind::HasChildren, "{err}");
     let q = fx.name("q");
@@ -581,12 +503,8 @@ fn destroy_tree_removes_clones_snapshots_and_children() {
     let a = t.child("a").unwrap();
     fx.zfs.create_filesystem(&t, &Props::new()).unwrap();
     fx.zfs.create_filesystem(&a, &Props::new()).unwrap();
-    fx.zfs
-        .create_filesystem(&t.child("c").unwrap(), &Props::new())
-        .unwrap();
-    fx.zfs
-        .create_filesystem(&t.child("c/d").unwrap(), &Props::new())
-        .unwrap();
+    fx.zfs.create_filesystem(&t.child("c").unwrap(), &Props::new()).unwrap();
+    fx.zfs.create_filesystem(&t.child("c/d").unwrap(), &Props::new()).unwrap();
     let s = a.snapshot("s").unwrap();
     fx.zfs.snapshot(std::slice::from_ref(&s)).unwrap();
     let b = t.child("b").unwrap();
@@ -622,26 +540,14 @@ fn destroy_tree_with_mounted_member_fails_busy() {
 fn held_snapshot_cannot_be_destroyed_until_released() {
     let fx = Fx::new("held_snapshot");
     let base = fx.golden();
-    fx.zfs
-        .hold(std::slice::from_ref(&base), "goldclone-test", None)
-        .unwrap();
-    assert_eq!(
-        fx.zfs.holds(&base).unwrap(),
-        vec!["goldclone-test".to_string()]
-    );
-    let err = fx
-        .zfs
-        .destroy_snapshots(std::slice::from_ref(&base), false)
-        .unwrap_err();
+    fx.zfs.hold(std::slice::from_ref(&base), "goldclone-test", None).unwrap();
+    assert_eq!(fx.zfs.holds(&base).unwrap(), vec!["goldclone-test".to_string()]);
+    let err = fx.zfs.destroy_snapshots(std::slice::from_ref(&base), false).unwrap_err();
     assert_eq!(zkind(&err), ZfsErrorKind::SnapshotHeld, "{err}");
     assert_eq!(err.kind(), ErrorKind::SnapshotHeld);
-    fx.zfs
-        .release(std::slice::from_ref(&base), "goldclone-test")
-        .unwrap();
+    fx.zfs.release(std::slice::from_ref(&base), "goldclone-test").unwrap();
     assert!(fx.zfs.holds(&base).unwrap().is_empty());
-    fx.zfs
-        .destroy_snapshots(std::slice::from_ref(&base), false)
-        .unwrap();
+    fx.zfs.destroy_snapshots(std::slice::from_ref(&base), false).unwrap();
 }
 
 #[test]
@@ -650,20 +556,11 @@ fn hold_errors_exists_and_missing() {
     let fx = Fx::new("hold_errors");
     let base = fx.golden();
     fx.zfs.hold(std::slice::from_ref(&base), "t", None).unwrap();
-    let err = fx
-        .zfs
-        .hold(std::slice::from_ref(&base), "t", None)
-        .unwrap_err();
+    let err = fx.zfs.hold(std::slice::from_ref(&base), "t", None).unwrap_err();
     assert_eq!(zkind(&err), ZfsErrorKind::Exists, "{err}");
-    let err = fx
-        .zfs
-        .hold(&[fx.snap("golden@nope")], "t", None)
-        .unwrap_err();
+    let err = fx.zfs.hold(&[fx.snap("golden@nope")], "t", None).unwrap_err();
     assert_eq!(zkind(&err), ZfsErrorKind::NotFound, "{err}");
-    let err = fx
-        .zfs
-        .release(std::slice::from_ref(&base), "other")
-        .unwrap_err();
+    let err = fx.zfs.release(std::slice::from_ref(&base), "other").unwrap_err();
     assert_eq!(zkind(&err), ZfsErrorKind::NotFound, "{err}");
     fx.zfs.release(std::slice::from_ref(&base), "t").unwrap();
 }
@@ -679,15 +576,10 @@ fn hold_with_cleanup_fd_goes_away_when_fd_closes() {
         .custom_flags(libc::O_EXCL)
         .open("/dev/zfs")
         .unwrap();
-    fx.zfs
-        .hold(std::slice::from_ref(&base), "temp", Some(cleanup.as_fd()))
-        .unwrap();
+    fx.zfs.hold(std::slice::from_ref(&base), "temp", Some(cleanup.as_fd())).unwrap();
     assert_eq!(fx.zfs.holds(&base).unwrap(), vec!["temp".to_string()]);
     drop(cleanup);
-    assert!(
-        fx.zfs.holds(&base).unwrap().is_empty(),
-        "closing the cleanup fd releases the hold"
-    );
+    assert!(fx.zfs.holds(&base).unwrap().is_empty(), "closing the cleanup fd releases the hold");
 }
 
 // ---- rename and promote ----------------------------------------------------------------------------
@@ -738,10 +630,7 @@ fn promote_moves_origin_snapshot_to_clone() {
     // The former origin is now the clone and can go without touching the promoted dataset.
     fx.zfs.destroy(&base.dataset()).unwrap();
     let dir = fx.mount(&c, "c");
-    assert_eq!(
-        fs::read_to_string(dir.join("hello.txt")).unwrap(),
-        "golden\n"
-    );
+    assert_eq!(fs::read_to_string(dir.join("hello.txt")).unwrap(), "golden\n");
 }
 
 #[test]
@@ -759,10 +648,7 @@ fn promote_errors_not_a_clone_and_conflicting_snapshot() {
     let err = fx.zfs.promote(&c).unwrap_err();
     assert_eq!(zkind(&err), ZfsErrorKind::Exists, "{err}");
     let Error::Zfs(z) = &err else { unreachable!() };
-    assert!(
-        z.detail().is_some_and(|d| d.ends_with("base")),
-        "conflict should be named: {err}"
-    );
+    assert!(z.detail().is_some_and(|d| d.ends_with("base")), "conflict should be named: {err}");
 }
 
 // ---- names --------------------------------------------------------------------------------------------
@@ -771,36 +657,15 @@ fn promote_errors_not_a_clone_and_conflicting_snapshot() {
 #[ignore = "needs real ZFS: run by tests/zfs-vm.sh"]
 fn invalid_names_never_reach_the_kernel() {
     let fx = Fx::new("invalid_names");
-    for bad in [
-        "",
-        "/abs",
-        "a//b",
-        "trailing/",
-        "bad*char",
-        "two@@ats",
-        "mirror/x",
-        "1pool",
-    ] {
-        assert_eq!(
-            fx.zfs.exists(bad).unwrap_err().kind(),
-            ErrorKind::InvalidName,
-            "{bad:?}"
-        );
+    for bad in ["", "/abs", "a//b", "trailing/", "bad*char", "two@@ats", "mirror/x", "1pool"] {
+        assert_eq!(fx.zfs.exists(bad).unwrap_err().kind(), ErrorKind::InvalidName, "{bad:?}");
     }
     assert_eq!(
-        SnapshotName::new(&format!("{}@a@b", fx.root))
-            .unwrap_err()
-            .kind(),
+        SnapshotName::new(&format!("{}@a@b", fx.root)).unwrap_err().kind(),
         ErrorKind::InvalidName
     );
-    assert_eq!(
-        SnapshotName::new(fx.root.as_str()).unwrap_err().kind(),
-        ErrorKind::InvalidName
-    );
-    let err = fx
-        .zfs
-        .channel_program("pool/child", "return 1", &[], false)
-        .unwrap_err();
+    assert_eq!(SnapshotName::new(fx.root.as_str()).unwrap_err().kind(), ErrorKind::InvalidName);
+    let err = fx.zfs.channel_program("pool/child", "return 1", &[], false).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidName);
 }
 
@@ -830,32 +695,18 @@ fn channel_program_results_and_errors() {
     let fx = Fx::new("channel_program");
     let pool = fx.root.pool().to_string();
     assert_eq!(
-        fx.zfs
-            .channel_program(&pool, "return 40 + 2", &[], false)
-            .unwrap(),
+        fx.zfs.channel_program(&pool, "return 40 + 2", &[], false).unwrap(),
         ZcpValue::Int(42)
     );
-    let v = fx
-        .zfs
-        .channel_program(&pool, "return (...)[\"argv\"][2]", &["a", "b"], false)
-        .unwrap();
+    let v = fx.zfs.channel_program(&pool, "return (...)[\"argv\"][2]", &["a", "b"], false).unwrap();
     assert_eq!(v, ZcpValue::String("b".into()));
-    let err = fx
-        .zfs
-        .channel_program(&pool, "error(\"boom\")", &[], false)
-        .unwrap_err();
+    let err = fx.zfs.channel_program(&pool, "error(\"boom\")", &[], false).unwrap_err();
     assert_eq!(zkind(&err), ZfsErrorKind::ProgramFailed, "{err}");
     let Error::Zfs(z) = &err else { unreachable!() };
     assert!(z.detail().is_some_and(|d| d.contains("boom")), "{err}");
-    let err = fx
-        .zfs
-        .channel_program(&pool, "return (", &[], false)
-        .unwrap_err();
+    let err = fx.zfs.channel_program(&pool, "return (", &[], false).unwrap_err();
     assert_eq!(zkind(&err), ZfsErrorKind::ProgramFailed, "{err}");
-    let err = fx
-        .zfs
-        .channel_program("nosuchpool", "return 1", &[], false)
-        .unwrap_err();
+    let err = fx.zfs.channel_program("nosuchpool", "return 1", &[], false).unwrap_err();
     assert_eq!(zkind(&err), ZfsErrorKind::NotFound, "{err}");
 }
 
@@ -873,9 +724,7 @@ fn sync_pool_and_missing_pool() {
 fn reserving_more_than_the_pool_is_no_space() {
     let fx = Fx::new("no_space");
     let v = fx.name("v");
-    let props = Props::new()
-        .volsize(64 << 20)
-        .number("refreservation", 1 << 40);
+    let props = Props::new().volsize(64 << 20).number("refreservation", 1 << 40);
     let err = fx.zfs.create_volume(&v, &props).unwrap_err();
     assert_eq!(zkind(&err), ZfsErrorKind::NoSpace, "{err}");
     assert_eq!(err.kind(), ErrorKind::NoSpace);
@@ -896,14 +745,9 @@ fn eight_threads_clone_mount_and_destroy_at_once() {
                 barrier.wait();
                 for round in 0..3 {
                     let c = fx.name(&format!("t{t}r{round}"));
-                    fx.zfs
-                        .clone(&c, base, &Props::new().canmount(CanMount::NoAuto))
-                        .unwrap();
+                    fx.zfs.clone(&c, base, &Props::new().canmount(CanMount::NoAuto)).unwrap();
                     let dir = fx.mount(&c, &format!("t{t}r{round}"));
-                    assert_eq!(
-                        fs::read_to_string(dir.join("hello.txt")).unwrap(),
-                        "golden\n"
-                    );
+                    assert_eq!(fs::read_to_string(dir.join("hello.txt")).unwrap(), "golden\n");
                     fs::write(dir.join("mine"), format!("{t}/{round}")).unwrap();
                     fx.unmount(&dir);
                     fx.zfs.destroy(&c).unwrap();
@@ -912,9 +756,7 @@ fn eight_threads_clone_mount_and_destroy_at_once() {
         }
     });
     assert!(
-        fx.zfs
-            .destroy_snapshots(std::slice::from_ref(&base), false)
-            .is_ok(),
+        fx.zfs.destroy_snapshots(std::slice::from_ref(&base), false).is_ok(),
         "all clones gone"
     );
 }
@@ -924,20 +766,10 @@ fn eight_threads_clone_mount_and_destroy_at_once() {
 fn zvol_clone_found_by_blkzname_and_xfs_mounts_with_nouuid() {
     let fx = Fx::new("zvol");
     let vol = fx.name("vol");
-    fx.zfs
-        .create_volume(&vol, &Props::new().volsize(512 << 20))
-        .unwrap();
+    fx.zfs.create_volume(&vol, &Props::new().volsize(512 << 20)).unwrap();
     let dev = mount::zvol_device(&vol, Duration::from_secs(60)).unwrap();
-    let out = Command::new("mkfs.xfs")
-        .arg("-q")
-        .arg(&dev)
-        .output()
-        .expect("run mkfs.xfs");
-    assert!(
-        out.status.success(),
-        "mkfs.xfs: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("mkfs.xfs").arg("-q").arg(&dev).output().expect("run mkfs.xfs");
+    assert!(out.status.success(), "mkfs.xfs: {}", String::from_utf8_lossy(&out.stderr));
     let dir = fx.mkdir("vol");
     mount::mount_xfs(&dev, &dir, false).unwrap();
     fx.mounts.lock().unwrap().push(dir.clone());
@@ -957,17 +789,11 @@ fn zvol_clone_found_by_blkzname_and_xfs_mounts_with_nouuid() {
     assert_ne!(cdev, dev);
     let cdir = fx.mkdir("cvol");
     let err = mount::mount_xfs(&cdev, &cdir, false).unwrap_err();
-    assert!(
-        err.errno().is_some(),
-        "duplicate UUID must be refused: {err}"
-    );
+    assert!(err.errno().is_some(), "duplicate UUID must be refused: {err}");
     mount::mount_xfs(&cdev, &cdir, true).unwrap();
     fx.mounts.lock().unwrap().push(cdir.clone());
     assert_eq!(fs::read_to_string(cdir.join("f")).unwrap(), "on xfs\n");
-    assert_eq!(
-        fs::metadata(cdir.join("after")).unwrap_err().kind(),
-        IoKind::NotFound
-    );
+    assert_eq!(fs::metadata(cdir.join("after")).unwrap_err().kind(), IoKind::NotFound);
     fx.unmount(&cdir);
     fx.unmount(&dir);
 }
@@ -984,42 +810,28 @@ fn session_lifecycle_end_to_end() {
     // Publish a version, pin it while sessions use it, run two sessions, retire the version.
     let v1 = golden.snapshot("v1").unwrap();
     fx.zfs.snapshot(std::slice::from_ref(&v1)).unwrap();
-    fx.zfs
-        .hold(std::slice::from_ref(&v1), "sessions", None)
-        .unwrap();
+    fx.zfs.hold(std::slice::from_ref(&v1), "sessions", None).unwrap();
     let sessions: Vec<DatasetName> = (0..2).map(|i| fx.name(&format!("sess{i}"))).collect();
     for (i, s) in sessions.iter().enumerate() {
         fx.zfs
             .clone(
                 s,
                 &v1,
-                &Props::new()
-                    .canmount(CanMount::NoAuto)
-                    .user("goldclone:session", &i.to_string()),
+                &Props::new().canmount(CanMount::NoAuto).user("goldclone:session", &i.to_string()),
             )
             .unwrap();
         let d = fx.mount(s, &format!("sess{i}"));
         assert_eq!(fs::read_to_string(d.join("v")).unwrap(), "1");
         fx.unmount(&d);
     }
-    fx.zfs
-        .destroy_snapshots(std::slice::from_ref(&v1), true)
-        .unwrap();
+    fx.zfs.destroy_snapshots(std::slice::from_ref(&v1), true).unwrap();
     assert!(fx.zfs.exists(v1.as_str()).unwrap());
-    fx.zfs
-        .release(std::slice::from_ref(&v1), "sessions")
-        .unwrap();
-    assert!(
-        fx.zfs.exists(v1.as_str()).unwrap(),
-        "clones still depend on it"
-    );
+    fx.zfs.release(std::slice::from_ref(&v1), "sessions").unwrap();
+    assert!(fx.zfs.exists(v1.as_str()).unwrap(), "clones still depend on it");
     for s in &sessions {
         fx.zfs.destroy(s).unwrap();
     }
-    assert!(
-        !fx.zfs.exists(v1.as_str()).unwrap(),
-        "retired with its last session"
-    );
+    assert!(!fx.zfs.exists(v1.as_str()).unwrap(), "retired with its last session");
 }
 
 #[test]
@@ -1032,8 +844,5 @@ fn errors_carry_op_name_and_errno() {
     let Error::Zfs(z) = &err else { unreachable!() };
     assert_eq!(z.name(), missing.as_str());
     let text = err.to_string();
-    assert!(
-        text.contains("destroy") && text.contains(missing.as_str()),
-        "{text}"
-    );
+    assert!(text.contains("destroy") && text.contains(missing.as_str()), "{text}");
 }

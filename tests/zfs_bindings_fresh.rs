@@ -21,10 +21,7 @@ fn checked_in_bindings_match_regenerated() {
         .lines()
         .zip(checked_in.lines())
         .position(|(g, c)| g != c)
-        .map_or_else(
-            || generated.lines().count().min(checked_in.lines().count()),
-            |i| i,
-        );
+        .unwrap_or_else(|| generated.lines().count().min(checked_in.lines().count()));
     panic!(
         "src/zfs/bindings.rs differs from bindgen's output from wrapper.h (first difference at \
          line {}); rerun with ZFS_BINDINGS_UPDATE=1 if the change is intended",

@@ -65,16 +65,9 @@ fn binary_has_no_dt_needed_on_zfs_libraries() {
 
 #[test]
 fn cdylib_has_no_dt_needed_on_zfs_libraries() {
-    let dir = PathBuf::from(env!("CARGO_BIN_EXE_goldclone"))
-        .parent()
-        .unwrap()
-        .to_owned();
+    let dir = PathBuf::from(env!("CARGO_BIN_EXE_goldclone")).parent().unwrap().to_owned();
     let lib = dir.join("libgoldclone.so");
-    assert!(
-        lib.exists(),
-        "{} not built (crate-type cdylib)",
-        lib.display()
-    );
+    assert!(lib.exists(), "{} not built (crate-type cdylib)", lib.display());
     assert_no_zfs_needed(&lib);
 }
 
@@ -90,10 +83,7 @@ fn unavailable_is_typed_when_dev_zfs_is_absent() {
     }
     let err = opened.expect_err("no /dev/zfs, yet Zfs::open succeeded");
     assert_eq!(err.kind(), ErrorKind::ZfsUnavailable, "{err}");
-    assert!(
-        err.to_string().contains("/dev/zfs"),
-        "reason should name /dev/zfs: {err}"
-    );
+    assert!(err.to_string().contains("/dev/zfs"), "reason should name /dev/zfs: {err}");
     let err = zfs::available().expect_err("available() must agree with open()");
     assert_eq!(err.kind(), ErrorKind::ZfsUnavailable);
     // A second attempt is not answered from a cache of the failure, and still does not panic.
@@ -103,14 +93,8 @@ fn unavailable_is_typed_when_dev_zfs_is_absent() {
 /// Validation happens before loading anything, so it works (and fails) the same without ZFS.
 #[test]
 fn names_are_validated_without_zfs() {
-    assert_eq!(
-        DatasetName::new("tank/a@b").unwrap_err().kind(),
-        ErrorKind::InvalidName
-    );
+    assert_eq!(DatasetName::new("tank/a@b").unwrap_err().kind(), ErrorKind::InvalidName);
     let long = format!("tank/{}", "x".repeat(300));
-    assert_eq!(
-        DatasetName::new(&long).unwrap_err().kind(),
-        ErrorKind::NameTooLong
-    );
+    assert_eq!(DatasetName::new(&long).unwrap_err().kind(), ErrorKind::NameTooLong);
     assert!(Props::new().mountpoint("legacy").user("goldclone:s", "1") != Props::new());
 }

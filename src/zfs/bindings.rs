@@ -136,21 +136,18 @@ pub mod nvpair {
             let nvlist_alloc = __library.get(b"nvlist_alloc\0").map(|sym| *sym)?;
             let nvlist_free = __library.get(b"nvlist_free\0").map(|sym| *sym)?;
             let nvlist_add_boolean = __library.get(b"nvlist_add_boolean\0").map(|sym| *sym)?;
-            let nvlist_add_boolean_value = __library
-                .get(b"nvlist_add_boolean_value\0")
-                .map(|sym| *sym)?;
+            let nvlist_add_boolean_value =
+                __library.get(b"nvlist_add_boolean_value\0").map(|sym| *sym)?;
             let nvlist_add_uint64 = __library.get(b"nvlist_add_uint64\0").map(|sym| *sym)?;
             let nvlist_add_string = __library.get(b"nvlist_add_string\0").map(|sym| *sym)?;
             let nvlist_add_nvlist = __library.get(b"nvlist_add_nvlist\0").map(|sym| *sym)?;
-            let nvlist_add_string_array = __library
-                .get(b"nvlist_add_string_array\0")
-                .map(|sym| *sym)?;
+            let nvlist_add_string_array =
+                __library.get(b"nvlist_add_string_array\0").map(|sym| *sym)?;
             let nvlist_next_nvpair = __library.get(b"nvlist_next_nvpair\0").map(|sym| *sym)?;
             let nvpair_name = __library.get(b"nvpair_name\0").map(|sym| *sym)?;
             let nvpair_type = __library.get(b"nvpair_type\0").map(|sym| *sym)?;
-            let nvpair_value_boolean_value = __library
-                .get(b"nvpair_value_boolean_value\0")
-                .map(|sym| *sym)?;
+            let nvpair_value_boolean_value =
+                __library.get(b"nvpair_value_boolean_value\0").map(|sym| *sym)?;
             let nvpair_value_int32 = __library.get(b"nvpair_value_int32\0").map(|sym| *sym)?;
             let nvpair_value_int64 = __library.get(b"nvpair_value_int64\0").map(|sym| *sym)?;
             let nvpair_value_uint64 = __library.get(b"nvpair_value_uint64\0").map(|sym| *sym)?;
@@ -402,9 +399,8 @@ pub mod lzc {
             let lzc_rename = __library.get(b"lzc_rename\0").map(|sym| *sym)?;
             let lzc_destroy = __library.get(b"lzc_destroy\0").map(|sym| *sym)?;
             let lzc_channel_program = __library.get(b"lzc_channel_program\0").map(|sym| *sym)?;
-            let lzc_channel_program_nosync = __library
-                .get(b"lzc_channel_program_nosync\0")
-                .map(|sym| *sym)?;
+            let lzc_channel_program_nosync =
+                __library.get(b"lzc_channel_program_nosync\0").map(|sym| *sym)?;
             let lzc_sync = __library.get(b"lzc_sync\0").map(|sym| *sym)?;
             Ok(LibZfsCore {
                 __library,

@@ -73,9 +73,7 @@ fn load() -> Result<Lzc, Error> {
     let ret = unsafe { core.libzfs_core_init() };
     if ret != 0 {
         let err = std::io::Error::from_raw_os_error(ret);
-        return Err(unavailable(format!(
-            "libzfs_core_init: open {ZFS_DEV}: {err}"
-        )));
+        return Err(unavailable(format!("libzfs_core_init: open {ZFS_DEV}: {err}")));
     }
     Ok(Lzc { nv, core })
 }
@@ -106,32 +104,20 @@ impl Lzc {
     pub fn snapshot(&'static self, snaps: &NvList, props: Option<&NvList>) -> Outcome {
         let mut errlist: *mut nvlist_t = ptr::null_mut();
         // SAFETY: input lists are live and only read; `errlist` is a valid out-pointer.
-        let errno = unsafe {
-            self.core
-                .lzc_snapshot(snaps.as_ptr(), opt_ptr(props), &mut errlist)
-        };
-        Outcome {
-            errno,
-            out: self.take(errlist),
-        }
+        let errno = unsafe { self.core.lzc_snapshot(snaps.as_ptr(), opt_ptr(props), &mut errlist) };
+        Outcome { errno, out: self.take(errlist) }
     }
 
     /// `lzc_create`.
     pub fn create(&'static self, name: &CStr, ty: lzc_dataset_type, props: Option<&NvList>) -> i32 {
         // SAFETY: `name` is NUL-terminated; no wrapping key (null, 0) means unencrypted.
-        unsafe {
-            self.core
-                .lzc_create(name.as_ptr(), ty, opt_ptr(props), ptr::null_mut(), 0)
-        }
+        unsafe { self.core.lzc_create(name.as_ptr(), ty, opt_ptr(props), ptr::null_mut(), 0) }
     }
 
     /// `lzc_clone`.
     pub fn clone(&'static self, name: &CStr, origin: &CStr, props: Option<&NvList>) -> i32 {
         // SAFETY: both names are NUL-terminated; `props` is live or null.
-        unsafe {
-            self.core
-                .lzc_clone(name.as_ptr(), origin.as_ptr(), opt_ptr(props))
-        }
+        unsafe { self.core.lzc_clone(name.as_ptr(), origin.as_ptr(), opt_ptr(props)) }
     }
 
     /// `lzc_promote`. On EEXIST the second value is the snapshot name that conflicts.
@@ -140,14 +126,11 @@ impl Lzc {
         // SAFETY: `buf` is writable for its full length, which we pass; lzc_promote strlcpy's into
         // it (always NUL-terminated) only on EEXIST.
         let errno = unsafe {
-            self.core
-                .lzc_promote(name.as_ptr(), buf.as_mut_ptr(), buf.len() as libc::c_int)
+            self.core.lzc_promote(name.as_ptr(), buf.as_mut_ptr(), buf.len() as libc::c_int)
         };
         let conflict = (errno == libc::EEXIST && buf[0] != 0).then(|| {
             // SAFETY: on EEXIST the buffer holds a NUL-terminated string (strlcpy).
-            unsafe { CStr::from_ptr(buf.as_ptr()) }
-                .to_string_lossy()
-                .into_owned()
+            unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
         });
         (errno, conflict)
     }
@@ -157,14 +140,8 @@ impl Lzc {
         let mut errlist: *mut nvlist_t = ptr::null_mut();
         let defer = if defer { B_TRUE } else { B_FALSE };
         // SAFETY: `snaps` is live and only read; `errlist` is a valid out-pointer.
-        let errno = unsafe {
-            self.core
-                .lzc_destroy_snaps(snaps.as_ptr(), defer, &mut errlist)
-        };
-        Outcome {
-            errno,
-            out: self.take(errlist),
-        }
+        let errno = unsafe { self.core.lzc_destroy_snaps(snaps.as_ptr(), defer, &mut errlist) };
+        Outcome { errno, out: self.take(errlist) }
     }
 
     /// `lzc_rename`.
@@ -193,10 +170,7 @@ impl Lzc {
         // SAFETY: `holds` is live and only read; `fd` is -1 or open for the call; `errlist` is a
         // valid out-pointer.
         let errno = unsafe { self.core.lzc_hold(holds.as_ptr(), fd, &mut errlist) };
-        Outcome {
-            errno,
-            out: self.take(errlist),
-        }
+        Outcome { errno, out: self.take(errlist) }
     }
 
     /// `lzc_release`.
@@ -204,10 +178,7 @@ impl Lzc {
         let mut errlist: *mut nvlist_t = ptr::null_mut();
         // SAFETY: `holds` is live and only read; `errlist` is a valid out-pointer.
         let errno = unsafe { self.core.lzc_release(holds.as_ptr(), &mut errlist) };
-        Outcome {
-            errno,
-            out: self.take(errlist),
-        }
+        Outcome { errno, out: self.take(errlist) }
     }
 
     /// `lzc_get_holds`: `out` maps hold tag to creation time.
@@ -215,10 +186,7 @@ impl Lzc {
         let mut holds: *mut nvlist_t = ptr::null_mut();
         // SAFETY: `snap` is NUL-terminated; `holds` is a valid out-pointer.
         let errno = unsafe { self.core.lzc_get_holds(snap.as_ptr(), &mut holds) };
-        Outcome {
-            errno,
-            out: self.take(holds),
-        }
+        Outcome { errno, out: self.take(holds) }
     }
 
     /// `lzc_channel_program` (or `_nosync`, which runs in open context and cannot modify).
@@ -232,35 +200,19 @@ impl Lzc {
         sync: bool,
     ) -> Outcome {
         let mut out: *mut nvlist_t = ptr::null_mut();
-        let f = if sync {
-            self.core.lzc_channel_program
-        } else {
-            self.core.lzc_channel_program_nosync
-        };
+        let f =
+            if sync { self.core.lzc_channel_program } else { self.core.lzc_channel_program_nosync };
         // SAFETY: strings are NUL-terminated, `args` is live and only read, `out` is a valid
         // out-pointer; both functions have this exact signature.
         let errno = unsafe {
-            f(
-                pool.as_ptr(),
-                program.as_ptr(),
-                instr_limit,
-                mem_limit,
-                args.as_ptr(),
-                &mut out,
-            )
+            f(pool.as_ptr(), program.as_ptr(), instr_limit, mem_limit, args.as_ptr(), &mut out)
         };
-        Outcome {
-            errno,
-            out: self.take(out),
-        }
+        Outcome { errno, out: self.take(out) }
     }
 
     /// `lzc_sync`: wait for the pool's open transaction group to reach disk.
     pub fn sync(&'static self, pool: &CStr, args: &NvList) -> i32 {
         // SAFETY: `pool` is NUL-terminated; `args` is live; lzc_sync never writes its out-list.
-        unsafe {
-            self.core
-                .lzc_sync(pool.as_ptr(), args.as_ptr(), ptr::null_mut())
-        }
+        unsafe { self.core.lzc_sync(pool.as_ptr(), args.as_ptr(), ptr::null_mut()) }
     }
 }

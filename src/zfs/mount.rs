@@ -100,11 +100,7 @@ pub fn zvol_device(dataset: &DatasetName, timeout: Duration) -> Result<PathBuf, 
             return Ok(dev);
         }
         if Instant::now() >= deadline {
-            return Err(Error::from_errno(
-                "wait for zvol device",
-                udev_link,
-                libc::ETIMEDOUT,
-            ));
+            return Err(Error::from_errno("wait for zvol device", udev_link, libc::ETIMEDOUT));
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -143,10 +139,7 @@ pub struct Frozen {
 pub fn freeze(dir: &Path) -> Result<Frozen, Error> {
     let file = File::open(dir).map_err(|e| Error::io("open", dir, e))?;
     fifreeze(file.as_fd()).map_err(|e| Error::io("FIFREEZE", dir, e))?;
-    Ok(Frozen {
-        dir: dir.to_owned(),
-        file: Some(file),
-    })
+    Ok(Frozen { dir: dir.to_owned(), file: Some(file) })
 }
 
 impl Frozen {

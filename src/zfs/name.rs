@@ -22,10 +22,7 @@ fn valid_char(c: u8) -> bool {
 }
 
 fn invalid(name: &str, reason: &'static str) -> Error {
-    Error::InvalidName {
-        name: name.to_owned(),
-        reason,
-    }
+    Error::InvalidName { name: name.to_owned(), reason }
 }
 
 fn check_length(name: &str) -> Result<(), Error> {
@@ -44,25 +41,16 @@ fn check_length(name: &str) -> Result<(), Error> {
 
 fn check_component(full: &str, c: &str) -> Result<(), Error> {
     if c.is_empty() {
-        return Err(invalid(
-            full,
-            "empty component (leading, trailing or doubled '/')",
-        ));
+        return Err(invalid(full, "empty component (leading, trailing or doubled '/')"));
     }
     if c == "." || c == ".." {
         return Err(invalid(full, "'.' and '..' are not valid components"));
     }
     if c.bytes().any(|b| b == b'%') {
-        return Err(invalid(
-            full,
-            "'%' is reserved for OpenZFS's temporary clones",
-        ));
+        return Err(invalid(full, "'%' is reserved for OpenZFS's temporary clones"));
     }
     if !c.bytes().all(valid_char) {
-        return Err(invalid(
-            full,
-            "characters other than A-Z a-z 0-9 _ - . : and space",
-        ));
+        return Err(invalid(full, "characters other than A-Z a-z 0-9 _ - . : and space"));
     }
     Ok(())
 }
@@ -115,16 +103,11 @@ impl DatasetName {
     pub fn new(name: &str) -> Result<Self, Error> {
         check_length(name)?;
         if name.contains('@') {
-            return Err(invalid(
-                name,
-                "'@' belongs in snapshot names, not dataset names",
-            ));
+            return Err(invalid(name, "'@' belongs in snapshot names, not dataset names"));
         }
         check_dataset(name, name)?;
         // Validation refused everything outside printable ASCII, so there is no NUL.
-        Ok(DatasetName(
-            CString::new(name).expect("validated name has no NUL"),
-        ))
+        Ok(DatasetName(CString::new(name).expect("validated name has no NUL")))
     }
 
     /// The name as text.
@@ -145,8 +128,7 @@ impl DatasetName {
     /// The parent dataset, or `None` for a pool's root dataset.
     pub fn parent(&self) -> Option<DatasetName> {
         let s = self.as_str();
-        s.rfind('/')
-            .map(|i| DatasetName(CString::new(&s[..i]).expect("prefix of a valid name")))
+        s.rfind('/').map(|i| DatasetName(CString::new(&s[..i]).expect("prefix of a valid name")))
     }
 
     /// `self/child`, validated.
@@ -176,10 +158,7 @@ impl SnapshotName {
         }
         check_dataset(name, dataset)?;
         check_component(name, snap)?;
-        Ok(SnapshotName {
-            full: CString::new(name).expect("validated name has no NUL"),
-            at,
-        })
+        Ok(SnapshotName { full: CString::new(name).expect("validated name has no NUL"), at })
     }
 
     /// The full name as text.
@@ -261,14 +240,7 @@ mod tests {
 
     #[test]
     fn accepts_valid_dataset_names() {
-        for ok in [
-            "tank",
-            "tank/a",
-            "tank/a-b_c.d:e f",
-            "T1/x/y/z",
-            "tank/..x",
-            "tank/.x",
-        ] {
+        for ok in ["tank", "tank/a", "tank/a-b_c.d:e f", "T1/x/y/z", "tank/..x", "tank/.x"] {
             assert_eq!(kind_of_dataset(ok), None, "{ok:?} should be valid");
         }
     }
@@ -318,15 +290,7 @@ mod tests {
     fn snapshot_names_need_exactly_one_at() {
         assert_eq!(kind_of_snapshot("tank/a@s1"), None);
         assert_eq!(kind_of_snapshot("tank@s"), None);
-        for bad in [
-            "tank/a",
-            "tank/a@",
-            "tank/a@@s",
-            "tank/a@s@t",
-            "@s",
-            "tank/a@s/x",
-            "tank/@s",
-        ] {
+        for bad in ["tank/a", "tank/a@", "tank/a@@s", "tank/a@s@t", "@s", "tank/a@s/x", "tank/@s"] {
             assert_eq!(
                 kind_of_snapshot(bad),
                 Some(ErrorKind::InvalidName),
@@ -345,9 +309,6 @@ mod tests {
         assert_eq!(d.parent().unwrap().as_str(), "tank/golden");
         assert_eq!(DatasetName::new("tank").unwrap().parent(), None);
         assert_eq!(d.child("s1").unwrap().as_str(), "tank/golden/app/s1");
-        assert_eq!(
-            d.snapshot("x").unwrap(),
-            SnapshotName::new("tank/golden/app@x").unwrap()
-        );
+        assert_eq!(d.snapshot("x").unwrap(), SnapshotName::new("tank/golden/app@x").unwrap());
     }
 }

@@ -62,11 +62,7 @@ impl NvList {
 
     /// A borrowed view for reading.
     pub fn view(&self) -> NvListRef<'_> {
-        NvListRef {
-            ptr: self.ptr,
-            lib: self.lib,
-            _owner: PhantomData,
-        }
+        NvListRef { ptr: self.ptr, lib: self.lib, _owner: PhantomData }
     }
 
     /// Add a name with no value (`DATA_TYPE_BOOLEAN`): how libzfs_core spells set membership.
@@ -80,20 +76,14 @@ impl NvList {
     pub fn add_string(&mut self, name: &str, value: &str) -> io::Result<()> {
         let (name, value) = (cstring(name)?, cstring(value)?);
         // SAFETY: as for `add_boolean`; libnvpair copies both strings.
-        check(unsafe {
-            self.lib
-                .nvlist_add_string(self.as_ptr(), name.as_ptr(), value.as_ptr())
-        })
+        check(unsafe { self.lib.nvlist_add_string(self.as_ptr(), name.as_ptr(), value.as_ptr()) })
     }
 
     /// Add an unsigned 64-bit value (numeric and index ZFS properties).
     pub fn add_uint64(&mut self, name: &str, value: u64) -> io::Result<()> {
         let name = cstring(name)?;
         // SAFETY: as for `add_boolean`.
-        check(unsafe {
-            self.lib
-                .nvlist_add_uint64(self.as_ptr(), name.as_ptr(), value)
-        })
+        check(unsafe { self.lib.nvlist_add_uint64(self.as_ptr(), name.as_ptr(), value) })
     }
 
     /// Add a boolean value (`DATA_TYPE_BOOLEAN_VALUE`).
@@ -101,37 +91,27 @@ impl NvList {
         let name = cstring(name)?;
         let value = if value { sys::B_TRUE } else { sys::B_FALSE };
         // SAFETY: as for `add_boolean`.
-        check(unsafe {
-            self.lib
-                .nvlist_add_boolean_value(self.as_ptr(), name.as_ptr(), value)
-        })
+        check(unsafe { self.lib.nvlist_add_boolean_value(self.as_ptr(), name.as_ptr(), value) })
     }
 
     /// Add a copy of another nvlist.
     pub fn add_nvlist(&mut self, name: &str, value: &NvList) -> io::Result<()> {
         let name = cstring(name)?;
         // SAFETY: both lists are live; libnvpair deep-copies `value`.
-        check(unsafe {
-            self.lib
-                .nvlist_add_nvlist(self.as_ptr(), name.as_ptr(), value.as_ptr())
-        })
+        check(unsafe { self.lib.nvlist_add_nvlist(self.as_ptr(), name.as_ptr(), value.as_ptr()) })
     }
 
     /// Add an array of strings.
     pub fn add_string_array(&mut self, name: &str, values: &[&str]) -> io::Result<()> {
         let name = cstring(name)?;
-        let owned = values
-            .iter()
-            .map(|v| cstring(v))
-            .collect::<io::Result<Vec<_>>>()?;
+        let owned = values.iter().map(|v| cstring(v)).collect::<io::Result<Vec<_>>>()?;
         let ptrs: Vec<*const libc::c_char> = owned.iter().map(|c| c.as_ptr()).collect();
         let len = sys::uint_t::try_from(ptrs.len())
             .map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?;
         // SAFETY: `ptrs` holds `len` pointers to NUL-terminated strings that outlive the call;
         // libnvpair copies them.
         check(unsafe {
-            self.lib
-                .nvlist_add_string_array(self.as_ptr(), name.as_ptr(), ptrs.as_ptr(), len)
+            self.lib.nvlist_add_string_array(self.as_ptr(), name.as_ptr(), ptrs.as_ptr(), len)
         })
     }
 }
@@ -181,17 +161,12 @@ pub enum NvValue<'a> {
 impl<'a> NvListRef<'a> {
     /// Iterate over the pairs in insertion order.
     pub fn iter(&self) -> NvIter<'a> {
-        NvIter {
-            list: *self,
-            cur: ptr::null_mut(),
-        }
+        NvIter { list: *self, cur: ptr::null_mut() }
     }
 
     /// The value of the first pair called `name`.
     pub fn get(&self, name: &str) -> Option<NvValue<'a>> {
-        self.iter()
-            .find(|(n, _)| n.to_bytes() == name.as_bytes())
-            .map(|(_, v)| v)
+        self.iter().find(|(n, _)| n.to_bytes() == name.as_bytes()).map(|(_, v)| v)
     }
 
     fn decode(&self, pair: *mut nvpair_t) -> NvValue<'a> {
@@ -248,11 +223,7 @@ impl<'a> NvListRef<'a> {
                 // SAFETY: see above; the nested list is owned by the outer one, so lives for 'a.
                 match unsafe { lib.nvpair_value_nvlist(pair, &mut v) } {
                     0 => match NonNull::new(v) {
-                        Some(ptr) => NvValue::List(NvListRef {
-                            ptr,
-                            lib,
-                            _owner: PhantomData,
-                        }),
+                        Some(ptr) => NvValue::List(NvListRef { ptr, lib, _owner: PhantomData }),
                         None => NvValue::Other,
                     },
                     _ => NvValue::Other,
@@ -281,11 +252,7 @@ impl<'a> Iterator for NvIter<'a> {
     fn next(&mut self) -> Option<Self::Item> {
         // SAFETY: the list is live for 'a; `cur` is null (start) or the pair this function
         // returned last time from the same list.
-        let next = unsafe {
-            self.list
-                .lib
-                .nvlist_next_nvpair(self.list.ptr.as_ptr(), self.cur)
-        };
+        let next = unsafe { self.list.lib.nvlist_next_nvpair(self.list.ptr.as_ptr(), self.cur) };
         if next.is_null() {
             return None;
         }
