@@ -297,13 +297,7 @@ impl ZfsError {
 impl fmt::Display for ZfsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let os = std::io::Error::from_raw_os_error(self.errno);
-        write!(
-            f,
-            "zfs {} {}: {} ({os})",
-            self.op.as_str(),
-            self.name,
-            self.kind.describe()
-        )?;
+        write!(f, "zfs {} {}: {} ({os})", self.op.as_str(), self.name, self.kind.describe())?;
         if let Some(d) = &self.detail {
             write!(f, ": {d}")?;
         }
@@ -328,11 +322,9 @@ fn batch_error(op: ZfsOp, names: &[&str], outcome: &Outcome) -> ZfsError {
             let name = name.to_string_lossy().into_owned();
             match value {
                 NvValue::Int32(e) if name == "N_MORE_ERRORS" => err.suppressed = e as u64,
-                NvValue::Int32(e) => err.per_name.push(NameError {
-                    kind: classify(op, e),
-                    name,
-                    errno: e,
-                }),
+                NvValue::Int32(e) => {
+                    err.per_name.push(NameError { kind: classify(op, e), name, errno: e })
+                }
                 _ => {}
             }
         }
@@ -343,13 +335,21 @@ fn batch_error(op: ZfsOp, names: &[&str], outcome: &Outcome) -> ZfsError {
     err
 }
 
+/// The result of a hold/release call: the kernel returns 0 yet lists names it skipped (ENOENT),
+/// which the caller must hear about.
+fn batch_result(op: ZfsOp, names: &[&str], outcome: &Outcome) -> Result<(), Error> {
+    let err = batch_error(op, names, outcome);
+    if outcome.errno != 0 {
+        return Err(err.into());
+    }
+    match err.per_name.first() {
+        Some(first) => Err(ZfsError { errno: first.errno, kind: first.kind, ..err }.into()),
+        None => Ok(()),
+    }
+}
+
 fn nv_error(e: std::io::Error) -> Error {
-    ZfsError::new(
-        ZfsOp::BuildArguments,
-        "",
-        e.raw_os_error().unwrap_or(libc::ENOMEM),
-    )
-    .into()
+    ZfsError::new(ZfsOp::BuildArguments, "", e.raw_os_error().unwrap_or(libc::ENOMEM)).into()
 }
 
 /// `canmount` property values (an index property: the kernel takes the number).
@@ -463,9 +463,7 @@ fn zcp_value(v: NvValue<'_>) -> ZcpValue {
         NvValue::Uint64(u) => ZcpValue::Int(u as i64),
         NvValue::String(s) => ZcpValue::String(s.to_string_lossy().into_owned()),
         NvValue::List(l) => ZcpValue::Table(
-            l.iter()
-                .map(|(k, v)| (k.to_string_lossy().into_owned(), zcp_value(v)))
-                .collect(),
+            l.iter().map(|(k, v)| (k.to_string_lossy().into_owned(), zcp_value(v))).collect(),
         ),
         NvValue::Other => ZcpValue::Nil,
     }
@@ -564,10 +562,7 @@ impl Zfs {
     /// Create a filesystem.
     pub fn create_filesystem(&self, name: &DatasetName, props: &Props) -> Result<(), Error> {
         let props = props.to_nvlist(self.lzc)?;
-        match self
-            .lzc
-            .create(name.as_cstr(), LZC_DATSET_TYPE_ZFS, props.as_ref())
-        {
+        match self.lzc.create(name.as_cstr(), LZC_DATSET_TYPE_ZFS, props.as_ref()) {
             0 => Ok(()),
             e => Err(ZfsError::new(ZfsOp::Create, name.as_str(), e).into()),
         }
@@ -577,10 +572,7 @@ impl Zfs {
     /// see [`mount::zvol_device`].
     pub fn create_volume(&self, name: &DatasetName, props: &Props) -> Result<(), Error> {
         let props = props.to_nvlist(self.lzc)?;
-        match self
-            .lzc
-            .create(name.as_cstr(), LZC_DATSET_TYPE_ZVOL, props.as_ref())
-        {
+        match self.lzc.create(name.as_cstr(), LZC_DATSET_TYPE_ZVOL, props.as_ref()) {
             0 => Ok(()),
             e => Err(ZfsError::new(ZfsOp::Create, name.as_str(), e).into()),
         }
@@ -595,10 +587,7 @@ impl Zfs {
         props: &Props,
     ) -> Result<(), Error> {
         let props = props.to_nvlist(self.lzc)?;
-        match self
-            .lzc
-            .clone(target.as_cstr(), origin.as_cstr(), props.as_ref())
-        {
+        match self.lzc.clone(target.as_cstr(), origin.as_cstr(), props.as_ref()) {
             0 => Ok(()),
             e => Err(ZfsError::new(ZfsOp::Clone, target.as_str(), e).into()),
         }
@@ -633,22 +622,12 @@ impl Zfs {
 
     /// Rename a filesystem or volume within its pool.
     pub fn rename(&self, from: &DatasetName, to: &DatasetName) -> Result<(), Error> {
-        self.rename_raw(
-            from.as_str(),
-            from.as_cstr(),
-            to.as_cstr(),
-            from.pool() != to.pool(),
-        )
+        self.rename_raw(from.as_str(), from.as_cstr(), to.as_cstr(), from.pool() != to.pool())
     }
 
     /// Rename a snapshot; both names must be of the same dataset.
     pub fn rename_snapshot(&self, from: &SnapshotName, to: &SnapshotName) -> Result<(), Error> {
-        self.rename_raw(
-            from.as_str(),
-            from.as_cstr(),
-            to.as_cstr(),
-            from.pool() != to.pool(),
-        )
+        self.rename_raw(from.as_str(), from.as_cstr(), to.as_cstr(), from.pool() != to.pool())
     }
 
     fn rename_raw(
@@ -676,14 +655,15 @@ impl Zfs {
     pub fn promote(&self, clone: &DatasetName) -> Result<(), Error> {
         match self.lzc.promote(clone.as_cstr()) {
             (0, _) => Ok(()),
-            (e, conflict) => Err(ZfsError::new(ZfsOp::Promote, clone.as_str(), e)
-                .with_detail(conflict)
-                .into()),
+            (e, conflict) => {
+                Err(ZfsError::new(ZfsOp::Promote, clone.as_str(), e).with_detail(conflict).into())
+            }
         }
     }
 
-    /// Put user hold `tag` on each snapshot, atomically (for snapshots that exist; missing ones
-    /// are reported in the error's per-name list without failing the call, as the kernel does).
+    /// Put user hold `tag` on each snapshot, atomically. The kernel still places the holds on the
+    /// snapshots that exist when some are missing; that case is reported as
+    /// [`ZfsErrorKind::NotFound`] naming the missing ones.
     /// With `cleanup_fd` (an fd of `/dev/zfs` opened `O_EXCL`) the holds are released when it is
     /// closed, including when the process dies.
     pub fn hold(
@@ -701,23 +681,12 @@ impl Zfs {
         }
         let outcome = self.lzc.hold(&nv, cleanup_fd);
         let names: Vec<&str> = snaps.iter().map(SnapshotName::as_str).collect();
-        if outcome.errno == 0 {
-            // Success can still carry per-name errors for snapshots that do not exist.
-            let err = batch_error(ZfsOp::Hold, &names, &outcome);
-            return match err.per_name.first() {
-                Some(first) => Err(ZfsError {
-                    errno: first.errno,
-                    kind: first.kind,
-                    ..err
-                }
-                .into()),
-                None => Ok(()),
-            };
-        }
-        Err(batch_error(ZfsOp::Hold, &names, &outcome).into())
+        batch_result(ZfsOp::Hold, &names, &outcome)
     }
 
-    /// Release user hold `tag` from each snapshot, atomically.
+    /// Release user hold `tag` from each snapshot, atomically. As for [`Zfs::hold`], holds that do
+    /// not exist do not stop the others from being released, and are reported as
+    /// [`ZfsErrorKind::NotFound`] (per-name entries are `snapshot#tag`).
     pub fn release(&self, snaps: &[SnapshotName], tag: &str) -> Result<(), Error> {
         if snaps.is_empty() {
             return Ok(());
@@ -729,11 +698,8 @@ impl Zfs {
             nv.add_nvlist(s.as_str(), &tags).map_err(nv_error)?;
         }
         let outcome = self.lzc.release(&nv);
-        if outcome.errno == 0 {
-            return Ok(());
-        }
         let names: Vec<&str> = snaps.iter().map(SnapshotName::as_str).collect();
-        Err(batch_error(ZfsOp::Release, &names, &outcome).into())
+        batch_result(ZfsOp::Release, &names, &outcome)
     }
 
     /// The user hold tags on a snapshot.
@@ -745,12 +711,7 @@ impl Zfs {
         let tags = outcome
             .out
             .as_ref()
-            .map(|l| {
-                l.view()
-                    .iter()
-                    .map(|(k, _)| k.to_string_lossy().into_owned())
-                    .collect()
-            })
+            .map(|l| l.view().iter().map(|(k, _)| k.to_string_lossy().into_owned()).collect())
             .unwrap_or_default();
         Ok(tags)
     }
@@ -769,10 +730,7 @@ impl Zfs {
         const MEM_LIMIT: u64 = 10 << 20;
         let pool_name = DatasetName::new(pool)?;
         if pool_name.parent().is_some() {
-            return Err(Error::InvalidName {
-                name: pool.into(),
-                reason: "a pool name has no '/'",
-            });
+            return Err(Error::InvalidName { name: pool.into(), reason: "a pool name has no '/'" });
         }
         let program_c = CString::new(program).map_err(|_| Error::InvalidName {
             name: "<program>".into(),
@@ -798,9 +756,7 @@ impl Zfs {
                 .with_detail(detail)
                 .into());
         }
-        Ok(out
-            .and_then(|o| o.get("return"))
-            .map_or(ZcpValue::Nil, zcp_value))
+        Ok(out.and_then(|o| o.get("return")).map_or(ZcpValue::Nil, zcp_value))
     }
 
     /// Destroy `root` with all its descendants and their snapshots in one channel program (one
@@ -818,18 +774,18 @@ local function collect(ds)
     table.insert(pending, ds)
 end
 collect(root)
-local last_err = 0
 while #pending > 0 do
     local left = {}
+    local first_err = 0
     for _, name in ipairs(pending) do
         local err = zfs.sync.destroy(name)
         if err ~= 0 then
+            if #left == 0 then first_err = err end
             table.insert(left, name)
-            last_err = err
         end
     end
     if #left == #pending then
-        return {left = #left, errno = last_err, first = left[1]}
+        return {left = #left, errno = first_err, first = left[1]}
     end
     pending = left
 end
@@ -837,11 +793,9 @@ return {left = 0, errno = 0}
 "#;
         let result = self.channel_program(root.pool(), PROGRAM, &[root.as_str()], true)?;
         let ZcpValue::Table(t) = result else {
-            return Err(
-                ZfsError::new(ZfsOp::ChannelProgram, root.as_str(), libc::EPROTO)
-                    .with_detail(Some(format!("unexpected result {result:?}")))
-                    .into(),
-            );
+            return Err(ZfsError::new(ZfsOp::ChannelProgram, root.as_str(), libc::EPROTO)
+                .with_detail(Some(format!("unexpected result {result:?}")))
+                .into());
         };
         match (t.get("left"), t.get("errno"), t.get("first")) {
             (Some(ZcpValue::Int(0)), _, _) => Ok(()),
@@ -853,11 +807,9 @@ return {left = 0, errno = 0}
                 let errno = i32::try_from(*errno).unwrap_or(libc::EIO);
                 Err(ZfsError::new(ZfsOp::Destroy, first, errno).into())
             }
-            _ => Err(
-                ZfsError::new(ZfsOp::ChannelProgram, root.as_str(), libc::EPROTO)
-                    .with_detail(Some(format!("unexpected result {t:?}")))
-                    .into(),
-            ),
+            _ => Err(ZfsError::new(ZfsOp::ChannelProgram, root.as_str(), libc::EPROTO)
+                .with_detail(Some(format!("unexpected result {t:?}")))
+                .into()),
         }
     }
 
