@@ -89,14 +89,16 @@ struct Bench {
 }
 
 impl Bench {
-    fn session_ready(&self, name: &str) -> Result<PathBuf> {
+    fn session_ready(&self, name: &str) -> Result<Steps> {
         let ds = self.root.child(name)?;
         let dir = self.mnt.join(name);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("mkdir", &dir, e))?;
         let props = Props::new().canmount(CanMount::NoAuto).mountpoint(&dir.to_string_lossy());
+        let start = Instant::now();
         self.zfs.clone(&ds, &self.base, &props)?;
+        let cloned = Instant::now();
         mount_filesystem(&ds, &dir, MountOptions::default())?;
-        Ok(dir)
+        Ok(Steps { clone: cloned - start, mount: cloned.elapsed() })
     }
 
     fn session_destroy(&self, name: &str) -> Result<()> {
@@ -114,6 +116,12 @@ impl Bench {
         )?;
         run_cli(&self.cli, &["mount", ds.as_str()])
     }
+}
+
+/// Where a session-ready's time went.
+struct Steps {
+    clone: Duration,
+    mount: Duration,
 }
 
 fn populate(dir: &Path, files: usize) -> Result<()> {
@@ -216,25 +224,33 @@ fn measure(b: &Bench, args: &BenchZfsArgs) -> Result<Report> {
     for r in 0..args.rounds {
         let barrier = Barrier::new(args.concurrency);
         let start = Instant::now();
-        let outcomes: Vec<Result<()>> = std::thread::scope(|s| {
+        let outcomes: Vec<Result<Steps>> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..args.concurrency)
                 .map(|t| {
                     let barrier = &barrier;
                     s.spawn(move || {
                         barrier.wait();
-                        b.session_ready(&format!("par{r}-{t}")).map(drop)
+                        b.session_ready(&format!("par{r}-{t}"))
                     })
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().expect("bench thread panicked")).collect()
         });
         concurrent.push(start.elapsed());
-        outcomes.into_iter().collect::<Result<Vec<()>>>()?;
+        for steps in outcomes {
+            let steps = steps?;
+            samples.entry(("concurrent_clone_step", "goldclone")).or_default().push(steps.clone);
+            samples.entry(("concurrent_mount_step", "goldclone")).or_default().push(steps.mount);
+        }
         for t in 0..args.concurrency {
             b.session_destroy(&format!("par{r}-{t}"))?;
         }
         let name = format!("one{r}");
-        single.push(timed(|| b.session_ready(&name))?);
+        let start = Instant::now();
+        let steps = b.session_ready(&name)?;
+        single.push(start.elapsed());
+        samples.entry(("single_clone_step", "goldclone")).or_default().push(steps.clone);
+        samples.entry(("single_mount_step", "goldclone")).or_default().push(steps.mount);
         b.session_destroy(&name)?;
     }
     samples.insert(("concurrent_ready_wall", "goldclone"), concurrent);
