@@ -24,6 +24,11 @@ kver=$(cat /var/tmp/goldclone-guest-kernel 2>/dev/null || true)
 [ -n "$kver" ] && [ -f "/boot/vmlinuz-$kver" ] || { log "no guest kernel recorded; run .ci/install-deps.sh"; exit 1; }
 command -v vng >/dev/null || { log "vng (virtme-ng) not found"; exit 1; }
 
+# --- on the host: the checked-in bindings must equal bindgen's output from wrapper.h ---
+log "checking src/zfs/bindings.rs against bindgen (feature buildtime-bindgen)"
+host_results=$(mktemp -d /tmp/goldclone-zfs-host.XXXXXX)
+cargo test --features buildtime-bindgen --test zfs_bindings_fresh >"$host_results/bindings.log" 2>&1 || true
+
 # --- build on the host: the guest sees the host's files read-only and never compiles ---
 log "building test binaries and the release binary"
 if [ "${BENCH:-0}" = 1 ]; then cargo build --release --bin goldclone --example zfs_bench >&2; fi
@@ -104,6 +109,7 @@ summarize() {  # name logfile
   [ "$name" = zfs ] && zfs_ran=$((p + f))
   return 0
 }
+summarize bindings-fresh "$host_results/bindings.log"
 summarize host-before-modprobe "$results/host-before-modprobe.log"
 summarize zfs "$results/zfs.log"
 summarize host-after-modprobe "$results/host-after-modprobe.log"

@@ -130,6 +130,17 @@ impl Bench {
     }
 }
 
+/// CPU time all CPUs have spent busy since boot, from the first line of /proc/stat (USER_HZ is
+/// 100 on Linux by ABI). Zero if it cannot be read: the report then shows no CPU figures.
+fn machine_busy() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else { return Duration::ZERO };
+    let Some(line) = stat.lines().next() else { return Duration::ZERO };
+    // cpu user nice system idle iowait irq softirq steal ...
+    let ticks: Vec<u64> = line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    let busy: u64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| ticks.get(i)).sum();
+    Duration::from_millis(busy * 10)
+}
+
 /// Where a session-ready's time went.
 struct Steps {
     clone: Duration,
@@ -247,7 +258,9 @@ fn measure(b: &Bench, args: &BenchZfsArgs) -> Result<Report> {
     // N session clones at once vs one alone, goldclone only (the service's concurrent case).
     let mut concurrent = Vec::new();
     let mut single = Vec::new();
+    let (mut busy_concurrent, mut busy_single) = (Duration::ZERO, Duration::ZERO);
     for r in 0..args.rounds {
+        let busy_before = machine_busy();
         let barrier = Barrier::new(args.concurrency);
         let start = Instant::now();
         let outcomes: Vec<Result<Steps>> = std::thread::scope(|s| {
@@ -263,6 +276,7 @@ fn measure(b: &Bench, args: &BenchZfsArgs) -> Result<Report> {
             handles.into_iter().map(|h| h.join().expect("bench thread panicked")).collect()
         });
         concurrent.push(start.elapsed());
+        busy_concurrent += machine_busy().saturating_sub(busy_before);
         for steps in outcomes {
             let steps = steps?;
             samples.entry(("concurrent_clone_step", "goldclone")).or_default().push(steps.clone);
@@ -272,13 +286,16 @@ fn measure(b: &Bench, args: &BenchZfsArgs) -> Result<Report> {
             b.session_destroy(&format!("par{r}-{t}"))?;
         }
         let name = format!("one{r}");
+        let busy_before = machine_busy();
         let start = Instant::now();
         let steps = b.session_ready(&name)?;
         single.push(start.elapsed());
+        busy_single += machine_busy().saturating_sub(busy_before);
         samples.entry(("single_clone_step", "goldclone")).or_default().push(steps.clone);
         samples.entry(("single_mount_step", "goldclone")).or_default().push(steps.mount);
         b.session_destroy(&name)?;
     }
+    let wall_concurrent: Duration = concurrent.iter().sum();
     samples.insert(("concurrent_ready_wall", "goldclone"), concurrent);
     samples.insert(("single_ready", "goldclone"), single);
 
@@ -319,6 +336,21 @@ fn measure(b: &Bench, args: &BenchZfsArgs) -> Result<Report> {
         args.concurrency, args.rounds
     );
     ratios.insert("concurrent_over_single_p50".into(), conc.into());
+    // Where the concurrency went: CPU time the whole machine spent per session, alone and in a
+    // crowd, and how busy all CPUs were during the crowd. If the CPUs are saturated, the crowd
+    // can finish no faster than sessions x CPU-per-session / CPUs.
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let sessions = (args.rounds * args.concurrency) as f64;
+    let cpu_single = ms(busy_single) / args.rounds as f64;
+    let cpu_crowd = ms(busy_concurrent) / sessions;
+    let utilisation = busy_concurrent.as_secs_f64() / (wall_concurrent.as_secs_f64() * cpus as f64);
+    let _ = writeln!(
+        table,
+        "CPU per session: {cpu_single:.1} ms alone, {cpu_crowd:.1} ms in a crowd of {}; all {cpus} \
+         CPUs {:.0}% busy during the crowd (10 ms /proc/stat resolution)",
+        args.concurrency,
+        utilisation * 100.0
+    );
     let speedup = ratios["session_ready_speedup_p50"].as_f64().unwrap_or(0.0);
     let _ = writeln!(
         table,
@@ -335,6 +367,12 @@ fn measure(b: &Bench, args: &BenchZfsArgs) -> Result<Report> {
             (k.clone(), serde_json::json!({"p50": ms(*a), "p99": ms(*b99), "n": len}))
         }).collect::<serde_json::Map<_, _>>(),
         "ratios": ratios,
+        "cpu": {
+            "cpus": cpus,
+            "cpu_ms_per_session_alone": cpu_single,
+            "cpu_ms_per_session_in_crowd": cpu_crowd,
+            "crowd_utilisation": utilisation,
+        },
     });
     Ok(Report { table, csv, json })
 }
