@@ -90,6 +90,7 @@ echo done >"$results/guest-done"
 EOF
 
 log "booting guest kernel $kver (TCG; takes a few minutes), results in $results"
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 vm_rc=0
 timeout "${VM_TIMEOUT:-1500}" vng -r "/boot/vmlinuz-$kver" --disable-kvm --memory 2G --cpus 2 \
   --rwdir "$results" --exec "bash $results/guest.sh" >"$results/vng.log" 2>&1 || vm_rc=$?
@@ -124,6 +125,8 @@ if [ "${BENCH:-0}" = 1 ]; then
   fi
 fi
 [ -f "$results/guest-info.txt" ] && sed 's/^/[guest] /' "$results/guest-info.txt" >&2
+# Guest timings are only as quiet as the host: TCG runs on the host's cores.
+log "host load average before/after the guest run: $load_before / $(cut -d' ' -f1-3 /proc/loadavg)"
 for p in "${problems[@]}"; do log "PROBLEM: $p"; done
 echo "$total_pass passed, $total_fail failed"
 [ "$total_fail" -eq 0 ] && [ "${#problems[@]}" -eq 0 ]

@@ -38,7 +38,7 @@ pub struct BenchZfsArgs {
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
     /// Rounds of the concurrency test (each: N at once, then one alone).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 7)]
     pub rounds: usize,
     /// Files written into the golden dataset before it is snapshotted.
     #[arg(long, default_value_t = 500)]
@@ -259,7 +259,22 @@ fn measure(b: &Bench, args: &BenchZfsArgs) -> Result<Report> {
     let mut concurrent = Vec::new();
     let mut single = Vec::new();
     let (mut busy_concurrent, mut busy_single) = (Duration::ZERO, Duration::ZERO);
+    let pool = b.base.pool().to_owned();
     for r in 0..args.rounds {
+        // One alone first, then the crowd, each after a pool sync so neither pays for the
+        // other's leftover work (deferred frees of destroyed clones).
+        b.zfs.sync(&pool)?;
+        let name = format!("one{r}");
+        let busy_before = machine_busy();
+        let start = Instant::now();
+        let steps = b.session_ready(&name)?;
+        single.push(start.elapsed());
+        busy_single += machine_busy().saturating_sub(busy_before);
+        samples.entry(("single_clone_step", "goldclone")).or_default().push(steps.clone);
+        samples.entry(("single_mount_step", "goldclone")).or_default().push(steps.mount);
+        b.session_destroy(&name)?;
+
+        b.zfs.sync(&pool)?;
         let busy_before = machine_busy();
         let barrier = Barrier::new(args.concurrency);
         let start = Instant::now();
@@ -285,15 +300,6 @@ fn measure(b: &Bench, args: &BenchZfsArgs) -> Result<Report> {
         for t in 0..args.concurrency {
             b.session_destroy(&format!("par{r}-{t}"))?;
         }
-        let name = format!("one{r}");
-        let busy_before = machine_busy();
-        let start = Instant::now();
-        let steps = b.session_ready(&name)?;
-        single.push(start.elapsed());
-        busy_single += machine_busy().saturating_sub(busy_before);
-        samples.entry(("single_clone_step", "goldclone")).or_default().push(steps.clone);
-        samples.entry(("single_mount_step", "goldclone")).or_default().push(steps.mount);
-        b.session_destroy(&name)?;
     }
     let wall_concurrent: Duration = concurrent.iter().sum();
     samples.insert(("concurrent_ready_wall", "goldclone"), concurrent);
