@@ -37,7 +37,7 @@ pub struct BenchZfsArgs {
     /// Session clones started at once in the concurrency test.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
-    /// Rounds of the concurrency test (each: N at once, then one alone).
+    /// Rounds of the concurrency test (each: one session alone, then N at once).
     #[arg(long, default_value_t = 7)]
     pub rounds: usize,
     /// Files written into the golden dataset before it is snapshotted.
