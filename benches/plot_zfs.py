@@ -1,7 +1,10 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Plot the latency distributions from `goldclone bench zfs` (zfs-bench.csv) as a PNG.
 
-    python3 benches/plot_zfs.py benches/zfs-bench.csv benches/zfs-latency.png
+    /usr/bin/python3 benches/plot_zfs.py benches/zfs-bench.csv benches/zfs-latency.png
+
+(Debian's python3-matplotlib is installed for the system interpreter, hence /usr/bin/python3;
+tests/zfs-vm.sh runs this after `BENCH=1`.)
 """
 import csv
 import sys

@@ -118,8 +118,10 @@ summarize host-after-modprobe "$results/host-after-modprobe.log"
 [ "$zfs_ran" -ge "$MIN_ZFS_TESTS" ] || problems+=("only $zfs_ran ZFS tests ran (need >= $MIN_ZFS_TESTS)")
 if [ "${BENCH:-0}" = 1 ]; then
   if grep -q '^rc=0' "$results/bench.log" 2>/dev/null; then
-    cp "$results"/zfs-bench.* benches/ 2>/dev/null || true
+    cp "$results"/zfs-bench.* benches/
     cat "$results/bench.log"
+    /usr/bin/python3 benches/plot_zfs.py benches/zfs-bench.csv benches/zfs-latency.png ||
+      problems+=("plot failed")
   else
     problems+=("benchmark failed (see $results/bench.log)")
   fi
