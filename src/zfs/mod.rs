@@ -63,8 +63,6 @@ pub enum ZfsErrorKind {
     NotFound,
     /// The names involved are on different pools (EXDEV).
     PoolsDiffer,
-    /// The kernel refused a name (EINVAL on a name we could not pre-check).
-    InvalidName,
     /// A name (or hold tag) is too long.
     NameTooLong,
     /// A snapshot cannot be destroyed because clones depend on it (destroy later with `defer`).
@@ -83,7 +81,8 @@ pub enum ZfsErrorKind {
     NotAClone,
     /// A channel program failed (syntax, runtime error, limits); see the detail text.
     ProgramFailed,
-    /// Any other refusal of an argument (EINVAL), typically a property.
+    /// The kernel refused an argument (EINVAL), typically a property: names are validated
+    /// before any call and fail with [`Error::InvalidName`] / [`Error::NameTooLong`] instead.
     InvalidArgument,
     /// Anything else; see the errno.
     Other,
@@ -95,7 +94,6 @@ impl ZfsErrorKind {
             ZfsErrorKind::Exists => "already exists",
             ZfsErrorKind::NotFound => "not found",
             ZfsErrorKind::PoolsDiffer => "names are on different pools",
-            ZfsErrorKind::InvalidName => "invalid name",
             ZfsErrorKind::NameTooLong => "name too long",
             ZfsErrorKind::SnapshotHasClones => "snapshot has clones",
             ZfsErrorKind::SnapshotHeld => "snapshot is held",
@@ -279,7 +277,6 @@ impl ZfsError {
             ZfsErrorKind::Exists => E::AlreadyExists,
             ZfsErrorKind::NotFound => E::NotFound,
             ZfsErrorKind::PoolsDiffer => E::CrossDevice,
-            ZfsErrorKind::InvalidName => E::InvalidName,
             ZfsErrorKind::NameTooLong => E::NameTooLong,
             ZfsErrorKind::SnapshotHasClones => E::SnapshotHasClones,
             ZfsErrorKind::SnapshotHeld => E::SnapshotHeld,
