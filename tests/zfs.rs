@@ -533,6 +533,56 @@ fn destroy_tree_with_mounted_member_fails_busy() {
     assert!(!fx.zfs.exists(t.as_str()).unwrap());
 }
 
+#[test]
+#[ignore = "needs real ZFS: run by tests/zfs-vm.sh"]
+fn destroy_many_sessions_in_one_call() {
+    let fx = Fx::new("destroy_many");
+    let base = fx.golden();
+    let sessions: Vec<DatasetName> = (0..5).map(|i| fx.name(&format!("s{i}"))).collect();
+    for s in &sessions {
+        fx.zfs.clone(s, &base, &Props::new()).unwrap();
+    }
+    fx.zfs.destroy_many(&sessions).unwrap();
+    for s in &sessions {
+        assert!(!fx.zfs.exists(s.as_str()).unwrap(), "{s} survived");
+    }
+    fx.zfs.destroy_snapshots(std::slice::from_ref(&base), false).unwrap();
+}
+
+#[test]
+#[ignore = "needs real ZFS: run by tests/zfs-vm.sh"]
+fn destroy_many_is_all_or_nothing_with_per_name_errors() {
+    let fx = Fx::new("destroy_many_atomic");
+    let base = fx.golden();
+    let sessions: Vec<DatasetName> = (0..3).map(|i| fx.name(&format!("s{i}"))).collect();
+    for s in &sessions {
+        fx.zfs.clone(s, &base, &Props::new()).unwrap();
+    }
+    let dir = fx.mount(&sessions[1], "s1");
+    let mut batch = sessions.clone();
+    batch.push(fx.name("missing"));
+    let err = fx.zfs.destroy_many(&batch).unwrap_err();
+    let Error::Zfs(z) = &err else { panic!("expected a ZFS error, got {err:?}") };
+    let kinds: Vec<(&str, ZfsErrorKind)> =
+        z.per_name().iter().map(|e| (e.name.as_str(), e.kind)).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (sessions[1].as_str(), ZfsErrorKind::Busy),
+            (batch[3].as_str(), ZfsErrorKind::NotFound)
+        ],
+        "{err}"
+    );
+    assert_eq!(zkind(&err), ZfsErrorKind::Busy);
+    for s in &sessions {
+        assert!(fx.zfs.exists(s.as_str()).unwrap(), "{s} destroyed although the batch failed");
+    }
+    fx.unmount(&dir);
+    fx.zfs.destroy_many(&sessions).unwrap();
+    let err = fx.zfs.destroy_many(&[sessions[0].clone(), fx.root_b()]).unwrap_err();
+    assert_eq!(zkind(&err), ZfsErrorKind::PoolsDiffer, "{err}");
+}
+
 // ---- holds ------------------------------------------------------------------------------------------
 
 #[test]

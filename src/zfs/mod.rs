@@ -761,6 +761,78 @@ impl Zfs {
         Ok(out.and_then(|o| o.get("return")).map_or(ZcpValue::Nil, zcp_value))
     }
 
+    /// Destroy several filesystems or volumes (e.g. many sessions) in one channel program: one
+    /// transaction group instead of one per dataset, and all or nothing. Every name is first
+    /// checked with `zfs.check.destroy` in the same sync task, and nothing is destroyed unless
+    /// all checks pass; failures come back per name ([`ZfsError::per_name`]): mounted
+    /// ([`ZfsErrorKind::Busy`]), has snapshots (Busy), has children
+    /// ([`ZfsErrorKind::HasChildren`]), missing ([`ZfsErrorKind::NotFound`]). The checks are
+    /// independent, so a dataset and its own child cannot be in one call. All names must be on
+    /// one pool.
+    pub fn destroy_many(&self, names: &[DatasetName]) -> Result<(), Error> {
+        const PROGRAM: &str = r#"
+local names = (...)["argv"]
+local failed = {}
+local any = false
+for _, name in ipairs(names) do
+    local err = zfs.check.destroy(name)
+    if err ~= 0 then
+        failed[name] = err
+        any = true
+    end
+end
+if any then return {destroyed = false, failed = failed} end
+for _, name in ipairs(names) do
+    local err = zfs.sync.destroy(name)
+    if err ~= 0 then
+        failed[name] = err
+        any = true
+    end
+end
+return {destroyed = not any, failed = failed}
+"#;
+        let Some(first) = names.first() else { return Ok(()) };
+        if let Some(other) = names.iter().find(|n| n.pool() != first.pool()) {
+            return Err(ZfsError::new(ZfsOp::Destroy, other.as_str(), libc::EXDEV).into());
+        }
+        let argv: Vec<&str> = names.iter().map(DatasetName::as_str).collect();
+        let result = self.channel_program(first.pool(), PROGRAM, &argv, true)?;
+        let unexpected = |what: &ZcpValue| -> Error {
+            ZfsError::new(ZfsOp::ChannelProgram, first.pool(), libc::EPROTO)
+                .with_detail(Some(format!("unexpected result {what:?}")))
+                .into()
+        };
+        let ZcpValue::Table(t) = &result else { return Err(unexpected(&result)) };
+        let mut per_name: Vec<NameError> = match t.get("failed") {
+            Some(ZcpValue::Table(f)) => f
+                .iter()
+                .filter_map(|(name, v)| match v {
+                    ZcpValue::Int(e) => {
+                        let errno = i32::try_from(*e).unwrap_or(libc::EIO);
+                        let kind = classify(ZfsOp::Destroy, errno);
+                        Some(NameError { name: name.clone(), errno, kind })
+                    }
+                    _ => None,
+                })
+                .collect(),
+            // An empty Lua table comes back as an empty nvlist or not at all.
+            None | Some(ZcpValue::Nil) => Vec::new(),
+            Some(other) => return Err(unexpected(other)),
+        };
+        match (t.get("destroyed"), per_name.is_empty()) {
+            (Some(ZcpValue::Bool(true)), true) => Ok(()),
+            (Some(ZcpValue::Bool(_)), false) => {
+                // Report in the caller's order.
+                per_name.sort_by_key(|e| argv.iter().position(|n| *n == e.name));
+                let first_err = per_name[0].clone();
+                let mut err = ZfsError::new(ZfsOp::Destroy, argv.join(","), first_err.errno);
+                err.per_name = per_name;
+                Err(err.into())
+            }
+            _ => Err(unexpected(&result)),
+        }
+    }
+
     /// Destroy `root` with all its descendants and their snapshots in one channel program (one
     /// transaction group, no process per dataset). Clones inside the tree are destroyed before
     /// their origin snapshots by retrying in passes. Nothing may be mounted; a clone outside the
