@@ -98,3 +98,31 @@ fn names_are_validated_without_zfs() {
     assert_eq!(DatasetName::new(&long).unwrap_err().kind(), ErrorKind::NameTooLong);
     assert!(Props::new().mountpoint("legacy").user("goldclone:s", "1") != Props::new());
 }
+
+/// The first use races from many threads (a service starting sessions at once): every thread
+/// gets the same answer, and none panics.
+#[test]
+fn first_use_from_many_threads_agrees() {
+    let barrier = std::sync::Barrier::new(8);
+    let results: Vec<Result<Zfs, ErrorKind>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    Zfs::open().map_err(|e| e.kind())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let expected_ok = Path::new(zfs::ZFS_DEV).exists();
+    for r in &results {
+        match r {
+            Ok(_) => assert!(expected_ok, "opened without /dev/zfs"),
+            Err(kind) => {
+                assert!(!expected_ok, "failed with /dev/zfs present: {kind:?}");
+                assert_eq!(*kind, ErrorKind::ZfsUnavailable);
+            }
+        }
+    }
+}
