@@ -831,6 +831,9 @@ fn zvol_clone_found_by_blkzname_and_xfs_mounts_with_nouuid() {
     let s = vol.snapshot("s").unwrap();
     fx.zfs.snapshot(std::slice::from_ref(&s)).unwrap();
     frozen.thaw().unwrap();
+    // Dropping the guard thaws too: freezing again works only on a thawed filesystem.
+    drop(mount::freeze(&dir).unwrap());
+    mount::freeze(&dir).unwrap().thaw().unwrap();
     fs::write(dir.join("after"), "not in the snapshot\n").unwrap();
 
     let cvol = fx.name("cvol");

@@ -23,6 +23,26 @@
 //! * [`mount`] — mount(2)/umount2 of clones, zvol device lookup, XFS freeze/thaw.
 //! * this module — [`Zfs`], the safe API, and [`ZfsError`], which maps errno plus the kernel's
 //!   per-name error list to a [`ZfsErrorKind`].
+//!
+//! # A session, end to end
+//!
+//! ```no_run
+//! # fn main() -> goldclone::Result<()> {
+//! use goldclone::zfs::{mount, DatasetName, Props, SnapshotName, Zfs};
+//! let zfs = Zfs::open()?; // Err(ZfsUnavailable) on a host without ZFS
+//! let golden = SnapshotName::new("tank/golden@v42")?;
+//! // Sessions live under a parent created once with mountpoint=legacy: clones inherit it, so
+//! // they need no properties of their own (each property set costs the kernel another txg).
+//! let session = DatasetName::new("tank/sessions/s-123")?;
+//! zfs.clone(&session, &golden, &Props::new())?;
+//! let dir = std::path::Path::new("/srv/sessions/s-123");
+//! mount::mount_filesystem(&session, dir, mount::MountOptions::default())?;
+//! // ... the session runs ...
+//! mount::unmount(dir)?;
+//! zfs.destroy(&session)?; // or destroy_many(&[...]) for many sessions in one txg
+//! # Ok(())
+//! # }
+//! ```
 
 #[allow(
     non_camel_case_types,
