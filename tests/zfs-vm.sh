@@ -89,6 +89,8 @@ zpool create -f -m none -O canmount=off gctb /tmp/gc-pool-b.img >>"$results/modp
 # 3. The real-ZFS suite.
 GOLDCLONE_TEST_POOL_A=gcta GOLDCLONE_TEST_POOL_B=gctb \
   "$zfs_bin" --include-ignored --test-threads=2 >"$results/zfs.log" 2>&1
+# Each test destroys its own tree; anything left is a cleanup bug.
+zfs list -H -o name -r -t all gcta gctb | grep -vx -e gcta -e gctb >"$results/leftovers.txt"
 
 # 4. The host tests again, now with /dev/zfs present (the other branch of the availability test).
 "$host_bin" --include-ignored --test-threads=1 >"$results/host-after-modprobe.log" 2>&1
@@ -135,6 +137,9 @@ grep -q '^rc=0' "$results/goldclone-help.log" 2>/dev/null ||
   problems+=("goldclone --help failed without ZFS (see $results/goldclone-help.log)")
 summarize test-zfs "$results/zfs.log"
 summarize with-zfs:test-zfs_host "$results/host-after-modprobe.log"
+if [ -s "$results/leftovers.txt" ]; then
+  problems+=("datasets left behind by the ZFS tests: $(tr '\n' ' ' <"$results/leftovers.txt")")
+fi
 [ -f "$results/guest-done" ] || problems+=("guest did not finish (vng exit $vm_rc; see $results/vng.log)")
 [ "$zfs_ran" -ge "$MIN_ZFS_TESTS" ] || problems+=("only $zfs_ran ZFS tests ran (need >= $MIN_ZFS_TESTS)")
 if [ "${BENCH:-0}" = 1 ]; then
