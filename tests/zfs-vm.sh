@@ -5,7 +5,8 @@
 #   1. runs every non-ZFS test binary of the crate and `goldclone --help` with ZFS absent
 #      (module not loaded: no /dev/zfs), the "same binary without ZFS" condition;
 #   2. loads the module, creates two file-backed pools, runs the ZFS suite (tests/zfs.rs);
-#   3. runs tests/zfs_host.rs again with /dev/zfs present;
+#   3. runs tests/zfs_host.rs again with /dev/zfs present, and once more with libzfs_core made
+#      unloadable (the "missing library" condition);
 #   4. with BENCH=1, runs the ZFS benchmark on a third pool, copies its CSV/JSON to benches/ and
 #      draws benches/zfs-latency.png on the host;
 # and prints a closing "N passed, N failed" line.
@@ -95,6 +96,14 @@ zfs list -H -o name -r -t all gcta gctb | grep -vx -e gcta -e gctb >"$results/le
 # 4. The host tests again, now with /dev/zfs present (the other branch of the availability test).
 "$host_bin" --include-ignored --test-threads=1 >"$results/host-after-modprobe.log" 2>&1
 
+# 4b. /dev/zfs present but libzfs_core unloadable: an empty file bind-mounted over the real one,
+#     in a private mount namespace so nothing else in the guest sees it.
+lib=\$(readlink -f /lib/x86_64-linux-gnu/libzfs_core.so.3)
+: >/tmp/empty-libzfs_core.so
+GOLDCLONE_EXPECT_ZFS=unavailable GOLDCLONE_EXPECT_REASON=libzfs_core.so.3 \
+  unshare -m sh -c "mount --bind /tmp/empty-libzfs_core.so \$lib && exec '$host_bin' --test-threads=1" \
+  >"$results/broken-lib.log" 2>&1
+
 # 5. Benchmark in the same guest, on a fresh pool, if asked.
 if [ "${BENCH:-0}" = 1 ]; then
   truncate -s 2G /tmp/gc-bench.img
@@ -137,6 +146,7 @@ grep -q '^rc=0' "$results/goldclone-help.log" 2>/dev/null ||
   problems+=("goldclone --help failed without ZFS (see $results/goldclone-help.log)")
 summarize test-zfs "$results/zfs.log"
 summarize with-zfs:test-zfs_host "$results/host-after-modprobe.log"
+summarize no-libzfs_core:test-zfs_host "$results/broken-lib.log"
 if [ -s "$results/leftovers.txt" ]; then
   problems+=("datasets left behind by the ZFS tests: $(tr '\n' ' ' <"$results/leftovers.txt")")
 fi

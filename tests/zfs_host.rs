@@ -71,19 +71,36 @@ fn cdylib_has_no_dt_needed_on_zfs_libraries() {
     assert_no_zfs_needed(&lib);
 }
 
-/// Without `/dev/zfs` (this host, or the test VM before `modprobe zfs`) every entry point says
-/// "ZFS unavailable", typed; with it, the library loads. Both are the real condition, no mock.
+/// Whether ZFS should load here, and the text the "unavailable" reason must contain.
+///
+/// By default: available exactly when `/dev/zfs` exists. tests/zfs-vm.sh also runs this binary
+/// with libzfs_core.so.3 made unloadable (an empty file bind-mounted over it in a private mount
+/// namespace, with /dev/zfs present) and says so through `GOLDCLONE_EXPECT_ZFS=unavailable` and
+/// `GOLDCLONE_EXPECT_REASON`. Both are real conditions of the host, not a mock of the library.
+fn expectation() -> (bool, String) {
+    let reason = std::env::var("GOLDCLONE_EXPECT_REASON").unwrap_or_else(|_| zfs::ZFS_DEV.into());
+    match std::env::var("GOLDCLONE_EXPECT_ZFS").as_deref() {
+        Ok("available") => (true, reason),
+        Ok("unavailable") => (false, reason),
+        Ok(other) => panic!("GOLDCLONE_EXPECT_ZFS={other:?}: expected available or unavailable"),
+        Err(_) => (Path::new(zfs::ZFS_DEV).exists(), reason),
+    }
+}
+
+/// Without `/dev/zfs` (this host, or the test VM before `modprobe zfs`), or without a loadable
+/// libzfs_core, every entry point says "ZFS unavailable", typed, and nothing panics; with both,
+/// the library loads.
 #[test]
-fn unavailable_is_typed_when_dev_zfs_is_absent() {
-    let dev_zfs = Path::new(zfs::ZFS_DEV).exists();
+fn availability_is_typed_and_matches_the_host() {
+    let (expect_available, reason) = expectation();
     let opened = Zfs::open();
-    if dev_zfs {
-        opened.expect("/dev/zfs exists, so libzfs_core must load");
+    if expect_available {
+        opened.expect("ZFS should load here");
         return;
     }
-    let err = opened.expect_err("no /dev/zfs, yet Zfs::open succeeded");
+    let err = opened.expect_err("ZFS should be unavailable here, yet Zfs::open succeeded");
     assert_eq!(err.kind(), ErrorKind::ZfsUnavailable, "{err}");
-    assert!(err.to_string().contains("/dev/zfs"), "reason should name /dev/zfs: {err}");
+    assert!(err.to_string().contains(&reason), "reason should mention {reason}: {err}");
     let err = zfs::available().expect_err("available() must agree with open()");
     assert_eq!(err.kind(), ErrorKind::ZfsUnavailable);
     // A second attempt is not answered from a cache of the failure, and still does not panic.
@@ -115,12 +132,12 @@ fn first_use_from_many_threads_agrees() {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let expected_ok = Path::new(zfs::ZFS_DEV).exists();
+    let (expect_available, _) = expectation();
     for r in &results {
         match r {
-            Ok(_) => assert!(expected_ok, "opened without /dev/zfs"),
+            Ok(_) => assert!(expect_available, "opened where ZFS should be unavailable"),
             Err(kind) => {
-                assert!(!expected_ok, "failed with /dev/zfs present: {kind:?}");
+                assert!(!expect_available, "failed where ZFS should load: {kind:?}");
                 assert_eq!(*kind, ErrorKind::ZfsUnavailable);
             }
         }
