@@ -780,6 +780,42 @@ fn reserving_more_than_the_pool_is_no_space() {
     assert_eq!(err.kind(), ErrorKind::NoSpace);
 }
 
+const CHILD_SNAPSHOT_ENV: &str = "GOLDCLONE_TEST_CHILD_SNAPSHOT_WITHOUT_SYS_ADMIN";
+
+/// Root without CAP_SYS_ADMIN (dropped from the bounding set by `setpriv` before exec) may open
+/// /dev/zfs but not snapshot: the kernel's zfs_secpolicy answers EPERM. The test re-runs itself
+/// in such a child; the child does the call and the parent checks that the child's assertions
+/// ran and passed.
+#[test]
+#[ignore = "needs real ZFS: run by tests/zfs-vm.sh"]
+fn snapshot_without_cap_sys_admin_is_permission_denied() {
+    const NAME: &str = "snapshot_without_cap_sys_admin_is_permission_denied";
+    if let Ok(name) = std::env::var(CHILD_SNAPSHOT_ENV) {
+        let zfs = Zfs::open().expect("/dev/zfs opens without CAP_SYS_ADMIN");
+        let err = zfs.snapshot(&[snap(&name)]).unwrap_err();
+        assert_eq!(zkind(&err), ZfsErrorKind::PermissionDenied, "{err}");
+        assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+        return;
+    }
+    let fx = Fx::new("no_sys_admin");
+    let target = fx.root.snapshot("forbidden").unwrap();
+    let out = Command::new("setpriv")
+        .arg("--bounding-set=-sys_admin")
+        .arg("--")
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", NAME, "--include-ignored", "--test-threads=1"])
+        .env(CHILD_SNAPSHOT_ENV, target.as_str())
+        .output()
+        .expect("run setpriv");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "child failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!fx.zfs.exists(target.as_str()).unwrap());
+}
+
 // ---- sessions: concurrency, zvols, whole lifecycle ---------------------------------------------------
 
 #[test]
