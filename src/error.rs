@@ -158,6 +158,10 @@ pub enum ErrorKind {
     Cancelled,
     /// ZFS is not available on this host.
     ZfsUnavailable,
+    /// A ZFS snapshot cannot be destroyed because clones depend on it.
+    SnapshotHasClones,
+    /// A ZFS snapshot cannot be destroyed because it has user holds.
+    SnapshotHeld,
     /// Any other I/O error.
     Io,
 }
@@ -165,29 +169,17 @@ pub enum ErrorKind {
 impl Error {
     /// Build an [`Error::Io`] from the last OS error.
     pub fn last_os(op: &'static str, path: impl Into<PathBuf>) -> Self {
-        Error::Io {
-            op,
-            path: path.into(),
-            source: io::Error::last_os_error(),
-        }
+        Error::Io { op, path: path.into(), source: io::Error::last_os_error() }
     }
 
     /// Build an [`Error::Io`] from an errno value.
     pub fn from_errno(op: &'static str, path: impl Into<PathBuf>, errno: i32) -> Self {
-        Error::Io {
-            op,
-            path: path.into(),
-            source: io::Error::from_raw_os_error(errno),
-        }
+        Error::Io { op, path: path.into(), source: io::Error::from_raw_os_error(errno) }
     }
 
     /// Wrap an [`io::Error`] with the operation and path.
     pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        Error::Io {
-            op,
-            path: path.into(),
-            source,
-        }
+        Error::Io { op, path: path.into(), source }
     }
 
     /// The errno behind this error, where the kernel gave one.

@@ -61,12 +61,7 @@ pub struct SizeMix {
 impl Default for SizeMix {
     /// Mostly 0–16 KiB files, one in a thousand a 1–4 MiB binary.
     fn default() -> Self {
-        SizeMix {
-            small_max: 16 << 10,
-            large_one_in: 1000,
-            large_min: 1 << 20,
-            large_max: 4 << 20,
-        }
+        SizeMix { small_max: 16 << 10, large_one_in: 1000, large_min: 1 << 20, large_max: 4 << 20 }
     }
 }
 
@@ -183,16 +178,10 @@ pub fn build(root: &Path, spec: &FixtureSpec) -> Result<FixtureStats> {
         Ok(m) if m.is_dir() => {
             let mut it = std::fs::read_dir(root).map_err(|e| Error::io("readdir", root, e))?;
             if it.next().is_some() {
-                return Err(Error::AlreadyExists {
-                    path: root.to_path_buf(),
-                });
+                return Err(Error::AlreadyExists { path: root.to_path_buf() });
             }
         }
-        Ok(_) => {
-            return Err(Error::NotADirectory {
-                path: root.to_path_buf(),
-            })
-        }
+        Ok(_) => return Err(Error::NotADirectory { path: root.to_path_buf() }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             std::fs::create_dir_all(root).map_err(|e| Error::io("mkdir", root, e))?;
         }
@@ -205,11 +194,7 @@ pub fn build(root: &Path, spec: &FixtureSpec) -> Result<FixtureStats> {
             libc::EPERM,
         ));
     }
-    let mut b = Builder {
-        root,
-        rng: Rng::new(spec.seed),
-        spec,
-    };
+    let mut b = Builder { root, rng: Rng::new(spec.seed), spec };
     b.docker()?;
     if spec.fidelity_extras {
         b.extras()?;
@@ -253,9 +238,7 @@ impl Rng {
         rest.copy_from_slice(&v[..rest.len()]);
     }
     fn hex(&mut self, n: usize) -> String {
-        (0..n)
-            .map(|_| char::from(b"0123456789abcdef"[(self.next() % 16) as usize]))
-            .collect()
+        (0..n).map(|_| char::from(b"0123456789abcdef"[(self.next() % 16) as usize])).collect()
     }
     fn short_id(&mut self) -> String {
         (0..26)
@@ -300,11 +283,7 @@ fn set_times_and_count(
     seen: &mut HashSet<(u64, u64)>,
     stats: &mut FixtureStats,
 ) -> Result<()> {
-    let dir = if rel.as_os_str().is_empty() {
-        root.to_path_buf()
-    } else {
-        root.join(rel)
-    };
+    let dir = if rel.as_os_str().is_empty() { root.to_path_buf() } else { root.join(rel) };
     let mut names: Vec<_> = std::fs::read_dir(&dir)
         .map_err(|e| Error::io("readdir", &dir, e))?
         .map(|e| e.map(|e| e.file_name()))
@@ -338,14 +317,8 @@ fn set_times_and_count(
 
 fn set_times(p: &Path, rel: &[u8], seed: u64) -> Result<()> {
     let (a, m) = times_for(seed, rel);
-    nix::sys::stat::utimensat(
-        nix::fcntl::AT_FDCWD,
-        p,
-        &a,
-        &m,
-        UtimensatFlags::NoFollowSymlink,
-    )
-    .map_err(|e| Error::io("utimensat", p, e.into()))
+    nix::sys::stat::utimensat(nix::fcntl::AT_FDCWD, p, &a, &m, UtimensatFlags::NoFollowSymlink)
+        .map_err(|e| Error::io("utimensat", p, e.into()))
 }
 
 /// Package directory prefixes inside a layer's `diff/`.
@@ -359,9 +332,7 @@ const PREFIXES: &[&str] = &[
     "opt/app/node_modules",
     "etc",
 ];
-const EXTS: &[&str] = &[
-    ".so", ".py", ".h", ".json", ".txt", "", ".js", ".mo", ".conf", ".pyc",
-];
+const EXTS: &[&str] = &[".so", ".py", ".h", ".json", ".txt", "", ".js", ".mo", ".conf", ".pyc"];
 
 struct Builder<'a> {
     root: &'a Path,
@@ -430,8 +401,7 @@ impl Builder<'_> {
         while left > 0 {
             let n = (left as usize).min(buf.len());
             self.rng.fill(&mut buf[..n]);
-            f.write_all(&buf[..n])
-                .map_err(|e| Error::io("write", &p, e))?;
+            f.write_all(&buf[..n]).map_err(|e| Error::io("write", &p, e))?;
             left -= n as u64;
         }
         Ok(p)
@@ -509,19 +479,15 @@ impl Builder<'_> {
             self.write(base.join("link"), short.as_bytes())?;
             self.symlink(format!("../{id}/diff"), format!("overlay2/l/{short}"))?;
             if layer > 0 {
-                let lower: Vec<String> = layer_ids
-                    .iter()
-                    .rev()
-                    .map(|(_, s)| format!("l/{s}"))
-                    .collect();
+                let lower: Vec<String> =
+                    layer_ids.iter().rev().map(|(_, s)| format!("l/{s}")).collect();
                 self.write(base.join("lower"), lower.join(":").as_bytes())?;
                 self.write(base.join("committed"), b"")?;
             }
             let mut files_in_layer: Vec<PathBuf> = Vec::new();
             for d in 0..spec.dirs_per_layer {
-                let dir = diff
-                    .join(PREFIXES[d % PREFIXES.len()])
-                    .join(format!("l{layer}-pkg{d:05}"));
+                let dir =
+                    diff.join(PREFIXES[d % PREFIXES.len()]).join(format!("l{layer}-pkg{d:05}"));
                 self.mkdir(&dir)?;
                 for f in 0..spec.files_per_dir {
                     let name = format!("file{f:03}{}", EXTS[(d + f) % EXTS.len()]);
@@ -537,10 +503,8 @@ impl Builder<'_> {
                 let bin = diff.join("usr/bin");
                 self.mkdir(&bin)?;
                 let n = (files_in_layer.len() / 10).clamp(1, 50);
-                for (k, f) in files_in_layer
-                    .iter()
-                    .step_by(files_in_layer.len().div_ceil(n))
-                    .enumerate()
+                for (k, f) in
+                    files_in_layer.iter().step_by(files_in_layer.len().div_ceil(n)).enumerate()
                 {
                     self.link(f, bin.join(format!("tool{k:03}")))?;
                 }
@@ -586,18 +550,13 @@ impl Builder<'_> {
         self.mkdir("image/overlay2/imagedb/content/sha256")?;
         self.mkdir("image/overlay2/imagedb/metadata/sha256")?;
         self.mkdir("image/overlay2/distribution/diffid-by-digest/sha256")?;
-        let layers_json: Vec<String> = layer_ids
-            .iter()
-            .map(|(id, _)| format!("\"sha256:{id}\""))
-            .collect();
+        let layers_json: Vec<String> =
+            layer_ids.iter().map(|(id, _)| format!("\"sha256:{id}\"")).collect();
         let config = format!(
             "{{\"architecture\":\"amd64\",\"os\":\"linux\",\"rootfs\":{{\"type\":\"layers\",\"diff_ids\":[{}]}}}}",
             layers_json.join(",")
         );
-        self.write(
-            format!("image/overlay2/imagedb/content/sha256/{image_id}"),
-            config.as_bytes(),
-        )?;
+        self.write(format!("image/overlay2/imagedb/content/sha256/{image_id}"), config.as_bytes())?;
         self.write(
             "image/overlay2/repositories.json",
             format!(
@@ -626,9 +585,7 @@ impl Builder<'_> {
         self.mkdir("volumes")?;
         self.random_file("volumes/metadata.db", 32 << 10)?;
         for v in 0..2 {
-            let data = PathBuf::from("volumes")
-                .join(format!("cache-vol{v}"))
-                .join("_data");
+            let data = PathBuf::from("volumes").join(format!("cache-vol{v}")).join("_data");
             self.mkdir(&data)?;
             for f in 0..5 {
                 let s = self.file_size();
@@ -638,12 +595,7 @@ impl Builder<'_> {
         // buildkit and the rest
         self.mkdir("buildkit/content/ingest")?;
         self.mkdir("buildkit/executor")?;
-        for db in [
-            "cache.db",
-            "metadata_v2.db",
-            "snapshots.db",
-            "containerdmeta.db",
-        ] {
+        for db in ["cache.db", "metadata_v2.db", "snapshots.db", "containerdmeta.db"] {
             self.random_file(PathBuf::from("buildkit").join(db), 16 << 10)?;
         }
         self.mkdir("network/files")?;
@@ -671,13 +623,10 @@ impl Builder<'_> {
                 (40 << 20, 256 << 10),
             ] {
                 self.rng.fill(&mut buf[..len]);
-                f.seek(SeekFrom::Start(off))
-                    .map_err(|e| Error::io("lseek", &sparse, e))?;
-                f.write_all(&buf[..len])
-                    .map_err(|e| Error::io("write", &sparse, e))?;
+                f.seek(SeekFrom::Start(off)).map_err(|e| Error::io("lseek", &sparse, e))?;
+                f.write_all(&buf[..len]).map_err(|e| Error::io("write", &sparse, e))?;
             }
-            f.set_len(SPARSE_SIZE)
-                .map_err(|e| Error::io("ftruncate", &sparse, e))?;
+            f.set_len(SPARSE_SIZE).map_err(|e| Error::io("ftruncate", &sparse, e))?;
         }
         self.random_file(s.join("big-6m.bin"), (6 << 20) + 4321)?;
         self.write(s.join("empty"), b"")?;
@@ -837,9 +786,8 @@ impl Builder<'_> {
             .filter_map(|e| e.ok().map(|e| e.file_name()))
             .collect();
         names.sort();
-        let first = names
-            .first()
-            .ok_or_else(|| Error::from_errno("no layers", &l, libc::ENOENT))?;
+        let first =
+            names.first().ok_or_else(|| Error::from_errno("no layers", &l, libc::ENOENT))?;
         let target = std::fs::read_link(l.join(first)).map_err(|e| Error::io("readlink", &l, e))?;
         Ok(l.join(target))
     }
@@ -901,34 +849,15 @@ mod tests {
         let sb = build(&b, &spec).unwrap();
         assert_eq!(sa, sb);
         assert!(sa.entries >= 5000 && sa.entries < 6500, "{sa:?}");
-        assert!(
-            sa.hardlinks > 0 && sa.symlinks >= spec.layers as u64,
-            "{sa:?}"
-        );
-        let d = compare(
-            &a,
-            &b,
-            &CompareOptions {
-                atime: AtimeScope::All,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        assert!(
-            d.is_empty(),
-            "{}",
-            d.iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
+        assert!(sa.hardlinks > 0 && sa.symlinks >= spec.layers as u64, "{sa:?}");
+        let d = compare(&a, &b, &CompareOptions { atime: AtimeScope::All, ..Default::default() })
+            .unwrap();
+        assert!(d.is_empty(), "{}", d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"));
         // A different seed gives different contents.
         let c = tmp("demo-c");
         let _g2 = Guard(vec![c.clone()]);
         build(&c, &FixtureSpec { seed: 7, ..spec }).unwrap();
-        assert!(!compare(&a, &c, &CompareOptions::default())
-            .unwrap()
-            .is_empty());
+        assert!(!compare(&a, &c, &CompareOptions::default()).unwrap().is_empty());
     }
 
     #[test]
@@ -950,10 +879,8 @@ mod tests {
 
     #[test]
     fn acl_binary_format() {
-        let v = acl_xattr(&[
-            (acl::USER_OBJ, 6, acl::UNDEFINED_ID),
-            (acl::OTHER, 4, acl::UNDEFINED_ID),
-        ]);
+        let v =
+            acl_xattr(&[(acl::USER_OBJ, 6, acl::UNDEFINED_ID), (acl::OTHER, 4, acl::UNDEFINED_ID)]);
         assert_eq!(
             v,
             [2, 0, 0, 0, 1, 0, 6, 0, 255, 255, 255, 255, 0x20, 0, 4, 0, 255, 255, 255, 255]
@@ -970,49 +897,23 @@ mod tests {
         let _g = Guard(vec![a.clone(), b.clone()]);
         let sa = build(&a, &FixtureSpec::fidelity()).unwrap();
         build(&b, &FixtureSpec::fidelity()).unwrap();
-        let d = compare(
-            &a,
-            &b,
-            &CompareOptions {
-                atime: AtimeScope::All,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        assert!(
-            d.is_empty(),
-            "{}",
-            d.iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
+        let d = compare(&a, &b, &CompareOptions { atime: AtimeScope::All, ..Default::default() })
+            .unwrap();
+        assert!(d.is_empty(), "{}", d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"));
         let m = std::fs::symlink_metadata(a.join("special/sparse-64m")).unwrap();
         assert_eq!(m.size(), SPARSE_SIZE);
-        assert!(
-            m.blocks() * 512 < 4 << 20,
-            "sparse file allocates {} bytes",
-            m.blocks() * 512
-        );
+        assert!(m.blocks() * 512 < 4 << 20, "sparse file allocates {} bytes", m.blocks() * 512);
         assert_eq!(
-            std::fs::symlink_metadata(a.join("special/suid-sgid"))
-                .unwrap()
-                .mode()
-                & 0o7777,
+            std::fs::symlink_metadata(a.join("special/suid-sgid")).unwrap().mode() & 0o7777,
             0o6755
         );
         assert_eq!(
-            std::fs::symlink_metadata(a.join("special/readonly"))
-                .unwrap()
-                .mode()
-                & 0o7777,
+            std::fs::symlink_metadata(a.join("special/readonly")).unwrap().mode() & 0o7777,
             0o555
         );
-        let acl = xattr::lget(
-            &cstr(&a.join("special/acl-file")).unwrap(),
-            c"system.posix_acl_access",
-        )
-        .unwrap();
+        let acl =
+            xattr::lget(&cstr(&a.join("special/acl-file")).unwrap(), c"system.posix_acl_access")
+                .unwrap();
         assert_eq!(acl.len(), 4 + 6 * 8);
         assert!(sa.specials >= 4 + 2 * 2, "{sa:?}");
         let mt = std::fs::symlink_metadata(a.join("special/dangling")).unwrap();

@@ -173,13 +173,7 @@ pub struct Difference {
 
 impl fmt::Display for Difference {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: {}: {}",
-            escape(self.path.as_os_str().as_bytes()),
-            self.kind,
-            self.detail
-        )
+        write!(f, "{}: {}: {}", escape(self.path.as_os_str().as_bytes()), self.kind, self.detail)
     }
 }
 
@@ -305,11 +299,7 @@ fn fmt_value(v: &[u8]) -> String {
 /// Open a file or directory for reading without updating its atime where allowed.
 fn open_noatime(path: &Path, dir: bool) -> io::Result<File> {
     let extra = libc::O_NOFOLLOW | if dir { libc::O_DIRECTORY } else { 0 };
-    match OpenOptions::new()
-        .read(true)
-        .custom_flags(extra | libc::O_NOATIME)
-        .open(path)
-    {
+    match OpenOptions::new().read(true).custom_flags(extra | libc::O_NOATIME).open(path) {
         // O_NOATIME is refused (EPERM) to anyone but the owner without CAP_FOWNER.
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
             OpenOptions::new().read(true).custom_flags(extra).open(path)
@@ -372,11 +362,7 @@ fn first_difference(mut fa: File, mut fb: File) -> io::Result<Option<u64>> {
         let nb = read_full(&mut fb, &mut bb)?;
         let n = na.min(nb);
         if ba[..n] != bb[..n] {
-            let i = ba[..n]
-                .iter()
-                .zip(&bb[..n])
-                .position(|(x, y)| x != y)
-                .unwrap_or(0);
+            let i = ba[..n].iter().zip(&bb[..n]).position(|(x, y)| x != y).unwrap_or(0);
             return Ok(Some(off + i as u64));
         }
         if na != nb {
@@ -404,11 +390,7 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 
 impl Walker<'_> {
     fn push(&mut self, path: &Path, kind: DiffKind, detail: String) {
-        self.diffs.push(Difference {
-            path: path.to_path_buf(),
-            kind,
-            detail,
-        });
+        self.diffs.push(Difference { path: path.to_path_buf(), kind, detail });
     }
 
     fn full(&self, side_a: bool, rel: &Path) -> PathBuf {
@@ -425,11 +407,7 @@ impl Walker<'_> {
         let mut stack = vec![root_rel];
         while let Some(rel) = stack.pop() {
             let (pa, pb) = (self.full(true, &rel), self.full(false, &rel));
-            let shown = if rel.as_os_str().is_empty() {
-                PathBuf::from(".")
-            } else {
-                rel.clone()
-            };
+            let shown = if rel.as_os_str().is_empty() { PathBuf::from(".") } else { rel.clone() };
             let na = match list_dir(&pa) {
                 Ok(n) => n,
                 Err(e) => {
@@ -532,27 +510,15 @@ impl Walker<'_> {
             self.push(
                 rel,
                 DiffKind::Mode,
-                format!(
-                    "A: {:04o}, B: {:04o}",
-                    ma.mode() & 0o7777,
-                    mb.mode() & 0o7777
-                ),
+                format!("A: {:04o}, B: {:04o}", ma.mode() & 0o7777, mb.mode() & 0o7777),
             );
         }
         if self.opts.owner {
             if ma.uid() != mb.uid() {
-                self.push(
-                    rel,
-                    DiffKind::Uid,
-                    format!("A: {}, B: {}", ma.uid(), mb.uid()),
-                );
+                self.push(rel, DiffKind::Uid, format!("A: {}, B: {}", ma.uid(), mb.uid()));
             }
             if ma.gid() != mb.gid() {
-                self.push(
-                    rel,
-                    DiffKind::Gid,
-                    format!("A: {}, B: {}", ma.gid(), mb.gid()),
-                );
+                self.push(rel, DiffKind::Gid, format!("A: {}, B: {}", ma.gid(), mb.gid()));
             }
         }
         if (t.is_char_device() || t.is_block_device()) && ma.rdev() != mb.rdev() {
@@ -569,11 +535,7 @@ impl Walker<'_> {
             );
         }
         if t.is_file() && ma.size() != mb.size() {
-            self.push(
-                rel,
-                DiffKind::Size,
-                format!("A: {}, B: {}", ma.size(), mb.size()),
-            );
+            self.push(rel, DiffKind::Size, format!("A: {}, B: {}", ma.size(), mb.size()));
         }
         if self.opts.mtime && (ma.mtime(), ma.mtime_nsec()) != (mb.mtime(), mb.mtime_nsec()) {
             self.push(
@@ -628,11 +590,7 @@ impl Walker<'_> {
                         }
                     }
                     for name in xb.keys().filter(|n| !xa.contains_key(*n)) {
-                        self.push(
-                            rel,
-                            DiffKind::Xattr,
-                            format!("{} missing in A", escape(name)),
-                        );
+                        self.push(rel, DiffKind::Xattr, format!("{} missing in A", escape(name)));
                     }
                 }
                 (Err(e), _) => self.push(rel, DiffKind::Unreadable, format!("A: xattrs: {e}")),
@@ -667,10 +625,7 @@ impl Walker<'_> {
                 self.push(
                     rel,
                     DiffKind::Sparse,
-                    format!(
-                        "size {}: A allocates {alloc_a} bytes, B {alloc_b}",
-                        ma.size()
-                    ),
+                    format!("size {}: A allocates {alloc_a} bytes, B {alloc_b}", ma.size()),
                 );
             }
         }
@@ -685,11 +640,9 @@ impl Walker<'_> {
             };
             match first_difference(fa, fb) {
                 Ok(None) => {}
-                Ok(Some(off)) => self.push(
-                    rel,
-                    DiffKind::Content,
-                    format!("first difference at byte {off}"),
-                ),
+                Ok(Some(off)) => {
+                    self.push(rel, DiffKind::Content, format!("first difference at byte {off}"))
+                }
                 Err(e) => self.push(rel, DiffKind::Unreadable, format!("read: {e}")),
             }
         }
@@ -804,11 +757,8 @@ mod tests {
         std::fs::hard_link(root.join("f"), root.join("d/f-link")).unwrap();
         symlink("../f", root.join("d/ln")).unwrap();
         symlink("/nonexistent/target", root.join("dangling")).unwrap();
-        nix::unistd::mkfifo(
-            &root.join("fifo"),
-            nix::sys::stat::Mode::from_bits_truncate(0o640),
-        )
-        .unwrap();
+        nix::unistd::mkfifo(&root.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o640))
+            .unwrap();
         let name = join_bytes(root, b"bad\xffname\n");
         std::fs::write(&name, b"x").unwrap();
         let mut f = File::create(root.join("sparse")).unwrap();
@@ -819,9 +769,7 @@ mod tests {
         xattr::lset(&cpath(&root.join("d/g")), c"user.k", b"v1").unwrap();
         std::fs::set_permissions(root.join("d/g"), std::fs::Permissions::from_mode(0o600)).unwrap();
         let mut i = 0;
-        for p in [
-            "f", "d/g", "d/sub/h", "d/ln", "dangling", "fifo", "sparse", "d/sub", "d", ".",
-        ] {
+        for p in ["f", "d/g", "d/sub/h", "d/ln", "dangling", "fifo", "sparse", "d/sub", "d", "."] {
             i += 1;
             set_times(
                 &root.join(p),
@@ -843,11 +791,7 @@ mod tests {
     fn with_dir_times_kept(dir: &Path, f: impl FnOnce()) {
         let m = std::fs::symlink_metadata(dir).unwrap();
         f();
-        set_times(
-            dir,
-            (m.atime(), m.atime_nsec()),
-            (m.mtime(), m.mtime_nsec()),
-        );
+        set_times(dir, (m.atime(), m.atime_nsec()), (m.mtime(), m.mtime_nsec()));
     }
 
     fn only(diffs: &[Difference], kind: DiffKind, path: &str) {
@@ -855,24 +799,13 @@ mod tests {
         assert!(
             diffs.len() == 1 && diffs[0].kind == kind && diffs[0].path == want,
             "expected exactly one {kind:?} difference at {path}, got:\n{}",
-            diffs
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
+            diffs.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n")
         );
     }
 
     fn cmp(a: &TmpDir, b: &TmpDir) -> Vec<Difference> {
-        compare(
-            &a.0,
-            &b.0,
-            &CompareOptions {
-                atime: AtimeScope::All,
-                ..Default::default()
-            },
-        )
-        .unwrap()
+        compare(&a.0, &b.0, &CompareOptions { atime: AtimeScope::All, ..Default::default() })
+            .unwrap()
     }
 
     #[test]
@@ -882,10 +815,8 @@ mod tests {
         assert!(d.is_empty(), "{d:?}");
         // And comparing does not disturb atimes of files and directories.
         let d = cmp(&a, &b);
-        let non_symlink: Vec<_> = d
-            .iter()
-            .filter(|d| !d.path.ends_with("ln") && !d.path.ends_with("dangling"))
-            .collect();
+        let non_symlink: Vec<_> =
+            d.iter().filter(|d| !d.path.ends_with("ln") && !d.path.ends_with("dangling")).collect();
         assert!(non_symlink.is_empty(), "{non_symlink:?}");
     }
 
@@ -900,11 +831,7 @@ mod tests {
     fn mtime_nanoseconds() {
         let (a, b) = pair();
         let m = std::fs::symlink_metadata(b.0.join("d/g")).unwrap();
-        set_times(
-            &b.0.join("d/g"),
-            (m.atime(), m.atime_nsec()),
-            (m.mtime(), m.mtime_nsec() + 1),
-        );
+        set_times(&b.0.join("d/g"), (m.atime(), m.atime_nsec()), (m.mtime(), m.mtime_nsec() + 1));
         only(&cmp(&a, &b), DiffKind::Mtime, "d/g");
     }
 
@@ -913,11 +840,7 @@ mod tests {
         let (a, b) = pair();
         let p = b.0.join("dangling");
         let m = std::fs::symlink_metadata(&p).unwrap();
-        set_times(
-            &p,
-            (m.atime(), m.atime_nsec() + 1),
-            (m.mtime(), m.mtime_nsec()),
-        );
+        set_times(&p, (m.atime(), m.atime_nsec() + 1), (m.mtime(), m.mtime_nsec()));
         only(&cmp(&a, &b), DiffKind::Atime, "dangling");
     }
 
@@ -926,15 +849,9 @@ mod tests {
         let (a, b) = pair();
         let p = b.0.join("d/sub");
         let m = std::fs::symlink_metadata(&p).unwrap();
-        set_times(
-            &p,
-            (m.atime() + 1, m.atime_nsec()),
-            (m.mtime(), m.mtime_nsec()),
-        );
+        set_times(&p, (m.atime() + 1, m.atime_nsec()), (m.mtime(), m.mtime_nsec()));
         only(&cmp(&a, &b), DiffKind::Atime, "d/sub");
-        assert!(compare(&a.0, &b.0, &CompareOptions::default())
-            .unwrap()
-            .is_empty());
+        assert!(compare(&a.0, &b.0, &CompareOptions::default()).unwrap().is_empty());
     }
 
     #[test]
@@ -946,15 +863,10 @@ mod tests {
         // readlink updated the symlinks' atimes, so leave those out.)
         xattr::lset(&cpath(&b.0.join("d/g")), c"user.k", b"v1").unwrap();
         xattr::lset(&cpath(&b.0.join("f")), c"user.k", b"v3").unwrap();
-        let again = CompareOptions {
-            atime: AtimeScope::Files,
-            ..Default::default()
-        };
+        let again = CompareOptions { atime: AtimeScope::Files, ..Default::default() };
         let d = compare(&a.0, &b.0, &again).unwrap();
         assert_eq!(
-            d.iter()
-                .map(|x| (x.kind, x.path.to_str().unwrap()))
-                .collect::<Vec<_>>(),
+            d.iter().map(|x| (x.kind, x.path.to_str().unwrap())).collect::<Vec<_>>(),
             vec![(DiffKind::Xattr, "f"), (DiffKind::Xattr, "d/f-link")],
             "{d:?}"
         );
@@ -994,13 +906,11 @@ mod tests {
         });
         let d = cmp(&a, &b);
         assert!(
-            d.iter()
-                .any(|x| x.kind == DiffKind::Hardlink && x.path == Path::new("d/g")),
+            d.iter().any(|x| x.kind == DiffKind::Hardlink && x.path == Path::new("d/g")),
             "{d:?}"
         );
         assert!(
-            d.iter()
-                .any(|x| x.kind == DiffKind::Hardlink && x.path == Path::new("d/sub/h")),
+            d.iter().any(|x| x.kind == DiffKind::Hardlink && x.path == Path::new("d/sub/h")),
             "{d:?}"
         );
     }
@@ -1043,10 +953,7 @@ mod tests {
         std::fs::write(&p, &data).unwrap();
         set_times(&p, (m.atime(), m.atime_nsec()), (m.mtime(), m.mtime_nsec()));
         only(&cmp(&a, &b), DiffKind::Sparse, "sparse");
-        let lax = CompareOptions {
-            check_sparse: false,
-            ..Default::default()
-        };
+        let lax = CompareOptions { check_sparse: false, ..Default::default() };
         assert!(compare(&a.0, &b.0, &lax).unwrap().is_empty());
     }
 
@@ -1062,17 +969,11 @@ mod tests {
         let d = compare(
             &a.0,
             &b.0,
-            &CompareOptions {
-                mtime: false,
-                atime: AtimeScope::None,
-                ..Default::default()
-            },
+            &CompareOptions { mtime: false, atime: AtimeScope::None, ..Default::default() },
         )
         .unwrap();
-        let got: Vec<(DiffKind, Vec<u8>)> = d
-            .iter()
-            .map(|x| (x.kind, x.path.as_os_str().as_bytes().to_vec()))
-            .collect();
+        let got: Vec<(DiffKind, Vec<u8>)> =
+            d.iter().map(|x| (x.kind, x.path.as_os_str().as_bytes().to_vec())).collect();
         assert_eq!(
             got,
             vec![
@@ -1082,10 +983,7 @@ mod tests {
             ],
             "{d:?}"
         );
-        assert_eq!(
-            d[0].to_string(),
-            "bad\\xffname\\n: only in A: regular file missing in B"
-        );
+        assert_eq!(d[0].to_string(), "bad\\xffname\\n: only in A: regular file missing in B");
     }
 
     #[test]
@@ -1123,32 +1021,15 @@ mod tests {
         }
         only(&cmp(&a, &b), DiffKind::Rdev, "dev");
         std::os::unix::fs::lchown(b.0.join("d/g"), Some(1234), Some(2345)).unwrap();
-        let d = compare(
-            &a.0,
-            &b.0,
-            &CompareOptions {
-                atime: AtimeScope::Files,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        let got: Vec<_> = d
-            .iter()
-            .map(|x| (x.kind, x.path.to_str().unwrap()))
-            .collect();
+        let d =
+            compare(&a.0, &b.0, &CompareOptions { atime: AtimeScope::Files, ..Default::default() })
+                .unwrap();
+        let got: Vec<_> = d.iter().map(|x| (x.kind, x.path.to_str().unwrap())).collect();
         assert_eq!(
             got,
-            vec![
-                (DiffKind::Rdev, "dev"),
-                (DiffKind::Uid, "d/g"),
-                (DiffKind::Gid, "d/g")
-            ]
+            vec![(DiffKind::Rdev, "dev"), (DiffKind::Uid, "d/g"), (DiffKind::Gid, "d/g")]
         );
-        let lax = CompareOptions {
-            owner: false,
-            atime: AtimeScope::Files,
-            ..Default::default()
-        };
+        let lax = CompareOptions { owner: false, atime: AtimeScope::Files, ..Default::default() };
         assert_eq!(compare(&a.0, &b.0, &lax).unwrap().len(), 1);
     }
 }

@@ -41,11 +41,8 @@ fn wide_tree(root: &Path, dirs: usize, files: usize) {
         let dir = root.join(format!("d{d:04}"));
         fs::create_dir_all(&dir).unwrap();
         for f in 0..files {
-            fs::write(
-                dir.join(format!("f{f:04}")),
-                format!("{d}/{f}\n").repeat(f % 7 + 1),
-            )
-            .unwrap();
+            fs::write(dir.join(format!("f{f:04}")), format!("{d}/{f}\n").repeat(f % 7 + 1))
+                .unwrap();
         }
     }
 }
@@ -54,11 +51,7 @@ fn staging_entries(dir: &Path) -> Vec<PathBuf> {
     fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap())
-        .filter(|e| {
-            e.file_name()
-                .as_encoded_bytes()
-                .starts_with(STAGING_PREFIX.as_bytes())
-        })
+        .filter(|e| e.file_name().as_encoded_bytes().starts_with(STAGING_PREFIX.as_bytes()))
         .map(|e| e.path())
         .collect()
 }
@@ -103,11 +96,8 @@ fn progress_counts_what_the_stats_report() {
     let src = s.path().join("src");
     wide_tree(&src, 20, 50);
     let progress = Progress::new();
-    let opts = CopyOptions {
-        progress: Some(progress.clone()),
-        count_totals: true,
-        ..Default::default()
-    };
+    let opts =
+        CopyOptions { progress: Some(progress.clone()), count_totals: true, ..Default::default() };
     let stats = copy::copy_tree(&src, &s.path().join("dst"), &opts).unwrap();
     assert_eq!(stats.entries, 1 + 20 + 20 * 50);
     assert_eq!(progress.entries(), stats.entries);
@@ -137,11 +127,9 @@ fn killed_copy_leaves_a_staging_dir_that_cleanup_removes() {
     // Kill it once it has written something into its staging directory.
     wait_for(
         || {
-            staging_entries(s.path()).iter().any(|p| {
-                fs::read_dir(p)
-                    .map(|mut d| d.next().is_some())
-                    .unwrap_or(false)
-            })
+            staging_entries(s.path())
+                .iter()
+                .any(|p| fs::read_dir(p).map(|mut d| d.next().is_some()).unwrap_or(false))
         },
         "the staging directory to fill",
     );
@@ -150,19 +138,12 @@ fn killed_copy_leaves_a_staging_dir_that_cleanup_removes() {
     assert!(!status.success());
     assert!(!dst.exists(), "a killed copy must not have produced DST");
     let left = staging_entries(s.path());
-    assert_eq!(
-        left.len(),
-        1,
-        "the killed copy's staging directory should remain: {left:?}"
-    );
+    assert_eq!(left.len(), 1, "the killed copy's staging directory should remain: {left:?}");
 
     let removed = copy::cleanup_staging(s.path()).unwrap();
     assert_eq!(removed, left);
     assert!(staging_entries(s.path()).is_empty());
-    assert!(
-        src.join("d0399/f0099").exists(),
-        "cleanup must not touch anything else"
-    );
+    assert!(src.join("d0399/f0099").exists(), "cleanup must not touch anything else");
 }
 
 #[test]
@@ -172,23 +153,13 @@ fn cleanup_leaves_a_running_copy_alone() {
     wide_tree(&src, 300, 100);
     let dst = s.path().join("dst");
     let progress = Progress::new();
-    let opts = CopyOptions {
-        threads: 2,
-        progress: Some(progress.clone()),
-        ..Default::default()
-    };
+    let opts = CopyOptions { threads: 2, progress: Some(progress.clone()), ..Default::default() };
     let stats = std::thread::scope(|scope| {
         let worker = scope.spawn(|| copy::copy_tree(&src, &dst, &opts));
-        wait_for(
-            || progress.entries() > 50 || worker.is_finished(),
-            "the copy to start",
-        );
+        wait_for(|| progress.entries() > 50 || worker.is_finished(), "the copy to start");
         if !worker.is_finished() {
             let removed = copy::cleanup_staging(s.path()).unwrap();
-            assert!(
-                removed.is_empty(),
-                "cleanup removed a live copy's staging: {removed:?}"
-            );
+            assert!(removed.is_empty(), "cleanup removed a live copy's staging: {removed:?}");
         }
         worker.join().unwrap()
     })
@@ -213,21 +184,12 @@ fn hardlink_groups_survive_many_threads() {
         }
     }
     let dst = s.path().join("dst");
-    let stats = copy::copy_tree(
-        &src,
-        &dst,
-        &CopyOptions {
-            threads: 8,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let stats =
+        copy::copy_tree(&src, &dst, &CopyOptions { threads: 8, ..Default::default() }).unwrap();
     assert_eq!(stats.files, 64);
     assert_eq!(stats.hardlinks, 64 * 15);
     for i in 0..64 {
-        let ino = fs::metadata(dst.join("dir0").join(format!("file{i}")))
-            .unwrap()
-            .ino();
+        let ino = fs::metadata(dst.join("dir0").join(format!("file{i}"))).unwrap().ino();
         for d in 1..16 {
             let m = fs::metadata(dst.join(format!("dir{d}")).join(format!("file{i}"))).unwrap();
             assert_eq!(m.ino(), ino, "dir{d}/file{i} is not linked to dir0/file{i}");
@@ -247,17 +209,10 @@ fn dst_appearing_during_the_copy_is_not_replaced() {
     wide_tree(&src, 50, 50);
     let dst = s.path().join("dst");
     let progress = Progress::new();
-    let opts = CopyOptions {
-        threads: 2,
-        progress: Some(progress.clone()),
-        ..Default::default()
-    };
+    let opts = CopyOptions { threads: 2, progress: Some(progress.clone()), ..Default::default() };
     let result = std::thread::scope(|scope| {
         let worker = scope.spawn(|| copy::copy_tree(&src, &dst, &opts));
-        wait_for(
-            || progress.entries() > 0 || worker.is_finished(),
-            "the copy to start",
-        );
+        wait_for(|| progress.entries() > 0 || worker.is_finished(), "the copy to start");
         let _ = fs::create_dir(&dst);
         fs::write(dst.join("mine"), b"keep me").unwrap();
         worker.join().unwrap()
@@ -281,12 +236,7 @@ fn unreadable_entry_fails_cleanly_for_an_unprivileged_user() {
     let secret = src.join("d0001").join("secret");
     fs::write(&secret, b"root only").unwrap();
     fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
-    for p in [
-        &src,
-        &src.join("d0000"),
-        &src.join("d0001"),
-        &src.join("d0002"),
-    ] {
+    for p in [&src, &src.join("d0000"), &src.join("d0001"), &src.join("d0002")] {
         fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
     }
     let dst = s.path().join("dst");
@@ -330,10 +280,6 @@ fn remove_tree_never_follows_symlinks_and_handles_read_only_dirs() {
 
     copy::remove_tree(&tree).unwrap();
     assert!(!tree.exists());
-    assert_eq!(
-        fs::read(outside.join("precious")).unwrap(),
-        b"keep",
-        "removal followed a symlink"
-    );
+    assert_eq!(fs::read(outside.join("precious")).unwrap(), b"keep", "removal followed a symlink");
     copy::remove_tree(&tree).unwrap(); // a missing path is not an error
 }

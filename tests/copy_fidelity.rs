@@ -22,10 +22,7 @@ use goldclone::ErrorKind;
 
 /// Everything, directory atimes included.
 fn strict() -> CompareOptions {
-    CompareOptions {
-        atime: AtimeScope::All,
-        ..Default::default()
-    }
+    CompareOptions { atime: AtimeScope::All, ..Default::default() }
 }
 
 fn build(root: &Path, spec: &FixtureSpec) -> FixtureStats {
@@ -36,11 +33,7 @@ fn build(root: &Path, spec: &FixtureSpec) -> FixtureStats {
 /// The copy's counters agree with what the fixture made.
 fn check_counts(stats: &CopyStats, fx: &FixtureStats) {
     let msg = format!("copy {stats:?}\nfixture {fx:?}");
-    assert_eq!(
-        stats.entries,
-        fx.entries + 1,
-        "entries (root included): {msg}"
-    );
+    assert_eq!(stats.entries, fx.entries + 1, "entries (root included): {msg}");
     assert_eq!(stats.dirs, fx.dirs + 1, "dirs (root included): {msg}");
     assert_eq!(stats.files, fx.files, "files: {msg}");
     assert_eq!(stats.symlinks, fx.symlinks, "symlinks: {msg}");
@@ -54,10 +47,7 @@ fn check_counts(stats: &CopyStats, fx: &FixtureStats) {
 /// (copy_file_range) rather than through a user-space buffer.
 fn check_method(stats: &CopyStats, src_fs: Fs, dst_fs: Fs) {
     if src_fs == dst_fs && src_fs.reflinks() {
-        assert!(
-            stats.cloned > 0,
-            "nothing cloned on a reflink filesystem: {stats:?}"
-        );
+        assert!(stats.cloned > 0, "nothing cloned on a reflink filesystem: {stats:?}");
         assert_eq!(
             stats.copy_file_range + stats.sparse + stats.read_write,
             0,
@@ -69,15 +59,9 @@ fn check_method(stats: &CopyStats, src_fs: Fs, dst_fs: Fs) {
             "cloned across filesystems or without reflink support?: {stats:?}"
         );
         assert!(stats.copy_file_range + stats.read_write > 0, "{stats:?}");
-        assert!(
-            stats.sparse >= 1,
-            "the 64 MiB sparse file was not copied as sparse: {stats:?}"
-        );
+        assert!(stats.sparse >= 1, "the 64 MiB sparse file was not copied as sparse: {stats:?}");
         if src_fs == dst_fs {
-            assert_eq!(
-                stats.read_write, 0,
-                "user-space copy within one filesystem: {stats:?}"
-            );
+            assert_eq!(stats.read_write, 0, "user-space copy within one filesystem: {stats:?}");
         }
     }
 }
@@ -87,15 +71,8 @@ fn fidelity(src_fs: Fs, dst_fs: Fs) {
     let Some([src_mnt, dst_mnt]) = mounts([src_fs, dst_fs]) else {
         return;
     };
-    let s = Scratch::new(
-        &src_mnt,
-        &format!("fid-{src_fs:?}-{dst_fs:?}").to_lowercase(),
-    );
-    let d = if src_fs == dst_fs {
-        None
-    } else {
-        Some(Scratch::new(&dst_mnt, "fid-dst"))
-    };
+    let s = Scratch::new(&src_mnt, &format!("fid-{src_fs:?}-{dst_fs:?}").to_lowercase());
+    let d = if src_fs == dst_fs { None } else { Some(Scratch::new(&dst_mnt, "fid-dst")) };
     let (src, reference) = (s.join("src"), s.join("ref"));
     let dst = d.as_ref().unwrap_or(&s).join("dst");
     let spec = FixtureSpec::fidelity();
@@ -103,12 +80,7 @@ fn fidelity(src_fs: Fs, dst_fs: Fs) {
     assert_eq!(build(&reference, &spec), fx);
 
     let stats = copy_tree(&src, &dst, &CopyOptions::default()).unwrap_or_else(|e| {
-        panic!(
-            "copy {} -> {}: {e} ({:?})",
-            src.display(),
-            dst.display(),
-            e.kind()
-        )
+        panic!("copy {} -> {}: {e} ({:?})", src.display(), dst.display(), e.kind())
     });
     eprintln!("{src_fs:?} -> {dst_fs:?}: {stats:?}");
 
@@ -117,10 +89,7 @@ fn fidelity(src_fs: Fs, dst_fs: Fs) {
     assert_same(
         &reference,
         &src,
-        &CompareOptions {
-            atime: AtimeScope::None,
-            ..Default::default()
-        },
+        &CompareOptions { atime: AtimeScope::None, ..Default::default() },
     );
     check_counts(&stats, &fx);
     check_method(&stats, src_fs, dst_fs);
@@ -139,10 +108,7 @@ fn loop_filesystems_are_mounted() {
         .filter(|f| std::env::var_os(f.var()).is_none())
         .map(|f| f.var())
         .collect();
-    assert!(
-        missing.is_empty(),
-        "not set: {missing:?}; run `tests/loopfs.sh run` as root"
-    );
+    assert!(missing.is_empty(), "not set: {missing:?}; run `tests/loopfs.sh run` as root");
     for f in [Fs::Xfs, Fs::Btrfs, Fs::Ext4, Fs::Tmpfs, Fs::Small] {
         mount(f);
     }
@@ -193,9 +159,7 @@ fn fidelity_cross_tmpfs_to_ext4() {
 static SMALL_FS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn lock_small() -> std::sync::MutexGuard<'static, ()> {
-    SMALL_FS
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    SMALL_FS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A docker-like tree bigger than the small filesystem (about 150 MB of data).
@@ -243,16 +207,8 @@ fn enospc_leaves_nothing() {
         "{} exists after a failed copy",
         dst.display()
     );
-    assert!(
-        staging_leftovers(&small).is_empty(),
-        "staging left: {:?}",
-        staging_leftovers(&small)
-    );
-    assert_eq!(
-        common::names(&small),
-        before,
-        "entries added to the destination's parent"
-    );
+    assert!(staging_leftovers(&small).is_empty(), "staging left: {:?}", staging_leftovers(&small));
+    assert_eq!(common::names(&small), before, "entries added to the destination's parent");
     let free_after = common::free_bytes(&small);
     assert!(
         free_after + (1 << 20) >= free_before,
@@ -295,12 +251,7 @@ fn bad_inputs_create_nothing() {
     let src = s.join("src");
     build(
         &src,
-        &FixtureSpec {
-            layers: 1,
-            dirs_per_layer: 2,
-            files_per_dir: 2,
-            ..FixtureSpec::demo()
-        },
+        &FixtureSpec { layers: 1, dirs_per_layer: 2, files_per_dir: 2, ..FixtureSpec::demo() },
     );
     std::fs::write(s.join("a-file"), b"x").unwrap();
     std::fs::create_dir(s.join("existing")).unwrap();
@@ -309,48 +260,18 @@ fn bad_inputs_create_nothing() {
     assert!(src_before.is_empty());
 
     let cases: Vec<(&str, std::path::PathBuf, std::path::PathBuf, ErrorKind)> = vec![
-        (
-            "missing source",
-            s.join("no-such-dir"),
-            s.join("out1"),
-            ErrorKind::NotFound,
-        ),
-        (
-            "source is a file",
-            s.join("a-file"),
-            s.join("out2"),
-            ErrorKind::NotADirectory,
-        ),
-        (
-            "destination exists (dir)",
-            src.clone(),
-            s.join("existing"),
-            ErrorKind::AlreadyExists,
-        ),
-        (
-            "destination exists (file)",
-            src.clone(),
-            s.join("a-file"),
-            ErrorKind::AlreadyExists,
-        ),
-        (
-            "destination is the source",
-            src.clone(),
-            src.clone(),
-            ErrorKind::AlreadyExists,
-        ),
+        ("missing source", s.join("no-such-dir"), s.join("out1"), ErrorKind::NotFound),
+        ("source is a file", s.join("a-file"), s.join("out2"), ErrorKind::NotADirectory),
+        ("destination exists (dir)", src.clone(), s.join("existing"), ErrorKind::AlreadyExists),
+        ("destination exists (file)", src.clone(), s.join("a-file"), ErrorKind::AlreadyExists),
+        ("destination is the source", src.clone(), src.clone(), ErrorKind::AlreadyExists),
         (
             "destination inside source",
             src.clone(),
             src.join("overlay2/inside"),
             ErrorKind::InvalidArgument,
         ),
-        (
-            "destination parent missing",
-            src.clone(),
-            s.join("no-parent/out3"),
-            ErrorKind::NotFound,
-        ),
+        ("destination parent missing", src.clone(), s.join("no-parent/out3"), ErrorKind::NotFound),
     ];
     let src_names = common::names(&src);
     let overlay_names = common::names(&src.join("overlay2"));
@@ -367,11 +288,7 @@ fn bad_inputs_create_nothing() {
             "{what}: entries created beside the destination"
         );
         assert_eq!(common::names(&src), src_names, "{what}: source changed");
-        assert_eq!(
-            common::names(&src.join("overlay2")),
-            overlay_names,
-            "{what}: source changed"
-        );
+        assert_eq!(common::names(&src.join("overlay2")), overlay_names, "{what}: source changed");
     }
 }
 
@@ -383,17 +300,9 @@ fn matches_cp_a(fs: Fs) {
     let spec = FixtureSpec::fidelity();
     build(&s.join("src"), &spec);
     build(&s.join("ref"), &spec);
-    let out = Command::new("cp")
-        .arg("-a")
-        .arg(s.join("ref"))
-        .arg(s.join("cp"))
-        .output()
-        .expect("run cp");
-    assert!(
-        out.status.success(),
-        "cp -a failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out =
+        Command::new("cp").arg("-a").arg(s.join("ref")).arg(s.join("cp")).output().expect("run cp");
+    assert!(out.status.success(), "cp -a failed: {}", String::from_utf8_lossy(&out.stderr));
     copy_tree(&s.join("src"), &s.join("ours"), &CopyOptions::default()).unwrap();
     assert_same(&s.join("cp"), &s.join("ours"), &strict());
 }
@@ -414,10 +323,7 @@ fn sparse_file_stays_sparse_across_filesystems() {
     let Some([ext4, xfs]) = mounts([Fs::Ext4, Fs::Xfs]) else {
         return;
     };
-    let (s, d) = (
-        Scratch::new(&ext4, "sparse-src"),
-        Scratch::new(&xfs, "sparse-dst"),
-    );
+    let (s, d) = (Scratch::new(&ext4, "sparse-src"), Scratch::new(&xfs, "sparse-dst"));
     build(&s.join("src"), &FixtureSpec::fidelity());
     copy_tree(&s.join("src"), &d.join("dst"), &CopyOptions::default()).unwrap();
     let a = std::fs::symlink_metadata(s.join("src/special/sparse-64m")).unwrap();

@@ -63,10 +63,7 @@ struct MountGuard(PathBuf);
 
 impl Drop for MountGuard {
     fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.0)
-            .status()
-            .is_ok_and(|s| s.success());
+        let ok = Command::new("umount").arg(&self.0).status().is_ok_and(|s| s.success());
         if !ok {
             let _ = Command::new("umount").arg("-l").arg(&self.0).status();
         }
@@ -74,10 +71,8 @@ impl Drop for MountGuard {
 }
 
 fn run(cmd: &str, args: &[&OsStr]) {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
+    let out =
+        Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
     assert!(
         out.status.success(),
         "{cmd} {:?} failed ({}): {}",
@@ -104,10 +99,7 @@ fn mount_tmpfs(target: &Path, source: &str, opts: Option<&str>) -> MountGuard {
 }
 
 fn bind(src: &Path, target: &Path) -> MountGuard {
-    run(
-        "mount",
-        &[os("--bind"), src.as_os_str(), target.as_os_str()],
-    );
+    run("mount", &[os("--bind"), src.as_os_str(), target.as_os_str()]);
     MountGuard(target.to_path_buf())
 }
 
@@ -161,20 +153,14 @@ fn loopfs(dir: &TempDir, fs_name: &str, mkfs_args: &[&str]) -> MountGuard {
     run(&format!("mkfs.{fs_name}"), &args);
     let mnt = dir.join("mnt");
     fs::create_dir(&mnt).unwrap();
-    run(
-        "mount",
-        &[os("-o"), os("loop"), img.as_os_str(), mnt.as_os_str()],
-    );
+    run("mount", &[os("-o"), os("loop"), img.as_os_str(), mnt.as_os_str()]);
     MountGuard(mnt)
 }
 
 fn plain_fs(d: &Detection) -> &str {
     match &d.backend {
         Backend::Plain { fs_type } => fs_type,
-        other => panic!(
-            "expected plain backend for {}, got {other:?}",
-            d.path.display()
-        ),
+        other => panic!("expected plain backend for {}, got {other:?}", d.path.display()),
     }
 }
 
@@ -192,10 +178,7 @@ fn root_filesystem() {
     // st_dev of "/" is the root mount's major:minor (not btrfs here).
     let dev = fs::metadata("/").unwrap().dev();
     if d.mount.fs_type != "btrfs" {
-        assert_eq!(
-            (d.mount.major, d.mount.minor),
-            (libc::major(dev), libc::minor(dev))
-        );
+        assert_eq!((d.mount.major, d.mount.minor), (libc::major(dev), libc::minor(dev)));
     }
     if d.mount.fs_type == "ext4" {
         assert_eq!(plain_fs(&d), "ext4");
@@ -221,10 +204,7 @@ fn root_filesystem() {
 fn procfs() {
     let d = detect(Path::new("/proc/self")).unwrap();
     // The symlink resolved to this process's directory.
-    assert_eq!(
-        d.path,
-        Path::new("/proc").join(std::process::id().to_string())
-    );
+    assert_eq!(d.path, Path::new("/proc").join(std::process::id().to_string()));
     assert_eq!(d.mount.fs_type, "proc");
     assert_eq!(d.mount.mount_point, Path::new("/proc"));
     assert_eq!(plain_fs(&d), "proc");
@@ -242,10 +222,7 @@ fn missing_path_is_not_found() {
     let t = TempDir::new("nf");
     let f = t.join("file");
     fs::write(&f, b"").unwrap();
-    assert_eq!(
-        reflink_supported(&f).unwrap_err().kind(),
-        ErrorKind::NotADirectory
-    );
+    assert_eq!(reflink_supported(&f).unwrap_err().kind(), ErrorKind::NotADirectory);
 }
 
 #[test]
@@ -271,11 +248,7 @@ fn tmpfs_mount() {
         assert_eq!(d.mount.mount_point, mnt);
         assert_eq!(d.mount.fs_type, "tmpfs");
         assert_eq!(d.mount.source, "goldclone-test-src");
-        assert!(
-            d.mount.super_options.contains("size=8192k"),
-            "{}",
-            d.mount.super_options
-        );
+        assert!(d.mount.super_options.contains("size=8192k"), "{}", d.mount.super_options);
         assert_eq!(plain_fs(&d), "tmpfs");
         assert_eq!(d.reflink, Some(false), "tmpfs has no FICLONE");
         assert_walk_agrees(&d);
@@ -285,11 +258,7 @@ fn tmpfs_mount() {
     assert_ne!(parent.mount.fs_type, "tmpfs");
     // The mount itself is what `/proc/self/mountinfo` lists last for that mount point.
     let d = detect(&mnt).unwrap();
-    let listed = detect::mounts()
-        .unwrap()
-        .into_iter()
-        .rfind(|m| m.mount_point == mnt)
-        .unwrap();
+    let listed = detect::mounts().unwrap().into_iter().rfind(|m| m.mount_point == mnt).unwrap();
     assert_eq!(d.mount, listed);
 }
 
@@ -350,10 +319,7 @@ fn bind_mount_of_subdirectory() {
     assert_walk_agrees(&d);
     let orig = detect(&mnt).unwrap();
     assert_ne!(orig.mount.mount_id, d.mount.mount_id);
-    assert_eq!(
-        (orig.mount.major, orig.mount.minor),
-        (d.mount.major, d.mount.minor)
-    );
+    assert_eq!((orig.mount.major, orig.mount.minor), (d.mount.major, d.mount.minor));
 
     // Of a root-filesystem subdirectory: root is that directory's path within the filesystem.
     let src = t.join("src/sub");
@@ -364,11 +330,7 @@ fn bind_mount_of_subdirectory() {
     let d = detect(&target2).unwrap();
     assert_eq!(d.mount.mount_point, target2);
     assert_ne!(d.mount.root, Path::new("/"));
-    assert!(
-        d.mount.root.ends_with("src/sub"),
-        "{}",
-        d.mount.root.display()
-    );
+    assert!(d.mount.root.ends_with("src/sub"), "{}", d.mount.root.display());
     assert_walk_agrees(&d);
 }
 
@@ -403,10 +365,7 @@ fn mount_point_with_space_newline_tab_backslash() {
     assert_walk_agrees(&d);
     // The raw mountinfo really escapes it.
     let raw = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(
-        raw.contains(r"a\040b\012c\011d\134e"),
-        "mountinfo escapes the mount point"
-    );
+    assert!(raw.contains(r"a\040b\012c\011d\134e"), "mountinfo escapes the mount point");
     // Non-UTF-8 mount point.
     let bytes = t.join(OsStr::from_bytes(b"caf\xe9"));
     let _m2 = mount_tmpfs(&bytes, "latin1", Some("size=1m"));
@@ -439,10 +398,7 @@ fn overmounted_child_is_hidden() {
     let _m3 = mount_tmpfs(&a, "goldclone-a2", Some("size=1m"));
     fs::create_dir(&ab).unwrap();
     let d = detect(&ab).unwrap();
-    assert_eq!(
-        d.mount.source, "goldclone-a2",
-        "longest prefix would wrongly say goldclone-ab"
-    );
+    assert_eq!(d.mount.source, "goldclone-a2", "longest prefix would wrongly say goldclone-ab");
     assert_walk_agrees(&d);
     // Guards drop in reverse: a2, then a/b (now reachable again), then a1.
 }
@@ -461,17 +417,8 @@ fn xfs_with_reflink() {
     fs::create_dir(m.0.join("golden")).unwrap();
     let d = detect(&m.0.join("golden")).unwrap();
     assert_eq!(d.mount.fs_type, "xfs");
-    assert!(
-        d.mount.source.starts_with("/dev/loop"),
-        "{}",
-        d.mount.source
-    );
-    assert_eq!(
-        d.backend,
-        Backend::Reflink {
-            fs_type: "xfs".into()
-        }
-    );
+    assert!(d.mount.source.starts_with("/dev/loop"), "{}", d.mount.source);
+    assert_eq!(d.backend, Backend::Reflink { fs_type: "xfs".into() });
     assert_eq!(d.reflink, Some(true));
     assert_walk_agrees(&d);
     // The probe left nothing behind.
@@ -494,12 +441,7 @@ fn xfs_without_reflink_then_remount_on_same_device() {
     drop(m);
     let m = loopfs(&t, "xfs", &["-q", "-m", "reflink=0"]);
     let d = detect(&m.0).unwrap();
-    assert_eq!(
-        d.backend,
-        Backend::Plain {
-            fs_type: "xfs".into()
-        }
-    );
+    assert_eq!(d.backend, Backend::Plain { fs_type: "xfs".into() });
     assert_eq!(d.reflink, Some(false));
 }
 
@@ -515,50 +457,23 @@ fn btrfs_subvolumes() {
     // Top-level subvolume (id 5): its root is a subvolume root.
     let d = detect(&mnt).unwrap();
     assert_eq!(d.mount.fs_type, "btrfs");
-    assert_eq!(
-        d.backend,
-        Backend::Btrfs {
-            subvolume: true,
-            subvolume_id: 5
-        }
-    );
+    assert_eq!(d.backend, Backend::Btrfs { subvolume: true, subvolume_id: 5 });
     assert_eq!(d.reflink, Some(true));
     assert_walk_agrees(&d);
 
     fs::create_dir(mnt.join("plain")).unwrap();
     let d = detect(&mnt.join("plain")).unwrap();
-    assert_eq!(
-        d.backend,
-        Backend::Btrfs {
-            subvolume: false,
-            subvolume_id: 5
-        }
-    );
+    assert_eq!(d.backend, Backend::Btrfs { subvolume: false, subvolume_id: 5 });
 
-    run(
-        "btrfs",
-        &[
-            os("-q"),
-            os("subvolume"),
-            os("create"),
-            mnt.join("sv").as_os_str(),
-        ],
-    );
+    run("btrfs", &[os("-q"), os("subvolume"), os("create"), mnt.join("sv").as_os_str()]);
     fs::create_dir(mnt.join("sv/dir")).unwrap();
     fs::write(mnt.join("sv/dir/file"), b"x").unwrap();
     let d = detect(&mnt.join("sv")).unwrap();
     // A subvolume has its own anonymous st_dev, which no mountinfo line carries.
     let dev = fs::metadata(mnt.join("sv")).unwrap().dev();
-    assert_ne!(
-        (libc::major(dev), libc::minor(dev)),
-        (d.mount.major, d.mount.minor)
-    );
+    assert_ne!((libc::major(dev), libc::minor(dev)), (d.mount.major, d.mount.minor));
     assert_eq!(d.mount.mount_point, mnt);
-    let Backend::Btrfs {
-        subvolume: true,
-        subvolume_id,
-    } = d.backend
-    else {
+    let Backend::Btrfs { subvolume: true, subvolume_id } = d.backend else {
         panic!("expected a btrfs subvolume root, got {:?}", d.backend)
     };
     assert!(subvolume_id >= 256, "{subvolume_id}");
@@ -566,14 +481,7 @@ fn btrfs_subvolumes() {
     assert_walk_agrees(&d);
     for p in ["sv/dir", "sv/dir/file"] {
         let d = detect(&mnt.join(p)).unwrap();
-        assert_eq!(
-            d.backend,
-            Backend::Btrfs {
-                subvolume: false,
-                subvolume_id
-            },
-            "{p}"
-        );
+        assert_eq!(d.backend, Backend::Btrfs { subvolume: false, subvolume_id }, "{p}");
     }
 
     // The same subvolume mounted on its own with subvol=: root is "/sv".
@@ -581,25 +489,11 @@ fn btrfs_subvolumes() {
     let img = t.join("btrfs.img");
     let mnt2 = t2.join("mnt");
     fs::create_dir(&mnt2).unwrap();
-    run(
-        "mount",
-        &[
-            os("-o"),
-            os("loop,subvol=sv"),
-            img.as_os_str(),
-            mnt2.as_os_str(),
-        ],
-    );
+    run("mount", &[os("-o"), os("loop,subvol=sv"), img.as_os_str(), mnt2.as_os_str()]);
     let _m2 = MountGuard(mnt2.clone());
     let d = detect(&mnt2).unwrap();
     assert_eq!(d.mount.root, Path::new("/sv"));
-    assert_eq!(
-        d.backend,
-        Backend::Btrfs {
-            subvolume: true,
-            subvolume_id
-        }
-    );
+    assert_eq!(d.backend, Backend::Btrfs { subvolume: true, subvolume_id });
     assert_walk_agrees(&d);
 }
 
@@ -638,24 +532,13 @@ fn cli_parses_and_renders() {
 
     let table = cli_detect::render(&d, false).unwrap();
     assert!(table.contains("plain: tmpfs"), "{table}");
-    assert!(
-        table
-            .lines()
-            .any(|l| l.starts_with("mount point") && l.ends_with("m n")),
-        "{table}"
-    );
+    assert!(table.lines().any(|l| l.starts_with("mount point") && l.ends_with("m n")), "{table}");
     assert_eq!(table.lines().count(), 10);
 
     // run() prints; it must succeed on a real path and fail typed on a missing one.
     cli_detect::run(&cli.args).unwrap();
-    let missing = cli_detect::DetectArgs {
-        path: t.join("nope"),
-        json: false,
-    };
-    assert_eq!(
-        cli_detect::run(&missing).unwrap_err().kind(),
-        ErrorKind::NotFound
-    );
+    let missing = cli_detect::DetectArgs { path: t.join("nope"), json: false };
+    assert_eq!(cli_detect::run(&missing).unwrap_err().kind(), ErrorKind::NotFound);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -667,9 +550,7 @@ struct PoolGuard(String);
 
 impl Drop for PoolGuard {
     fn drop(&mut self) {
-        let _ = Command::new("zpool")
-            .args(["destroy", "-f", &self.0])
-            .status();
+        let _ = Command::new("zpool").args(["destroy", "-f", &self.0]).status();
     }
 }
 
@@ -686,25 +567,13 @@ impl Drop for PoolGuard {
 #[test]
 #[ignore = "needs ZFS: run inside the ZFS guest with --ignored"]
 fn zfs_dataset_and_zvol() {
-    assert!(
-        Path::new("/dev/zfs").exists(),
-        "no /dev/zfs: load the zfs module (modprobe zfs)"
-    );
+    assert!(Path::new("/dev/zfs").exists(), "no /dev/zfs: load the zfs module (modprobe zfs)");
     let t = TempDir::new("zfs");
     let pool = format!("gcdet{}", std::process::id());
     let img = t.join("pool.img");
     fs::File::create(&img).unwrap().set_len(512 << 20).unwrap();
     let root = t.join("root");
-    run(
-        "zpool",
-        &[
-            os("create"),
-            os("-m"),
-            root.as_os_str(),
-            os(&pool),
-            img.as_os_str(),
-        ],
-    );
+    run("zpool", &[os("create"), os("-m"), root.as_os_str(), os(&pool), img.as_os_str()]);
     let _pool = PoolGuard(pool.clone());
 
     // A filesystem dataset whose name needs escaping in mountinfo.
@@ -717,17 +586,8 @@ fn zfs_dataset_and_zvol() {
         eprintln!("{}", cli_detect::render(&d, false).unwrap());
         assert_eq!(d.mount.fs_type, "zfs");
         assert_eq!(d.mount.mount_point, mnt);
-        assert_eq!(
-            d.backend,
-            Backend::ZfsDataset {
-                dataset: ds.clone(),
-                pool: pool.clone()
-            }
-        );
-        assert!(
-            d.reflink.is_some(),
-            "the probe answers on a writable dataset"
-        );
+        assert_eq!(d.backend, Backend::ZfsDataset { dataset: ds.clone(), pool: pool.clone() });
+        assert!(d.reflink.is_some(), "the probe answers on a writable dataset");
         assert_walk_agrees(&d);
     }
     assert_eq!(zfs_pool(&mnt.join("sub")), Some(pool.clone()));
@@ -755,23 +615,14 @@ fn zfs_dataset_and_zvol() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let dev = dev.expect("zvol device node /dev/zdN appears");
-    run(
-        "mkfs.xfs",
-        &[os("-q"), os("-m"), os("reflink=1"), dev.as_os_str()],
-    );
+    run("mkfs.xfs", &[os("-q"), os("-m"), os("reflink=1"), dev.as_os_str()]);
     let vmnt = t.join("vol mnt");
     fs::create_dir(&vmnt).unwrap();
     run("mount", &[dev.as_os_str(), vmnt.as_os_str()]);
     let _vm = MountGuard(vmnt.clone());
     let d = detect(&vmnt).unwrap();
     eprintln!("{}", cli_detect::render(&d, false).unwrap());
-    let Backend::Zvol {
-        device,
-        dataset,
-        pool: p,
-        fs_type,
-    } = &d.backend
-    else {
+    let Backend::Zvol { device, dataset, pool: p, fs_type } = &d.backend else {
         panic!("expected zvol, got {:?}", d.backend)
     };
     assert_eq!(dataset, &vol);

@@ -25,10 +25,7 @@ impl Drop for Root {
         // Sessions and generations on btrfs are subvolumes: let the library remove them.
         if let Ok(cache) = Cache::open(
             &self.path,
-            &OpenOptions {
-                backend: Some(self.backend),
-                ..Default::default()
-            },
+            &OpenOptions { backend: Some(self.backend), ..Default::default() },
         ) {
             for project in list(&self.path).into_iter().filter(|p| !p.starts_with('.')) {
                 if let Ok(info) = cache.info(&project) {
@@ -72,11 +69,7 @@ fn subvolumes(dir: &Path) -> Vec<PathBuf> {
 
 fn list(dir: &Path) -> Vec<String> {
     fs::read_dir(dir)
-        .map(|r| {
-            r.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
+        .map(|r| r.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default()
 }
 
@@ -91,21 +84,9 @@ fn backends() -> Vec<(&'static str, Option<PathBuf>, BackendKind)> {
         return v;
     }
     vec![
-        (
-            "copy-xfs",
-            common::mount(common::Fs::Xfs),
-            BackendKind::Copy,
-        ),
-        (
-            "copy-ext4",
-            common::mount(common::Fs::Ext4),
-            BackendKind::Copy,
-        ),
-        (
-            "btrfs",
-            common::mount(common::Fs::Btrfs),
-            BackendKind::Btrfs,
-        ),
+        ("copy-xfs", common::mount(common::Fs::Xfs), BackendKind::Copy),
+        ("copy-ext4", common::mount(common::Fs::Ext4), BackendKind::Copy),
+        ("btrfs", common::mount(common::Fs::Btrfs), BackendKind::Btrfs),
     ]
 }
 
@@ -122,14 +103,9 @@ fn roots(tag: &str) -> Vec<(Root, &'static str)> {
 }
 
 fn open(root: &Root) -> Cache {
-    let cache = Cache::open(
-        &root.path,
-        &OpenOptions {
-            backend: Some(root.backend),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let cache =
+        Cache::open(&root.path, &OpenOptions { backend: Some(root.backend), ..Default::default() })
+            .unwrap();
     assert_eq!(cache.backend(), root.backend);
     cache
 }
@@ -175,10 +151,7 @@ fn snapshot_tree(root: &Path) -> BTreeSet<PathBuf> {
 }
 
 fn scratch_tree(tag: &str, marker: &str, files: usize) -> PathBuf {
-    let dir = PathBuf::from(format!(
-        "/var/tmp/goldclone-lifecycle-{tag}-{}",
-        std::process::id()
-    ));
+    let dir = PathBuf::from(format!("/var/tmp/goldclone-lifecycle-{tag}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     golden_tree(&dir, marker, files);
     dir
@@ -204,19 +177,12 @@ fn setup_promote_cleanup_gc_on_every_backend() {
         assert_eq!(cache.promote("proj", "s1").unwrap(), 2, "{name}");
         let info = cache.info("proj").unwrap();
         assert_eq!(
-            (
-                info.generation,
-                info.source_session.as_deref(),
-                info.backend
-            ),
+            (info.generation, info.source_session.as_deref(), info.backend),
             (2, Some("s1"), root.backend)
         );
         assert!(info.created_at > 1_600_000_000);
         assert!(info.size_bytes > 0, "{name}: size of the golden tree");
-        assert_eq!(
-            info.sessions,
-            vec![("s1".to_string(), 1), ("s2".to_string(), 1)]
-        );
+        assert_eq!(info.sessions, vec![("s1".to_string(), 1), ("s2".to_string(), 1)]);
 
         // Old sessions keep running on generation 1; new ones get generation 2.
         assert_eq!(whole_generation(&s2, 20), "1");
@@ -226,11 +192,7 @@ fn setup_promote_cleanup_gc_on_every_backend() {
         assert!(s3.join("added-by-s1").exists());
         // The promoted session itself is untouched and still writable.
         fs::write(s1.join("after-promote"), "z").unwrap();
-        assert!(!cache
-            .setup("proj", "s4")
-            .unwrap()
-            .join("after-promote")
-            .exists());
+        assert!(!cache.setup("proj", "s4").unwrap().join("after-promote").exists());
 
         // Generation 1 is reclaimed once its last session is gone.
         cache.cleanup("proj", "s1").unwrap();
@@ -258,10 +220,8 @@ fn setup_promote_cleanup_gc_on_every_backend() {
             .iter()
             .map(PathBuf::from)
             .collect();
-        let top: BTreeSet<PathBuf> = left
-            .into_iter()
-            .filter(|p| p.components().count() <= 2)
-            .collect();
+        let top: BTreeSet<PathBuf> =
+            left.into_iter().filter(|p| p.components().count() <= 2).collect();
         assert_eq!(top, want, "{name}");
         assert_eq!(whole_generation(&root.path.join("proj/gen/2"), 20), "2");
     }
@@ -278,46 +238,18 @@ fn bad_input_gets_a_typed_error_and_changes_nothing() {
         let before = snapshot_tree(&root.path);
 
         let kind = |r: Result<(), Error>| r.map(|_| ()).unwrap_err().kind();
+        assert_eq!(kind(cache.setup("nope", "s").map(drop)), ErrorKind::NotFound, "{name}");
+        assert!(matches!(cache.setup("nope", "s"), Err(Error::UnknownProject { .. })));
+        assert!(matches!(cache.promote("proj", "ghost"), Err(Error::UnknownSession { .. })));
+        assert!(matches!(cache.cleanup("proj", "ghost"), Err(Error::UnknownSession { .. })));
+        assert!(matches!(cache.info("nope"), Err(Error::UnknownProject { .. })));
+        assert_eq!(kind(cache.setup("proj", "s1").map(drop)), ErrorKind::AlreadyExists);
+        assert_eq!(kind(cache.import("proj", &src).map(drop)), ErrorKind::AlreadyExists);
         assert_eq!(
-            kind(cache.setup("nope", "s").map(drop)),
-            ErrorKind::NotFound,
-            "{name}"
-        );
-        assert!(matches!(
-            cache.setup("nope", "s"),
-            Err(Error::UnknownProject { .. })
-        ));
-        assert!(matches!(
-            cache.promote("proj", "ghost"),
-            Err(Error::UnknownSession { .. })
-        ));
-        assert!(matches!(
-            cache.cleanup("proj", "ghost"),
-            Err(Error::UnknownSession { .. })
-        ));
-        assert!(matches!(
-            cache.info("nope"),
-            Err(Error::UnknownProject { .. })
-        ));
-        assert_eq!(
-            kind(cache.setup("proj", "s1").map(drop)),
-            ErrorKind::AlreadyExists
-        );
-        assert_eq!(
-            kind(cache.import("proj", &src).map(drop)),
-            ErrorKind::AlreadyExists
-        );
-        assert_eq!(
-            kind(
-                cache
-                    .import("other", Path::new("/nonexistent/dir"))
-                    .map(drop)
-            ),
+            kind(cache.import("other", Path::new("/nonexistent/dir")).map(drop)),
             ErrorKind::NotFound
         );
-        for bad in [
-            "a/b", "a@b", "", ".hidden", "-flag", "sp ace", "ünï", "..", ".",
-        ] {
+        for bad in ["a/b", "a@b", "", ".hidden", "-flag", "sp ace", "ünï", "..", "."] {
             assert_eq!(
                 kind(cache.setup("proj", bad).map(drop)),
                 ErrorKind::InvalidName,
@@ -328,36 +260,17 @@ fn bad_input_gets_a_typed_error_and_changes_nothing() {
                 ErrorKind::InvalidName,
                 "project {bad:?}"
             );
-            assert_eq!(
-                kind(cache.promote("proj", bad).map(drop)),
-                ErrorKind::InvalidName
-            );
+            assert_eq!(kind(cache.promote("proj", bad).map(drop)), ErrorKind::InvalidName);
             assert_eq!(kind(cache.cleanup(bad, "s1")), ErrorKind::InvalidName);
-            assert_eq!(
-                kind(cache.import(bad, &src).map(drop)),
-                ErrorKind::InvalidName
-            );
+            assert_eq!(kind(cache.import(bad, &src).map(drop)), ErrorKind::InvalidName);
         }
         let long = "x".repeat(65);
-        assert_eq!(
-            kind(cache.setup("proj", &long).map(drop)),
-            ErrorKind::NameTooLong
-        );
-        assert_eq!(
-            kind(cache.import(&long, &src).map(drop)),
-            ErrorKind::NameTooLong
-        );
-        assert!(
-            cache.setup("proj", &"y".repeat(64)).is_ok(),
-            "64 bytes is allowed"
-        );
+        assert_eq!(kind(cache.setup("proj", &long).map(drop)), ErrorKind::NameTooLong);
+        assert_eq!(kind(cache.import(&long, &src).map(drop)), ErrorKind::NameTooLong);
+        assert!(cache.setup("proj", &"y".repeat(64)).is_ok(), "64 bytes is allowed");
         cache.cleanup("proj", &"y".repeat(64)).unwrap();
 
-        assert_eq!(
-            snapshot_tree(&root.path),
-            before,
-            "{name}: bad input changed the cache"
-        );
+        assert_eq!(snapshot_tree(&root.path), before, "{name}: bad input changed the cache");
     }
     let _ = fs::remove_dir_all(&src);
 }
@@ -382,10 +295,7 @@ fn busy_session_is_neither_promoted_nor_removed() {
             }
             other => panic!("{name}: promote of a busy session gave {other:?}"),
         }
-        assert_eq!(
-            cache.cleanup("proj", "s1").unwrap_err().kind(),
-            ErrorKind::Busy
-        );
+        assert_eq!(cache.cleanup("proj", "s1").unwrap_err().kind(), ErrorKind::Busy);
         assert_eq!(
             cache.info("proj").unwrap().generation,
             1,
@@ -416,9 +326,7 @@ fn eight_setups_and_a_promote_at_once() {
             for i in 0..8 {
                 let cache = &cache;
                 handles.push(scope.spawn(move || {
-                    cache
-                        .setup("proj", &format!("c{i}"))
-                        .map(|p| p.display().to_string())
+                    cache.setup("proj", &format!("c{i}")).map(|p| p.display().to_string())
                 }));
             }
             let promote = scope.spawn(|| cache.promote("proj", "promoted").map(|g| g.to_string()));
@@ -441,11 +349,7 @@ fn eight_setups_and_a_promote_at_once() {
                 .find(|(s, _)| s == &format!("c{i}"))
                 .unwrap()
                 .1;
-            assert_eq!(
-                marker,
-                recorded.to_string(),
-                "{name}: c{i} content and metadata disagree"
-            );
+            assert_eq!(marker, recorded.to_string(), "{name}: c{i} content and metadata disagree");
         }
     }
     let _ = fs::remove_dir_all(&src);

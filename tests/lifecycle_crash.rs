@@ -53,14 +53,7 @@ fn marker_of(dir: &Path) -> String {
 }
 
 fn open(root: &Path, backend: BackendKind) -> Cache {
-    Cache::open(
-        root,
-        &OpenOptions {
-            backend: Some(backend),
-            ..Default::default()
-        },
-    )
-    .unwrap()
+    Cache::open(root, &OpenOptions { backend: Some(backend), ..Default::default() }).unwrap()
 }
 
 /// Run the CLI with the fault point armed; it must die by SIGKILL.
@@ -109,11 +102,7 @@ fn assert_nothing_leaked(root: &Path, what: &str) {
                 "{what}: staging left: {}",
                 e.path().display()
             );
-            assert!(
-                !name.contains(".tmp."),
-                "{what}: temporary file left: {}",
-                e.path().display()
-            );
+            assert!(!name.contains(".tmp."), "{what}: temporary file left: {}", e.path().display());
             // Only look at the cache's own directories, not inside the trees.
             if e.file_type().unwrap().is_dir()
                 && d.components().count() < root.components().count() + 2
@@ -126,21 +115,15 @@ fn assert_nothing_leaked(root: &Path, what: &str) {
 
 #[test]
 fn kill_at_every_step_then_reopen() {
-    let src = PathBuf::from(format!(
-        "/var/tmp/goldclone-crash-src-{}",
-        std::process::id()
-    ));
+    let src = PathBuf::from(format!("/var/tmp/goldclone-crash-src-{}", std::process::id()));
     let _ = fs::remove_dir_all(&src);
     tree(&src, "1");
     let mut checked = 0;
     for (name, mnt, backend) in backends() {
         for point in fault::POINTS {
             let what = format!("{name} {point}");
-            let root = mnt.join(format!(
-                "crash-{}-{}",
-                point.replace(':', "-"),
-                std::process::id()
-            ));
+            let root =
+                mnt.join(format!("crash-{}-{}", point.replace(':', "-"), std::process::id()));
             let _ = fs::remove_dir_all(&root);
             fs::create_dir_all(&root).unwrap();
             let op = point.split(':').next().unwrap();
@@ -156,30 +139,14 @@ fn kill_at_every_step_then_reopen() {
             }
             let src_arg = src.to_str().unwrap();
             match op {
-                "import" => crash(
-                    &root,
-                    backend,
-                    point,
-                    &["golden", "import", "proj", src_arg],
-                ),
-                "setup" => crash(
-                    &root,
-                    backend,
-                    point,
-                    &["session", "setup", "proj", "fresh"],
-                ),
-                "promote" => crash(
-                    &root,
-                    backend,
-                    point,
-                    &["session", "promote", "proj", "target"],
-                ),
-                "cleanup" => crash(
-                    &root,
-                    backend,
-                    point,
-                    &["session", "cleanup", "proj", "target"],
-                ),
+                "import" => crash(&root, backend, point, &["golden", "import", "proj", src_arg]),
+                "setup" => crash(&root, backend, point, &["session", "setup", "proj", "fresh"]),
+                "promote" => {
+                    crash(&root, backend, point, &["session", "promote", "proj", "target"])
+                }
+                "cleanup" => {
+                    crash(&root, backend, point, &["session", "cleanup", "proj", "target"])
+                }
                 _ => unreachable!(),
             }
 
@@ -200,10 +167,7 @@ fn kill_at_every_step_then_reopen() {
                             ErrorKind::NotFound,
                             "{what}: rolled-back import still visible"
                         );
-                        assert!(
-                            !root.join("proj").exists(),
-                            "{what}: project directory left"
-                        );
+                        assert!(!root.join("proj").exists(), "{what}: project directory left");
                         assert_eq!(
                             cache.import("proj", &src).unwrap(),
                             1,
@@ -269,12 +233,7 @@ fn kill_at_every_step_then_reopen() {
                     "1",
                     "{what}: bystander session"
                 );
-                assert!(cache
-                    .info("proj")
-                    .unwrap()
-                    .sessions
-                    .iter()
-                    .any(|(s, _)| s == "bystander"));
+                assert!(cache.info("proj").unwrap().sessions.iter().any(|(s, _)| s == "bystander"));
                 let current = cache.info("proj").unwrap().generation;
                 marker_of(&root.join(format!("proj/gen/{current}")));
             }
@@ -295,18 +254,12 @@ fn kill_at_every_step_then_reopen() {
             cache.gc().unwrap();
             let gen = root.join(format!("proj/gen/{}", info.generation));
             if backend == BackendKind::Btrfs {
-                let _ = Command::new("btrfs")
-                    .args(["subvolume", "delete"])
-                    .arg(&gen)
-                    .output();
+                let _ = Command::new("btrfs").args(["subvolume", "delete"]).arg(&gen).output();
             }
             let _ = goldclone::copy::remove_tree(&root);
             checked += 1;
         }
     }
     let _ = fs::remove_dir_all(&src);
-    assert!(
-        checked >= fault::POINTS.len(),
-        "only {checked} crash cases ran"
-    );
+    assert!(checked >= fault::POINTS.len(), "only {checked} crash cases ran");
 }

@@ -27,7 +27,7 @@ count_libtest() {
   f=$(grep -E '^test result: ' "$log" | sed -E 's/.* ([0-9]+) failed.*/\1/' | paste -sd+ | bc 2>/dev/null || echo 0)
   passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
 }
-# Run suite $1 (command $2...) whose last line is `$1: N passed, N failed`; add its counts.
+# Run suite $1 (command $2...) whose closing line is `[$1: ]N passed, N failed`; add its counts.
 # A suite that exits non-zero or prints no such line counts as failed.
 suite() {
   local name=$1 log=$results/$1.log line rc; shift
@@ -36,11 +36,11 @@ suite() {
   "$@" 2>&1 | tee "$log"
   rc=${PIPESTATUS[0]}
   set -e
-  line=$(grep -E "^$name: [0-9]+ passed, [0-9]+ failed" "$log" | tail -1 || true)
+  line=$(grep -E "^($name: )?[0-9]+ passed, [0-9]+ failed" "$log" | tail -1 || true)
   if [ -z "$line" ]; then
     echo "$name suite printed no result line" >&2; missing+=("$name"); return 1
   fi
-  passed=$((passed + $(echo "$line" | sed -E 's/^[a-z-]+: ([0-9]+) passed.*/\1/')))
+  passed=$((passed + $(echo "$line" | sed -E 's/^([a-z-]+: )?([0-9]+) passed.*/\2/')))
   failed=$((failed + $(echo "$line" | sed -E 's/.* ([0-9]+) failed.*/\1/')))
   [ "$rc" = 0 ]
 }

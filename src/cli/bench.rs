@@ -16,6 +16,8 @@ use goldclone::{detect, Error, Result};
 pub enum BenchCommand {
     /// Tree copy vs `cp -a --reflink` and vs per-layer parallel `cp -a`.
     Copy(BenchCopyArgs),
+    /// libzfs_core in process vs the `zfs` CLI: snapshot, session ready, destroy, 16 at once.
+    Zfs(super::zfs::BenchZfsArgs),
 }
 
 /// Arguments of `goldclone bench copy`.
@@ -48,6 +50,7 @@ pub struct BenchCopyArgs {
 pub fn run(cmd: &BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Copy(args) => bench_copy(args),
+        BenchCommand::Zfs(args) => super::zfs::bench_zfs(args.clone()),
     }
 }
 
@@ -71,9 +74,7 @@ impl Method {
 
 fn bench_copy(args: &BenchCopyArgs) -> Result<()> {
     if args.runs == 0 {
-        return Err(Error::InvalidArgument {
-            what: "--runs must be at least 1".into(),
-        });
+        return Err(Error::InvalidArgument { what: "--runs must be at least 1".into() });
     }
     let src = args.dir.join(format!("bench-src-{}", args.entries));
     if !src.exists() {
@@ -100,20 +101,11 @@ fn bench_copy(args: &BenchCopyArgs) -> Result<()> {
     // Correctness first, untimed: the copy must equal its source.
     let check = args.dir.join("bench-check");
     copy::remove_tree(&check)?;
-    copy::copy_tree(
-        &src,
-        &check,
-        &CopyOptions {
-            threads: args.threads,
-            ..Default::default()
-        },
-    )?;
+    copy::copy_tree(&src, &check, &CopyOptions { threads: args.threads, ..Default::default() })?;
     let diffs = treediff::compare(&src, &check, &CompareOptions::default())?;
     copy::remove_tree(&check)?;
     if !diffs.is_empty() {
-        return Err(Error::Unsupported {
-            what: format!("copy differs from source: {}", diffs[0]),
-        });
+        return Err(Error::Unsupported { what: format!("copy differs from source: {}", diffs[0]) });
     }
 
     let methods = [Method::Goldclone, Method::CpReflink, Method::CpPerLayer];
@@ -131,18 +123,11 @@ fn bench_copy(args: &BenchCopyArgs) -> Result<()> {
                     copy::copy_tree(
                         &src,
                         &dst,
-                        &CopyOptions {
-                            threads: args.threads,
-                            ..Default::default()
-                        },
+                        &CopyOptions { threads: args.threads, ..Default::default() },
                     )?;
                 }
                 Method::CpReflink => {
-                    let flag = if reflink {
-                        "--reflink=always"
-                    } else {
-                        "--reflink=auto"
-                    };
+                    let flag = if reflink { "--reflink=always" } else { "--reflink=auto" };
                     run_cp(&[flag], &src, &dst)?;
                 }
                 Method::CpPerLayer => per_layer_cp(&src, &dst, args.cp_jobs)?,
@@ -184,10 +169,7 @@ fn bench_copy(args: &BenchCopyArgs) -> Result<()> {
             "| filesystem | method | median (s) | runs (s) | goldclone speed-up |\n|---|---|---|---|---|"
         );
         for ((m, med), all) in methods.iter().zip(&medians).zip(&times) {
-            let runs: Vec<String> = all
-                .iter()
-                .map(|d| format!("{:.2}", d.as_secs_f64()))
-                .collect();
+            let runs: Vec<String> = all.iter().map(|d| format!("{:.2}", d.as_secs_f64())).collect();
             println!(
                 "| {} | {} | {:.3} | {} | {:.2}x |",
                 found.mount.fs_type,
@@ -232,18 +214,12 @@ fn wait_ok(mut child: Child, what: &Path) -> Result<()> {
     if status.success() {
         Ok(())
     } else {
-        Err(Error::io(
-            "cp -a",
-            what,
-            std::io::Error::other(format!("cp exited with {status}")),
-        ))
+        Err(Error::io("cp -a", what, std::io::Error::other(format!("cp exited with {status}"))))
     }
 }
 
 fn run_cp(flags: &[&str], src: &Path, dst: &Path) -> Result<()> {
-    let child = cp_command(flags, src, dst)
-        .spawn()
-        .map_err(|e| Error::io("spawn cp", dst, e))?;
+    let child = cp_command(flags, src, dst).spawn().map_err(|e| Error::io("spawn cp", dst, e))?;
     wait_ok(child, dst)
 }
 

@@ -49,9 +49,8 @@ pub fn run(args: &CopyArgs) -> Result<()> {
         count_totals: show_bar,
         clone_min_size: args.clone_min_size,
     };
-    let stats = with_progress_bar(show_bar, &progress, || {
-        copy::copy_tree(&args.src, &args.dst, &opts)
-    })?;
+    let stats =
+        with_progress_bar(show_bar, &progress, || copy::copy_tree(&args.src, &args.dst, &opts))?;
     if args.json {
         println!(
             "{}",
@@ -196,10 +195,7 @@ pub struct VerifyArgs {
 
 /// Run `goldclone verify`: exit status 0 only when the trees are the same.
 pub fn verify(args: &VerifyArgs) -> Result<bool> {
-    let opts = CompareOptions {
-        content: !args.no_content,
-        ..CompareOptions::default()
-    };
+    let opts = CompareOptions { content: !args.no_content, ..CompareOptions::default() };
     let diffs = treediff::compare(&args.a, &args.b, &opts)?;
     for d in &diffs {
         println!("{d}");

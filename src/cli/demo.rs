@@ -106,10 +106,7 @@ fn demo_in(work: &Path) -> Result<()> {
     }
     if !diffs.is_empty() {
         return Err(Error::Unsupported {
-            what: format!(
-                "the copy differs from its source in {} place(s)",
-                diffs.len()
-            ),
+            what: format!("the copy differs from its source in {} place(s)", diffs.len()),
         });
     }
     Ok(())

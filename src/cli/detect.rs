@@ -55,10 +55,7 @@ pub fn render(d: &Detection, json: bool) -> goldclone::Result<String> {
         ("mount root", show(&m.root)),
         (
             "mount id",
-            format!(
-                "{} (parent {}, device {}:{})",
-                m.mount_id, m.parent_id, m.major, m.minor
-            ),
+            format!("{} (parent {}, device {}:{})", m.mount_id, m.parent_id, m.major, m.minor),
         ),
         ("mount options", m.mount_options.clone()),
         ("super options", escape(&m.super_options)),
@@ -74,34 +71,19 @@ pub fn render(d: &Detection, json: bool) -> goldclone::Result<String> {
 fn backend_line(b: &Backend) -> String {
     match b {
         Backend::ZfsDataset { dataset, pool } => {
-            format!(
-                "zfs_dataset: ZFS dataset {} (pool {})",
-                escape(dataset),
-                escape(pool)
-            )
+            format!("zfs_dataset: ZFS dataset {} (pool {})", escape(dataset), escape(pool))
         }
-        Backend::Zvol {
-            device,
-            dataset,
-            pool,
-            fs_type,
-        } => format!(
+        Backend::Zvol { device, dataset, pool, fs_type } => format!(
             "zvol: {} on ZFS volume {} (pool {}), device {}",
             fs_type,
             escape(dataset),
             escape(pool),
             show(device)
         ),
-        Backend::Btrfs {
-            subvolume: true,
-            subvolume_id,
-        } => {
+        Backend::Btrfs { subvolume: true, subvolume_id } => {
             format!("btrfs: subvolume {subvolume_id} (the path is its root; can be snapshotted)")
         }
-        Backend::Btrfs {
-            subvolume: false,
-            subvolume_id,
-        } => {
+        Backend::Btrfs { subvolume: false, subvolume_id } => {
             format!("btrfs: inside subvolume {subvolume_id} (the path is not a subvolume root)")
         }
         Backend::Reflink { fs_type } => {

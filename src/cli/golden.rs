@@ -42,13 +42,7 @@ impl RootArgs {
             BackendArg::Btrfs => BackendKind::Btrfs,
             BackendArg::Copy => BackendKind::Copy,
         });
-        Cache::open(
-            &self.root,
-            &OpenOptions {
-                backend,
-                ..OpenOptions::default()
-            },
-        )
+        Cache::open(&self.root, &OpenOptions { backend, ..OpenOptions::default() })
     }
 }
 
@@ -143,10 +137,7 @@ pub fn session(cmd: &SessionCommand) -> Result<()> {
                     &serde_json::json!({ "project": a.project, "session": a.session, "generation": generation }),
                 );
             } else {
-                println!(
-                    "session {} is now generation {generation} of {}",
-                    a.session, a.project
-                );
+                println!("session {} is now generation {generation} of {}", a.session, a.project);
             }
         }
         SessionCommand::Cleanup(a) => {
@@ -193,10 +184,7 @@ pub fn info(a: &InfoArgs) -> Result<()> {
         println!("project:     {}", info.project);
         println!("generation:  {}", info.generation);
         println!("created_at:  {}", info.created_at);
-        println!(
-            "from:        {}",
-            info.source_session.as_deref().unwrap_or("(imported)")
-        );
+        println!("from:        {}", info.source_session.as_deref().unwrap_or("(imported)"));
         println!("backend:     {:?}", info.backend);
         println!("size:        {} bytes", info.size_bytes);
         for (s, g) in &info.sessions {

@@ -5,3 +5,4 @@ pub mod copy;
 pub mod demo;
 pub mod detect;
 pub mod golden;
+pub mod zfs;

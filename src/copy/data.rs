@@ -53,11 +53,8 @@ pub(super) struct CapsCache {
 
 impl CapsCache {
     pub fn get(&self, src_dev: u64, dst_dev: u64) -> Arc<PairCaps> {
-        if let Some(c) = self
-            .pairs
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&(src_dev, dst_dev))
+        if let Some(c) =
+            self.pairs.read().unwrap_or_else(|p| p.into_inner()).get(&(src_dev, dst_dev))
         {
             return c.clone();
         }

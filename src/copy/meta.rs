@@ -27,18 +27,10 @@ pub(super) struct MetaError {
 
 impl MetaError {
     fn new(op: &'static str, source: io::Error) -> Self {
-        MetaError {
-            op,
-            attr: None,
-            source,
-        }
+        MetaError { op, attr: None, source }
     }
     fn xattr(op: &'static str, name: &CStr, source: io::Error) -> Self {
-        MetaError {
-            op,
-            attr: Some(name.to_string_lossy().into_owned()),
-            source,
-        }
+        MetaError { op, attr: Some(name.to_string_lossy().into_owned()), source }
     }
 }
 
@@ -47,10 +39,7 @@ fn nix_err(op: &'static str) -> impl Fn(nix::Error) -> MetaError {
 }
 
 fn times(st: &FileStat) -> (TimeSpec, TimeSpec) {
-    (
-        TimeSpec::new(st.st_atime, st.st_atime_nsec),
-        TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
-    )
+    (TimeSpec::new(st.st_atime, st.st_atime_nsec), TimeSpec::new(st.st_mtime, st.st_mtime_nsec))
 }
 
 /// Whether a failed chown may be ignored: an unprivileged caller cannot give files away, and
@@ -82,15 +71,9 @@ pub(super) fn apply_fd(
     privileged: bool,
     created: Option<Created>,
 ) -> Result<(), MetaError> {
-    let owner_right = created
-        .as_ref()
-        .is_some_and(|c| c.owner == (st.st_uid, st.st_gid));
+    let owner_right = created.as_ref().is_some_and(|c| c.owner == (st.st_uid, st.st_gid));
     let owned = owner_right
-        || match fchown(
-            dst,
-            Some(Uid::from_raw(st.st_uid)),
-            Some(Gid::from_raw(st.st_gid)),
-        ) {
+        || match fchown(dst, Some(Uid::from_raw(st.st_uid)), Some(Gid::from_raw(st.st_gid))) {
             Ok(()) => true,
             Err(e) if chown_failure_tolerated(privileged, e) => false,
             Err(e) => return Err(MetaError::new("chown", io::Error::from(e))),
@@ -141,33 +124,22 @@ pub(super) fn apply_at(
     )?;
     if !is_symlink {
         // Symlink modes are always 0777 on Linux and cannot be changed.
-        fchmodat(
-            dst_dir,
-            name,
-            mode_after_chown(st, owned),
-            FchmodatFlags::NoFollowSymlink,
-        )
-        .or_else(|e| match e {
-            // Older kernels refuse AT_SYMLINK_NOFOLLOW outright; this entry is no symlink.
-            nix::Error::EOPNOTSUPP | nix::Error::EINVAL => fchmodat(
-                dst_dir,
-                name,
-                mode_after_chown(st, owned),
-                FchmodatFlags::FollowSymlink,
-            ),
-            e => Err(e),
-        })
-        .map_err(nix_err("chmod"))?;
+        fchmodat(dst_dir, name, mode_after_chown(st, owned), FchmodatFlags::NoFollowSymlink)
+            .or_else(|e| match e {
+                // Older kernels refuse AT_SYMLINK_NOFOLLOW outright; this entry is no symlink.
+                nix::Error::EOPNOTSUPP | nix::Error::EINVAL => fchmodat(
+                    dst_dir,
+                    name,
+                    mode_after_chown(st, owned),
+                    FchmodatFlags::FollowSymlink,
+                ),
+                e => Err(e),
+            })
+            .map_err(nix_err("chmod"))?;
     }
     let (atime, mtime) = times(st);
-    utimensat(
-        dst_dir,
-        name,
-        &atime,
-        &mtime,
-        UtimensatFlags::NoFollowSymlink,
-    )
-    .map_err(nix_err("utimens"))
+    utimensat(dst_dir, name, &atime, &mtime, UtimensatFlags::NoFollowSymlink)
+        .map_err(nix_err("utimens"))
 }
 
 /// Attributes that are another view of metadata copied anyway, or that only the kernel may

@@ -73,10 +73,7 @@ impl Progress {
     /// [`CopyOptions::count_totals`] asked for it.
     pub fn totals(&self) -> Option<(u64, u64)> {
         self.totals_known.load(Ordering::Acquire).then(|| {
-            (
-                self.total_entries.load(Ordering::Relaxed),
-                self.total_bytes.load(Ordering::Relaxed),
-            )
+            (self.total_entries.load(Ordering::Relaxed), self.total_bytes.load(Ordering::Relaxed))
         })
     }
 }
@@ -173,31 +170,17 @@ pub fn copy_tree(src: &Path, dst: &Path, opts: &CopyOptions) -> Result<CopyStats
     let started = Instant::now();
     let threads = thread_count(opts)?;
     let staging = staging::Staging::prepare(src, dst)?;
-    let result = run_walk(
-        &staging.src,
-        &staging.path,
-        staging.fd.as_fd(),
-        opts,
-        threads,
-    );
-    let stats = match result.and_then(|s| {
-        if opts.sync {
-            staging.sync().map(|()| s)
-        } else {
-            Ok(s)
-        }
-    }) {
-        Ok(stats) => stats,
-        Err(e) => {
-            staging.abandon();
-            return Err(e);
-        }
-    };
+    let result = run_walk(&staging.src, &staging.path, staging.fd.as_fd(), opts, threads);
+    let stats =
+        match result.and_then(|s| if opts.sync { staging.sync().map(|()| s) } else { Ok(s) }) {
+            Ok(stats) => stats,
+            Err(e) => {
+                staging.abandon();
+                return Err(e);
+            }
+        };
     staging.commit()?;
-    Ok(CopyStats {
-        elapsed: started.elapsed(),
-        ..stats
-    })
+    Ok(CopyStats { elapsed: started.elapsed(), ..stats })
 }
 
 /// Copy the contents of `src`, and its root's own metadata, into the existing empty directory
@@ -208,13 +191,9 @@ pub fn copy_into(src: &Path, dst: &Path, opts: &CopyOptions) -> Result<CopyStats
     let threads = thread_count(opts)?;
     let meta = std::fs::metadata(src).map_err(|e| Error::io("stat", src, e))?;
     if !meta.is_dir() {
-        return Err(Error::NotADirectory {
-            path: src.to_path_buf(),
-        });
+        return Err(Error::NotADirectory { path: src.to_path_buf() });
     }
-    let src = src
-        .canonicalize()
-        .map_err(|e| Error::io("canonicalize", src, e))?;
+    let src = src.canonicalize().map_err(|e| Error::io("canonicalize", src, e))?;
     let dst_fd = nix::fcntl::openat(
         nix::fcntl::AT_FDCWD,
         dst,
@@ -223,24 +202,14 @@ pub fn copy_into(src: &Path, dst: &Path, opts: &CopyOptions) -> Result<CopyStats
     )
     .map_err(|e| Error::io("open", dst, std::io::Error::from(e)))?;
     if !staging::list_entries(dst_fd.as_fd(), dst)?.is_empty() {
-        return Err(Error::AlreadyExists {
-            path: dst.to_path_buf(),
-        });
+        return Err(Error::AlreadyExists { path: dst.to_path_buf() });
     }
-    let dst_canon = dst
-        .canonicalize()
-        .map_err(|e| Error::io("canonicalize", dst, e))?;
+    let dst_canon = dst.canonicalize().map_err(|e| Error::io("canonicalize", dst, e))?;
     if dst_canon.starts_with(&src) {
-        return Err(Error::DestinationInsideSource {
-            src: src.clone(),
-            dst: dst.to_path_buf(),
-        });
+        return Err(Error::DestinationInsideSource { src: src.clone(), dst: dst.to_path_buf() });
     }
     match run_walk(&src, dst, dst_fd.as_fd(), opts, threads) {
-        Ok(stats) => Ok(CopyStats {
-            elapsed: started.elapsed(),
-            ..stats
-        }),
+        Ok(stats) => Ok(CopyStats { elapsed: started.elapsed(), ..stats }),
         Err(e) => {
             let _ = staging::remove_contents(dst_fd.as_fd(), dst);
             Err(e)
@@ -251,9 +220,9 @@ pub fn copy_into(src: &Path, dst: &Path, opts: &CopyOptions) -> Result<CopyStats
 fn thread_count(opts: &CopyOptions) -> Result<usize> {
     match opts.threads {
         0 => Ok(default_threads()),
-        n if n > 1024 => Err(Error::InvalidArgument {
-            what: format!("{n} threads is more than 1024"),
-        }),
+        n if n > 1024 => {
+            Err(Error::InvalidArgument { what: format!("{n} threads is more than 1024") })
+        }
         n => Ok(n),
     }
 }

@@ -27,10 +27,8 @@ use crate::{Error, Result};
 pub const STAGING_PREFIX: &str = ".goldclone-staging.";
 
 /// Flags for opening a directory we only read or use as a base for `*at` calls.
-pub(super) const DIR_FLAGS: OFlag = OFlag::O_RDONLY
-    .union(OFlag::O_DIRECTORY)
-    .union(OFlag::O_NOFOLLOW)
-    .union(OFlag::O_CLOEXEC);
+pub(super) const DIR_FLAGS: OFlag =
+    OFlag::O_RDONLY.union(OFlag::O_DIRECTORY).union(OFlag::O_NOFOLLOW).union(OFlag::O_CLOEXEC);
 
 fn errno_io(e: nix::Error) -> io::Error {
     io::Error::from_raw_os_error(e as i32)
@@ -57,13 +55,9 @@ impl Staging {
     pub fn prepare(src: &Path, dst: &Path) -> Result<Staging> {
         let meta = std::fs::metadata(src).map_err(|e| Error::io("stat", src, e))?;
         if !meta.is_dir() {
-            return Err(Error::NotADirectory {
-                path: src.to_path_buf(),
-            });
+            return Err(Error::NotADirectory { path: src.to_path_buf() });
         }
-        let src_canon = src
-            .canonicalize()
-            .map_err(|e| Error::io("canonicalize", src, e))?;
+        let src_canon = src.canonicalize().map_err(|e| Error::io("canonicalize", src, e))?;
 
         let dst_name = match dst.components().next_back() {
             Some(Component::Normal(name)) => name.to_os_string(),
@@ -74,17 +68,14 @@ impl Staging {
             }
         };
         if std::fs::symlink_metadata(dst).is_ok() {
-            return Err(Error::AlreadyExists {
-                path: dst.to_path_buf(),
-            });
+            return Err(Error::AlreadyExists { path: dst.to_path_buf() });
         }
         let parent_path = match dst.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let parent_canon = parent_path
-            .canonicalize()
-            .map_err(|e| Error::io("canonicalize", &parent_path, e))?;
+        let parent_canon =
+            parent_path.canonicalize().map_err(|e| Error::io("canonicalize", &parent_path, e))?;
         if parent_canon.join(&dst_name).starts_with(&src_canon) {
             return Err(Error::DestinationInsideSource {
                 src: src.to_path_buf(),
@@ -96,12 +87,8 @@ impl Staging {
 
         let staging_name = staging_name_for(&dst_name);
         let path = parent_canon.join(&staging_name);
-        mkdirat(
-            &parent,
-            staging_name.as_os_str(),
-            Mode::from_bits_truncate(0o700),
-        )
-        .map_err(|e| Error::io("mkdir", &path, errno_io(e)))?;
+        mkdirat(&parent, staging_name.as_os_str(), Mode::from_bits_truncate(0o700))
+            .map_err(|e| Error::io("mkdir", &path, errno_io(e)))?;
         let staged = (|| {
             let fd = openat(&parent, staging_name.as_os_str(), DIR_FLAGS, Mode::empty())
                 .map_err(|e| Error::io("open", &path, errno_io(e)))?;
@@ -154,9 +141,7 @@ impl Staging {
             Ok(()) => Ok(()),
             Err(e) => {
                 let err = if e == nix::Error::EEXIST {
-                    Error::AlreadyExists {
-                        path: self.dst.clone(),
-                    }
+                    Error::AlreadyExists { path: self.dst.clone() }
                 } else {
                     Error::io("rename", &self.dst, errno_io(e))
                 };
@@ -175,10 +160,7 @@ impl Staging {
 
 /// `.goldclone-staging.<dst-name>.<pid>.<nonce>`, kept within NAME_MAX.
 fn staging_name_for(dst_name: &OsStr) -> OsString {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     let suffix = format!(".{}.{:08x}", std::process::id(), nanos);
     let room = 255 - STAGING_PREFIX.len() - suffix.len();
     let name = dst_name.as_bytes();
@@ -296,10 +278,7 @@ fn remove_dir(parent: BorrowedFd<'_>, name: &OsStr, path: &Path) -> Result<()> {
     let stop = AtomicBool::new(false);
     let error: Mutex<Option<Error>> = Mutex::new(None);
     let fail = |e: Error| {
-        error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_or_insert(e);
+        error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
         stop.store(true, Ordering::Relaxed);
     };
     // Remove `node` if it was its last pending unit, then the same for its parents.
@@ -374,9 +353,7 @@ pub(super) fn list_entries(
     dir: BorrowedFd<'_>,
     path: &Path,
 ) -> Result<Vec<(CString, Option<Type>)>> {
-    let dup = dir
-        .try_clone_to_owned()
-        .map_err(|e| Error::io("dup", path, e))?;
+    let dup = dir.try_clone_to_owned().map_err(|e| Error::io("dup", path, e))?;
     let mut reader = Dir::from_fd(dup).map_err(|e| Error::io("opendir", path, errno_io(e)))?;
     let mut out = Vec::new();
     for entry in reader.iter() {
@@ -391,10 +368,7 @@ pub(super) fn list_entries(
 }
 
 fn list_names(dir: BorrowedFd<'_>, path: &Path) -> Result<Vec<CString>> {
-    Ok(list_entries(dir, path)?
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect())
+    Ok(list_entries(dir, path)?.into_iter().map(|(n, _)| n).collect())
 }
 
 pub(super) fn is_dot_or_dotdot(name: &CStr) -> bool {

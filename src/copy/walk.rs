@@ -50,10 +50,7 @@ enum Task {
     /// A directory already created in the destination (by its parent's listing), to list.
     Dir { parent: Arc<DirNode>, name: CString },
     /// Non-directory entries of a listed directory.
-    Entries {
-        dir: Arc<DirNode>,
-        entries: Vec<(CString, Option<Type>)>,
-    },
+    Entries { dir: Arc<DirNode>, entries: Vec<(CString, Option<Type>)> },
 }
 
 /// Outcome of a hardlink group's first copy, shared with the other links.
@@ -117,19 +114,15 @@ impl<'a> Walk<'a> {
         opts: &'a CopyOptions,
         progress: Option<&'a Progress>,
     ) -> Result<Self> {
-        let dst_dev = fstat(staging_fd)
-            .map_err(|e| Error::io("stat", staging_root, errno_io(e)))?
-            .st_dev;
+        let dst_dev =
+            fstat(staging_fd).map_err(|e| Error::io("stat", staging_root, errno_io(e)))?.st_dev;
         Ok(Walk {
             src_root,
             staging_root,
             staging_fd,
             dst_dev,
             privileged: nix::unistd::geteuid().is_root(),
-            creator: (
-                nix::unistd::geteuid().as_raw(),
-                nix::unistd::getegid().as_raw(),
-            ),
+            creator: (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw()),
             umask: current_umask(),
             clone_min_size: opts.clone_min_size,
             caps: CapsCache::default(),
@@ -245,13 +238,7 @@ impl<'a> Walk<'a> {
             .try_clone_to_owned()
             .map_err(|e| Error::io("dup", self.staging_root, e))?;
         self.count(&self.counters.dirs, 0);
-        Ok(Arc::new(DirNode {
-            rel: PathBuf::new(),
-            src,
-            dst,
-            st,
-            pending: AtomicUsize::new(1),
-        }))
+        Ok(Arc::new(DirNode { rel: PathBuf::new(), src, dst, st, pending: AtomicUsize::new(1) }))
     }
 
     fn open_dir(&self, parent: &DirNode, name: &CStr) -> Result<Arc<DirNode>> {
@@ -262,13 +249,7 @@ impl<'a> Walk<'a> {
         let dst = openat(&parent.dst, name, DIR_FLAGS, Mode::empty())
             .map_err(|e| Error::io("open", self.staging_root.join(&rel), errno_io(e)))?;
         self.count(&self.counters.dirs, 0);
-        Ok(Arc::new(DirNode {
-            rel,
-            src,
-            dst,
-            st,
-            pending: AtomicUsize::new(1),
-        }))
+        Ok(Arc::new(DirNode { rel, src, dst, st, pending: AtomicUsize::new(1) }))
     }
 
     /// Create the directory's subdirectories (queued for listing) and queue its other entries in
@@ -301,18 +282,12 @@ impl<'a> Walk<'a> {
                     let path = join_name(&self.staging_root.join(&node.rel), &name);
                     return self.fail(Error::io("mkdir", path, errno_io(e)));
                 }
-                push(Task::Dir {
-                    parent: node.clone(),
-                    name,
-                });
+                push(Task::Dir { parent: node.clone(), name });
             } else {
                 batch.push((name, kind));
                 if batch.len() == BATCH {
                     node.pending.fetch_add(1, Ordering::AcqRel);
-                    push(Task::Entries {
-                        dir: node.clone(),
-                        entries: std::mem::take(&mut batch),
-                    });
+                    push(Task::Entries { dir: node.clone(), entries: std::mem::take(&mut batch) });
                 }
             }
         }
@@ -329,25 +304,18 @@ impl<'a> Walk<'a> {
         if node.pending.fetch_sub(1, Ordering::AcqRel) != 1 {
             return;
         }
-        if let Err(e) = meta::apply_fd(
-            node.src.as_fd(),
-            node.dst.as_fd(),
-            &node.st,
-            self.privileged,
-            None,
-        ) {
+        if let Err(e) =
+            meta::apply_fd(node.src.as_fd(), node.dst.as_fd(), &node.st, self.privileged, None)
+        {
             self.fail(self.meta_error(e, &self.staging_root.join(&node.rel)));
         }
     }
 
     fn meta_error(&self, e: MetaError, path: &Path) -> Error {
         match e.attr {
-            Some(attr) => Error::Xattr {
-                op: e.op,
-                attr,
-                path: path.to_path_buf(),
-                source: e.source,
-            },
+            Some(attr) => {
+                Error::Xattr { op: e.op, attr, path: path.to_path_buf(), source: e.source }
+            }
             None => Error::io(e.op, path, e.source),
         }
     }
@@ -450,10 +418,8 @@ impl<'a> Walk<'a> {
                     self.clone_min_size,
                 )
                 .map_err(|(op, e)| Error::io(op, dst_path(), e))?;
-                let created = meta::Created {
-                    owner: self.creator,
-                    mode: self.umask.map(|u| perm & !u),
-                };
+                let created =
+                    meta::Created { owner: self.creator, mode: self.umask.map(|u| perm & !u) };
                 meta::apply_fd(src.as_fd(), dst.as_fd(), st, self.privileged, Some(created))
                     .map_err(|e| self.meta_error(e, &dst_path()))?;
                 let c = &self.counters;

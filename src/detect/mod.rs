@@ -144,11 +144,7 @@ pub fn mounts() -> Result<Vec<Mount>> {
         Err(e) => return Err(Error::io("read", file, e)),
     };
     parse_mountinfo_bytes(&text).map_err(|e| {
-        Error::io(
-            "parse",
-            file,
-            std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-        )
+        Error::io("parse", file, std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     })
 }
 
@@ -183,10 +179,7 @@ pub fn detect(path: &Path) -> Result<Detection> {
 
     let backend = if mount.fs_type == "zfs" {
         let dataset = mount.source.clone();
-        Some(Backend::ZfsDataset {
-            pool: pool_of(&dataset).to_owned(),
-            dataset,
-        })
+        Some(Backend::ZfsDataset { pool: pool_of(&dataset).to_owned(), dataset })
     } else if mount.major != 0 && zvol::zvol_major()? == Some(mount.major) {
         let device = zvol::device_node(&mount.source, mount.major, mount.minor)?;
         let dataset = zvol::dataset_of(&device)?;
@@ -198,11 +191,8 @@ pub fn detect(path: &Path) -> Result<Detection> {
         })
     } else if mount.fs_type == "btrfs" {
         // A non-directory is always in its parent directory's subvolume.
-        let dir = if is_dir {
-            canonical.as_path()
-        } else {
-            canonical.parent().unwrap_or(&canonical)
-        };
+        let dir =
+            if is_dir { canonical.as_path() } else { canonical.parent().unwrap_or(&canonical) };
         let f = File::open(dir).map_err(|e| Error::io("open", dir, e))?;
         let subvolume_id =
             btrfs_subvolume_id(f.as_fd()).map_err(|e| Error::io("BTRFS_IOC_INO_LOOKUP", dir, e))?;
@@ -235,20 +225,13 @@ pub fn detect(path: &Path) -> Result<Detection> {
             Backend::Plain { fs_type }
         }
     });
-    Ok(Detection {
-        path: canonical,
-        mount,
-        backend,
-        reflink,
-    })
+    Ok(Detection { path: canonical, mount, backend, reflink })
 }
 
 /// The ZFS pool behind `path`, whether a ZFS dataset holds it or a filesystem on a zvol; `None`
 /// when it is not on ZFS or cannot be detected. The library side of the Go `DetectZFSPool`.
 pub fn zfs_pool(path: &Path) -> Option<String> {
-    detect(path)
-        .ok()
-        .and_then(|d| d.backend.pool().map(str::to_owned))
+    detect(path).ok().and_then(|d| d.backend.pool().map(str::to_owned))
 }
 
 #[cfg(test)]
@@ -266,10 +249,7 @@ mod tests {
 
     #[test]
     fn backend_json_tags() {
-        let b = Backend::ZfsDataset {
-            dataset: "tank/docker".into(),
-            pool: "tank".into(),
-        };
+        let b = Backend::ZfsDataset { dataset: "tank/docker".into(), pool: "tank".into() };
         assert_eq!(
             serde_json::to_string(&b).unwrap(),
             r#"{"kind":"zfs_dataset","dataset":"tank/docker","pool":"tank"}"#
@@ -285,27 +265,15 @@ mod tests {
             serde_json::to_string(&b).unwrap(),
             r#"{"kind":"zvol","device":"/dev/zd0","dataset":"tank/v","pool":"tank","fs_type":"xfs"}"#
         );
-        let b = Backend::Btrfs {
-            subvolume: true,
-            subvolume_id: 256,
-        };
+        let b = Backend::Btrfs { subvolume: true, subvolume_id: 256 };
         assert_eq!(
             serde_json::to_string(&b).unwrap(),
             r#"{"kind":"btrfs","subvolume":true,"subvolume_id":256}"#
         );
         assert_eq!(
-            serde_json::to_string(&Backend::Plain {
-                fs_type: "ext4".into()
-            })
-            .unwrap(),
+            serde_json::to_string(&Backend::Plain { fs_type: "ext4".into() }).unwrap(),
             r#"{"kind":"plain","fs_type":"ext4"}"#
         );
-        assert_eq!(
-            Backend::Reflink {
-                fs_type: "xfs".into()
-            }
-            .kind(),
-            "reflink"
-        );
+        assert_eq!(Backend::Reflink { fs_type: "xfs".into() }.kind(), "reflink");
     }
 }

@@ -109,10 +109,7 @@ fn lossy(field: &[u8]) -> String {
 }
 
 fn number<T: std::str::FromStr>(field: &[u8], what: &'static str) -> Result<T, &'static str> {
-    std::str::from_utf8(field)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or(what)
+    std::str::from_utf8(field).ok().and_then(|s| s.parse().ok()).ok_or(what)
 }
 
 /// Parse one mountinfo line (without its newline).
@@ -129,10 +126,7 @@ pub fn parse_line_bytes(line: &[u8]) -> Result<Mount, &'static str> {
     let mount_id = number(next("missing mount id")?, "bad mount id")?;
     let parent_id = number(next("missing parent id")?, "bad parent id")?;
     let dev = next("missing major:minor")?;
-    let colon = dev
-        .iter()
-        .position(|&c| c == b':')
-        .ok_or("bad major:minor")?;
+    let colon = dev.iter().position(|&c| c == b':').ok_or("bad major:minor")?;
     let major = number(&dev[..colon], "bad major")?;
     let minor = number(&dev[colon + 1..], "bad minor")?;
     let root = unescape_path(next("missing root")?);
@@ -182,12 +176,7 @@ pub fn parse_mountinfo_bytes(text: &[u8]) -> Result<Vec<Mount>, MountinfoError> 
     text.split(|&c| c == b'\n')
         .enumerate()
         .filter(|(_, l)| !l.is_empty())
-        .map(|(i, l)| {
-            parse_line_bytes(l).map_err(|reason| MountinfoError {
-                line: i + 1,
-                reason,
-            })
-        })
+        .map(|(i, l)| parse_line_bytes(l).map_err(|reason| MountinfoError { line: i + 1, reason }))
         .collect()
 }
 
@@ -210,9 +199,7 @@ fn walk_mount_tree<'a>(mounts: &'a [Mount], path: &Path) -> Option<&'a Mount> {
     let mut cur = mounts.iter().find(|m| {
         m.mount_point == root_dir
             && (m.parent_id == m.mount_id
-                || !mounts
-                    .iter()
-                    .any(|p| p.mount_id == m.parent_id && p.mount_point == root_dir))
+                || !mounts.iter().any(|p| p.mount_id == m.parent_id && p.mount_point == root_dir))
     })?;
     let mut prefix = PathBuf::new();
     for comp in path.components() {
@@ -253,10 +240,7 @@ mod tests {
 
     #[test]
     fn unescapes_octal() {
-        assert_eq!(
-            unescape(r"/mnt/a\040b\011c\012d\134e"),
-            b"/mnt/a b\tc\nd\\e"
-        );
+        assert_eq!(unescape(r"/mnt/a\040b\011c\012d\134e"), b"/mnt/a b\tc\nd\\e");
         // Not an escape: kept literally.
         assert_eq!(unescape(r"a\9bc"), b"a\\9bc");
         assert_eq!(unescape(r"end\04"), b"end\\04");
@@ -355,9 +339,7 @@ mod tests {
     #[test]
     fn rejects_malformed() {
         assert!(parse_line("").is_err());
-        assert!(
-            parse_line("36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 ext3 /dev/root rw").is_err()
-        );
+        assert!(parse_line("36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 ext3 /dev/root rw").is_err());
         assert!(parse_line("x 35 98:0 / / rw - ext3 /dev/root rw").is_err());
         assert!(parse_line("36 35 98 / / rw - ext3 /dev/root rw").is_err());
         assert!(parse_line("36 35 98:0 / / rw -").is_err());
@@ -368,10 +350,7 @@ mod tests {
     #[test]
     fn parses_non_utf8_bytes() {
         let m = parse_line_bytes(b"70 27 0:70 / /mnt/caf\xe9 rw - tmpfs src\xff rw").unwrap();
-        assert_eq!(
-            m.mount_point.as_os_str().as_encoded_bytes(),
-            b"/mnt/caf\xe9"
-        );
+        assert_eq!(m.mount_point.as_os_str().as_encoded_bytes(), b"/mnt/caf\xe9");
         assert_eq!(m.source, "src\u{fffd}");
         let all = parse_mountinfo_bytes(
             b"27 1 254:0 / / rw - ext4 /dev/vda rw\n70 27 0:70 / /\xe9 rw - tmpfs t rw\n",

@@ -51,9 +51,7 @@ pub fn reflink_supported(dir: &Path) -> Result<Option<bool>> {
         .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
         .open(dir)
         .map_err(|e| match e.raw_os_error() {
-            Some(libc::ENOTDIR) => Error::NotADirectory {
-                path: dir.to_path_buf(),
-            },
+            Some(libc::ENOTDIR) => Error::NotADirectory { path: dir.to_path_buf() },
             _ => Error::io("open", dir, e),
         })?;
     let md = d.metadata().map_err(|e| Error::io("fstat", dir, e))?;
@@ -138,10 +136,8 @@ fn temp_file(dir: &Path) -> io::Result<File> {
         Ok(f) => return Ok(f),
         // Filesystems without O_TMPFILE answer EOPNOTSUPP (or EISDIR/EINVAL on old kernels).
         Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
-            ) => {}
+            if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)) => {
+        }
         Err(e) => return Err(e),
     }
     let name = format!(

@@ -35,10 +35,7 @@ pub fn block_major(proc_devices: &str, name: &str) -> Option<u32> {
 
 /// The `DEVNAME=` value of a sysfs `uevent` text (`zd16`, `zd16p1`).
 pub fn uevent_devname(uevent: &str) -> Option<&str> {
-    uevent
-        .lines()
-        .find_map(|l| l.strip_prefix("DEVNAME="))
-        .filter(|n| !n.is_empty())
+    uevent.lines().find_map(|l| l.strip_prefix("DEVNAME=")).filter(|n| !n.is_empty())
 }
 
 /// The zvol block major on this host, if the ZFS module is loaded.
@@ -107,11 +104,7 @@ Block devices:
     fn finds_block_major() {
         assert_eq!(block_major(DEVICES, "zvol"), Some(230));
         assert_eq!(block_major(DEVICES, "loop"), Some(7));
-        assert_eq!(
-            block_major(DEVICES, "mem"),
-            None,
-            "character section must not match"
-        );
+        assert_eq!(block_major(DEVICES, "mem"), None, "character section must not match");
         assert_eq!(block_major("Character devices:\n230 zvol\n", "zvol"), None);
     }
 

@@ -36,19 +36,13 @@ pub(crate) unsafe fn name<'a>(p: *const c_char, param: &str) -> Result<&'a str, 
     if bytes.len() > NAME_MAX_BYTES {
         return Err(Failure::new(
             goldclone_result::NameTooLong,
-            format!(
-                "{param} is {} bytes long, more than {NAME_MAX_BYTES}",
-                bytes.len()
-            ),
+            format!("{param} is {} bytes long, more than {NAME_MAX_BYTES}", bytes.len()),
         ));
     }
     std::str::from_utf8(bytes).map_err(|e| {
         Failure::new(
             goldclone_result::InvalidName,
-            format!(
-                "{param} {:?} is not UTF-8 ({e})",
-                String::from_utf8_lossy(bytes)
-            ),
+            format!("{param} {:?} is not UTF-8 ({e})", String::from_utf8_lossy(bytes)),
         )
     })
 }
@@ -112,10 +106,7 @@ pub(crate) unsafe fn write_string(
     } else {
         Err(Failure::new(
             goldclone_result::BufferTooSmall,
-            format!(
-                "buffer of {buf_len} bytes is too small: {} needed",
-                s.len() + 1
-            ),
+            format!("buffer of {buf_len} bytes is too small: {} needed", s.len() + 1),
         ))
     }
 }

@@ -135,13 +135,7 @@ pub unsafe extern "C" fn goldclone_cache_open(
                 ))
             }
         };
-        let c = Cache::open(
-            root,
-            &OpenOptions {
-                backend,
-                copy_threads: o.copy_threads as usize,
-            },
-        )?;
+        let c = Cache::open(root, &OpenOptions { backend, copy_threads: o.copy_threads as usize })?;
         let h = handle::register(Object::Cache(Arc::new(c)));
         // SAFETY: non-NULL (checked), writable by the caller's promise.
         unsafe { args::store(out, h) };
@@ -236,12 +230,7 @@ pub unsafe extern "C" fn goldclone_cache_setup(
         let path = c.setup(project, session)?;
         // SAFETY: the caller's promise on the buffer arguments.
         let written = unsafe {
-            args::write_string(
-                path_buf,
-                path_buf_len,
-                path_len_out,
-                path.as_os_str().as_bytes(),
-            )
+            args::write_string(path_buf, path_buf_len, path_len_out, path.as_os_str().as_bytes())
         };
         if let Err(mut f) = written {
             if let Err(e) = c.cleanup(project, session) {
@@ -338,10 +327,8 @@ pub unsafe extern "C" fn goldclone_gc_report_item(
 ) -> goldclone_result {
     ffi_body!("goldclone_gc_report_item", {
         let r = gc_report(report)?;
-        let item = r
-            .removed
-            .get(index)
-            .ok_or_else(|| index_error("gc report", index, r.removed.len()))?;
+        let item =
+            r.removed.get(index).ok_or_else(|| index_error("gc report", index, r.removed.len()))?;
         // SAFETY: the caller's promise on buf/buf_len/out_len.
         unsafe { args::write_string(buf, buf_len, out_len, item.as_bytes()) }
     })
@@ -353,9 +340,7 @@ pub unsafe extern "C" fn goldclone_gc_report_free(
     report: *mut goldclone_gc_report,
 ) -> goldclone_result {
     ffi_body!("goldclone_gc_report_free", {
-        handle::free(report, "goldclone_gc_report", |o| {
-            matches!(o, Object::GcReport(_))
-        })
+        handle::free(report, "goldclone_gc_report", |o| matches!(o, Object::GcReport(_)))
     })
 }
 
@@ -452,10 +437,8 @@ pub unsafe extern "C" fn goldclone_info_session(
     ffi_body!("goldclone_info_session", {
         args::require_buf(buf, buf_len)?;
         let i = self::info(info)?;
-        let (id, g) = i
-            .sessions
-            .get(index)
-            .ok_or_else(|| index_error("session", index, i.sessions.len()))?;
+        let (id, g) =
+            i.sessions.get(index).ok_or_else(|| index_error("session", index, i.sessions.len()))?;
         // SAFETY: the caller's promise on buf/buf_len/out_len.
         unsafe { args::write_string(buf, buf_len, out_len, id.as_bytes()) }?;
         // SAFETY: NULL or writable by the caller's promise.

@@ -183,9 +183,7 @@ pub unsafe extern "C" fn goldclone_cancel_is_cancelled(
 #[no_mangle]
 pub unsafe extern "C" fn goldclone_cancel_free(cancel: *mut goldclone_cancel) -> goldclone_result {
     ffi_body!("goldclone_cancel_free", {
-        handle::free(cancel, "goldclone_cancel", |o| {
-            matches!(o, Object::Cancel(_))
-        })
+        handle::free(cancel, "goldclone_cancel", |o| matches!(o, Object::Cancel(_)))
     })
 }
 
@@ -239,11 +237,7 @@ pub unsafe extern "C" fn goldclone_copy_tree(
             // goldclone_copy_options (filled by goldclone_copy_options_init). Copy: it is POD.
             unsafe { opts.read() }
         };
-        let cancel = if o.cancel.is_null() {
-            None
-        } else {
-            Some(cancel_token(o.cancel)?)
-        };
+        let cancel = if o.cancel.is_null() { None } else { Some(cancel_token(o.cancel)?) };
         let mut copy_opts = CopyOptions {
             threads: o.threads as usize,
             progress: None,
@@ -256,10 +250,7 @@ pub unsafe extern "C" fn goldclone_copy_tree(
             None => copy_tree(src, dst, &copy_opts),
             Some(callback) => {
                 let progress = Progress::new();
-                let token = copy_opts
-                    .cancel
-                    .get_or_insert_with(CancelToken::new)
-                    .clone();
+                let token = copy_opts.cancel.get_or_insert_with(CancelToken::new).clone();
                 copy_opts.progress = Some(progress.clone());
                 let interval = Duration::from_millis(match o.progress_interval_ms {
                     0 => 100,

@@ -82,9 +82,7 @@ pub unsafe extern "C" fn goldclone_detection_free(
     detection: *mut goldclone_detection,
 ) -> goldclone_result {
     ffi_body!("goldclone_detection_free", {
-        handle::free(detection, "goldclone_detection", |o| {
-            matches!(o, Object::Detection(_))
-        })
+        handle::free(detection, "goldclone_detection", |o| matches!(o, Object::Detection(_)))
     })
 }
 
@@ -150,10 +148,7 @@ pub unsafe extern "C" fn goldclone_detection_string(
         let value = value.ok_or_else(|| {
             Failure::new(
                 goldclone_result::NotFound,
-                format!(
-                    "field {field} does not apply to a {} backend",
-                    d.backend.kind()
-                ),
+                format!("field {field} does not apply to a {} backend", d.backend.kind()),
             )
         })?;
         // SAFETY: the caller's promise on buf/buf_len/out_len.
@@ -193,10 +188,7 @@ pub unsafe extern "C" fn goldclone_detection_btrfs(
     ffi_body!("goldclone_detection_btrfs", {
         let d = lookup(detection)?;
         match d.backend {
-            Backend::Btrfs {
-                subvolume,
-                subvolume_id: id,
-            } => {
+            Backend::Btrfs { subvolume, subvolume_id: id } => {
                 // SAFETY: each is NULL or writable by the caller's promise.
                 unsafe {
                     args::store(is_subvolume, subvolume);
@@ -229,11 +221,7 @@ pub unsafe extern "C" fn goldclone_zfs_pool(
         let pool = d.backend.pool().ok_or_else(|| {
             Failure::new(
                 goldclone_result::NotFound,
-                format!(
-                    "{} is not on ZFS (it is on {})",
-                    d.path.display(),
-                    d.mount.fs_type
-                ),
+                format!("{} is not on ZFS (it is on {})", d.path.display(), d.mount.fs_type),
             )
         })?;
         // SAFETY: the caller's promise on buf/buf_len/out_len.

@@ -144,18 +144,11 @@ pub(crate) struct Failure {
 
 impl Failure {
     pub(crate) fn new(code: goldclone_result, message: impl Into<String>) -> Self {
-        Failure {
-            code,
-            errno: 0,
-            message: message.into(),
-        }
+        Failure { code, errno: 0, message: message.into() }
     }
 
     pub(crate) fn null(param: &str) -> Self {
-        Self::new(
-            goldclone_result::NullParameter,
-            format!("{param} must not be NULL"),
-        )
+        Self::new(goldclone_result::NullParameter, format!("{param} must not be NULL"))
     }
 }
 
@@ -228,15 +221,10 @@ pub extern "C" fn goldclone_result_name(code: u32) -> *const c_char {
 /// succeeded (or none was made). Does not touch the last error.
 #[no_mangle]
 pub extern "C" fn goldclone_last_error_code() -> goldclone_result {
-    catch_unwind(|| {
-        LAST_ERROR
-            .try_with(|l| l.borrow().as_ref().map(|f| f.code))
-            .ok()
-            .flatten()
-    })
-    .ok()
-    .flatten()
-    .unwrap_or(goldclone_result::Ok)
+    catch_unwind(|| LAST_ERROR.try_with(|l| l.borrow().as_ref().map(|f| f.code)).ok().flatten())
+        .ok()
+        .flatten()
+        .unwrap_or(goldclone_result::Ok)
 }
 
 /// The errno behind the calling thread's last failed call, 0 if there is none. Does not touch
@@ -244,9 +232,7 @@ pub extern "C" fn goldclone_last_error_code() -> goldclone_result {
 #[no_mangle]
 pub extern "C" fn goldclone_last_error_errno() -> i32 {
     catch_unwind(|| {
-        LAST_ERROR
-            .try_with(|l| l.borrow().as_ref().map_or(0, |f| f.errno))
-            .unwrap_or(0)
+        LAST_ERROR.try_with(|l| l.borrow().as_ref().map_or(0, |f| f.errno)).unwrap_or(0)
     })
     .unwrap_or(0)
 }

@@ -128,12 +128,6 @@ pub(crate) fn free<T>(
 /// Number of live handles of all types: a leak check for tests (0 once everything is freed).
 #[no_mangle]
 pub extern "C" fn goldclone_debug_live_handles() -> usize {
-    std::panic::catch_unwind(|| {
-        REGISTRY
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .live
-            .len()
-    })
-    .unwrap_or(0)
+    std::panic::catch_unwind(|| REGISTRY.read().unwrap_or_else(PoisonError::into_inner).live.len())
+        .unwrap_or(0)
 }

@@ -76,12 +76,10 @@ mod tests {
     #[test]
     fn header_constants_match() {
         let toml = include_str!("../../cbindgen.toml");
-        assert!(toml.contains(&format!(
-            "#define GOLDCLONE_ABI_VERSION {GOLDCLONE_ABI_VERSION}\n"
-        )));
-        assert!(toml.contains(&format!(
-            "#define GOLDCLONE_PATH_BUF_SIZE {GOLDCLONE_PATH_BUF_SIZE}"
-        )));
+        assert!(toml.contains(&format!("#define GOLDCLONE_ABI_VERSION {GOLDCLONE_ABI_VERSION}\n")));
+        assert!(
+            toml.contains(&format!("#define GOLDCLONE_PATH_BUF_SIZE {GOLDCLONE_PATH_BUF_SIZE}"))
+        );
     }
 
     #[test]

@@ -12,11 +12,7 @@ pub(crate) fn users_of(tree: &Path) -> Vec<u32> {
     };
     let mut pids = Vec::new();
     for entry in procs.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
             continue;
         };
         if pid == me {

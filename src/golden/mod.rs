@@ -86,13 +86,9 @@ impl Cache {
     pub fn open(root: &Path, opts: &OpenOptions) -> Result<Cache> {
         let meta = std::fs::metadata(root).map_err(|e| Error::io("stat", root, e))?;
         if !meta.is_dir() {
-            return Err(Error::NotADirectory {
-                path: root.to_path_buf(),
-            });
+            return Err(Error::NotADirectory { path: root.to_path_buf() });
         }
-        let root = root
-            .canonicalize()
-            .map_err(|e| Error::io("canonicalize", root, e))?;
+        let root = root.canonicalize().map_err(|e| Error::io("canonicalize", root, e))?;
         let found = detect::detect(&root)?;
         let kind = opts.backend.unwrap_or(match &found.backend {
             Backend::ZfsDataset { .. } => BackendKind::Zfs,
@@ -101,9 +97,7 @@ impl Cache {
             Backend::Reflink { .. } | Backend::Plain { .. } => BackendKind::Copy,
         });
         let store: Box<dyn Store> = match kind {
-            BackendKind::Copy => Box::new(CopyStore {
-                threads: opts.copy_threads,
-            }),
+            BackendKind::Copy => Box::new(CopyStore { threads: opts.copy_threads }),
             BackendKind::Btrfs => {
                 if !matches!(found.backend, Backend::Btrfs { .. }) {
                     return Err(Error::Unsupported {
@@ -114,9 +108,7 @@ impl Cache {
                         ),
                     });
                 }
-                Box::new(BtrfsStore {
-                    threads: opts.copy_threads,
-                })
+                Box::new(BtrfsStore { threads: opts.copy_threads })
             }
             BackendKind::Zfs | BackendKind::Zvol => {
                 return Err(Error::Unsupported {
@@ -127,10 +119,7 @@ impl Cache {
                 })
             }
         };
-        let cache = Cache {
-            layout: Layout { root },
-            store,
-        };
+        let cache = Cache { layout: Layout { root }, store };
         cache.layout.create()?;
         cache.recover_all()?;
         Ok(cache)
@@ -152,30 +141,19 @@ impl Cache {
         validate_name(project)?;
         let meta = std::fs::metadata(dir).map_err(|e| Error::io("stat", dir, e))?;
         if !meta.is_dir() {
-            return Err(Error::NotADirectory {
-                path: dir.to_path_buf(),
-            });
+            return Err(Error::NotADirectory { path: dir.to_path_buf() });
         }
         let _lock = self.layout.lock(project, true, true)?;
         if self.layout.read_current(project)?.is_some() {
-            return Err(Error::AlreadyExists {
-                path: self.layout.project(project),
-            });
+            return Err(Error::AlreadyExists { path: self.layout.project(project) });
         }
-        for d in [
-            self.layout.generations(project),
-            self.layout.sessions(project),
-        ] {
+        for d in [self.layout.generations(project), self.layout.sessions(project)] {
             std::fs::create_dir_all(&d).map_err(|e| Error::io("mkdir", &d, e))?;
         }
         let generation = 1;
-        let intent = Intent::Import {
-            project: project.to_string(),
-            generation,
-        };
+        let intent = Intent::Import { project: project.to_string(), generation };
         self.run(&intent, "import", || {
-            self.store
-                .import(dir, &self.generation_tree(project, generation))?;
+            self.store.import(dir, &self.generation_tree(project, generation))?;
             fault::point("import:tree-created");
             self.commit_generation(project, generation, None)?;
             Ok(generation)
@@ -200,8 +178,7 @@ impl Cache {
             if self.layout.session_meta(project, session).exists() || self.store.exists(&tree)? {
                 return Err(Error::AlreadyExists { path: path.clone() });
             }
-            self.store
-                .session_from(&self.generation_tree(project, generation), &tree)?;
+            self.store.session_from(&self.generation_tree(project, generation), &tree)?;
             fault::point("setup:tree-created");
             state::write_json(
                 &self.layout.session_meta(project, session),
@@ -228,13 +205,7 @@ impl Cache {
         self.session_meta(project, session)?;
         let path = self.layout.session(project, session);
         self.ensure_quiesced(project, session, &path)?;
-        let generation = self
-            .layout
-            .generation_numbers(project)?
-            .last()
-            .copied()
-            .unwrap_or(0)
-            + 1;
+        let generation = self.layout.generation_numbers(project)?.last().copied().unwrap_or(0) + 1;
         let intent = Intent::Promote {
             project: project.to_string(),
             session: session.to_string(),
@@ -262,10 +233,7 @@ impl Cache {
         let meta = self.session_meta(project, session)?;
         let path = self.layout.session(project, session);
         self.ensure_quiesced(project, session, &path)?;
-        let intent = Intent::Cleanup {
-            project: project.to_string(),
-            session: session.to_string(),
-        };
+        let intent = Intent::Cleanup { project: project.to_string(), session: session.to_string() };
         if let Retired::Moved(trash) =
             self.run(&intent, "cleanup", || self.retire_session(project, session))?
         {
@@ -301,12 +269,9 @@ impl Cache {
         validate_name(project)?;
         let _lock = self.layout.lock(project, false, false)?;
         let generation = self.current(project)?;
-        let meta: GenerationMeta = state::read_json(
-            &self.layout.generation_meta(project, generation),
-        )?
-        .ok_or_else(|| Error::UnknownProject {
-            project: project.to_string(),
-        })?;
+        let meta: GenerationMeta =
+            state::read_json(&self.layout.generation_meta(project, generation))?
+                .ok_or_else(|| Error::UnknownProject { project: project.to_string() })?;
         let mut sessions = Vec::new();
         for s in self.layout.session_names(project)? {
             if let Some(m) =
@@ -331,17 +296,12 @@ impl Cache {
     fn current(&self, project: &str) -> Result<u64> {
         self.layout
             .read_current(project)?
-            .ok_or_else(|| Error::UnknownProject {
-                project: project.to_string(),
-            })
+            .ok_or_else(|| Error::UnknownProject { project: project.to_string() })
     }
 
     fn session_meta(&self, project: &str, session: &str) -> Result<SessionMeta> {
         state::read_json(&self.layout.session_meta(project, session))?.ok_or_else(|| {
-            Error::UnknownSession {
-                project: project.to_string(),
-                session: session.to_string(),
-            }
+            Error::UnknownSession { project: project.to_string(), session: session.to_string() }
         })
     }
 
@@ -400,10 +360,9 @@ impl Cache {
 
     /// Take the session's tree away and drop its metadata: from here on it is gone.
     fn retire_session(&self, project: &str, session: &str) -> Result<Retired> {
-        let retired = self.store.retire(
-            &self.session_tree(project, session),
-            &self.trash_name(project, session),
-        )?;
+        let retired = self
+            .store
+            .retire(&self.session_tree(project, session), &self.trash_name(project, session))?;
         fault::point("cleanup:tree-moved");
         state::remove_file(&self.layout.session_meta(project, session))?;
         fault::point("cleanup:meta-removed");
@@ -414,9 +373,7 @@ impl Cache {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        self.layout
-            .trash()
-            .join(format!("{project}.{what}.{}.{nanos:x}", std::process::id()))
+        self.layout.trash().join(format!("{project}.{what}.{}.{nanos:x}", std::process::id()))
     }
 
     /// Remove generation `generation` if it is retired (not current) and no session uses it.
@@ -436,10 +393,8 @@ impl Cache {
             }
         }
         let tree = self.generation_tree(project, generation);
-        let retired = self.store.retire(
-            &tree,
-            &self.trash_name(project, &format!("gen-{generation}")),
-        )?;
+        let retired =
+            self.store.retire(&tree, &self.trash_name(project, &format!("gen-{generation}")))?;
         state::remove_file(&self.layout.generation_meta(project, generation))?;
         if let Retired::Moved(trash) = &retired {
             self.store.remove_trash(trash)?;
@@ -473,40 +428,25 @@ impl Cache {
     fn resolve(&self, intent: &Intent, report: &mut GcReport) -> Result<()> {
         let l = &self.layout;
         match intent {
-            Intent::Import {
-                project,
-                generation,
-            } => {
+            Intent::Import { project, generation } => {
                 if l.read_current(project)? == Some(*generation) {
                     return Ok(());
                 }
-                self.store
-                    .discard(&self.generation_tree(project, *generation))?;
+                self.store.discard(&self.generation_tree(project, *generation))?;
                 state::remove_file(&l.generation_meta(project, *generation))?;
                 self.remove_staging(&l.generations(project), report)?;
-                for d in [
-                    l.generations(project),
-                    l.sessions(project),
-                    l.project(project),
-                ] {
+                for d in [l.generations(project), l.sessions(project), l.project(project)] {
                     let _ = std::fs::remove_dir(&d);
                 }
-                report
-                    .removed
-                    .push(format!("{project}: rolled back import"));
+                report.removed.push(format!("{project}: rolled back import"));
             }
-            Intent::Promote {
-                project,
-                session,
-                generation,
-            } => {
+            Intent::Promote { project, session, generation } => {
                 let current = l.read_current(project)?;
                 if current == Some(*generation) {
                     return Ok(());
                 }
-                let previous = current.ok_or_else(|| Error::UnknownProject {
-                    project: project.clone(),
-                })?;
+                let previous =
+                    current.ok_or_else(|| Error::UnknownProject { project: project.clone() })?;
                 let finished = self.store.recover_golden_from(
                     &self.session_tree(project, session),
                     &self.generation_tree(project, *generation),
@@ -520,29 +460,21 @@ impl Cache {
                 } else {
                     state::remove_file(&l.generation_meta(project, *generation))?;
                     self.remove_staging(&l.generations(project), report)?;
-                    report
-                        .removed
-                        .push(format!("{project}: rolled back generation {generation}"));
+                    report.removed.push(format!("{project}: rolled back generation {generation}"));
                 }
             }
-            Intent::Setup {
-                project, session, ..
-            } => {
+            Intent::Setup { project, session, .. } => {
                 if l.session_meta(project, session).exists() {
                     return Ok(());
                 }
                 self.store.discard(&self.session_tree(project, session))?;
                 self.remove_staging(&l.sessions(project), report)?;
-                report
-                    .removed
-                    .push(format!("{project}: rolled back session {session}"));
+                report.removed.push(format!("{project}: rolled back session {session}"));
             }
             Intent::Cleanup { project, session } => {
                 self.store.discard(&self.session_tree(project, session))?;
                 state::remove_file(&l.session_meta(project, session))?;
-                report
-                    .removed
-                    .push(format!("{project}: finished cleanup of session {session}"));
+                report.removed.push(format!("{project}: finished cleanup of session {session}"));
             }
         }
         Ok(())
@@ -565,15 +497,8 @@ impl Cache {
                 backend: self.backend(),
             },
         )?;
-        fault::point(if source.is_some() {
-            "promote:meta-written"
-        } else {
-            "import:meta-written"
-        });
-        state::write_atomic(
-            &self.layout.current(project),
-            format!("{generation}\n").as_bytes(),
-        )?;
+        fault::point(if source.is_some() { "promote:meta-written" } else { "import:meta-written" });
+        state::write_atomic(&self.layout.current(project), format!("{generation}\n").as_bytes())?;
         fault::point(if source.is_some() {
             "promote:current-written"
         } else {
@@ -588,9 +513,7 @@ impl Cache {
         for name in state::list_names(dir)? {
             if name.starts_with(STAGING_PREFIX) {
                 self.store.remove_trash(&dir.join(&name))?;
-                report
-                    .removed
-                    .push(format!("staging {}", dir.join(&name).display()));
+                report.removed.push(format!("staging {}", dir.join(&name).display()));
             }
         }
         Ok(())
@@ -608,15 +531,11 @@ impl Cache {
             match (self.store.exists(&tree)?, meta.exists()) {
                 (true, false) => {
                     self.store.discard(&tree)?;
-                    report
-                        .removed
-                        .push(format!("{project}: orphan session tree {s}"));
+                    report.removed.push(format!("{project}: orphan session tree {s}"));
                 }
                 (false, true) => {
                     state::remove_file(&meta)?;
-                    report
-                        .removed
-                        .push(format!("{project}: metadata of missing session {s}"));
+                    report.removed.push(format!("{project}: metadata of missing session {s}"));
                 }
                 _ => {}
             }
@@ -629,15 +548,11 @@ impl Cache {
             let meta = l.generation_meta(project, g);
             if meta.exists() {
                 if self.reclaim_if_unused(project, g)? {
-                    report
-                        .removed
-                        .push(format!("{project}: retired generation {g}"));
+                    report.removed.push(format!("{project}: retired generation {g}"));
                 }
             } else if self.store.exists(&tree)? {
                 self.store.discard(&tree)?;
-                report
-                    .removed
-                    .push(format!("{project}: incomplete generation {g}"));
+                report.removed.push(format!("{project}: incomplete generation {g}"));
             }
         }
         let prefix = format!("{project}.");
@@ -648,11 +563,7 @@ impl Cache {
             }
         }
         if current.is_none() {
-            for d in [
-                l.generations(project),
-                l.sessions(project),
-                l.project(project),
-            ] {
+            for d in [l.generations(project), l.sessions(project), l.project(project)] {
                 let _ = std::fs::remove_dir(&d);
             }
         }

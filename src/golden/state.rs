@@ -44,18 +44,12 @@ pub fn validate_name(name: &str) -> Result<()> {
         "contains '/'"
     } else if name.contains('@') {
         "contains '@'"
-    } else if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-    {
+    } else if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')) {
         "may only contain ASCII letters, digits, '_', '.' and '-'"
     } else {
         return Ok(());
     };
-    Err(Error::InvalidName {
-        name: name.to_string(),
-        reason,
-    })
+    Err(Error::InvalidName { name: name.to_string(), reason })
 }
 
 /// Metadata of one generation.
@@ -81,24 +75,10 @@ pub struct SessionMeta {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Intent {
-    Import {
-        project: String,
-        generation: u64,
-    },
-    Setup {
-        project: String,
-        session: String,
-        generation: u64,
-    },
-    Promote {
-        project: String,
-        session: String,
-        generation: u64,
-    },
-    Cleanup {
-        project: String,
-        session: String,
-    },
+    Import { project: String, generation: u64 },
+    Setup { project: String, session: String, generation: u64 },
+    Promote { project: String, session: String, generation: u64 },
+    Cleanup { project: String, session: String },
 }
 
 impl Intent {
@@ -171,11 +151,7 @@ impl Layout {
 
     /// Create the state directories.
     pub fn create(&self) -> Result<()> {
-        for dir in [
-            self.state().join("locks"),
-            self.state().join("journal"),
-            self.trash(),
-        ] {
+        for dir in [self.state().join("locks"), self.state().join("journal"), self.trash()] {
             fs::create_dir_all(&dir).map_err(|e| Error::io("mkdir", &dir, e))?;
         }
         Ok(())
@@ -271,10 +247,7 @@ pub fn list_names(dir: &Path) -> Result<Vec<String>> {
 /// fsync of the directory. Readers see the old content or the new, never a mix.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .unwrap_or(OsStr::new("file"))
-        .to_string_lossy();
+    let name = path.file_name().unwrap_or(OsStr::new("file")).to_string_lossy();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -284,8 +257,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
             .mode(0o644)
             .open(&tmp)
             .map_err(|e| Error::io("create", &tmp, e))?;
-        f.write_all(bytes)
-            .map_err(|e| Error::io("write", &tmp, e))?;
+        f.write_all(bytes).map_err(|e| Error::io("write", &tmp, e))?;
         f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
         fs::rename(&tmp, path).map_err(|e| Error::io("rename", path, e))?;
         sync_dir(dir)
@@ -298,19 +270,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// fsync a directory, so renames and removals in it are durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("fsync", dir, e))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io("fsync", dir, e))
 }
 
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(value).map_err(|e| {
-        Error::io(
-            "serialize",
-            path,
-            io::Error::new(io::ErrorKind::InvalidData, e),
-        )
-    })?;
+    let bytes = serde_json::to_vec_pretty(value)
+        .map_err(|e| Error::io("serialize", path, io::Error::new(io::ErrorKind::InvalidData, e)))?;
     write_atomic(path, &bytes)
 }
 
@@ -341,17 +306,9 @@ impl Layout {
         let dir = self.journal(intent.project());
         fs::create_dir_all(&dir).map_err(|e| Error::io("mkdir", &dir, e))?;
         let path = dir.join(intent.file_name());
-        let tmp = dir.join(format!(
-            ".{}.tmp.{}",
-            intent.file_name(),
-            std::process::id()
-        ));
+        let tmp = dir.join(format!(".{}.tmp.{}", intent.file_name(), std::process::id()));
         let bytes = serde_json::to_vec_pretty(intent).map_err(|e| {
-            Error::io(
-                "serialize",
-                &path,
-                io::Error::new(io::ErrorKind::InvalidData, e),
-            )
+            Error::io("serialize", &path, io::Error::new(io::ErrorKind::InvalidData, e))
         })?;
         let result = (|| {
             let mut f = OpenOptions::new()
@@ -360,17 +317,12 @@ impl Layout {
                 .truncate(true)
                 .open(&tmp)
                 .map_err(|e| Error::io("create", &tmp, e))?;
-            f.write_all(&bytes)
-                .map_err(|e| Error::io("write", &tmp, e))?;
+            f.write_all(&bytes).map_err(|e| Error::io("write", &tmp, e))?;
             f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
             // link(2) is the atomic "create if absent" for a file with content.
             fs::hard_link(&tmp, &path).map_err(|e| {
                 if e.kind() == io::ErrorKind::AlreadyExists {
-                    Error::io(
-                        "record intent",
-                        &path,
-                        io::Error::from_raw_os_error(libc::EBUSY),
-                    )
+                    Error::io("record intent", &path, io::Error::from_raw_os_error(libc::EBUSY))
                 } else {
                     Error::io("link", &path, e)
                 }
@@ -412,9 +364,7 @@ impl Layout {
     pub fn lock(&self, project: &str, exclusive: bool, create: bool) -> Result<ProjectLock> {
         let path = self.lock_file(project);
         if !create && !path.exists() {
-            return Err(Error::UnknownProject {
-                project: project.to_string(),
-            });
+            return Err(Error::UnknownProject { project: project.to_string() });
         }
         let file = OpenOptions::new()
             .read(true)
@@ -432,7 +382,5 @@ impl Layout {
 
 /// Seconds since the Unix epoch.
 pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

@@ -125,10 +125,7 @@ pub(crate) struct CopyStore {
 
 impl CopyStore {
     fn opts(&self) -> CopyOptions {
-        CopyOptions {
-            threads: self.threads,
-            ..CopyOptions::default()
-        }
+        CopyOptions { threads: self.threads, ..CopyOptions::default() }
     }
 }
 
@@ -164,20 +161,14 @@ fn split(path: &Path) -> Result<(&Path, CString)> {
     let name = path.file_name().ok_or_else(|| Error::InvalidArgument {
         what: format!("{} has no name", path.display()),
     })?;
-    let name = CString::new(name.as_bytes()).map_err(|_| Error::InvalidArgument {
-        what: "NUL in a name".into(),
-    })?;
+    let name = CString::new(name.as_bytes())
+        .map_err(|_| Error::InvalidArgument { what: "NUL in a name".into() })?;
     Ok((parent, name))
 }
 
 fn open_dir(path: &Path) -> Result<std::os::fd::OwnedFd> {
-    openat(
-        AT_FDCWD,
-        path,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| Error::io("open", path, std::io::Error::from(e)))
+    openat(AT_FDCWD, path, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(|e| Error::io("open", path, std::io::Error::from(e)))
 }
 
 impl BtrfsStore {
@@ -200,11 +191,7 @@ impl Store for BtrfsStore {
         // Built under a staging name, made read-only, then renamed: `dst` appears complete or not
         // at all. A crash leaves the staging subvolume, which recovery removes.
         let (parent, name) = split(dst)?;
-        let staging = parent.join(format!(
-            "{}{}",
-            copy::STAGING_PREFIX,
-            name.to_string_lossy()
-        ));
+        let staging = parent.join(format!("{}{}", copy::STAGING_PREFIX, name.to_string_lossy()));
         let (_, staging_name) = split(&staging)?;
         let parent_fd = open_dir(parent)?;
         let _ = self.remove_trash(&staging);
@@ -213,10 +200,7 @@ impl Store for BtrfsStore {
         let filled = copy::copy_into(
             src,
             &staging,
-            &CopyOptions {
-                threads: self.threads,
-                ..CopyOptions::default()
-            },
+            &CopyOptions { threads: self.threads, ..CopyOptions::default() },
         )
         .and_then(|_| {
             let fd = open_dir(&staging)?;

@@ -30,16 +30,12 @@ pub fn blkzname(dev: BorrowedFd<'_>) -> io::Result<String> {
 pub fn fifreeze(fd: BorrowedFd<'_>) -> io::Result<()> {
     let mut arg: libc::c_int = 0;
     // SAFETY: `fd` is open for the call; FIFREEZE ignores its argument, which points at a live int.
-    unsafe { ioctl_fifreeze(fd.as_raw_fd(), &mut arg) }
-        .map(drop)
-        .map_err(io::Error::from)
+    unsafe { ioctl_fifreeze(fd.as_raw_fd(), &mut arg) }.map(drop).map_err(io::Error::from)
 }
 
 /// Thaw a filesystem frozen by [`fifreeze`]. EINVAL means it was not frozen.
 pub fn fithaw(fd: BorrowedFd<'_>) -> io::Result<()> {
     let mut arg: libc::c_int = 0;
     // SAFETY: as for `fifreeze`.
-    unsafe { ioctl_fithaw(fd.as_raw_fd(), &mut arg) }
-        .map(drop)
-        .map_err(io::Error::from)
+    unsafe { ioctl_fithaw(fd.as_raw_fd(), &mut arg) }.map(drop).map_err(io::Error::from)
 }

@@ -48,15 +48,10 @@ fn copy_name(dst: &mut [u8], name: &CStr) -> io::Result<()> {
 
 /// Create an empty subvolume `name` in the directory `parent`.
 pub fn subvol_create(parent: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
-    let mut args = VolArgs {
-        fd: 0,
-        name: [0; BTRFS_PATH_NAME_MAX + 1],
-    };
+    let mut args = VolArgs { fd: 0, name: [0; BTRFS_PATH_NAME_MAX + 1] };
     copy_name(&mut args.name, name)?;
     // SAFETY: `parent` is open; `args` is a live, fully initialised btrfs_ioctl_vol_args.
-    unsafe { ioctl_subvol_create(parent.as_raw_fd(), &args) }
-        .map(drop)
-        .map_err(io::Error::from)
+    unsafe { ioctl_subvol_create(parent.as_raw_fd(), &args) }.map(drop).map_err(io::Error::from)
 }
 
 /// Snapshot the subvolume `source` as `name` in the directory `parent`, read-only if asked.
@@ -75,22 +70,15 @@ pub fn snapshot(
     };
     copy_name(&mut args.name, name)?;
     // SAFETY: both fds are open; `args` is a live, fully initialised btrfs_ioctl_vol_args_v2.
-    unsafe { ioctl_snap_create_v2(parent.as_raw_fd(), &args) }
-        .map(drop)
-        .map_err(io::Error::from)
+    unsafe { ioctl_snap_create_v2(parent.as_raw_fd(), &args) }.map(drop).map_err(io::Error::from)
 }
 
 /// Delete the subvolume `name` in the directory `parent`, with everything in it.
 pub fn subvol_delete(parent: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
-    let mut args = VolArgs {
-        fd: 0,
-        name: [0; BTRFS_PATH_NAME_MAX + 1],
-    };
+    let mut args = VolArgs { fd: 0, name: [0; BTRFS_PATH_NAME_MAX + 1] };
     copy_name(&mut args.name, name)?;
     // SAFETY: `parent` is open; `args` is a live, fully initialised btrfs_ioctl_vol_args.
-    unsafe { ioctl_snap_destroy(parent.as_raw_fd(), &args) }
-        .map(drop)
-        .map_err(io::Error::from)
+    unsafe { ioctl_snap_destroy(parent.as_raw_fd(), &args) }.map(drop).map_err(io::Error::from)
 }
 
 /// Make the open subvolume `subvol` read-only (or writable again).
@@ -98,15 +86,9 @@ pub fn set_read_only(subvol: BorrowedFd<'_>, read_only: bool) -> io::Result<()> 
     let mut flags: u64 = 0;
     // SAFETY: `subvol` is open; the kernel writes one u64 into `flags`.
     unsafe { ioctl_subvol_getflags(subvol.as_raw_fd(), &mut flags) }.map_err(io::Error::from)?;
-    flags = if read_only {
-        flags | BTRFS_SUBVOL_RDONLY
-    } else {
-        flags & !BTRFS_SUBVOL_RDONLY
-    };
+    flags = if read_only { flags | BTRFS_SUBVOL_RDONLY } else { flags & !BTRFS_SUBVOL_RDONLY };
     // SAFETY: `subvol` is open; the kernel reads one u64 from `flags`.
-    unsafe { ioctl_subvol_setflags(subvol.as_raw_fd(), &flags) }
-        .map(drop)
-        .map_err(io::Error::from)
+    unsafe { ioctl_subvol_setflags(subvol.as_raw_fd(), &flags) }.map(drop).map_err(io::Error::from)
 }
 
 /// `BTRFS_FIRST_FREE_OBJECTID`: the inode number of every btrfs subvolume's root directory.
@@ -128,11 +110,8 @@ nix::ioctl_readwrite!(ioctl_btrfs_ino_lookup, 0x94, 18, BtrfsInoLookupArgs);
 /// Uses `BTRFS_IOC_INO_LOOKUP` with `treeid = 0, objectid = BTRFS_FIRST_FREE_OBJECTID`, the one
 /// form of that ioctl the kernel answers without CAP_SYS_ADMIN. ENOTTY on other filesystems.
 pub fn btrfs_subvolume_id(fd: BorrowedFd<'_>) -> io::Result<u64> {
-    let mut args = BtrfsInoLookupArgs {
-        treeid: 0,
-        objectid: BTRFS_FIRST_FREE_OBJECTID,
-        name: [0; 4080],
-    };
+    let mut args =
+        BtrfsInoLookupArgs { treeid: 0, objectid: BTRFS_FIRST_FREE_OBJECTID, name: [0; 4080] };
     // SAFETY: `fd` is open for the call; `args` is a live, correctly laid out
     // btrfs_ioctl_ino_lookup_args that the kernel reads and writes within its 4096 bytes.
     unsafe { ioctl_btrfs_ino_lookup(fd.as_raw_fd(), &mut args) }.map_err(io::Error::from)?;

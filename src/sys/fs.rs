@@ -33,11 +33,7 @@ pub fn try_lock_exclusive(fd: BorrowedFd<'_>) -> io::Result<bool> {
 
 /// Take an exclusive or shared `flock` on `fd`, waiting for it.
 pub fn lock(fd: BorrowedFd<'_>, exclusive: bool) -> io::Result<()> {
-    let op = if exclusive {
-        libc::LOCK_EX
-    } else {
-        libc::LOCK_SH
-    };
+    let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
     loop {
         // SAFETY: `fd` is open for the call; flock takes no pointers.
         let rc = unsafe { libc::flock(fd.as_raw_fd(), op) };

@@ -8,4 +8,5 @@ pub mod block;
 pub mod btrfs;
 pub mod detect;
 pub mod fs;
+pub mod mount;
 pub mod xattr;

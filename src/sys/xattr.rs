@@ -55,13 +55,7 @@ pub fn fget(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec<u8>> {
 pub fn fset(fd: BorrowedFd<'_>, name: &CStr, value: &[u8]) -> io::Result<()> {
     // SAFETY: `fd` is open; `name` is NUL-terminated; the kernel reads `value.len()` bytes.
     let rc = unsafe {
-        libc::fsetxattr(
-            fd.as_raw_fd(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
+        libc::fsetxattr(fd.as_raw_fd(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0)
     };
     if rc < 0 {
         return Err(io::Error::last_os_error());
@@ -86,13 +80,7 @@ pub fn lget(path: &CStr, name: &CStr) -> io::Result<Vec<u8>> {
 pub fn lset(path: &CStr, name: &CStr, value: &[u8]) -> io::Result<()> {
     // SAFETY: both strings are NUL-terminated; the kernel reads `value.len()` bytes of `value`.
     let rc = unsafe {
-        libc::lsetxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
+        libc::lsetxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0)
     };
     if rc < 0 {
         return Err(io::Error::last_os_error());

@@ -67,10 +67,7 @@ pub fn skipping() -> bool {
 pub fn mount(fs: Fs) -> Option<PathBuf> {
     let Some(dir) = std::env::var_os(fs.var()).filter(|v| !v.is_empty()) else {
         if skipping() {
-            eprintln!(
-                "SKIPPED: {} is not set and GOLDCLONE_SKIP_LOOPFS=1",
-                fs.var()
-            );
+            eprintln!("SKIPPED: {} is not set and GOLDCLONE_SKIP_LOOPFS=1", fs.var());
             return None;
         }
         panic!(
@@ -83,20 +80,9 @@ pub fn mount(fs: Fs) -> Option<PathBuf> {
     let dir = PathBuf::from(dir);
     let m =
         std::fs::metadata(&dir).unwrap_or_else(|e| panic!("{}={}: {e}", fs.var(), dir.display()));
-    assert!(
-        m.is_dir(),
-        "{}={} is not a directory",
-        fs.var(),
-        dir.display()
-    );
+    assert!(m.is_dir(), "{}={} is not a directory", fs.var(), dir.display());
     let parent = std::fs::metadata(dir.join("..")).unwrap();
-    assert_ne!(
-        m.dev(),
-        parent.dev(),
-        "{}={} is not a mount point",
-        fs.var(),
-        dir.display()
-    );
+    assert_ne!(m.dev(), parent.dev(), "{}={} is not a mount point", fs.var(), dir.display());
     let st = nix::sys::statfs::statfs(&dir).unwrap();
     assert_eq!(
         st.filesystem_type(),
@@ -182,10 +168,8 @@ pub fn staging_leftovers(dir: &Path) -> Vec<OsString> {
 
 /// Names in `dir`, sorted.
 pub fn names(dir: &Path) -> Vec<OsString> {
-    let mut v: Vec<OsString> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let mut v: Vec<OsString> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name()).collect();
     v.sort();
     v
 }
