@@ -37,7 +37,8 @@ pub struct BenchZfsArgs {
     /// Session clones started at once in the concurrency test.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
-    /// Rounds of the concurrency test (each: one session alone, then N at once).
+    /// Rounds of the concurrency test (each: one session alone, then N at once, then the N torn
+    /// down, alternately one destroy each and one `destroy_many`).
     #[arg(long, default_value_t = 7)]
     pub rounds: usize,
     /// Files written into the golden dataset before it is snapshotted.
@@ -297,8 +298,28 @@ fn measure(b: &Bench, args: &BenchZfsArgs) -> Result<Report> {
             samples.entry(("concurrent_clone_step", "goldclone")).or_default().push(steps.clone);
             samples.entry(("concurrent_mount_step", "goldclone")).or_default().push(steps.mount);
         }
-        for t in 0..args.concurrency {
-            b.session_destroy(&format!("par{r}-{t}"))?;
+        // Tear the crowd down, alternating one destroy per session with one destroy_many.
+        let names: Vec<String> = (0..args.concurrency).map(|t| format!("par{r}-{t}")).collect();
+        b.zfs.sync(&pool)?;
+        let start = Instant::now();
+        if r % 2 == 0 {
+            for n in &names {
+                b.session_destroy(n)?;
+            }
+            samples
+                .entry(("crowd_teardown_one_by_one", "goldclone"))
+                .or_default()
+                .push(start.elapsed());
+        } else {
+            for n in &names {
+                unmount(&b.mnt.join(n))?;
+            }
+            let datasets = names.iter().map(|n| b.sessions.child(n)).collect::<Result<Vec<_>>>()?;
+            b.zfs.destroy_many(&datasets)?;
+            samples
+                .entry(("crowd_teardown_destroy_many", "goldclone"))
+                .or_default()
+                .push(start.elapsed());
         }
     }
     let wall_concurrent: Duration = concurrent.iter().sum();
@@ -342,6 +363,16 @@ fn measure(b: &Bench, args: &BenchZfsArgs) -> Result<Report> {
         args.concurrency, args.rounds
     );
     ratios.insert("concurrent_over_single_p50".into(), conc.into());
+    if stats.contains_key("crowd_teardown_destroy_many/goldclone") {
+        let r = p50("crowd_teardown_one_by_one/goldclone").as_secs_f64()
+            / p50("crowd_teardown_destroy_many/goldclone").as_secs_f64();
+        let _ = writeln!(
+            table,
+            "tearing down {} sessions: destroy_many is {r:.1}x faster than one destroy each (p50)",
+            args.concurrency
+        );
+        ratios.insert("teardown_destroy_many_speedup_p50".into(), r.into());
+    }
     // Where the concurrency went: CPU time the whole machine spent per session, alone and in a
     // crowd, and how busy all CPUs were during the crowd. If the CPUs are saturated, the crowd
     // can finish no faster than sessions x CPU-per-session / CPUs.
