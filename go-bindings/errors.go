@@ -17,26 +17,28 @@ type Result uint32
 
 // Result codes: the numbers of include/goldclone.h, fixed forever.
 const (
-	ResultOK               Result = 0
-	ResultNotFound         Result = 1
-	ResultAlreadyExists    Result = 2
-	ResultNotADirectory    Result = 3
-	ResultInvalidArgument  Result = 4
-	ResultInvalidName      Result = 5
-	ResultNameTooLong      Result = 6
-	ResultNoSpace          Result = 7
-	ResultBusy             Result = 8
-	ResultPermissionDenied Result = 9
-	ResultUnsupported      Result = 10
-	ResultCrossDevice      Result = 11
-	ResultCancelled        Result = 12
-	ResultZFSUnavailable   Result = 13
-	ResultIO               Result = 14
-	ResultOther            Result = 99
-	ResultNullParameter    Result = 100
-	ResultInvalidHandle    Result = 101
-	ResultBufferTooSmall   Result = 102
-	ResultPanic            Result = 103
+	ResultOK                Result = 0
+	ResultNotFound          Result = 1
+	ResultAlreadyExists     Result = 2
+	ResultNotADirectory     Result = 3
+	ResultInvalidArgument   Result = 4
+	ResultInvalidName       Result = 5
+	ResultNameTooLong       Result = 6
+	ResultNoSpace           Result = 7
+	ResultBusy              Result = 8
+	ResultPermissionDenied  Result = 9
+	ResultUnsupported       Result = 10
+	ResultCrossDevice       Result = 11
+	ResultCancelled         Result = 12
+	ResultZFSUnavailable    Result = 13
+	ResultIO                Result = 14
+	ResultSnapshotHasClones Result = 15
+	ResultSnapshotHeld      Result = 16
+	ResultOther             Result = 99
+	ResultNullParameter     Result = 100
+	ResultInvalidHandle     Result = 101
+	ResultBufferTooSmall    Result = 102
+	ResultPanic             Result = 103
 )
 
 // String is the C constant's name, e.g. "GOLDCLONE_RESULT_NOT_FOUND".
@@ -90,47 +92,51 @@ func (e *Error) Unwrap() error {
 
 // Sentinels for errors.Is, one per result code.
 var (
-	ErrNotFound         = &Error{Code: ResultNotFound, Op: "sentinel"}
-	ErrAlreadyExists    = &Error{Code: ResultAlreadyExists, Op: "sentinel"}
-	ErrNotADirectory    = &Error{Code: ResultNotADirectory, Op: "sentinel"}
-	ErrInvalidArgument  = &Error{Code: ResultInvalidArgument, Op: "sentinel"}
-	ErrInvalidName      = &Error{Code: ResultInvalidName, Op: "sentinel"}
-	ErrNameTooLong      = &Error{Code: ResultNameTooLong, Op: "sentinel"}
-	ErrNoSpace          = &Error{Code: ResultNoSpace, Op: "sentinel"}
-	ErrBusy             = &Error{Code: ResultBusy, Op: "sentinel"}
-	ErrPermissionDenied = &Error{Code: ResultPermissionDenied, Op: "sentinel"}
-	ErrUnsupported      = &Error{Code: ResultUnsupported, Op: "sentinel"}
-	ErrCrossDevice      = &Error{Code: ResultCrossDevice, Op: "sentinel"}
-	ErrCancelled        = &Error{Code: ResultCancelled, Op: "sentinel"}
-	ErrZFSUnavailable   = &Error{Code: ResultZFSUnavailable, Op: "sentinel"}
-	ErrIO               = &Error{Code: ResultIO, Op: "sentinel"}
-	ErrOther            = &Error{Code: ResultOther, Op: "sentinel"}
-	ErrNullParameter    = &Error{Code: ResultNullParameter, Op: "sentinel"}
-	ErrInvalidHandle    = &Error{Code: ResultInvalidHandle, Op: "sentinel"}
-	ErrBufferTooSmall   = &Error{Code: ResultBufferTooSmall, Op: "sentinel"}
-	ErrPanic            = &Error{Code: ResultPanic, Op: "sentinel"}
+	ErrNotFound          = &Error{Code: ResultNotFound, Op: "sentinel"}
+	ErrAlreadyExists     = &Error{Code: ResultAlreadyExists, Op: "sentinel"}
+	ErrNotADirectory     = &Error{Code: ResultNotADirectory, Op: "sentinel"}
+	ErrInvalidArgument   = &Error{Code: ResultInvalidArgument, Op: "sentinel"}
+	ErrInvalidName       = &Error{Code: ResultInvalidName, Op: "sentinel"}
+	ErrNameTooLong       = &Error{Code: ResultNameTooLong, Op: "sentinel"}
+	ErrNoSpace           = &Error{Code: ResultNoSpace, Op: "sentinel"}
+	ErrBusy              = &Error{Code: ResultBusy, Op: "sentinel"}
+	ErrPermissionDenied  = &Error{Code: ResultPermissionDenied, Op: "sentinel"}
+	ErrUnsupported       = &Error{Code: ResultUnsupported, Op: "sentinel"}
+	ErrCrossDevice       = &Error{Code: ResultCrossDevice, Op: "sentinel"}
+	ErrCancelled         = &Error{Code: ResultCancelled, Op: "sentinel"}
+	ErrZFSUnavailable    = &Error{Code: ResultZFSUnavailable, Op: "sentinel"}
+	ErrIO                = &Error{Code: ResultIO, Op: "sentinel"}
+	ErrSnapshotHasClones = &Error{Code: ResultSnapshotHasClones, Op: "sentinel"}
+	ErrSnapshotHeld      = &Error{Code: ResultSnapshotHeld, Op: "sentinel"}
+	ErrOther             = &Error{Code: ResultOther, Op: "sentinel"}
+	ErrNullParameter     = &Error{Code: ResultNullParameter, Op: "sentinel"}
+	ErrInvalidHandle     = &Error{Code: ResultInvalidHandle, Op: "sentinel"}
+	ErrBufferTooSmall    = &Error{Code: ResultBufferTooSmall, Op: "sentinel"}
+	ErrPanic             = &Error{Code: ResultPanic, Op: "sentinel"}
 )
 
 // headerResults pairs each constant with the header's value (checked by the tests).
 var headerResults = map[Result]C.goldclone_result{
-	ResultOK:               C.GOLDCLONE_RESULT_OK,
-	ResultNotFound:         C.GOLDCLONE_RESULT_NOT_FOUND,
-	ResultAlreadyExists:    C.GOLDCLONE_RESULT_ALREADY_EXISTS,
-	ResultNotADirectory:    C.GOLDCLONE_RESULT_NOT_A_DIRECTORY,
-	ResultInvalidArgument:  C.GOLDCLONE_RESULT_INVALID_ARGUMENT,
-	ResultInvalidName:      C.GOLDCLONE_RESULT_INVALID_NAME,
-	ResultNameTooLong:      C.GOLDCLONE_RESULT_NAME_TOO_LONG,
-	ResultNoSpace:          C.GOLDCLONE_RESULT_NO_SPACE,
-	ResultBusy:             C.GOLDCLONE_RESULT_BUSY,
-	ResultPermissionDenied: C.GOLDCLONE_RESULT_PERMISSION_DENIED,
-	ResultUnsupported:      C.GOLDCLONE_RESULT_UNSUPPORTED,
-	ResultCrossDevice:      C.GOLDCLONE_RESULT_CROSS_DEVICE,
-	ResultCancelled:        C.GOLDCLONE_RESULT_CANCELLED,
-	ResultZFSUnavailable:   C.GOLDCLONE_RESULT_ZFS_UNAVAILABLE,
-	ResultIO:               C.GOLDCLONE_RESULT_IO,
-	ResultOther:            C.GOLDCLONE_RESULT_OTHER,
-	ResultNullParameter:    C.GOLDCLONE_RESULT_NULL_PARAMETER,
-	ResultInvalidHandle:    C.GOLDCLONE_RESULT_INVALID_HANDLE,
-	ResultBufferTooSmall:   C.GOLDCLONE_RESULT_BUFFER_TOO_SMALL,
-	ResultPanic:            C.GOLDCLONE_RESULT_PANIC,
+	ResultOK:                C.GOLDCLONE_RESULT_OK,
+	ResultNotFound:          C.GOLDCLONE_RESULT_NOT_FOUND,
+	ResultAlreadyExists:     C.GOLDCLONE_RESULT_ALREADY_EXISTS,
+	ResultNotADirectory:     C.GOLDCLONE_RESULT_NOT_A_DIRECTORY,
+	ResultInvalidArgument:   C.GOLDCLONE_RESULT_INVALID_ARGUMENT,
+	ResultInvalidName:       C.GOLDCLONE_RESULT_INVALID_NAME,
+	ResultNameTooLong:       C.GOLDCLONE_RESULT_NAME_TOO_LONG,
+	ResultNoSpace:           C.GOLDCLONE_RESULT_NO_SPACE,
+	ResultBusy:              C.GOLDCLONE_RESULT_BUSY,
+	ResultPermissionDenied:  C.GOLDCLONE_RESULT_PERMISSION_DENIED,
+	ResultUnsupported:       C.GOLDCLONE_RESULT_UNSUPPORTED,
+	ResultCrossDevice:       C.GOLDCLONE_RESULT_CROSS_DEVICE,
+	ResultCancelled:         C.GOLDCLONE_RESULT_CANCELLED,
+	ResultZFSUnavailable:    C.GOLDCLONE_RESULT_ZFS_UNAVAILABLE,
+	ResultIO:                C.GOLDCLONE_RESULT_IO,
+	ResultSnapshotHasClones: C.GOLDCLONE_RESULT_SNAPSHOT_HAS_CLONES,
+	ResultSnapshotHeld:      C.GOLDCLONE_RESULT_SNAPSHOT_HELD,
+	ResultOther:             C.GOLDCLONE_RESULT_OTHER,
+	ResultNullParameter:     C.GOLDCLONE_RESULT_NULL_PARAMETER,
+	ResultInvalidHandle:     C.GOLDCLONE_RESULT_INVALID_HANDLE,
+	ResultBufferTooSmall:    C.GOLDCLONE_RESULT_BUFFER_TOO_SMALL,
+	ResultPanic:             C.GOLDCLONE_RESULT_PANIC,
 }

@@ -24,7 +24,7 @@ func TestVersion(t *testing.T) {
 }
 
 func TestConstantsMatchHeader(t *testing.T) {
-	if len(headerResults) != 20 || len(headerBackends) != 5 || len(headerKinds) != 5 {
+	if len(headerResults) != 22 || len(headerBackends) != 5 || len(headerKinds) != 5 {
 		t.Fatal("a constant is not paired with the header")
 	}
 	for g, c := range headerResults {
@@ -52,11 +52,12 @@ func TestResultNamesAndErrorsIs(t *testing.T) {
 		ResultNoSpace: ErrNoSpace, ResultBusy: ErrBusy, ResultPermissionDenied: ErrPermissionDenied,
 		ResultUnsupported: ErrUnsupported, ResultCrossDevice: ErrCrossDevice,
 		ResultCancelled: ErrCancelled, ResultZFSUnavailable: ErrZFSUnavailable, ResultIO: ErrIO,
+		ResultSnapshotHasClones: ErrSnapshotHasClones, ResultSnapshotHeld: ErrSnapshotHeld,
 		ResultOther: ErrOther, ResultNullParameter: ErrNullParameter,
 		ResultInvalidHandle: ErrInvalidHandle, ResultBufferTooSmall: ErrBufferTooSmall,
 		ResultPanic: ErrPanic,
 	}
-	if len(sentinels) != 19 {
+	if len(sentinels) != 21 {
 		t.Fatal("a sentinel is missing")
 	}
 	for code, s := range sentinels {

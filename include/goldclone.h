@@ -101,6 +101,14 @@ enum goldclone_result
      */
     GOLDCLONE_RESULT_IO = 14,
     /**
+     * A ZFS snapshot cannot be destroyed: clones depend on it.
+     */
+    GOLDCLONE_RESULT_SNAPSHOT_HAS_CLONES = 15,
+    /**
+     * A ZFS snapshot cannot be destroyed: it has user holds.
+     */
+    GOLDCLONE_RESULT_SNAPSHOT_HELD = 16,
+    /**
      * An error without a more specific code (a newer library error class).
      */
     GOLDCLONE_RESULT_OTHER = 99,
@@ -425,6 +433,12 @@ typedef struct goldclone_copy_stats {
      */
     uint64_t elapsed_ns;
 } goldclone_copy_stats;
+
+typedef unsigned int boolean_t;
+
+typedef int data_type_t;
+
+typedef unsigned int lzc_dataset_type;
 
 #ifdef __cplusplus
 extern "C" {

@@ -1,6 +1,6 @@
 //! The golden lifecycle on every backend the host has: the copy backend on XFS (reflink) and on
 //! ext4, and the btrfs backend, each on its loop filesystem (see tests/loopfs.sh). The same tests
-//! run in the ZFS guest through tests/zfs-vm.sh with `GOLDCLONE_TEST_ZFS_ROOT`.
+//! run in the ZFS guest (tests/zfs-vm.sh) on the ZFS and zvol backends.
 
 mod common;
 
@@ -18,11 +18,14 @@ use goldclone::{Error, ErrorKind};
 struct Root {
     path: PathBuf,
     backend: BackendKind,
+    /// On ZFS: the test's own dataset, destroyed after the cache is emptied.
+    _zfs: Option<common::ZfsRoot>,
 }
 
 impl Drop for Root {
     fn drop(&mut self) {
-        // Sessions and generations on btrfs are subvolumes: let the library remove them.
+        // Sessions and generations on btrfs and ZFS are subvolumes and datasets: let the library
+        // remove what it can first.
         if let Ok(cache) = Cache::open(
             &self.path,
             &OpenOptions { backend: Some(self.backend), ..Default::default() },
@@ -35,6 +38,9 @@ impl Drop for Root {
                 }
             }
             let _ = cache.gc();
+        }
+        if self._zfs.is_some() {
+            return; // the dataset goes with everything in it
         }
         // What is left on btrfs (the current generation) is a read-only subvolume.
         for sub in subvolumes(&self.path) {
@@ -73,31 +79,30 @@ fn list(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The backends to test: (name, mount point env var, backend).
-fn backends() -> Vec<(&'static str, Option<PathBuf>, BackendKind)> {
-    if let Some(zfs) = std::env::var_os("GOLDCLONE_TEST_ZFS_ROOT") {
-        // In the ZFS guest only the ZFS roots are set.
-        let mut v = vec![("zfs", Some(PathBuf::from(zfs)), BackendKind::Zfs)];
-        if let Some(zvol) = std::env::var_os("GOLDCLONE_TEST_ZVOL_ROOT") {
-            v.push(("zvol", Some(PathBuf::from(zvol)), BackendKind::Zvol));
-        }
-        return v;
-    }
-    vec![
-        ("copy-xfs", common::mount(common::Fs::Xfs), BackendKind::Copy),
-        ("copy-ext4", common::mount(common::Fs::Ext4), BackendKind::Copy),
-        ("btrfs", common::mount(common::Fs::Btrfs), BackendKind::Btrfs),
-    ]
-}
-
+/// One cache root per backend this machine has: in the ZFS guest the ZFS filesystem and zvol
+/// backends (each on a dataset of its own), elsewhere the copy backend on XFS and ext4 and the
+/// btrfs backend on their loop filesystems.
 fn roots(tag: &str) -> Vec<(Root, &'static str)> {
+    if std::env::var_os("GOLDCLONE_TEST_ZFS_PARENT").is_some() {
+        return [("zfs", BackendKind::Zfs), ("zvol", BackendKind::Zvol)]
+            .into_iter()
+            .map(|(name, backend)| {
+                let zfs = common::ZfsRoot::new(&format!("{tag}-{name}")).unwrap();
+                (Root { path: zfs.path.clone(), backend, _zfs: Some(zfs) }, name)
+            })
+            .collect();
+    }
     let mut out = Vec::new();
-    for (name, mnt, backend) in backends() {
-        let Some(mnt) = mnt else { continue }; // common::mount_point already failed or skipped
+    for (name, fs_kind, backend) in [
+        ("copy-xfs", common::Fs::Xfs, BackendKind::Copy),
+        ("copy-ext4", common::Fs::Ext4, BackendKind::Copy),
+        ("btrfs", common::Fs::Btrfs, BackendKind::Btrfs),
+    ] {
+        let Some(mnt) = common::mount(fs_kind) else { continue }; // skipping was asked for
         let path = mnt.join(format!("lifecycle-{tag}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&path);
         fs::create_dir_all(&path).unwrap();
-        out.push((Root { path, backend }, name));
+        out.push((Root { path, backend, _zfs: None }, name));
     }
     out
 }
@@ -131,6 +136,15 @@ fn whole_generation(session: &Path, files: usize) -> String {
             session.display()
         );
     }
+    marker
+}
+
+/// The marker of the project's current generation, read through a short-lived session (on ZFS
+/// a generation is a snapshot, not a directory).
+fn current_marker(cache: &Cache, files: usize) -> String {
+    let probe = cache.setup("proj", "probe").unwrap();
+    let marker = whole_generation(&probe, files);
+    cache.cleanup("proj", "probe").unwrap();
     marker
 }
 
@@ -195,14 +209,18 @@ fn setup_promote_cleanup_gc_on_every_backend() {
         assert!(!cache.setup("proj", "s4").unwrap().join("after-promote").exists());
 
         // Generation 1 is reclaimed once its last session is gone.
+        assert_eq!(cache.generations("proj").unwrap(), vec![1, 2], "{name}");
         cache.cleanup("proj", "s1").unwrap();
-        assert!(
-            root.path.join("proj/gen/1").exists(),
+        assert_eq!(
+            cache.generations("proj").unwrap(),
+            vec![1, 2],
             "{name}: gen 1 reclaimed while s2 still uses it"
         );
+        assert_eq!(whole_generation(&s2, 20), "1");
         cache.cleanup("proj", "s2").unwrap();
-        assert!(
-            !root.path.join("proj/gen/1").exists(),
+        assert_eq!(
+            cache.generations("proj").unwrap(),
+            vec![2],
             "{name}: gen 1 not reclaimed after its last session"
         );
         assert!(!s1.exists() && !s2.exists());
@@ -216,14 +234,15 @@ fn setup_promote_cleanup_gc_on_every_backend() {
             report.removed
         );
         let left = snapshot_tree(&root.path.join("proj"));
-        let want: BTreeSet<PathBuf> = ["current", "gen", "gen/2", "gen/2.json", "sessions"]
-            .iter()
-            .map(PathBuf::from)
-            .collect();
+        let mut want: BTreeSet<PathBuf> =
+            ["current", "gen", "gen/2.json", "sessions"].iter().map(PathBuf::from).collect();
+        if matches!(root.backend, BackendKind::Copy | BackendKind::Btrfs) {
+            want.insert(PathBuf::from("gen/2")); // a directory or subvolume; on ZFS a snapshot
+        }
         let top: BTreeSet<PathBuf> =
             left.into_iter().filter(|p| p.components().count() <= 2).collect();
         assert_eq!(top, want, "{name}");
-        assert_eq!(whole_generation(&root.path.join("proj/gen/2"), 20), "2");
+        assert_eq!(current_marker(&cache, 20), "2");
     }
     let _ = fs::remove_dir_all(&src);
 }

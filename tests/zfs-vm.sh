@@ -2,11 +2,15 @@
 # Real-ZFS test suite, one command: installs what is missing (.ci/install-deps.sh), checks the
 # checked-in bindings against bindgen, builds every test binary on the host, boots one QEMU guest
 # (virtme-ng, Debian kernel + OpenZFS by DKMS, see ../shared/docs/real-zfs.md) and there
-#   1. runs every non-ZFS test binary of the crate and `goldclone --help` with ZFS absent
-#      (module not loaded: no /dev/zfs), the "same binary without ZFS" condition;
+#   1. with ZFS absent (module not loaded: no /dev/zfs) runs the copy engine's suite,
+#      tests/zfs_host.rs, `goldclone demo` (copies and verifies a tree) and `goldclone --help`:
+#      the "same binary without ZFS still copies trees" condition;
 #   2. loads the module, creates two file-backed pools, runs the ZFS suite (tests/zfs.rs);
 #   3. runs tests/zfs_host.rs again with /dev/zfs present, and once more with libzfs_core made
 #      unloadable (the "missing library" condition);
+#   3b. runs the lifecycle suites (tests/lifecycle.rs, tests/lifecycle_crash.rs) on the ZFS and
+#      zvol backends, each test on a dataset of its own, and the C and Go API suites on a ZFS
+#      cache root;
 #   4. with BENCH=1, runs the ZFS benchmark on a third pool, copies its CSV/JSON to benches/ and
 #      draws benches/zfs-latency.png on the host;
 # and prints a closing "N passed, N failed" line.
@@ -39,10 +43,11 @@ cargo test --features buildtime-bindgen --test zfs_bindings_fresh >"$host_result
 
 # --- build on the host: the guest sees the host's files read-only and never compiles ---
 log "building all test binaries and the release binary"
-cargo build --release --bin goldclone >&2
-if [ "${BENCH:-0}" = 1 ]; then cargo build --release --example zfs_bench >&2; fi
+# The same profile and features as tests/run-all.sh's host run, so nothing is built twice and
+# the binary the crash tests kill has its fault points.
+cargo build --release --features fault-injection --bin goldclone >&2
 # Every test executable of the crate, labelled <kind>-<target> (lib and bin unit tests share a name).
-mapfile -t bins < <(cargo test --no-run --message-format=json 2>/dev/null |
+mapfile -t bins < <(cargo test --release --features fault-injection --no-run --message-format=json 2>/dev/null |
   python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -53,16 +58,29 @@ for line in sys.stdin:
 zfs_bin="" host_bin=""
 results=$(mktemp -d /tmp/goldclone-zfs-vm.XXXXXX)
 chmod 755 "$results"
+lifecycle_bin="" crash_bin=""
 for b in "${bins[@]}"; do
+  case "$b" in
+    "test-lifecycle "*) lifecycle_bin=${b#test-lifecycle } ;;
+    "test-lifecycle_crash "*) crash_bin=${b#test-lifecycle_crash } ;;
+  esac
   case "$b" in
     "test-zfs "*) zfs_bin=${b#test-zfs } ;;
     *) [[ "$b" == "test-zfs_host "* ]] && host_bin=${b#test-zfs_host }
        echo "$b" >>"$results/absent-bins.txt" ;;
   esac
 done
-[ -x "$zfs_bin" ] && [ -x "$host_bin" ] || { log "test binaries not found: ${bins[*]:-none}"; exit 1; }
+[ -x "$zfs_bin" ] && [ -x "$host_bin" ] && [ -x "$lifecycle_bin" ] && [ -x "$crash_bin" ] ||
+  { log "test binaries not found: ${bins[*]:-none}"; exit 1; }
+# The C and Go API suites: the static library and the Go test binary are built here; the guest
+# compiles only the small C harnesses.
+cargo build --release --features fault-injection --lib >&2
+GOLDCLONE_C_MODE=build GOLDCLONE_C_DIR="$results/c" GOLDCLONE_NO_BUILD=1 GOLDCLONE_PROFILE=release \
+  GOLDCLONE_SKIP_HEADER_CHECK=1 tests/c/run.sh >"$host_results/c-build.log" 2>&1 ||
+  { tail -20 "$host_results/c-build.log" >&2; log "building the C harnesses failed"; exit 1; }
+(cd go-bindings && GOFLAGS=-mod=mod GOCACHE=${GOCACHE:-/var/tmp/goldclone-go/cache} GOPATH=${GOPATH:-/var/tmp/goldclone-go/path} \
+  go test -c -race -o "$host_results/go-bindings.test" .) >&2
 goldclone_bin="$repo/target/release/goldclone"
-bench_bin="$repo/target/release/examples/zfs_bench"
 cat >"$results/guest.sh" <<EOF
 #!/bin/bash
 # Runs inside the guest as root. Every step logs to $results; the host parses the logs.
@@ -74,9 +92,15 @@ echo "guest kernel \$(uname -r)" >"$results/guest-info.txt"
 
 # 1. ZFS absent: module not loaded, so no /dev/zfs (the libraries are installed and must not be
 #    needed). Every other test binary of the crate runs here, plus the release binary.
+# What must work without ZFS: the copy engine's suite and the demo (builds a tree, copies it,
+# verifies every entry). The other suites need loop mounts, mknod or xattrs that the guest's
+# overlaid /tmp and /var lack; they ran on the host in the same run.
 while read -r label exe; do
+  case "\$label" in test-copy_engine|test-zfs_host) ;; *) continue ;; esac
   timeout 900 "\$exe" --test-threads=2 >"$results/absent-\$label.log" 2>&1
 done <"$results/absent-bins.txt"
+"$goldclone_bin" demo >"$results/absent-demo.log" 2>&1
+echo "rc=\$?" >>"$results/absent-demo.log"
 "$goldclone_bin" --help >"$results/goldclone-help.log" 2>&1
 echo "rc=\$?" >>"$results/goldclone-help.log"
 
@@ -93,6 +117,22 @@ GOLDCLONE_TEST_POOL_A=gcta GOLDCLONE_TEST_POOL_B=gctb \
 # Each test destroys its own tree; anything left is a cleanup bug.
 zfs list -H -o name -r -t all gcta gctb | grep -vx -e gcta -e gctb >"$results/leftovers.txt"
 
+# 3b. The lifecycle on the ZFS and zvol backends (each test on its own dataset under gcta/lc),
+#     crash recovery included, then the C and Go API suites on a ZFS cache root.
+zfs create -o mountpoint=none gcta/lc >>"$results/modprobe.log" 2>&1
+mkdir -p /tmp/gc-roots
+GOLDCLONE_TEST_ZFS_PARENT=gcta/lc GOLDCLONE_TEST_ZFS_MNT=/tmp/gc-roots \
+  timeout 900 "$lifecycle_bin" --test-threads=1 >"$results/zfs-lifecycle.log" 2>&1
+GOLDCLONE_TEST_ZFS_PARENT=gcta/lc GOLDCLONE_TEST_ZFS_MNT=/tmp/gc-roots \
+  timeout 900 "$crash_bin" --test-threads=1 >"$results/zfs-lifecycle-crash.log" 2>&1
+zfs list -H -o name -r -t all gcta/lc | grep -vx gcta/lc >"$results/lc-leftovers.txt"
+zfs create -o mountpoint=legacy gcta/capi >>"$results/modprobe.log" 2>&1
+mkdir -p /tmp/gc-capi && mount -t zfs gcta/capi /tmp/gc-capi
+GOLDCLONE_C_MODE=run GOLDCLONE_C_DIR="$results/c" GOLDCLONE_TEST_ROOT=/tmp/gc-capi \
+  timeout 900 "$repo/tests/c/run.sh" >"$results/zfs-c.log" 2>&1
+GODEBUG=cgocheck=1 GOLDCLONE_TEST_ROOT=/tmp/gc-capi \
+  timeout 900 "$host_results/go-bindings.test" -test.v >"$results/zfs-go.log" 2>&1
+
 # 4. The host tests again, now with /dev/zfs present (the other branch of the availability test).
 "$host_bin" --include-ignored --test-threads=1 >"$results/host-after-modprobe.log" 2>&1
 
@@ -108,10 +148,17 @@ GOLDCLONE_EXPECT_ZFS=unavailable GOLDCLONE_EXPECT_REASON=libzfs_core.so.3 \
 if [ "${BENCH:-0}" = 1 ]; then
   truncate -s 2G /tmp/gc-bench.img
   zpool create -f -m none -O canmount=off gcbench /tmp/gc-bench.img >>"$results/modprobe.log" 2>&1
-  if "$goldclone_bin" bench zfs --help 2>/dev/null | grep -q -- --pool; then bench=("$goldclone_bin" bench zfs); else bench=("$bench_bin"); fi
-  "\${bench[@]}" --pool gcbench --iterations "${BENCH_ITERS:-30}" --concurrency 16 --out-dir "$results" \
+  "$goldclone_bin" bench zfs --pool gcbench --iterations "${BENCH_ITERS:-30}" --concurrency 16 --out-dir "$results" \
     >"$results/bench.log" 2>&1
   echo "rc=\$?" >>"$results/bench.log"
+  # Coalescing at the lifecycle level: 16 setups at once vs one, ZFS and zvol backends.
+  for b in zfs zvol; do
+    zfs create -o mountpoint=legacy gcbench/lc-\$b >>"$results/modprobe.log" 2>&1
+    mkdir -p /tmp/gc-bench-lc-\$b && mount -t zfs gcbench/lc-\$b /tmp/gc-bench-lc-\$b
+    "$goldclone_bin" bench lifecycle --root /tmp/gc-bench-lc-\$b --backend \$b --sessions 16 --rounds 5 \
+      >"$results/bench-lifecycle-\$b.log" 2>&1
+    echo "rc=\$?" >>"$results/bench-lifecycle-\$b.log"
+  done
 fi
 zpool list >>"$results/guest-info.txt" 2>&1
 echo done >"$results/guest-done"
@@ -139,13 +186,42 @@ summarize() {  # name logfile
   return 0
 }
 summarize bindings-fresh "$host_results/bindings.log"
-while read -r label _; do
+for label in test-copy_engine test-zfs_host; do
   summarize "no-zfs:$label" "$results/absent-$label.log"
-done <"$results/absent-bins.txt"
+done
+if grep -q '^rc=0' "$results/absent-demo.log" 2>/dev/null && grep -q '^verification: 0 difference' "$results/absent-demo.log"; then
+  total_pass=$((total_pass + 1)); printf '%-34s %3d passed, %3d failed\n' "no-zfs:demo" 1 0
+else
+  total_fail=$((total_fail + 1)); printf '%-34s %3d passed, %3d failed\n' "no-zfs:demo" 0 1
+  tail -20 "$results/absent-demo.log" >&2 || true
+fi
 grep -q '^rc=0' "$results/goldclone-help.log" 2>/dev/null ||
   problems+=("goldclone --help failed without ZFS (see $results/goldclone-help.log)")
 summarize test-zfs "$results/zfs.log"
 summarize with-zfs:test-zfs_host "$results/host-after-modprobe.log"
+summarize zfs:lifecycle "$results/zfs-lifecycle.log"
+summarize zfs:lifecycle_crash "$results/zfs-lifecycle-crash.log"
+if [ -s "$results/lc-leftovers.txt" ]; then
+  problems+=("datasets left behind by the lifecycle tests: $(tr '\n' ' ' <"$results/lc-leftovers.txt")")
+fi
+line=$(grep -E '^c: [0-9]+ passed, [0-9]+ failed' "$results/zfs-c.log" 2>/dev/null | tail -1 || true)
+if [ -n "$line" ]; then
+  p=$(sed -E 's/^c: ([0-9]+) passed.*/\1/' <<<"$line"); f=$(sed -E 's/.* ([0-9]+) failed.*/\1/' <<<"$line")
+  total_pass=$((total_pass + p)); total_fail=$((total_fail + f))
+  printf '%-34s %3d passed, %3d failed\n' "zfs:c-api" "$p" "$f"
+  [ "$f" -eq 0 ] || tail -30 "$results/zfs-c.log" >&2
+else
+  problems+=("C suite on ZFS printed no result (see $results/zfs-c.log)"); tail -20 "$results/zfs-c.log" >&2 || true
+fi
+gp=$(grep -c -- '^--- PASS' "$results/zfs-go.log" 2>/dev/null || true)
+gf=$(grep -c -- '^--- FAIL' "$results/zfs-go.log" 2>/dev/null || true)
+if grep -qx 'PASS' "$results/zfs-go.log" 2>/dev/null || [ "${gf:-0}" -gt 0 ]; then
+  total_pass=$((total_pass + ${gp:-0})); total_fail=$((total_fail + ${gf:-0}))
+  printf '%-34s %3d passed, %3d failed\n' "zfs:go" "${gp:-0}" "${gf:-0}"
+  [ "${gf:-0}" -eq 0 ] || grep -B2 -A20 -- '--- FAIL' "$results/zfs-go.log" | head -60 >&2
+else
+  problems+=("Go suite on ZFS did not finish (see $results/zfs-go.log)"); tail -20 "$results/zfs-go.log" >&2 || true
+fi
 summarize no-libzfs_core:test-zfs_host "$results/broken-lib.log"
 if [ -s "$results/leftovers.txt" ]; then
   problems+=("datasets left behind by the ZFS tests: $(tr '\n' ' ' <"$results/leftovers.txt")")
@@ -156,6 +232,10 @@ if [ "${BENCH:-0}" = 1 ]; then
   if grep -q '^rc=0' "$results/bench.log" 2>/dev/null; then
     cp "$results"/zfs-bench.* benches/
     cat "$results/bench.log"
+    for b in zfs zvol; do
+      echo "== bench lifecycle ($b) =="; cat "$results/bench-lifecycle-$b.log"
+      cp "$results/bench-lifecycle-$b.log" "benches/lifecycle-$b.log"
+    done
     /usr/bin/python3 benches/plot_zfs.py benches/zfs-bench.csv benches/zfs-latency.png ||
       problems+=("plot failed")
   else

@@ -18,6 +18,28 @@ pub enum BenchCommand {
     Copy(BenchCopyArgs),
     /// libzfs_core in process vs the `zfs` CLI: snapshot, session ready, destroy, 16 at once.
     Zfs(super::zfs::BenchZfsArgs),
+    /// Lifecycle setups on a cache: one alone vs N at once (shared transaction groups on ZFS).
+    Lifecycle(BenchLifecycleArgs),
+}
+
+/// Arguments of `goldclone bench lifecycle`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchLifecycleArgs {
+    /// The cache root (its backend is detected, or forced with --backend).
+    #[arg(long)]
+    pub root: PathBuf,
+    /// Force a backend.
+    #[arg(long, value_enum)]
+    pub backend: Option<super::golden::BackendArg>,
+    /// Sessions set up at once.
+    #[arg(long, default_value_t = 16)]
+    pub sessions: usize,
+    /// Rounds (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Entries in the imported sample tree.
+    #[arg(long, default_value_t = 2000)]
+    pub entries: usize,
 }
 
 /// Arguments of `goldclone bench copy`.
@@ -51,6 +73,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Copy(args) => bench_copy(args),
         BenchCommand::Zfs(args) => super::zfs::bench_zfs(args.clone()),
+        BenchCommand::Lifecycle(args) => bench_lifecycle(args),
     }
 }
 
@@ -180,6 +203,68 @@ fn bench_copy(args: &BenchCopyArgs) -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// One setup alone vs `sessions` at once, each round on a fresh set of session names; sessions
+/// are cleaned up between rounds (untimed).
+fn bench_lifecycle(args: &BenchLifecycleArgs) -> Result<()> {
+    use goldclone::golden::{Cache, OpenOptions};
+    if args.rounds == 0 || args.sessions == 0 {
+        return Err(Error::InvalidArgument {
+            what: "--rounds and --sessions must be at least 1".into(),
+        });
+    }
+    let backend = args.backend.map(super::golden::BackendArg::kind);
+    let cache = Cache::open(&args.root, &OpenOptions { backend, ..OpenOptions::default() })?;
+    let project = format!("bench-{}", std::process::id());
+    let sample =
+        std::env::temp_dir().join(format!("goldclone-bench-sample-{}", std::process::id()));
+    let spec = FixtureSpec { files_per_dir: 20, ..FixtureSpec::demo() };
+    fixture::build(&sample, &FixtureSpec { layers: (args.entries / 400).max(1), ..spec })?;
+    cache.import(&project, &sample)?;
+    copy::remove_tree(&sample)?;
+    let (mut alone, mut crowd) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds {
+        let t = Instant::now();
+        cache.setup(&project, &format!("a{round}"))?;
+        alone.push(t.elapsed());
+        cache.cleanup(&project, &format!("a{round}"))?;
+        let t = Instant::now();
+        let results: Vec<Result<PathBuf>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..args.sessions)
+                .map(|i| {
+                    let (cache, project) = (&cache, &project);
+                    scope.spawn(move || cache.setup(project, &format!("c{round}-{i}")))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("setup thread")).collect()
+        });
+        crowd.push(t.elapsed());
+        for r in results {
+            r?;
+        }
+        for i in 0..args.sessions {
+            cache.cleanup(&project, &format!("c{round}-{i}"))?;
+        }
+        eprintln!(
+            "round {}: one setup {:.3} s, {} at once {:.3} s",
+            round + 1,
+            alone[round].as_secs_f64(),
+            args.sessions,
+            crowd[round].as_secs_f64()
+        );
+    }
+    let (one, many) = (median(&alone), median(&crowd));
+    println!("backend {:?}, {} rounds, medians:", cache.backend(), args.rounds);
+    println!("  one setup alone:          {one:.3} s");
+    println!(
+        "  {} setups at once:        {many:.3} s ({:.2}x the time of one, {:.3} s per session)",
+        args.sessions,
+        many / one,
+        many / args.sessions as f64
+    );
+    cache.gc()?;
     Ok(())
 }
 

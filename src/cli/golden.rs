@@ -34,14 +34,21 @@ pub enum BackendArg {
     Copy,
 }
 
-impl RootArgs {
-    fn open(&self) -> Result<Cache> {
-        let backend = self.backend.map(|b| match b {
+impl BackendArg {
+    /// The library's name for it.
+    pub fn kind(self) -> BackendKind {
+        match self {
             BackendArg::Zfs => BackendKind::Zfs,
             BackendArg::Zvol => BackendKind::Zvol,
             BackendArg::Btrfs => BackendKind::Btrfs,
             BackendArg::Copy => BackendKind::Copy,
-        });
+        }
+    }
+}
+
+impl RootArgs {
+    fn open(&self) -> Result<Cache> {
+        let backend = self.backend.map(BackendArg::kind);
         Cache::open(&self.root, &OpenOptions { backend, ..OpenOptions::default() })
     }
 }

@@ -135,7 +135,14 @@ pub unsafe extern "C" fn goldclone_cache_open(
                 ))
             }
         };
-        let c = Cache::open(root, &OpenOptions { backend, copy_threads: o.copy_threads as usize })?;
+        let c = Cache::open(
+            root,
+            &OpenOptions {
+                backend,
+                copy_threads: o.copy_threads as usize,
+                ..OpenOptions::default()
+            },
+        )?;
         let h = handle::register(Object::Cache(Arc::new(c)));
         // SAFETY: non-NULL (checked), writable by the caller's promise.
         unsafe { args::store(out, h) };

@@ -44,6 +44,10 @@ pub enum goldclone_result {
     ZfsUnavailable = 13,
     /// Any other I/O error; see the errno.
     Io = 14,
+    /// A ZFS snapshot cannot be destroyed: clones depend on it.
+    SnapshotHasClones = 15,
+    /// A ZFS snapshot cannot be destroyed: it has user holds.
+    SnapshotHeld = 16,
     /// An error without a more specific code (a newer library error class).
     Other = 99,
     /// A required pointer argument was NULL.
@@ -75,6 +79,8 @@ impl goldclone_result {
             ErrorKind::Cancelled => Self::Cancelled,
             ErrorKind::ZfsUnavailable => Self::ZfsUnavailable,
             ErrorKind::Io => Self::Io,
+            ErrorKind::SnapshotHasClones => Self::SnapshotHasClones,
+            ErrorKind::SnapshotHeld => Self::SnapshotHeld,
             _ => Self::Other,
         }
     }
@@ -102,6 +108,8 @@ impl goldclone_result {
             Self::Cancelled => "GOLDCLONE_RESULT_CANCELLED\0",
             Self::ZfsUnavailable => "GOLDCLONE_RESULT_ZFS_UNAVAILABLE\0",
             Self::Io => "GOLDCLONE_RESULT_IO\0",
+            Self::SnapshotHasClones => "GOLDCLONE_RESULT_SNAPSHOT_HAS_CLONES\0",
+            Self::SnapshotHeld => "GOLDCLONE_RESULT_SNAPSHOT_HELD\0",
             Self::Other => "GOLDCLONE_RESULT_OTHER\0",
             Self::NullParameter => "GOLDCLONE_RESULT_NULL_PARAMETER\0",
             Self::InvalidHandle => "GOLDCLONE_RESULT_INVALID_HANDLE\0",
@@ -111,7 +119,7 @@ impl goldclone_result {
     }
 }
 
-const ALL: [goldclone_result; 20] = [
+const ALL: [goldclone_result; 22] = [
     goldclone_result::Ok,
     goldclone_result::NotFound,
     goldclone_result::AlreadyExists,
@@ -127,6 +135,8 @@ const ALL: [goldclone_result; 20] = [
     goldclone_result::Cancelled,
     goldclone_result::ZfsUnavailable,
     goldclone_result::Io,
+    goldclone_result::SnapshotHasClones,
+    goldclone_result::SnapshotHeld,
     goldclone_result::Other,
     goldclone_result::NullParameter,
     goldclone_result::InvalidHandle,

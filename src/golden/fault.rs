@@ -2,7 +2,8 @@
 //! named by `GOLDCLONE_FAULT` kills the process with SIGKILL — no unwinding, no destructors, no
 //! buffered writes, exactly as `kill -9` would. Without the feature every point is a no-op.
 
-/// Every point, in the order an operation reaches them.
+/// Every point, in the order an operation reaches them. `promote:snapshot-taken` and
+/// `promote:head-promoted` are reached only on the ZFS backends (see [`reached_by`]).
 pub const POINTS: &[&str] = &[
     "import:intent-recorded",
     "import:tree-created",
@@ -12,6 +13,8 @@ pub const POINTS: &[&str] = &[
     "setup:tree-created",
     "setup:meta-written",
     "promote:intent-recorded",
+    "promote:snapshot-taken",
+    "promote:head-promoted",
     "promote:tree-created",
     "promote:meta-written",
     "promote:current-written",
@@ -19,6 +22,13 @@ pub const POINTS: &[&str] = &[
     "cleanup:tree-moved",
     "cleanup:meta-removed",
 ];
+
+/// Whether the `backend` reaches fault point `point`.
+pub fn reached_by(point: &str, backend: super::BackendKind) -> bool {
+    use super::BackendKind::{Zfs, Zvol};
+    !matches!(point, "promote:snapshot-taken" | "promote:head-promoted")
+        || matches!(backend, Zfs | Zvol)
+}
 
 #[cfg(feature = "fault-injection")]
 pub(crate) fn point(name: &str) {

@@ -9,10 +9,11 @@ mod busy;
 pub mod fault;
 mod state;
 mod store;
+mod zfs_store;
 
 use std::path::{Path, PathBuf};
 
-pub use state::{validate_name, MAX_NAME_LEN};
+pub use state::{validate_name, MAX_ID_LEN};
 
 use state::{GenerationMeta, Intent, Layout, SessionMeta};
 use store::{BtrfsStore, CopyStore, Retired, Store, Tree, TreeId};
@@ -42,6 +43,9 @@ pub struct OpenOptions {
     pub backend: Option<BackendKind>,
     /// Worker threads of the copy backend (0 = default).
     pub copy_threads: usize,
+    /// zvol backend: size of a project's first volume; 0 picks four times the imported tree
+    /// (at least 1 GiB). Volumes are sparse: only written blocks use space.
+    pub zvol_size: u64,
 }
 
 /// What a project's golden tree is now.
@@ -111,12 +115,37 @@ impl Cache {
                 Box::new(BtrfsStore { threads: opts.copy_threads })
             }
             BackendKind::Zfs | BackendKind::Zvol => {
-                return Err(Error::Unsupported {
-                    what: format!(
-                        "{kind:?} lifecycle backend for {} (use the copy backend)",
-                        root.display()
-                    ),
-                })
+                let dataset = match (&found.backend, kind) {
+                    // The cache root must be where its dataset is mounted: sessions and
+                    // metadata live in directories of that dataset.
+                    (Backend::ZfsDataset { dataset, .. }, _) if found.mount.mount_point == root => dataset.clone(),
+                    // A root on XFS on a zvol: new volumes go beside that zvol.
+                    (Backend::Zvol { dataset, .. }, BackendKind::Zvol) => match dataset.rsplit_once('/') {
+                        Some((parent, _)) => parent.to_string(),
+                        None => {
+                            return Err(Error::Unsupported {
+                                what: format!("zvol {dataset} has no parent dataset to put volumes in"),
+                            })
+                        }
+                    },
+                    _ => {
+                        return Err(Error::Unsupported {
+                            what: format!(
+                                "{kind:?} backend needs the cache root to be the mount point of a ZFS dataset (or, for zvol, on a zvol); {} is on {} at {}",
+                                root.display(),
+                                found.mount.fs_type,
+                                found.mount.mount_point.display()
+                            ),
+                        })
+                    }
+                };
+                let dataset = crate::zfs::DatasetName::new(&dataset)?;
+                Box::new(zfs_store::ZfsStore::new(
+                    dataset,
+                    kind == BackendKind::Zvol,
+                    opts.copy_threads,
+                    opts.zvol_size,
+                )?)
             }
         };
         let cache = Cache { layout: Layout { root }, store };
@@ -291,6 +320,23 @@ impl Cache {
         })
     }
 
+    /// Generations of the project that still exist (the current one and retired ones that
+    /// sessions still use), oldest first.
+    pub fn generations(&self, project: &str) -> Result<Vec<u64>> {
+        validate_name(project)?;
+        let _lock = self.layout.lock(project, false, false)?;
+        self.current(project)?;
+        let mut out = Vec::new();
+        for g in self.layout.generation_numbers(project)? {
+            if self.layout.generation_meta(project, g).exists()
+                && self.store.exists(&self.generation_tree(project, g))?
+            {
+                out.push(g);
+            }
+        }
+        Ok(out)
+    }
+
     // ---- internals ----
 
     fn current(&self, project: &str) -> Result<u64> {
@@ -323,6 +369,7 @@ impl Cache {
             project: project.to_string(),
             id: TreeId::Generation(generation),
             path: self.layout.generation(project, generation),
+            head: self.layout.read_current(project).ok().flatten(),
         }
     }
 
@@ -331,6 +378,7 @@ impl Cache {
             project: project.to_string(),
             id: TreeId::Session(session.to_string()),
             path: self.layout.session(project, session),
+            head: None,
         }
     }
 

@@ -25,18 +25,18 @@ use crate::{sys, Error, Result};
 
 /// Longest project or session id, in bytes. Leaves room for both inside a 255-byte ZFS dataset
 /// name under a pool and a cache dataset.
-pub const MAX_NAME_LEN: usize = 64;
+pub const MAX_ID_LEN: usize = 64;
 
 /// Check a project or session id: 1–64 bytes of `[A-Za-z0-9_.-]`, not starting with `.` or `-`
 /// (so it is a safe path component and ZFS dataset name component, and never `.goldclone`).
 pub fn validate_name(name: &str) -> Result<()> {
     let reason = if name.is_empty() {
         "is empty"
-    } else if name.len() > MAX_NAME_LEN {
+    } else if name.len() > MAX_ID_LEN {
         return Err(Error::NameTooLong {
             name: name.to_string(),
             len: name.len(),
-            max: MAX_NAME_LEN,
+            max: MAX_ID_LEN,
         });
     } else if name.starts_with('.') || name.starts_with('-') {
         "starts with '.' or '-'"

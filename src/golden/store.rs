@@ -23,6 +23,9 @@ pub(crate) struct Tree {
     pub project: String,
     pub id: TreeId,
     pub path: PathBuf,
+    /// For a generation: the current generation when the tree was named. ZFS keeps every live
+    /// generation's snapshot on the current generation's head.
+    pub head: Option<u64>,
 }
 
 /// Which tree of a project.
@@ -96,7 +99,7 @@ fn rename_to_trash(path: &Path, trash: &Path) -> Result<Retired> {
 }
 
 /// Bytes allocated under `path` (st_blocks), each inode once; 0 where unreadable.
-fn disk_usage(path: &Path) -> u64 {
+pub(crate) fn disk_usage(path: &Path) -> u64 {
     let mut seen = std::collections::HashSet::new();
     let mut total = 0;
     let mut stack = vec![path.to_path_buf()];

@@ -19,6 +19,8 @@ _Static_assert(GOLDCLONE_RESULT_UNSUPPORTED == 10, "fixed number");
 _Static_assert(GOLDCLONE_RESULT_CROSS_DEVICE == 11, "fixed number");
 _Static_assert(GOLDCLONE_RESULT_CANCELLED == 12, "fixed number");
 _Static_assert(GOLDCLONE_RESULT_ZFS_UNAVAILABLE == 13, "fixed number");
+_Static_assert(GOLDCLONE_RESULT_SNAPSHOT_HAS_CLONES == 15, "fixed number");
+_Static_assert(GOLDCLONE_RESULT_SNAPSHOT_HELD == 16, "fixed number");
 _Static_assert(GOLDCLONE_RESULT_IO == 14, "fixed number");
 _Static_assert(GOLDCLONE_RESULT_OTHER == 99, "fixed number");
 _Static_assert(GOLDCLONE_RESULT_NULL_PARAMETER == 100, "fixed number");

@@ -179,3 +179,50 @@ pub fn free_bytes(p: &Path) -> u64 {
     let st = nix::sys::statvfs::statvfs(p).unwrap();
     st.blocks_free() as u64 * st.fragment_size() as u64
 }
+
+/// A cache root on ZFS for one test: a dataset of its own under `GOLDCLONE_TEST_ZFS_PARENT`,
+/// mounted (mount(2), legacy) under `GOLDCLONE_TEST_ZFS_MNT`. Set only in the ZFS guest
+/// (tests/zfs-vm.sh); unmounted and destroyed with everything in it on drop.
+pub struct ZfsRoot {
+    pub path: PathBuf,
+    pub dataset: goldclone::zfs::DatasetName,
+}
+
+impl ZfsRoot {
+    /// `None` off the ZFS guest.
+    pub fn new(tag: &str) -> Option<ZfsRoot> {
+        let parent = std::env::var("GOLDCLONE_TEST_ZFS_PARENT").ok()?;
+        let mnt = PathBuf::from(std::env::var_os("GOLDCLONE_TEST_ZFS_MNT")?);
+        let zfs = goldclone::zfs::Zfs::open().expect("ZFS in the guest");
+        let dataset = goldclone::zfs::DatasetName::new(&format!("{parent}/{tag}")).unwrap();
+        let _ = zfs.destroy_tree(&dataset);
+        zfs.create_filesystem(&dataset, &goldclone::zfs::Props::new().mountpoint("legacy"))
+            .unwrap();
+        let path = mnt.join(tag);
+        std::fs::create_dir_all(&path).unwrap();
+        goldclone::zfs::mount::mount_filesystem(&dataset, &path, Default::default()).unwrap();
+        Some(ZfsRoot { path, dataset })
+    }
+}
+
+impl Drop for ZfsRoot {
+    fn drop(&mut self) {
+        // Sessions are mounted below the root: unmount those first (deepest first).
+        if let Ok(ms) = goldclone::detect::mounts() {
+            let mut inner: Vec<PathBuf> = ms
+                .into_iter()
+                .map(|m| m.mount_point)
+                .filter(|p| p.starts_with(&self.path) && p != &self.path)
+                .collect();
+            inner.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+            for p in inner {
+                let _ = goldclone::zfs::mount::unmount(&p);
+            }
+        }
+        let _ = goldclone::zfs::mount::unmount(&self.path);
+        if let Ok(zfs) = goldclone::zfs::Zfs::open() {
+            let _ = zfs.destroy_tree(&self.dataset);
+        }
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
