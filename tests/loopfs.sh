@@ -12,7 +12,7 @@
 #   img/{xfs,btrfs,ext4,small}.img   sparse image files
 #   mnt/xfs    XFS, 4 GiB, reflink=1         (FICLONE)
 #   mnt/btrfs  btrfs, 4 GiB                  (FICLONE)
-#   mnt/ext4   ext4, 2 GiB                   (copy_file_range, no FICLONE)
+#   mnt/ext4   ext4, 4 GiB, -i 8192          (copy_file_range, no FICLONE)
 #   mnt/tmpfs  tmpfs, size=2G                (no FICLONE; cross-fs copy)
 #   mnt/small  ext4, 64 MiB                  (ENOSPC test)
 #   env        GOLDCLONE_TEST_{XFS,BTRFS,EXT4,TMPFS,SMALL}=<mount point>, sourceable
@@ -27,7 +27,7 @@ die() { log "error: $*"; exit 1; }
 size_of() {
   case $1 in
     xfs|btrfs) echo 4G ;;
-    ext4) echo 2G ;;
+    ext4) echo 4G ;;
     small) echo 64M ;;
     tmpfs) echo 2G ;;
   esac
@@ -49,7 +49,8 @@ mkfs_one() {
   case $name in
     xfs) mkfs.xfs -q -f -m reflink=1 "$img" ;;
     btrfs) mkfs.btrfs -q -f "$img" >/dev/null ;;
-    ext4) mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$img" ;;
+    # one inode per 8 KiB: a 100K-entry benchmark tree and its copy need 200K inodes
+    ext4) mkfs.ext4 -q -F -i 8192 -E lazy_itable_init=0,lazy_journal_init=0 "$img" ;;
     # no journal on the small one: more of its 64 MiB is usable and ENOSPC comes predictably
     small) mkfs.ext4 -q -F -O ^has_journal -E lazy_itable_init=0 "$img" ;;
   esac

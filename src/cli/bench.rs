@@ -60,6 +60,10 @@ pub struct BenchCopyArgs {
     /// Concurrent `cp -a` processes of the per-layer baseline.
     #[arg(long, default_value_t = 8)]
     pub cp_jobs: usize,
+    /// Also time goldclone writing files smaller than this many bytes instead of reflinking
+    /// them (0: only the default, which reflinks every file).
+    #[arg(long, default_value_t = 0)]
+    pub clone_min_size: u64,
     /// Drop the page cache before every timed run (cold cache).
     #[arg(long)]
     pub cold: bool,
@@ -80,6 +84,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Method {
     Goldclone,
+    GoldcloneSmallWritten,
     CpReflink,
     CpPerLayer,
 }
@@ -88,6 +93,7 @@ impl Method {
     fn label(self, reflink: bool) -> &'static str {
         match (self, reflink) {
             (Method::Goldclone, _) => "goldclone copy",
+            (Method::GoldcloneSmallWritten, _) => "goldclone copy --clone-min-size",
             (Method::CpReflink, true) => "cp -a --reflink=always",
             (Method::CpReflink, false) => "cp -a (--reflink=auto)",
             (Method::CpPerLayer, _) => "per-layer parallel cp -a",
@@ -131,7 +137,10 @@ fn bench_copy(args: &BenchCopyArgs) -> Result<()> {
         return Err(Error::Unsupported { what: format!("copy differs from source: {}", diffs[0]) });
     }
 
-    let methods = [Method::Goldclone, Method::CpReflink, Method::CpPerLayer];
+    let mut methods = vec![Method::Goldclone, Method::CpReflink, Method::CpPerLayer];
+    if args.clone_min_size > 0 {
+        methods.insert(1, Method::GoldcloneSmallWritten);
+    }
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); methods.len()];
     for run in 0..args.runs {
         // Rotate the order so no method always runs right after the same other one.
@@ -143,11 +152,11 @@ fn bench_copy(args: &BenchCopyArgs) -> Result<()> {
             let t = Instant::now();
             match methods[i] {
                 Method::Goldclone => {
-                    copy::copy_tree(
-                        &src,
-                        &dst,
-                        &CopyOptions { threads: args.threads, ..Default::default() },
-                    )?;
+                    copy::copy_tree(&src, &dst, &CopyOptions { threads: args.threads, ..Default::default() })?;
+                }
+                Method::GoldcloneSmallWritten => {
+                    let opts = CopyOptions { threads: args.threads, clone_min_size: args.clone_min_size, ..Default::default() };
+                    copy::copy_tree(&src, &dst, &opts)?;
                 }
                 Method::CpReflink => {
                     let flag = if reflink { "--reflink=always" } else { "--reflink=auto" };

@@ -42,11 +42,12 @@ static void test_result_names(void) {
     CHECK(strcmp(goldclone_result_name(GOLDCLONE_RESULT_INVALID_HANDLE),
                  "GOLDCLONE_RESULT_INVALID_HANDLE") == 0);
     CHECK(strcmp(goldclone_result_name(GOLDCLONE_RESULT_PANIC), "GOLDCLONE_RESULT_PANIC") == 0);
-    CHECK(strcmp(goldclone_result_name(15), "GOLDCLONE_RESULT_UNKNOWN") == 0);
+    CHECK(strcmp(goldclone_result_name(GOLDCLONE_RESULT_SNAPSHOT_HELD), "GOLDCLONE_RESULT_SNAPSHOT_HELD") == 0);
+    CHECK(strcmp(goldclone_result_name(17), "GOLDCLONE_RESULT_UNKNOWN") == 0);
     CHECK(strcmp(goldclone_result_name(0xffffffffu), "GOLDCLONE_RESULT_UNKNOWN") == 0);
-    /* every number 0..=14 and 99..=103 has a name */
+    /* every number 0..=16 and 99..=103 has a name */
     for (uint32_t c = 0; c <= 103; c++) {
-        int known = c <= 14 || c >= 99;
+        int known = c <= 16 || c >= 99;
         CHECK((strcmp(goldclone_result_name(c), "GOLDCLONE_RESULT_UNKNOWN") != 0) == known);
     }
 }
