@@ -152,10 +152,18 @@ fn bench_copy(args: &BenchCopyArgs) -> Result<()> {
             let t = Instant::now();
             match methods[i] {
                 Method::Goldclone => {
-                    copy::copy_tree(&src, &dst, &CopyOptions { threads: args.threads, ..Default::default() })?;
+                    copy::copy_tree(
+                        &src,
+                        &dst,
+                        &CopyOptions { threads: args.threads, ..Default::default() },
+                    )?;
                 }
                 Method::GoldcloneSmallWritten => {
-                    let opts = CopyOptions { threads: args.threads, clone_min_size: args.clone_min_size, ..Default::default() };
+                    let opts = CopyOptions {
+                        threads: args.threads,
+                        clone_min_size: args.clone_min_size,
+                        ..Default::default()
+                    };
                     copy::copy_tree(&src, &dst, &opts)?;
                 }
                 Method::CpReflink => {
