@@ -336,3 +336,39 @@ fn sparse_file_stays_sparse_across_filesystems() {
         b.blocks() * 512
     );
 }
+
+/// The bound: a copy of a 772K-entry tree (the production /var/lib/docker's count) stays
+/// under 64 MB of peak RSS. The copy runs as its own process (the CLI) so that its peak is
+/// measured alone: getrusage(RUSAGE_CHILDREN) reports the largest peak of the waited-for
+/// children, so another child of this test binary can only make the check stricter. On btrfs,
+/// where 1-byte files live inline in metadata, both trees fit the 4 GiB loop filesystem.
+#[test]
+fn peak_rss_under_64mb_for_772k_entries() {
+    let Some(mnt) = mount(Fs::Btrfs) else { return };
+    let s = Scratch::new(&mnt, "rss");
+    let (layers, files_per_dir) = (12, 15);
+    let entries = 772_000;
+    let spec = FixtureSpec {
+        layers,
+        dirs_per_layer: entries / (layers * (files_per_dir + 1)),
+        files_per_dir,
+        file_size: SizeMix { small_max: 1, large_one_in: 0, large_min: 0, large_max: 0 },
+        ..FixtureSpec::bench(100_000)
+    };
+    let fx = build(&s.join("src"), &spec);
+    assert!(fx.entries >= 770_000, "fixture too small: {fx:?}");
+    let out = Command::new(env!("CARGO_BIN_EXE_goldclone"))
+        .args(["copy", "--quiet", "--json"])
+        .arg(s.join("src"))
+        .arg(s.join("dst"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "copy failed: {}", String::from_utf8_lossy(&out.stderr));
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats["entries"].as_u64(), Some(fx.entries + 1), "{stats}");
+    let usage =
+        nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).unwrap();
+    let peak_kib = usage.max_rss(); // Linux reports KiB
+    eprintln!("goldclone copy of {} entries: peak RSS {} KiB", fx.entries, peak_kib);
+    assert!(peak_kib < 64 * 1024, "peak RSS {peak_kib} KiB is over 64 MB");
+}
