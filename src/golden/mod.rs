@@ -399,7 +399,9 @@ impl Cache {
             _ => "cleanup:intent-recorded",
         });
         let result = work();
-        if result.is_err() && self.resolve(intent, &mut GcReport::default()).is_err() {
+        // The caller's lock may be shared (setup, cleanup): other operations of the project are
+        // running, so their staging directories must not be swept here.
+        if result.is_err() && self.resolve(intent, false, &mut GcReport::default()).is_err() {
             return result;
         }
         state::remove_file(&record)?;
@@ -463,7 +465,7 @@ impl Cache {
     /// left belongs to a process that died.
     fn recover(&self, project: &str, report: &mut GcReport) -> Result<()> {
         for (path, intent) in self.layout.intents(project)? {
-            self.resolve(&intent, report)?;
+            self.resolve(&intent, true, report)?;
             state::remove_file(&path)?;
         }
         let _ = std::fs::remove_dir(self.layout.journal(project));
@@ -473,7 +475,10 @@ impl Cache {
     /// Finish or undo one interrupted operation. Its commit record decides: `current` for import
     /// and promote, the session's metadata for setup; a cleanup always rolls forward. A promote
     /// the backend can only finish (ZFS, once the clone is promoted) is finished and committed.
-    fn resolve(&self, intent: &Intent, report: &mut GcReport) -> Result<()> {
+    ///
+    /// `exclusive`: the caller holds the project's exclusive lock, so staging leftovers in the
+    /// project's directories belong to dead writers and are swept too.
+    fn resolve(&self, intent: &Intent, exclusive: bool, report: &mut GcReport) -> Result<()> {
         let l = &self.layout;
         match intent {
             Intent::Import { project, generation } => {
@@ -482,7 +487,9 @@ impl Cache {
                 }
                 self.store.discard(&self.generation_tree(project, *generation))?;
                 state::remove_file(&l.generation_meta(project, *generation))?;
-                self.remove_staging(&l.generations(project), report)?;
+                if exclusive {
+                    self.remove_staging(&l.generations(project), report)?;
+                }
                 for d in [l.generations(project), l.sessions(project), l.project(project)] {
                     let _ = std::fs::remove_dir(&d);
                 }
@@ -507,7 +514,9 @@ impl Cache {
                     ));
                 } else {
                     state::remove_file(&l.generation_meta(project, *generation))?;
-                    self.remove_staging(&l.generations(project), report)?;
+                    if exclusive {
+                        self.remove_staging(&l.generations(project), report)?;
+                    }
                     report.removed.push(format!("{project}: rolled back generation {generation}"));
                 }
             }
@@ -516,7 +525,9 @@ impl Cache {
                     return Ok(());
                 }
                 self.store.discard(&self.session_tree(project, session))?;
-                self.remove_staging(&l.sessions(project), report)?;
+                if exclusive {
+                    self.remove_staging(&l.sessions(project), report)?;
+                }
                 report.removed.push(format!("{project}: rolled back session {session}"));
             }
             Intent::Cleanup { project, session } => {
