@@ -185,7 +185,8 @@ pub fn copy_tree(src: &Path, dst: &Path, opts: &CopyOptions) -> Result<CopyStats
 
 /// Copy the contents of `src`, and its root's own metadata, into the existing empty directory
 /// `dst` (a fresh btrfs subvolume, say). No staging: the caller makes the result visible
-/// atomically. On error `dst` is emptied again.
+/// atomically (with [`CopyOptions::sync`], after the data is on disk). On error `dst` is
+/// emptied again.
 pub fn copy_into(src: &Path, dst: &Path, opts: &CopyOptions) -> Result<CopyStats> {
     let started = Instant::now();
     let threads = thread_count(opts)?;
@@ -208,7 +209,13 @@ pub fn copy_into(src: &Path, dst: &Path, opts: &CopyOptions) -> Result<CopyStats
     if dst_canon.starts_with(&src) {
         return Err(Error::DestinationInsideSource { src: src.clone(), dst: dst.to_path_buf() });
     }
-    match run_walk(&src, dst, dst_fd.as_fd(), opts, threads) {
+    let synced = run_walk(&src, dst, dst_fd.as_fd(), opts, threads).and_then(|stats| {
+        if opts.sync {
+            nix::unistd::syncfs(&dst_fd).map_err(|e| Error::io("syncfs", dst, e.into()))?;
+        }
+        Ok(stats)
+    });
+    match synced {
         Ok(stats) => Ok(CopyStats { elapsed: started.elapsed(), ..stats }),
         Err(e) => {
             let _ = staging::remove_contents(dst_fd.as_fd(), dst);

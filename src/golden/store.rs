@@ -127,8 +127,12 @@ pub(crate) struct CopyStore {
 }
 
 impl CopyStore {
-    fn opts(&self) -> CopyOptions {
-        CopyOptions { threads: self.threads, ..CopyOptions::default() }
+    /// Golden trees are synced before `current` may name them: after a power loss a committed
+    /// generation must have its data, not empty files from delayed allocation. Sessions are not
+    /// (a session does not outlive its host's crash in any useful way, and syncing would cost
+    /// every setup a filesystem-wide flush).
+    fn opts(&self, durable: bool) -> CopyOptions {
+        CopyOptions { threads: self.threads, sync: durable, ..CopyOptions::default() }
     }
 }
 
@@ -137,13 +141,13 @@ impl Store for CopyStore {
         BackendKind::Copy
     }
     fn import(&self, src: &Path, golden: &Tree) -> Result<()> {
-        copy::copy_tree(src, &golden.path, &self.opts()).map(drop)
+        copy::copy_tree(src, &golden.path, &self.opts(true)).map(drop)
     }
     fn session_from(&self, golden: &Tree, session: &Tree) -> Result<()> {
-        copy::copy_tree(&golden.path, &session.path, &self.opts()).map(drop)
+        copy::copy_tree(&golden.path, &session.path, &self.opts(false)).map(drop)
     }
     fn golden_from(&self, session: &Tree, golden: &Tree, _previous: &Tree) -> Result<()> {
-        copy::copy_tree(&session.path, &golden.path, &self.opts()).map(drop)
+        copy::copy_tree(&session.path, &golden.path, &self.opts(true)).map(drop)
     }
     fn remove_trash(&self, path: &Path) -> Result<()> {
         copy::remove_tree(path)
@@ -200,10 +204,11 @@ impl Store for BtrfsStore {
         let _ = self.remove_trash(&staging);
         sys::btrfs::subvol_create(parent_fd.as_fd(), &staging_name)
             .map_err(|e| Error::io("btrfs subvolume create", &staging, e))?;
+        // Synced before it is made read-only and renamed into place (see CopyStore::opts).
         let filled = copy::copy_into(
             src,
             &staging,
-            &CopyOptions { threads: self.threads, ..CopyOptions::default() },
+            &CopyOptions { threads: self.threads, sync: true, ..CopyOptions::default() },
         )
         .and_then(|_| {
             let fd = open_dir(&staging)?;
