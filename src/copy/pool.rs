@@ -51,8 +51,8 @@ pub(super) fn run<T: Send>(
                         match task {
                             Some(task) => {
                                 idle_rounds = 0;
+                                let _done = TaskDone { outstanding, stop };
                                 work(task, &push);
-                                outstanding.fetch_sub(1, Ordering::AcqRel);
                             }
                             None if outstanding.load(Ordering::Acquire) == 0 => return,
                             None => {
@@ -70,4 +70,70 @@ pub(super) fn run<T: Send>(
                 .expect("spawning a worker thread");
         }
     });
+}
+
+/// Marks a task finished when dropped, also when the task panics: then the pool stops too, so
+/// the other workers return instead of waiting forever for a count that never reaches zero, and
+/// the scope hands the panic to the caller.
+struct TaskDone<'a> {
+    outstanding: &'a AtomicUsize,
+    stop: &'a AtomicBool,
+}
+
+impl Drop for TaskDone<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.stop.store(true, Ordering::Relaxed);
+        }
+        self.outstanding.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_task_stops_the_pool_and_reaches_the_caller() {
+        let stop = AtomicBool::new(false);
+        let done = AtomicUsize::new(0);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run(
+                2,
+                "test",
+                &stop,
+                |push| (0..100u32).for_each(push),
+                |n, push| {
+                    if n == 7 {
+                        panic!("task 7 fails");
+                    }
+                    if n < 50 {
+                        push(n + 100);
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                },
+            )
+        }));
+        assert!(outcome.is_err(), "the task's panic must reach the caller");
+        assert!(stop.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn every_pushed_task_runs_once() {
+        let stop = AtomicBool::new(false);
+        let sum = AtomicUsize::new(0);
+        run(
+            3,
+            "test",
+            &stop,
+            |push| (1..=10usize).for_each(push),
+            |n, push| {
+                sum.fetch_add(n, Ordering::Relaxed);
+                if n <= 10 {
+                    push(n * 100);
+                }
+            },
+        );
+        assert_eq!(sum.load(Ordering::Relaxed), 55 + 5500);
+    }
 }
