@@ -455,6 +455,11 @@ impl Cache {
     fn recover_all(&self) -> Result<()> {
         let mut report = GcReport::default();
         for project in self.layout.journaled_projects()? {
+            // Only a project with intents needs the exclusive lock, which would otherwise wait
+            // behind every running setup of the project for nothing.
+            if self.layout.intents(&project)?.is_empty() {
+                continue;
+            }
             let _lock = self.layout.lock(&project, true, true)?;
             self.recover(&project, &mut report)?;
         }
@@ -468,6 +473,7 @@ impl Cache {
             self.resolve(&intent, true, report)?;
             state::remove_file(&path)?;
         }
+        self.layout.remove_journal_temps(project)?;
         let _ = std::fs::remove_dir(self.layout.journal(project));
         Ok(())
     }

@@ -246,26 +246,39 @@ pub fn list_names(dir: &Path) -> Result<Vec<String>> {
 /// Write `bytes` to `path` atomically and durably: a temporary file beside it, fsync, rename,
 /// fsync of the directory. Readers see the old content or the new, never a mix.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = write_temp(path, bytes)?;
+    if let Err(e) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io("rename", path, e));
+    }
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// A new temporary file beside `path` holding `bytes`, synced. Its name is unique per call (pid
+/// and a counter): threads of one process may write beside the same path at once.
+fn write_temp(path: &Path, bytes: &[u8]) -> Result<PathBuf> {
+    static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().unwrap_or(OsStr::new("file")).to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| {
+    let n = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.tmp.{}.{n}", std::process::id()));
+    let written = (|| {
         let mut f = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o644)
             .open(&tmp)
             .map_err(|e| Error::io("create", &tmp, e))?;
         f.write_all(bytes).map_err(|e| Error::io("write", &tmp, e))?;
-        f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
-        fs::rename(&tmp, path).map_err(|e| Error::io("rename", path, e))?;
-        sync_dir(dir)
+        f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))
     })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    match written {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
     }
-    result
 }
 
 /// fsync a directory, so renames and removals in it are durable.
@@ -306,40 +319,31 @@ impl Layout {
         let dir = self.journal(intent.project());
         fs::create_dir_all(&dir).map_err(|e| Error::io("mkdir", &dir, e))?;
         let path = dir.join(intent.file_name());
-        let tmp = dir.join(format!(".{}.tmp.{}", intent.file_name(), std::process::id()));
         let bytes = serde_json::to_vec_pretty(intent).map_err(|e| {
             Error::io("serialize", &path, io::Error::new(io::ErrorKind::InvalidData, e))
         })?;
-        let result = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)
-                .map_err(|e| Error::io("create", &tmp, e))?;
-            f.write_all(&bytes).map_err(|e| Error::io("write", &tmp, e))?;
-            f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
-            // link(2) is the atomic "create if absent" for a file with content.
-            fs::hard_link(&tmp, &path).map_err(|e| {
-                if e.kind() == io::ErrorKind::AlreadyExists {
-                    Error::io("record intent", &path, io::Error::from_raw_os_error(libc::EBUSY))
-                } else {
-                    Error::io("link", &path, e)
-                }
-            })?;
-            sync_dir(&dir)
-        })();
+        let tmp = write_temp(&path, &bytes)?;
+        // link(2) is the atomic "create if absent" for a file with content.
+        let linked = fs::hard_link(&tmp, &path).map_err(|e| {
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                Error::io("record intent", &path, io::Error::from_raw_os_error(libc::EBUSY))
+            } else {
+                Error::io("link", &path, e)
+            }
+        });
         let _ = fs::remove_file(&tmp);
-        result.map(|()| path)
+        linked?;
+        sync_dir(&dir)?;
+        Ok(path)
     }
 
+    /// The recorded intents of `project`. Reads only: temporary files of intents being recorded
+    /// are skipped (see [`Layout::remove_journal_temps`]).
     pub fn intents(&self, project: &str) -> Result<Vec<(PathBuf, Intent)>> {
         let dir = self.journal(project);
         let mut out = Vec::new();
         for name in list_names(&dir)? {
             if !name.ends_with(".json") || name.starts_with('.') {
-                // A temporary file of an intent that was never renamed into place.
-                let _ = fs::remove_file(dir.join(&name));
                 continue;
             }
             let path = dir.join(&name);
@@ -349,8 +353,19 @@ impl Layout {
         }
         Ok(out)
     }
-}
 
+    /// Remove temporary files left in the journal by writers that died while recording. Only
+    /// under the project's exclusive lock: then nobody is recording.
+    pub fn remove_journal_temps(&self, project: &str) -> Result<()> {
+        let dir = self.journal(project);
+        for name in list_names(&dir)? {
+            if name.starts_with('.') {
+                remove_file(&dir.join(&name))?;
+            }
+        }
+        Ok(())
+    }
+}
 /// A held per-project lock; released on drop.
 pub struct ProjectLock {
     _file: File,
