@@ -87,10 +87,14 @@ impl Staging {
 
         let staging_name = staging_name_for(&dst_name);
         let path = parent_canon.join(&staging_name);
-        mkdirat(&parent, staging_name.as_os_str(), Mode::from_bits_truncate(0o700))
+        // Made and locked under a name cleanup_staging does not look at, then renamed: a
+        // directory that carries the staging prefix is locked from its first moment, so a
+        // concurrent cleanup can never take it for a dead writer's.
+        let unlocked_name = unlocked_name_for(&staging_name);
+        mkdirat(&parent, unlocked_name.as_os_str(), Mode::from_bits_truncate(0o700))
             .map_err(|e| Error::io("mkdir", &path, errno_io(e)))?;
         let staged = (|| {
-            let fd = openat(&parent, staging_name.as_os_str(), DIR_FLAGS, Mode::empty())
+            let fd = openat(&parent, unlocked_name.as_os_str(), DIR_FLAGS, Mode::empty())
                 .map_err(|e| Error::io("open", &path, errno_io(e)))?;
             sys::fs::lock(fd.as_fd(), true).map_err(|e| Error::io("flock", &path, e))?;
             // A setgid parent hands its group and its setgid bit to the new directory, and it
@@ -102,12 +106,20 @@ impl Staging {
             // A default ACL on DST's parent is inherited by the new directory and would then be
             // inherited by every entry created directly in it: strip what we did not ask for.
             strip_xattrs(fd.as_fd()).map_err(|e| Error::io("removexattr", &path, e))?;
+            renameat2(
+                &parent,
+                unlocked_name.as_os_str(),
+                &parent,
+                staging_name.as_os_str(),
+                RenameFlags::RENAME_NOREPLACE,
+            )
+            .map_err(|e| Error::io("rename", &path, errno_io(e)))?;
             Ok(fd)
         })();
         let fd = match staged {
             Ok(fd) => fd,
             Err(e) => {
-                let _ = unlinkat(&parent, staging_name.as_os_str(), UnlinkatFlags::RemoveDir);
+                let _ = unlinkat(&parent, unlocked_name.as_os_str(), UnlinkatFlags::RemoveDir);
                 return Err(e);
             }
         };
@@ -168,6 +180,14 @@ fn staging_name_for(dst_name: &OsStr) -> OsString {
     out.extend_from_slice(STAGING_PREFIX.as_bytes());
     out.extend_from_slice(&name[..name.len().min(room)]);
     out.extend_from_slice(suffix.as_bytes());
+    OsString::from_vec(out)
+}
+
+/// The name a staging directory has before it is locked: outside the staging prefix.
+fn unlocked_name_for(staging_name: &OsStr) -> OsString {
+    let rest = &staging_name.as_bytes()[STAGING_PREFIX.len()..];
+    let mut out = b".goldclone-new.".to_vec();
+    out.extend_from_slice(rest);
     OsString::from_vec(out)
 }
 

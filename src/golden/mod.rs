@@ -576,7 +576,7 @@ impl Cache {
     /// of this project is alive.
     fn remove_staging(&self, dir: &Path, report: &mut GcReport) -> Result<()> {
         for name in state::list_names(dir)? {
-            if name.starts_with(STAGING_PREFIX) {
+            if name.starts_with(STAGING_PREFIX) || name.starts_with(store::IMPORT_PREFIX) {
                 self.store.remove_trash(&dir.join(&name))?;
                 report.removed.push(format!("staging {}", dir.join(&name).display()));
             }

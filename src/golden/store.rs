@@ -16,6 +16,11 @@ use crate::copy::{self, CopyOptions};
 use crate::sys::btrfs::BTRFS_FIRST_FREE_OBJECTID;
 use crate::{sys, Error, Result};
 
+/// Name prefix of the directory an import fills before it becomes a generation. Not the copy's
+/// staging prefix: `goldclone cleanup` must not take a running import for a leftover (these are
+/// not locked); the lifecycle removes them under the project's exclusive lock.
+pub(crate) const IMPORT_PREFIX: &str = ".goldclone-import.";
+
 /// A tree the lifecycle manages: a generation or a session of a project, and the path where
 /// it is (or would be) stored or mounted.
 #[derive(Debug, Clone)]
@@ -198,7 +203,7 @@ impl Store for BtrfsStore {
         // Built under a staging name, made read-only, then renamed: `dst` appears complete or not
         // at all. A crash leaves the staging subvolume, which recovery removes.
         let (parent, name) = split(dst)?;
-        let staging = parent.join(format!("{}{}", copy::STAGING_PREFIX, name.to_string_lossy()));
+        let staging = parent.join(format!("{IMPORT_PREFIX}{}", name.to_string_lossy()));
         let (_, staging_name) = split(&staging)?;
         let parent_fd = open_dir(parent)?;
         let _ = self.remove_trash(&staging);

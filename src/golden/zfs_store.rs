@@ -111,7 +111,7 @@ impl ZfsStore {
     fn staging_dir(golden: &Tree) -> PathBuf {
         let name =
             golden.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        golden.path.with_file_name(format!("{}{name}", copy::STAGING_PREFIX))
+        golden.path.with_file_name(format!("{}{name}", super::store::IMPORT_PREFIX))
     }
 
     /// Mount a session or staging dataset at `dir` (created if needed).
