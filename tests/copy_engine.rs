@@ -95,10 +95,17 @@ fn progress_counts_what_the_stats_report() {
     let s = Scratch::new("progress");
     let src = s.path().join("src");
     wide_tree(&src, 20, 50);
+    // An old atime (at its mtime, so relatime would move it on any read): neither the copy nor
+    // the totals walk beside it may read the source without O_NOATIME.
+    let old = nix::sys::time::TimeSpec::new(1_000_000_000, 0);
+    let probe = src.join("d0003");
+    let follow = nix::sys::stat::UtimensatFlags::FollowSymlink;
+    nix::sys::stat::utimensat(nix::fcntl::AT_FDCWD, &probe, &old, &old, follow).unwrap();
     let progress = Progress::new();
     let opts =
         CopyOptions { progress: Some(progress.clone()), count_totals: true, ..Default::default() };
     let stats = copy::copy_tree(&src, &s.path().join("dst"), &opts).unwrap();
+    assert_eq!(fs::metadata(&probe).unwrap().atime(), 1_000_000_000, "the source's atime moved");
     assert_eq!(stats.entries, 1 + 20 + 20 * 50);
     assert_eq!(progress.entries(), stats.entries);
     assert_eq!(progress.bytes(), stats.bytes);

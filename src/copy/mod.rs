@@ -17,6 +17,7 @@ mod staging;
 mod walk;
 
 use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -260,20 +261,34 @@ fn run_walk(
 /// Count entries and bytes under `root` for the progress totals; gives up quietly on errors
 /// (the copy reports them) and stops when the copy is over.
 fn count_totals(root: &Path, progress: &Progress, done: &AtomicBool) {
+    use nix::dir::Type;
+    use nix::fcntl::{AtFlags, AT_FDCWD};
     let mut stack = vec![root.to_path_buf()];
     let (mut entries, mut bytes) = (1u64, 0u64);
     while let Some(dir) = stack.pop() {
         if done.load(Ordering::Relaxed) {
             return;
         }
-        let Ok(read) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in read.flatten() {
+        // Opened like the copy opens it (O_NOATIME): counting must not touch the source either.
+        let Ok(fd) = staging::open_dir_noatime(AT_FDCWD, dir.as_path()) else { continue };
+        let Ok(list) = staging::list_entries(fd.as_fd(), &dir) else { continue };
+        for (name, kind) in list {
             entries += 1;
-            match entry.file_type() {
-                Ok(t) if t.is_dir() => stack.push(entry.path()),
-                Ok(t) if t.is_file() => bytes += entry.metadata().map_or(0, |m| m.len()),
+            match kind {
+                Some(Type::Directory) => {
+                    stack.push(dir.join(std::ffi::OsStr::from_bytes(name.as_bytes())))
+                }
+                Some(Type::File) | None => {
+                    if let Ok(st) =
+                        nix::sys::stat::fstatat(&fd, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+                    {
+                        if st.st_mode & libc::S_IFMT == libc::S_IFREG {
+                            bytes += st.st_size as u64;
+                        } else if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                            stack.push(dir.join(std::ffi::OsStr::from_bytes(name.as_bytes())));
+                        }
+                    }
+                }
                 _ => {}
             }
         }

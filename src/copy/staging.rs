@@ -30,6 +30,19 @@ pub const STAGING_PREFIX: &str = ".goldclone-staging.";
 pub(super) const DIR_FLAGS: OFlag =
     OFlag::O_RDONLY.union(OFlag::O_DIRECTORY).union(OFlag::O_NOFOLLOW).union(OFlag::O_CLOEXEC);
 
+/// Open a source directory without moving its atime: reading the golden tree must not change
+/// it (atimes are part of what is copied). O_NOATIME is only for the owner or CAP_FOWNER; others
+/// get a plain open.
+pub(super) fn open_dir_noatime<P: ?Sized + nix::NixPath>(
+    parent: BorrowedFd<'_>,
+    name: &P,
+) -> nix::Result<OwnedFd> {
+    match openat(parent, name, DIR_FLAGS | OFlag::O_NOATIME, Mode::empty()) {
+        Err(nix::Error::EPERM) => openat(parent, name, DIR_FLAGS, Mode::empty()),
+        other => other,
+    }
+}
+
 fn errno_io(e: nix::Error) -> io::Error {
     io::Error::from_raw_os_error(e as i32)
 }

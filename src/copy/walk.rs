@@ -27,7 +27,7 @@ use nix::unistd::{linkat, symlinkat};
 use super::data::{self, CapsCache, Method};
 use super::meta::{self, MetaError};
 use super::pool;
-use super::staging::{list_entries, DIR_FLAGS};
+use super::staging::{list_entries, open_dir_noatime, DIR_FLAGS};
 use super::{CancelToken, CopyOptions, CopyStats, Progress};
 use crate::{Error, Result};
 
@@ -218,14 +218,7 @@ impl<'a> Walk<'a> {
     }
 
     fn open_src_dir(&self, parent: BorrowedFd<'_>, name: &CStr, path: &Path) -> Result<OwnedFd> {
-        // O_NOATIME: reading the golden tree must not change it (atimes are part of what we copy).
-        match openat(parent, name, DIR_FLAGS | OFlag::O_NOATIME, Mode::empty()) {
-            Ok(fd) => Ok(fd),
-            // O_NOATIME is only for the owner or CAP_FOWNER.
-            Err(nix::Error::EPERM) => openat(parent, name, DIR_FLAGS, Mode::empty()),
-            Err(e) => Err(e),
-        }
-        .map_err(|e| Error::io("open", path, errno_io(e)))
+        open_dir_noatime(parent, name).map_err(|e| Error::io("open", path, errno_io(e)))
     }
 
     fn open_root(&self) -> Result<Arc<DirNode>> {
