@@ -133,8 +133,8 @@ where
     })
 }
 
-/// Ctrl-C cancels the copy (which then removes its staging directory) instead of killing us
-/// half-way; a second Ctrl-C kills as usual.
+/// Ctrl-C (or SIGTERM) cancels the copy, which then removes its staging directory, instead of
+/// killing it half-way; a second one quits at once.
 fn install_interrupt_handler(cancel: &CancelToken) {
     use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
     let mut set = SigSet::empty();
@@ -147,10 +147,17 @@ fn install_interrupt_handler(cancel: &CancelToken) {
     }
     let cancel = cancel.clone();
     std::thread::spawn(move || {
+        // The signals stay blocked in every thread, so this thread must take the second one too:
+        // it ends the process at once (the staging directory stays for `goldclone cleanup`).
         if set.wait().is_ok() {
-            eprintln!("goldclone: interrupted, removing the partial copy");
+            eprintln!("goldclone: interrupted, removing the partial copy (again to quit at once)");
             cancel.cancel();
-            let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None);
+        }
+        if let Ok(signal) = set.wait() {
+            eprintln!(
+                "goldclone: {signal:?} again, quitting; `goldclone cleanup` removes the leftover"
+            );
+            std::process::exit(128 + signal as i32);
         }
     });
 }
