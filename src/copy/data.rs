@@ -34,18 +34,17 @@ pub(super) enum Method {
     ReadWrite,
 }
 
-// 0: not known yet (the zeroed default).
-const WORKS: u8 = 1;
 const CANNOT: u8 = 2;
 
-/// What one (source fs, destination fs) pair has shown it can do.
+/// What one (source fs, destination fs) pair has shown it cannot do: each field is 0 until a
+/// call answers that the filesystems cannot, then [`CANNOT`]; only that answer is worth sharing.
 #[derive(Default)]
 pub(super) struct PairCaps {
     ficlone: AtomicU8,
     copy_file_range: AtomicU8,
 }
 
-/// Process-run-wide cache of [`PairCaps`], keyed by (source st_dev, destination st_dev).
+/// One copy's cache of [`PairCaps`], keyed by (source st_dev, destination st_dev).
 #[derive(Default)]
 pub(super) struct CapsCache {
     pairs: RwLock<HashMap<(u64, u64), Arc<PairCaps>>>,
@@ -105,10 +104,7 @@ pub(super) fn copy_data(
     }
     if caps.ficlone.load(Ordering::Relaxed) != CANNOT {
         match sys::fs::ficlone(dst, src) {
-            Ok(()) => {
-                caps.ficlone.store(WORKS, Ordering::Relaxed);
-                return Ok(Method::Cloned);
-            }
+            Ok(()) => return Ok(Method::Cloned),
             Err(e) => match verdict(&e) {
                 Verdict::FsCannot => caps.ficlone.store(CANNOT, Ordering::Relaxed),
                 Verdict::FileCannot => {}
@@ -171,7 +167,6 @@ fn copy_range(
     if caps.copy_file_range.load(Ordering::Relaxed) != CANNOT {
         loop {
             if off_in >= end {
-                caps.copy_file_range.store(WORKS, Ordering::Relaxed);
                 return Ok(Method::CopyFileRange);
             }
             let want = (end - off_in).min(1 << 30) as usize;

@@ -43,7 +43,8 @@ pub(super) fn open_dir_noatime<P: ?Sized + nix::NixPath>(
     }
 }
 
-fn errno_io(e: nix::Error) -> io::Error {
+/// nix's errno as the io::Error the crate's errors carry.
+pub(super) fn errno_io(e: nix::Error) -> io::Error {
     io::Error::from_raw_os_error(e as i32)
 }
 

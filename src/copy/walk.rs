@@ -27,7 +27,7 @@ use nix::unistd::{linkat, symlinkat};
 use super::data::{self, CapsCache, Method};
 use super::meta::{self, MetaError};
 use super::pool;
-use super::staging::{list_entries, open_dir_noatime, DIR_FLAGS};
+use super::staging::{errno_io, list_entries, open_dir_noatime, DIR_FLAGS};
 use super::{CancelToken, CopyOptions, CopyStats, Progress};
 use crate::{Error, Result};
 
@@ -90,10 +90,6 @@ pub(super) struct Walk<'a> {
     cancel: Option<&'a CancelToken>,
     failed: AtomicBool,
     error: Mutex<Option<Error>>,
-}
-
-fn errno_io(e: nix::Error) -> io::Error {
-    io::Error::from_raw_os_error(e as i32)
 }
 
 fn join_name(base: &Path, name: &CStr) -> PathBuf {

@@ -14,7 +14,7 @@
 
 mod mountinfo;
 mod reflink;
-mod zvol;
+pub(crate) mod zvol;
 
 use std::ffi::CString;
 use std::fs::File;

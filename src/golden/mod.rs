@@ -182,7 +182,7 @@ impl Cache {
         let generation = 1;
         let intent = Intent::Import { project: project.to_string(), generation };
         self.run(&intent, "import", || {
-            self.store.import(dir, &self.generation_tree(project, generation))?;
+            self.store.import(dir, &self.generation_tree(project, generation, Some(generation)))?;
             fault::point("import:tree-created");
             self.commit_generation(project, generation, None)?;
             Ok(generation)
@@ -207,7 +207,10 @@ impl Cache {
             if self.layout.session_meta(project, session).exists() || self.store.exists(&tree)? {
                 return Err(Error::AlreadyExists { path: path.clone() });
             }
-            self.store.session_from(&self.generation_tree(project, generation), &tree)?;
+            self.store.session_from(
+                &self.generation_tree(project, generation, Some(generation)),
+                &tree,
+            )?;
             fault::point("setup:tree-created");
             state::write_json(
                 &self.layout.session_meta(project, session),
@@ -243,8 +246,8 @@ impl Cache {
         self.run(&intent, "promote", || {
             self.store.golden_from(
                 &self.session_tree(project, session),
-                &self.generation_tree(project, generation),
-                &self.generation_tree(project, previous),
+                &self.generation_tree(project, generation, Some(previous)),
+                &self.generation_tree(project, previous, Some(previous)),
             )?;
             fault::point("promote:tree-created");
             self.commit_generation(project, generation, Some(session))?;
@@ -315,7 +318,11 @@ impl Cache {
             created_at: meta.created_at,
             source_session: meta.source_session,
             backend: self.backend(),
-            size_bytes: self.store.size(&self.generation_tree(project, generation)),
+            size_bytes: self.store.size(&self.generation_tree(
+                project,
+                generation,
+                Some(generation),
+            )),
             sessions,
         })
     }
@@ -325,11 +332,11 @@ impl Cache {
     pub fn generations(&self, project: &str) -> Result<Vec<u64>> {
         validate_name(project)?;
         let _lock = self.layout.lock(project, false, false)?;
-        self.current(project)?;
+        let current = self.current(project)?;
         let mut out = Vec::new();
         for g in self.layout.generation_numbers(project)? {
             if self.layout.generation_meta(project, g).exists()
-                && self.store.exists(&self.generation_tree(project, g))?
+                && self.store.exists(&self.generation_tree(project, g, Some(current)))?
             {
                 out.push(g);
             }
@@ -364,12 +371,14 @@ impl Cache {
         }
     }
 
-    fn generation_tree(&self, project: &str, generation: u64) -> Tree {
+    /// Generation `generation` of `project`, while `head` is the current generation (ZFS keeps
+    /// every live generation's snapshot on the current one's head).
+    fn generation_tree(&self, project: &str, generation: u64, head: Option<u64>) -> Tree {
         Tree {
             project: project.to_string(),
             id: TreeId::Generation(generation),
             path: self.layout.generation(project, generation),
-            head: self.layout.read_current(project).ok().flatten(),
+            head,
         }
     }
 
@@ -430,7 +439,8 @@ impl Cache {
     /// Safe under the shared lock: sessions are only made from the current generation, and
     /// `retire` lets exactly one of several concurrent callers do it. True if this call did.
     fn reclaim_if_unused(&self, project: &str, generation: u64) -> Result<bool> {
-        if self.layout.read_current(project)? == Some(generation) {
+        let current = self.layout.read_current(project)?;
+        if current == Some(generation) {
             return Ok(false);
         }
         for s in self.layout.session_names(project)? {
@@ -442,7 +452,7 @@ impl Cache {
                 }
             }
         }
-        let tree = self.generation_tree(project, generation);
+        let tree = self.generation_tree(project, generation, current);
         let retired =
             self.store.retire(&tree, &self.trash_name(project, &format!("gen-{generation}")))?;
         state::remove_file(&self.layout.generation_meta(project, generation))?;
@@ -491,7 +501,11 @@ impl Cache {
                 if l.read_current(project)? == Some(*generation) {
                     return Ok(());
                 }
-                self.store.discard(&self.generation_tree(project, *generation))?;
+                self.store.discard(&self.generation_tree(
+                    project,
+                    *generation,
+                    Some(*generation),
+                ))?;
                 state::remove_file(&l.generation_meta(project, *generation))?;
                 if exclusive {
                     self.remove_staging(&l.generations(project), report)?;
@@ -510,8 +524,8 @@ impl Cache {
                     current.ok_or_else(|| Error::UnknownProject { project: project.clone() })?;
                 let finished = self.store.recover_golden_from(
                     &self.session_tree(project, session),
-                    &self.generation_tree(project, *generation),
-                    &self.generation_tree(project, previous),
+                    &self.generation_tree(project, *generation, Some(previous)),
+                    &self.generation_tree(project, previous, Some(previous)),
                 )?;
                 if finished {
                     self.commit_generation(project, *generation, Some(session))?;
@@ -609,7 +623,7 @@ impl Cache {
             if Some(g) == current {
                 continue;
             }
-            let tree = self.generation_tree(project, g);
+            let tree = self.generation_tree(project, g, current);
             let meta = l.generation_meta(project, g);
             if meta.exists() {
                 if self.reclaim_if_unused(project, g)? {

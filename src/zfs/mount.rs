@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::DatasetName;
-use crate::sys::block::{blkzname, fifreeze, fithaw};
+use crate::sys::block::{fifreeze, fithaw};
 use crate::sys::mount::{mount, umount2, MntFlags, MsFlags};
 use crate::Error;
 
@@ -79,10 +79,9 @@ pub fn mount_xfs(dev: &Path, dir: &Path, nouuid: bool) -> Result<(), Error> {
         .map_err(|e| Error::io("mount xfs", dir, e))
 }
 
-/// The dataset behind block device `dev`, if it is a zvol.
+/// The dataset behind block device `dev`, if it is a zvol (detection's BLKZNAME lookup).
 fn zvol_name(dev: &Path) -> Option<String> {
-    let f = File::open(dev).ok()?;
-    blkzname(f.as_fd()).ok()
+    crate::detect::zvol::dataset_of(dev).ok()
 }
 
 /// Find the `/dev/zdN` device of volume `dataset`, waiting up to `timeout` for the kernel to
