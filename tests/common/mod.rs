@@ -221,7 +221,12 @@ impl Drop for ZfsRoot {
         }
         let _ = goldclone::zfs::mount::unmount(&self.path);
         if let Ok(zfs) = goldclone::zfs::Zfs::open() {
-            let _ = zfs.destroy_tree(&self.dataset);
+            // A zvol whose XFS was just unmounted can be EBUSY for a moment (the library retries
+            // the same way); tests/zfs-vm.sh fails the run if anything is left.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while zfs.destroy_tree(&self.dataset).is_err() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
         }
         let _ = std::fs::remove_dir(&self.path);
     }
