@@ -191,11 +191,7 @@ pub fn copy_tree(src: &Path, dst: &Path, opts: &CopyOptions) -> Result<CopyStats
 pub fn copy_into(src: &Path, dst: &Path, opts: &CopyOptions) -> Result<CopyStats> {
     let started = Instant::now();
     let threads = thread_count(opts)?;
-    let meta = std::fs::metadata(src).map_err(|e| Error::io("stat", src, e))?;
-    if !meta.is_dir() {
-        return Err(Error::NotADirectory { path: src.to_path_buf() });
-    }
-    let src = src.canonicalize().map_err(|e| Error::io("canonicalize", src, e))?;
+    let src = staging::source_dir(src)?;
     let dst_fd = nix::fcntl::openat(
         nix::fcntl::AT_FDCWD,
         dst,

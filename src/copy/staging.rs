@@ -67,11 +67,7 @@ pub(super) struct Staging {
 impl Staging {
     /// Check SRC and DST and create the locked staging directory. Touches nothing on error.
     pub fn prepare(src: &Path, dst: &Path) -> Result<Staging> {
-        let meta = std::fs::metadata(src).map_err(|e| Error::io("stat", src, e))?;
-        if !meta.is_dir() {
-            return Err(Error::NotADirectory { path: src.to_path_buf() });
-        }
-        let src_canon = src.canonicalize().map_err(|e| Error::io("canonicalize", src, e))?;
+        let src_canon = source_dir(src)?;
 
         let dst_name = match dst.components().next_back() {
             Some(Component::Normal(name)) => name.to_os_string(),
@@ -182,6 +178,16 @@ impl Staging {
     pub fn abandon(self) {
         let _ = remove_entry(self.parent.as_fd(), &self.staging_name, &self.path);
     }
+}
+
+/// The canonical path of the copy source `src`, which must be a directory (a symlink to one is
+/// followed: SRC is what the caller names, only the entries below it are never followed).
+pub(super) fn source_dir(src: &Path) -> Result<PathBuf> {
+    let meta = std::fs::metadata(src).map_err(|e| Error::io("stat", src, e))?;
+    if !meta.is_dir() {
+        return Err(Error::NotADirectory { path: src.to_path_buf() });
+    }
+    src.canonicalize().map_err(|e| Error::io("canonicalize", src, e))
 }
 
 /// `.goldclone-staging.<dst-name>.<pid>.<nonce>`, kept within NAME_MAX.
