@@ -67,8 +67,33 @@ fn binary_has_no_dt_needed_on_zfs_libraries() {
 fn cdylib_has_no_dt_needed_on_zfs_libraries() {
     let dir = PathBuf::from(env!("CARGO_BIN_EXE_goldclone")).parent().unwrap().to_owned();
     let lib = dir.join("libgoldclone.so");
+    // `cargo test` builds the library only as the rlib the tests and the binary link, never the
+    // cdylib, so a fresh checkout has none and an old one may be stale: build it here, with this
+    // run's profile, features and target directory (a fingerprint check when it is up to date).
+    // Run outside cargo (tests/zfs-vm.sh runs this binary in a guest that never compiles), the
+    // caller has built it.
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        build_cdylib(Path::new(&cargo), &dir);
+    }
     assert!(lib.exists(), "{} not built (crate-type cdylib)", lib.display());
     assert_no_zfs_needed(&lib);
+}
+
+/// `cargo build --lib` into `profile_dir` (`<target-dir>/<profile>`) with this test's features.
+fn build_cdylib(cargo: &Path, profile_dir: &Path) {
+    let profile = profile_dir.file_name().unwrap().to_str().unwrap();
+    let target_dir = profile_dir.parent().unwrap();
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "--quiet", "--lib", "--target-dir"])
+        .arg(target_dir)
+        // The dev profile's directory is called "debug".
+        .args(["--profile", if profile == "debug" { "dev" } else { profile }]);
+    if cfg!(feature = "fault-injection") {
+        cmd.args(["--features", "fault-injection"]);
+    }
+    let status = cmd.status().unwrap_or_else(|e| panic!("run {}: {e}", cargo.display()));
+    assert!(status.success(), "{cmd:?} failed: {status}");
 }
 
 /// Whether ZFS should load here, and the text the "unavailable" reason must contain.
