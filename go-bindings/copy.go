@@ -27,7 +27,8 @@ type Progress struct {
 
 // CopyOptions tune CopyTreeWithOptions; the zero value is the defaults.
 type CopyOptions struct {
-	// Threads is the number of worker threads (0 = default, at most 1024).
+	// Threads is the number of worker threads, at most 1024. 0 (the default) adapts: one per
+	// CPU while the source is read from memory, twice that (4 to 32) while it is read from storage.
 	Threads int
 	// Sync makes the copy durable (syncfs) before it appears at dst.
 	Sync bool

@@ -343,7 +343,8 @@ typedef int32_t (*goldclone_progress_fn)(void *user_data,
  */
 typedef struct goldclone_copy_options {
     /**
-     * Worker threads; 0 picks a default from the number of CPUs; at most 1024.
+     * Worker threads, at most 1024; 0 adapts: one per CPU while the source is read from memory,
+     * twice that (4 to 32) while it is read from storage.
      */
     uint32_t threads;
     /**
@@ -425,7 +426,7 @@ typedef struct goldclone_copy_stats {
      */
     uint64_t read_write;
     /**
-     * Worker threads used.
+     * Worker threads started (with the adaptive default, at most this many ran at once).
      */
     uint32_t threads;
     /**

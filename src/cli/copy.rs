@@ -17,14 +17,15 @@ pub struct CopyArgs {
     pub src: PathBuf,
     /// Destination; must not exist, its parent must.
     pub dst: PathBuf,
-    /// Worker threads (default: twice the CPUs, at least 4).
+    /// Worker threads (default 0: one per CPU while the source is read from memory, twice that,
+    /// 4 to 32, while it is read from storage).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
     /// syncfs the destination before renaming it into place.
     #[arg(long)]
     pub sync: bool,
-    /// Write files smaller than this many bytes instead of reflinking them (faster on XFS, not
-    /// shared with the source).
+    /// Write files smaller than this many bytes instead of reflinking them (less CPU per file on
+    /// XFS, but not shared with the source; see BENCHMARKS.md).
     #[arg(long, default_value_t = 0)]
     pub clone_min_size: u64,
     /// Print the statistics as JSON.
@@ -69,7 +70,7 @@ pub fn run(args: &CopyArgs) -> Result<()> {
 /// Human summary of a finished copy.
 pub fn print_stats(s: &CopyStats) {
     println!(
-        "copied {} entries ({} files, {} dirs, {} symlinks, {} special, {} hardlinks), {:.1} MiB in {:.3} s with {} threads",
+        "copied {} entries ({} files, {} dirs, {} symlinks, {} special, {} hardlinks), {:.1} MiB in {:.3} s with up to {} threads",
         s.entries,
         s.files,
         s.dirs,

@@ -88,7 +88,7 @@ fn demo_in(work: &Path) -> Result<()> {
     let vs_cp = treediff::compare(&cp_dst, &ours, &CompareOptions::default())?;
     let ours_secs = stats.elapsed.as_secs_f64();
     println!(
-        "goldclone copy: {:.3} s ({} entries, file data by {}, {} threads)",
+        "goldclone copy: {:.3} s ({} entries, file data by {}, up to {} threads)",
         ours_secs,
         stats.entries,
         stats.main_method(),

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 pub use staging::{cleanup_staging, remove_tree, STAGING_PREFIX};
 
 use crate::{Error, Result};
+use pool::Workers;
 
 /// A flag another thread sets to stop a copy. The copy then fails with [`Error::Cancelled`]
 /// and leaves nothing behind.
@@ -82,7 +83,8 @@ impl Progress {
 /// How to copy.
 #[derive(Debug, Clone, Default)]
 pub struct CopyOptions {
-    /// Worker threads; 0 picks a default from the number of CPUs.
+    /// Worker threads; 0 (the default) adapts: one per CPU while the source is read from memory,
+    /// twice that (4 to 32) while it is read from storage.
     pub threads: usize,
     /// Counters to update while copying.
     pub progress: Option<Arc<Progress>>,
@@ -94,8 +96,9 @@ pub struct CopyOptions {
     /// Walk the source once more, alongside the copy, to learn the totals for a progress bar.
     pub count_totals: bool,
     /// Files smaller than this many bytes are written instead of reflinked. Cloning a file costs
-    /// several filesystem transactions whatever its size, writing a few KiB costs less; the price
-    /// is that those bytes are not shared with the source. 0 (the default) clones every file.
+    /// several filesystem transactions whatever its size, writing a few KiB costs less CPU; the
+    /// price is that those bytes are not shared with the source. 0 (the default) clones every
+    /// file, which BENCHMARKS.md measured as the faster setting with the adaptive worker count.
     pub clone_min_size: u64,
 }
 
@@ -124,7 +127,7 @@ pub struct CopyStats {
     pub sparse: u64,
     /// Files copied through a user-space buffer.
     pub read_write: u64,
-    /// Worker threads used.
+    /// Worker threads started (with the adaptive default, at most this many ran at once).
     pub threads: usize,
     /// Wall time.
     #[serde(serialize_with = "serialize_secs")]
@@ -153,13 +156,6 @@ impl CopyStats {
         .max_by_key(|(n, _)| *n)
         .map_or("none", |(_, m)| m)
     }
-}
-
-/// Default worker count. Most of a tree copy is metadata syscalls that wait on the filesystem
-/// journal, so a few more threads than CPUs keep the CPUs busy.
-pub fn default_threads() -> usize {
-    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-    (cpus * 2).clamp(4, 32)
 }
 
 /// Copy the directory tree `src` to `dst`, which must not exist (its parent must).
@@ -221,13 +217,13 @@ pub fn copy_into(src: &Path, dst: &Path, opts: &CopyOptions) -> Result<CopyStats
     }
 }
 
-fn thread_count(opts: &CopyOptions) -> Result<usize> {
+fn thread_count(opts: &CopyOptions) -> Result<Workers> {
     match opts.threads {
-        0 => Ok(default_threads()),
+        0 => Ok(Workers::adaptive()),
         n if n > 1024 => {
             Err(Error::InvalidArgument { what: format!("{n} threads is more than 1024") })
         }
-        n => Ok(n),
+        n => Ok(Workers::Fixed(n)),
     }
 }
 
@@ -238,7 +234,7 @@ fn run_walk(
     dst_path: &Path,
     dst_fd: BorrowedFd<'_>,
     opts: &CopyOptions,
-    threads: usize,
+    threads: Workers,
 ) -> Result<CopyStats> {
     let progress = opts.progress.as_deref();
     let done = AtomicBool::new(false);

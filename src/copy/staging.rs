@@ -371,7 +371,7 @@ fn remove_dir(parent: BorrowedFd<'_>, name: &OsStr, path: &Path) -> Result<()> {
         pending: AtomicUsize::new(1),
     });
     super::pool::run(
-        super::default_threads(),
+        super::pool::Workers::adaptive(),
         "remove",
         &stop,
         |push| push(root),

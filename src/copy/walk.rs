@@ -131,10 +131,10 @@ impl<'a> Walk<'a> {
         })
     }
 
-    /// Copy the whole tree with `threads` workers. The root's own metadata is applied last.
-    pub fn run(self, threads: usize) -> Result<CopyStats> {
+    /// Copy the whole tree with `workers`. The root's own metadata is applied last.
+    pub fn run(self, workers: pool::Workers) -> Result<CopyStats> {
         pool::run(
-            threads,
+            workers,
             "copy",
             &self.failed,
             |push| match self.open_root() {
@@ -160,7 +160,7 @@ impl<'a> Walk<'a> {
             copy_file_range: get(&c.copy_file_range),
             sparse: get(&c.sparse),
             read_write: get(&c.read_write),
-            threads,
+            threads: workers.max(),
             elapsed: Duration::ZERO,
         })
     }

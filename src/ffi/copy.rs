@@ -47,7 +47,8 @@ pub type goldclone_progress_fn = Option<
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct goldclone_copy_options {
-    /// Worker threads; 0 picks a default from the number of CPUs; at most 1024.
+    /// Worker threads, at most 1024; 0 adapts: one per CPU while the source is read from memory,
+    /// twice that (4 to 32) while it is read from storage.
     pub threads: u32,
     /// `syncfs` the destination before the final rename.
     pub sync: bool,
@@ -91,7 +92,7 @@ pub struct goldclone_copy_stats {
     pub sparse: u64,
     /// Files copied through a user-space buffer.
     pub read_write: u64,
-    /// Worker threads used.
+    /// Worker threads started (with the adaptive default, at most this many ran at once).
     pub threads: u32,
     /// Wall time in nanoseconds.
     pub elapsed_ns: u64,
