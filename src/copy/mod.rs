@@ -71,8 +71,14 @@ impl Progress {
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
+    fn set_totals(&self, entries: u64, bytes: u64) {
+        self.total_entries.store(entries, Ordering::Relaxed);
+        self.total_bytes.store(bytes, Ordering::Relaxed);
+        self.totals_known.store(true, Ordering::Release);
+    }
     /// Totals (entries, bytes) once the counting walk has finished, if
-    /// [`CopyOptions::count_totals`] asked for it.
+    /// [`CopyOptions::count_totals`] asked for it; after a successful copy, the copy's own
+    /// counts.
     pub fn totals(&self) -> Option<(u64, u64)> {
         self.totals_known.load(Ordering::Acquire).then(|| {
             (self.total_entries.load(Ordering::Relaxed), self.total_bytes.load(Ordering::Relaxed))
@@ -248,6 +254,14 @@ fn run_walk(
         done.store(true, Ordering::Relaxed);
         result
     })
+    .inspect(|_| {
+        // The counting thread has been joined. A finished copy's counts are the totals, also
+        // when it ended before the counting walk did (a small tree) or the walk counted a
+        // hardlinked file's bytes once per link: the last report then shows copied == total.
+        if let (true, Some(p)) = (opts.count_totals, progress) {
+            p.set_totals(p.entries(), p.bytes());
+        }
+    })
 }
 
 /// Count entries and bytes under `root` for the progress totals; gives up quietly on errors
@@ -285,7 +299,5 @@ fn count_totals(root: &Path, progress: &Progress, done: &AtomicBool) {
             }
         }
     }
-    progress.total_entries.store(entries, Ordering::Relaxed);
-    progress.total_bytes.store(bytes, Ordering::Relaxed);
-    progress.totals_known.store(true, Ordering::Release);
+    progress.set_totals(entries, bytes);
 }
