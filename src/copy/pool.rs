@@ -85,14 +85,17 @@ pub(super) fn run<T: Send>(
             if let Some(start) = storage_read_bytes() {
                 gate.set(cpus);
                 let (gate, outstanding) = (&gate, &outstanding);
-                std::thread::Builder::new()
+                let monitor = std::thread::Builder::new()
                     .name(format!("goldclone-{name}-io"))
                     .spawn_scoped(scope, move || {
                         adapt(gate, cpus, max, start, || {
                             outstanding.load(Ordering::Acquire) == 0 || stop.load(Ordering::Relaxed)
                         })
-                    })
-                    .expect("spawning the pool's monitor thread");
+                    });
+                if monitor.is_err() {
+                    // No thread for the monitor (a thread limit): run every worker instead.
+                    gate.set(max);
+                }
             }
         }
         for (index, local) in locals.into_iter().enumerate() {
