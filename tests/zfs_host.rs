@@ -79,18 +79,33 @@ fn cdylib_has_no_dt_needed_on_zfs_libraries() {
     assert_no_zfs_needed(&lib);
 }
 
-/// `cargo build --lib` into `profile_dir` (`<target-dir>/<profile>`) with this test's features.
+/// `cargo build --lib` into `profile_dir` (`<target-dir>[/<triple>]/<profile>`) with this
+/// test's features.
 fn build_cdylib(cargo: &Path, profile_dir: &Path) {
     let profile = profile_dir.file_name().unwrap().to_str().unwrap();
-    let target_dir = profile_dir.parent().unwrap();
     let mut cmd = std::process::Command::new(cargo);
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["build", "--quiet", "--lib", "--target-dir"])
-        .arg(target_dir)
+        .args(["build", "--quiet", "--lib"])
         // The dev profile's directory is called "debug".
         .args(["--profile", if profile == "debug" { "dev" } else { profile }]);
-    if cfg!(feature = "fault-injection") {
-        cmd.args(["--features", "fault-injection"]);
+    // Cargo marks the target directory itself with CACHEDIR.TAG; without it, the parent is a
+    // `--target <triple>` directory inside it.
+    let parent = profile_dir.parent().unwrap();
+    if parent.join("CACHEDIR.TAG").exists() {
+        cmd.arg("--target-dir").arg(parent);
+    } else {
+        cmd.arg("--target-dir").arg(parent.parent().unwrap());
+        cmd.arg("--target").arg(parent.file_name().unwrap());
+    }
+    let features: Vec<&str> = [
+        ("fault-injection", cfg!(feature = "fault-injection")),
+        ("buildtime-bindgen", cfg!(feature = "buildtime-bindgen")),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect();
+    if !features.is_empty() {
+        cmd.args(["--features", &features.join(",")]);
     }
     let status = cmd.status().unwrap_or_else(|e| panic!("run {}: {e}", cargo.display()));
     assert!(status.success(), "{cmd:?} failed: {status}");

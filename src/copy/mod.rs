@@ -20,7 +20,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use staging::{cleanup_staging, remove_tree, STAGING_PREFIX};
@@ -53,9 +53,8 @@ impl CancelToken {
 pub struct Progress {
     entries: AtomicU64,
     bytes: AtomicU64,
-    total_entries: AtomicU64,
-    total_bytes: AtomicU64,
-    totals_known: AtomicBool,
+    /// (entries, bytes), set as one pair: a reader never sees one from each of two settings.
+    totals: Mutex<Option<(u64, u64)>>,
 }
 
 impl Progress {
@@ -72,17 +71,13 @@ impl Progress {
         self.bytes.load(Ordering::Relaxed)
     }
     fn set_totals(&self, entries: u64, bytes: u64) {
-        self.total_entries.store(entries, Ordering::Relaxed);
-        self.total_bytes.store(bytes, Ordering::Relaxed);
-        self.totals_known.store(true, Ordering::Release);
+        *self.totals.lock().unwrap_or_else(|p| p.into_inner()) = Some((entries, bytes));
     }
     /// Totals (entries, bytes) once the counting walk has finished, if
     /// [`CopyOptions::count_totals`] asked for it; after a successful copy, the copy's own
     /// counts.
     pub fn totals(&self) -> Option<(u64, u64)> {
-        self.totals_known.load(Ordering::Acquire).then(|| {
-            (self.total_entries.load(Ordering::Relaxed), self.total_bytes.load(Ordering::Relaxed))
-        })
+        *self.totals.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
