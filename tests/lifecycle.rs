@@ -402,3 +402,40 @@ fn different_projects_never_wait_for_each_other() {
     }
     let _ = fs::remove_dir_all(&src);
 }
+
+/// A session whose directory and metadata were removed by hand, with no intent left either (an
+/// operator's `umount; rm -rf`), is still found by gc where the store keeps sessions apart from
+/// their directories (ZFS datasets), and its name can be used again. On the directory-based
+/// backends removing the directory removed the session, and gc has nothing to do.
+#[test]
+fn gc_finds_a_session_whose_directory_and_metadata_are_gone() {
+    let src = scratch_tree("lost", "1", 5);
+    for (root, name) in roots("lost") {
+        let cache = open(&root);
+        cache.import("proj", &src).unwrap();
+        let kept = cache.setup("proj", "kept").unwrap();
+        let lost = cache.setup("proj", "lost").unwrap();
+        fs::write(lost.join("private"), "x").unwrap();
+        let on_zfs = matches!(root.backend, BackendKind::Zfs | BackendKind::Zvol);
+        if on_zfs {
+            nix::mount::umount2(&lost, nix::mount::MntFlags::empty()).unwrap();
+        }
+        goldclone::copy::remove_tree(&lost).unwrap();
+        fs::remove_file(root.path.join("proj/sessions/lost.json")).unwrap();
+
+        let report = cache.gc().unwrap();
+        let found: Vec<&String> =
+            report.removed.iter().filter(|r| r.contains("orphan session tree lost")).collect();
+        assert_eq!(found.len(), usize::from(on_zfs), "{name}: {:?}", report.removed);
+        assert_eq!(report.removed.len(), found.len(), "{name}: {:?}", report.removed);
+        // The other session is untouched; the lost one's name is free, for a fresh copy.
+        assert_eq!(whole_generation(&kept, 5), "1", "{name}");
+        let again = cache.setup("proj", "lost").unwrap();
+        assert_eq!(whole_generation(&again, 5), "1", "{name}");
+        assert!(!again.join("private").exists(), "{name}: the old session's data came back");
+        cache.cleanup("proj", "lost").unwrap();
+        cache.cleanup("proj", "kept").unwrap();
+        assert_eq!(cache.gc().unwrap().removed, Vec::<String>::new(), "{name}");
+    }
+    let _ = fs::remove_dir_all(&src);
+}

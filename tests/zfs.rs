@@ -792,6 +792,33 @@ fn channel_program_results_and_errors() {
 
 #[test]
 #[ignore = "needs real ZFS: run by tests/zfs-vm.sh"]
+fn children_lists_direct_children_only() {
+    let fx = Fx::new("children");
+    let parent = fx.name("p");
+    fx.zfs.create_filesystem(&parent, &Props::new()).unwrap();
+    assert_eq!(fx.zfs.children(&parent).unwrap(), Vec::<DatasetName>::new());
+    let mut want = Vec::new();
+    for n in ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k"] {
+        let child = parent.child(n).unwrap();
+        fx.zfs.create_filesystem(&child, &Props::new()).unwrap();
+        want.push(child);
+    }
+    let v = parent.child("vol").unwrap();
+    fx.zfs.create_volume(&v, &Props::new().volsize(16 << 20)).unwrap();
+    want.push(v);
+    // Grandchildren and snapshots are not children.
+    fx.zfs.create_filesystem(&parent.child("a/deep").unwrap(), &Props::new()).unwrap();
+    fx.zfs.snapshot(&[parent.snapshot("s").unwrap()]).unwrap();
+    let mut got = fx.zfs.children(&parent).unwrap();
+    got.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+    want.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+    assert_eq!(got, want);
+    let err = fx.zfs.children(&fx.name("missing")).unwrap_err();
+    assert_eq!(zkind(&err), ZfsErrorKind::NotFound, "{err}");
+}
+
+#[test]
+#[ignore = "needs real ZFS: run by tests/zfs-vm.sh"]
 fn sync_pool_and_missing_pool() {
     let fx = Fx::new("sync");
     fx.zfs.sync(fx.root.pool()).unwrap();

@@ -604,7 +604,13 @@ impl Cache {
         let current = l.read_current(project)?;
         self.remove_staging(&l.generations(project), report)?;
         self.remove_staging(&l.sessions(project), report)?;
-        for s in l.session_names(project)? {
+        let mut sessions = l.session_names(project)?;
+        for s in self.store.session_names(project)? {
+            if !sessions.contains(&s) {
+                sessions.push(s);
+            }
+        }
+        for s in sessions {
             let tree = self.session_tree(project, &s);
             let meta = l.session_meta(project, &s);
             match (self.store.exists(&tree)?, meta.exists()) {

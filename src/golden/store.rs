@@ -82,6 +82,13 @@ pub(crate) trait Store: Send + Sync + std::fmt::Debug {
     fn size(&self, tree: &Tree) -> u64 {
         disk_usage(&tree.path)
     }
+    /// Sessions of `project` this store holds apart from their directories (ZFS datasets), so
+    /// that gc finds one whose directory, metadata and intent are all gone. Directory-based
+    /// stores have none: their trees are the directories gc lists anyway.
+    fn session_names(&self, project: &str) -> Result<Vec<String>> {
+        let _ = project;
+        Ok(Vec::new())
+    }
 }
 
 /// What [`Store::retire`] did.

@@ -429,6 +429,22 @@ impl Store for ZfsStore {
         copy::remove_tree(path)
     }
 
+    fn session_names(&self, project: &str) -> Result<Vec<String>> {
+        let container = self.container(project)?;
+        let children = match self.zfs.children(&container) {
+            Ok(c) => c,
+            Err(e) if zfs_kind(&e) == Some(ZfsErrorKind::NotFound) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        // Only our own naming inside our own container: `s-<valid session name>`.
+        Ok(children
+            .iter()
+            .filter_map(|c| c.as_str().rsplit('/').next()?.strip_prefix("s-"))
+            .filter(|s| super::state::validate_name(s).is_ok())
+            .map(str::to_string)
+            .collect())
+    }
+
     fn size(&self, tree: &Tree) -> u64 {
         let TreeId::Generation(g) = tree.id else { return 0 };
         let Ok(snap) = self.generation_snapshot(&tree.project, tree.head.unwrap_or(g), g) else {

@@ -926,6 +926,47 @@ return {left = 0}
         Err(err.into())
     }
 
+    /// The direct children (filesystems and volumes) of `dataset`, read in open context by a
+    /// read-only channel program (libzfs_core has no listing call). [`ZfsErrorKind::NotFound`]
+    /// when `dataset` does not exist.
+    pub fn children(&self, dataset: &DatasetName) -> Result<Vec<DatasetName>, Error> {
+        const PROGRAM: &str = r#"
+local ds = (...)["argv"][1]
+if not zfs.exists(ds) then return {found = false} end
+local names = {}
+for child in zfs.list.children(ds) do table.insert(names, child) end
+return {found = true, names = names}
+"#;
+        let result = self.channel_program(dataset.pool(), PROGRAM, &[dataset.as_str()], false)?;
+        let unexpected = || -> Error {
+            ZfsError::new(ZfsOp::ChannelProgram, dataset.as_str(), libc::EPROTO)
+                .with_detail(Some(format!("unexpected result {result:?}")))
+                .into()
+        };
+        let ZcpValue::Table(t) = &result else { return Err(unexpected()) };
+        match (t.get("found"), t.get("names")) {
+            (Some(ZcpValue::Bool(false)), _) => {
+                Err(ZfsError::new(ZfsOp::ChannelProgram, dataset.as_str(), libc::ENOENT).into())
+            }
+            (Some(ZcpValue::Bool(true)), names) => {
+                let names = match names {
+                    Some(ZcpValue::Table(n)) => n,
+                    // An empty Lua table may come back as no entry at all.
+                    None => return Ok(Vec::new()),
+                    Some(_) => return Err(unexpected()),
+                };
+                names
+                    .values()
+                    .map(|v| match v {
+                        ZcpValue::String(name) => DatasetName::new(name),
+                        _ => Err(unexpected()),
+                    })
+                    .collect()
+            }
+            _ => Err(unexpected()),
+        }
+    }
+
     /// Wait until everything written to `pool` so far is on disk.
     pub fn sync(&self, pool: &str) -> Result<(), Error> {
         let pool_name = DatasetName::new(pool)?;
