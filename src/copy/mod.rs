@@ -166,9 +166,9 @@ impl CopyStats {
 /// cancelled copy.
 pub fn copy_tree(src: &Path, dst: &Path, opts: &CopyOptions) -> Result<CopyStats> {
     let started = Instant::now();
-    let threads = thread_count(opts)?;
+    let workers = workers_for(opts)?;
     let staging = staging::Staging::prepare(src, dst)?;
-    let result = run_walk(&staging.src, &staging.path, staging.fd.as_fd(), opts, threads);
+    let result = run_walk(&staging.src, &staging.path, staging.fd.as_fd(), opts, workers);
     let stats =
         match result.and_then(|s| if opts.sync { staging.sync().map(|()| s) } else { Ok(s) }) {
             Ok(stats) => stats,
@@ -187,7 +187,7 @@ pub fn copy_tree(src: &Path, dst: &Path, opts: &CopyOptions) -> Result<CopyStats
 /// emptied again.
 pub fn copy_into(src: &Path, dst: &Path, opts: &CopyOptions) -> Result<CopyStats> {
     let started = Instant::now();
-    let threads = thread_count(opts)?;
+    let workers = workers_for(opts)?;
     let src = staging::source_dir(src)?;
     let dst_fd = nix::fcntl::openat(
         nix::fcntl::AT_FDCWD,
@@ -203,7 +203,7 @@ pub fn copy_into(src: &Path, dst: &Path, opts: &CopyOptions) -> Result<CopyStats
     if dst_canon.starts_with(&src) {
         return Err(Error::DestinationInsideSource { src: src.clone(), dst: dst.to_path_buf() });
     }
-    let synced = run_walk(&src, dst, dst_fd.as_fd(), opts, threads).and_then(|stats| {
+    let synced = run_walk(&src, dst, dst_fd.as_fd(), opts, workers).and_then(|stats| {
         if opts.sync {
             nix::unistd::syncfs(&dst_fd).map_err(|e| Error::io("syncfs", dst, e.into()))?;
         }
@@ -218,7 +218,7 @@ pub fn copy_into(src: &Path, dst: &Path, opts: &CopyOptions) -> Result<CopyStats
     }
 }
 
-fn thread_count(opts: &CopyOptions) -> Result<Workers> {
+fn workers_for(opts: &CopyOptions) -> Result<Workers> {
     match opts.threads {
         0 => Ok(Workers::adaptive()),
         n if n > 1024 => {
@@ -235,7 +235,7 @@ fn run_walk(
     dst_path: &Path,
     dst_fd: BorrowedFd<'_>,
     opts: &CopyOptions,
-    threads: Workers,
+    workers: Workers,
 ) -> Result<CopyStats> {
     let progress = opts.progress.as_deref();
     let done = AtomicBool::new(false);
@@ -245,7 +245,7 @@ fn run_walk(
             scope.spawn(move || count_totals(src, p, done));
         }
         let result =
-            walk::Walk::new(src, dst_path, dst_fd, opts, progress).and_then(|w| w.run(threads));
+            walk::Walk::new(src, dst_path, dst_fd, opts, progress).and_then(|w| w.run(workers));
         done.store(true, Ordering::Relaxed);
         result
     })

@@ -9,11 +9,11 @@
 //! they only add contention on the filesystem's locks (on XFS the per-allocation-group AGI/AGF
 //! buffer locks: measured on a 2-CPU host, a warm 101K-entry reflink copy took 1.9 s with 2
 //! workers and 2.4 s with 4, with 24% of the CPU time idle, while a cold one took 3.0 s with 2
-//! and 2.7 s with 4). Any read from storage opens the gate, however small: on a slow disk a few
-//! KiB per poll is what waiting looks like. Reads by other threads of the process open it too,
-//! which costs nothing more than the fixed count of before. The signal is the process's `read_bytes` in `/proc/self/io`, bytes fetched
+//! and 2.7 s with 4). The signal is the process's `read_bytes` in `/proc/self/io`, bytes fetched
 //! from storage: while it grows, all workers run; once it has stopped growing, only as many as
-//! there are CPUs.
+//! there are CPUs. Any read opens the gate, however small: on a slow disk a few KiB per poll is
+//! what waiting looks like. Reads by other threads of the process open it too, which costs no
+//! more than the fixed count of before.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -265,6 +265,7 @@ impl IoGate {
 /// Marks a task finished when dropped, also when the task panics: then the pool stops too, so
 /// the other workers return instead of waiting forever for a count that never reaches zero, and
 /// the scope hands the panic to the caller.
+///
 /// The last task to finish, or one that stopped the pool, wakes the waiting workers and the
 /// monitor so that they return at once.
 struct TaskDone<'a> {
