@@ -259,6 +259,25 @@ func TestCopyTreeCallbackPanic(t *testing.T) {
 
 // cacheRoot gives a cache root on f: a fresh directory on the loop mounts, the ZFS dataset's
 // mount point itself in the guest (with a per-test project name to keep runs apart).
+// importedCache opens a cache on the first test filesystem and imports a one-file golden tree
+// as a project named prefix plus a timestamp. The caller closes the cache.
+func importedCache(t *testing.T, prefix string) (c *Cache, project, root string) {
+	t.Helper()
+	root, srcDir := cacheRoot(t, filesystems(t)[0])
+	golden := filepath.Join(srcDir, "golden")
+	writeFile(t, filepath.Join(golden, "x"), "x")
+	c, err := Open(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	project = prefix + time.Now().Format("150405.000000")
+	if _, err := c.Import(project, golden); err != nil {
+		c.Close()
+		t.Fatal(err)
+	}
+	return c, project, root
+}
+
 func cacheRoot(t *testing.T, f testFS) (root, srcDir string) {
 	t.Helper()
 	if f.name == "root" {
@@ -381,19 +400,8 @@ func TestLifecycle(t *testing.T) {
 }
 
 func TestBadNames(t *testing.T) {
-	f := filesystems(t)[0]
-	root, srcDir := cacheRoot(t, f)
-	golden := filepath.Join(srcDir, "golden")
-	writeFile(t, filepath.Join(golden, "x"), "x")
-	c, err := Open(root)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, project, root := importedCache(t, "go-bad-")
 	defer c.Close()
-	project := "go-bad-" + time.Now().Format("150405.000000")
-	if _, err := c.Import(project, golden); err != nil {
-		t.Fatal(err)
-	}
 	cases := map[string]error{
 		"": ErrInvalidName, "..": ErrInvalidName, "../x": ErrInvalidName, "a/b": ErrInvalidName,
 		"-x": ErrInvalidName, "a@b": ErrInvalidName, "caf\u00e9": ErrInvalidName, "\xff\xfe": ErrInvalidName,
@@ -432,19 +440,8 @@ func TestBadNames(t *testing.T) {
 }
 
 func TestConcurrentSessions(t *testing.T) {
-	f := filesystems(t)[0]
-	root, srcDir := cacheRoot(t, f)
-	golden := filepath.Join(srcDir, "golden")
-	writeFile(t, filepath.Join(golden, "x"), "x")
-	c, err := Open(root)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, project, _ := importedCache(t, "go-conc-")
 	defer c.Close()
-	project := "go-conc-" + time.Now().Format("150405.000000")
-	if _, err := c.Import(project, golden); err != nil {
-		t.Fatal(err)
-	}
 	var wg sync.WaitGroup
 	errs := make(chan error, 64)
 	for w := 0; w < 8; w++ {
@@ -503,18 +500,7 @@ func TestFinalizer(t *testing.T) {
 
 // Close while other goroutines use the Cache: their calls finish or fail with ErrInvalidHandle.
 func TestCloseWhileInUse(t *testing.T) {
-	f := filesystems(t)[0]
-	root, srcDir := cacheRoot(t, f)
-	golden := filepath.Join(srcDir, "golden")
-	writeFile(t, filepath.Join(golden, "x"), "x")
-	c, err := Open(root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	project := "go-close-" + time.Now().Format("150405.000000")
-	if _, err := c.Import(project, golden); err != nil {
-		t.Fatal(err)
-	}
+	c, project, _ := importedCache(t, "go-close-")
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
 	for w := 0; w < 4; w++ {
