@@ -34,6 +34,8 @@ const (
 	ResultIO                Result = 14
 	ResultSnapshotHasClones Result = 15
 	ResultSnapshotHeld      Result = 16
+	ResultDamaged           Result = 17
+	ResultIncomplete        Result = 18
 	ResultOther             Result = 99
 	ResultNullParameter     Result = 100
 	ResultInvalidHandle     Result = 101
@@ -108,6 +110,8 @@ var (
 	ErrIO                = &Error{Code: ResultIO, Op: "sentinel"}
 	ErrSnapshotHasClones = &Error{Code: ResultSnapshotHasClones, Op: "sentinel"}
 	ErrSnapshotHeld      = &Error{Code: ResultSnapshotHeld, Op: "sentinel"}
+	ErrDamaged           = &Error{Code: ResultDamaged, Op: "sentinel"}
+	ErrIncomplete        = &Error{Code: ResultIncomplete, Op: "sentinel"}
 	ErrOther             = &Error{Code: ResultOther, Op: "sentinel"}
 	ErrNullParameter     = &Error{Code: ResultNullParameter, Op: "sentinel"}
 	ErrInvalidHandle     = &Error{Code: ResultInvalidHandle, Op: "sentinel"}
@@ -134,6 +138,8 @@ var headerResults = map[Result]C.goldclone_result{
 	ResultIO:                C.GOLDCLONE_RESULT_IO,
 	ResultSnapshotHasClones: C.GOLDCLONE_RESULT_SNAPSHOT_HAS_CLONES,
 	ResultSnapshotHeld:      C.GOLDCLONE_RESULT_SNAPSHOT_HELD,
+	ResultDamaged:           C.GOLDCLONE_RESULT_DAMAGED,
+	ResultIncomplete:        C.GOLDCLONE_RESULT_INCOMPLETE,
 	ResultOther:             C.GOLDCLONE_RESULT_OTHER,
 	ResultNullParameter:     C.GOLDCLONE_RESULT_NULL_PARAMETER,
 	ResultInvalidHandle:     C.GOLDCLONE_RESULT_INVALID_HANDLE,

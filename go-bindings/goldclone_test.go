@@ -24,7 +24,7 @@ func TestVersion(t *testing.T) {
 }
 
 func TestConstantsMatchHeader(t *testing.T) {
-	if len(headerResults) != 22 || len(headerBackends) != 5 || len(headerKinds) != 5 {
+	if len(headerResults) != 24 || len(headerBackends) != 5 || len(headerKinds) != 5 {
 		t.Fatal("a constant is not paired with the header")
 	}
 	for g, c := range headerResults {
@@ -53,11 +53,12 @@ func TestResultNamesAndErrorsIs(t *testing.T) {
 		ResultUnsupported: ErrUnsupported, ResultCrossDevice: ErrCrossDevice,
 		ResultCancelled: ErrCancelled, ResultZFSUnavailable: ErrZFSUnavailable, ResultIO: ErrIO,
 		ResultSnapshotHasClones: ErrSnapshotHasClones, ResultSnapshotHeld: ErrSnapshotHeld,
+		ResultDamaged: ErrDamaged, ResultIncomplete: ErrIncomplete,
 		ResultOther: ErrOther, ResultNullParameter: ErrNullParameter,
 		ResultInvalidHandle: ErrInvalidHandle, ResultBufferTooSmall: ErrBufferTooSmall,
 		ResultPanic: ErrPanic,
 	}
-	if len(sentinels) != 21 {
+	if len(sentinels) != 23 {
 		t.Fatal("a sentinel is missing")
 	}
 	for code, s := range sentinels {

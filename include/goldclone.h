@@ -109,6 +109,15 @@ enum goldclone_result
      */
     GOLDCLONE_RESULT_SNAPSHOT_HELD = 16,
     /**
+     * On-disk state is not what goldclone recorded (corrupt metadata, a replaced tree, a
+     * hostile journal entry); nothing was changed.
+     */
+    GOLDCLONE_RESULT_DAMAGED = 17,
+    /**
+     * The operation took effect in part and cannot be undone; the next open or gc finishes it.
+     */
+    GOLDCLONE_RESULT_INCOMPLETE = 18,
+    /**
      * An error without a more specific code (a newer library error class).
      */
     GOLDCLONE_RESULT_OTHER = 99,

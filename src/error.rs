@@ -38,6 +38,45 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// An in-kernel copy (FICLONE, copy_file_range) between two files failed; the errno does not
+    /// say which side.
+    #[error("{op} {} -> {}: {source}", src.display(), dst.display())]
+    Transfer {
+        /// The call, e.g. `"copy_file_range"`.
+        op: &'static str,
+        /// The file read from.
+        src: PathBuf,
+        /// The file written to.
+        dst: PathBuf,
+        /// The kernel's answer.
+        #[source]
+        source: io::Error,
+    },
+    /// On-disk state is not what goldclone recorded: corrupt or lying metadata, a journal entry
+    /// with a hostile name, a tree replaced by something else. Nothing was changed.
+    #[error("{}: {what}", path.display())]
+    Damaged {
+        /// The file or tree in question.
+        path: PathBuf,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// A removal reached a mount point and stopped there: nothing on the other side was touched.
+    #[error("{} is a mount point; not removing across it", path.display())]
+    MountPoint {
+        /// The mount point.
+        path: PathBuf,
+    },
+    /// The operation took effect in part and cannot be undone; the next `Cache::open` or
+    /// `Cache::gc` finishes it.
+    #[error("{what} (the next open or gc finishes it): {source}")]
+    Incomplete {
+        /// What took effect.
+        what: String,
+        /// Why the rest failed.
+        #[source]
+        source: Box<Error>,
+    },
     /// A path that must be a directory is something else.
     #[error("{} is not a directory", path.display())]
     NotADirectory {
@@ -97,15 +136,19 @@ pub enum Error {
         /// The session id.
         session: String,
     },
-    /// The session still has processes using it (open files, working directory, root).
-    #[error("session {session:?} of project {project:?} is in use by pid(s) {pids:?}")]
+    /// The session is in use: a process (in any mount namespace) has its working directory,
+    /// root, executable or an open or mapped file inside it, or a mount shows it or sits inside
+    /// it.
+    #[error("session {session:?} of project {project:?} is in use: {}", holders.join("; "))]
     SessionBusy {
         /// The project id.
         project: String,
         /// The session id.
         session: String,
-        /// Processes holding it.
+        /// Processes holding it (for a mount, a process of its namespace).
         pids: Vec<u32>,
+        /// Every holder, described.
+        holders: Vec<String>,
     },
     /// The operation was cancelled from another thread.
     #[error("cancelled")]
@@ -162,6 +205,10 @@ pub enum ErrorKind {
     SnapshotHasClones,
     /// A ZFS snapshot cannot be destroyed because it has user holds.
     SnapshotHeld,
+    /// On-disk state is not what goldclone recorded; nothing was changed.
+    Damaged,
+    /// The operation took effect in part; the next open or gc finishes it.
+    Incomplete,
     /// Any other I/O error.
     Io,
 }
@@ -185,7 +232,10 @@ impl Error {
     /// The errno behind this error, where the kernel gave one.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            Error::Io { source, .. } | Error::Xattr { source, .. } => source.raw_os_error(),
+            Error::Io { source, .. }
+            | Error::Xattr { source, .. }
+            | Error::Transfer { source, .. } => source.raw_os_error(),
+            Error::Incomplete { source, .. } => source.errno(),
             Error::Zfs(z) => Some(z.errno()),
             _ => None,
         }
@@ -197,7 +247,11 @@ impl Error {
             Error::Io { path, .. }
             | Error::Xattr { path, .. }
             | Error::NotADirectory { path }
-            | Error::AlreadyExists { path } => Some(path),
+            | Error::AlreadyExists { path }
+            | Error::Damaged { path, .. }
+            | Error::MountPoint { path } => Some(path),
+            Error::Transfer { src, .. } => Some(src),
+            Error::Incomplete { source, .. } => source.path(),
             Error::DestinationInsideSource { dst, .. } => Some(dst),
             _ => None,
         }
@@ -206,7 +260,9 @@ impl Error {
     /// The stable classification of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Io { source, .. } | Error::Xattr { source, .. } => match source.raw_os_error() {
+            Error::Io { source, .. }
+            | Error::Xattr { source, .. }
+            | Error::Transfer { source, .. } => match source.raw_os_error() {
                 Some(e) => kind_of_errno(e),
                 None => ErrorKind::Io,
             },
@@ -219,7 +275,9 @@ impl Error {
             Error::NameTooLong { .. } => ErrorKind::NameTooLong,
             Error::Cancelled => ErrorKind::Cancelled,
             Error::UnknownProject { .. } | Error::UnknownSession { .. } => ErrorKind::NotFound,
-            Error::SessionBusy { .. } => ErrorKind::Busy,
+            Error::SessionBusy { .. } | Error::MountPoint { .. } => ErrorKind::Busy,
+            Error::Damaged { .. } => ErrorKind::Damaged,
+            Error::Incomplete { .. } => ErrorKind::Incomplete,
             Error::Unsupported { .. } => ErrorKind::Unsupported,
             Error::ZfsUnavailable { .. } => ErrorKind::ZfsUnavailable,
             Error::Zfs(z) => z.kind(),

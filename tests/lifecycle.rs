@@ -228,14 +228,9 @@ fn setup_promote_cleanup_gc_on_every_backend() {
         cache.cleanup("proj", "s3").unwrap();
         cache.cleanup("proj", "s4").unwrap();
         let report = cache.gc().unwrap();
-        assert!(
-            report.removed.is_empty(),
-            "{name}: gc found leftovers of clean operations: {:?}",
-            report.removed
-        );
+        assert!(report.is_empty(), "{name}: gc found leftovers of clean operations: {report:?}");
         let left = snapshot_tree(&root.path.join("proj"));
-        let mut want: BTreeSet<PathBuf> =
-            ["current", "gen", "gen/2.json", "sessions"].iter().map(PathBuf::from).collect();
+        let mut want: BTreeSet<PathBuf> = ["gen", "sessions"].iter().map(PathBuf::from).collect();
         if matches!(root.backend, BackendKind::Copy | BackendKind::Btrfs) {
             want.insert(PathBuf::from("gen/2")); // a directory or subvolume; on ZFS a snapshot
         }
@@ -382,7 +377,7 @@ fn different_projects_never_wait_for_each_other() {
         cache.import("a", &src).unwrap();
         cache.import("b", &src).unwrap();
         // Hold project a's lock exclusively, as a long promote would.
-        let lock = fs::File::open(root.path.join(".goldclone/locks/a.lock")).unwrap();
+        let lock = fs::File::open(root.path.join(".goldclone/projects/a/lock")).unwrap();
         nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
             .map(|held| {
                 let (tx, rx) = mpsc::channel();
@@ -403,12 +398,13 @@ fn different_projects_never_wait_for_each_other() {
     let _ = fs::remove_dir_all(&src);
 }
 
-/// A session whose directory and metadata were removed by hand, with no intent left either (an
-/// operator's `umount; rm -rf`), is still found by gc where the store keeps sessions apart from
-/// their directories (ZFS datasets), and its name can be used again. On the directory-based
-/// backends removing the directory removed the session, and gc has nothing to do.
+/// A session whose directory and record were removed by hand, with no intent left either (an
+/// operator's `umount; rm -rf`). On the directory-based backends that removed the session: gc
+/// has nothing to do and the name can be used again. On ZFS the session's dataset is left, and
+/// no record names it any more: gc reports it and leaves it alone (goldclone only removes what
+/// its records name), and a setup of that name is refused rather than destroying it.
 #[test]
-fn gc_finds_a_session_whose_directory_and_metadata_are_gone() {
+fn gc_reports_a_session_whose_directory_and_record_are_gone() {
     let src = scratch_tree("lost", "1", 5);
     for (root, name) in roots("lost") {
         let cache = open(&root);
@@ -421,21 +417,33 @@ fn gc_finds_a_session_whose_directory_and_metadata_are_gone() {
             nix::mount::umount2(&lost, nix::mount::MntFlags::empty()).unwrap();
         }
         goldclone::copy::remove_tree(&lost).unwrap();
-        fs::remove_file(root.path.join("proj/sessions/lost.json")).unwrap();
+        fs::remove_file(root.path.join(".goldclone/projects/proj/sessions/lost.json")).unwrap();
 
         let report = cache.gc().unwrap();
-        let found: Vec<&String> =
-            report.removed.iter().filter(|r| r.contains("orphan session tree lost")).collect();
-        assert_eq!(found.len(), usize::from(on_zfs), "{name}: {:?}", report.removed);
-        assert_eq!(report.removed.len(), found.len(), "{name}: {:?}", report.removed);
-        // The other session is untouched; the lost one's name is free, for a fresh copy.
+        assert!(report.removed.is_empty() && report.failed.is_empty(), "{name}: {report:?}");
+        let reported: Vec<&String> = report.kept.iter().filter(|r| r.contains("s-lost")).collect();
+        assert_eq!(reported.len(), usize::from(on_zfs), "{name}: {report:?}");
+        assert_eq!(report.kept.len(), reported.len(), "{name}: {report:?}");
+        // The other session is untouched.
         assert_eq!(whole_generation(&kept, 5), "1", "{name}");
+        if on_zfs {
+            assert_eq!(
+                cache.setup("proj", "lost").unwrap_err().kind(),
+                ErrorKind::AlreadyExists,
+                "{name}: setup over an unrecorded dataset"
+            );
+            assert!(!root.path.join("proj/sessions/lost").exists(), "{name}");
+            // The operator's own cleanup of the dataset frees the name.
+            let zfs = goldclone::zfs::Zfs::open().unwrap();
+            let ds = report.kept[0].split_whitespace().find(|w| w.ends_with("s-lost")).unwrap();
+            zfs.destroy(&goldclone::zfs::DatasetName::new(ds).unwrap()).unwrap();
+        }
         let again = cache.setup("proj", "lost").unwrap();
         assert_eq!(whole_generation(&again, 5), "1", "{name}");
         assert!(!again.join("private").exists(), "{name}: the old session's data came back");
         cache.cleanup("proj", "lost").unwrap();
         cache.cleanup("proj", "kept").unwrap();
-        assert_eq!(cache.gc().unwrap().removed, Vec::<String>::new(), "{name}");
+        assert!(cache.gc().unwrap().is_empty(), "{name}");
     }
     let _ = fs::remove_dir_all(&src);
 }

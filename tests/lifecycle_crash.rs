@@ -1,6 +1,9 @@
-//! Crash recovery: the `goldclone` binary, built with the `fault-injection` feature, kills itself
-//! with SIGKILL at every step of every lifecycle operation; reopening the cache must finish or
-//! roll back that operation, lose no golden and no session, and leave nothing for a second gc.
+//! Crash recovery. The `goldclone` binary is killed with SIGKILL in the middle of every
+//! lifecycle operation — at every named step (built with the `fault-injection` feature), and at
+//! sampled system calls (`strace -e inject=SYSCALL:signal=SIGKILL:when=N`) — and reopening the
+//! cache must leave exactly the state before or after the operation: nothing lost, nothing
+//! half made, no staging, temporary or intent file. A soak runs several processes doing random
+//! operations on one root while others are killed, then checks the invariants.
 //!
 //! Run with `cargo test --features fault-injection --test lifecycle_crash` (tests/run-all.sh
 //! does, and fails if these tests did not run).
@@ -8,23 +11,30 @@
 
 mod common;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 
 use goldclone::golden::{fault, BackendKind, Cache, OpenOptions};
 use goldclone::ErrorKind;
 
 const FILES: usize = 30;
 
-/// The backends to crash: ZFS and zvol in the ZFS guest, else copy (ext4) and btrfs.
+fn in_zfs_guest() -> bool {
+    std::env::var_os("GOLDCLONE_TEST_ZFS_PARENT").is_some()
+}
+
+/// The backends to crash: ZFS and zvol in the ZFS guest, else copy (ext4 and XFS) and btrfs.
 fn backends() -> Vec<(&'static str, Option<PathBuf>, BackendKind)> {
-    if std::env::var_os("GOLDCLONE_TEST_ZFS_PARENT").is_some() {
+    if in_zfs_guest() {
         return vec![("zfs", None, BackendKind::Zfs), ("zvol", None, BackendKind::Zvol)];
     }
     [
         ("copy-ext4", common::Fs::Ext4, BackendKind::Copy),
+        ("copy-xfs", common::Fs::Xfs, BackendKind::Copy),
         ("btrfs", common::Fs::Btrfs, BackendKind::Btrfs),
     ]
     .into_iter()
@@ -32,21 +42,54 @@ fn backends() -> Vec<(&'static str, Option<PathBuf>, BackendKind)> {
     .collect()
 }
 
-/// A fresh cache root for one crash case: a directory on the loop filesystem, or on ZFS a
-/// dataset of its own (a cache root must be its dataset's mount point).
-fn case_root(mnt: &Option<PathBuf>, tag: &str) -> (PathBuf, Option<common::ZfsRoot>) {
-    match mnt {
-        Some(mnt) => {
-            let root = mnt.join(format!("{tag}-{}", std::process::id()));
-            let _ = fs::remove_dir_all(&root);
-            fs::create_dir_all(&root).unwrap();
-            (root, None)
-        }
-        None => {
-            let zfs = common::ZfsRoot::new(tag).unwrap();
-            (zfs.path.clone(), Some(zfs))
+/// A fresh cache root for one case: a directory on the loop filesystem, or on ZFS a dataset of
+/// its own (a cache root must be its dataset's mount point). Removed on drop.
+struct CaseRoot {
+    path: PathBuf,
+    backend: BackendKind,
+    _zfs: Option<common::ZfsRoot>,
+}
+
+impl CaseRoot {
+    fn new(mnt: &Option<PathBuf>, backend: BackendKind, tag: &str) -> CaseRoot {
+        match mnt {
+            Some(mnt) => {
+                let path = mnt.join(format!("{tag}-{}", std::process::id()));
+                teardown_dir(&path, backend);
+                fs::create_dir_all(&path).unwrap();
+                CaseRoot { path, backend, _zfs: None }
+            }
+            None => {
+                let zfs = common::ZfsRoot::new(tag).unwrap();
+                CaseRoot { path: zfs.path.clone(), backend, _zfs: Some(zfs) }
+            }
         }
     }
+}
+
+impl Drop for CaseRoot {
+    fn drop(&mut self) {
+        if self._zfs.is_none() {
+            teardown_dir(&self.path, self.backend);
+        }
+    }
+}
+
+/// Remove a test root on a loop filesystem; btrfs generations are read-only subvolumes.
+fn teardown_dir(path: &Path, backend: BackendKind) {
+    if !path.exists() {
+        return;
+    }
+    if backend == BackendKind::Btrfs {
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "btrfs subvolume list -o {0} >/dev/null 2>&1; for d in {0}/*/gen/* {0}/*/sessions/* {0}/*/gen/.goldclone-* {0}/*/sessions/.goldclone-*; do [ -d \"$d\" ] && btrfs subvolume delete \"$d\" >/dev/null 2>&1; done; true",
+                path.display()
+            ))
+            .status();
+    }
+    let _ = goldclone::copy::remove_tree(path);
 }
 
 fn tree(dir: &Path, marker: &str) {
@@ -57,8 +100,18 @@ fn tree(dir: &Path, marker: &str) {
     }
 }
 
+/// Rewrite every file of a session with `marker`.
+fn mark(dir: &Path, marker: &str) {
+    fs::write(dir.join("generation"), marker).unwrap();
+    for i in 0..FILES {
+        fs::write(dir.join("sub").join(format!("f{i:03}")), marker).unwrap();
+    }
+}
+
+/// The marker of a whole tree; panics if it mixes markers or misses a file.
 fn marker_of(dir: &Path) -> String {
-    let m = fs::read_to_string(dir.join("generation")).unwrap();
+    let m = fs::read_to_string(dir.join("generation"))
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     for i in 0..FILES {
         assert_eq!(
             fs::read_to_string(dir.join("sub").join(format!("f{i:03}"))).unwrap(),
@@ -83,224 +136,651 @@ fn open(root: &Path, backend: BackendKind) -> Cache {
     Cache::open(root, &OpenOptions { backend: Some(backend), ..Default::default() }).unwrap()
 }
 
-/// Run the CLI with the fault point armed; it must die by SIGKILL.
-fn crash(root: &Path, backend: BackendKind, point: &str, args: &[&str]) {
-    let backend = match backend {
+fn backend_arg(backend: BackendKind) -> &'static str {
+    match backend {
         BackendKind::Copy => "copy",
         BackendKind::Btrfs => "btrfs",
         BackendKind::Zfs => "zfs",
         BackendKind::Zvol => "zvol",
-    };
-    let out = Command::new(env!("CARGO_BIN_EXE_goldclone"))
-        .args(args)
-        .arg("--root")
-        .arg(root)
-        .args(["--backend", backend])
-        .env("GOLDCLONE_FAULT", point)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.signal(),
-        Some(9),
-        "{point}: expected death by SIGKILL, got {:?}; stderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    }
 }
 
-/// No intent, no trash, no staging anywhere: what a clean cache looks like after gc.
-fn assert_nothing_leaked(root: &Path, what: &str) {
-    let journal = root.join(".goldclone/journal");
-    for p in fs::read_dir(&journal).unwrap().flatten() {
-        let n = fs::read_dir(p.path()).map(|d| d.count()).unwrap_or(0);
-        assert_eq!(n, 0, "{what}: intents left in {}", p.path().display());
+/// The CLI with root and backend, and the given subcommand.
+fn cli(root: &Path, backend: BackendKind, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_goldclone"));
+    c.args(args).arg("--root").arg(root).args(["--backend", backend_arg(backend)]);
+    c
+}
+
+/// The four operations a case crashes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Import,
+    Setup,
+    Promote,
+    Cleanup,
+}
+
+impl Op {
+    const ALL: [Op; 4] = [Op::Import, Op::Setup, Op::Promote, Op::Cleanup];
+
+    fn of(point: &str) -> Op {
+        match point.split(':').next().unwrap() {
+            "import" => Op::Import,
+            "setup" => Op::Setup,
+            "promote" => Op::Promote,
+            "cleanup" => Op::Cleanup,
+            other => panic!("fault point of unknown operation {other}"),
+        }
     }
-    assert_eq!(
-        fs::read_dir(root.join(".goldclone/trash")).unwrap().count(),
-        0,
-        "{what}: trash left"
-    );
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            assert!(
-                !name.starts_with(".goldclone-staging"),
-                "{what}: staging left: {}",
-                e.path().display()
-            );
-            assert!(!name.contains(".tmp."), "{what}: temporary file left: {}", e.path().display());
-            // Only look at the cache's own directories, not inside the trees.
-            if e.file_type().unwrap().is_dir()
-                && d.components().count() < root.components().count() + 2
-            {
-                stack.push(e.path());
-            }
+
+    fn args(self, src: &str) -> Vec<&str> {
+        match self {
+            Op::Import => vec!["golden", "import", "proj", src],
+            Op::Setup => vec!["session", "setup", "proj", "fresh"],
+            Op::Promote => vec!["session", "promote", "proj", "target"],
+            Op::Cleanup => vec!["session", "cleanup", "proj", "target"],
         }
     }
 }
 
-#[test]
-fn kill_at_every_step_then_reopen() {
-    let src = PathBuf::from(format!("/var/tmp/goldclone-crash-src-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&src);
-    tree(&src, "1");
-    let mut checked = 0;
-    let backends = backends();
-    if backends.is_empty() {
-        // Only when GOLDCLONE_SKIP_LOOPFS=1 asked for it (common::mount fails otherwise).
-        eprintln!("SKIPPED: no backend to crash");
+/// The state before the operation: for all but import, a project with a bystander session and
+/// the target session, rewritten to marker 2.
+fn prepare(root: &Path, backend: BackendKind, op: Op, src: &Path) {
+    if op == Op::Import {
         return;
     }
-    for (name, mnt, backend) in backends {
+    let cache = open(root, backend);
+    cache.import("proj", src).unwrap();
+    cache.setup("proj", "bystander").unwrap();
+    let target = cache.setup("proj", "target").unwrap();
+    mark(&target, "2");
+}
+
+/// Check that the cache at `root` is exactly in the state before or after `op` (`expect`
+/// says which, if known), then that gc finds nothing more; returns whether it was after.
+fn verify(
+    root: &Path,
+    backend: BackendKind,
+    op: Op,
+    src: &Path,
+    expect: Option<bool>,
+    what: &str,
+) -> bool {
+    let cache = open(root, backend);
+    assert!(
+        cache.recovery_report().failed.is_empty() && cache.recovery_report().kept.is_empty(),
+        "{what}: open: {:?}",
+        cache.recovery_report()
+    );
+    // Recovery at open leaves nothing: no intent, temporary file, staging or trash.
+    assert_nothing_leaked(root, what);
+    let after = match op {
+        Op::Import => match cache.info("proj") {
+            Ok(info) => {
+                assert_eq!(info.generation, 1, "{what}");
+                assert_eq!(current_marker(&cache), "1", "{what}");
+                true
+            }
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::NotFound, "{what}: {e}");
+                assert!(!root.join("proj").exists(), "{what}: project directory left");
+                assert!(
+                    !root.join(".goldclone/projects/proj").exists(),
+                    "{what}: project state left"
+                );
+                false
+            }
+        },
+        Op::Setup => {
+            let info = cache.info("proj").unwrap();
+            let has = info.sessions.iter().any(|(s, _)| s == "fresh");
+            assert_eq!(
+                has,
+                root.join("proj/sessions/fresh").exists(),
+                "{what}: record and tree disagree"
+            );
+            if has {
+                assert_eq!(marker_of(&root.join("proj/sessions/fresh")), "1", "{what}");
+            }
+            has
+        }
+        Op::Promote => {
+            let info = cache.info("proj").unwrap();
+            let after = info.generation == 2;
+            if after {
+                assert_eq!(info.source_session.as_deref(), Some("target"), "{what}");
+                assert_eq!(current_marker(&cache), "2", "{what}");
+            } else {
+                assert_eq!(info.generation, 1, "{what}");
+                assert_eq!(
+                    cache.generations("proj").unwrap(),
+                    vec![1],
+                    "{what}: half-made generation"
+                );
+                assert_eq!(current_marker(&cache), "1", "{what}");
+            }
+            assert_eq!(marker_of(&root.join("proj/sessions/target")), "2", "{what}: session lost");
+            after
+        }
+        Op::Cleanup => {
+            let info = cache.info("proj").unwrap();
+            let listed = info.sessions.iter().any(|(s, _)| s == "target");
+            let present = root.join("proj/sessions/target").exists();
+            assert_eq!(listed, present, "{what}: record and tree disagree");
+            if listed {
+                assert_eq!(marker_of(&root.join("proj/sessions/target")), "2", "{what}");
+            }
+            !listed
+        }
+    };
+    if let Some(want) = expect {
+        assert_eq!(after, want, "{what}: state after recovery (true = the operation took effect)");
+    }
+    if op != Op::Import {
+        // Nothing else was lost.
+        assert_eq!(
+            marker_of(&root.join("proj/sessions/bystander")),
+            "1",
+            "{what}: bystander session"
+        );
+        assert!(
+            cache.info("proj").unwrap().sessions.iter().any(|(s, _)| s == "bystander"),
+            "{what}"
+        );
+    }
+    let first = cache.gc().unwrap();
+    assert!(first.failed.is_empty() && first.kept.is_empty(), "{what}: gc: {first:?}");
+    let second = cache.gc().unwrap();
+    assert!(second.is_empty(), "{what}: a second gc still found {second:?}");
+    assert_nothing_leaked(root, what);
+    // What was rolled back can be done again.
+    if !after {
+        match op {
+            Op::Import => assert_eq!(cache.import("proj", src).unwrap(), 1, "{what}"),
+            Op::Setup => drop(cache.setup("proj", "fresh").unwrap()),
+            Op::Promote => assert_eq!(cache.promote("proj", "target").unwrap(), 2, "{what}"),
+            Op::Cleanup => cache.cleanup("proj", "target").unwrap(),
+        }
+    }
+    after
+}
+
+/// No intent, temporary file, trash or staging anywhere; every tree under the project's
+/// directories is one a record names.
+fn assert_nothing_leaked(root: &Path, what: &str) {
+    let state = root.join(".goldclone");
+    let projects = state.join("projects");
+    for p in fs::read_dir(&projects).unwrap().flatten() {
+        let n = fs::read_dir(p.path().join("journal")).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(n, 0, "{what}: intents left in {}", p.path().display());
+        for e in fs::read_dir(p.path()).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            assert!(
+                ["lock", "gate", "current", "gen", "sessions", "journal", "trash"]
+                    .contains(&name.as_str()),
+                "{what}: unexpected {} in the project's state",
+                e.path().display()
+            );
+        }
+        for dir in ["gen", "sessions", "trash"] {
+            for e in fs::read_dir(p.path().join(dir)).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                assert!(
+                    dir != "trash" && name.ends_with(".json") && !name.contains(".tmp."),
+                    "{what}: leftover {}",
+                    e.path().display()
+                );
+            }
+        }
+        let project = p.file_name();
+        let records = |dir: &str| -> BTreeSet<String> {
+            fs::read_dir(p.path().join(dir))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.strip_suffix(".json").map(str::to_string))
+                .collect()
+        };
+        let trees = |dir: &str| -> BTreeSet<String> {
+            fs::read_dir(root.join(&project).join(dir))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(trees("sessions"), records("sessions"), "{what}: session trees and records");
+        let gens = trees("gen");
+        if !gens.is_empty() {
+            assert_eq!(gens, records("gen"), "{what}: generation trees and records");
+        }
+    }
+    for t in fs::read_dir(state.join("trash")).unwrap().flatten() {
+        assert_eq!(
+            fs::read_dir(t.path()).unwrap().count(),
+            0,
+            "{what}: trash left in {}",
+            t.path().display()
+        );
+    }
+    for e in fs::read_dir(&state).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        assert!(
+            ["cache.json", "projects", "trash"].contains(&name.as_str()),
+            "{what}: unexpected {name}"
+        );
+    }
+}
+
+fn scratch_source(tag: &str) -> PathBuf {
+    let src = PathBuf::from(format!("/var/tmp/goldclone-crash-{tag}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&src);
+    tree(&src, "1");
+    src
+}
+
+/// What recovery must make of a kill at a named point: `true` if the operation took effect.
+fn committed_at(point: &str, backend: BackendKind) -> bool {
+    let zfs = matches!(backend, BackendKind::Zfs | BackendKind::Zvol);
+    match point {
+        p if p.ends_with("current-written") => true,
+        "setup:meta-written" => true,
+        "cleanup:tree-moved" | "cleanup:meta-removed" => true,
+        // A ZFS promote is finished once its first lzc_promote may have moved snapshots.
+        "promote:head-promoted" | "promote:tree-created" | "promote:meta-written" => zfs,
+        _ => false,
+    }
+}
+
+#[test]
+fn kill_at_every_named_step_then_reopen() {
+    let src = scratch_source("named");
+    let mut checked = 0;
+    for (name, mnt, backend) in backends() {
         for point in fault::POINTS.iter().filter(|p| fault::reached_by(p, backend)) {
             let what = format!("{name} {point}");
-            let (root, _zfs) =
-                case_root(&mnt, &format!("crash-{name}-{}", point.replace(':', "-")));
-            let op = point.split(':').next().unwrap();
-            if op != "import" {
-                let cache = open(&root, backend);
-                cache.import("proj", &src).unwrap();
-                cache.setup("proj", "bystander").unwrap();
-                let target = cache.setup("proj", "target").unwrap();
-                fs::write(target.join("generation"), "2").unwrap();
-                for i in 0..FILES {
-                    fs::write(target.join("sub").join(format!("f{i:03}")), "2").unwrap();
-                }
-            }
-            let src_arg = src.to_str().unwrap();
-            match op {
-                "import" => crash(&root, backend, point, &["golden", "import", "proj", src_arg]),
-                "setup" => crash(&root, backend, point, &["session", "setup", "proj", "fresh"]),
-                "promote" => {
-                    crash(&root, backend, point, &["session", "promote", "proj", "target"])
-                }
-                "cleanup" => {
-                    crash(&root, backend, point, &["session", "cleanup", "proj", "target"])
-                }
-                _ => unreachable!(),
-            }
-
-            // Reopen: recovery runs.
-            let cache = open(&root, backend);
-            // What recovery must make of the crash: finished or rolled back. A ZFS promote is
-            // finished once its first lzc_promote may have moved snapshots.
-            let zfs = matches!(backend, BackendKind::Zfs | BackendKind::Zvol);
-            let committed = point.ends_with("current-written")
-                || *point == "setup:meta-written"
-                || op == "cleanup"
-                || (zfs
-                    && matches!(
-                        *point,
-                        "promote:head-promoted" | "promote:tree-created" | "promote:meta-written"
-                    ));
-            match op {
-                "import" => {
-                    let info = cache.info("proj");
-                    if committed {
-                        assert_eq!(info.unwrap().generation, 1, "{what}");
-                        assert_eq!(current_marker(&cache), "1");
-                    } else {
-                        assert_eq!(
-                            info.unwrap_err().kind(),
-                            ErrorKind::NotFound,
-                            "{what}: rolled-back import still visible"
-                        );
-                        assert!(!root.join("proj").exists(), "{what}: project directory left");
-                        assert_eq!(
-                            cache.import("proj", &src).unwrap(),
-                            1,
-                            "{what}: import after rollback"
-                        );
-                    }
-                }
-                "setup" => {
-                    let info = cache.info("proj").unwrap();
-                    let has = info.sessions.iter().any(|(s, _)| s == "fresh");
-                    assert_eq!(has, committed, "{what}: session state after recovery");
-                    if committed {
-                        assert_eq!(marker_of(&root.join("proj/sessions/fresh")), "1");
-                    } else {
-                        assert!(
-                            !root.join("proj/sessions/fresh").exists(),
-                            "{what}: half-made session left"
-                        );
-                        cache.setup("proj", "fresh").unwrap();
-                    }
-                }
-                "promote" => {
-                    let info = cache.info("proj").unwrap();
-                    if committed {
-                        assert_eq!(
-                            (info.generation, info.source_session.as_deref()),
-                            (2, Some("target")),
-                            "{what}"
-                        );
-                        assert_eq!(current_marker(&cache), "2");
-                    } else {
-                        assert_eq!(info.generation, 1, "{what}");
-                        assert_eq!(
-                            cache.generations("proj").unwrap(),
-                            vec![1],
-                            "{what}: half-made generation left"
-                        );
-                        assert_eq!(
-                            cache.promote("proj", "target").unwrap(),
-                            2,
-                            "{what}: promote after rollback"
-                        );
-                    }
-                    assert_eq!(
-                        marker_of(&root.join("proj/sessions/target")),
-                        "2",
-                        "{what}: session lost"
-                    );
-                }
-                "cleanup" => {
-                    let info = cache.info("proj").unwrap();
-                    assert!(
-                        !info.sessions.iter().any(|(s, _)| s == "target"),
-                        "{what}: cleanup not finished"
-                    );
-                    assert!(!root.join("proj/sessions/target").exists(), "{what}");
-                }
-                _ => unreachable!(),
-            }
-            if op != "import" {
-                // Nothing else was lost.
-                assert_eq!(
-                    marker_of(&root.join("proj/sessions/bystander")),
-                    "1",
-                    "{what}: bystander session"
-                );
-                assert!(cache.info("proj").unwrap().sessions.iter().any(|(s, _)| s == "bystander"));
-                current_marker(&cache);
-            }
-            cache.gc().unwrap();
-            let second = cache.gc().unwrap();
-            assert!(
-                second.removed.is_empty(),
-                "{what}: a second gc still found {:?}",
-                second.removed
+            let root =
+                CaseRoot::new(&mnt, backend, &format!("crash-{name}-{}", point.replace(':', "-")));
+            let op = Op::of(point);
+            prepare(&root.path, backend, op, &src);
+            let out = cli(&root.path, backend, &op.args(src.to_str().unwrap()))
+                .env("GOLDCLONE_FAULT", point)
+                .output()
+                .unwrap();
+            assert_eq!(
+                out.status.signal(),
+                Some(9),
+                "{what}: expected death by SIGKILL, got {:?}; stderr: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
             );
-            assert_nothing_leaked(&root, &what);
-
-            // Tear down through the library (btrfs trees are subvolumes).
-            let info = cache.info("proj").unwrap();
-            for (s, _) in info.sessions {
-                cache.cleanup("proj", &s).unwrap();
-            }
-            cache.gc().unwrap();
-            let gen = root.join(format!("proj/gen/{}", info.generation));
-            if backend == BackendKind::Btrfs {
-                let _ = Command::new("btrfs").args(["subvolume", "delete"]).arg(&gen).output();
-            }
-            if _zfs.is_none() {
-                let _ = goldclone::copy::remove_tree(&root);
-            }
+            verify(&root.path, backend, op, &src, Some(committed_at(point, backend)), &what);
             checked += 1;
         }
     }
     let _ = fs::remove_dir_all(&src);
     assert!(checked >= fault::POINTS.len() - 2, "only {checked} crash cases ran");
+}
+
+/// System calls that change something or decide an outcome: where a kill is interesting.
+const SWEPT: &[&str] = &[
+    "openat",
+    "openat2",
+    "mkdirat",
+    "mkdir",
+    "renameat2",
+    "renameat",
+    "rename",
+    "linkat",
+    "link",
+    "unlinkat",
+    "unlink",
+    "rmdir",
+    "write",
+    "pwrite64",
+    "fsync",
+    "fdatasync",
+    "syncfs",
+    "flock",
+    "ioctl",
+    "copy_file_range",
+    "fchown",
+    "fchownat",
+    "fchmod",
+    "fchmodat",
+    "utimensat",
+    "fsetxattr",
+    "setxattr",
+    "lsetxattr",
+    "mount",
+    "umount2",
+    "getdents64",
+    "clone3",
+    "clone",
+    "wait4",
+    "execve",
+];
+
+/// How many times `op` makes each swept system call, from one run under `strace -f`.
+fn syscall_counts(
+    root: &Path,
+    backend: BackendKind,
+    op: Op,
+    src: &Path,
+) -> BTreeMap<String, usize> {
+    let log = root.with_extension("strace");
+    let out = Command::new("strace")
+        .args(["-f", "-qq", "-o"])
+        .arg(&log)
+        .arg("-e")
+        .arg(format!("trace={}", SWEPT.join(",")))
+        .arg(env!("CARGO_BIN_EXE_goldclone"))
+        .args(op.args(src.to_str().unwrap()))
+        .arg("--root")
+        .arg(root)
+        .args(["--backend", backend_arg(backend)])
+        .output()
+        .expect("strace (tests/run-all.sh installs it)");
+    assert!(out.status.success(), "{op:?} under strace: {}", String::from_utf8_lossy(&out.stderr));
+    let text = fs::read_to_string(&log).unwrap();
+    let _ = fs::remove_file(&log);
+    let mut counts = BTreeMap::new();
+    for line in text.lines() {
+        // "1234 openat(AT_FDCWD, ..." (pid first under -f); "<... resumed>" lines are the
+        // second half of a call already counted.
+        let rest = line.split_once(' ').map_or(line, |(pid, rest)| {
+            if pid.bytes().all(|b| b.is_ascii_digit()) {
+                rest.trim_start()
+            } else {
+                line
+            }
+        });
+        if let Some((name, _)) = rest.split_once('(') {
+            if SWEPT.contains(&name) {
+                *counts.entry(name.to_string()).or_insert(0) += 1;
+            }
+        }
+    }
+    counts
+}
+
+/// Up to `n` kill points spread over every swept call the operation makes: for each system
+/// call its first and last use and evenly spaced ones between, then every k-th of the whole.
+fn sample(counts: &BTreeMap<String, usize>, n: usize) -> Vec<(String, usize)> {
+    let per_call = n.div_ceil(counts.len().max(1)).max(3);
+    let mut all = Vec::new();
+    for (name, &c) in counts {
+        let m = per_call.min(c);
+        let mut picks: Vec<usize> = (0..m).map(|i| 1 + i * (c - 1) / (m - 1).max(1)).collect();
+        picks.dedup();
+        all.extend(picks.into_iter().map(|k| (name.clone(), k)));
+    }
+    if all.len() <= n {
+        return all;
+    }
+    let step = all.len() as f64 / n as f64;
+    (0..n).map(|i| all[(i as f64 * step) as usize].clone()).collect()
+}
+
+fn run_with_kill(
+    root: &Path,
+    backend: BackendKind,
+    op: Op,
+    src: &Path,
+    call: &str,
+    nth: usize,
+) -> Output {
+    Command::new("strace")
+        .args(["-f", "-qq", "-o", "/dev/null", "-e"])
+        .arg(format!("inject={call}:signal=SIGKILL:when={nth}"))
+        .arg(env!("CARGO_BIN_EXE_goldclone"))
+        .args(op.args(src.to_str().unwrap()))
+        .arg("--root")
+        .arg(root)
+        .args(["--backend", backend_arg(backend)])
+        .output()
+        .unwrap()
+}
+
+/// A kill at any system call, not only at the named points: sampled over every swept call of
+/// every operation, each outcome checked as "exactly before or exactly after".
+#[test]
+fn kill_at_sampled_system_calls_then_reopen() {
+    let per_op: usize = std::env::var("GOLDCLONE_SWEEP_SAMPLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if in_zfs_guest() { 6 } else { 24 });
+    let src = scratch_source("sweep");
+    let mut killed = 0;
+    let mut outcomes = BTreeMap::new();
+    for (name, mnt, backend) in backends() {
+        for op in Op::ALL {
+            let counts = {
+                let root = CaseRoot::new(&mnt, backend, &format!("count-{name}-{op:?}"));
+                prepare(&root.path, backend, op, &src);
+                syscall_counts(&root.path, backend, op, &src)
+            };
+            assert!(!counts.is_empty(), "{name} {op:?}: strace saw no calls");
+            for (call, nth) in sample(&counts, per_op) {
+                let what = format!("{name} {op:?} killed at {call} #{nth}");
+                let root =
+                    CaseRoot::new(&mnt, backend, &format!("sweep-{name}-{op:?}-{call}-{nth}"));
+                prepare(&root.path, backend, op, &src);
+                let out = run_with_kill(&root.path, backend, op, &src, &call, nth);
+                let expect = match (out.status.signal(), out.status.code()) {
+                    (Some(9), _) => {
+                        killed += 1;
+                        None
+                    }
+                    // The kill came after the last such call of this run: it finished.
+                    (_, Some(0)) => Some(true),
+                    // A failed operation has had no effect.
+                    _ => Some(false),
+                };
+                let after = verify(&root.path, backend, op, &src, expect, &what);
+                *outcomes.entry((name, format!("{op:?}"), after)).or_insert(0) += 1;
+            }
+        }
+    }
+    let _ = fs::remove_dir_all(&src);
+    eprintln!("sweep outcomes (backend, op, took effect): {outcomes:?}");
+    assert!(killed >= 8, "only {killed} runs were killed: the sweep did not sweep");
+}
+
+/// A tiny deterministic generator (no dependency for a test's dice).
+struct Dice(u64);
+
+impl Dice {
+    fn roll(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Several processes do random setups, promotes, cleanups and gcs on one root while another
+/// thread SIGKILLs random ones. Afterwards: every listed session and generation is whole,
+/// nothing leaked after gc, and nothing an operation reported done is missing.
+#[test]
+fn soak_random_operations_with_kills() {
+    let src = scratch_source("soak");
+    let ops_per_worker: u64 = if in_zfs_guest() { 25 } else { 200 };
+    let seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+            as u64
+            | 1;
+    eprintln!("soak seed {seed}");
+    for (name, mnt, backend) in backends() {
+        let root = CaseRoot::new(&mnt, backend, &format!("soak-{name}"));
+        open(&root.path, backend).import("proj", &src).unwrap();
+        let running: Arc<Mutex<Vec<u32>>> = Arc::default();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // (worker, session) → whether a setup of it reported success and no cleanup was tried
+        // since; and the generations promotes reported.
+        let alive: Mutex<BTreeMap<String, bool>> = Mutex::default();
+        let promoted: Mutex<Vec<u64>> = Mutex::default();
+        let succeeded: Mutex<BTreeMap<String, usize>> = Mutex::default();
+        std::thread::scope(|scope| {
+            let killer = {
+                let running = running.clone();
+                let done = done.clone();
+                scope.spawn(move || {
+                    let mut dice = Dice(seed ^ 0x9e37_79b9_7f4a_7c15);
+                    let mut kills = 0;
+                    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::thread::sleep(std::time::Duration::from_millis(1 + dice.roll(15)));
+                        let victim = {
+                            let r = running.lock().unwrap();
+                            if r.is_empty() {
+                                None
+                            } else {
+                                Some(r[dice.roll(r.len() as u64) as usize])
+                            }
+                        };
+                        if let Some(pid) = victim {
+                            if nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(pid as i32),
+                                nix::sys::signal::Signal::SIGKILL,
+                            )
+                            .is_ok()
+                            {
+                                kills += 1;
+                            }
+                        }
+                    }
+                    kills
+                })
+            };
+            let workers: Vec<_> = (0..3u64)
+                .map(|w| {
+                    let running = running.clone();
+                    let (root, alive, promoted, succeeded) = (&root, &alive, &promoted, &succeeded);
+                    scope.spawn(move || {
+                        let mut dice = Dice(seed.wrapping_add(w * 7919) | 1);
+                        for _ in 0..ops_per_worker {
+                            let session = format!("w{w}s{}", dice.roll(3));
+                            let path = root.path.join("proj/sessions").join(&session);
+                            let args: Vec<String> = match dice.roll(10) {
+                                0..=3 => vec![
+                                    "session".into(),
+                                    "setup".into(),
+                                    "proj".into(),
+                                    session.clone(),
+                                ],
+                                4..=5 => vec![
+                                    "session".into(),
+                                    "cleanup".into(),
+                                    "proj".into(),
+                                    session.clone(),
+                                ],
+                                6..=7 => {
+                                    // Only this worker touches its sessions: a whole-tree rewrite
+                                    // gives the promoted generation its own marker.
+                                    if alive.lock().unwrap().get(&session) == Some(&true)
+                                        && path.exists()
+                                    {
+                                        mark(&path, &format!("{session}-{}", dice.roll(1 << 30)));
+                                    }
+                                    vec![
+                                        "session".into(),
+                                        "promote".into(),
+                                        "proj".into(),
+                                        session.clone(),
+                                    ]
+                                }
+                                8 => vec!["gc".into()],
+                                _ => vec!["info".into(), "proj".into()],
+                            };
+                            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+                            let child = cli(&root.path, root.backend, &argv)
+                                .stdout(Stdio::piped())
+                                .stderr(Stdio::piped())
+                                .spawn()
+                                .unwrap();
+                            running.lock().unwrap().push(child.id());
+                            let pid = child.id();
+                            let out = child.wait_with_output().unwrap();
+                            running.lock().unwrap().retain(|p| *p != pid);
+                            let ok = out.status.success();
+                            if ok {
+                                *succeeded
+                                    .lock()
+                                    .unwrap()
+                                    .entry(
+                                        args.iter().take(2).cloned().collect::<Vec<_>>().join(" "),
+                                    )
+                                    .or_insert(0) += 1;
+                            }
+                            match argv.get(1).copied().unwrap_or_default() {
+                                "setup" if ok => {
+                                    alive.lock().unwrap().insert(session.clone(), true);
+                                }
+                                "cleanup" => {
+                                    alive.lock().unwrap().insert(session.clone(), false);
+                                }
+                                "promote" if ok => {
+                                    let text = String::from_utf8_lossy(&out.stdout);
+                                    let g = text
+                                        .split_whitespace()
+                                        .find_map(|w| w.parse::<u64>().ok())
+                                        .unwrap();
+                                    promoted.lock().unwrap().push(g);
+                                }
+                                _ => {}
+                            }
+                        }
+                    })
+                })
+                .collect();
+            let joined: Vec<_> = workers.into_iter().map(|w| w.join()).collect();
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            let kills = killer.join().unwrap();
+            eprintln!(
+                "{name}: soak killed {kills} processes; succeeded: {:?}",
+                succeeded.lock().unwrap()
+            );
+            for j in joined {
+                if let Err(panic) = j {
+                    std::panic::resume_unwind(panic);
+                }
+            }
+        });
+        let what = format!("{name} soak (seed {seed})");
+        let cache = open(&root.path, backend);
+        let report = cache.gc().unwrap();
+        assert!(report.failed.is_empty() && report.kept.is_empty(), "{what}: gc: {report:?}");
+        assert!(cache.gc().unwrap().is_empty(), "{what}: a second gc found more");
+        assert_nothing_leaked(&root.path, &what);
+        let info = cache.info("proj").unwrap();
+        for (s, _) in &info.sessions {
+            marker_of(&root.path.join("proj/sessions").join(s));
+        }
+        for (s, live) in alive.lock().unwrap().iter() {
+            if *live {
+                assert!(
+                    info.sessions.iter().any(|(l, _)| l == s),
+                    "{what}: session {s} was set up and never cleaned up, but is gone"
+                );
+            }
+        }
+        if let Some(max) = promoted.lock().unwrap().iter().max() {
+            assert!(
+                info.generation >= *max,
+                "{what}: generation {max} was reported, current is {}",
+                info.generation
+            );
+        }
+        // The current generation is whole.
+        current_marker(&cache);
+        for g in cache.generations("proj").unwrap() {
+            assert!(g <= info.generation, "{what}");
+        }
+        for (s, _) in info.sessions {
+            cache.cleanup("proj", &s).unwrap();
+        }
+        assert!(cache.gc().unwrap().failed.is_empty(), "{what}");
+    }
+    let _ = fs::remove_dir_all(&src);
 }

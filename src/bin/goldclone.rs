@@ -1,5 +1,6 @@
 //! `goldclone`: the operators' command line over the goldclone library.
 
+#[macro_use]
 #[path = "../cli/mod.rs"]
 mod cli;
 
@@ -51,25 +52,41 @@ fn main() -> ExitCode {
         Command::Cleanup(a) => cli::copy::cleanup(a),
         Command::Verify(a) => match cli::copy::verify(a) {
             Ok(true) => Ok(()),
-            Ok(false) => return ExitCode::from(1),
+            Ok(false) => return finish(ExitCode::from(1)),
             Err(e) => Err(e),
         },
         Command::Golden(g) => cli::golden::golden(g),
         Command::Session(s) => cli::golden::session(s),
-        Command::Gc(r) => cli::golden::gc(r),
+        Command::Gc(r) => match cli::golden::gc(r) {
+            Ok(true) => Ok(()),
+            Ok(false) => return finish(ExitCode::from(2)),
+            Err(e) => Err(e),
+        },
         Command::Info(i) => cli::golden::info(i),
         Command::Bench(b) => cli::bench::run(b),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("goldclone: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                eprintln!("  caused by: {s}");
-                source = s.source();
-            }
-            ExitCode::from(1)
-        }
+        Ok(()) => finish(ExitCode::SUCCESS),
+        Err(e) => fail(&e),
     }
+}
+
+/// Flush stdout: output that cannot be written is an error, reported like any other.
+fn finish(code: ExitCode) -> ExitCode {
+    use std::io::Write as _;
+    match std::io::stdout().lock().flush() {
+        Ok(()) => code,
+        Err(e) => fail(&goldclone::Error::io("write", "<stdout>", e)),
+    }
+}
+
+/// Report `e` on stderr (if stderr can take it) and exit 1.
+fn fail(e: &goldclone::Error) -> ExitCode {
+    errln!("goldclone: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        errln!("  caused by: {s}");
+        source = s.source();
+    }
+    ExitCode::from(1)
 }

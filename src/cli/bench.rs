@@ -109,7 +109,7 @@ fn bench_copy(args: &BenchCopyArgs) -> Result<()> {
     if !src.exists() {
         let t = Instant::now();
         let built = fixture::build(&src, &FixtureSpec::bench(args.entries))?;
-        eprintln!(
+        errln!(
             "built {} entries ({} files, {} MiB) in {:.1} s",
             built.entries,
             built.files,
@@ -119,7 +119,7 @@ fn bench_copy(args: &BenchCopyArgs) -> Result<()> {
     }
     let found = detect::detect(&args.dir)?;
     let reflink = detect::reflink_supported(&args.dir)?.unwrap_or(false);
-    eprintln!(
+    errln!(
         "{}: {} ({}), reflink {}",
         args.dir.display(),
         found.mount.fs_type,
@@ -173,7 +173,7 @@ fn bench_copy(args: &BenchCopyArgs) -> Result<()> {
                 Method::CpPerLayer => per_layer_cp(&src, &dst, args.cp_jobs)?,
             }
             times[i].push(t.elapsed());
-            eprintln!(
+            errln!(
                 "run {}/{}: {:<26} {:.3} s",
                 run + 1,
                 args.runs,
@@ -203,21 +203,21 @@ fn bench_copy(args: &BenchCopyArgs) -> Result<()> {
             "fs_type": found.mount.fs_type, "reflink": reflink, "entries": args.entries,
             "runs": args.runs, "cold_cache": args.cold, "methods": rows,
         });
-        println!("{out:#}");
+        outln!("{out:#}")?;
     } else {
-        println!(
+        outln!(
             "| filesystem | method | median (s) | runs (s) | goldclone speed-up |\n|---|---|---|---|---|"
-        );
+        )?;
         for ((m, med), all) in methods.iter().zip(&medians).zip(&times) {
             let runs: Vec<String> = all.iter().map(|d| format!("{:.2}", d.as_secs_f64())).collect();
-            println!(
+            outln!(
                 "| {} | {} | {:.3} | {} | {:.2}x |",
                 found.mount.fs_type,
                 m.label(reflink),
                 med,
                 runs.join(" "),
                 med / ours
-            );
+            )?;
         }
     }
     Ok(())
@@ -264,7 +264,7 @@ fn bench_lifecycle(args: &BenchLifecycleArgs) -> Result<()> {
         for i in 0..args.sessions {
             cache.cleanup(&project, &format!("c{round}-{i}"))?;
         }
-        eprintln!(
+        errln!(
             "round {}: one setup {:.3} s, {} at once {:.3} s",
             round + 1,
             alone[round].as_secs_f64(),
@@ -273,14 +273,14 @@ fn bench_lifecycle(args: &BenchLifecycleArgs) -> Result<()> {
         );
     }
     let (one, many) = (median(&alone), median(&crowd));
-    println!("backend {:?}, {} rounds, medians:", cache.backend(), args.rounds);
-    println!("  one setup alone:          {one:.3} s");
-    println!(
+    outln!("backend {:?}, {} rounds, medians:", cache.backend(), args.rounds)?;
+    outln!("  one setup alone:          {one:.3} s")?;
+    outln!(
         "  {} setups at once:        {many:.3} s ({:.2}x the time of one, {:.3} s per session)",
         args.sessions,
         many / one,
         many / args.sessions as f64
-    );
+    )?;
     cache.gc()?;
     Ok(())
 }

@@ -53,23 +53,23 @@ pub fn run(args: &CopyArgs) -> Result<()> {
     let stats =
         with_progress_bar(show_bar, &progress, || copy::copy_tree(&args.src, &args.dst, &opts))?;
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&stats).map_err(|e| Error::io(
                 "serialize",
                 "<stdout>",
                 e.into()
             ))?
-        );
+        )?;
     } else {
-        print_stats(&stats);
+        print_stats(&stats)?;
     }
     Ok(())
 }
 
 /// Human summary of a finished copy.
-pub fn print_stats(s: &CopyStats) {
-    println!(
+pub fn print_stats(s: &CopyStats) -> goldclone::Result<()> {
+    outln!(
         "copied {} entries ({} files, {} dirs, {} symlinks, {} special, {} hardlinks), {:.1} MiB in {:.3} s with up to {} threads",
         s.entries,
         s.files,
@@ -80,15 +80,15 @@ pub fn print_stats(s: &CopyStats) {
         s.bytes as f64 / (1 << 20) as f64,
         s.elapsed.as_secs_f64(),
         s.threads
-    );
-    println!(
+    )?;
+    outln!(
         "file data: {} reflinked, {} copy_file_range, {} sparse, {} read/write (main method: {})",
         s.cloned,
         s.copy_file_range,
         s.sparse,
         s.read_write,
         s.main_method()
-    );
+    )
 }
 
 /// Run `work` while a bar on stderr shows entries and bytes (totals once known).
@@ -151,11 +151,11 @@ fn install_interrupt_handler(cancel: &CancelToken) {
         // The signals stay blocked in every thread, so this thread must take the second one too:
         // it ends the process at once (the staging directory stays for `goldclone cleanup`).
         if set.wait().is_ok() {
-            eprintln!("goldclone: interrupted, removing the partial copy (again to quit at once)");
+            errln!("goldclone: interrupted, removing the partial copy (again to quit at once)");
             cancel.cancel();
         }
         if let Ok(signal) = set.wait() {
-            eprintln!(
+            errln!(
                 "goldclone: {signal:?} again, quitting; `goldclone cleanup` removes the leftover"
             );
             std::process::exit(128 + signal as i32);
@@ -178,12 +178,12 @@ pub fn cleanup(args: &CleanupArgs) -> Result<()> {
     let removed = copy::cleanup_staging(&args.dir)?;
     if args.json {
         let list: Vec<String> = removed.iter().map(|p| p.display().to_string()).collect();
-        println!("{}", serde_json::json!({ "removed": list }));
+        outln!("{}", serde_json::json!({ "removed": list }))?;
     } else if removed.is_empty() {
-        println!("no leftover staging directories in {}", args.dir.display());
+        outln!("no leftover staging directories in {}", args.dir.display())?;
     } else {
         for p in &removed {
-            println!("removed {}", p.display());
+            outln!("removed {}", p.display())?;
         }
     }
     Ok(())
@@ -206,8 +206,8 @@ pub fn verify(args: &VerifyArgs) -> Result<bool> {
     let opts = CompareOptions { content: !args.no_content, ..CompareOptions::default() };
     let diffs = treediff::compare(&args.a, &args.b, &opts)?;
     for d in &diffs {
-        println!("{d}");
+        outln!("{d}")?;
     }
-    println!("{} difference(s)", diffs.len());
+    outln!("{} difference(s)", diffs.len())?;
     Ok(diffs.is_empty())
 }

@@ -36,7 +36,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     if !args.keep {
         copy::remove_tree(&work)?;
     } else {
-        println!("kept {}", work.display());
+        outln!("kept {}", work.display())?;
     }
     result
 }
@@ -46,22 +46,22 @@ fn demo_in(work: &Path) -> Result<()> {
     let spec = FixtureSpec::demo();
     let t = Instant::now();
     let built = fixture::build(&golden, &spec)?;
-    println!(
+    outln!(
         "built a docker-like sample tree: {} entries ({} files, {} MiB) in {:.2} s",
         built.entries,
         built.files,
         built.bytes >> 20,
         t.elapsed().as_secs_f64()
-    );
+    )?;
 
     let found = detect::detect(work)?;
-    println!(
+    outln!(
         "{} is on {} ({}): backend {}",
         work.display(),
         found.mount.mount_point.display(),
         found.mount.fs_type,
         found.backend.kind()
-    );
+    )?;
 
     let ours = work.join("session-goldclone");
     let stats = copy::copy_tree(&golden, &ours, &CopyOptions::default())?;
@@ -87,22 +87,22 @@ fn demo_in(work: &Path) -> Result<()> {
 
     let vs_cp = treediff::compare(&cp_dst, &ours, &CompareOptions::default())?;
     let ours_secs = stats.elapsed.as_secs_f64();
-    println!(
+    outln!(
         "goldclone copy: {:.3} s ({} entries, file data by {}, up to {} threads)",
         ours_secs,
         stats.entries,
         stats.main_method(),
         stats.threads
-    );
-    println!("cp -a --reflink=auto: {cp_secs:.3} s");
-    println!("speed-up: {:.2}x", cp_secs / ours_secs.max(1e-9));
-    println!(
+    )?;
+    outln!("cp -a --reflink=auto: {cp_secs:.3} s")?;
+    outln!("speed-up: {:.2}x", cp_secs / ours_secs.max(1e-9))?;
+    outln!(
         "verification: {} difference(s) from the source, {} from cp -a's copy",
         diffs.len(),
         vs_cp.len()
-    );
+    )?;
     for d in diffs.iter().chain(vs_cp.iter()).take(20) {
-        println!("  {d}");
+        outln!("  {d}")?;
     }
     if !diffs.is_empty() {
         return Err(Error::Unsupported {

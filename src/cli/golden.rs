@@ -98,8 +98,8 @@ pub struct InfoArgs {
     project: String,
 }
 
-fn print_json(value: &serde_json::Value) {
-    println!("{value:#}");
+fn print_json(value: &serde_json::Value) -> Result<()> {
+    outln!("{value:#}")
 }
 
 /// Run `goldclone golden ...`.
@@ -111,13 +111,13 @@ pub fn golden(cmd: &GoldenCommand) -> Result<()> {
             if root.json {
                 print_json(
                     &serde_json::json!({ "project": project, "generation": generation, "backend": cache.backend() }),
-                );
+                )?;
             } else {
-                println!(
+                outln!(
                     "imported {} as project {project}, generation {generation} ({:?})",
                     dir.display(),
                     cache.backend()
-                );
+                )?;
             }
             Ok(())
         }
@@ -132,9 +132,9 @@ pub fn session(cmd: &SessionCommand) -> Result<()> {
             if a.root.json {
                 print_json(
                     &serde_json::json!({ "project": a.project, "session": a.session, "path": path }),
-                );
+                )?;
             } else {
-                println!("{}", path.display());
+                outln!("{}", path.display())?;
             }
         }
         SessionCommand::Promote(a) => {
@@ -142,9 +142,9 @@ pub fn session(cmd: &SessionCommand) -> Result<()> {
             if a.root.json {
                 print_json(
                     &serde_json::json!({ "project": a.project, "session": a.session, "generation": generation }),
-                );
+                )?;
             } else {
-                println!("session {} is now generation {generation} of {}", a.session, a.project);
+                outln!("session {} is now generation {generation} of {}", a.session, a.project)?;
             }
         }
         SessionCommand::Cleanup(a) => {
@@ -152,31 +152,38 @@ pub fn session(cmd: &SessionCommand) -> Result<()> {
             if a.root.json {
                 print_json(
                     &serde_json::json!({ "project": a.project, "session": a.session, "removed": true }),
-                );
+                )?;
             } else {
-                println!("removed session {} of {}", a.session, a.project);
+                outln!("removed session {} of {}", a.session, a.project)?;
             }
         }
     }
     Ok(())
 }
 
-/// Run `goldclone gc`.
-pub fn gc(root: &RootArgs) -> Result<()> {
+/// Run `goldclone gc`; `Ok(false)` when something could not be done (exit status 2).
+pub fn gc(root: &RootArgs) -> Result<bool> {
     let report = root.open()?.gc()?;
     if root.json {
         print_json(
             &serde_json::to_value(&report)
                 .map_err(|e| Error::io("serialize", "<stdout>", e.into()))?,
-        );
-    } else if report.removed.is_empty() {
-        println!("nothing to collect");
+        )?;
+    } else if report.is_empty() {
+        outln!("nothing to collect")?;
     } else {
-        for r in &report.removed {
-            println!("removed {r}");
+        for (label, items) in [
+            ("recovered", &report.recovered),
+            ("removed", &report.removed),
+            ("kept", &report.kept),
+            ("failed", &report.failed),
+        ] {
+            for r in items {
+                outln!("{label} {r}")?;
+            }
         }
     }
-    Ok(())
+    Ok(report.failed.is_empty())
 }
 
 /// Run `goldclone info`.
@@ -186,16 +193,16 @@ pub fn info(a: &InfoArgs) -> Result<()> {
         print_json(
             &serde_json::to_value(&info)
                 .map_err(|e| Error::io("serialize", "<stdout>", e.into()))?,
-        );
+        )?;
     } else {
-        println!("project:     {}", info.project);
-        println!("generation:  {}", info.generation);
-        println!("created_at:  {}", info.created_at);
-        println!("from:        {}", info.source_session.as_deref().unwrap_or("(imported)"));
-        println!("backend:     {:?}", info.backend);
-        println!("size:        {} bytes", info.size_bytes);
+        outln!("project:     {}", info.project)?;
+        outln!("generation:  {}", info.generation)?;
+        outln!("created_at:  {}", info.created_at)?;
+        outln!("from:        {}", info.source_session.as_deref().unwrap_or("(imported)"))?;
+        outln!("backend:     {:?}", info.backend)?;
+        outln!("size:        {} bytes", info.size_bytes)?;
         for (s, g) in &info.sessions {
-            println!("session:     {s} (generation {g})");
+            outln!("session:     {s} (generation {g})")?;
         }
     }
     Ok(())

@@ -218,8 +218,8 @@ pub fn bench_zfs(args: BenchZfsArgs) -> Result<()> {
     let json_path = args.out_dir.join("zfs-bench.json");
     let json = serde_json::to_string_pretty(&report.json).expect("serializable");
     std::fs::write(&json_path, &json).map_err(|e| Error::io("write", &json_path, e))?;
-    print!("{}", report.table);
-    println!("{json}");
+    out!("{}", report.table)?;
+    outln!("{json}")?;
     Ok(())
 }
 

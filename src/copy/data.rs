@@ -80,8 +80,17 @@ fn verdict(err: &io::Error) -> Verdict {
     }
 }
 
-/// A failed data copy: the call that failed and the kernel's answer.
-pub(super) type DataError = (&'static str, io::Error);
+/// Which file a failed data call was about: a read fails on the source, a write on the
+/// destination, and an in-kernel copy (FICLONE, copy_file_range) on either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Side {
+    Source,
+    Destination,
+    Both,
+}
+
+/// A failed data copy: the call that failed, which file it was about, and the kernel's answer.
+pub(super) type DataError = (&'static str, Side, io::Error);
 
 /// Copy `size` bytes of data from `src` to the freshly created, empty `dst`. `sparse` says the
 /// source has fewer blocks allocated than its size implies; files under `clone_min_size` bytes
@@ -108,7 +117,7 @@ pub(super) fn copy_data(
             Err(e) => match verdict(&e) {
                 Verdict::FsCannot => caps.ficlone.store(CANNOT, Ordering::Relaxed),
                 Verdict::FileCannot => {}
-                Verdict::Fatal => return Err(("FICLONE", e)),
+                Verdict::Fatal => return Err(("FICLONE", Side::Both, e)),
             },
         }
     }
@@ -135,12 +144,12 @@ fn copy_extents(
             Ok(off) => off,
             Err(nix::Error::ENXIO) => break, // only a hole from `pos` to the end
             Err(nix::Error::EINVAL | nix::Error::EOPNOTSUPP) if pos == 0 => return Ok(None),
-            Err(e) => return Err(("lseek(SEEK_DATA)", io::Error::from(e))),
+            Err(e) => return Err(("lseek(SEEK_DATA)", Side::Source, io::Error::from(e))),
         };
         let hole = match lseek(src, data, Whence::SeekHole) {
             Ok(off) => off.min(end),
             Err(nix::Error::ENXIO) => end,
-            Err(e) => return Err(("lseek(SEEK_HOLE)", io::Error::from(e))),
+            Err(e) => return Err(("lseek(SEEK_HOLE)", Side::Source, io::Error::from(e))),
         };
         if hole > data {
             copy_range(caps, src, dst, data as u64, hole as u64)?;
@@ -148,7 +157,7 @@ fn copy_extents(
         pos = hole;
     }
     // The trailing hole (or a file that is all hole) has no data to write: set the size.
-    ftruncate(dst, end).map_err(|e| ("ftruncate", io::Error::from(e)))?;
+    ftruncate(dst, end).map_err(|e| ("ftruncate", Side::Destination, io::Error::from(e)))?;
     Ok(Some(()))
 }
 
@@ -181,7 +190,7 @@ fn copy_range(
                             break;
                         }
                         Verdict::FileCannot => break,
-                        Verdict::Fatal => return Err(("copy_file_range", e)),
+                        Verdict::Fatal => return Err(("copy_file_range", Side::Both, e)),
                     }
                 }
             }
@@ -213,14 +222,14 @@ fn read_write(
                 Ok(0) => return Ok(()), // source shrank under us
                 Ok(n) => n,
                 Err(nix::Error::EINTR) => continue,
-                Err(e) => return Err(("read", io::Error::from(e))),
+                Err(e) => return Err(("read", Side::Source, io::Error::from(e))),
             };
             let mut done = 0;
             while done < n {
                 match pwrite(dst, &buf[done..n], off + done as i64) {
                     Ok(w) => done += w,
                     Err(nix::Error::EINTR) => {}
-                    Err(e) => return Err(("write", io::Error::from(e))),
+                    Err(e) => return Err(("write", Side::Destination, io::Error::from(e))),
                 }
             }
             off += n as i64;

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub use staging::{cleanup_staging, remove_tree, STAGING_PREFIX};
+pub use staging::{cleanup_staging, remove_at, remove_tree, STAGING_PREFIX};
 
 use crate::{Error, Result};
 use pool::Workers;
@@ -168,7 +168,7 @@ pub fn copy_tree(src: &Path, dst: &Path, opts: &CopyOptions) -> Result<CopyStats
     let started = Instant::now();
     let workers = workers_for(opts)?;
     let staging = staging::Staging::prepare(src, dst)?;
-    let result = run_walk(&staging.src, &staging.path, staging.fd.as_fd(), opts, workers);
+    let result = run_walk(&staging.src, None, &staging.path, staging.fd.as_fd(), opts, workers);
     let stats =
         match result.and_then(|s| if opts.sync { staging.sync().map(|()| s) } else { Ok(s) }) {
             Ok(stats) => stats,
@@ -203,16 +203,48 @@ pub fn copy_into(src: &Path, dst: &Path, opts: &CopyOptions) -> Result<CopyStats
     if dst_canon.starts_with(&src) {
         return Err(Error::DestinationInsideSource { src: src.clone(), dst: dst.to_path_buf() });
     }
-    let synced = run_walk(&src, dst, dst_fd.as_fd(), opts, workers).and_then(|stats| {
+    fill(&src, None, dst_fd.as_fd(), dst, opts, workers, started)
+}
+
+/// [`copy_into`] between open directories: the contents and root metadata of `src` (at
+/// `src_path`, named in messages only) into the empty `dst` (at `dst_path`). Nothing is resolved
+/// by path, so a symlink swapped in for either after the caller opened it changes nothing. On
+/// error `dst` is emptied again.
+pub fn copy_dir_into(
+    src: BorrowedFd<'_>,
+    src_path: &Path,
+    dst: BorrowedFd<'_>,
+    dst_path: &Path,
+    opts: &CopyOptions,
+) -> Result<CopyStats> {
+    let started = Instant::now();
+    let workers = workers_for(opts)?;
+    if !staging::list_entries(dst, dst_path)?.is_empty() {
+        return Err(Error::AlreadyExists { path: dst_path.to_path_buf() });
+    }
+    fill(src_path, Some(src), dst, dst_path, opts, workers, started)
+}
+
+/// Copy into the empty, open `dst`, sync if asked, and empty it again on error.
+fn fill(
+    src: &Path,
+    src_fd: Option<BorrowedFd<'_>>,
+    dst_fd: BorrowedFd<'_>,
+    dst: &Path,
+    opts: &CopyOptions,
+    workers: Workers,
+    started: Instant,
+) -> Result<CopyStats> {
+    let synced = run_walk(src, src_fd, dst, dst_fd, opts, workers).and_then(|stats| {
         if opts.sync {
-            nix::unistd::syncfs(&dst_fd).map_err(|e| Error::io("syncfs", dst, e.into()))?;
+            nix::unistd::syncfs(dst_fd).map_err(|e| Error::io("syncfs", dst, e.into()))?;
         }
         Ok(stats)
     });
     match synced {
         Ok(stats) => Ok(CopyStats { elapsed: started.elapsed(), ..stats }),
         Err(e) => {
-            let _ = staging::remove_contents(dst_fd.as_fd(), dst);
+            let _ = staging::remove_contents(dst_fd, dst);
             Err(e)
         }
     }
@@ -228,10 +260,12 @@ fn workers_for(opts: &CopyOptions) -> Result<Workers> {
     }
 }
 
-/// Copy `src` into the open directory `dst_fd` (at `dst_path`), with the totals counter beside it
-/// when asked for.
+/// Copy `src` (or, if given, the open directory `src_fd`, with `src` its name for messages)
+/// into the open directory `dst_fd` (at `dst_path`), with the totals counter beside it when
+/// asked for.
 fn run_walk(
     src: &Path,
+    src_fd: Option<BorrowedFd<'_>>,
     dst_path: &Path,
     dst_fd: BorrowedFd<'_>,
     opts: &CopyOptions,
@@ -242,10 +276,10 @@ fn run_walk(
     std::thread::scope(|scope| {
         if let (true, Some(p)) = (opts.count_totals, progress) {
             let done = &done;
-            scope.spawn(move || count_totals(src, p, done));
+            scope.spawn(move || count_totals(src, src_fd, p, done));
         }
-        let result =
-            walk::Walk::new(src, dst_path, dst_fd, opts, progress).and_then(|w| w.run(workers));
+        let result = walk::Walk::new(src, src_fd, dst_path, dst_fd, opts, progress)
+            .and_then(|w| w.run(workers));
         done.store(true, Ordering::Relaxed);
         result
     })
@@ -259,19 +293,30 @@ fn run_walk(
     })
 }
 
-/// Count entries and bytes under `root` for the progress totals; gives up quietly on errors
-/// (the copy reports them) and stops when the copy is over.
-fn count_totals(root: &Path, progress: &Progress, done: &AtomicBool) {
+/// Count entries and bytes under `root` (or the open `root_fd`) for the progress totals; gives
+/// up quietly on errors (the copy reports them) and stops when the copy is over.
+fn count_totals(
+    root: &Path,
+    root_fd: Option<BorrowedFd<'_>>,
+    progress: &Progress,
+    done: &AtomicBool,
+) {
     use nix::dir::Type;
     use nix::fcntl::{AtFlags, AT_FDCWD};
-    let mut stack = vec![root.to_path_buf()];
+    // Directories relative to the root, opened from the root's fd.
+    let base = match root_fd {
+        Some(fd) => fd.try_clone_to_owned(),
+        None => staging::open_dir_noatime(AT_FDCWD, root).map_err(std::io::Error::from),
+    };
+    let Ok(base) = base else { return };
+    let mut stack = vec![std::path::PathBuf::from(".")];
     let (mut entries, mut bytes) = (1u64, 0u64);
     while let Some(dir) = stack.pop() {
         if done.load(Ordering::Relaxed) {
             return;
         }
         // Opened like the copy opens it (O_NOATIME): counting must not touch the source either.
-        let Ok(fd) = staging::open_dir_noatime(AT_FDCWD, dir.as_path()) else { continue };
+        let Ok(fd) = staging::open_dir_noatime(base.as_fd(), dir.as_path()) else { continue };
         let Ok(list) = staging::list_entries(fd.as_fd(), &dir) else { continue };
         for (name, kind) in list {
             entries += 1;

@@ -242,7 +242,9 @@ pub fn cleanup_staging(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Remove `path` and, if it is a directory, everything below it; symlinks are removed, never
-/// followed. Read-only directories are made writable first. A missing path is not an error.
+/// followed, and a mount point is never crossed: removal stops there with
+/// [`Error::MountPoint`] and nothing on the other side is touched. Read-only directories are
+/// made writable first. A missing path is not an error.
 pub fn remove_tree(path: &Path) -> Result<()> {
     let name = match path.components().next_back() {
         Some(Component::Normal(name)) => name.to_os_string(),
@@ -262,6 +264,35 @@ pub fn remove_tree(path: &Path) -> Result<()> {
         Err(e) => return Err(Error::io("open", parent_path, errno_io(e))),
     };
     remove_entry(parent.as_fd(), &name, path)
+}
+
+/// [`remove_tree`] of the entry `name` of the open directory `parent`; `path` is its full path,
+/// for messages only: nothing is resolved through it.
+pub fn remove_at(parent: BorrowedFd<'_>, name: &OsStr, path: &Path) -> Result<()> {
+    remove_entry(parent, name, path)
+}
+
+/// Open the directory `name` of `parent` to empty it: never through a symlink, never across a
+/// mount point (EXDEV). Kernels before 5.6 lack openat2; there a plain open is compared with its
+/// parent's mount id instead.
+fn open_for_removal(parent: BorrowedFd<'_>, name: &CStr) -> nix::Result<OwnedFd> {
+    use rustix::fs::{OFlags, ResolveFlags};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let resolve = ResolveFlags::NO_XDEV | ResolveFlags::NO_SYMLINKS | ResolveFlags::BENEATH;
+    match rustix::fs::openat2(parent, name, flags, rustix::fs::Mode::empty(), resolve) {
+        Ok(fd) => Ok(fd),
+        Err(rustix::io::Errno::NOSYS) => {
+            let fd = openat(parent, name, DIR_FLAGS, Mode::empty())?;
+            let mnt = |fd: BorrowedFd<'_>| {
+                sys::detect::fstatx(fd, sys::detect::MntId::Listed).ok().and_then(|s| s.mnt_id)
+            };
+            match (mnt(parent), mnt(fd.as_fd())) {
+                (Some(a), Some(b)) if a != b => Err(nix::Error::EXDEV),
+                _ => Ok(fd),
+            }
+        }
+        Err(e) => Err(nix::Error::from_raw(e.raw_os_error())),
+    }
 }
 
 /// Remove entry `name` of the open directory `parent`; `path` is its full path for messages.
@@ -309,12 +340,13 @@ struct Emptying {
 /// is listed by one task, its files unlinked there, its subdirectories become tasks, and a
 /// directory is removed when its last subdirectory is.
 fn remove_dir(parent: BorrowedFd<'_>, name: &OsStr, path: &Path) -> Result<()> {
-    let top = match openat(parent, name, DIR_FLAGS, Mode::empty()) {
+    let name = CString::new(name.as_bytes()).expect("a file name has no NUL");
+    let top = match open_for_removal(parent, &name) {
         Ok(fd) => fd,
         Err(nix::Error::ENOENT) => return Ok(()),
+        Err(nix::Error::EXDEV) => return Err(Error::MountPoint { path: path.to_path_buf() }),
         Err(e) => return Err(Error::io("open", path, errno_io(e))),
     };
-    let name = CString::new(name.as_bytes()).expect("a file name has no NUL");
     let stop = AtomicBool::new(false);
     let error: Mutex<Option<Error>> = Mutex::new(None);
     let fail = |e: Error| {
@@ -347,9 +379,10 @@ fn remove_dir(parent: BorrowedFd<'_>, name: &OsStr, path: &Path) -> Result<()> {
                     Err(e) => return Err(Error::io("unlink", &child_path, errno_io(e))),
                 }
             }
-            let fd = match openat(&node.fd, child.as_c_str(), DIR_FLAGS, Mode::empty()) {
+            let fd = match open_for_removal(node.fd.as_fd(), child.as_c_str()) {
                 Ok(fd) => fd,
                 Err(nix::Error::ENOENT) => continue,
+                Err(nix::Error::EXDEV) => return Err(Error::MountPoint { path: child_path }),
                 Err(e) => return Err(Error::io("open", &child_path, errno_io(e))),
             };
             node.pending.fetch_add(1, Ordering::AcqRel);

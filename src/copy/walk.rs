@@ -74,6 +74,8 @@ struct Counters {
 /// Everything the workers share.
 pub(super) struct Walk<'a> {
     src_root: &'a Path,
+    /// The source root, already open (else it is opened by `src_root`).
+    src_fd: Option<BorrowedFd<'a>>,
     staging_root: &'a Path,
     staging_fd: BorrowedFd<'a>,
     dst_dev: u64,
@@ -105,6 +107,7 @@ fn cpath(p: &Path) -> Result<CString> {
 impl<'a> Walk<'a> {
     pub fn new(
         src_root: &'a Path,
+        src_fd: Option<BorrowedFd<'a>>,
         staging_root: &'a Path,
         staging_fd: BorrowedFd<'a>,
         opts: &'a CopyOptions,
@@ -114,6 +117,7 @@ impl<'a> Walk<'a> {
             fstat(staging_fd).map_err(|e| Error::io("stat", staging_root, errno_io(e)))?.st_dev;
         Ok(Walk {
             src_root,
+            src_fd,
             staging_root,
             staging_fd,
             dst_dev,
@@ -219,8 +223,10 @@ impl<'a> Walk<'a> {
 
     fn open_root(&self) -> Result<Arc<DirNode>> {
         let root = self.src_root;
-        let cwd = nix::fcntl::AT_FDCWD;
-        let src = self.open_src_dir(cwd, &cpath(root)?, root)?;
+        let src = match self.src_fd {
+            Some(fd) => fd.try_clone_to_owned().map_err(|e| Error::io("dup", root, e))?,
+            None => self.open_src_dir(nix::fcntl::AT_FDCWD, &cpath(root)?, root)?,
+        };
         let st = fstat(&src).map_err(|e| Error::io("stat", root, errno_io(e)))?;
         let dst = self
             .staging_fd
@@ -406,7 +412,13 @@ impl<'a> Walk<'a> {
                     sparse,
                     self.clone_min_size,
                 )
-                .map_err(|(op, e)| Error::io(op, dst_path(), e))?;
+                .map_err(|(op, side, e)| match side {
+                    data::Side::Source => Error::io(op, src_path(), e),
+                    data::Side::Destination => Error::io(op, dst_path(), e),
+                    data::Side::Both => {
+                        Error::Transfer { op, src: src_path(), dst: dst_path(), source: e }
+                    }
+                })?;
                 let created =
                     meta::Created { owner: self.creator, mode: self.umask.map(|u| perm & !u) };
                 meta::apply_fd(src.as_fd(), dst.as_fd(), st, self.privileged, Some(created))

@@ -48,6 +48,11 @@ pub enum goldclone_result {
     SnapshotHasClones = 15,
     /// A ZFS snapshot cannot be destroyed: it has user holds.
     SnapshotHeld = 16,
+    /// On-disk state is not what goldclone recorded (corrupt metadata, a replaced tree, a
+    /// hostile journal entry); nothing was changed.
+    Damaged = 17,
+    /// The operation took effect in part and cannot be undone; the next open or gc finishes it.
+    Incomplete = 18,
     /// An error without a more specific code (a newer library error class).
     Other = 99,
     /// A required pointer argument was NULL.
@@ -81,6 +86,8 @@ impl goldclone_result {
             ErrorKind::Io => Self::Io,
             ErrorKind::SnapshotHasClones => Self::SnapshotHasClones,
             ErrorKind::SnapshotHeld => Self::SnapshotHeld,
+            ErrorKind::Damaged => Self::Damaged,
+            ErrorKind::Incomplete => Self::Incomplete,
             _ => Self::Other,
         }
     }
@@ -110,6 +117,8 @@ impl goldclone_result {
             Self::Io => "GOLDCLONE_RESULT_IO\0",
             Self::SnapshotHasClones => "GOLDCLONE_RESULT_SNAPSHOT_HAS_CLONES\0",
             Self::SnapshotHeld => "GOLDCLONE_RESULT_SNAPSHOT_HELD\0",
+            Self::Damaged => "GOLDCLONE_RESULT_DAMAGED\0",
+            Self::Incomplete => "GOLDCLONE_RESULT_INCOMPLETE\0",
             Self::Other => "GOLDCLONE_RESULT_OTHER\0",
             Self::NullParameter => "GOLDCLONE_RESULT_NULL_PARAMETER\0",
             Self::InvalidHandle => "GOLDCLONE_RESULT_INVALID_HANDLE\0",
@@ -119,7 +128,7 @@ impl goldclone_result {
     }
 }
 
-const ALL: [goldclone_result; 22] = [
+const ALL: [goldclone_result; 24] = [
     goldclone_result::Ok,
     goldclone_result::NotFound,
     goldclone_result::AlreadyExists,
@@ -137,6 +146,8 @@ const ALL: [goldclone_result; 22] = [
     goldclone_result::Io,
     goldclone_result::SnapshotHasClones,
     goldclone_result::SnapshotHeld,
+    goldclone_result::Damaged,
+    goldclone_result::Incomplete,
     goldclone_result::Other,
     goldclone_result::NullParameter,
     goldclone_result::InvalidHandle,

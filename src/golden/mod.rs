@@ -4,23 +4,42 @@
 //!
 //! One API over four backends, picked by [`detect`](crate::detect) from the cache root and
 //! overridable: ZFS filesystems, ZFS zvol + XFS, btrfs subvolumes, and the tree copy.
+//!
+//! What the lifecycle guarantees (README, "The lifecycle's guarantees"):
+//! * It only removes or changes what it made and recorded: every path is resolved beneath the
+//!   root without following symlinks ([`rootdir`]); a tree is acted on only where it is the one
+//!   its record names ([`state::Identity`]); anything else is reported by gc and left alone.
+//! * A session in use ([`holders`]: any process or mount, in any mount namespace) is neither
+//!   promoted nor removed, and removal never crosses a mount point.
+//! * An operation that fails has had no effect, or its error is [`Error::Incomplete`]; one that
+//!   is killed is finished or undone by the next operation on its project, `open` or `gc`.
+//! * One stuck project or session is reported and skipped; `open` never waits for another
+//!   process's operations.
 
-mod busy;
 pub mod fault;
+mod holders;
+mod rootdir;
 mod state;
 mod store;
 mod zfs_store;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub use state::{validate_name, MAX_ID_LEN};
 
-use state::{GenerationMeta, Intent, Layout, SessionMeta};
-use store::{BtrfsStore, CopyStore, Retired, Store, Tree, TreeId};
+use rootdir::RootDir;
+use state::{
+    lock_project, read_current, read_generation, read_session, Found, GenerationMeta, Identity,
+    Intent, Layout, ProjectLock, SessionMeta, Wait,
+};
+use store::{BtrfsStore, CopyStore, Generation, Presence, Retired, Session, Store};
 
-use crate::copy::STAGING_PREFIX;
 use crate::detect::{self, Backend};
 use crate::{Error, Result};
+
+/// How long gc waits for one project's lock before it reports the project busy and goes on.
+const GC_LOCK_WAIT: Duration = Duration::from_secs(60);
 
 /// Which primitive a cache uses to give sessions their copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -41,7 +60,7 @@ pub enum BackendKind {
 pub struct OpenOptions {
     /// Force a backend instead of detecting one from the root.
     pub backend: Option<BackendKind>,
-    /// Worker threads of the copy backend (0 = default).
+    /// Worker threads of the copy backend (0 = default, at most 1024).
     pub copy_threads: usize,
     /// zvol backend: size of a project's first volume; 0 picks four times the imported tree
     /// (at least 1 GiB). Volumes are sparse: only written blocks use space.
@@ -67,11 +86,35 @@ pub struct GoldenInfo {
     pub sessions: Vec<(String, u64)>,
 }
 
-/// What [`Cache::gc`] removed.
+/// What [`Cache::gc`] (or the recovery in [`Cache::open`]) did and found, one line per item.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct GcReport {
-    /// Human-readable names of what was removed (retired generations, orphans, staging).
+    /// Removed: retired generations, trash, records of trees that are gone.
     pub removed: Vec<String>,
+    /// Interrupted operations finished or rolled back.
+    pub recovered: Vec<String>,
+    /// Found and left alone: entries goldclone did not make, damaged state, each with why.
+    pub kept: Vec<String>,
+    /// What could not be done now (a busy project, a removal that failed), with the error;
+    /// the next gc tries again.
+    pub failed: Vec<String>,
+}
+
+impl GcReport {
+    /// Nothing removed, recovered, kept or failed.
+    pub fn is_empty(&self) -> bool {
+        self.removed.is_empty()
+            && self.recovered.is_empty()
+            && self.kept.is_empty()
+            && self.failed.is_empty()
+    }
+
+    fn merge(&mut self, other: GcReport) {
+        self.removed.extend(other.removed);
+        self.recovered.extend(other.recovered);
+        self.kept.extend(other.kept);
+        self.failed.extend(other.failed);
+    }
 }
 
 /// A golden-tree cache rooted at a directory (on ZFS: the directory a dataset is mounted at).
@@ -80,83 +123,121 @@ pub struct GcReport {
 /// same root at once; per-project locks (flock) keep them apart.
 #[derive(Debug)]
 pub struct Cache {
-    layout: Layout,
+    root: RootDir,
     store: Box<dyn Store>,
+    opened: GcReport,
+}
+
+/// The backend, validated against the root, before anything is written.
+enum Choice {
+    Copy,
+    Btrfs,
+    Zfs { dataset: crate::zfs::DatasetName, volumes: bool },
+}
+
+fn choose(root: &Path, opts: &OpenOptions) -> Result<(BackendKind, Choice)> {
+    let found = detect::detect(root)?;
+    let kind = opts.backend.unwrap_or(match &found.backend {
+        Backend::ZfsDataset { .. } => BackendKind::Zfs,
+        Backend::Zvol { .. } => BackendKind::Zvol,
+        Backend::Btrfs { .. } => BackendKind::Btrfs,
+        Backend::Reflink { .. } | Backend::Plain { .. } => BackendKind::Copy,
+    });
+    let choice = match (kind, &found.backend) {
+        (BackendKind::Copy, _) => Choice::Copy,
+        (BackendKind::Btrfs, Backend::Btrfs { .. }) => Choice::Btrfs,
+        (BackendKind::Btrfs, _) => {
+            return Err(Error::Unsupported {
+                what: format!(
+                    "btrfs backend asked for, but {} is on {}",
+                    root.display(),
+                    found.mount.fs_type
+                ),
+            })
+        }
+        // The cache root must be where its dataset is mounted: sessions and records live in
+        // directories of that dataset.
+        (BackendKind::Zfs, Backend::ZfsDataset { dataset, .. })
+            if found.mount.mount_point == root =>
+        {
+            Choice::Zfs { dataset: crate::zfs::DatasetName::new(dataset)?, volumes: false }
+        }
+        // A root on XFS on a zvol: new volumes go beside that zvol.
+        (BackendKind::Zvol, Backend::Zvol { dataset, .. }) => {
+            Choice::Zfs { dataset: crate::zfs::DatasetName::new(dataset)?, volumes: true }
+        }
+        _ => {
+            return Err(Error::Unsupported {
+                what: format!(
+                    "{kind:?} backend needs the cache root to be the mount point of a ZFS dataset \
+                     (or, for zvol, on a zvol); {} is on {} at {}",
+                    root.display(),
+                    found.mount.fs_type,
+                    found.mount.mount_point.display()
+                ),
+            })
+        }
+    };
+    Ok((kind, choice))
+}
+
+/// What resolving an intent did.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// The operation took effect (it had committed, or could only go forward).
+    Finished(String),
+    /// The operation has no lasting effect.
+    RolledBack(String),
+}
+
+impl Outcome {
+    fn describe(self) -> String {
+        match self {
+            Outcome::Finished(s) | Outcome::RolledBack(s) => s,
+        }
+    }
 }
 
 impl Cache {
     /// Open (creating the state directory if needed) the cache at `root`, and finish or roll back
-    /// whatever a crashed process left half done.
+    /// what crashed processes left half done in projects nobody is working on. Never waits for
+    /// another process's operations and never fails because of one project: what it could not
+    /// resolve is in [`Cache::recovery_report`] (and gc, or the project's next operation,
+    /// resolves it).
     pub fn open(root: &Path, opts: &OpenOptions) -> Result<Cache> {
         let meta = std::fs::metadata(root).map_err(|e| Error::io("stat", root, e))?;
         if !meta.is_dir() {
             return Err(Error::NotADirectory { path: root.to_path_buf() });
         }
-        let root = root.canonicalize().map_err(|e| Error::io("canonicalize", root, e))?;
-        let found = detect::detect(&root)?;
-        let kind = opts.backend.unwrap_or(match &found.backend {
-            Backend::ZfsDataset { .. } => BackendKind::Zfs,
-            Backend::Zvol { .. } => BackendKind::Zvol,
-            Backend::Btrfs { .. } => BackendKind::Btrfs,
-            Backend::Reflink { .. } | Backend::Plain { .. } => BackendKind::Copy,
-        });
-        let store: Box<dyn Store> = match kind {
-            BackendKind::Copy => Box::new(CopyStore { threads: opts.copy_threads }),
-            BackendKind::Btrfs => {
-                if !matches!(found.backend, Backend::Btrfs { .. }) {
-                    return Err(Error::Unsupported {
-                        what: format!(
-                            "btrfs backend asked for, but {} is on {}",
-                            root.display(),
-                            found.mount.fs_type
-                        ),
-                    });
-                }
-                Box::new(BtrfsStore { threads: opts.copy_threads })
-            }
-            BackendKind::Zfs | BackendKind::Zvol => {
-                let dataset = match (&found.backend, kind) {
-                    // The cache root must be where its dataset is mounted: sessions and
-                    // metadata live in directories of that dataset.
-                    (Backend::ZfsDataset { dataset, .. }, _) if found.mount.mount_point == root => dataset.clone(),
-                    // A root on XFS on a zvol: new volumes go beside that zvol.
-                    (Backend::Zvol { dataset, .. }, BackendKind::Zvol) => match dataset.rsplit_once('/') {
-                        Some((parent, _)) => parent.to_string(),
-                        None => {
-                            return Err(Error::Unsupported {
-                                what: format!("zvol {dataset} has no parent dataset to put volumes in"),
-                            })
-                        }
-                    },
-                    _ => {
-                        return Err(Error::Unsupported {
-                            what: format!(
-                                "{kind:?} backend needs the cache root to be the mount point of a ZFS dataset (or, for zvol, on a zvol); {} is on {} at {}",
-                                root.display(),
-                                found.mount.fs_type,
-                                found.mount.mount_point.display()
-                            ),
-                        })
-                    }
-                };
-                let dataset = crate::zfs::DatasetName::new(&dataset)?;
-                Box::new(zfs_store::ZfsStore::new(
-                    dataset,
-                    kind == BackendKind::Zvol,
-                    opts.copy_threads,
-                    opts.zvol_size,
-                )?)
-            }
+        if opts.copy_threads > 1024 {
+            return Err(Error::InvalidArgument {
+                what: format!("{} copy threads is more than 1024", opts.copy_threads),
+            });
+        }
+        let canonical = root.canonicalize().map_err(|e| Error::io("canonicalize", root, e))?;
+        let (_, choice) = choose(&canonical, opts)?;
+        let dir = RootDir::open(&canonical)?;
+        let cache_id = state::open_state(&dir)?;
+        let threads = opts.copy_threads;
+        let store: Box<dyn Store> = match choice {
+            Choice::Copy => Box::new(CopyStore { threads }),
+            Choice::Btrfs => Box::new(BtrfsStore { threads }),
+            Choice::Zfs { dataset, volumes } => Box::new(zfs_store::ZfsStore::new(
+                dataset,
+                volumes,
+                threads,
+                opts.zvol_size,
+                &cache_id,
+            )?),
         };
-        let cache = Cache { layout: Layout { root }, store };
-        cache.layout.create()?;
-        cache.recover_all()?;
+        let mut cache = Cache { root: dir, store, opened: GcReport::default() };
+        cache.opened = cache.recover_idle_projects();
         Ok(cache)
     }
 
     /// The cache root.
     pub fn root(&self) -> &Path {
-        &self.layout.root
+        self.root.path()
     }
 
     /// The backend in use.
@@ -164,29 +245,81 @@ impl Cache {
         self.store.kind()
     }
 
+    /// What [`Cache::open`] recovered, and what it found and left for later.
+    pub fn recovery_report(&self) -> &GcReport {
+        &self.opened
+    }
+
     /// Make `dir` generation 1 of a new project. `dir` is copied (or, on ZFS and btrfs, turned
-    /// into a snapshot source); it is not changed.
+    /// into a snapshot source); it is not changed. AlreadyExists if the project exists or
+    /// `ROOT/<project>` is taken by anything.
     pub fn import(&self, project: &str, dir: &Path) -> Result<u64> {
         validate_name(project)?;
         let meta = std::fs::metadata(dir).map_err(|e| Error::io("stat", dir, e))?;
         if !meta.is_dir() {
             return Err(Error::NotADirectory { path: dir.to_path_buf() });
         }
-        let _lock = self.layout.lock(project, true, true)?;
-        if self.layout.read_current(project)?.is_some() {
-            return Err(Error::AlreadyExists { path: self.layout.project(project) });
+        if self.root.entry(&Layout::project(project))?.is_some()
+            && self.root.entry(&Layout::project_state(project))?.is_none()
+        {
+            // Taken by something that is not a project of ours: never move in.
+            return Err(Error::AlreadyExists { path: self.root.join(&Layout::project(project)) });
         }
-        for d in [self.layout.generations(project), self.layout.sessions(project)] {
-            std::fs::create_dir_all(&d).map_err(|e| Error::io("mkdir", &d, e))?;
+        let lock = lock_project(&self.root, project, true, true, Wait::Forever)?
+            .expect("waits for the lock");
+        let imported = (|| {
+            self.recover_or_fail(project, &lock)?;
+            if read_current(&self.root, project)?.is_some() {
+                return Err(Error::AlreadyExists {
+                    path: self.root.join(&Layout::project(project)),
+                });
+            }
+            if !state::generation_numbers(&self.root, project)?.is_empty()
+                || !state::session_names(&self.root, project)?.is_empty()
+            {
+                return Err(Error::Damaged {
+                    path: self.root.join(&Layout::project_state(project)),
+                    what: "has records but no current generation".into(),
+                });
+            }
+            if self.root.entry(&Layout::project(project))?.is_some() {
+                return Err(Error::AlreadyExists {
+                    path: self.root.join(&Layout::project(project)),
+                });
+            }
+            let generation = 1;
+            self.store.generation_free(&self.generation(project, generation, generation))?;
+            let staging = state::own_name("import", "1");
+            let intent = Intent::Import { project: project.to_string(), generation, staging };
+            self.run(
+                &intent,
+                || generation,
+                || {
+                    for d in [
+                        Layout::project(project),
+                        Layout::generations(project),
+                        Layout::sessions(project),
+                        Layout::generation_records(project),
+                        Layout::session_records(project),
+                        Layout::trash(project),
+                    ] {
+                        self.root.mkdir(&d)?;
+                    }
+                    let g = self.generation(project, generation, generation);
+                    let staging = self.staging_of(&intent);
+                    let identity = self.store.import(&self.root, dir, &g, &staging)?;
+                    fault::point("import:tree-created");
+                    self.commit_generation(&g, None, identity, &staging)?;
+                    Ok(generation)
+                },
+            )
+        })();
+        if imported.is_err() {
+            // A project that never came to be leaves nothing: no lock files, no journal.
+            let _ = self.forget_if_empty(project);
         }
-        let generation = 1;
-        let intent = Intent::Import { project: project.to_string(), generation };
-        self.run(&intent, "import", || {
-            self.store.import(dir, &self.generation_tree(project, generation, Some(generation)))?;
-            fault::point("import:tree-created");
-            self.commit_generation(project, generation, None)?;
-            Ok(generation)
-        })
+        drop(lock);
+        imported
     }
 
     /// A writable private copy of the project's current generation; returns its path. Sessions
@@ -194,104 +327,190 @@ impl Cache {
     pub fn setup(&self, project: &str, session: &str) -> Result<PathBuf> {
         validate_name(project)?;
         validate_name(session)?;
-        let _lock = self.layout.lock(project, false, false)?;
-        let generation = self.current(project)?;
-        let path = self.layout.session(project, session);
+        let _lock = self.lock_shared(project)?;
+        let (generation, gen_meta) = self.current_generation(project)?;
+        let s = self.session(project, session);
+        if read_session(&self.root, project, session)?.is_some()
+            || self.root.entry(&s.place)?.is_some()
+        {
+            return Err(Error::AlreadyExists { path: self.root.join(&s.place) });
+        }
+        self.store.session_free(&s)?;
         let intent = Intent::Setup {
             project: project.to_string(),
             session: session.to_string(),
-            generation,
+            generation: generation.number,
+            staging: state::own_name("setup", session),
         };
-        self.run(&intent, "setup", || {
-            let tree = self.session_tree(project, session);
-            if self.layout.session_meta(project, session).exists() || self.store.exists(&tree)? {
-                return Err(Error::AlreadyExists { path: path.clone() });
-            }
-            self.store.session_from(
-                &self.generation_tree(project, generation, Some(generation)),
-                &tree,
-            )?;
-            fault::point("setup:tree-created");
-            state::write_json(
-                &self.layout.session_meta(project, session),
-                &SessionMeta {
-                    project: project.to_string(),
-                    session: session.to_string(),
-                    generation,
-                    created_at: state::now(),
-                },
-            )?;
-            fault::point("setup:meta-written");
-            Ok(path.clone())
-        })
+        let path = self.root.join(&s.place);
+        self.run(
+            &intent,
+            || path.clone(),
+            || {
+                let staging = self.staging_of(&intent);
+                let identity = self.store.create_session(
+                    &self.root,
+                    &generation,
+                    &gen_meta.identity,
+                    &s,
+                    &staging,
+                )?;
+                fault::point("setup:tree-created");
+                state::write_json(
+                    &self.root,
+                    &Layout::session_meta(project, session),
+                    &SessionMeta {
+                        project: project.to_string(),
+                        session: session.to_string(),
+                        generation: generation.number,
+                        created_at: state::now(),
+                        identity,
+                    },
+                )?;
+                fault::point("setup:meta-written");
+                if let Err(e) = self.store.publish(&self.root, &staging, &s.place) {
+                    self.root.remove_file(&Layout::session_meta(project, session))?;
+                    return Err(e);
+                }
+                Ok(path.clone())
+            },
+        )
     }
 
     /// Make the session's tree the project's next generation; returns that generation. The
-    /// session must be quiesced (no process using it) and keeps running unchanged afterwards;
-    /// sessions of older generations are not touched.
+    /// session must be quiesced (in use by nothing: [`Error::SessionBusy`] otherwise) and keeps
+    /// running unchanged afterwards; sessions of older generations are not touched.
     pub fn promote(&self, project: &str, session: &str) -> Result<u64> {
         validate_name(project)?;
         validate_name(session)?;
-        let _lock = self.layout.lock(project, true, false)?;
-        let previous = self.current(project)?;
-        self.session_meta(project, session)?;
-        let path = self.layout.session(project, session);
-        self.ensure_quiesced(project, session, &path)?;
-        let generation = self.layout.generation_numbers(project)?.last().copied().unwrap_or(0) + 1;
+        let lock = self.lock_exclusive(project)?;
+        self.recover_or_fail(project, &lock)?;
+        let (previous, _) = self.current_generation(project)?;
+        let meta = self.session_meta(project, session)?;
+        let s = self.session(project, session);
+        self.check_session_place(&s, &meta)?;
+        self.ensure_unused(&s)?;
+        let number = state::generation_numbers(&self.root, project)?
+            .last()
+            .copied()
+            .unwrap_or(0)
+            .max(previous.number)
+            + 1;
+        let g = self.generation(project, number, previous.number);
+        if self.root.entry(&g.place)?.is_some() {
+            return Err(Error::Damaged {
+                path: self.root.join(&g.place),
+                what: "is in the way of the next generation and has no record".into(),
+            });
+        }
+        self.store.generation_free(&g)?;
         let intent = Intent::Promote {
             project: project.to_string(),
             session: session.to_string(),
-            generation,
+            generation: number,
+            staging: state::own_name("promote", &number.to_string()),
         };
-        self.run(&intent, "promote", || {
-            self.store.golden_from(
-                &self.session_tree(project, session),
-                &self.generation_tree(project, generation, Some(previous)),
-                &self.generation_tree(project, previous, Some(previous)),
-            )?;
-            fault::point("promote:tree-created");
-            self.commit_generation(project, generation, Some(session))?;
-            Ok(generation)
-        })
+        self.run(
+            &intent,
+            || number,
+            || {
+                let staging = self.staging_of(&intent);
+                let identity =
+                    self.store.promote(&self.root, &s, &meta.identity, &g, &previous, &staging)?;
+                fault::point("promote:tree-created");
+                self.commit_generation(&g, Some(session), identity, &staging)?;
+                Ok(number)
+            },
+        )
     }
 
     /// Remove a session. Once the last session of a retired generation is gone, that generation
-    /// is reclaimed too.
+    /// is reclaimed too. A session in use is [`Error::SessionBusy`] and nothing changes; so is
+    /// one with a mount inside it. Once the session is taken from its place the cleanup has
+    /// happened: if reclaiming its space fails then, gc retries and reports it.
     pub fn cleanup(&self, project: &str, session: &str) -> Result<()> {
         validate_name(project)?;
         validate_name(session)?;
-        let _lock = self.layout.lock(project, false, false)?;
-        self.current(project)?;
+        let _lock = self.lock_shared(project)?;
+        self.known_project(project)?;
         let meta = self.session_meta(project, session)?;
-        let path = self.layout.session(project, session);
-        self.ensure_quiesced(project, session, &path)?;
-        let intent = Intent::Cleanup { project: project.to_string(), session: session.to_string() };
-        if let Retired::Moved(trash) =
-            self.run(&intent, "cleanup", || self.retire_session(project, session))?
-        {
-            self.store.remove_trash(&trash)?;
+        let s = self.session(project, session);
+        match self.store.session_presence(&self.root, &s, &meta.identity)? {
+            Presence::Here | Presence::Elsewhere(_) => self.ensure_unused(&s)?,
+            Presence::Absent => {}
+            Presence::Other(what) => {
+                return Err(Error::Damaged { path: self.root.join(&s.place), what })
+            }
         }
-        // The session is gone whatever happens next. Reclaiming its generation is a courtesy
-        // here; what it cannot do now, gc does later.
+        let intent = Intent::Cleanup {
+            project: project.to_string(),
+            session: session.to_string(),
+            trash: state::own_name("cleanup", session),
+        };
+        let trash = self.staging_of(&intent);
+        self.run(
+            &intent,
+            || (),
+            || {
+                let retired = self.store.retire_session(&self.root, &s, &meta.identity, &trash)?;
+                fault::point("cleanup:tree-moved");
+                self.owe(project, &retired)?;
+                self.root.remove_file(&Layout::session_meta(project, session))?;
+                fault::point("cleanup:meta-removed");
+                // The session is gone whatever happens next. Reclaiming its space is a courtesy
+                // here, under the intent (a kill leaves it to recovery); what it cannot do now, gc
+                // retries and reports.
+                if let Retired::Moved(t) = &retired {
+                    let _ = self.store.remove_trash(&self.root, t);
+                }
+                Ok(())
+            },
+        )?;
         let _ = self.reclaim_if_unused(project, meta.generation);
         Ok(())
     }
 
-    /// Finish interrupted operations, then remove what no committed state refers to: session and
-    /// generation trees without metadata (and the reverse), retired generations without sessions,
-    /// staging leftovers, trash.
+    /// Finish interrupted operations, then remove what records say is no longer needed:
+    /// retired generations without sessions, trash, records of trees that are gone, temporary
+    /// files of dead writers. Entries goldclone did not make and damaged state are reported in
+    /// [`GcReport::kept`] and left alone; a project that is busy for long or fails is reported
+    /// in [`GcReport::failed`] and skipped, the others are still collected.
     pub fn gc(&self) -> Result<GcReport> {
         let mut report = GcReport::default();
-        let mut projects = self.layout.projects()?;
-        for p in self.layout.journaled_projects()? {
-            if !projects.contains(&p) {
-                projects.push(p);
+        let (projects, bad) = state::projects(&self.root)?;
+        for b in bad {
+            report.kept.push(format!(
+                "{}: not a project id; left alone",
+                self.at(&Layout::projects().join(b))
+            ));
+        }
+        for name in self.root.list(Path::new(""))? {
+            let s = name.to_string_lossy();
+            if s != ".goldclone" && !projects.iter().any(|p| *p == s) {
+                report.kept.push(format!(
+                    "{}: not made by goldclone; left alone",
+                    self.at(Path::new(&name))
+                ));
             }
         }
         for project in projects {
-            let _lock = self.layout.lock(&project, true, true)?;
-            self.recover(&project, &mut report)?;
-            self.collect(&project, &mut report)?;
+            match lock_project(&self.root, &project, true, false, Wait::Up(GC_LOCK_WAIT)) {
+                Ok(Some(_lock)) => {
+                    let mut r = GcReport::default();
+                    self.recover(&project, &mut r);
+                    if let Err(e) = self.collect(&project, &mut r) {
+                        r.failed.push(format!("{project}: {e}"));
+                    }
+                    report.merge(r);
+                }
+                Ok(None) => report.failed.push(format!(
+                    "{project}: busy for more than {}s; skipped",
+                    GC_LOCK_WAIT.as_secs()
+                )),
+                // Removed meanwhile (a rolled-back import): nothing to collect.
+                Err(Error::UnknownProject { .. }) => {}
+                Err(e) => report.failed.push(format!("{project}: {e}")),
+            }
         }
         Ok(report)
     }
@@ -299,30 +518,21 @@ impl Cache {
     /// The project's current generation and its sessions.
     pub fn info(&self, project: &str) -> Result<GoldenInfo> {
         validate_name(project)?;
-        let _lock = self.layout.lock(project, false, false)?;
-        let generation = self.current(project)?;
-        let meta: GenerationMeta =
-            state::read_json(&self.layout.generation_meta(project, generation))?
-                .ok_or_else(|| Error::UnknownProject { project: project.to_string() })?;
+        let _lock = self.lock_shared(project)?;
+        let (g, meta) = self.current_generation(project)?;
         let mut sessions = Vec::new();
-        for s in self.layout.session_names(project)? {
-            if let Some(m) =
-                state::read_json::<SessionMeta>(&self.layout.session_meta(project, &s))?
-            {
+        for s in state::session_names(&self.root, project)? {
+            if let Some(m) = read_session(&self.root, project, &s)? {
                 sessions.push((s, m.generation));
             }
         }
         Ok(GoldenInfo {
             project: project.to_string(),
-            generation,
+            generation: g.number,
             created_at: meta.created_at,
             source_session: meta.source_session,
             backend: self.backend(),
-            size_bytes: self.store.size(&self.generation_tree(
-                project,
-                generation,
-                Some(generation),
-            )),
+            size_bytes: self.store.size(&self.root, &g),
             sessions,
         })
     }
@@ -331,253 +541,137 @@ impl Cache {
     /// sessions still use), oldest first.
     pub fn generations(&self, project: &str) -> Result<Vec<u64>> {
         validate_name(project)?;
-        let _lock = self.layout.lock(project, false, false)?;
-        let current = self.current(project)?;
+        let _lock = self.lock_shared(project)?;
+        let (current, _) = self.current_generation(project)?;
         let mut out = Vec::new();
-        for g in self.layout.generation_numbers(project)? {
-            if self.layout.generation_meta(project, g).exists()
-                && self.store.exists(&self.generation_tree(project, g, Some(current)))?
-            {
-                out.push(g);
+        for n in state::generation_numbers(&self.root, project)? {
+            if n > current.number {
+                continue;
+            }
+            let Some(m) = read_generation(&self.root, project, n)? else { continue };
+            let g = self.generation(project, n, current.number);
+            if self.store.generation_presence(&self.root, &g, &m.identity)? == Presence::Here {
+                out.push(n);
             }
         }
         Ok(out)
     }
 
-    // ---- internals ----
+    // ---- names ----
 
-    fn current(&self, project: &str) -> Result<u64> {
-        self.layout
-            .read_current(project)?
-            .ok_or_else(|| Error::UnknownProject { project: project.to_string() })
-    }
-
-    fn session_meta(&self, project: &str, session: &str) -> Result<SessionMeta> {
-        state::read_json(&self.layout.session_meta(project, session))?.ok_or_else(|| {
-            Error::UnknownSession { project: project.to_string(), session: session.to_string() }
-        })
-    }
-
-    fn ensure_quiesced(&self, project: &str, session: &str, path: &Path) -> Result<()> {
-        let pids = busy::users_of(path);
-        if pids.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::SessionBusy {
-                project: project.to_string(),
-                session: session.to_string(),
-                pids,
-            })
-        }
-    }
-
-    /// Generation `generation` of `project`, while `head` is the current generation (ZFS keeps
-    /// every live generation's snapshot on the current one's head).
-    fn generation_tree(&self, project: &str, generation: u64, head: Option<u64>) -> Tree {
-        Tree {
+    fn generation(&self, project: &str, number: u64, head: u64) -> Generation {
+        Generation {
             project: project.to_string(),
-            id: TreeId::Generation(generation),
-            path: self.layout.generation(project, generation),
+            number,
+            place: Layout::generation(project, number),
             head,
         }
     }
 
-    fn session_tree(&self, project: &str, session: &str) -> Tree {
-        Tree {
+    fn session(&self, project: &str, name: &str) -> Session {
+        Session {
             project: project.to_string(),
-            id: TreeId::Session(session.to_string()),
-            path: self.layout.session(project, session),
-            head: None,
+            name: name.to_string(),
+            place: Layout::session(project, name),
         }
     }
 
-    /// Record `intent`, run `work`, and clear the intent. If `work` fails, resolve the intent
-    /// as recovery would (undo, or finish what can only be finished); if even that fails, the
-    /// intent stays for the next recovery.
-    fn run<T>(
-        &self,
-        intent: &Intent,
-        op: &'static str,
-        work: impl FnOnce() -> Result<T>,
-    ) -> Result<T> {
-        let record = self.layout.record(intent)?;
-        fault::point(match op {
-            "import" => "import:intent-recorded",
-            "setup" => "setup:intent-recorded",
-            "promote" => "promote:intent-recorded",
-            _ => "cleanup:intent-recorded",
-        });
-        let result = work();
-        // The caller's lock may be shared (setup, cleanup): other operations of the project are
-        // running, so their staging directories must not be swept here.
-        if result.is_err() && self.resolve(intent, false, &mut GcReport::default()).is_err() {
-            return result;
-        }
-        state::remove_file(&record)?;
-        result
-    }
-
-    /// Take the session's tree away and drop its metadata: from here on it is gone.
-    fn retire_session(&self, project: &str, session: &str) -> Result<Retired> {
-        let retired = self
-            .store
-            .retire(&self.session_tree(project, session), &self.trash_name(project, session))?;
-        fault::point("cleanup:tree-moved");
-        state::remove_file(&self.layout.session_meta(project, session))?;
-        fault::point("cleanup:meta-removed");
-        Ok(retired)
-    }
-
-    fn trash_name(&self, project: &str, what: &str) -> PathBuf {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        self.layout.trash().join(format!("{project}.{what}.{}.{nanos:x}", std::process::id()))
-    }
-
-    /// Remove generation `generation` if it is retired (not current) and no session uses it.
-    /// Safe under the shared lock: sessions are only made from the current generation, and
-    /// `retire` lets exactly one of several concurrent callers do it. True if this call did.
-    fn reclaim_if_unused(&self, project: &str, generation: u64) -> Result<bool> {
-        let current = self.layout.read_current(project)?;
-        if current == Some(generation) {
-            return Ok(false);
-        }
-        for s in self.layout.session_names(project)? {
-            if let Some(m) =
-                state::read_json::<SessionMeta>(&self.layout.session_meta(project, &s))?
-            {
-                if m.generation == generation {
-                    return Ok(false);
-                }
-            }
-        }
-        let tree = self.generation_tree(project, generation, current);
-        let retired =
-            self.store.retire(&tree, &self.trash_name(project, &format!("gen-{generation}")))?;
-        state::remove_file(&self.layout.generation_meta(project, generation))?;
-        if let Retired::Moved(trash) = &retired {
-            self.store.remove_trash(trash)?;
-        }
-        Ok(retired != Retired::Absent)
-    }
-
-    fn recover_all(&self) -> Result<()> {
-        let mut report = GcReport::default();
-        for project in self.layout.journaled_projects()? {
-            // Only a project with intents needs the exclusive lock, which would otherwise wait
-            // behind every running setup of the project for nothing.
-            if self.layout.intents(&project)?.is_empty() {
-                continue;
-            }
-            let _lock = self.layout.lock(&project, true, true)?;
-            self.recover(&project, &mut report)?;
-        }
-        Ok(())
-    }
-
-    /// Resolve every intent of `project`. Needs the project's exclusive lock: then every intent
-    /// left belongs to a process that died.
-    fn recover(&self, project: &str, report: &mut GcReport) -> Result<()> {
-        for (path, intent) in self.layout.intents(project)? {
-            self.resolve(&intent, true, report)?;
-            state::remove_file(&path)?;
-        }
-        self.layout.remove_journal_temps(project)?;
-        let _ = std::fs::remove_dir(self.layout.journal(project));
-        Ok(())
-    }
-
-    /// Finish or undo one interrupted operation. Its commit record decides: `current` for import
-    /// and promote, the session's metadata for setup; a cleanup always rolls forward. A promote
-    /// the backend can only finish (ZFS, once the clone is promoted) is finished and committed.
-    ///
-    /// `exclusive`: the caller holds the project's exclusive lock, so staging leftovers in the
-    /// project's directories belong to dead writers and are swept too.
-    fn resolve(&self, intent: &Intent, exclusive: bool, report: &mut GcReport) -> Result<()> {
-        let l = &self.layout;
+    /// Where an intent's staging (or trash) name lives.
+    fn staging_of(&self, intent: &Intent) -> PathBuf {
         match intent {
-            Intent::Import { project, generation } => {
-                if l.read_current(project)? == Some(*generation) {
-                    return Ok(());
-                }
-                self.store.discard(&self.generation_tree(
-                    project,
-                    *generation,
-                    Some(*generation),
-                ))?;
-                state::remove_file(&l.generation_meta(project, *generation))?;
-                if exclusive {
-                    self.remove_staging(&l.generations(project), report)?;
-                }
-                for d in [l.generations(project), l.sessions(project), l.project(project)] {
-                    let _ = std::fs::remove_dir(&d);
-                }
-                report.removed.push(format!("{project}: rolled back import"));
+            Intent::Import { project, staging, .. } | Intent::Promote { project, staging, .. } => {
+                Layout::generations(project).join(staging)
             }
-            Intent::Promote { project, session, generation } => {
-                let current = l.read_current(project)?;
-                if current == Some(*generation) {
-                    return Ok(());
-                }
-                let previous =
-                    current.ok_or_else(|| Error::UnknownProject { project: project.clone() })?;
-                let finished = self.store.recover_golden_from(
-                    &self.session_tree(project, session),
-                    &self.generation_tree(project, *generation, Some(previous)),
-                    &self.generation_tree(project, previous, Some(previous)),
-                )?;
-                if finished {
-                    self.commit_generation(project, *generation, Some(session))?;
-                    report.removed.push(format!(
-                        "{project}: finished promote of {session} to generation {generation}"
-                    ));
-                } else {
-                    state::remove_file(&l.generation_meta(project, *generation))?;
-                    if exclusive {
-                        self.remove_staging(&l.generations(project), report)?;
-                    }
-                    report.removed.push(format!("{project}: rolled back generation {generation}"));
-                }
-            }
-            Intent::Setup { project, session, .. } => {
-                if l.session_meta(project, session).exists() {
-                    return Ok(());
-                }
-                self.store.discard(&self.session_tree(project, session))?;
-                if exclusive {
-                    self.remove_staging(&l.sessions(project), report)?;
-                }
-                report.removed.push(format!("{project}: rolled back session {session}"));
-            }
-            Intent::Cleanup { project, session } => {
-                self.store.discard(&self.session_tree(project, session))?;
-                state::remove_file(&l.session_meta(project, session))?;
-                report.removed.push(format!("{project}: finished cleanup of session {session}"));
-            }
+            Intent::Setup { project, staging, .. } => Layout::sessions(project).join(staging),
+            Intent::Cleanup { project, trash, .. } => Layout::trash(project).join(trash),
         }
-        Ok(())
     }
 
-    /// Write generation metadata, then `current`: the commit of an import or a promote.
+    fn at(&self, rel: &Path) -> String {
+        self.root.join(rel).display().to_string()
+    }
+
+    // ---- state ----
+
+    fn known_project(&self, project: &str) -> Result<u64> {
+        read_current(&self.root, project)?
+            .ok_or_else(|| Error::UnknownProject { project: project.to_string() })
+    }
+
+    /// The current generation and its record.
+    fn current_generation(&self, project: &str) -> Result<(Generation, GenerationMeta)> {
+        let number = self.known_project(project)?;
+        let meta = read_generation(&self.root, project, number)?.ok_or_else(|| Error::Damaged {
+            path: self.root.join(&Layout::current(project)),
+            what: format!("names generation {number}, which has no record"),
+        })?;
+        Ok((self.generation(project, number, number), meta))
+    }
+
+    fn session_meta(&self, project: &str, session: &str) -> Result<SessionMeta> {
+        read_session(&self.root, project, session)?.ok_or_else(|| Error::UnknownSession {
+            project: project.to_string(),
+            session: session.to_string(),
+        })
+    }
+
+    /// The session's place holds the tree its record names (not a symlink, not a replacement).
+    fn check_session_place(&self, s: &Session, meta: &SessionMeta) -> Result<()> {
+        match self.store.session_presence(&self.root, s, &meta.identity)? {
+            Presence::Here => Ok(()),
+            Presence::Elsewhere(what) | Presence::Other(what) => {
+                Err(Error::Damaged { path: self.root.join(&s.place), what })
+            }
+            Presence::Absent => Err(Error::Damaged {
+                path: self.root.join(&s.place),
+                what: "the session's tree is gone".into(),
+            }),
+        }
+    }
+
+    /// Nothing holds the session: no process, no mount, in any namespace.
+    fn ensure_unused(&self, s: &Session) -> Result<()> {
+        let place = self.root.join(&s.place);
+        let found = holders::holders(&place, self.store.sessions_are_mounts())?;
+        if found.is_empty() {
+            return Ok(());
+        }
+        let mut pids: Vec<u32> = found.iter().filter_map(|h| h.pid).collect();
+        pids.sort_unstable();
+        pids.dedup();
+        Err(Error::SessionBusy {
+            project: s.project.clone(),
+            session: s.name.clone(),
+            pids,
+            holders: found.into_iter().map(|h| h.what).collect(),
+        })
+    }
+
+    /// Write generation metadata, publish the tree, then `current`: the commit of an import or
+    /// a promote.
     fn commit_generation(
         &self,
-        project: &str,
-        generation: u64,
+        g: &Generation,
         source: Option<&str>,
+        identity: Identity,
+        staging: &Path,
     ) -> Result<()> {
+        let meta_path = Layout::generation_meta(&g.project, g.number);
         state::write_json(
-            &self.layout.generation_meta(project, generation),
+            &self.root,
+            &meta_path,
             &GenerationMeta {
-                project: project.to_string(),
-                generation,
+                project: g.project.clone(),
+                generation: g.number,
                 created_at: state::now(),
                 source_session: source.map(str::to_string),
                 backend: self.backend(),
+                identity,
             },
         )?;
         fault::point(if source.is_some() { "promote:meta-written" } else { "import:meta-written" });
-        state::write_atomic(&self.layout.current(project), format!("{generation}\n").as_bytes())?;
+        self.store.publish(&self.root, staging, &g.place)?;
+        state::write_current(&self.root, &g.project, g.number)?;
         fault::point(if source.is_some() {
             "promote:current-written"
         } else {
@@ -586,71 +680,505 @@ impl Cache {
         Ok(())
     }
 
-    /// Remove staging leftovers in `dir`. Only under the exclusive project lock: then no writer
-    /// of this project is alive.
-    fn remove_staging(&self, dir: &Path, report: &mut GcReport) -> Result<()> {
-        for name in state::list_names(dir)? {
-            if name.starts_with(STAGING_PREFIX) || name.starts_with(store::IMPORT_PREFIX) {
-                self.store.remove_trash(&dir.join(&name))?;
-                report.removed.push(format!("staging {}", dir.join(&name).display()));
-            }
+    /// Record that a removal is owed, if it is.
+    fn owe(&self, project: &str, retired: &Retired) -> Result<()> {
+        if let Retired::Owed(id) = retired {
+            self.root.mkdir(&Layout::owed(project))?;
+            let path = Layout::owed(project).join(format!("{}.json", state::nonce()));
+            state::write_json(&self.root, &path, id)?;
         }
         Ok(())
     }
 
-    /// Garbage-collect one project (exclusive lock held, intents resolved).
-    fn collect(&self, project: &str, report: &mut GcReport) -> Result<()> {
-        let l = &self.layout;
-        let current = l.read_current(project)?;
-        self.remove_staging(&l.generations(project), report)?;
-        self.remove_staging(&l.sessions(project), report)?;
-        let mut sessions = l.session_names(project)?;
-        for s in self.store.session_names(project)? {
-            if !sessions.contains(&s) {
-                sessions.push(s);
+    /// Remove generation `number` if it is retired (older than a current generation that has
+    /// its record) and no session record names it. Safe under the shared lock: sessions are
+    /// only made from the current generation, and retiring lets exactly one of several
+    /// concurrent callers do it. True if this call removed it. When in doubt (a record that
+    /// does not read), keep it.
+    fn reclaim_if_unused(&self, project: &str, number: u64) -> Result<bool> {
+        let Some(current) = read_current(&self.root, project)? else { return Ok(false) };
+        if number >= current || read_generation(&self.root, project, current)?.is_none() {
+            return Ok(false);
+        }
+        for s in state::session_names(&self.root, project)? {
+            match read_session(&self.root, project, &s) {
+                Ok(Some(m)) if m.generation != number => {}
+                Ok(None) => {}
+                _ => return Ok(false),
             }
         }
-        for s in sessions {
-            let tree = self.session_tree(project, &s);
-            let meta = l.session_meta(project, &s);
-            match (self.store.exists(&tree)?, meta.exists()) {
-                (true, false) => {
-                    self.store.discard(&tree)?;
-                    report.removed.push(format!("{project}: orphan session tree {s}"));
+        let Some(meta) = read_generation(&self.root, project, number)? else { return Ok(false) };
+        let g = self.generation(project, number, current);
+        let trash = Layout::trash(project).join(state::own_name("gen", &number.to_string()));
+        let retired = self.store.retire_generation(&self.root, &g, &meta.identity, &trash)?;
+        self.owe(project, &retired)?;
+        self.root.remove_file(&Layout::generation_meta(project, number))?;
+        if let Retired::Moved(t) = &retired {
+            let _ = self.store.remove_trash(&self.root, t);
+        }
+        Ok(retired != Retired::Absent)
+    }
+
+    // ---- locks and recovery ----
+
+    fn lock_exclusive(&self, project: &str) -> Result<ProjectLock> {
+        Ok(lock_project(&self.root, project, true, false, Wait::Forever)?
+            .expect("waits for the lock"))
+    }
+
+    /// Lock the project shared for an operation on one session, first resolving what dead
+    /// imports and promotes left (they may have left `current` and the generations out of
+    /// step); dead operations on other sessions are theirs to wait for gc.
+    fn lock_shared(&self, project: &str) -> Result<ProjectLock> {
+        loop {
+            let lock = lock_project(&self.root, project, false, false, Wait::Forever)?
+                .expect("waits for the lock");
+            let dead_exclusive = state::intents(&self.root, project)?
+                .iter()
+                .any(|f| matches!(f, Found::Dead(d) if d.intent.is_exclusive()));
+            if !dead_exclusive {
+                return Ok(lock);
+            }
+            drop(lock);
+            let exclusive = self.lock_exclusive(project)?;
+            self.recover_or_fail(project, &exclusive)?;
+        }
+    }
+
+    /// Resolve the project's dead intents (exclusive lock held); an import or promote that
+    /// cannot be resolved is this operation's error, a stuck session is only reported.
+    fn recover_or_fail(&self, project: &str, lock: &ProjectLock) -> Result<()> {
+        debug_assert!(lock.exclusive);
+        for found in state::intents(&self.root, project)? {
+            if let Found::Dead(dead) = found {
+                match self.resolve(&dead.intent) {
+                    Ok(_) => dead.clear(&self.root)?,
+                    Err(e) if dead.intent.is_exclusive() => return Err(e),
+                    Err(_) => {} // one stuck session does not block the project
                 }
-                (false, true) => {
-                    state::remove_file(&meta)?;
-                    report.removed.push(format!("{project}: metadata of missing session {s}"));
-                }
-                _ => {}
             }
         }
-        for g in l.generation_numbers(project)? {
-            if Some(g) == current {
+        let _ = state::remove_record_temps(&self.root, project);
+        Ok(())
+    }
+
+    /// At open: resolve dead intents of every project whose lock is free now; skip the others.
+    fn recover_idle_projects(&self) -> GcReport {
+        let mut report = GcReport::default();
+        let projects = match state::projects(&self.root) {
+            Ok((good, _)) => good,
+            Err(e) => {
+                report.failed.push(format!("listing projects: {e}"));
+                return report;
+            }
+        };
+        for project in projects {
+            // Work to do: intents, or a project an import killed before its intent left behind.
+            let journal = self.root.list(&Layout::journal(&project));
+            let idle = matches!(&journal, Ok(names) if names.is_empty())
+                && matches!(self.root.list(&Layout::trash(&project)), Ok(t) if t.is_empty());
+            let unborn = matches!(read_current(&self.root, &project), Ok(None));
+            if idle && !unborn {
                 continue;
             }
-            let tree = self.generation_tree(project, g, current);
-            let meta = l.generation_meta(project, g);
-            if meta.exists() {
-                if self.reclaim_if_unused(project, g)? {
-                    report.removed.push(format!("{project}: retired generation {g}"));
+            if let Err(e) = journal {
+                report.failed.push(format!("{project}: {e}"));
+                continue;
+            }
+            // An import killed before it had both lock files: make them to lock it.
+            match lock_project(&self.root, &project, true, unborn, Wait::No) {
+                Ok(Some(_lock)) => {
+                    self.recover(&project, &mut report);
+                    self.empty_trash(&project, &mut report);
+                    if let Err(e) = self.forget_if_empty(&project) {
+                        report.failed.push(format!("{project}: {e}"));
+                    }
                 }
-            } else if self.store.exists(&tree)? {
-                self.store.discard(&tree)?;
-                report.removed.push(format!("{project}: incomplete generation {g}"));
+                Ok(None) | Err(Error::UnknownProject { .. }) => {}
+                Err(e) => report.failed.push(format!("{project}: {e}")),
             }
         }
-        let prefix = format!("{project}.");
-        for name in state::list_names(&l.trash())? {
-            if name.starts_with(&prefix) {
-                self.store.remove_trash(&l.trash().join(&name))?;
-                report.removed.push(format!("trash {name}"));
+        report
+    }
+
+    /// Resolve every dead intent of `project` (exclusive lock held), reporting each, and remove
+    /// temporary files of dead writers. Never stops at one failure.
+    fn recover(&self, project: &str, report: &mut GcReport) {
+        let found = match state::intents(&self.root, project) {
+            Ok(f) => f,
+            Err(e) => {
+                report.failed.push(format!("{project}: {e}"));
+                return;
+            }
+        };
+        for f in found {
+            match f {
+                Found::Dead(dead) => match self.resolve(&dead.intent) {
+                    Ok(outcome) => {
+                        let exclusive = dead.intent.is_exclusive();
+                        if let Err(e) = dead.clear(&self.root) {
+                            report.failed.push(format!("{project}: {e}"));
+                        }
+                        if exclusive {
+                            let _ = self.forget_if_empty(project);
+                        }
+                        report.recovered.push(outcome.describe());
+                    }
+                    Err(e) => report.failed.push(format!("{project}: {:?}: {e}", dead.intent)),
+                },
+                // Under the exclusive lock only a live operation of this very process (none) or a
+                // race with another recoverer leaves one: its owner resolves it.
+                Found::Alive => {}
+                Found::Damaged(e) => report.kept.push(format!("{e}; left alone")),
             }
         }
-        if current.is_none() {
-            for d in [l.generations(project), l.sessions(project), l.project(project)] {
-                let _ = std::fs::remove_dir(&d);
+        match state::remove_record_temps(&self.root, project) {
+            Ok(removed) => report.removed.extend(removed),
+            Err(e) => report.failed.push(format!("{project}: {e}")),
+        }
+    }
+
+    /// Record `intent` and run `work`. If `work` fails, resolve the intent as recovery would:
+    /// undone, the error is returned; finished (it could only go forward), the operation took
+    /// effect and `finished()` is its result; if even resolving fails, the error is
+    /// [`Error::Incomplete`] and the intent stays for recovery. After the commit, a failure to
+    /// clear the intent does not make the operation fail: recovery finds it committed.
+    fn run<T>(
+        &self,
+        intent: &Intent,
+        finished: impl FnOnce() -> T,
+        work: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let record = self.record(intent)?;
+        fault::point(match intent {
+            Intent::Import { .. } => "import:intent-recorded",
+            Intent::Setup { .. } => "setup:intent-recorded",
+            Intent::Promote { .. } => "promote:intent-recorded",
+            Intent::Cleanup { .. } => "cleanup:intent-recorded",
+        });
+        match work() {
+            Ok(value) => {
+                let _ = record.clear(&self.root);
+                Ok(value)
             }
+            Err(e) => match self.resolve(intent) {
+                Ok(Outcome::RolledBack(_)) => {
+                    let _ = record.clear(&self.root);
+                    Err(e)
+                }
+                Ok(Outcome::Finished(_)) => {
+                    let _ = record.clear(&self.root);
+                    Ok(finished())
+                }
+                Err(undo) => Err(Error::Incomplete {
+                    what: format!("{e}; undoing it failed too ({undo})"),
+                    source: Box::new(e),
+                }),
+            },
+        }
+    }
+
+    /// Record an intent; a dead intent for the same session or generation is resolved first, a
+    /// live one makes this operation Busy.
+    fn record(&self, intent: &Intent) -> Result<state::IntentRecord> {
+        match state::record_intent(&self.root, intent) {
+            Err(e) if e.errno() == Some(libc::EBUSY) => {
+                match state::find_intent(&self.root, intent) {
+                    Some(Found::Dead(dead)) => {
+                        self.resolve(&dead.intent)?;
+                        dead.clear(&self.root)?;
+                        state::record_intent(&self.root, intent)
+                    }
+                    Some(Found::Damaged(e)) => Err(e),
+                    Some(Found::Alive) | None => Err(e),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Finish or undo one interrupted operation, as its records say. A record is the commit:
+    /// `current` for import and promote, the session's record for setup; a cleanup has
+    /// committed once the session is no longer at its place. A promote the backend can only
+    /// finish (ZFS, once the clone is promoted) is finished and committed.
+    fn resolve(&self, intent: &Intent) -> Result<Outcome> {
+        let root = &self.root;
+        let staging = self.staging_of(intent);
+        match intent {
+            Intent::Import { project, generation, .. } => {
+                let g = self.generation(project, *generation, *generation);
+                if read_current(root, project)? == Some(*generation) {
+                    self.ensure_published(&g, &staging)?;
+                    return Ok(Outcome::Finished(format!("{project}: finished import")));
+                }
+                let recorded = read_generation(root, project, *generation)?;
+                self.store.discard_generation(
+                    root,
+                    &g,
+                    &staging,
+                    recorded.as_ref().map(|m| &m.identity),
+                )?;
+                root.remove_file(&Layout::generation_meta(project, *generation))?;
+                for d in [
+                    Layout::generations(project),
+                    Layout::sessions(project),
+                    Layout::project(project),
+                ] {
+                    root.rmdir(&d)?;
+                }
+                Ok(Outcome::RolledBack(format!("{project}: rolled back import")))
+            }
+            Intent::Setup { project, session, .. } => {
+                let s = self.session(project, session);
+                let what = |done: &str| format!("{project}: {done} setup of session {session}");
+                if let Some(meta) = read_session(root, project, session)? {
+                    match self.store.session_presence(root, &s, &meta.identity)? {
+                        Presence::Here | Presence::Elsewhere(_) => {
+                            return Ok(Outcome::Finished(what("finished")))
+                        }
+                        Presence::Other(what) => {
+                            return Err(Error::Damaged { path: root.join(&s.place), what })
+                        }
+                        Presence::Absent => {
+                            if self.store.presence(root, &staging, &meta.identity)?
+                                == Presence::Here
+                                && self.store.publish(root, &staging, &s.place).is_ok()
+                            {
+                                return Ok(Outcome::Finished(what("finished")));
+                            }
+                        }
+                    }
+                }
+                self.store.discard_session(root, &s, &staging)?;
+                root.remove_file(&Layout::session_meta(project, session))?;
+                Ok(Outcome::RolledBack(what("rolled back")))
+            }
+            Intent::Promote { project, session, generation, .. } => {
+                let current = read_current(root, project)?
+                    .ok_or_else(|| Error::UnknownProject { project: project.clone() })?;
+                if current == *generation {
+                    self.ensure_published(&self.generation(project, current, current), &staging)?;
+                    return Ok(Outcome::Finished(format!(
+                        "{project}: finished promote of {session}"
+                    )));
+                }
+                let g = self.generation(project, *generation, current);
+                let previous = self.generation(project, current, current);
+                let s = self.session(project, session);
+                if let Some(identity) =
+                    self.store.recover_promote(root, &s, &g, &previous, &staging)?
+                {
+                    self.commit_generation(&g, Some(session), identity, &staging)?;
+                    return Ok(Outcome::Finished(format!(
+                        "{project}: finished promote of {session} to generation {generation}"
+                    )));
+                }
+                let recorded = read_generation(root, project, *generation)?;
+                self.store.discard_generation(
+                    root,
+                    &g,
+                    &staging,
+                    recorded.as_ref().map(|m| &m.identity),
+                )?;
+                root.remove_file(&Layout::generation_meta(project, *generation))?;
+                Ok(Outcome::RolledBack(format!("{project}: rolled back generation {generation}")))
+            }
+            Intent::Cleanup { project, session, .. } => {
+                let s = self.session(project, session);
+                let finished = format!("{project}: finished cleanup of session {session}");
+                let Some(meta) = read_session(root, project, session)? else {
+                    let _ = self.store.remove_trash(root, &staging);
+                    return Ok(Outcome::Finished(finished));
+                };
+                match self.store.session_presence(root, &s, &meta.identity)? {
+                    // Nothing was taken away: the cleanup never happened.
+                    Presence::Here => Ok(Outcome::RolledBack(format!(
+                        "{project}: cleanup of session {session} had not begun"
+                    ))),
+                    Presence::Other(what) => {
+                        Err(Error::Damaged { path: root.join(&s.place), what })
+                    }
+                    Presence::Absent | Presence::Elsewhere(_) => {
+                        let retired =
+                            self.store.retire_session(root, &s, &meta.identity, &staging)?;
+                        self.owe(project, &retired)?;
+                        root.remove_file(&Layout::session_meta(project, session))?;
+                        let _ = self.store.remove_trash(root, &staging);
+                        Ok(Outcome::Finished(finished))
+                    }
+                }
+            }
+        }
+    }
+
+    /// A committed generation is at its place: if a crash came between `current` and the
+    /// rename, finish the rename.
+    fn ensure_published(&self, g: &Generation, staging: &Path) -> Result<()> {
+        let meta =
+            read_generation(&self.root, &g.project, g.number)?.ok_or_else(|| Error::Damaged {
+                path: self.root.join(&Layout::current(&g.project)),
+                what: format!("names generation {}, which has no record", g.number),
+            })?;
+        if self.store.generation_presence(&self.root, g, &meta.identity)? == Presence::Here {
+            return Ok(());
+        }
+        self.store.publish(&self.root, staging, &g.place)
+    }
+
+    /// Remove the state of a project that has nothing: no generation, no session, no intent.
+    /// Exclusive lock held. The lock files go last; waiters notice (see `lock_project`).
+    fn forget_if_empty(&self, project: &str) -> Result<()> {
+        let root = &self.root;
+        if read_current(root, project).ok().flatten().is_some()
+            || !state::generation_numbers(root, project)?.is_empty()
+            || !state::session_names(root, project)?.is_empty()
+            || !root.list(&Layout::journal(project))?.is_empty()
+        {
+            return Ok(());
+        }
+        for d in [Layout::generations(project), Layout::sessions(project), Layout::project(project)]
+        {
+            root.rmdir(&d)?;
+        }
+        let state_dir = Layout::project_state(project);
+        for d in ["journal", "gen", "sessions", "trash"] {
+            root.rmdir(&state_dir.join(d))?;
+        }
+        root.rmdir(&Layout::trash(project))?;
+        for f in ["gate", "lock"] {
+            root.remove_file(&state_dir.join(f))?;
+        }
+        root.rmdir(&state_dir)?;
+        Ok(())
+    }
+
+    /// Remove the project's trash: trees retired by operations that finished (or died after
+    /// their commit). Exclusive lock held.
+    fn empty_trash(&self, project: &str, report: &mut GcReport) {
+        let names = match self.root.list(&Layout::trash(project)) {
+            Ok(n) => n,
+            Err(e) => return report.failed.push(format!("{project}: {e}")),
+        };
+        for name in names {
+            let t = Layout::trash(project).join(&name);
+            match self.store.remove_trash(&self.root, &t) {
+                Ok(()) => report.removed.push(format!("trash {}", self.at(&t))),
+                Err(e) => report.failed.push(format!("removing trash {}: {e}", self.at(&t))),
+            }
+        }
+    }
+
+    /// Garbage-collect one project (exclusive lock held, intents resolved).
+    fn collect(&self, project: &str, report: &mut GcReport) -> Result<()> {
+        let root = &self.root;
+        // Trash and owed removals first: they are ours whatever else is damaged.
+        self.empty_trash(project, report);
+        let (owed, _) = state::record_names(root, &Layout::owed(project))?;
+        for o in owed {
+            let path = Layout::owed(project).join(format!("{o}.json"));
+            let done = state::read_json::<Identity>(root, &path).and_then(|id| match id {
+                Some(id) => self.store.remove_owed(root, &id).map(|()| format!("{id:?}")),
+                None => Ok(String::new()),
+            });
+            match done {
+                Ok(what) => {
+                    root.remove_file(&path)?;
+                    report.removed.push(format!("{project}: owed removal of {what}"));
+                }
+                Err(e) => {
+                    report.failed.push(format!("{project}: owed removal {}: {e}", self.at(&path)))
+                }
+            }
+        }
+        let current = match read_current(root, project) {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                if self.forget_if_empty(project).is_err()
+                    || root.entry(&Layout::project_state(project))?.is_some()
+                {
+                    report.kept.push(format!("{project}: has no current generation; left alone"));
+                } else {
+                    report
+                        .removed
+                        .push(format!("{project}: state of a project that never came to be"));
+                }
+                return Ok(());
+            }
+            Err(e) => {
+                report.kept.push(format!("{e}; project {project} left alone"));
+                return Ok(());
+            }
+        };
+        if read_generation(root, project, current)?.is_none() {
+            report.kept.push(format!(
+                "{project}: current names generation {current}, which has no record; left alone"
+            ));
+            return Ok(());
+        }
+        let sessions = state::session_names(root, project)?;
+        for name in &sessions {
+            let s = self.session(project, name);
+            match read_session(root, project, name) {
+                Ok(Some(meta)) => match self.store.session_presence(root, &s, &meta.identity)? {
+                    Presence::Here => {}
+                    Presence::Absent => {
+                        root.remove_file(&Layout::session_meta(project, name))?;
+                        report.removed.push(format!(
+                            "{project}: record of session {name}, whose tree is gone"
+                        ));
+                    }
+                    Presence::Elsewhere(what) | Presence::Other(what) => {
+                        report.kept.push(format!("{project}: session {name}: {what}; left alone"))
+                    }
+                },
+                Ok(None) => {}
+                Err(e) => report.kept.push(format!("{e}; left alone")),
+            }
+        }
+        let generations = state::generation_numbers(root, project)?;
+        for &n in &generations {
+            if n > current {
+                report.kept.push(format!(
+                    "{project}: generation {n} is newer than the current {current}; left alone"
+                ));
+            } else if n < current {
+                match self.reclaim_if_unused(project, n) {
+                    Ok(true) => report.removed.push(format!("{project}: retired generation {n}")),
+                    Ok(false) => {}
+                    Err(e) => report.failed.push(format!("{project}: generation {n}: {e}")),
+                }
+            }
+        }
+        let sessions = state::session_names(root, project)?;
+        for name in root.list(&Layout::sessions(project))? {
+            if !sessions.iter().any(|s| **s == *name) {
+                report.kept.push(format!(
+                    "{}: no record names it; left alone",
+                    self.at(&Layout::sessions(project).join(&name))
+                ));
+            }
+        }
+        let generations = state::generation_numbers(root, project)?;
+        for name in root.list(&Layout::generations(project))? {
+            if !name
+                .to_str()
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| generations.contains(&n))
+            {
+                report.kept.push(format!(
+                    "{}: no record names it; left alone",
+                    self.at(&Layout::generations(project).join(&name))
+                ));
+            }
+        }
+        for dir in [Layout::generation_records(project), Layout::session_records(project)] {
+            let (_, other) = state::record_names(root, &dir)?;
+            for o in other {
+                report.kept.push(format!("{}: not a record; left alone", self.at(&dir.join(o))));
+            }
+        }
+        for d in self.store.unrecorded(project, &sessions, &[current])? {
+            report.kept.push(format!("{project}: dataset {d} has no record; left alone"));
         }
         Ok(())
     }

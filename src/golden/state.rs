@@ -1,31 +1,46 @@
-//! On-disk state of a cache: where things live, metadata files written by rename, the intent
-//! journal, per-project locks, and name validation.
+//! On-disk state of a cache: where things live, the records that say what goldclone made, the
+//! intent journal, per-project locks, and name validation.
 //!
 //! ```text
-//! ROOT/.goldclone/locks/<project>.lock        flock: shared for setup/cleanup, exclusive otherwise
-//! ROOT/.goldclone/journal/<project>/<id>.json intents of operations in flight
-//! ROOT/.goldclone/trash/                       trees on their way out (removed after the rename)
-//! ROOT/<project>/current                       the current generation number
-//! ROOT/<project>/gen/<n>  + gen/<n>.json       generation n's tree and its metadata
-//! ROOT/<project>/sessions/<s> + <s>.json       session s's tree and its metadata
+//! ROOT/.goldclone/cache.json                   layout version and this cache's random id
+//! ROOT/.goldclone/projects/<p>/                a project goldclone made (nothing else is one)
+//!     lock, gate                               flocks: see ProjectLock
+//!     current                                  the current generation number
+//!     gen/<n>.json                             generation n: its record (identity of its tree)
+//!     sessions/<s>.json                        session s: its record (identity of its tree)
+//!     journal/<kind>-<id>.json                 intents of operations in flight, each flocked
+//!                                              by its owner for as long as it runs
+//!     trash/<name>.json                        ZFS datasets whose removal is still owed
+//! ROOT/.goldclone/trash/<p>/<name>             trees on their way out (copy, btrfs)
+//! ROOT/<p>/gen/<n>                             generation n's tree (copy, btrfs)
+//! ROOT/<p>/sessions/<s>                        session s's tree or mount point
 //! ```
-//! A metadata file is the commit record of what it describes: a tree without one is a leftover.
+//!
+//! Records live in their own namespace under `.goldclone/`: no valid id can collide with one,
+//! and a directory under the root is never taken for a project because of its name. A record is
+//! the commit point of what it describes; a tree is acted on only where it is the tree its
+//! record names ([`Identity`]).
 
 use std::ffi::OsStr;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::fd::AsFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
+use rustix::fs::{AtFlags, FlockOperation, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
+use super::rootdir::{errno, is_temp_name, RootDir};
 use super::BackendKind;
-use crate::{sys, Error, Result};
+use crate::{Error, Result};
 
 /// Longest project or session id, in bytes. Leaves room for both inside a 255-byte ZFS dataset
 /// name under a pool and a cache dataset.
 pub const MAX_ID_LEN: usize = 64;
+
+/// The version of this layout, in `cache.json`. A root with another version is refused.
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Check a project or session id: 1–64 bytes of `[A-Za-z0-9_.-]`, not starting with `.` or `-`
 /// (so it is a safe path component and ZFS dataset name component, and never `.goldclone`).
@@ -52,33 +67,57 @@ pub fn validate_name(name: &str) -> Result<()> {
     Err(Error::InvalidName { name: name.to_string(), reason })
 }
 
-/// Metadata of one generation.
+/// What a tree was when goldclone made it: the one test of "this is ours" before anything at its
+/// place is changed or removed.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct GenerationMeta {
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub(crate) enum Identity {
+    /// A directory (copy backend): its inode, on the cache root's filesystem.
+    Dir { ino: u64 },
+    /// A btrfs subvolume: its subvolume (tree) id.
+    Subvolume { id: u64 },
+    /// A ZFS dataset or snapshot: its name and guid.
+    Dataset { name: String, guid: u64 },
+}
+
+/// The record of one generation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct GenerationMeta {
     pub project: String,
     pub generation: u64,
     pub created_at: u64,
     pub source_session: Option<String>,
     pub backend: BackendKind,
+    pub identity: Identity,
 }
 
-/// Metadata of one session.
+/// The record of one session.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct SessionMeta {
+pub(crate) struct SessionMeta {
     pub project: String,
     pub session: String,
     pub generation: u64,
     pub created_at: u64,
+    pub identity: Identity,
 }
 
-/// What an operation in flight is about to do: enough to finish or undo it after a crash.
+/// `cache.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct CacheMeta {
+    layout: u32,
+    id: String,
+}
+
+/// What an operation in flight is about to do: enough to finish or undo it after a crash. The
+/// staging and trash names are chosen before anything is made, so recovery removes exactly what
+/// the operation made and nothing else.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "op", rename_all = "snake_case")]
-pub enum Intent {
-    Import { project: String, generation: u64 },
-    Setup { project: String, session: String, generation: u64 },
-    Promote { project: String, session: String, generation: u64 },
-    Cleanup { project: String, session: String },
+pub(crate) enum Intent {
+    Import { project: String, generation: u64, staging: String },
+    Setup { project: String, session: String, generation: u64, staging: String },
+    Promote { project: String, session: String, generation: u64, staging: String },
+    Cleanup { project: String, session: String, trash: String },
 }
 
 impl Intent {
@@ -88,6 +127,22 @@ impl Intent {
             | Intent::Setup { project, .. }
             | Intent::Promote { project, .. }
             | Intent::Cleanup { project, .. } => project,
+        }
+    }
+
+    /// Whether resolving it needs the project's exclusive lock: it may change `current` or the
+    /// generations every setup reads.
+    pub fn is_exclusive(&self) -> bool {
+        matches!(self, Intent::Import { .. } | Intent::Promote { .. })
+    }
+
+    /// The session it is about, if any.
+    pub fn session(&self) -> Option<&str> {
+        match self {
+            Intent::Setup { session, .. }
+            | Intent::Promote { session, .. }
+            | Intent::Cleanup { session, .. } => Some(session),
+            Intent::Import { .. } => None,
         }
     }
 
@@ -103,299 +158,644 @@ impl Intent {
             }
         }
     }
-}
 
-/// Paths of one cache.
-#[derive(Debug, Clone)]
-pub struct Layout {
-    pub root: PathBuf,
-}
-
-impl Layout {
-    pub fn state(&self) -> PathBuf {
-        self.root.join(".goldclone")
-    }
-    pub fn lock_file(&self, project: &str) -> PathBuf {
-        self.state().join("locks").join(format!("{project}.lock"))
-    }
-    pub fn journal(&self, project: &str) -> PathBuf {
-        self.state().join("journal").join(project)
-    }
-    pub fn trash(&self) -> PathBuf {
-        self.state().join("trash")
-    }
-    pub fn project(&self, project: &str) -> PathBuf {
-        self.root.join(project)
-    }
-    pub fn current(&self, project: &str) -> PathBuf {
-        self.project(project).join("current")
-    }
-    pub fn generations(&self, project: &str) -> PathBuf {
-        self.project(project).join("gen")
-    }
-    pub fn generation(&self, project: &str, generation: u64) -> PathBuf {
-        self.generations(project).join(generation.to_string())
-    }
-    pub fn generation_meta(&self, project: &str, generation: u64) -> PathBuf {
-        self.generations(project).join(format!("{generation}.json"))
-    }
-    pub fn sessions(&self, project: &str) -> PathBuf {
-        self.project(project).join("sessions")
-    }
-    pub fn session(&self, project: &str, session: &str) -> PathBuf {
-        self.sessions(project).join(session)
-    }
-    pub fn session_meta(&self, project: &str, session: &str) -> PathBuf {
-        self.sessions(project).join(format!("{session}.json"))
-    }
-
-    /// Create the state directories.
-    pub fn create(&self) -> Result<()> {
-        for dir in [self.state().join("locks"), self.state().join("journal"), self.trash()] {
-            fs::create_dir_all(&dir).map_err(|e| Error::io("mkdir", &dir, e))?;
+    /// Every name in it is what goldclone itself would have written: a journal entry naming
+    /// `../outside` is damaged state, never acted on.
+    fn validate(&self, project: &str) -> std::result::Result<(), String> {
+        if self.project() != project {
+            return Err(format!("names project {:?}, filed under {project:?}", self.project()));
+        }
+        validate_name(self.project()).map_err(|e| e.to_string())?;
+        if let Some(s) = self.session() {
+            validate_name(s).map_err(|e| e.to_string())?;
+        }
+        let (generation, name) = match self {
+            Intent::Import { generation, staging, .. }
+            | Intent::Setup { generation, staging, .. }
+            | Intent::Promote { generation, staging, .. } => (*generation, staging),
+            Intent::Cleanup { trash, .. } => (1, trash),
+        };
+        if generation == 0 {
+            return Err("names generation 0".into());
+        }
+        if !is_own_name(name) {
+            return Err(format!("names {name:?}, not a name goldclone makes"));
         }
         Ok(())
     }
+}
 
-    /// Projects that have a directory under the root.
-    pub fn projects(&self) -> Result<Vec<String>> {
-        let mut out = Vec::new();
-        for entry in fs::read_dir(&self.root).map_err(|e| Error::io("readdir", &self.root, e))? {
-            let entry = entry.map_err(|e| Error::io("readdir", &self.root, e))?;
-            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
-                continue;
-            };
-            if validate_name(&name).is_ok() && entry.path().is_dir() {
-                out.push(name);
-            }
-        }
-        out.sort();
-        Ok(out)
-    }
+/// Prefix of every staging and trash name the lifecycle makes.
+pub(crate) const OWN_PREFIX: &str = ".goldclone-";
 
-    /// Projects with intents in the journal.
-    pub fn journaled_projects(&self) -> Result<Vec<String>> {
-        let dir = self.state().join("journal");
-        let mut out = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(|e| Error::io("readdir", &dir, e))? {
-            let entry = entry.map_err(|e| Error::io("readdir", &dir, e))?;
-            if let Some(name) = entry.file_name().to_str() {
-                out.push(name.to_string());
-            }
-        }
-        Ok(out)
-    }
+/// `.goldclone-<op>.<id>.<nonce>`: one path component of safe characters.
+pub(crate) fn is_own_name(name: &str) -> bool {
+    name.len() <= 255
+        && name.starts_with(OWN_PREFIX)
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && !name.contains("..")
+}
 
-    /// The current generation, if the project exists.
-    pub fn read_current(&self, project: &str) -> Result<Option<u64>> {
-        let path = self.current(project);
-        match fs::read_to_string(&path) {
-            Ok(s) => s.trim().parse().map(Some).map_err(|_| {
-                Error::io(
-                    "parse",
-                    &path,
-                    io::Error::new(io::ErrorKind::InvalidData, "not a generation number"),
-                )
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io("read", &path, e)),
+/// A name nobody else has: `.goldclone-<op>.<id>.<pid><time><counter>`.
+pub(crate) fn own_name(op: &str, id: &str) -> String {
+    format!("{OWN_PREFIX}{op}.{id}.{}", nonce())
+}
+
+/// Unique in this boot and host: pid, nanoseconds and a process-wide counter.
+pub(crate) fn nonce() -> String {
+    static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    format!("{:x}-{nanos:x}-{n:x}", std::process::id())
+}
+
+/// 16 random hex digits from the kernel.
+fn random_id() -> Result<String> {
+    let mut buf = [0u8; 8];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(Error::io("getrandom", "/dev/urandom", errno(e))),
         }
     }
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
 
-    /// Generation numbers with a tree or a metadata file.
-    pub fn generation_numbers(&self, project: &str) -> Result<Vec<u64>> {
-        let mut out: Vec<u64> = list_names(&self.generations(project))?
-            .iter()
-            .filter_map(|n| n.strip_suffix(".json").unwrap_or(n).parse().ok())
-            .collect();
-        out.sort_unstable();
-        out.dedup();
-        Ok(out)
+/// Paths of one cache, relative to its root.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Layout;
+
+impl Layout {
+    pub fn state() -> PathBuf {
+        PathBuf::from(".goldclone")
     }
-
-    /// Session ids with a tree or a metadata file.
-    pub fn session_names(&self, project: &str) -> Result<Vec<String>> {
-        let mut out: Vec<String> = list_names(&self.sessions(project))?
-            .into_iter()
-            .map(|n| n.strip_suffix(".json").map(str::to_string).unwrap_or(n))
-            .filter(|n| validate_name(n).is_ok())
-            .collect();
-        out.sort();
-        out.dedup();
-        Ok(out)
+    fn cache_meta() -> PathBuf {
+        Self::state().join("cache.json")
+    }
+    pub fn projects() -> PathBuf {
+        Self::state().join("projects")
+    }
+    pub fn project_state(project: &str) -> PathBuf {
+        Self::projects().join(project)
+    }
+    fn lock_file(project: &str) -> PathBuf {
+        Self::project_state(project).join("lock")
+    }
+    fn gate_file(project: &str) -> PathBuf {
+        Self::project_state(project).join("gate")
+    }
+    pub fn current(project: &str) -> PathBuf {
+        Self::project_state(project).join("current")
+    }
+    pub fn generation_records(project: &str) -> PathBuf {
+        Self::project_state(project).join("gen")
+    }
+    pub fn generation_meta(project: &str, generation: u64) -> PathBuf {
+        Self::generation_records(project).join(format!("{generation}.json"))
+    }
+    pub fn session_records(project: &str) -> PathBuf {
+        Self::project_state(project).join("sessions")
+    }
+    pub fn session_meta(project: &str, session: &str) -> PathBuf {
+        Self::session_records(project).join(format!("{session}.json"))
+    }
+    pub fn journal(project: &str) -> PathBuf {
+        Self::project_state(project).join("journal")
+    }
+    /// Records of removals still owed (ZFS datasets that stayed busy).
+    pub fn owed(project: &str) -> PathBuf {
+        Self::project_state(project).join("trash")
+    }
+    /// Trees on their way out.
+    pub fn trash(project: &str) -> PathBuf {
+        Self::state().join("trash").join(project)
+    }
+    pub fn project(project: &str) -> PathBuf {
+        PathBuf::from(project)
+    }
+    pub fn generations(project: &str) -> PathBuf {
+        Self::project(project).join("gen")
+    }
+    pub fn generation(project: &str, generation: u64) -> PathBuf {
+        Self::generations(project).join(generation.to_string())
+    }
+    pub fn sessions(project: &str) -> PathBuf {
+        Self::project(project).join("sessions")
+    }
+    pub fn session(project: &str, session: &str) -> PathBuf {
+        Self::sessions(project).join(session)
     }
 }
 
-/// Names in a directory (none if it does not exist).
-pub fn list_names(dir: &Path) -> Result<Vec<String>> {
-    let read = match fs::read_dir(dir) {
-        Ok(r) => r,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io("readdir", dir, e)),
-    };
-    let mut out = Vec::new();
-    for entry in read {
-        let entry = entry.map_err(|e| Error::io("readdir", dir, e))?;
-        if let Some(n) = entry.file_name().to_str() {
-            out.push(n.to_string());
+/// The state directory's version check and this cache's id, created on first use.
+pub(crate) fn open_state(root: &RootDir) -> Result<String> {
+    root.mkdir(&Layout::state())?;
+    root.mkdir(&Layout::projects())?;
+    root.mkdir(&Layout::state().join("trash"))?;
+    let path = Layout::cache_meta();
+    if root.read(&path)?.is_none() {
+        let fresh = CacheMeta { layout: LAYOUT_VERSION, id: random_id()? };
+        match root.create_new(&path, &to_json(root, &path, &fresh)?) {
+            Ok(()) | Err(Error::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
         }
     }
+    let meta: CacheMeta = read_json(root, &path)?
+        .ok_or_else(|| Error::Damaged { path: root.join(&path), what: "vanished".into() })?;
+    if meta.layout != LAYOUT_VERSION {
+        return Err(Error::Unsupported {
+            what: format!(
+                "{} has layout {}; this goldclone reads layout {LAYOUT_VERSION}",
+                root.join(&path).display(),
+                meta.layout
+            ),
+        });
+    }
+    if meta.id.len() != 16 || !meta.id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::Damaged { path: root.join(&path), what: "bad cache id".into() });
+    }
+    Ok(meta.id)
+}
+
+fn to_json<T: Serialize>(root: &RootDir, path: &Path, value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(value).map_err(|e| Error::Damaged {
+        path: root.join(path),
+        what: format!("cannot serialize: {e}"),
+    })
+}
+
+/// Write a record atomically and durably.
+pub(crate) fn write_json<T: Serialize>(root: &RootDir, path: &Path, value: &T) -> Result<()> {
+    root.write_atomic(path, &to_json(root, path, value)?)
+}
+
+/// Read a record; `None` if it does not exist, Damaged if it does not parse.
+pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(
+    root: &RootDir,
+    path: &Path,
+) -> Result<Option<T>> {
+    match root.read(path)? {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::Damaged {
+            path: root.join(path),
+            what: format!("corrupt record: {e}"),
+        }),
+    }
+}
+
+/// The current generation: `None` if the project has none (yet), Damaged if `current` is not a
+/// generation number.
+pub(crate) fn read_current(root: &RootDir, project: &str) -> Result<Option<u64>> {
+    let path = Layout::current(project);
+    match root.read(&path)? {
+        None => Ok(None),
+        Some(bytes) => std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .filter(|&g| g > 0)
+            .map(Some)
+            .ok_or_else(|| Error::Damaged {
+                path: root.join(&path),
+                what: "is not a generation number".into(),
+            }),
+    }
+}
+
+pub(crate) fn write_current(root: &RootDir, project: &str, generation: u64) -> Result<()> {
+    root.write_atomic(&Layout::current(project), format!("{generation}\n").as_bytes())
+}
+
+/// A generation's record, checked against where it is filed.
+pub(crate) fn read_generation(
+    root: &RootDir,
+    project: &str,
+    generation: u64,
+) -> Result<Option<GenerationMeta>> {
+    let path = Layout::generation_meta(project, generation);
+    let meta: Option<GenerationMeta> = read_json(root, &path)?;
+    match meta {
+        Some(m) if m.project != project || m.generation != generation => Err(Error::Damaged {
+            path: root.join(&path),
+            what: format!("describes generation {} of {:?}", m.generation, m.project),
+        }),
+        other => Ok(other),
+    }
+}
+
+/// A session's record, checked against where it is filed.
+pub(crate) fn read_session(
+    root: &RootDir,
+    project: &str,
+    session: &str,
+) -> Result<Option<SessionMeta>> {
+    let path = Layout::session_meta(project, session);
+    let meta: Option<SessionMeta> = read_json(root, &path)?;
+    match meta {
+        Some(m) if m.project != project || m.session != session => Err(Error::Damaged {
+            path: root.join(&path),
+            what: format!("describes session {:?} of {:?}", m.session, m.project),
+        }),
+        other => Ok(other),
+    }
+}
+
+/// Projects this cache made, and names under `projects/` that are not valid ids (damaged).
+pub(crate) fn projects(root: &RootDir) -> Result<(Vec<String>, Vec<String>)> {
+    let (mut good, mut bad) = (Vec::new(), Vec::new());
+    for name in root.list(&Layout::projects())? {
+        match name.to_str().filter(|n| validate_name(n).is_ok()) {
+            Some(n) => good.push(n.to_string()),
+            None => bad.push(name.to_string_lossy().into_owned()),
+        }
+    }
+    Ok((good, bad))
+}
+
+/// Ids filed in a records directory as `<id>.json`, and the other names there (temporary
+/// files of dead writers, or foreign files).
+pub(crate) fn record_names(root: &RootDir, dir: &Path) -> Result<(Vec<String>, Vec<String>)> {
+    let (mut ids, mut other) = (Vec::new(), Vec::new());
+    for name in root.list(dir)? {
+        let s = name.to_string_lossy();
+        match s.strip_suffix(".json") {
+            Some(id) if !is_temp_name(&name) => ids.push(id.to_string()),
+            _ => other.push(s.into_owned()),
+        }
+    }
+    Ok((ids, other))
+}
+
+/// Generation numbers with a record.
+pub(crate) fn generation_numbers(root: &RootDir, project: &str) -> Result<Vec<u64>> {
+    let (ids, _) = record_names(root, &Layout::generation_records(project))?;
+    let mut out: Vec<u64> = ids.iter().filter_map(|n| n.parse().ok()).filter(|&g| g > 0).collect();
+    out.sort_unstable();
     Ok(out)
 }
 
-/// Write `bytes` to `path` atomically and durably: a temporary file beside it, fsync, rename,
-/// fsync of the directory. Readers see the old content or the new, never a mix.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = write_temp(path, bytes)?;
-    if let Err(e) = fs::rename(&tmp, path) {
-        let _ = fs::remove_file(&tmp);
-        return Err(Error::io("rename", path, e));
-    }
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+/// Session ids with a record.
+pub(crate) fn session_names(root: &RootDir, project: &str) -> Result<Vec<String>> {
+    let (ids, _) = record_names(root, &Layout::session_records(project))?;
+    Ok(ids.into_iter().filter(|n| validate_name(n).is_ok()).collect())
 }
 
-/// A new temporary file beside `path` holding `bytes`, synced. Its name is unique per call (pid
-/// and a counter): threads of one process may write beside the same path at once.
-fn write_temp(path: &Path, bytes: &[u8]) -> Result<PathBuf> {
-    static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().unwrap_or(OsStr::new("file")).to_string_lossy();
-    let n = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = dir.join(format!(".{name}.tmp.{}.{n}", std::process::id()));
-    let written = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&tmp)
-            .map_err(|e| Error::io("create", &tmp, e))?;
-        f.write_all(bytes).map_err(|e| Error::io("write", &tmp, e))?;
-        f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))
-    })();
-    match written {
-        Ok(()) => Ok(tmp),
-        Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            Err(e)
+/// Remove temporary files left by writers that died in the project's record directories. Only
+/// under the project's exclusive lock: then nobody is writing there.
+pub(crate) fn remove_record_temps(root: &RootDir, project: &str) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for dir in [
+        Layout::project_state(project),
+        Layout::generation_records(project),
+        Layout::session_records(project),
+        Layout::journal(project),
+        Layout::owed(project),
+    ] {
+        for name in root.list(&dir)? {
+            if is_temp_name(&name) {
+                root.remove_file(&dir.join(&name))?;
+                removed.push(root.join(&dir.join(&name)).display().to_string());
+            }
+        }
+    }
+    Ok(removed)
+}
+
+// ---- the journal ----
+
+/// A recorded intent, its file locked by this process: while the lock is held the operation
+/// is alive; a dead owner's lock goes with its process, so recovery can tell the two apart.
+#[derive(Debug)]
+pub(crate) struct IntentRecord {
+    path: PathBuf,
+    _lock: OwnedFd,
+}
+
+impl IntentRecord {
+    /// The operation is over (done or undone): remove the record. An error here comes after the
+    /// operation's outcome; the caller decides whether it matters (see `Cache::run`).
+    pub fn clear(self, root: &RootDir) -> Result<()> {
+        root.remove_file(&self.path)
+    }
+}
+
+/// A recorded intent of a dead operation, locked by us for as long as we resolve it.
+#[derive(Debug)]
+pub(crate) struct DeadIntent {
+    pub intent: Intent,
+    record: IntentRecord,
+}
+
+impl DeadIntent {
+    pub fn clear(self, root: &RootDir) -> Result<()> {
+        self.record.clear(root)
+    }
+}
+
+/// One journal entry as found: dead (ours to resolve), alive (another operation's), or damaged.
+#[derive(Debug)]
+pub(crate) enum Found {
+    Dead(DeadIntent),
+    Alive,
+    Damaged(Error),
+}
+
+fn flock_try(fd: impl AsFd, exclusive: bool) -> std::io::Result<bool> {
+    let op = if exclusive {
+        FlockOperation::NonBlockingLockExclusive
+    } else {
+        FlockOperation::NonBlockingLockShared
+    };
+    match rustix::fs::flock(fd, op) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(false),
+        Err(e) => Err(errno(e)),
+    }
+}
+
+fn flock_wait(fd: impl AsFd, exclusive: bool) -> std::io::Result<()> {
+    let op = if exclusive { FlockOperation::LockExclusive } else { FlockOperation::LockShared };
+    loop {
+        match rustix::fs::flock(&fd, op) {
+            Ok(()) => return Ok(()),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(errno(e)),
         }
     }
 }
 
-/// fsync a directory, so renames and removals in it are durable.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io("fsync", dir, e))
+/// Whether the open file `fd` is still the one at `rel` (not unlinked or replaced since it was
+/// opened): after waiting for a lock, the file may have been removed by its previous holder.
+fn still_at(root: &RootDir, rel: &Path, fd: &OwnedFd) -> Result<bool> {
+    let st = rustix::fs::fstat(fd).map_err(|e| Error::io("stat", root.join(rel), errno(e)))?;
+    Ok(root.entry(rel)?.is_some_and(|e| e.dev == st.st_dev && e.ino == st.st_ino))
 }
 
-pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(value)
-        .map_err(|e| Error::io("serialize", path, io::Error::new(io::ErrorKind::InvalidData, e)))?;
-    write_atomic(path, &bytes)
-}
-
-pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
-    match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| Error::io("parse", path, io::Error::new(io::ErrorKind::InvalidData, e))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io("read", path, e)),
+fn open_rw(root: &RootDir, rel: &Path, create: bool) -> Result<Option<OwnedFd>> {
+    let (parent, name) = match root.parent(rel) {
+        Ok(p) => p,
+        Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    if create {
+        flags |= OFlags::CREATE;
+    }
+    match rustix::fs::openat(&parent, name, flags, Mode::from_raw_mode(0o644)) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(rustix::io::Errno::NOENT) => Ok(None),
+        Err(e) => Err(Error::io("open", root.join(rel), errno(e))),
     }
 }
 
-/// Remove a file if it exists, durably.
-pub fn remove_file(path: &Path) -> Result<()> {
-    match fs::remove_file(path) {
-        Ok(()) => sync_dir(path.parent().unwrap_or(Path::new("."))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io("unlink", path, e)),
-    }
-}
-
-/// The journal: one file per operation in flight.
-impl Layout {
-    /// Record an intent, durably, failing with EBUSY if one for the same session or generation
-    /// is already recorded (an operation in flight, or a dead one that recovery has not seen).
-    pub fn record(&self, intent: &Intent) -> Result<PathBuf> {
-        let dir = self.journal(intent.project());
-        fs::create_dir_all(&dir).map_err(|e| Error::io("mkdir", &dir, e))?;
-        let path = dir.join(intent.file_name());
-        let bytes = serde_json::to_vec_pretty(intent).map_err(|e| {
-            Error::io("serialize", &path, io::Error::new(io::ErrorKind::InvalidData, e))
-        })?;
-        let tmp = write_temp(&path, &bytes)?;
+/// Record `intent` durably, its file locked from the moment it has its name. Busy if an intent
+/// for the same session or generation is recorded (an operation in flight, or a dead one not
+/// resolved yet: [`find_intent`] tells which).
+pub(crate) fn record_intent(root: &RootDir, intent: &Intent) -> Result<IntentRecord> {
+    let dir = Layout::journal(intent.project());
+    root.mkdir(&dir)?;
+    let path = dir.join(intent.file_name());
+    let bytes = to_json(root, &path, intent)?;
+    let (parent, _) = root.parent(&path)?;
+    let tmp = format!(".{}.tmp.{}", intent.file_name(), nonce());
+    let tmp_path = root.join(&dir.join(&tmp));
+    let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(&parent, tmp.as_str(), flags, Mode::from_raw_mode(0o644))
+        .map_err(|e| Error::io("create", &tmp_path, errno(e)))?;
+    let written = (|| {
+        flock_wait(&fd, true).map_err(|e| Error::io("flock", &tmp_path, e))?;
+        let mut f = File::from(fd.try_clone().map_err(|e| Error::io("dup", &tmp_path, e))?);
+        f.write_all(&bytes).map_err(|e| Error::io("write", &tmp_path, e))?;
+        f.sync_all().map_err(|e| Error::io("fsync", &tmp_path, e))?;
         // link(2) is the atomic "create if absent" for a file with content.
-        let linked = fs::hard_link(&tmp, &path).map_err(|e| {
-            if e.kind() == io::ErrorKind::AlreadyExists {
-                Error::io("record intent", &path, io::Error::from_raw_os_error(libc::EBUSY))
-            } else {
-                Error::io("link", &path, e)
+        rustix::fs::linkat(
+            &parent,
+            tmp.as_str(),
+            &parent,
+            intent.file_name().as_str(),
+            AtFlags::empty(),
+        )
+        .map_err(|e| match e {
+            rustix::io::Errno::EXIST => {
+                Error::from_errno("record intent", root.join(&path), libc::EBUSY)
             }
-        });
-        let _ = fs::remove_file(&tmp);
-        linked?;
-        sync_dir(&dir)?;
-        Ok(path)
-    }
+            e => Error::io("link", root.join(&path), errno(e)),
+        })?;
+        rustix::fs::fsync(&parent).map_err(|e| Error::io("fsync", root.join(&dir), errno(e)))
+    })();
+    let _ = rustix::fs::unlinkat(&parent, tmp.as_str(), AtFlags::empty());
+    written?;
+    Ok(IntentRecord { path, _lock: fd })
+}
 
-    /// The recorded intents of `project`. Reads only: temporary files of intents being recorded
-    /// are skipped (see [`Layout::remove_journal_temps`]).
-    pub fn intents(&self, project: &str) -> Result<Vec<(PathBuf, Intent)>> {
-        let dir = self.journal(project);
-        let mut out = Vec::new();
-        for name in list_names(&dir)? {
-            if !name.ends_with(".json") || name.starts_with('.') {
+/// The journal entry `name` of `project`.
+fn open_intent(root: &RootDir, project: &str, name: &OsStr) -> Found {
+    let path = Layout::journal(project).join(name);
+    let fd = match open_rw(root, &path, false) {
+        Ok(Some(fd)) => fd,
+        Ok(None) => {
+            return Found::Damaged(Error::Damaged {
+                path: root.join(&path),
+                what: "vanished".into(),
+            })
+        }
+        Err(e) => return Found::Damaged(e),
+    };
+    let intent = match read_json::<Intent>(root, &path) {
+        Ok(Some(i)) => i,
+        Ok(None) => {
+            return Found::Damaged(Error::Damaged {
+                path: root.join(&path),
+                what: "vanished".into(),
+            })
+        }
+        Err(e) => return Found::Damaged(e),
+    };
+    if let Err(what) = intent.validate(project) {
+        return Found::Damaged(Error::Damaged { path: root.join(&path), what });
+    }
+    match flock_try(&fd, true) {
+        Ok(true) => match still_at(root, &path, &fd) {
+            Ok(true) => {
+                Found::Dead(DeadIntent { intent, record: IntentRecord { path, _lock: fd } })
+            }
+            // Resolved and removed by someone else between our open and our lock.
+            Ok(false) => Found::Alive,
+            Err(e) => Found::Damaged(e),
+        },
+        Ok(false) => Found::Alive,
+        Err(e) => Found::Damaged(Error::io("flock", root.join(&path), e)),
+    }
+}
+
+/// Every journal entry of `project` (temporary files of intents being recorded are skipped).
+pub(crate) fn intents(root: &RootDir, project: &str) -> Result<Vec<Found>> {
+    Ok(root
+        .list(&Layout::journal(project))?
+        .into_iter()
+        .filter(|n| !is_temp_name(n))
+        .map(|n| open_intent(root, project, &n))
+        .collect())
+}
+
+/// The journal entry `intent` would be filed under, if one exists.
+pub(crate) fn find_intent(root: &RootDir, intent: &Intent) -> Option<Found> {
+    let name = intent.file_name();
+    let path = Layout::journal(intent.project()).join(&name);
+    match root.entry(&path) {
+        Ok(Some(_)) => Some(open_intent(root, intent.project(), OsStr::new(&name))),
+        Ok(None) => None,
+        Err(e) => Some(Found::Damaged(e)),
+    }
+}
+
+// ---- locks ----
+
+/// How long to wait for a project lock.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Wait {
+    /// As long as it takes.
+    Forever,
+    /// Not at all: `None` if it is held.
+    No,
+    /// Up to this long: `None` after that.
+    Up(Duration),
+}
+
+/// A held per-project lock; released on drop.
+///
+/// Two flocks make it writer-preferring: a shared locker takes `gate` shared, then `lock`
+/// shared, and lets go of `gate`; an exclusive locker takes `gate` exclusively and keeps it
+/// while it waits for and holds `lock`. New shared lockers then queue on `gate`, so a stream of
+/// setups cannot starve a promote or gc, while setups still run side by side.
+#[derive(Debug)]
+pub(crate) struct ProjectLock {
+    _lock: OwnedFd,
+    _gate: Option<OwnedFd>,
+    pub exclusive: bool,
+}
+
+/// Take `fd`'s flock within `wait`.
+fn take(fd: &OwnedFd, exclusive: bool, wait: Wait) -> std::io::Result<bool> {
+    match wait {
+        Wait::Forever => flock_wait(fd, exclusive).map(|()| true),
+        Wait::No => flock_try(fd, exclusive),
+        Wait::Up(limit) => {
+            let deadline = Instant::now() + limit;
+            loop {
+                if flock_try(fd, exclusive)? {
+                    return Ok(true);
+                }
+                if Instant::now() >= deadline {
+                    return Ok(false);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+/// Lock `project`, shared (setup, cleanup, info) or exclusive (import, promote, gc, recovery).
+/// Works across processes and between threads (each call opens its own file description).
+/// UnknownProject if the project has no state directory; only `create` (import) makes the
+/// lock files. `Ok(None)` when `wait` ran out.
+pub(crate) fn lock_project(
+    root: &RootDir,
+    project: &str,
+    exclusive: bool,
+    create: bool,
+    wait: Wait,
+) -> Result<Option<ProjectLock>> {
+    let unknown = || Error::UnknownProject { project: project.to_string() };
+    loop {
+        if create {
+            root.mkdir(&Layout::project_state(project))?;
+        }
+        let gate_path = Layout::gate_file(project);
+        let lock_path = Layout::lock_file(project);
+        let gate = open_rw(root, &gate_path, create)?.ok_or_else(unknown)?;
+        if !take(&gate, exclusive, wait)
+            .map_err(|e| Error::io("flock", root.join(&gate_path), e))?
+        {
+            return Ok(None);
+        }
+        let lock = open_rw(root, &lock_path, create)?.ok_or_else(unknown)?;
+        if !take(&lock, exclusive, wait)
+            .map_err(|e| Error::io("flock", root.join(&lock_path), e))?
+        {
+            return Ok(None);
+        }
+        // The previous holder may have removed the project (a rolled-back import) while we
+        // waited: then these are unlinked files, and the lock means nothing.
+        if !still_at(root, &lock_path, &lock)? || !still_at(root, &gate_path, &gate)? {
+            if create {
                 continue;
             }
-            let path = dir.join(&name);
-            if let Some(intent) = read_json::<Intent>(&path)? {
-                out.push((path, intent));
-            }
+            return Err(unknown());
         }
-        Ok(out)
-    }
-
-    /// Remove temporary files left in the journal by writers that died while recording. Only
-    /// under the project's exclusive lock: then nobody is recording.
-    pub fn remove_journal_temps(&self, project: &str) -> Result<()> {
-        let dir = self.journal(project);
-        for name in list_names(&dir)? {
-            if name.starts_with('.') {
-                remove_file(&dir.join(&name))?;
-            }
-        }
-        Ok(())
-    }
-}
-/// A held per-project lock; released on drop.
-pub struct ProjectLock {
-    _file: File,
-}
-
-impl Layout {
-    /// Lock `project`: shared (setup, cleanup, info) or exclusive (import, promote, gc,
-    /// recovery). Works across processes (flock), and between threads of one process since each
-    /// call opens its own file description. Only `create` makes a lock file for a project that
-    /// has none (import, recovery): bad input must not leave one behind.
-    pub fn lock(&self, project: &str, exclusive: bool, create: bool) -> Result<ProjectLock> {
-        let path = self.lock_file(project);
-        if !create && !path.exists() {
-            return Err(Error::UnknownProject { project: project.to_string() });
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .truncate(false)
-            .mode(0o644)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(|e| Error::io("open", &path, e))?;
-        sys::fs::lock(file.as_fd(), exclusive).map_err(|e| Error::io("flock", &path, e))?;
-        Ok(ProjectLock { _file: file })
+        return Ok(Some(ProjectLock { _lock: lock, _gate: exclusive.then_some(gate), exclusive }));
     }
 }
 
 /// Seconds since the Unix epoch.
-pub fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_names_are_single_safe_components() {
+        let n = own_name("setup", "s1");
+        assert!(is_own_name(&n), "{n}");
+        for bad in ["../outside", ".goldclone-x/../../etc", "x", ".goldclone-a b", ".goldclone-.."]
+        {
+            assert!(!is_own_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hostile_intents_are_refused() {
+        let ok = Intent::Setup {
+            project: "p".into(),
+            session: "s".into(),
+            generation: 1,
+            staging: own_name("setup", "s"),
+        };
+        assert!(ok.validate("p").is_ok());
+        assert!(ok.validate("q").is_err(), "filed under another project");
+        let outside = Intent::Import {
+            project: "../outside".into(),
+            generation: 1,
+            staging: own_name("import", "x"),
+        };
+        assert!(outside.validate("../outside").is_err());
+        let staging =
+            Intent::Cleanup { project: "p".into(), session: "s".into(), trash: "../../etc".into() };
+        assert!(staging.validate("p").is_err());
+        let zero = Intent::Promote {
+            project: "p".into(),
+            session: "s".into(),
+            generation: 0,
+            staging: own_name("promote", "s"),
+        };
+        assert!(zero.validate("p").is_err());
+    }
+
+    #[test]
+    fn ids_and_metadata_never_share_a_name() {
+        // "b.json" is a valid session id; its record is "b.json.json", in another directory
+        // than any tree.
+        assert!(validate_name("b.json").is_ok());
+        assert_eq!(
+            Layout::session_meta("p", "b.json"),
+            Path::new(".goldclone/projects/p/sessions/b.json.json")
+        );
+        assert_eq!(Layout::session("p", "b.json"), Path::new("p/sessions/b.json"));
+    }
 }

@@ -1,16 +1,24 @@
 //! The ZFS backends: filesystem clones, and zvol clones carrying XFS (the service's production
 //! layout). Everything through libzfs_core in process and mount(2); no `zfs` or `mount` binary.
 //!
-//! Datasets under the cache dataset `D` (the one mounted at the cache root):
+//! Datasets under the store's root dataset `R` (for the zfs backend the dataset mounted at the
+//! cache root; for the zvol backend `<parent>/<root zvol>.goldclone` beside the zvol the cache
+//! root is on, so two roots on one parent never share a dataset name):
 //!
 //! ```text
-//! D/<project>                 container, mountpoint=legacy, canmount=off: nothing auto-mounts
-//! D/<project>/g<N>            head of generation N (a filesystem or a volume), never mounted
-//! D/<project>/g<H>@gen<K>     generation K: a snapshot, with goldclone:* user properties.
+//! R/<project>                 container, mountpoint=legacy, canmount=off, and the user
+//!                             property goldclone:cache=<cache id>: made by this cache, and
+//!                             nothing outside such a container is ever destroyed
+//! R/<project>/g<N>            head of generation N (a filesystem or a volume), never mounted
+//! R/<project>/g<H>@gen<K>     generation K: a snapshot, with goldclone:* user properties.
 //!                             All live snapshots sit on the current head H.
-//! D/<project>/s-<session>     a session: clone of the current generation's snapshot, mounted
+//! R/<project>/s-<session>     a session: clone of the current generation's snapshot, mounted
 //!                             at ROOT/<project>/sessions/<session>
 //! ```
+//!
+//! Records name datasets and snapshots by guid: a dataset is destroyed only when its guid is the
+//! recorded one (or, undoing an operation that did not commit, when the operation's own intent
+//! named it inside this cache's container).
 //!
 //! Promote of session S to generation M (current N): snapshot `s-S@genM` (an XFS session is
 //! frozen for it), clone it as head `gM`, then `lzc_promote(gM)` until it is no clone: the first
@@ -19,15 +27,16 @@
 //! of older generations keep their origin snapshots, which move but never change. A retired
 //! generation's snapshot is destroyed with `defer` once no session uses it: ZFS removes it when
 //! its last clone goes, never `destroy -R`.
-//!
-//! Each step is one transaction group; concurrent setups issue their clones in parallel and the
-//! kernel syncs them in shared transaction groups.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::Duration;
 
-use super::store::{Retired, Store, Tree, TreeId};
+use super::rootdir::RootDir;
+use super::state::Identity;
+use super::store::{Generation, Presence, Retired, Session, Store};
 use super::BackendKind;
 use crate::copy::{self, CopyOptions};
 use crate::zfs::mount::{self, MountOptions};
@@ -38,16 +47,25 @@ use crate::{Error, Result};
 /// it asynchronously).
 const ZVOL_DEVICE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The user property that marks a container as this cache's.
+const OWNER_PROP: &str = "goldclone:cache";
+
 #[derive(Debug)]
 pub(crate) struct ZfsStore {
     zfs: Zfs,
-    /// The cache dataset: projects are its children.
+    /// Projects' containers are its children.
     root: DatasetName,
+    /// Whether `root` is ours to create (zvol backend) rather than the user's dataset.
+    root_is_ours: bool,
     /// Volumes with XFS instead of filesystems.
     volumes: bool,
     copy_threads: usize,
     /// Size of a new generation-1 volume; 0 picks four times the imported tree, at least 1 GiB.
     volume_size: u64,
+    /// This cache's id (`cache.json`).
+    cache_id: String,
+    /// Containers already checked to carry our id.
+    owned: Mutex<HashSet<String>>,
 }
 
 fn zfs_kind(e: &Error) -> Option<ZfsErrorKind> {
@@ -57,14 +75,40 @@ fn zfs_kind(e: &Error) -> Option<ZfsErrorKind> {
     }
 }
 
+/// The dataset name as a string value of a record.
+fn identity(name: &str, guid: u64) -> Identity {
+    Identity::Dataset { name: name.to_string(), guid }
+}
+
 impl ZfsStore {
+    /// A store for a cache root that is the mount point of `dataset` (filesystems), or that is
+    /// on the zvol `dataset` (volumes, beside it).
     pub fn new(
-        root: DatasetName,
+        dataset: DatasetName,
         volumes: bool,
         copy_threads: usize,
         volume_size: u64,
+        cache_id: &str,
     ) -> Result<ZfsStore> {
-        Ok(ZfsStore { zfs: Zfs::open()?, root, volumes, copy_threads, volume_size })
+        let (root, root_is_ours) = if volumes {
+            let leaf = dataset.as_str().rsplit('/').next().unwrap_or_default().to_string();
+            let parent = dataset.parent().ok_or_else(|| Error::Unsupported {
+                what: format!("zvol {dataset} has no parent dataset to put volumes in"),
+            })?;
+            (parent.child(&format!("{leaf}.goldclone"))?, true)
+        } else {
+            (dataset, false)
+        };
+        Ok(ZfsStore {
+            zfs: Zfs::open()?,
+            root,
+            root_is_ours,
+            volumes,
+            copy_threads,
+            volume_size,
+            cache_id: cache_id.to_string(),
+            owned: Mutex::new(HashSet::new()),
+        })
     }
 
     fn container(&self, project: &str) -> Result<DatasetName> {
@@ -89,34 +133,147 @@ impl ZfsStore {
         self.head(project, head)?.snapshot(&format!("gen{generation}"))
     }
 
-    fn tree_generation(tree: &Tree) -> (u64, u64) {
-        match tree.id {
-            TreeId::Generation(g) => (g, tree.head.unwrap_or(g)),
-            TreeId::Session(_) => unreachable!("a generation tree was expected"),
-        }
-    }
-
-    fn tree_session(tree: &Tree) -> &str {
-        match &tree.id {
-            TreeId::Session(s) => s,
-            TreeId::Generation(_) => unreachable!("a session tree was expected"),
-        }
-    }
-
     fn exists(&self, name: &str) -> Result<bool> {
         self.zfs.exists(name)
     }
 
-    /// Where generation `generation` is written during import, beside its metadata.
-    fn staging_dir(golden: &Tree) -> PathBuf {
-        let name =
-            golden.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        golden.path.with_file_name(format!("{}{name}", super::store::IMPORT_PREFIX))
+    /// Properties of `name` (missing ones are absent); `None` if it does not exist.
+    fn props(
+        &self,
+        name: &str,
+        props: &[&str],
+    ) -> Result<Option<std::collections::BTreeMap<String, ZcpValue>>> {
+        const PROGRAM: &str = r#"local argv = (...)["argv"]
+local out = {}
+for i = 2, #argv do
+  local ok, v = pcall(zfs.get_prop, argv[1], argv[i])
+  if not ok then return "missing" end
+  if v ~= nil then out[argv[i]] = v end
+end
+return out"#;
+        let mut args = vec![name];
+        args.extend_from_slice(props);
+        match self.zfs.channel_program(crate::detect::pool_of(name), PROGRAM, &args, false)? {
+            ZcpValue::Table(t) => Ok(Some(t)),
+            ZcpValue::String(s) if s == "missing" => Ok(None),
+            // An empty table comes back as nil.
+            ZcpValue::Nil => Ok(Some(Default::default())),
+            other => Err(Error::Damaged {
+                path: PathBuf::from(name),
+                what: format!("unexpected property answer {other:?}"),
+            }),
+        }
     }
 
-    /// Mount a session or staging dataset at `dir` (created if needed).
+    /// The guid of `name`, if it exists.
+    fn guid(&self, name: &str) -> Result<Option<u64>> {
+        Ok(self.props(name, &["guid"])?.and_then(|t| match t.get("guid") {
+            Some(ZcpValue::Int(i)) => Some(*i as u64),
+            _ => None,
+        }))
+    }
+
+    /// The identity of `name`, which must exist.
+    fn identify(&self, name: &str) -> Result<Identity> {
+        let guid = self.guid(name)?.ok_or_else(|| Error::Damaged {
+            path: PathBuf::from(name),
+            what: "vanished right after it was made".into(),
+        })?;
+        Ok(identity(name, guid))
+    }
+
+    /// Whether the recorded dataset `id` is `name` now (same guid).
+    fn is_recorded(&self, name: &str, id: &Identity) -> Result<std::result::Result<(), String>> {
+        let Identity::Dataset { guid, .. } = id else {
+            return Ok(Err(format!("recorded as {id:?}, not a dataset")));
+        };
+        Ok(match self.guid(name)? {
+            None => Err("missing".into()),
+            Some(g) if g == *guid => Ok(()),
+            Some(g) => Err(format!("{name} has guid {g}, not the recorded {guid}")),
+        })
+    }
+
+    /// Check that the project's container (if it exists) is this cache's; `false` if it does
+    /// not exist.
+    fn check_owned(&self, project: &str) -> Result<bool> {
+        let container = self.container(project)?;
+        if self.owned.lock().unwrap_or_else(|p| p.into_inner()).contains(container.as_str()) {
+            return Ok(true);
+        }
+        let Some(props) = self.props(container.as_str(), &[OWNER_PROP])? else {
+            return Ok(false);
+        };
+        match props.get(OWNER_PROP) {
+            Some(ZcpValue::String(id)) if *id == self.cache_id => {
+                self.owned.lock().unwrap_or_else(|p| p.into_inner()).insert(container.to_string());
+                Ok(true)
+            }
+            other => Err(Error::AlreadyExists {
+                path: PathBuf::from(format!(
+                    "{container} (a dataset this cache did not make: {OWNER_PROP}={})",
+                    match other {
+                        Some(ZcpValue::String(s)) => s.as_str(),
+                        _ => "unset",
+                    }
+                )),
+            }),
+        }
+    }
+
+    /// A dataset of ours to own containers under: created with our mark where it is ours to
+    /// make (zvol), or the user's cache dataset.
+    fn ensure_root(&self) -> Result<()> {
+        if !self.root_is_ours || self.exists(self.root.as_str())? {
+            return Ok(());
+        }
+        let props = Props::new()
+            .mountpoint("legacy")
+            .canmount(CanMount::Off)
+            .user(OWNER_PROP, &self.cache_id);
+        match self.zfs.create_filesystem(&self.root, &props) {
+            Ok(()) => Ok(()),
+            Err(e) if zfs_kind(&e) == Some(ZfsErrorKind::Exists) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn ensure_container(&self, project: &str) -> Result<()> {
+        self.ensure_root()?;
+        if self.check_owned(project)? {
+            return Ok(());
+        }
+        let container = self.container(project)?;
+        // legacy: nothing under it is mounted by `zfs mount -a` or at boot; we mount sessions.
+        let props = Props::new()
+            .mountpoint("legacy")
+            .canmount(CanMount::Off)
+            .user(OWNER_PROP, &self.cache_id);
+        match self.zfs.create_filesystem(&container, &props) {
+            Ok(()) => {}
+            Err(e) if zfs_kind(&e) == Some(ZfsErrorKind::Exists) => {}
+            Err(e) => return Err(e),
+        }
+        if self.check_owned(project)? {
+            Ok(())
+        } else {
+            Err(Error::Damaged {
+                path: PathBuf::from(container.to_string()),
+                what: "vanished".into(),
+            })
+        }
+    }
+
+    /// AlreadyExists if `dataset` exists.
+    fn absent(&self, dataset: &DatasetName) -> Result<()> {
+        if self.exists(dataset.as_str())? {
+            return Err(Error::AlreadyExists { path: PathBuf::from(dataset.to_string()) });
+        }
+        Ok(())
+    }
+
+    /// Mount `dataset` at `dir`.
     fn mount(&self, dataset: &DatasetName, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io("mkdir", dir, e))?;
         if self.volumes {
             let dev = mount::zvol_device(dataset, ZVOL_DEVICE_TIMEOUT)?;
             // Sessions and the golden are clones of one XFS: same UUID, so `nouuid`.
@@ -126,16 +283,27 @@ impl ZfsStore {
         }
     }
 
-    /// Unmount `dir` if something is mounted there, then remove the directory.
-    fn unmount_dir(dir: &Path) -> Result<()> {
-        if is_mount_point(dir) {
-            mount::unmount(dir)?;
+    /// Whether `dataset` is what is mounted at `dir` (the topmost mount there).
+    fn mounted_at(&self, dataset: &DatasetName, dir: &Path) -> Result<bool> {
+        let mounts = crate::detect::mounts()?;
+        let Some(m) = mounts.iter().rev().find(|m| m.mount_point == dir) else { return Ok(false) };
+        if self.volumes {
+            let dev = PathBuf::from(&m.source);
+            Ok(m.fs_type == "xfs"
+                && crate::detect::zvol::dataset_of(&dev).ok().as_deref() == Some(dataset.as_str()))
+        } else {
+            Ok(m.fs_type == "zfs" && m.source == dataset.as_str())
         }
-        match std::fs::remove_dir(dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io("rmdir", dir, e)),
+    }
+
+    /// Unmount `dataset` from the directory `rel` if it is mounted there, then remove the
+    /// directory if it is empty.
+    fn unmount_and_rmdir(&self, root: &RootDir, dataset: &DatasetName, rel: &Path) -> Result<()> {
+        let dir = root.join(rel);
+        if self.mounted_at(dataset, &dir)? {
+            mount::unmount(&dir)?;
         }
+        root.rmdir(rel).map(drop)
     }
 
     /// Destroy a dataset and its snapshots if it exists. A volume whose XFS was just unmounted
@@ -160,25 +328,19 @@ impl ZfsStore {
         }
     }
 
-    fn ensure_container(&self, project: &str) -> Result<()> {
-        let container = self.container(project)?;
-        if self.exists(container.as_str())? {
-            return Ok(());
-        }
-        // legacy: nothing under it is mounted by `zfs mount -a` or at boot; we mount sessions.
-        let props = Props::new().mountpoint("legacy").canmount(CanMount::Off);
-        match self.zfs.create_filesystem(&container, &props) {
-            Ok(()) => Ok(()),
-            Err(e) if zfs_kind(&e) == Some(ZfsErrorKind::Exists) => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
-
     fn volume_size_for(&self, src: &Path) -> u64 {
         let want = if self.volume_size > 0 {
             self.volume_size
         } else {
-            (super::store::disk_usage(src).saturating_mul(4)).max(1 << 30)
+            let used = rustix::fs::open(
+                src,
+                rustix::fs::OFlags::RDONLY
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .map_or(0, |fd| super::store::disk_usage(fd, src));
+            used.saturating_mul(4).max(1 << 30)
         };
         want.div_ceil(1 << 20) << 20
     }
@@ -241,13 +403,32 @@ impl ZfsStore {
             let _ = crate::sys::block::fithaw(std::os::fd::AsFd::as_fd(&f));
         }
     }
-}
 
-/// Whether `dir` is the root of a mount (its device differs from its parent's, or mountinfo
-/// says so for bind-style mounts of the same device).
-fn is_mount_point(dir: &Path) -> bool {
-    let Ok(canon) = dir.canonicalize() else { return false };
-    crate::detect::mounts().is_ok_and(|ms| ms.iter().any(|m| m.mount_point == canon))
+    /// Make the import's head: a filesystem, or a volume formatted with XFS.
+    fn create_head(&self, head: &DatasetName, src: &Path) -> Result<()> {
+        if !self.volumes {
+            return self.zfs.create_filesystem(head, &Props::new());
+        }
+        let props = Props::new().volsize(self.volume_size_for(src)).number("refreservation", 0);
+        self.zfs.create_volume(head, &props)?;
+        let dev = mount::zvol_device(head, ZVOL_DEVICE_TIMEOUT)?;
+        // There is no library for making an XFS; this is the one program the library runs.
+        // Its chatter (e.g. about the volume's 16K sectors) is shown only on failure.
+        let out = Command::new("mkfs.xfs")
+            .args(["-q", "-f"])
+            .arg(&dev)
+            .output()
+            .map_err(|e| Error::io("spawn mkfs.xfs", &dev, e))?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            return Err(Error::io(
+                "mkfs.xfs",
+                &dev,
+                std::io::Error::other(format!("exited with {}: {}", out.status, stderr.trim())),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Store for ZfsStore {
@@ -259,211 +440,319 @@ impl Store for ZfsStore {
         }
     }
 
-    fn import(&self, src: &Path, golden: &Tree) -> Result<()> {
-        let (generation, _) = Self::tree_generation(golden);
-        self.ensure_container(&golden.project)?;
-        let head = self.head(&golden.project, generation)?;
-        let staging = Self::staging_dir(golden);
-        let result = (|| {
-            if self.volumes {
-                let props =
-                    Props::new().volsize(self.volume_size_for(src)).number("refreservation", 0);
-                self.zfs.create_volume(&head, &props)?;
-                let dev = mount::zvol_device(&head, ZVOL_DEVICE_TIMEOUT)?;
-                // There is no library for making an XFS; this is the one program the library runs.
-                // Its chatter (e.g. about the volume's 16K sectors) is shown only on failure.
-                let out = Command::new("mkfs.xfs")
-                    .args(["-q", "-f"])
-                    .arg(&dev)
-                    .output()
-                    .map_err(|e| Error::io("spawn mkfs.xfs", &dev, e))?;
-                if !out.status.success() {
-                    let stderr = String::from_utf8_lossy(&out.stderr);
-                    return Err(Error::io(
-                        "mkfs.xfs",
-                        &dev,
-                        std::io::Error::other(format!(
-                            "exited with {}: {}",
-                            out.status,
-                            stderr.trim()
-                        )),
-                    ));
-                }
-            } else {
-                self.zfs.create_filesystem(&head, &Props::new())?;
-            }
-            self.mount(&head, &staging)?;
-            let copied = copy::copy_into(
-                src,
-                &staging,
-                &CopyOptions { threads: self.copy_threads, ..CopyOptions::default() },
-            );
-            let unmounted = Self::unmount_dir(&staging);
-            copied?;
-            unmounted?;
-            let snap = self.generation_snapshot(&golden.project, generation, generation)?;
-            self.snapshot_generation(&snap, &golden.project, generation, None)
-        })();
-        if result.is_err() {
-            let _ = self.discard(golden);
-        }
-        result
+    fn sessions_are_mounts(&self) -> bool {
+        true
     }
 
-    fn session_from(&self, golden: &Tree, session: &Tree) -> Result<()> {
-        let (generation, head) = Self::tree_generation(golden);
-        let origin = self.generation_snapshot(&golden.project, head, generation)?;
-        let dataset = self.session_dataset(&session.project, Self::tree_session(session))?;
-        // No properties on the clone: they would cost a second transaction group; the legacy
-        // mountpoint is inherited from the project container.
-        self.zfs.clone(&dataset, &origin, &Props::new())?;
-        if let Err(e) = self.mount(&dataset, &session.path) {
-            let _ = self.discard(session);
-            return Err(e);
+    fn session_free(&self, s: &Session) -> Result<()> {
+        self.absent(&self.session_dataset(&s.project, &s.name)?)
+    }
+
+    fn generation_free(&self, g: &Generation) -> Result<()> {
+        if self.check_owned(&g.project)? {
+            self.absent(&self.head(&g.project, g.number)?)?;
         }
         Ok(())
     }
 
-    fn golden_from(&self, session: &Tree, golden: &Tree, previous: &Tree) -> Result<()> {
-        let name = Self::tree_session(session);
-        let (generation, _) = Self::tree_generation(golden);
-        let (previous, _) = Self::tree_generation(previous);
+    fn import(
+        &self,
+        root: &RootDir,
+        src: &Path,
+        g: &Generation,
+        staging: &Path,
+    ) -> Result<Identity> {
+        let meta = std::fs::metadata(src).map_err(|e| Error::io("stat", src, e))?;
+        if !meta.is_dir() {
+            return Err(Error::NotADirectory { path: src.to_path_buf() });
+        }
+        self.ensure_container(&g.project)?;
+        let head = self.head(&g.project, g.number)?;
+        let result = (|| {
+            self.create_head(&head, src)?;
+            root.mkdir(staging)?;
+            let dir = root.join(staging);
+            self.mount(&head, &dir)?;
+            let copied = copy::copy_into(
+                src,
+                &dir,
+                &CopyOptions { threads: self.copy_threads, ..CopyOptions::default() },
+            );
+            let unmounted = self.unmount_and_rmdir(root, &head, staging);
+            copied?;
+            unmounted?;
+            let snap = self.generation_snapshot(&g.project, g.number, g.number)?;
+            self.snapshot_generation(&snap, &g.project, g.number, None)?;
+            self.identify(snap.as_str())
+        })();
+        if result.is_err() {
+            let _ = self.discard_generation(root, g, staging, None);
+        }
+        result
+    }
+
+    fn create_session(
+        &self,
+        root: &RootDir,
+        g: &Generation,
+        _recorded: &Identity,
+        s: &Session,
+        staging: &Path,
+    ) -> Result<Identity> {
+        self.check_owned(&s.project)?;
+        let origin = self.generation_snapshot(&g.project, g.head, g.number)?;
+        let dataset = self.session_dataset(&s.project, &s.name)?;
+        if !root.mkdir(&s.place)? {
+            return Err(Error::AlreadyExists { path: root.join(&s.place) });
+        }
+        let made = (|| {
+            // No properties on the clone: they would cost a second transaction group; the legacy
+            // mountpoint and our mark are inherited from the project container.
+            self.zfs.clone(&dataset, &origin, &Props::new())?;
+            self.mount(&dataset, &root.join(&s.place))?;
+            self.identify(dataset.as_str())
+        })();
+        if made.is_err() {
+            let _ = self.discard_session(root, s, staging);
+        }
+        made
+    }
+
+    fn promote(
+        &self,
+        root: &RootDir,
+        s: &Session,
+        _recorded: &Identity,
+        g: &Generation,
+        previous: &Generation,
+        _staging: &Path,
+    ) -> Result<Identity> {
+        self.check_owned(&s.project)?;
         let snap =
-            self.session_dataset(&session.project, name)?.snapshot(&format!("gen{generation}"))?;
+            self.session_dataset(&s.project, &s.name)?.snapshot(&format!("gen{}", g.number))?;
         if self.volumes {
             // XFS keeps dirty data and log in memory: freeze for a consistent block-level image.
-            let frozen = mount::freeze(&session.path)?;
-            let taken = self.snapshot_generation(&snap, &session.project, generation, Some(name));
+            let frozen = mount::freeze(&root.join(&s.place))?;
+            let taken = self.snapshot_generation(&snap, &s.project, g.number, Some(&s.name));
             frozen.thaw()?;
             taken?;
         } else {
-            self.snapshot_generation(&snap, &session.project, generation, Some(name))?;
+            self.snapshot_generation(&snap, &s.project, g.number, Some(&s.name))?;
         }
         super::fault::point("promote:snapshot-taken");
-        self.finish_promote(&session.project, name, generation, previous)
+        self.finish_promote(&s.project, &s.name, g.number, previous.number)?;
+        self.identify(self.generation_snapshot(&g.project, g.number, g.number)?.as_str())
     }
 
-    fn recover_golden_from(&self, session: &Tree, golden: &Tree, previous: &Tree) -> Result<bool> {
-        let name = Self::tree_session(session);
-        let (generation, _) = Self::tree_generation(golden);
-        let (previous, _) = Self::tree_generation(previous);
+    fn recover_promote(
+        &self,
+        root: &RootDir,
+        s: &Session,
+        g: &Generation,
+        previous: &Generation,
+        _staging: &Path,
+    ) -> Result<Option<Identity>> {
+        self.check_owned(&s.project)?;
         if self.volumes {
-            Self::thaw_if_frozen(&session.path);
+            Self::thaw_if_frozen(&root.join(&s.place));
         }
         let on_session =
-            self.session_dataset(&session.project, name)?.snapshot(&format!("gen{generation}"))?;
-        let head = self.head(&session.project, generation)?;
+            self.session_dataset(&s.project, &s.name)?.snapshot(&format!("gen{}", g.number))?;
+        let head = self.head(&s.project, g.number)?;
         if self.exists(on_session.as_str())? {
             // No lzc_promote has run (it would have moved this snapshot to the head): nothing
             // irreversible happened, so undo. The head, if cloned, depends on the snapshot.
             self.destroy_if_exists(&head)?;
             self.zfs.destroy_snapshots(&[on_session], false)?;
-            return Ok(false);
+            return Ok(None);
         }
         if !self.exists(head.as_str())? {
-            return Ok(false); // nothing was done
+            return Ok(None); // nothing was done
         }
         // The head holds the promoted snapshot and maybe the older generations' ones already:
         // from here only forward is safe.
-        self.finish_promote(&session.project, name, generation, previous)?;
-        Ok(true)
+        self.finish_promote(&s.project, &s.name, g.number, previous.number)?;
+        Ok(Some(self.identify(self.generation_snapshot(&g.project, g.number, g.number)?.as_str())?))
     }
 
-    fn exists(&self, tree: &Tree) -> Result<bool> {
-        match &tree.id {
-            TreeId::Session(s) => self.exists(self.session_dataset(&tree.project, s)?.as_str()),
-            TreeId::Generation(g) => {
-                let head = tree.head.unwrap_or(*g);
-                Ok(self.exists(self.generation_snapshot(&tree.project, head, *g)?.as_str())?
-                    || self.exists(self.head(&tree.project, *g)?.as_str())?)
-            }
+    fn publish(&self, _root: &RootDir, _staging: &Path, _place: &Path) -> Result<()> {
+        Ok(()) // built in place
+    }
+
+    fn presence(&self, root: &RootDir, place: &Path, id: &Identity) -> Result<Presence> {
+        let Identity::Dataset { name, .. } = id else {
+            return Ok(Presence::Other(format!("recorded as {id:?}, not a dataset")));
+        };
+        if name.contains('@') {
+            // A generation: its snapshot moves between heads, so the lifecycle asks by
+            // generation (generation_presence), never by place.
+            return Ok(match self.is_recorded(name, id)? {
+                Ok(()) => Presence::Here,
+                Err(_) => Presence::Absent,
+            });
+        }
+        let dataset = DatasetName::new(name)?;
+        match self.is_recorded(name, id)? {
+            Ok(()) if self.mounted_at(&dataset, &root.join(place))? => Ok(Presence::Here),
+            Ok(()) => Ok(Presence::Elsewhere(format!("{name} is not mounted at its place"))),
+            Err(_) if !self.exists(name)? => Ok(Presence::Absent),
+            Err(what) => Ok(Presence::Other(what)),
         }
     }
 
-    fn retire(&self, tree: &Tree, _trash: &Path) -> Result<Retired> {
-        match &tree.id {
-            TreeId::Session(_) => {
-                let existed = self.exists(
-                    self.session_dataset(&tree.project, Self::tree_session(tree))?.as_str(),
-                )?;
-                self.discard(tree)?;
-                Ok(if existed { Retired::Removed } else { Retired::Absent })
-            }
-            TreeId::Generation(g) => {
-                let head = tree.head.unwrap_or(*g);
-                let snap = self.generation_snapshot(&tree.project, head, *g)?;
-                if !self.exists(snap.as_str())? {
-                    return Ok(Retired::Absent);
-                }
-                // Deferred: gone now if no session clones it, else with its last clone.
-                self.zfs.destroy_snapshots(&[snap], true)?;
-                Ok(Retired::Removed)
-            }
-        }
+    fn generation_presence(
+        &self,
+        _root: &RootDir,
+        g: &Generation,
+        id: &Identity,
+    ) -> Result<Presence> {
+        let snap = self.generation_snapshot(&g.project, g.head, g.number)?;
+        Ok(match self.is_recorded(snap.as_str(), id)? {
+            Ok(()) => Presence::Here,
+            Err(_) if !self.exists(snap.as_str())? => Presence::Absent,
+            Err(what) => Presence::Other(what),
+        })
     }
 
-    fn discard(&self, tree: &Tree) -> Result<()> {
-        match &tree.id {
-            TreeId::Session(s) => {
-                Self::unmount_dir(&tree.path)?;
-                self.destroy_if_exists(&self.session_dataset(&tree.project, s)?)?;
-            }
-            TreeId::Generation(g) => {
-                Self::unmount_dir(&Self::staging_dir(tree))?;
-                let head = tree.head.unwrap_or(*g);
-                if head != *g {
-                    // A retired generation lives only as a snapshot on the current head.
-                    let snap = self.generation_snapshot(&tree.project, head, *g)?;
-                    self.zfs.destroy_snapshots(&[snap], true)?;
-                }
-                self.destroy_if_exists(&self.head(&tree.project, *g)?)?;
-            }
+    fn discard_session(&self, root: &RootDir, s: &Session, _staging: &Path) -> Result<()> {
+        let dataset = self.session_dataset(&s.project, &s.name)?;
+        self.unmount_and_rmdir(root, &dataset, &s.place)?;
+        // Only inside our own container: a same-named dataset elsewhere is not ours.
+        if self.check_owned(&s.project)? {
+            self.destroy_if_exists(&dataset)?;
         }
         Ok(())
     }
 
-    fn remove_trash(&self, path: &Path) -> Result<()> {
-        if is_mount_point(path) {
-            mount::unmount(path)?;
+    fn discard_generation(
+        &self,
+        root: &RootDir,
+        g: &Generation,
+        staging: &Path,
+        recorded: Option<&Identity>,
+    ) -> Result<()> {
+        let head = self.head(&g.project, g.number)?;
+        self.unmount_and_rmdir(root, &head, staging)?;
+        if !self.check_owned(&g.project)? {
+            return Ok(());
         }
-        copy::remove_tree(path)
+        if g.head != g.number {
+            // A retired generation lives only as a snapshot on the current head.
+            let snap = self.generation_snapshot(&g.project, g.head, g.number)?;
+            if recorded.is_some_and(|id| matches!(self.is_recorded(snap.as_str(), id), Ok(Ok(()))))
+            {
+                self.zfs.destroy_snapshots(&[snap], true)?;
+            }
+        }
+        self.destroy_if_exists(&head)?;
+        Ok(())
     }
 
-    fn session_names(&self, project: &str) -> Result<Vec<String>> {
+    fn retire_session(
+        &self,
+        root: &RootDir,
+        s: &Session,
+        id: &Identity,
+        _t: &Path,
+    ) -> Result<Retired> {
+        let dataset = self.session_dataset(&s.project, &s.name)?;
+        match self.presence(root, &s.place, id)? {
+            Presence::Here | Presence::Elsewhere(_) => {}
+            Presence::Absent => {
+                root.rmdir(&s.place)?;
+                return Ok(Retired::Absent);
+            }
+            Presence::Other(what) => {
+                return Err(Error::Damaged { path: root.join(&s.place), what })
+            }
+        }
+        // Unmounted, the session is gone for its users: the commit of the cleanup.
+        self.unmount_and_rmdir(root, &dataset, &s.place)?;
+        match self.destroy_if_exists(&dataset) {
+            Ok(_) => Ok(Retired::Removed),
+            Err(_) => Ok(Retired::Owed(id.clone())),
+        }
+    }
+
+    fn retire_generation(
+        &self,
+        root: &RootDir,
+        g: &Generation,
+        id: &Identity,
+        _t: &Path,
+    ) -> Result<Retired> {
+        match self.generation_presence(root, g, id)? {
+            Presence::Here => {}
+            Presence::Absent | Presence::Elsewhere(_) => return Ok(Retired::Absent),
+            Presence::Other(what) => {
+                return Err(Error::Damaged {
+                    path: PathBuf::from(format!("generation {}", g.number)),
+                    what,
+                })
+            }
+        }
+        // Deferred: gone now if no session clones it, else with its last clone.
+        let snap = self.generation_snapshot(&g.project, g.head, g.number)?;
+        self.zfs.destroy_snapshots(&[snap], true)?;
+        Ok(Retired::Removed)
+    }
+
+    fn remove_trash(&self, root: &RootDir, trash: &Path) -> Result<()> {
+        super::store::remove_beneath(root, trash)
+    }
+
+    fn remove_owed(&self, _root: &RootDir, id: &Identity) -> Result<()> {
+        let Identity::Dataset { name, .. } = id else {
+            return Err(Error::Damaged {
+                path: PathBuf::from(format!("{id:?}")),
+                what: "not a dataset".into(),
+            });
+        };
+        match self.is_recorded(name, id)? {
+            Ok(()) => self.destroy_if_exists(&DatasetName::new(name)?).map(drop),
+            Err(_) if !self.exists(name)? => Ok(()),
+            Err(what) => Err(Error::Damaged { path: PathBuf::from(name), what }),
+        }
+    }
+
+    fn size(&self, _root: &RootDir, g: &Generation) -> u64 {
+        let Ok(snap) = self.generation_snapshot(&g.project, g.head, g.number) else { return 0 };
+        match self.props(snap.as_str(), &["referenced"]) {
+            Ok(Some(t)) => match t.get("referenced") {
+                Some(ZcpValue::Int(i)) => *i as u64,
+                _ => 0,
+            },
+            _ => 0,
+        }
+    }
+
+    fn unrecorded(
+        &self,
+        project: &str,
+        sessions: &[String],
+        generations: &[u64],
+    ) -> Result<Vec<String>> {
         let container = self.container(project)?;
+        if !self.check_owned(project)? {
+            return Ok(Vec::new());
+        }
         let children = match self.zfs.children(&container) {
             Ok(c) => c,
             Err(e) if zfs_kind(&e) == Some(ZfsErrorKind::NotFound) => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
-        // Only our own naming inside our own container: `s-<valid session name>`.
-        Ok(children
-            .iter()
-            .filter_map(|c| c.as_str().rsplit('/').next()?.strip_prefix("s-"))
-            .filter(|s| super::state::validate_name(s).is_ok())
-            .map(str::to_string)
-            .collect())
-    }
-
-    fn size(&self, tree: &Tree) -> u64 {
-        let TreeId::Generation(g) = tree.id else { return 0 };
-        let Ok(snap) = self.generation_snapshot(&tree.project, tree.head.unwrap_or(g), g) else {
-            return 0;
-        };
-        const PROGRAM: &str = r#"local snap = (...)["argv"][1]
-local value = zfs.get_prop(snap, "referenced")
-return value"#;
-        match self.zfs.channel_program(snap.pool(), PROGRAM, &[snap.as_str()], false) {
-            Ok(v) => first_int(&v).unwrap_or(0),
-            Err(_) => 0,
+        let mut out = Vec::new();
+        for c in &children {
+            let leaf = c.as_str().rsplit('/').next().unwrap_or_default();
+            let known = match (leaf.strip_prefix("s-"), leaf.strip_prefix('g')) {
+                (Some(s), _) => sessions.iter().any(|r| r == s),
+                (None, Some(n)) => n.parse::<u64>().is_ok_and(|n| generations.contains(&n)),
+                _ => false,
+            };
+            if !known {
+                out.push(c.to_string());
+            }
         }
-    }
-}
-
-fn first_int(v: &ZcpValue) -> Option<u64> {
-    match v {
-        ZcpValue::Int(i) => u64::try_from(*i).ok(),
-        ZcpValue::Table(t) => t.values().find_map(first_int),
-        _ => None,
+        Ok(out)
     }
 }

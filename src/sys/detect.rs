@@ -79,6 +79,13 @@ pub fn statx(path: &CStr, id: MntId) -> io::Result<StatxInfo> {
     statx_raw(libc::AT_FDCWD, path, libc::AT_SYMLINK_NOFOLLOW, id)
 }
 
+/// `statx(AT_FDCWD, path, 0, ...)`: following a symlink at the end of `path`, including the
+/// "magic" links of /proc (`/proc/PID/fd/N` leads to the open file, in whatever mount
+/// namespace it lives).
+pub fn statx_follow(path: &CStr, id: MntId) -> io::Result<StatxInfo> {
+    statx_raw(libc::AT_FDCWD, path, 0, id)
+}
+
 /// `statx(fd, "", AT_EMPTY_PATH, ...)`: the same for an open file.
 pub fn fstatx(fd: BorrowedFd<'_>, id: MntId) -> io::Result<StatxInfo> {
     statx_raw(fd.as_raw_fd(), c"", libc::AT_EMPTY_PATH, id)

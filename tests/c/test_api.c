@@ -21,6 +21,8 @@ _Static_assert(GOLDCLONE_RESULT_CANCELLED == 12, "fixed number");
 _Static_assert(GOLDCLONE_RESULT_ZFS_UNAVAILABLE == 13, "fixed number");
 _Static_assert(GOLDCLONE_RESULT_SNAPSHOT_HAS_CLONES == 15, "fixed number");
 _Static_assert(GOLDCLONE_RESULT_SNAPSHOT_HELD == 16, "fixed number");
+_Static_assert(GOLDCLONE_RESULT_DAMAGED == 17, "fixed number");
+_Static_assert(GOLDCLONE_RESULT_INCOMPLETE == 18, "fixed number");
 _Static_assert(GOLDCLONE_RESULT_IO == 14, "fixed number");
 _Static_assert(GOLDCLONE_RESULT_OTHER == 99, "fixed number");
 _Static_assert(GOLDCLONE_RESULT_NULL_PARAMETER == 100, "fixed number");
@@ -43,11 +45,13 @@ static void test_result_names(void) {
                  "GOLDCLONE_RESULT_INVALID_HANDLE") == 0);
     CHECK(strcmp(goldclone_result_name(GOLDCLONE_RESULT_PANIC), "GOLDCLONE_RESULT_PANIC") == 0);
     CHECK(strcmp(goldclone_result_name(GOLDCLONE_RESULT_SNAPSHOT_HELD), "GOLDCLONE_RESULT_SNAPSHOT_HELD") == 0);
-    CHECK(strcmp(goldclone_result_name(17), "GOLDCLONE_RESULT_UNKNOWN") == 0);
+    CHECK(strcmp(goldclone_result_name(GOLDCLONE_RESULT_DAMAGED), "GOLDCLONE_RESULT_DAMAGED") == 0);
+    CHECK(strcmp(goldclone_result_name(GOLDCLONE_RESULT_INCOMPLETE), "GOLDCLONE_RESULT_INCOMPLETE") == 0);
+    CHECK(strcmp(goldclone_result_name(19), "GOLDCLONE_RESULT_UNKNOWN") == 0);
     CHECK(strcmp(goldclone_result_name(0xffffffffu), "GOLDCLONE_RESULT_UNKNOWN") == 0);
-    /* every number 0..=16 and 99..=103 has a name */
+    /* every number 0..=18 and 99..=103 has a name */
     for (uint32_t c = 0; c <= 103; c++) {
-        int known = c <= 16 || c >= 99;
+        int known = c <= 18 || c >= 99;
         CHECK((strcmp(goldclone_result_name(c), "GOLDCLONE_RESULT_UNKNOWN") != 0) == known);
     }
 }
