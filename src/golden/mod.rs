@@ -132,7 +132,7 @@ pub struct Cache {
 enum Choice {
     Copy,
     Btrfs,
-    Zfs { dataset: crate::zfs::DatasetName, volumes: bool },
+    Zfs { place: zfs_store::Placement, volumes: bool },
 }
 
 fn choose(root: &Path, opts: &OpenOptions) -> Result<(BackendKind, Choice)> {
@@ -156,16 +156,20 @@ fn choose(root: &Path, opts: &OpenOptions) -> Result<(BackendKind, Choice)> {
             })
         }
         // The cache root must be where its dataset is mounted: sessions and records live in
-        // directories of that dataset.
-        (BackendKind::Zfs, Backend::ZfsDataset { dataset, .. })
+        // directories of that dataset, and datasets (or volumes) go under it.
+        (BackendKind::Zfs | BackendKind::Zvol, Backend::ZfsDataset { dataset, .. })
             if found.mount.mount_point == root =>
         {
-            Choice::Zfs { dataset: crate::zfs::DatasetName::new(dataset)?, volumes: false }
+            Choice::Zfs {
+                place: zfs_store::Placement::Under(crate::zfs::DatasetName::new(dataset)?),
+                volumes: kind == BackendKind::Zvol,
+            }
         }
         // A root on XFS on a zvol: new volumes go beside that zvol.
-        (BackendKind::Zvol, Backend::Zvol { dataset, .. }) => {
-            Choice::Zfs { dataset: crate::zfs::DatasetName::new(dataset)?, volumes: true }
-        }
+        (BackendKind::Zvol, Backend::Zvol { dataset, .. }) => Choice::Zfs {
+            place: zfs_store::Placement::BesideZvol(crate::zfs::DatasetName::new(dataset)?),
+            volumes: true,
+        },
         _ => {
             return Err(Error::Unsupported {
                 what: format!(
@@ -222,8 +226,8 @@ impl Cache {
         let store: Box<dyn Store> = match choice {
             Choice::Copy => Box::new(CopyStore { threads }),
             Choice::Btrfs => Box::new(BtrfsStore { threads }),
-            Choice::Zfs { dataset, volumes } => Box::new(zfs_store::ZfsStore::new(
-                dataset,
+            Choice::Zfs { place, volumes } => Box::new(zfs_store::ZfsStore::new(
+                place,
                 volumes,
                 threads,
                 opts.zvol_size,
@@ -435,6 +439,12 @@ impl Cache {
         self.known_project(project)?;
         let meta = self.session_meta(project, session)?;
         let s = self.session(project, session);
+        if self.root.entry(&s.place)?.is_some_and(|e| !e.is_dir()) {
+            return Err(Error::Damaged {
+                path: self.root.join(&s.place),
+                what: "is not the session's directory (a symlink or a file)".into(),
+            });
+        }
         match self.store.session_presence(&self.root, &s, &meta.identity)? {
             Presence::Here | Presence::Elsewhere(_) => self.ensure_unused(&s)?,
             Presence::Absent => {}

@@ -50,6 +50,16 @@ const ZVOL_DEVICE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The user property that marks a container as this cache's.
 const OWNER_PROP: &str = "goldclone:cache";
 
+/// Where a cache root is on ZFS, which decides where its datasets go.
+#[derive(Debug)]
+pub(crate) enum Placement {
+    /// The root is the mount point of this dataset: projects' containers are its children.
+    Under(DatasetName),
+    /// The root is an XFS on this zvol: containers go under `<parent>/<zvol>.goldclone`, made
+    /// for this cache, so that two roots on one parent never share a dataset name.
+    BesideZvol(DatasetName),
+}
+
 #[derive(Debug)]
 pub(crate) struct ZfsStore {
     zfs: Zfs,
@@ -81,23 +91,23 @@ fn identity(name: &str, guid: u64) -> Identity {
 }
 
 impl ZfsStore {
-    /// A store for a cache root that is the mount point of `dataset` (filesystems), or that is
-    /// on the zvol `dataset` (volumes, beside it).
+    /// A store for a cache root placed as `place`, with filesystems or (`volumes`) zvols.
     pub fn new(
-        dataset: DatasetName,
+        place: Placement,
         volumes: bool,
         copy_threads: usize,
         volume_size: u64,
         cache_id: &str,
     ) -> Result<ZfsStore> {
-        let (root, root_is_ours) = if volumes {
-            let leaf = dataset.as_str().rsplit('/').next().unwrap_or_default().to_string();
-            let parent = dataset.parent().ok_or_else(|| Error::Unsupported {
-                what: format!("zvol {dataset} has no parent dataset to put volumes in"),
-            })?;
-            (parent.child(&format!("{leaf}.goldclone"))?, true)
-        } else {
-            (dataset, false)
+        let (root, root_is_ours) = match place {
+            Placement::Under(dataset) => (dataset, false),
+            Placement::BesideZvol(zvol) => {
+                let leaf = zvol.as_str().rsplit('/').next().unwrap_or_default().to_string();
+                let parent = zvol.parent().ok_or_else(|| Error::Unsupported {
+                    what: format!("zvol {zvol} has no parent dataset to put volumes in"),
+                })?;
+                (parent.child(&format!("{leaf}.goldclone"))?, true)
+            }
         };
         Ok(ZfsStore {
             zfs: Zfs::open()?,
@@ -656,6 +666,14 @@ impl Store for ZfsStore {
         _t: &Path,
     ) -> Result<Retired> {
         let dataset = self.session_dataset(&s.project, &s.name)?;
+        if let Some(e) = root.entry(&s.place)? {
+            if !e.is_dir() {
+                return Err(Error::Damaged {
+                    path: root.join(&s.place),
+                    what: "is not the session's mount point (not a directory)".into(),
+                });
+            }
+        }
         match self.presence(root, &s.place, id)? {
             Presence::Here | Presence::Elsewhere(_) => {}
             Presence::Absent => {

@@ -6,6 +6,8 @@
 //! pass without having run.
 #![allow(dead_code)]
 
+pub mod lifecycle;
+
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
