@@ -10,8 +10,10 @@ host_only=0
 log() { printf '[install-deps] %s\n' "$*" >&2; }
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed'; }
 
+# strace: the crash suite kills operations at sampled system calls (strace -e inject);
+# util-linux: unshare for the other-mount-namespace holders of the safety suite.
 host_pkgs=(xfsprogs btrfs-progs e2fsprogs acl attr clang libclang-dev pkg-config golang-go
-           python3-matplotlib)
+           python3-matplotlib strace util-linux)
 missing=()
 for p in "${host_pkgs[@]}"; do have_pkg "$p" || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -27,7 +27,7 @@ type Progress struct {
 
 // CopyOptions tune CopyTreeWithOptions; the zero value is the defaults.
 type CopyOptions struct {
-	// Threads is the number of worker threads, at most 1024. 0 (the default) adapts: one per
+	// Threads is the number of worker threads, at most 1024 (more is ErrInvalidArgument). 0 (the default) adapts: one per
 	// CPU while the source is read from memory, twice that (4 to 32) while it is read from storage.
 	Threads int
 	// Sync makes the copy durable (syncfs) before it appears at dst.
@@ -54,22 +54,37 @@ type CopyStats struct {
 type copyState struct {
 	ctx        context.Context
 	onProgress func(Progress)
-	panicked   interface{}
+	// What ended the callback abnormally, re-raised on the caller's goroutine once the C call
+	// has returned: a panic value, or a runtime.Goexit (what t.Fatal does).
+	panicked interface{}
+	goexited bool
 }
 
-// report runs the Go callback; a panic in it is caught (it must not unwind through C), cancels
-// the copy, and is re-raised once the C call has returned.
+// report runs the Go callback on a goroutine of its own and waits for it: a panic there is
+// caught (it must not unwind through C), and a runtime.Goexit ends only that goroutine (ending
+// the thread that is inside the C call would crash the process while the copy's threads still
+// run). Either cancels the copy; copyTree re-raises it when the C call has returned.
 func (st *copyState) report(p Progress) (cancel int) {
-	defer func() {
-		if r := recover(); r != nil {
-			st.panicked = r
-			cancel = 1
-		}
-	}()
-	if st.onProgress != nil && st.panicked == nil {
-		st.onProgress(p)
+	if st.onProgress != nil && st.panicked == nil && !st.goexited {
+		done := make(chan struct{})
+		go func() {
+			normal := false
+			defer func() {
+				if !normal {
+					if r := recover(); r != nil {
+						st.panicked = r
+					} else {
+						st.goexited = true
+					}
+				}
+				close(done)
+			}()
+			st.onProgress(p)
+			normal = true
+		}()
+		<-done
 	}
-	if st.ctx.Err() != nil {
+	if st.panicked != nil || st.goexited || st.ctx.Err() != nil {
 		return 1
 	}
 	return 0
@@ -105,11 +120,11 @@ func copyTree(ctx context.Context, src, dst string, opts *CopyOptions, countTota
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	if opts.Threads < 0 {
-		return nil, goError(op, ResultInvalidArgument, fmt.Sprintf("%d threads", opts.Threads))
+	if opts.Threads < 0 || opts.Threads > maxThreads {
+		return nil, goError(op, ResultInvalidArgument, fmt.Sprintf("%d threads (at most %d)", opts.Threads, maxThreads))
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, &Error{Code: ResultCancelled, Op: op, Message: "cancelled: " + err.Error()}
+		return nil, &Error{Code: ResultCancelled, Op: op, Message: "cancelled: " + err.Error(), ctxErr: err}
 	}
 	csrc, err := cString(op, "src", src, ResultInvalidArgument)
 	if err != nil {
@@ -168,9 +183,13 @@ func copyTree(ctx context.Context, src, dst string, opts *CopyOptions, countTota
 	if st.panicked != nil {
 		panic(st.panicked)
 	}
+	if st.goexited {
+		runtime.Goexit()
+	}
 	if err != nil {
 		if e, ok := err.(*Error); ok && e.Code == ResultCancelled && ctx.Err() != nil {
 			e.Message = e.Message + " (" + ctx.Err().Error() + ")"
+			e.ctxErr = ctx.Err()
 		}
 		return nil, err
 	}

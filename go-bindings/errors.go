@@ -56,6 +56,8 @@ type Error struct {
 	Message string
 	// Op is the Go function that failed, e.g. "SetupSession".
 	Op string
+	// ctxErr is the context's error when a context ended the call.
+	ctxErr error
 }
 
 func (e *Error) Error() string {
@@ -66,10 +68,14 @@ func (e *Error) Error() string {
 }
 
 // Is reports whether target is an *Error with the same code (the sentinels), or the standard
-// error matching the code: fs.ErrNotExist, fs.ErrExist, fs.ErrPermission, context.Canceled.
+// error matching the code: fs.ErrNotExist, fs.ErrExist, fs.ErrPermission, context.Canceled;
+// a call that a context ended also matches that context's error (context.DeadlineExceeded).
 func (e *Error) Is(target error) bool {
 	if t, ok := target.(*Error); ok {
 		return t.Code == e.Code
+	}
+	if e.ctxErr != nil && target == e.ctxErr {
+		return true
 	}
 	switch target {
 	case fs.ErrNotExist:
@@ -79,7 +85,8 @@ func (e *Error) Is(target error) bool {
 	case fs.ErrPermission:
 		return e.Code == ResultPermissionDenied
 	case context.Canceled:
-		return e.Code == ResultCancelled
+		// A deadline is not a cancellation in context's terms.
+		return e.Code == ResultCancelled && (e.ctxErr == nil || e.ctxErr == context.Canceled)
 	}
 	return false
 }

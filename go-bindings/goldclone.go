@@ -146,7 +146,10 @@ func WithBackend(b Backend) Option {
 	return func(o *openOptions) { o.backend = b }
 }
 
-// WithCopyThreads sets the worker threads of the copy backend (0 = default).
+// maxThreads is the library's limit on worker threads.
+const maxThreads = 1024
+
+// WithCopyThreads sets the worker threads of the copy backend (0 = default, at most 1024).
 func WithCopyThreads(n int) Option {
 	return func(o *openOptions) { o.copyThreads = n }
 }
@@ -165,8 +168,8 @@ func Open(root string, opts ...Option) (*Cache, error) {
 	for _, opt := range opts {
 		opt(&oo)
 	}
-	if oo.copyThreads < 0 || oo.copyThreads > 1<<20 {
-		return nil, goError(op, ResultInvalidArgument, fmt.Sprintf("%d copy threads", oo.copyThreads))
+	if oo.copyThreads < 0 || oo.copyThreads > maxThreads {
+		return nil, goError(op, ResultInvalidArgument, fmt.Sprintf("%d copy threads (at most %d)", oo.copyThreads, maxThreads))
 	}
 	var o C.goldclone_open_options
 	C.goldclone_open_options_init(&o)
@@ -217,8 +220,13 @@ func (c *Cache) Close() error {
 	return call("Close", func() C.goldclone_result { return C.goldclone_cache_free(p) })
 }
 
-// Root is the root directory the cache was opened with.
-func (c *Cache) Root() string { return c.root }
+// Root is the root directory the cache was opened with ("" for a nil *Cache).
+func (c *Cache) Root() string {
+	if c == nil {
+		return ""
+	}
+	return c.root
+}
 
 // Backend is the backend the cache uses.
 func (c *Cache) Backend() (Backend, error) {
@@ -336,9 +344,22 @@ func (c *Cache) CleanupSession(projectID, sessionID string) error {
 	return err
 }
 
-// GC removes orphans, retired generations without sessions and staging leftovers, and returns
-// human-readable names of what it removed.
-func (c *Cache) GC() ([]string, error) {
+// GCReport is what GC did and found, one line per item.
+type GCReport struct {
+	// Removed: retired generations, trash, records of trees that are gone.
+	Removed []string
+	// Recovered: interrupted operations finished or rolled back.
+	Recovered []string
+	// Kept: found and left alone (entries goldclone did not make, damaged state), with why.
+	Kept []string
+	// Failed: what could not be done now (a busy project, a removal that failed); the next GC
+	// tries again.
+	Failed []string
+}
+
+// GC finishes interrupted operations and removes what the cache's records no longer need;
+// entries goldclone did not make and damaged state are reported, never removed.
+func (c *Cache) GC() (*GCReport, error) {
 	const op = "GC"
 	p, err := c.handle(op)
 	if err != nil {
@@ -351,21 +372,28 @@ func (c *Cache) GC() ([]string, error) {
 		return nil, err
 	}
 	defer C.goldclone_gc_report_free(r)
-	var count C.size_t
-	if err := call(op, func() C.goldclone_result { return C.goldclone_gc_report_count(r, &count) }); err != nil {
-		return nil, err
-	}
-	removed := make([]string, 0, int(count))
-	for i := C.size_t(0); i < count; i++ {
-		s, err := readString(op, 256, func(b *C.char, n C.size_t, out *C.size_t) C.goldclone_result {
-			return C.goldclone_gc_report_item(r, i, b, n, out)
-		})
-		if err != nil {
+	report := &GCReport{}
+	for list, dst := range map[C.goldclone_gc_list]*[]string{
+		C.GOLDCLONE_GC_LIST_REMOVED: &report.Removed, C.GOLDCLONE_GC_LIST_RECOVERED: &report.Recovered,
+		C.GOLDCLONE_GC_LIST_KEPT: &report.Kept, C.GOLDCLONE_GC_LIST_FAILED: &report.Failed,
+	} {
+		var count C.size_t
+		if err := call(op, func() C.goldclone_result { return C.goldclone_gc_report_list_count(r, C.uint32_t(list), &count) }); err != nil {
 			return nil, err
 		}
-		removed = append(removed, s)
+		items := make([]string, 0, int(count))
+		for i := C.size_t(0); i < count; i++ {
+			s, err := readString(op, 256, func(b *C.char, n C.size_t, out *C.size_t) C.goldclone_result {
+				return C.goldclone_gc_report_list_item(r, C.uint32_t(list), i, b, n, out)
+			})
+			if err != nil {
+				return nil, err
+			}
+			items = append(items, s)
+		}
+		*dst = items
 	}
-	return removed, nil
+	return report, nil
 }
 
 // Session is a session of a project and the generation it was made from.

@@ -375,11 +375,12 @@ func TestLifecycle(t *testing.T) {
 			if err := c.CleanupSession(project, "s2"); !errors.Is(err, ErrNotFound) {
 				t.Errorf("cleanup twice: %v", err)
 			}
-			removed, err := c.GC()
+			report, err := c.GC()
 			if err != nil {
 				t.Errorf("gc: %v", err)
+			} else if len(report.Failed)+len(report.Kept) != 0 {
+				t.Errorf("gc after clean operations: %+v", report)
 			}
-			t.Logf("gc removed %q", removed)
 			info, err = c.Info(project)
 			if err != nil || info.Generation != 2 || len(info.Sessions) != 0 {
 				t.Errorf("info after cleanup: %+v %v", info, err)

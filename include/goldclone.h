@@ -266,6 +266,39 @@ typedef uint32_t goldclone_detection_field;
 #endif // __cplusplus
 
 /**
+ * The lists of a gc report (`goldclone_gc_report_list_count`).
+ */
+enum goldclone_gc_list
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+    /**
+     * Removed: retired generations, trash, records of trees that are gone.
+     */
+    GOLDCLONE_GC_LIST_REMOVED = 0,
+    /**
+     * Interrupted operations finished or rolled back.
+     */
+    GOLDCLONE_GC_LIST_RECOVERED = 1,
+    /**
+     * Found and left alone (entries goldclone did not make, damaged state), with why.
+     */
+    GOLDCLONE_GC_LIST_KEPT = 2,
+    /**
+     * What could not be done now (a busy project, a removal that failed); the next gc retries.
+     */
+    GOLDCLONE_GC_LIST_FAILED = 3,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum goldclone_gc_list goldclone_gc_list;
+#else
+typedef uint32_t goldclone_gc_list;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * A golden-tree cache rooted at a directory. Opaque; free with `goldclone_cache_free`. One
  * handle may be used from many threads at once.
  */
@@ -549,7 +582,25 @@ goldclone_result goldclone_cache_gc(const struct goldclone_cache *cache,
                                     struct goldclone_gc_report **report);
 
 /**
- * Number of removed items in a gc report, in `*count`.
+ * Number of items in list `list` (a `goldclone_gc_list` value) of a gc report, in `*count`.
+ */
+goldclone_result goldclone_gc_report_list_count(const struct goldclone_gc_report *report,
+                                                uint32_t list,
+                                                size_t *count);
+
+/**
+ * Item `index` of list `list` of a gc report into a caller buffer. INVALID_ARGUMENT past the
+ * end or for an unknown list.
+ */
+goldclone_result goldclone_gc_report_list_item(const struct goldclone_gc_report *report,
+                                               uint32_t list,
+                                               size_t index,
+                                               char *buf,
+                                               size_t buf_len,
+                                               size_t *out_len);
+
+/**
+ * Number of removed items in a gc report, in `*count` (list GOLDCLONE_GC_LIST_REMOVED).
  */
 goldclone_result goldclone_gc_report_count(const struct goldclone_gc_report *report,
                                            size_t *count);

@@ -752,3 +752,84 @@ fn promote_and_gc_are_not_starved_by_setups() {
     }
     let _ = fs::remove_dir_all(&src);
 }
+
+/// ZFS: two cache roots, each an XFS on a zvol under one parent dataset, never share a dataset;
+/// a failed import in one never destroys the other's; a same-named dataset this cache did not
+/// make is refused and kept. Runs in the ZFS guest (tests/zfs-vm.sh), which fails the run if
+/// it does not.
+#[test]
+fn two_zvol_roots_on_one_parent_share_nothing() {
+    let Ok(parent) = std::env::var("GOLDCLONE_TEST_ZFS_PARENT") else {
+        eprintln!("not in the ZFS guest: tests/zfs-vm.sh runs this");
+        return;
+    };
+    let sh = |cmd: &str| {
+        let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let base = format!("{parent}/tworoots");
+    let _ = Command::new("zfs").args(["destroy", "-r", &base]).status();
+    sh(&format!("zfs create -o mountpoint=none {base}"));
+    let src = scratch_tree("tworoots", "1", FILES);
+    let mut roots = Vec::new();
+    for z in ["za", "zb", "zc"] {
+        sh(&format!("zfs create -s -V 256M {base}/{z}"));
+        let dev = goldclone::zfs::mount::zvol_device(
+            &goldclone::zfs::DatasetName::new(&format!("{base}/{z}")).unwrap(),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        sh(&format!("mkfs.xfs -q -f {}", dev.display()));
+        let dir = PathBuf::from(format!("/tmp/gc-tworoots-{z}"));
+        fs::create_dir_all(&dir).unwrap();
+        sh(&format!("mount -t xfs -o nouuid {} {}", dev.display(), dir.display()));
+        roots.push(dir);
+    }
+    let open_zvol = |dir: &Path| {
+        Cache::open(dir, &OpenOptions { backend: Some(BackendKind::Zvol), ..Default::default() })
+            .unwrap()
+    };
+    let (a, b, c) = (open_zvol(&roots[0]), open_zvol(&roots[1]), open_zvol(&roots[2]));
+    a.import("proj", &src).unwrap();
+    let a1 = a.setup("proj", "s1").unwrap();
+    b.import("proj", &src).unwrap();
+    let listed = sh(&format!("zfs list -H -o name -r {base}"));
+    assert!(listed.contains(&format!("{base}/za.goldclone/proj/g1")), "{listed}");
+    assert!(listed.contains(&format!("{base}/zb.goldclone/proj/g1")), "{listed}");
+    // A dataset where root C's would go, made by someone else: refused, kept.
+    sh(&format!("zfs create -o mountpoint=none {base}/zc.goldclone"));
+    sh(&format!("zfs create -o mountpoint=none {base}/zc.goldclone/proj"));
+    let e = c.import("proj", &src).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
+    let listed = sh(&format!("zfs list -H -o name -r {base}"));
+    assert!(
+        listed.contains(&format!("{base}/zc.goldclone/proj")),
+        "the foreign dataset went: {listed}"
+    );
+    // B's failures and B's gc leave A alone.
+    assert!(b.import("proj", &src).is_err());
+    b.setup("proj", "s1").unwrap();
+    b.cleanup("proj", "s1").unwrap();
+    assert!(b.gc().unwrap().failed.is_empty());
+    assert_eq!(whole_generation(&a1, FILES), "1");
+    assert!(
+        sh(&format!("zfs list -H -o name -t all -r {base}/za.goldclone")).contains("proj/g1@gen1")
+    );
+    a.cleanup("proj", "s1").unwrap();
+    drop((a, b, c));
+    for dir in &roots {
+        let _ = Command::new("umount").arg(dir).status();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while Command::new("zfs")
+        .args(["destroy", "-r", &base])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| !s.success())
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = fs::remove_dir_all(&src);
+}

@@ -8,7 +8,7 @@
 #   2. loads the module, creates two file-backed pools, runs the ZFS suite (tests/zfs.rs);
 #   3. runs tests/zfs_host.rs again with /dev/zfs present, and once more with libzfs_core made
 #      unloadable (the "missing library" condition);
-#   3b. runs the lifecycle suites (tests/lifecycle.rs, tests/lifecycle_crash.rs) on the ZFS and
+#   3b. runs the lifecycle suites (tests/lifecycle.rs, lifecycle_crash.rs, lifecycle_safety.rs) on the ZFS and
 #      zvol backends, each test on a dataset of its own, and the C and Go API suites on a ZFS
 #      cache root;
 #   4. with BENCH=1, runs the ZFS benchmark on a third pool, copies its CSV/JSON to benches/ and
@@ -58,11 +58,12 @@ for line in sys.stdin:
 zfs_bin="" host_bin=""
 results=$(mktemp -d /tmp/goldclone-zfs-vm.XXXXXX)
 chmod 755 "$results"
-lifecycle_bin="" crash_bin=""
+lifecycle_bin="" crash_bin="" safety_bin=""
 for b in "${bins[@]}"; do
   case "$b" in
     "test-lifecycle "*) lifecycle_bin=${b#test-lifecycle } ;;
     "test-lifecycle_crash "*) crash_bin=${b#test-lifecycle_crash } ;;
+    "test-lifecycle_safety "*) safety_bin=${b#test-lifecycle_safety } ;;
   esac
   case "$b" in
     "test-zfs "*) zfs_bin=${b#test-zfs } ;;
@@ -70,7 +71,7 @@ for b in "${bins[@]}"; do
        echo "$b" >>"$results/absent-bins.txt" ;;
   esac
 done
-[ -x "$zfs_bin" ] && [ -x "$host_bin" ] && [ -x "$lifecycle_bin" ] && [ -x "$crash_bin" ] ||
+[ -x "$zfs_bin" ] && [ -x "$host_bin" ] && [ -x "$lifecycle_bin" ] && [ -x "$crash_bin" ] && [ -x "$safety_bin" ] ||
   { log "test binaries not found: ${bins[*]:-none}"; exit 1; }
 # The C and Go API suites: the static library and the Go test binary are built here; the guest
 # compiles only the small C harnesses.
@@ -128,7 +129,9 @@ mkdir -p /tmp/gc-roots
 GOLDCLONE_TEST_ZFS_PARENT=gcta/lc GOLDCLONE_TEST_ZFS_MNT=/tmp/gc-roots \
   timeout 900 "$lifecycle_bin" --test-threads=1 >"$results/zfs-lifecycle.log" 2>&1
 GOLDCLONE_TEST_ZFS_PARENT=gcta/lc GOLDCLONE_TEST_ZFS_MNT=/tmp/gc-roots \
-  timeout 900 "$crash_bin" --test-threads=1 >"$results/zfs-lifecycle-crash.log" 2>&1
+  timeout 1500 "$crash_bin" --test-threads=1 >"$results/zfs-lifecycle-crash.log" 2>&1
+GOLDCLONE_TEST_ZFS_PARENT=gcta/lc GOLDCLONE_TEST_ZFS_MNT=/tmp/gc-roots \
+  timeout 900 "$safety_bin" --test-threads=1 >"$results/zfs-lifecycle-safety.log" 2>&1
 zfs list -H -o name -r -t all gcta/lc | grep -vx gcta/lc >"$results/lc-leftovers.txt"
 zfs create -o mountpoint=legacy gcta/capi >>"$results/modprobe.log" 2>&1
 mkdir -p /tmp/gc-capi && mount -t zfs gcta/capi /tmp/gc-capi
@@ -205,6 +208,10 @@ summarize test-zfs "$results/zfs.log"
 summarize with-zfs:test-zfs_host "$results/host-after-modprobe.log"
 summarize zfs:lifecycle "$results/zfs-lifecycle.log"
 summarize zfs:lifecycle_crash "$results/zfs-lifecycle-crash.log"
+summarize zfs:lifecycle_safety "$results/zfs-lifecycle-safety.log"
+# The ZFS-only safety test must have run in the guest, not returned early.
+grep -q '^test two_zvol_roots_on_one_parent_share_nothing ... ok' "$results/zfs-lifecycle-safety.log" ||
+  problems+=("two_zvol_roots_on_one_parent_share_nothing did not pass in the guest")
 if [ -s "$results/lc-leftovers.txt" ]; then
   problems+=("datasets left behind by the lifecycle tests: $(tr '\n' ' ' <"$results/lc-leftovers.txt")")
 fi

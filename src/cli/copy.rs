@@ -147,7 +147,7 @@ fn install_interrupt_handler(cancel: &CancelToken) {
         return;
     }
     let cancel = cancel.clone();
-    std::thread::spawn(move || {
+    let watcher = std::thread::Builder::new().name("goldclone-signals".into()).spawn(move || {
         // The signals stay blocked in every thread, so this thread must take the second one too:
         // it ends the process at once (the staging directory stays for `goldclone cleanup`).
         if set.wait().is_ok() {
@@ -161,6 +161,11 @@ fn install_interrupt_handler(cancel: &CancelToken) {
             std::process::exit(128 + signal as i32);
         }
     });
+    if watcher.is_err() {
+        // No thread to take them (a thread limit): Ctrl-C kills the copy as it would `cp`, and
+        // `goldclone cleanup` removes what it leaves.
+        let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None);
+    }
 }
 
 /// Arguments of `goldclone cleanup`.

@@ -31,20 +31,55 @@ use pool::Workers;
 /// A flag another thread sets to stop a copy. The copy then fails with [`Error::Cancelled`]
 /// and leaves nothing behind.
 #[derive(Debug, Clone, Default)]
-pub struct CancelToken(Arc<AtomicBool>);
+pub struct CancelToken(Arc<CancelFlag>);
+
+#[derive(Debug, Default)]
+struct CancelFlag {
+    set: AtomicBool,
+    parent: Option<CancelToken>,
+    /// Held while a copy commits and while a progress callback decides whether to stop, so a
+    /// stop is either in time (the copy is cancelled) or never asked for (the copy is done);
+    /// true once committed.
+    committed: Mutex<bool>,
+}
 
 impl CancelToken {
     /// A token that is not cancelled.
     pub fn new() -> Self {
         Self::default()
     }
-    /// Ask every copy holding this token to stop.
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::Relaxed);
+    /// A token that is cancelled when this one is, and can be cancelled on its own without
+    /// cancelling this one (a caller's handle shared by several copies stays as it was).
+    pub fn child(&self) -> CancelToken {
+        CancelToken(Arc::new(CancelFlag { parent: Some(self.clone()), ..CancelFlag::default() }))
     }
-    /// Whether [`cancel`](Self::cancel) was called.
+    /// Run `commit` unless this token is cancelled (then `commit(false)` undoes instead), with
+    /// no [`CancelToken::decide`] in between.
+    fn commit_unless_cancelled(&self, commit: impl FnOnce(bool) -> Result<()>) -> Result<()> {
+        let mut committed = self.0.committed.lock().unwrap_or_else(|p| p.into_inner());
+        if self.is_cancelled() {
+            commit(false)?;
+            return Err(Error::Cancelled);
+        }
+        commit(true)?;
+        *committed = true;
+        Ok(())
+    }
+    /// Cancel if `stop()` says so, unless the copy has committed already (then `stop` is not
+    /// asked): a stop is never answered by a finished copy.
+    pub(crate) fn decide(&self, stop: impl FnOnce() -> bool) {
+        let committed = self.0.committed.lock().unwrap_or_else(|p| p.into_inner());
+        if !*committed && stop() {
+            self.cancel();
+        }
+    }
+    /// Ask every copy holding this token (or a child of it) to stop.
+    pub fn cancel(&self) {
+        self.0.set.store(true, Ordering::Relaxed);
+    }
+    /// Whether [`cancel`](Self::cancel) was called on this token or one it is a child of.
     pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.0.set.load(Ordering::Relaxed) || self.0.parent.as_ref().is_some_and(Self::is_cancelled)
     }
 }
 
@@ -177,7 +212,18 @@ pub fn copy_tree(src: &Path, dst: &Path, opts: &CopyOptions) -> Result<CopyStats
                 return Err(e);
             }
         };
-    staging.commit()?;
+    // A stop asked for while the last entries were written still counts: nothing is left.
+    match &opts.cancel {
+        Some(token) => token.commit_unless_cancelled(|go_on| {
+            if go_on {
+                staging.commit()
+            } else {
+                staging.abandon();
+                Ok(())
+            }
+        })?,
+        None => staging.commit()?,
+    }
     Ok(CopyStats { elapsed: started.elapsed(), ..stats })
 }
 
@@ -239,6 +285,9 @@ fn fill(
         if opts.sync {
             nix::unistd::syncfs(dst_fd).map_err(|e| Error::io("syncfs", dst, e.into()))?;
         }
+        if opts.cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
+            return Err(Error::Cancelled);
+        }
         Ok(stats)
     });
     match synced {
@@ -276,7 +325,10 @@ fn run_walk(
     std::thread::scope(|scope| {
         if let (true, Some(p)) = (opts.count_totals, progress) {
             let done = &done;
-            scope.spawn(move || count_totals(src, src_fd, p, done));
+            // Totals are a nicety: without a thread for them (a thread limit) the copy goes on.
+            let _ = std::thread::Builder::new()
+                .name("goldclone-count".into())
+                .spawn_scoped(scope, move || count_totals(src, src_fd, p, done));
         }
         let result = walk::Walk::new(src, src_fd, dst_path, dst_fd, opts, progress)
             .and_then(|w| w.run(workers));

@@ -63,7 +63,9 @@ fn storage_read_bytes() -> Option<u64> {
     io.lines().find_map(|l| l.strip_prefix("read_bytes:")).and_then(|v| v.trim().parse().ok())
 }
 
-/// Run `work` on every task `seed` pushes, and on every task those push, with `workers`.
+/// Run `work` on every task `seed` pushes, and on every task those push, with `workers`. With
+/// fewer threads than asked for (a pids limit: spawning fails with EAGAIN) it runs with those it
+/// got, down to the calling thread alone.
 pub(super) fn run<T: Send>(
     workers: Workers,
     name: &str,
@@ -92,57 +94,38 @@ pub(super) fn run<T: Send>(
     }
     let locals: Vec<Worker<T>> = (0..threads).map(|_| Worker::new_lifo()).collect();
     let stealers: Vec<Stealer<T>> = locals.iter().map(Worker::stealer).collect();
+    let worker = |index: usize, local: Worker<T>| {
+        worker_loop(index, &local, &injector, &stealers, &outstanding, &gate, stop, &work)
+    };
     std::thread::scope(|scope| {
-        for (index, local) in locals.into_iter().enumerate() {
-            let (injector, stealers, outstanding, gate, work) =
-                (&injector, &stealers, &outstanding, &gate, &work);
-            std::thread::Builder::new()
+        let mut spawned = 0;
+        let mut refused = false;
+        let mut locals = locals.into_iter().enumerate();
+        for (index, local) in locals.by_ref() {
+            let worker = &worker;
+            let started = std::thread::Builder::new()
                 .name(format!("goldclone-{name}-{index}"))
-                .spawn_scoped(scope, move || {
-                    let push = |task: T| {
-                        outstanding.fetch_add(1, Ordering::AcqRel);
-                        local.push(task);
-                    };
-                    let mut idle_rounds = 0u32;
-                    while !stop.load(Ordering::Relaxed) {
-                        let over = || {
-                            outstanding.load(Ordering::Acquire) == 0 || stop.load(Ordering::Relaxed)
-                        };
-                        if !gate.wait_turn(index, over) {
-                            return;
-                        }
-                        let task = local.pop().or_else(|| {
-                            std::iter::repeat_with(|| {
-                                injector.steal_batch_and_pop(&local).or_else(|| {
-                                    stealers.iter().map(Stealer::steal).collect::<Steal<T>>()
-                                })
-                            })
-                            .find(|s| !s.is_retry())
-                            .and_then(Steal::success)
-                        });
-                        match task {
-                            Some(task) => {
-                                idle_rounds = 0;
-                                let _done = TaskDone { outstanding, stop, gate };
-                                work(task, &push);
-                            }
-                            None if outstanding.load(Ordering::Acquire) == 0 => return,
-                            None => {
-                                idle_rounds += 1;
-                                if idle_rounds < 64 {
-                                    std::thread::yield_now();
-                                } else {
-                                    std::thread::sleep(Duration::from_micros(200));
-                                }
-                            }
-                        }
-                    }
-                    // Stopped: queued tasks are dropped with the queues.
-                })
-                .expect("spawning a worker thread");
+                .spawn_scoped(scope, move || worker(index, local));
+            match started {
+                Ok(_) => spawned += 1,
+                Err(_) => {
+                    // Only the injector holds tasks yet: the workers that started take them all.
+                    refused = true;
+                    break;
+                }
+            }
         }
-        // Spawned after the workers: if spawning a worker fails, the panic must not leave a
-        // monitor waiting for a pool that never runs.
+        if refused {
+            // Fewer threads than planned (a thread limit): those there are take every task,
+            // and with none at all this thread does the work.
+            gate.set(spawned.max(1));
+            if spawned == 0 {
+                let (index, local) = (0, Worker::new_lifo());
+                worker(index, local);
+            }
+            return;
+        }
+        // Spawned after the workers: a monitor must not wait for a pool that never runs.
         if let Some((cpus, max, start)) = adaptive {
             let (gate, outstanding) = (&gate, &outstanding);
             let monitor = std::thread::Builder::new()
@@ -158,6 +141,58 @@ pub(super) fn run<T: Send>(
             }
         }
     });
+}
+
+/// One worker: take tasks from its own queue, the injector or the others' until none is left
+/// or the pool is stopped.
+#[allow(clippy::too_many_arguments)]
+fn worker_loop<T: Send>(
+    index: usize,
+    local: &Worker<T>,
+    injector: &Injector<T>,
+    stealers: &[Stealer<T>],
+    outstanding: &AtomicUsize,
+    gate: &Admission,
+    stop: &AtomicBool,
+    work: &(impl Fn(T, &dyn Fn(T)) + Sync),
+) {
+    let push = |task: T| {
+        outstanding.fetch_add(1, Ordering::AcqRel);
+        local.push(task);
+    };
+    let mut idle_rounds = 0u32;
+    while !stop.load(Ordering::Relaxed) {
+        let over = || outstanding.load(Ordering::Acquire) == 0 || stop.load(Ordering::Relaxed);
+        if !gate.wait_turn(index, over) {
+            return;
+        }
+        let task = local.pop().or_else(|| {
+            std::iter::repeat_with(|| {
+                injector
+                    .steal_batch_and_pop(local)
+                    .or_else(|| stealers.iter().map(Stealer::steal).collect::<Steal<T>>())
+            })
+            .find(|s| !s.is_retry())
+            .and_then(Steal::success)
+        });
+        match task {
+            Some(task) => {
+                idle_rounds = 0;
+                let _done = TaskDone { outstanding, stop, gate };
+                work(task, &push);
+            }
+            None if outstanding.load(Ordering::Acquire) == 0 => return,
+            None => {
+                idle_rounds += 1;
+                if idle_rounds < 64 {
+                    std::thread::yield_now();
+                } else {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        }
+    }
+    // Stopped: queued tasks are dropped with the queues.
 }
 
 /// Which workers may take tasks: those with an index below `active`. The others wait on a

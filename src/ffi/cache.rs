@@ -307,7 +307,74 @@ pub unsafe extern "C" fn goldclone_cache_gc(
     })
 }
 
-/// Number of removed items in a gc report, in `*count`.
+/// The lists of a gc report (`goldclone_gc_report_list_count`).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum goldclone_gc_list {
+    /// Removed: retired generations, trash, records of trees that are gone.
+    Removed = 0,
+    /// Interrupted operations finished or rolled back.
+    Recovered = 1,
+    /// Found and left alone (entries goldclone did not make, damaged state), with why.
+    Kept = 2,
+    /// What could not be done now (a busy project, a removal that failed); the next gc retries.
+    Failed = 3,
+}
+
+/// List `list` (a `goldclone_gc_list` value) of a report; INVALID_ARGUMENT for another value.
+fn gc_list(r: &GcReport, list: u32) -> Result<&[String], Failure> {
+    Ok(match list {
+        0 => &r.removed,
+        1 => &r.recovered,
+        2 => &r.kept,
+        3 => &r.failed,
+        n => {
+            return Err(Failure::new(
+                goldclone_result::InvalidArgument,
+                format!("{n} is not a goldclone_gc_list"),
+            ))
+        }
+    })
+}
+
+/// Number of items in list `list` (a `goldclone_gc_list` value) of a gc report, in `*count`.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_gc_report_list_count(
+    report: *const goldclone_gc_report,
+    list: u32,
+    count: *mut usize,
+) -> goldclone_result {
+    ffi_body!("goldclone_gc_report_list_count", {
+        args::require(count, "count")?;
+        let r = gc_report(report)?;
+        let n = gc_list(&r, list)?.len();
+        // SAFETY: non-NULL (checked), writable by the caller's promise.
+        unsafe { args::store(count, n) };
+        Ok(())
+    })
+}
+
+/// Item `index` of list `list` of a gc report into a caller buffer. INVALID_ARGUMENT past the
+/// end or for an unknown list.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_gc_report_list_item(
+    report: *const goldclone_gc_report,
+    list: u32,
+    index: usize,
+    buf: *mut c_char,
+    buf_len: usize,
+    out_len: *mut usize,
+) -> goldclone_result {
+    ffi_body!("goldclone_gc_report_list_item", {
+        let r = gc_report(report)?;
+        let items = gc_list(&r, list)?;
+        let item = items.get(index).ok_or_else(|| index_error("gc report", index, items.len()))?;
+        // SAFETY: the caller's promise on buf/buf_len/out_len.
+        unsafe { args::write_string(buf, buf_len, out_len, item.as_bytes()) }
+    })
+}
+
+/// Number of removed items in a gc report, in `*count` (list GOLDCLONE_GC_LIST_REMOVED).
 #[no_mangle]
 pub unsafe extern "C" fn goldclone_gc_report_count(
     report: *const goldclone_gc_report,

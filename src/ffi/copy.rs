@@ -251,7 +251,11 @@ pub unsafe extern "C" fn goldclone_copy_tree(
             None => copy_tree(src, dst, &copy_opts),
             Some(callback) => {
                 let progress = Progress::new();
-                let token = copy_opts.cancel.get_or_insert_with(CancelToken::new).clone();
+                // The callback's stop cancels this copy only, never the caller's handle (which
+                // other copies may share); the caller's cancel still reaches this copy.
+                let token =
+                    copy_opts.cancel.as_ref().map_or_else(CancelToken::new, CancelToken::child);
+                copy_opts.cancel = Some(token.clone());
                 copy_opts.progress = Some(progress.clone());
                 let interval = Duration::from_millis(match o.progress_interval_ms {
                     0 => 100,
@@ -263,23 +267,26 @@ pub unsafe extern "C" fn goldclone_copy_tree(
                     // exactly this use; `snap` outlives the call.
                     unsafe { callback(o.progress_user_data, &snap) }
                 };
-                if report(false) != 0 {
-                    token.cancel();
-                }
+                token.decide(|| report(false) != 0);
                 let result = std::thread::scope(|scope| {
                     let (tx, rx) = mpsc::channel();
                     let copy_opts = &copy_opts;
-                    scope.spawn(move || {
-                        // The receiver lives until a result arrives.
-                        let _ = tx.send(copy_tree(src, dst, copy_opts));
-                    });
+                    let spawned = std::thread::Builder::new()
+                        .name("goldclone-copy".into())
+                        .spawn_scoped(scope, move || {
+                            // The receiver lives until a result arrives.
+                            let _ = tx.send(copy_tree(src, dst, copy_opts));
+                        });
+                    if let Err(e) = spawned {
+                        return Err(crate::Error::io("spawn the copy thread", dst, e));
+                    }
                     loop {
                         match rx.recv_timeout(interval) {
                             Ok(r) => break r,
                             Err(mpsc::RecvTimeoutError::Timeout) => {
                                 // Once cancelled, the caller hears nothing more from this copy.
-                                if !token.is_cancelled() && report(false) != 0 {
-                                    token.cancel();
+                                if !token.is_cancelled() {
+                                    token.decide(|| report(false) != 0);
                                 }
                             }
                             Err(mpsc::RecvTimeoutError::Disconnected) => {
