@@ -470,18 +470,8 @@ fn syscall_counts(
     src: &Path,
 ) -> BTreeMap<String, usize> {
     let log = root.with_extension("strace");
-    let out = Command::new("strace")
-        .args(["-f", "-qq", "-o"])
-        .arg(&log)
-        .arg("-e")
-        .arg(format!("trace={}", SWEPT.join(",")))
-        .arg(env!("CARGO_BIN_EXE_goldclone"))
-        .args(op.args(src.to_str().unwrap()))
-        .arg("--root")
-        .arg(root)
-        .args(["--backend", backend_arg(backend)])
-        .output()
-        .expect("strace (tests/run-all.sh installs it)");
+    let trace = format!("trace={}", SWEPT.join(","));
+    let out = under_strace(&["-o", log.to_str().unwrap(), "-e", &trace], root, backend, op, src);
     assert!(out.status.success(), "{op:?} under strace: {}", String::from_utf8_lossy(&out.stderr));
     let text = fs::read_to_string(&log).unwrap();
     let _ = fs::remove_file(&log);
@@ -531,16 +521,22 @@ fn run_with_kill(
     call: &str,
     nth: usize,
 ) -> Output {
+    let inject = format!("inject={call}:signal=SIGKILL:when={nth}");
+    under_strace(&["-o", "/dev/null", "-e", &inject], root, backend, op, src)
+}
+
+/// `op` run by the CLI under `strace -f -qq` with `options`.
+fn under_strace(options: &[&str], root: &Path, backend: BackendKind, op: Op, src: &Path) -> Output {
     Command::new("strace")
-        .args(["-f", "-qq", "-o", "/dev/null", "-e"])
-        .arg(format!("inject={call}:signal=SIGKILL:when={nth}"))
+        .args(["-f", "-qq"])
+        .args(options)
         .arg(env!("CARGO_BIN_EXE_goldclone"))
         .args(op.args(src.to_str().unwrap()))
         .arg("--root")
         .arg(root)
         .args(["--backend", backend_arg(backend)])
         .output()
-        .unwrap()
+        .expect("strace (tests/run-all.sh installs it)")
 }
 
 /// A kill at any system call, not only at the named points: sampled over every swept call of

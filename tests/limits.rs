@@ -109,3 +109,54 @@ fn a_thread_limit_never_panics_the_copy() {
     drop((some, none));
     let _ = goldclone::copy::remove_tree(&base);
 }
+
+/// Output that cannot be written (a full disk, a closed pipe) is an error the command reports
+/// on stderr with exit status 1, after the operation itself succeeded; never a panic.
+#[test]
+fn an_unwritable_stdout_is_an_error_not_a_panic() {
+    let mnt = common::mount(common::Fs::Ext4).expect("loop filesystems");
+    let root = mnt.join(format!("stdout-{}", std::process::id()));
+    let _ = goldclone::copy::remove_tree(&root);
+    let src = root.join("src");
+    tree(&src, 16);
+    let cache = root.join("cache");
+    fs::create_dir(&cache).unwrap();
+    let (r, s) = (cache.to_str().unwrap(), src.to_str().unwrap());
+    let bin = env!("CARGO_BIN_EXE_goldclone");
+    let full = |args: &[&str]| {
+        Command::new(bin)
+            .args(args)
+            .stdout(fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap()
+    };
+    let out = full(&["golden", "import", "--root", r, "proj", s]);
+    no_panic(&out, "import > /dev/full");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("No space left"), "{out:?}");
+    for args in [
+        vec!["info", "--root", r, "proj"],
+        vec!["session", "setup", "--root", r, "proj", "s1"],
+        vec!["gc", "--root", r],
+    ] {
+        let out = full(&args);
+        no_panic(&out, &format!("{args:?} > /dev/full"));
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+    }
+    // The setup itself happened: its output was what failed.
+    assert!(cache.join("proj/sessions/s1").is_dir());
+    // A closed pipe: the reader is gone before anything is written.
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!("exec 3>&1; ('{bin}' info --root '{r}' proj; echo \"rc=$?\" >&3) | (exec 0<&-; sleep 0.2)"))
+        .output()
+        .unwrap();
+    no_panic(&out, "info into a closed pipe");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("rc=1"),
+        "info into a closed pipe: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = goldclone::copy::remove_tree(&root);
+}

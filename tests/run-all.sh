@@ -83,7 +83,7 @@ require_ran "$host_log" copy_engine 8 || host_rc=1
 require_ran "$host_log" lifecycle 5 || host_rc=1
 require_ran "$host_log" lifecycle_crash 3 || host_rc=1
 require_ran "$host_log" lifecycle_safety 9 || host_rc=1
-require_ran "$host_log" limits 1 || host_rc=1
+require_ran "$host_log" limits 2 || host_rc=1
 
 c_rc=0; go_rc=0; zfs_rc=0
 suite c env GOLDCLONE_PROFILE=release tests/c/run.sh || c_rc=1

@@ -294,7 +294,12 @@ impl Scan {
     fn object_inside(&self, frame: &Frame, link: &Path, path: &Path, loc: &Location) -> bool {
         let Ok(c) = CString::new(link.as_os_str().as_bytes()) else { return false };
         let Ok(st) = statx_follow(&c, MntId::Listed) else { return false };
-        let Some(id) = st.mnt_id else { return false };
+        let Some(id) = st.mnt_id else {
+            // A kernel without STATX_MNT_ID (before 5.8): the mount the path names in the
+            // holder's own view.
+            return find_mount(&frame.mounts, path)
+                .is_some_and(|m| fs_path(m, path).is_some_and(|p| loc.contains(dev_of(m), &p)));
+        };
         // The kernel names an object relative to our root where it can, else relative to its
         // own namespace's root: try the holder's frame, then ours, then any frame with it.
         let own = self.own_frame();

@@ -921,14 +921,7 @@ impl Cache {
                     self.ensure_published(&g, &staging)?;
                     return Ok(Outcome::Finished(format!("{project}: finished import")));
                 }
-                let recorded = read_generation(root, project, *generation)?;
-                self.store.discard_generation(
-                    root,
-                    &g,
-                    &staging,
-                    recorded.as_ref().map(|m| &m.identity),
-                )?;
-                root.remove_file(&Layout::generation_meta(project, *generation))?;
+                self.undo_generation(&g, &staging)?;
                 for d in [
                     Layout::generations(project),
                     Layout::sessions(project),
@@ -983,14 +976,7 @@ impl Cache {
                         "{project}: finished promote of {session} to generation {generation}"
                     )));
                 }
-                let recorded = read_generation(root, project, *generation)?;
-                self.store.discard_generation(
-                    root,
-                    &g,
-                    &staging,
-                    recorded.as_ref().map(|m| &m.identity),
-                )?;
-                root.remove_file(&Layout::generation_meta(project, *generation))?;
+                self.undo_generation(&g, &staging)?;
                 Ok(Outcome::RolledBack(format!("{project}: rolled back generation {generation}")))
             }
             Intent::Cleanup { project, session, .. } => {
@@ -1019,6 +1005,19 @@ impl Cache {
                 }
             }
         }
+    }
+
+    /// Undo an import or promote of `g` that did not commit: what it built at `staging`, its
+    /// tree if it was published and recorded, and its record.
+    fn undo_generation(&self, g: &Generation, staging: &Path) -> Result<()> {
+        let recorded = read_generation(&self.root, &g.project, g.number)?;
+        self.store.discard_generation(
+            &self.root,
+            g,
+            staging,
+            recorded.as_ref().map(|m| &m.identity),
+        )?;
+        self.root.remove_file(&Layout::generation_meta(&g.project, g.number))
     }
 
     /// A committed generation is at its place: if a crash came between `current` and the

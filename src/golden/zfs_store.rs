@@ -153,11 +153,13 @@ impl ZfsStore {
         name: &str,
         props: &[&str],
     ) -> Result<Option<std::collections::BTreeMap<String, ZcpValue>>> {
+        // zfs.get_prop fails the whole program for a missing dataset and returns nothing for
+        // an unset user property.
         const PROGRAM: &str = r#"local argv = (...)["argv"]
+if not zfs.exists(argv[1]) then return "missing" end
 local out = {}
 for i = 2, #argv do
-  local ok, v = pcall(zfs.get_prop, argv[1], argv[i])
-  if not ok then return "missing" end
+  local v = zfs.get_prop(argv[1], argv[i])
   if v ~= nil then out[argv[i]] = v end
 end
 return out"#;
