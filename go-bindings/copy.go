@@ -34,9 +34,12 @@ type CopyOptions struct {
 	Sync bool
 	// CloneMinSize: files smaller than this are written instead of reflinked (0 = clone all).
 	CloneMinSize uint64
-	// OnProgress, if set, is called on the calling goroutine: once before the copy starts,
-	// every ProgressInterval while it runs, and once after it succeeded. It must not block for
-	// long (the copy goes on meanwhile, but cancellation is noticed between reports).
+	// OnProgress, if set, is called once before the copy starts, every ProgressInterval while
+	// it runs, and once after it succeeded, each time on a goroutine of its own while the
+	// calling goroutine waits (so one call at a time). It must not block for long (the copy
+	// goes on meanwhile, but cancellation is noticed between reports). If it panics or calls
+	// runtime.Goexit, the copy is cancelled (unless it had finished: the last report) and the
+	// panic or Goexit goes on in the calling goroutine when the copy has returned.
 	OnProgress func(Progress)
 	// ProgressInterval between reports (0 = 100ms).
 	ProgressInterval time.Duration
@@ -93,8 +96,9 @@ func (st *copyState) report(p Progress) (cancel int) {
 // CopyTree copies the directory tree src to dst exactly (cp -a semantics, file data reflinked
 // where the filesystem can). dst must not exist; its parent must. On any error, cancellation
 // included, nothing is left at dst. onProgress (may be nil) gets the bytes copied so far and
-// the total bytes (-1 until known), on the calling goroutine. Cancelling ctx stops the copy
-// with an error matching ErrCancelled and context.Canceled.
+// the total bytes (-1 until known), one call at a time (see CopyOptions.OnProgress). Cancelling
+// ctx stops the copy with an error matching ErrCancelled and ctx's error (context.Canceled or
+// context.DeadlineExceeded).
 func CopyTree(ctx context.Context, src, dst string, onProgress func(copied, total int64)) error {
 	opts := CopyOptions{}
 	if onProgress != nil {

@@ -28,8 +28,9 @@
 //
 // A *Cache may be used from many goroutines at once. Close releases it; a finalizer closes a
 // Cache that was dropped without Close, but call Close. Calls on a closed Cache fail with
-// ErrInvalidHandle. CopyTree runs on the calling goroutine; its progress callback is called on
-// that goroutine too, and ctx cancels it.
+// ErrInvalidHandle. CopyTree runs on the calling goroutine; its progress callback runs on a
+// goroutine of its own while the caller waits (a panic or runtime.Goexit there continues in the
+// caller), and ctx cancels it.
 //
 // Project and session ids are 1–64 bytes of [A-Za-z0-9_.-], not starting with '.' or '-'.
 // Paths may hold any bytes except NUL.

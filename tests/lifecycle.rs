@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use goldclone::golden::BackendKind;
+use goldclone::golden::{BackendKind, Cache, OpenOptions};
 use goldclone::{Error, ErrorKind};
 
 #[test]
@@ -281,7 +281,16 @@ fn gc_reports_a_session_whose_directory_and_record_are_gone() {
             // The operator's own cleanup of the dataset frees the name.
             let zfs = goldclone::zfs::Zfs::open().unwrap();
             let ds = report.kept[0].split_whitespace().find(|w| w.ends_with("s-lost")).unwrap();
-            zfs.destroy(&goldclone::zfs::DatasetName::new(ds).unwrap()).unwrap();
+            // A zvol whose XFS was just unmounted stays busy for a moment.
+            let ds = goldclone::zfs::DatasetName::new(ds).unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while let Err(e) = zfs.destroy(&ds) {
+                assert!(
+                    e.kind() == ErrorKind::Busy && std::time::Instant::now() < deadline,
+                    "{name}: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
         let again = cache.setup("proj", "lost").unwrap();
         assert_eq!(whole_generation(&again, 5), "1", "{name}");
@@ -289,6 +298,75 @@ fn gc_reports_a_session_whose_directory_and_record_are_gone() {
         cache.cleanup("proj", "lost").unwrap();
         cache.cleanup("proj", "kept").unwrap();
         assert!(cache.gc().unwrap().is_empty(), "{name}");
+    }
+    let _ = fs::remove_dir_all(&src);
+}
+
+/// A session made from an older generation (another session was promoted meanwhile): on the
+/// directory backends it becomes the next generation like any other; on ZFS it is refused
+/// with Unsupported (its clone's origin is an older snapshot) and nothing changes.
+#[test]
+fn promote_of_a_session_from_an_older_generation() {
+    let src = scratch_tree("older", "1", 5);
+    for (root, name) in roots("older") {
+        let cache = open(&root);
+        cache.import("proj", &src).unwrap();
+        let old = cache.setup("proj", "old").unwrap();
+        let new = cache.setup("proj", "new").unwrap();
+        golden_tree(&new, "2", 5);
+        assert_eq!(cache.promote("proj", "new").unwrap(), 2, "{name}");
+        golden_tree(&old, "3", 5);
+        let on_zfs = matches!(root.backend, BackendKind::Zfs | BackendKind::Zvol);
+        match cache.promote("proj", "old") {
+            Ok(g) => {
+                assert!(!on_zfs, "{name}: ZFS promoted a session of an older generation");
+                assert_eq!(g, 3, "{name}");
+                assert_eq!(current_marker(&cache, 5), "3", "{name}");
+            }
+            Err(e) => {
+                assert!(on_zfs, "{name}: {e}");
+                assert_eq!(e.kind(), ErrorKind::Unsupported, "{name}: {e}");
+                let info = cache.info("proj").unwrap();
+                assert_eq!(info.generation, 2, "{name}");
+                assert_eq!(current_marker(&cache, 5), "2", "{name}");
+                assert_eq!(whole_generation(&old, 5), "3", "{name}");
+            }
+        }
+        let report = cache.gc().unwrap();
+        assert!(report.kept.is_empty() && report.failed.is_empty(), "{name}: {report:?}");
+        cache.cleanup("proj", "old").unwrap();
+        cache.cleanup("proj", "new").unwrap();
+    }
+    let _ = fs::remove_dir_all(&src);
+}
+
+/// A cache made with one backend is refused when opened as another: its records name trees
+/// only that backend can judge.
+#[test]
+fn a_cache_is_opened_with_the_backend_it_was_made_with() {
+    let src = scratch_tree("kind", "1", 2);
+    for (root, name) in roots("kind") {
+        open(&root).import("proj", &src).unwrap();
+        let other = match root.backend {
+            BackendKind::Copy => None,
+            _ => Some(BackendKind::Copy),
+        };
+        if let Some(other) = other {
+            let e = Cache::open(
+                &root.path,
+                &OpenOptions { backend: Some(other), ..Default::default() },
+            )
+            .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Unsupported, "{name}: {e}");
+        }
+        // Importing a tree that holds the root would copy the cache into itself.
+        let cache = open(&root);
+        let parent = root.path.parent().unwrap();
+        for dir in [root.path.as_path(), parent] {
+            let e = cache.import("self", dir).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{name}: {e}");
+        }
+        assert!(!root.path.join("self").exists(), "{name}");
     }
     let _ = fs::remove_dir_all(&src);
 }

@@ -546,7 +546,7 @@ fn kill_at_sampled_system_calls_then_reopen() {
     let per_op: usize = std::env::var("GOLDCLONE_SWEEP_SAMPLES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(if in_zfs_guest() { 6 } else { 24 });
+        .unwrap_or(if in_zfs_guest() { 6 } else { 40 });
     let src = scratch_source("sweep");
     let mut killed = 0;
     let mut outcomes = BTreeMap::new();

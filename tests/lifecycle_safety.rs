@@ -301,6 +301,14 @@ fn what_goldclone_did_not_make_is_reported_never_removed() {
             ErrorKind::AlreadyExists,
             "{name}: import into a user's directory"
         );
+        // An empty directory of the user's: the refused import leaves it.
+        fs::create_dir(root.path.join("empty")).unwrap();
+        assert_eq!(cache.import("empty", &src).unwrap_err().kind(), ErrorKind::AlreadyExists);
+        assert!(
+            root.path.join("empty").is_dir(),
+            "{name}: a refused import removed the user's directory"
+        );
+        fs::remove_dir(root.path.join("empty")).unwrap();
         cache.import("proj", &src).unwrap();
         cache.setup("proj", "s1").unwrap();
         let report = cache.gc().unwrap();
@@ -631,6 +639,59 @@ fn a_failed_operation_has_no_effect() {
     let _ = fs::remove_dir_all(&src);
 }
 
+/// Class 6 under races: setups and cleanups of one session name from several threads at once.
+/// Each call either takes effect or fails with no effect; afterwards the session's record and
+/// tree agree, and nothing was left behind.
+#[test]
+fn one_session_name_raced_by_setups_and_cleanups() {
+    let src = scratch_tree("race", "1", FILES);
+    for (root, name) in roots("race") {
+        let cache = open(&root);
+        cache.import("proj", &src).unwrap();
+        let made = AtomicU64::new(0);
+        let removed = AtomicU64::new(0);
+        std::thread::scope(|scope| {
+            for t in 0..4 {
+                let (cache, made, removed) = (&cache, &made, &removed);
+                scope.spawn(move || {
+                    for i in 0..30 {
+                        if (i + t) % 2 == 0 {
+                            match cache.setup("proj", "x") {
+                                Ok(_) => drop(made.fetch_add(1, Ordering::Relaxed)),
+                                Err(e) => assert!(
+                                    matches!(e.kind(), ErrorKind::AlreadyExists | ErrorKind::Busy),
+                                    "{e}"
+                                ),
+                            }
+                        } else {
+                            match cache.cleanup("proj", "x") {
+                                Ok(()) => drop(removed.fetch_add(1, Ordering::Relaxed)),
+                                Err(e) => assert!(
+                                    matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Busy),
+                                    "{e}"
+                                ),
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let (made, removed) = (made.into_inner(), removed.into_inner());
+        let listed = cache.info("proj").unwrap().sessions.iter().any(|(s, _)| s == "x");
+        assert_eq!(made, removed + u64::from(listed), "{name}: {made} setups, {removed} cleanups");
+        assert_eq!(listed, root.path.join("proj/sessions/x").exists(), "{name}");
+        if listed {
+            assert_eq!(whole_generation(&root.path.join("proj/sessions/x"), FILES), "1", "{name}");
+            cache.cleanup("proj", "x").unwrap();
+        }
+        let report = cache.gc().unwrap();
+        assert!(report.kept.is_empty() && report.failed.is_empty(), "{name}: {report:?}");
+        assert_eq!(intents_of(&root.path, "proj"), 0, "{name}");
+        assert!(fs::read_dir(root.path.join("proj/sessions")).unwrap().next().is_none(), "{name}");
+    }
+    let _ = fs::remove_dir_all(&src);
+}
+
 /// Class 7: one stuck project never blocks the others: not gc, not open, not their operations.
 #[test]
 fn one_stuck_project_does_not_block_the_others() {
@@ -651,6 +712,8 @@ fn one_stuck_project_does_not_block_the_others() {
         fs::create_dir_all(&d_trash).unwrap();
         fs::write(d_trash.join("file"), "x").unwrap();
         let d_stuck = chattr("+i", &d_trash.join("file"));
+        // A name goldclone never gives trash: not removed.
+        fs::write(root.path.join(".goldclone/trash/b/user-file"), "mine").unwrap();
         // a: held exclusively by someone for as long as this test runs, with a dead intent.
         let journal = root.path.join(".goldclone/projects/a/journal");
         fs::create_dir_all(&journal).unwrap();
@@ -688,6 +751,12 @@ fn one_stuck_project_does_not_block_the_others() {
         drop((gate, lock));
         let report = cache.gc().unwrap();
         assert!(!b_trash.exists(), "{name}");
+        assert!(report.kept.iter().any(|k| k.contains("user-file")), "{name}: {report:?}");
+        assert_eq!(
+            fs::read_to_string(root.path.join(".goldclone/trash/b/user-file")).unwrap(),
+            "mine"
+        );
+        fs::remove_file(root.path.join(".goldclone/trash/b/user-file")).unwrap();
         assert!(
             report.kept.iter().any(|k| k.contains("/c/current") || k.contains("project c")),
             "{name}: {report:?}"
@@ -769,7 +838,7 @@ fn two_zvol_roots_on_one_parent_share_nothing() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let base = format!("{parent}/tworoots");
-    let _ = Command::new("zfs").args(["destroy", "-r", &base]).status();
+    let _ = Command::new("zfs").args(["destroy", "-r", &base]).stderr(Stdio::null()).status();
     sh(&format!("zfs create -o mountpoint=none {base}"));
     let src = scratch_tree("tworoots", "1", FILES);
     let mut roots = Vec::new();
@@ -807,6 +876,11 @@ fn two_zvol_roots_on_one_parent_share_nothing() {
         listed.contains(&format!("{base}/zc.goldclone/proj")),
         "the foreign dataset went: {listed}"
     );
+    // A dataset a user made inside A's own one inherits the mark, but is not A's.
+    sh(&format!("zfs create -o mountpoint=none {base}/za.goldclone/other"));
+    let e = a.import("other", &src).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
+    assert!(sh(&format!("zfs list -H -o name {base}/za.goldclone/other")).contains("other"));
     // B's failures and B's gc leave A alone.
     assert!(b.import("proj", &src).is_err());
     b.setup("proj", "s1").unwrap();

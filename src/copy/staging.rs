@@ -283,11 +283,16 @@ fn open_for_removal(parent: BorrowedFd<'_>, name: &CStr) -> nix::Result<OwnedFd>
         Ok(fd) => Ok(fd),
         Err(rustix::io::Errno::NOSYS) => {
             let fd = openat(parent, name, DIR_FLAGS, Mode::empty())?;
+            // The mount ids where the kernel has them (5.8), else at least the device: a mount
+            // of another filesystem is caught, a bind mount of the same one is not.
             let mnt = |fd: BorrowedFd<'_>| {
                 sys::detect::fstatx(fd, sys::detect::MntId::Listed).ok().and_then(|s| s.mnt_id)
             };
+            let dev = |fd: BorrowedFd<'_>| fstat(fd).map(|s| s.st_dev).ok();
             match (mnt(parent), mnt(fd.as_fd())) {
                 (Some(a), Some(b)) if a != b => Err(nix::Error::EXDEV),
+                (Some(_), Some(_)) => Ok(fd),
+                _ if dev(parent) != dev(fd.as_fd()) => Err(nix::Error::EXDEV),
                 _ => Ok(fd),
             }
         }

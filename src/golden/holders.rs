@@ -24,7 +24,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::detect::{find_mount, parse_mountinfo_bytes, Mount};
+use crate::detect::{find_mount, parse_line_bytes, Mount};
 use crate::sys::detect::{statx_follow, MntId};
 use crate::{Error, Result};
 
@@ -115,18 +115,34 @@ pub(crate) fn holders(tree: &Path, is_mount: bool) -> Result<Vec<Holder>> {
         dev: dev_of(mount),
         path: fs_path(mount, tree).expect("the mount holding a path is a prefix of it"),
     };
-    // The mount we made and the copies that go with its unmount.
-    let (own_mount, own_group) = if is_mount && at_mount_point {
-        (Some(mount.mount_id), peer_group(mount, "shared:"))
+    // The mount we made, and the copies its unmount takes along: mounts that propagation made
+    // of it (peers, or slaves of its group) on the same directory, seen through any mount of
+    // the parent filesystem. A bind mount of the session elsewhere shares the peer group but
+    // sits somewhere else, and stays a holder.
+    let own = if is_mount && at_mount_point {
+        let place = own.get(mount.parent_id).and_then(|p| {
+            fs_path(p, &mount.mount_point).map(|path| Location { dev: dev_of(p), path })
+        });
+        Some((mount.mount_id, peer_group(mount, "shared:"), place))
     } else {
-        (None, None)
+        None
     };
-    let goes_with_ours = |m: &Mount| {
-        Some(m.mount_id) == own_mount
-            || own_group.as_ref().is_some_and(|g| {
-                peer_group(m, "shared:").as_ref() == Some(g)
-                    || peer_group(m, "master:").as_ref() == Some(g)
+    let goes_with_ours = |m: &Mount, frame: &Frame| {
+        let Some((id, group, place)) = &own else { return false };
+        if m.mount_id == *id {
+            return true;
+        }
+        let related = group.as_ref().is_some_and(|g| {
+            peer_group(m, "shared:").as_ref() == Some(g)
+                || peer_group(m, "master:").as_ref() == Some(g)
+        });
+        let same_place = || {
+            frame.get(m.parent_id).is_some_and(|p| {
+                fs_path(p, &m.mount_point)
+                    .is_some_and(|path| place.as_ref() == Some(&Location { dev: dev_of(p), path }))
             })
+        };
+        related && same_place()
     };
     scan.mount_holders(&location, &goes_with_ours, &mut out);
     scan.process_holders(&location, &mut out);
@@ -183,8 +199,14 @@ impl Scan {
             let index = match keys.get(&key) {
                 Some(&i) => i,
                 None => {
+                    // Unreadable (the process is gone): its links are gone too. A line that
+                    // does not parse is skipped, never the whole namespace.
                     let Ok(text) = std::fs::read(base.join("mountinfo")) else { continue };
-                    let Ok(mounts) = parse_mountinfo_bytes(&text) else { continue };
+                    let mounts: Vec<Mount> = text
+                        .split(|&c| c == b'\n')
+                        .filter(|l| !l.is_empty())
+                        .filter_map(|l| parse_line_bytes(l).ok())
+                        .collect();
                     let by_id = mounts.iter().enumerate().map(|(i, m)| (m.mount_id, i)).collect();
                     frames.push(Frame { mounts, by_id, pid, ns });
                     keys.insert(key, frames.len() - 1);
@@ -205,13 +227,15 @@ impl Scan {
     fn mount_holders(
         &self,
         loc: &Location,
-        goes_with_ours: &dyn Fn(&Mount) -> bool,
+        goes_with_ours: &dyn Fn(&Mount, &Frame) -> bool,
         out: &mut Vec<Holder>,
     ) {
-        let mut seen = BTreeSet::new();
+        // A mount is judged in every frame it appears in (a chroot's frame may lack its
+        // parent), and reported once.
+        let mut reported = BTreeSet::new();
         for f in &self.frames {
             for m in &f.mounts {
-                if !seen.insert(m.mount_id) || goes_with_ours(m) {
+                if reported.contains(&m.mount_id) || goes_with_ours(m, f) {
                     continue;
                 }
                 let shows = loc.contains(dev_of(m), &m.root);
@@ -220,6 +244,7 @@ impl Scan {
                         fs_path(p, &m.mount_point).is_some_and(|mp| loc.contains(dev_of(p), &mp))
                     });
                 if shows || sits_inside {
+                    reported.insert(m.mount_id);
                     let how = if shows { "shows" } else { "is mounted inside" };
                     out.push(Holder {
                         pid: Some(f.pid),
@@ -312,11 +337,17 @@ impl Scan {
                 return loc.contains(dev_of(m), &p);
             }
         }
-        // Mount found but the path does not line up with it: busy if that mount could hold
-        // the location at all.
-        any.is_some_and(|m| {
-            dev_of(m) == loc.dev && (m.root.starts_with(&loc.path) || loc.path.starts_with(&m.root))
-        })
+        match any {
+            // Mount found but the path does not line up with it: busy if that mount could
+            // hold the location at all.
+            Some(m) => {
+                dev_of(m) == loc.dev
+                    && (m.root.starts_with(&loc.path) || loc.path.starts_with(&m.root))
+            }
+            // A mount no frame lists (detached with umount -l, or of a namespace without
+            // processes): busy if the object is on the location's filesystem at all.
+            None => (st.dev_major, st.dev_minor) == loc.dev,
+        }
     }
 }
 

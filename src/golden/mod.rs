@@ -219,9 +219,9 @@ impl Cache {
             });
         }
         let canonical = root.canonicalize().map_err(|e| Error::io("canonicalize", root, e))?;
-        let (_, choice) = choose(&canonical, opts)?;
+        let (kind, choice) = choose(&canonical, opts)?;
         let dir = RootDir::open(&canonical)?;
-        let cache_id = state::open_state(&dir)?;
+        let cache_id = state::open_state(&dir, kind)?;
         let threads = opts.copy_threads;
         let store: Box<dyn Store> = match choice {
             Choice::Copy => Box::new(CopyStore { threads }),
@@ -263,6 +263,16 @@ impl Cache {
         if !meta.is_dir() {
             return Err(Error::NotADirectory { path: dir.to_path_buf() });
         }
+        // The root inside the tree would be copied into itself (the cache, every project and
+        // the staging copy) until the filesystem fills. A tree inside the root (a session) is
+        // fine.
+        let src = dir.canonicalize().map_err(|e| Error::io("canonicalize", dir, e))?;
+        if self.root.path().starts_with(&src) {
+            return Err(Error::DestinationInsideSource {
+                src: dir.to_path_buf(),
+                dst: self.root.path().to_path_buf(),
+            });
+        }
         if self.root.entry(&Layout::project(project))?.is_some()
             && self.root.entry(&Layout::project_state(project))?.is_none()
         {
@@ -292,13 +302,14 @@ impl Cache {
                 });
             }
             let generation = 1;
-            self.store.generation_free(&self.generation(project, generation, generation))?;
+            self.store.generation_free(&self.generation(project, generation, generation), None)?;
             let staging = state::own_name("import", "1");
             let intent = Intent::Import { project: project.to_string(), generation, staging };
             self.run(
                 &intent,
+                || Ok(()),
                 || generation,
-                || {
+                |()| {
                     for d in [
                         Layout::project(project),
                         Layout::generations(project),
@@ -320,7 +331,7 @@ impl Cache {
         })();
         if imported.is_err() {
             // A project that never came to be leaves nothing: no lock files, no journal.
-            let _ = self.forget_if_empty(project);
+            let _ = self.forget_if_empty(project, &lock);
         }
         drop(lock);
         imported
@@ -334,23 +345,30 @@ impl Cache {
         let _lock = self.lock_shared(project)?;
         let (generation, gen_meta) = self.current_generation(project)?;
         let s = self.session(project, session);
-        if read_session(&self.root, project, session)?.is_some()
-            || self.root.entry(&s.place)?.is_some()
-        {
-            return Err(Error::AlreadyExists { path: self.root.join(&s.place) });
-        }
-        self.store.session_free(&s)?;
+        // Refused at once if taken; checked again once the intent holds the session's name, so
+        // that a setup that raced this one to the same name is never taken for this one.
+        let free = || -> Result<()> {
+            if read_session(&self.root, project, session)?.is_some()
+                || self.root.entry(&s.place)?.is_some()
+            {
+                return Err(Error::AlreadyExists { path: self.root.join(&s.place) });
+            }
+            self.store.session_free(&s)
+        };
+        free()?;
+        let staging_name = state::own_name("setup", session);
         let intent = Intent::Setup {
             project: project.to_string(),
             session: session.to_string(),
             generation: generation.number,
-            staging: state::own_name("setup", session),
+            staging: staging_name.clone(),
         };
         let path = self.root.join(&s.place);
         self.run(
             &intent,
+            free,
             || path.clone(),
-            || {
+            |()| {
                 let staging = self.staging_of(&intent);
                 let identity = self.store.create_session(
                     &self.root,
@@ -369,13 +387,13 @@ impl Cache {
                         generation: generation.number,
                         created_at: state::now(),
                         identity,
+                        made_by: staging_name.clone(),
                     },
                 )?;
                 fault::point("setup:meta-written");
-                if let Err(e) = self.store.publish(&self.root, &staging, &s.place) {
-                    self.root.remove_file(&Layout::session_meta(project, session))?;
-                    return Err(e);
-                }
+                // Failing here (even after the rename, on its fsync), recovery decides from what is
+                // where: the record stays for it.
+                self.store.publish(&self.root, &staging, &s.place)?;
                 Ok(path.clone())
             },
         )
@@ -383,7 +401,9 @@ impl Cache {
 
     /// Make the session's tree the project's next generation; returns that generation. The
     /// session must be quiesced (in use by nothing: [`Error::SessionBusy`] otherwise) and keeps
-    /// running unchanged afterwards; sessions of older generations are not touched.
+    /// running unchanged afterwards; sessions of older generations are not touched. On ZFS the
+    /// session must have been made from the current generation (a clone of an older snapshot
+    /// cannot become the head every live generation's snapshot sits on): Unsupported otherwise.
     pub fn promote(&self, project: &str, session: &str) -> Result<u64> {
         validate_name(project)?;
         validate_name(session)?;
@@ -393,6 +413,7 @@ impl Cache {
         let meta = self.session_meta(project, session)?;
         let s = self.session(project, session);
         self.check_session_place(&s, &meta)?;
+        self.store.can_promote(&s, meta.generation, previous.number)?;
         self.ensure_unused(&s)?;
         let number = state::generation_numbers(&self.root, project)?
             .last()
@@ -407,17 +428,19 @@ impl Cache {
                 what: "is in the way of the next generation and has no record".into(),
             });
         }
-        self.store.generation_free(&g)?;
+        self.store.generation_free(&g, Some(&s))?;
         let intent = Intent::Promote {
             project: project.to_string(),
             session: session.to_string(),
             generation: number,
             staging: state::own_name("promote", &number.to_string()),
         };
+        // The exclusive lock keeps everything checked above as it is.
         self.run(
             &intent,
+            || Ok(()),
             || number,
-            || {
+            |()| {
                 let staging = self.staging_of(&intent);
                 let identity =
                     self.store.promote(&self.root, &s, &meta.identity, &g, &previous, &staging)?;
@@ -437,21 +460,35 @@ impl Cache {
         validate_name(session)?;
         let _lock = self.lock_shared(project)?;
         self.known_project(project)?;
-        let meta = self.session_meta(project, session)?;
         let s = self.session(project, session);
-        if self.root.entry(&s.place)?.is_some_and(|e| !e.is_dir()) {
-            return Err(Error::Damaged {
-                path: self.root.join(&s.place),
-                what: "is not the session's directory (a symlink or a file)".into(),
-            });
-        }
-        match self.store.session_presence(&self.root, &s, &meta.identity)? {
-            Presence::Here | Presence::Elsewhere(_) => self.ensure_unused(&s)?,
-            Presence::Absent => {}
-            Presence::Other(what) => {
-                return Err(Error::Damaged { path: self.root.join(&s.place), what })
+        // What is to be removed, and that nothing holds it: checked before the intent is
+        // recorded (bad input changes nothing), and again once the intent holds the session's
+        // name, against the record first seen, so that what is removed is what was checked.
+        let seen = self.session_meta(project, session)?;
+        let check = || -> Result<SessionMeta> {
+            let meta = self.session_meta(project, session)?;
+            if meta != seen {
+                return Err(Error::UnknownSession {
+                    project: project.to_string(),
+                    session: session.to_string(),
+                });
             }
-        }
+            if self.root.entry(&s.place)?.is_some_and(|e| !e.is_dir()) {
+                return Err(Error::Damaged {
+                    path: self.root.join(&s.place),
+                    what: "is not the session's directory (a symlink or a file)".into(),
+                });
+            }
+            match self.store.session_presence(&self.root, &s, &meta.identity)? {
+                Presence::Here | Presence::Elsewhere(_) => self.ensure_unused(&s)?,
+                Presence::Absent => {}
+                Presence::Other(what) => {
+                    return Err(Error::Damaged { path: self.root.join(&s.place), what })
+                }
+            }
+            Ok(meta)
+        };
+        check()?;
         let intent = Intent::Cleanup {
             project: project.to_string(),
             session: session.to_string(),
@@ -460,8 +497,9 @@ impl Cache {
         let trash = self.staging_of(&intent);
         self.run(
             &intent,
+            check,
             || (),
-            || {
+            |meta| {
                 let retired = self.store.retire_session(&self.root, &s, &meta.identity, &trash)?;
                 fault::point("cleanup:tree-moved");
                 self.owe(project, &retired)?;
@@ -476,7 +514,7 @@ impl Cache {
                 Ok(())
             },
         )?;
-        let _ = self.reclaim_if_unused(project, meta.generation);
+        let _ = self.reclaim_if_unused(project, seen.generation);
         Ok(())
     }
 
@@ -505,10 +543,10 @@ impl Cache {
         }
         for project in projects {
             match lock_project(&self.root, &project, true, false, Wait::Up(GC_LOCK_WAIT)) {
-                Ok(Some(_lock)) => {
+                Ok(Some(lock)) => {
                     let mut r = GcReport::default();
-                    self.recover(&project, &mut r);
-                    if let Err(e) = self.collect(&project, &mut r) {
+                    self.recover(&project, &lock, &mut r);
+                    if let Err(e) = self.collect(&project, &lock, &mut r) {
                         r.failed.push(format!("{project}: {e}"));
                     }
                     report.merge(r);
@@ -667,6 +705,8 @@ impl Cache {
         staging: &Path,
     ) -> Result<()> {
         let meta_path = Layout::generation_meta(&g.project, g.number);
+        let made_by =
+            staging.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         state::write_json(
             &self.root,
             &meta_path,
@@ -677,6 +717,7 @@ impl Cache {
                 source_session: source.map(str::to_string),
                 backend: self.backend(),
                 identity,
+                made_by,
             },
         )?;
         fault::point(if source.is_some() { "promote:meta-written" } else { "import:meta-written" });
@@ -797,10 +838,10 @@ impl Cache {
             }
             // An import killed before it had both lock files: make them to lock it.
             match lock_project(&self.root, &project, true, unborn, Wait::No) {
-                Ok(Some(_lock)) => {
-                    self.recover(&project, &mut report);
+                Ok(Some(lock)) => {
+                    self.recover(&project, &lock, &mut report);
                     self.empty_trash(&project, &mut report);
-                    if let Err(e) = self.forget_if_empty(&project) {
+                    if let Err(e) = self.forget_if_empty(&project, &lock) {
                         report.failed.push(format!("{project}: {e}"));
                     }
                 }
@@ -813,7 +854,7 @@ impl Cache {
 
     /// Resolve every dead intent of `project` (exclusive lock held), reporting each, and remove
     /// temporary files of dead writers. Never stops at one failure.
-    fn recover(&self, project: &str, report: &mut GcReport) {
+    fn recover(&self, project: &str, lock: &ProjectLock, report: &mut GcReport) {
         let found = match state::intents(&self.root, project) {
             Ok(f) => f,
             Err(e) => {
@@ -830,7 +871,7 @@ impl Cache {
                             report.failed.push(format!("{project}: {e}"));
                         }
                         if exclusive {
-                            let _ = self.forget_if_empty(project);
+                            let _ = self.forget_if_empty(project, lock);
                         }
                         report.recovered.push(outcome.describe());
                     }
@@ -848,16 +889,19 @@ impl Cache {
         }
     }
 
-    /// Record `intent` and run `work`. If `work` fails, resolve the intent as recovery would:
+    /// Record `intent`, `check` (again) that the operation may go on, and run `work` with
+    /// what the check found. A failed check ends the operation before anything was made: the
+    /// intent is just cleared. If `work` fails, the intent is resolved as recovery would:
     /// undone, the error is returned; finished (it could only go forward), the operation took
     /// effect and `finished()` is its result; if even resolving fails, the error is
     /// [`Error::Incomplete`] and the intent stays for recovery. After the commit, a failure to
     /// clear the intent does not make the operation fail: recovery finds it committed.
-    fn run<T>(
+    fn run<C, T>(
         &self,
         intent: &Intent,
+        check: impl FnOnce() -> Result<C>,
         finished: impl FnOnce() -> T,
-        work: impl FnOnce() -> Result<T>,
+        work: impl FnOnce(C) -> Result<T>,
     ) -> Result<T> {
         let record = self.record(intent)?;
         fault::point(match intent {
@@ -866,7 +910,14 @@ impl Cache {
             Intent::Promote { .. } => "promote:intent-recorded",
             Intent::Cleanup { .. } => "cleanup:intent-recorded",
         });
-        match work() {
+        let checked = match check() {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = record.clear(&self.root);
+                return Err(e);
+            }
+        };
+        match work(checked) {
             Ok(value) => {
                 let _ = record.clear(&self.root);
                 Ok(value)
@@ -931,10 +982,17 @@ impl Cache {
                 }
                 Ok(Outcome::RolledBack(format!("{project}: rolled back import")))
             }
-            Intent::Setup { project, session, .. } => {
+            Intent::Setup { project, session, staging: made_by, .. } => {
                 let s = self.session(project, session);
                 let what = |done: &str| format!("{project}: {done} setup of session {session}");
-                if let Some(meta) = read_session(root, project, session)? {
+                let meta = read_session(root, project, session)?;
+                // A record another setup made (this one died before its own checks): this
+                // setup made nothing, and the session is not its to touch.
+                if meta.as_ref().is_some_and(|m| m.made_by != *made_by) {
+                    self.store.discard_session(root, &s, &staging, false)?;
+                    return Ok(Outcome::RolledBack(what("rolled back")));
+                }
+                if let Some(meta) = meta {
                     match self.store.session_presence(root, &s, &meta.identity)? {
                         Presence::Here | Presence::Elsewhere(_) => {
                             return Ok(Outcome::Finished(what("finished")))
@@ -952,7 +1010,7 @@ impl Cache {
                         }
                     }
                 }
-                self.store.discard_session(root, &s, &staging)?;
+                self.store.discard_session(root, &s, &staging, true)?;
                 root.remove_file(&Layout::session_meta(project, session))?;
                 Ok(Outcome::RolledBack(what("rolled back")))
             }
@@ -1035,25 +1093,34 @@ impl Cache {
     }
 
     /// Remove the state of a project that has nothing: no generation, no session, no intent.
-    /// Exclusive lock held. The lock files go last; waiters notice (see `lock_project`).
-    fn forget_if_empty(&self, project: &str) -> Result<()> {
+    /// `lock` is the project's exclusive lock, and must still be the project's (not a lock on
+    /// files a rolled-back import removed, while a new import made new ones). The lock files go
+    /// last; waiters notice (see `lock_project`). The project's directories under the root are
+    /// the import's to remove (undoing it), not this: they may be a user's.
+    fn forget_if_empty(&self, project: &str, lock: &ProjectLock) -> Result<()> {
         let root = &self.root;
-        if read_current(root, project).ok().flatten().is_some()
+        debug_assert!(lock.exclusive);
+        if !lock.is_current(root)?
+            || read_current(root, project).ok().flatten().is_some()
             || !state::generation_numbers(root, project)?.is_empty()
             || !state::session_names(root, project)?.is_empty()
             || !root.list(&Layout::journal(project))?.is_empty()
         {
             return Ok(());
         }
-        for d in [Layout::generations(project), Layout::sessions(project), Layout::project(project)]
-        {
-            root.rmdir(&d)?;
-        }
+        // Dead writers' temporary files go first; anything else left in a directory keeps the
+        // project (and its locks) where it is.
+        state::remove_record_temps(root, project)?;
         let state_dir = Layout::project_state(project);
-        for d in ["journal", "gen", "sessions", "trash"] {
-            root.rmdir(&state_dir.join(d))?;
+        for d in ["journal", "gen", "sessions", "trash"]
+            .iter()
+            .map(|d| state_dir.join(d))
+            .chain(std::iter::once(Layout::trash(project)))
+        {
+            if !root.rmdir(&d)? && root.entry(&d)?.is_some() {
+                return Ok(());
+            }
         }
-        root.rmdir(&Layout::trash(project))?;
         for f in ["gate", "lock"] {
             root.remove_file(&state_dir.join(f))?;
         }
@@ -1070,6 +1137,12 @@ impl Cache {
         };
         for name in names {
             let t = Layout::trash(project).join(&name);
+            if !name.to_str().is_some_and(state::is_own_name) {
+                report
+                    .kept
+                    .push(format!("{}: not a name goldclone gives trash; left alone", self.at(&t)));
+                continue;
+            }
             match self.store.remove_trash(&self.root, &t) {
                 Ok(()) => report.removed.push(format!("trash {}", self.at(&t))),
                 Err(e) => report.failed.push(format!("removing trash {}: {e}", self.at(&t))),
@@ -1078,8 +1151,11 @@ impl Cache {
     }
 
     /// Garbage-collect one project (exclusive lock held, intents resolved).
-    fn collect(&self, project: &str, report: &mut GcReport) -> Result<()> {
+    fn collect(&self, project: &str, lock: &ProjectLock, report: &mut GcReport) -> Result<()> {
         let root = &self.root;
+        if !lock.is_current(root)? {
+            return Ok(()); // recovery found it never came to be, and forgot it
+        }
         // Trash and owed removals first: they are ours whatever else is damaged.
         self.empty_trash(project, report);
         let (owed, _) = state::record_names(root, &Layout::owed(project))?;
@@ -1102,7 +1178,7 @@ impl Cache {
         let current = match read_current(root, project) {
             Ok(Some(c)) => c,
             Ok(None) => {
-                if self.forget_if_empty(project).is_err()
+                if self.forget_if_empty(project, lock).is_err()
                     || root.entry(&Layout::project_state(project))?.is_some()
                 {
                     report.kept.push(format!("{project}: has no current generation; left alone"));

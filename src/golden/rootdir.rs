@@ -31,6 +31,8 @@ pub(crate) struct Entry {
     pub dev: u64,
     pub ino: u64,
     pub mode: u32,
+    /// Birth time in nanoseconds since the epoch, where the filesystem records one.
+    pub birth: Option<u64>,
 }
 
 impl Entry {
@@ -39,10 +41,25 @@ impl Entry {
     }
 }
 
-impl From<rustix::fs::Stat> for Entry {
-    fn from(st: rustix::fs::Stat) -> Self {
-        Entry { dev: st.st_dev, ino: st.st_ino, mode: st.st_mode }
-    }
+/// What `statx` says of `name` in `dir` (not following a symlink), birth time included.
+pub(crate) fn statx_entry(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<Entry> {
+    use rustix::fs::{makedev, StatxFlags};
+    let empty = if name.is_empty() { AtFlags::EMPTY_PATH } else { AtFlags::empty() };
+    let st = rustix::fs::statx(
+        dir,
+        name,
+        AtFlags::SYMLINK_NOFOLLOW | empty,
+        StatxFlags::TYPE | StatxFlags::MODE | StatxFlags::INO | StatxFlags::BTIME,
+    )?;
+    let birth = StatxFlags::from_bits_retain(st.stx_mask).contains(StatxFlags::BTIME).then(|| {
+        (st.stx_btime.tv_sec as u64).wrapping_mul(1_000_000_000) + u64::from(st.stx_btime.tv_nsec)
+    });
+    Ok(Entry {
+        dev: makedev(st.stx_dev_major, st.stx_dev_minor),
+        ino: st.stx_ino,
+        mode: u32::from(st.stx_mode),
+        birth,
+    })
 }
 
 /// The open cache root.
@@ -127,8 +144,8 @@ impl RootDir {
             Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(None),
             Err(e) => return Err(e),
         };
-        match rustix::fs::statat(&parent_fd, name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) => Ok(Some(st.into())),
+        match statx_entry(parent_fd.as_fd(), name) {
+            Ok(e) => Ok(Some(e)),
             Err(rustix::io::Errno::NOENT) => Ok(None),
             Err(e) => Err(Error::io("stat", self.join(rel), errno(e))),
         }
@@ -140,12 +157,10 @@ impl RootDir {
         let (parent_fd, name) = self.parent(rel)?;
         match rustix::fs::mkdirat(&parent_fd, name, Mode::from_raw_mode(0o755)) {
             Ok(()) => Ok(true),
-            Err(rustix::io::Errno::EXIST) => {
-                match rustix::fs::statat(&parent_fd, name, AtFlags::SYMLINK_NOFOLLOW) {
-                    Ok(st) if Entry::from(st).is_dir() => Ok(false),
-                    _ => Err(Error::AlreadyExists { path: self.join(rel) }),
-                }
-            }
+            Err(rustix::io::Errno::EXIST) => match statx_entry(parent_fd.as_fd(), name) {
+                Ok(e) if e.is_dir() => Ok(false),
+                _ => Err(Error::AlreadyExists { path: self.join(rel) }),
+            },
             Err(e) => Err(Error::io("mkdir", self.join(rel), errno(e))),
         }
     }

@@ -72,8 +72,10 @@ pub fn validate_name(name: &str) -> Result<()> {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub(crate) enum Identity {
-    /// A directory (copy backend): its inode, on the cache root's filesystem.
-    Dir { ino: u64 },
+    /// A directory (copy backend): its inode, on the cache root's filesystem, and its birth
+    /// time in nanoseconds where the filesystem records one (an inode number alone can be
+    /// reused by the next directory made).
+    Dir { ino: u64, birth: Option<u64> },
     /// A btrfs subvolume: its subvolume (tree) id.
     Subvolume { id: u64 },
     /// A ZFS dataset or snapshot: its name and guid.
@@ -89,6 +91,9 @@ pub(crate) struct GenerationMeta {
     pub source_session: Option<String>,
     pub backend: BackendKind,
     pub identity: Identity,
+    /// The staging name of the operation that made it: recovery takes a record as its
+    /// operation's commit only if it is this one.
+    pub made_by: String,
 }
 
 /// The record of one session.
@@ -99,6 +104,8 @@ pub(crate) struct SessionMeta {
     pub generation: u64,
     pub created_at: u64,
     pub identity: Identity,
+    /// The staging name of the setup that made it (see [`GenerationMeta::made_by`]).
+    pub made_by: String,
 }
 
 /// `cache.json`.
@@ -106,6 +113,8 @@ pub(crate) struct SessionMeta {
 struct CacheMeta {
     layout: u32,
     id: String,
+    /// The backend the cache was made with: records mean something only to it.
+    backend: BackendKind,
 }
 
 /// What an operation in flight is about to do: enough to finish or undo it after a crash. The
@@ -291,14 +300,16 @@ impl Layout {
     }
 }
 
-/// The state directory's version check and this cache's id, created on first use.
-pub(crate) fn open_state(root: &RootDir) -> Result<String> {
+/// The state directory's version check and this cache's id, created on first use with
+/// `backend`; a cache made with another backend is refused (its records name trees another
+/// backend cannot judge).
+pub(crate) fn open_state(root: &RootDir, backend: BackendKind) -> Result<String> {
     root.mkdir(&Layout::state())?;
     root.mkdir(&Layout::projects())?;
     root.mkdir(&Layout::state().join("trash"))?;
     let path = Layout::cache_meta();
     if root.read(&path)?.is_none() {
-        let fresh = CacheMeta { layout: LAYOUT_VERSION, id: random_id()? };
+        let fresh = CacheMeta { layout: LAYOUT_VERSION, id: random_id()?, backend };
         match root.create_new(&path, &to_json(root, &path, &fresh)?) {
             Ok(()) | Err(Error::AlreadyExists { .. }) => {}
             Err(e) => return Err(e),
@@ -317,6 +328,15 @@ pub(crate) fn open_state(root: &RootDir) -> Result<String> {
     }
     if meta.id.len() != 16 || !meta.id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(Error::Damaged { path: root.join(&path), what: "bad cache id".into() });
+    }
+    if meta.backend != backend {
+        return Err(Error::Unsupported {
+            what: format!(
+                "the cache at {} was made with the {:?} backend, not {backend:?}",
+                root.path().display(),
+                meta.backend
+            ),
+        });
     }
     Ok(meta.id)
 }
@@ -673,9 +693,10 @@ pub(crate) enum Wait {
 /// setups cannot starve a promote or gc, while setups still run side by side.
 #[derive(Debug)]
 pub(crate) struct ProjectLock {
-    _lock: OwnedFd,
+    lock: OwnedFd,
     _gate: Option<OwnedFd>,
     pub exclusive: bool,
+    project: String,
 }
 
 /// Take `fd`'s flock within `wait`.
@@ -716,13 +737,25 @@ pub(crate) fn lock_project(
         }
         let gate_path = Layout::gate_file(project);
         let lock_path = Layout::lock_file(project);
-        let gate = open_rw(root, &gate_path, create)?.ok_or_else(unknown)?;
+        // With `create`, a state directory removed meanwhile (a rolled-back import) is made
+        // again: go round.
+        let Some(gate) = open_rw(root, &gate_path, create)? else {
+            if create {
+                continue;
+            }
+            return Err(unknown());
+        };
         if !take(&gate, exclusive, wait)
             .map_err(|e| Error::io("flock", root.join(&gate_path), e))?
         {
             return Ok(None);
         }
-        let lock = open_rw(root, &lock_path, create)?.ok_or_else(unknown)?;
+        let Some(lock) = open_rw(root, &lock_path, create)? else {
+            if create {
+                continue;
+            }
+            return Err(unknown());
+        };
         if !take(&lock, exclusive, wait)
             .map_err(|e| Error::io("flock", root.join(&lock_path), e))?
         {
@@ -736,7 +769,20 @@ pub(crate) fn lock_project(
             }
             return Err(unknown());
         }
-        return Ok(Some(ProjectLock { _lock: lock, _gate: exclusive.then_some(gate), exclusive }));
+        return Ok(Some(ProjectLock {
+            lock,
+            _gate: exclusive.then_some(gate),
+            exclusive,
+            project: project.to_string(),
+        }));
+    }
+}
+
+impl ProjectLock {
+    /// Whether this lock is still the project's: its file has not been removed (and maybe made
+    /// again by an import) since it was taken. Only then may its holder remove the project.
+    pub fn is_current(&self, root: &RootDir) -> Result<bool> {
+        still_at(root, &Layout::lock_file(&self.project), &self.lock)
     }
 }
 

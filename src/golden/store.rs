@@ -84,10 +84,10 @@ pub(crate) trait Store: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
-    /// Nothing of this store's is where `generation` would be made; as
-    /// [`Store::session_free`].
-    fn generation_free(&self, generation: &Generation) -> Result<()> {
-        let _ = generation;
+    /// Nothing of this store's is where `generation` would be made (from `source`, for a
+    /// promote); as [`Store::session_free`].
+    fn generation_free(&self, generation: &Generation, source: Option<&Session>) -> Result<()> {
+        let _ = (generation, source);
         Ok(())
     }
 
@@ -162,9 +162,23 @@ pub(crate) trait Store: Send + Sync + std::fmt::Debug {
         self.presence(root, &g.place, id)
     }
 
-    /// Undo a setup of `session` that did not commit: remove what it made at `staging` (and,
-    /// for stores that build in place, what it mounted at the session's place).
-    fn discard_session(&self, root: &RootDir, session: &Session, staging: &Path) -> Result<()>;
+    /// Undo a setup of `session` that did not commit: remove what it made at `staging`, and,
+    /// for stores that build in place and if `place_is_ours` (no other setup's record names
+    /// the session), what it mounted at the session's place.
+    fn discard_session(
+        &self,
+        root: &RootDir,
+        session: &Session,
+        staging: &Path,
+        place_is_ours: bool,
+    ) -> Result<()>;
+
+    /// Whether `session`, made from generation `made_from`, can become the next generation
+    /// while `current` is the current one.
+    fn can_promote(&self, session: &Session, made_from: u64, current: u64) -> Result<()> {
+        let _ = (session, made_from, current);
+        Ok(())
+    }
 
     /// Undo an import or promote of `generation` that did not commit: remove what it made at
     /// `staging`, and the published tree if it is the one recorded as `recorded`.
@@ -351,9 +365,9 @@ impl CopyStore {
 }
 
 fn dir_identity(root: &RootDir, fd: &OwnedFd, rel: &Path) -> Result<Identity> {
-    let st = rustix::fs::fstat(fd)
+    let e = super::rootdir::statx_entry(fd.as_fd(), std::ffi::OsStr::new(""))
         .map_err(|e| Error::io("stat", root.join(rel), super::rootdir::errno(e)))?;
-    Ok(Identity::Dir { ino: st.st_ino })
+    Ok(Identity::Dir { ino: e.ino, birth: e.birth })
 }
 
 /// The open source directory `src` (the caller's path: a symlink at its end is followed).
@@ -409,18 +423,28 @@ impl Store for CopyStore {
     }
 
     fn presence(&self, root: &RootDir, place: &Path, id: &Identity) -> Result<Presence> {
-        let Identity::Dir { ino } = id else {
+        let Identity::Dir { ino, birth } = id else {
             return Ok(Presence::Other(format!("recorded as {id:?}, not a directory")));
         };
         let root_dev = rustix::fs::fstat(root.fd()).map_or(0, |st| st.st_dev);
+        // Both inode and birth time: an inode number is reused by the next directory made.
+        let same_birth = |b: Option<u64>| birth.is_none() || b.is_none() || b == *birth;
         Ok(match root.entry(place)? {
             None => Presence::Absent,
-            Some(e) if e.is_dir() && e.ino == *ino && e.dev == root_dev => Presence::Here,
+            Some(e) if e.is_dir() && e.ino == *ino && e.dev == root_dev && same_birth(e.birth) => {
+                Presence::Here
+            }
             Some(e) => Presence::Other(describe(&e, &format!("directory inode {ino}"))),
         })
     }
 
-    fn discard_session(&self, root: &RootDir, _session: &Session, staging: &Path) -> Result<()> {
+    fn discard_session(
+        &self,
+        root: &RootDir,
+        _s: &Session,
+        staging: &Path,
+        _ours: bool,
+    ) -> Result<()> {
         remove_beneath(root, staging)
     }
 
@@ -594,7 +618,13 @@ impl Store for BtrfsStore {
         })
     }
 
-    fn discard_session(&self, root: &RootDir, _session: &Session, staging: &Path) -> Result<()> {
+    fn discard_session(
+        &self,
+        root: &RootDir,
+        _s: &Session,
+        staging: &Path,
+        _ours: bool,
+    ) -> Result<()> {
         self.remove(root, staging)
     }
 

@@ -159,8 +159,9 @@ impl ZfsStore {
 if not zfs.exists(argv[1]) then return "missing" end
 local out = {}
 for i = 2, #argv do
-  local v = zfs.get_prop(argv[1], argv[i])
+  local v, src = zfs.get_prop(argv[1], argv[i])
   if v ~= nil then out[argv[i]] = v end
+  if src ~= nil then out[argv[i] .. " source"] = src end
 end
 return out"#;
         let mut args = vec![name];
@@ -216,8 +217,12 @@ return out"#;
         let Some(props) = self.props(container.as_str(), &[OWNER_PROP])? else {
             return Ok(false);
         };
+        // Set on the container itself: a child a user made under one of ours inherits the
+        // mark, and is not ours.
+        let local = matches!(props.get(&format!("{OWNER_PROP} source")),
+            Some(ZcpValue::String(src)) if src == container.as_str());
         match props.get(OWNER_PROP) {
-            Some(ZcpValue::String(id)) if *id == self.cache_id => {
+            Some(ZcpValue::String(id)) if *id == self.cache_id && local => {
                 self.owned.lock().unwrap_or_else(|p| p.into_inner()).insert(container.to_string());
                 Ok(true)
             }
@@ -460,11 +465,34 @@ impl Store for ZfsStore {
         self.absent(&self.session_dataset(&s.project, &s.name)?)
     }
 
-    fn generation_free(&self, g: &Generation) -> Result<()> {
+    fn generation_free(&self, g: &Generation, source: Option<&Session>) -> Result<()> {
         if self.check_owned(&g.project)? {
             self.absent(&self.head(&g.project, g.number)?)?;
         }
+        if let Some(s) = source {
+            // The promote's snapshot of the session: undoing it destroys it.
+            let snap =
+                self.session_dataset(&s.project, &s.name)?.snapshot(&format!("gen{}", g.number))?;
+            if self.exists(snap.as_str())? {
+                return Err(Error::AlreadyExists { path: PathBuf::from(snap.to_string()) });
+            }
+        }
         Ok(())
+    }
+
+    fn can_promote(&self, s: &Session, made_from: u64, current: u64) -> Result<()> {
+        if made_from == current {
+            return Ok(());
+        }
+        // Its origin is an older snapshot on the current head: promoting a clone of it would
+        // leave the generations after it on the old head, with the current sessions' clones.
+        Err(Error::Unsupported {
+            what: format!(
+                "session {} of {} was made from generation {made_from}; on ZFS only a session of \
+                 the current generation {current} can be promoted",
+                s.name, s.project
+            ),
+        })
     }
 
     fn import(
@@ -525,7 +553,7 @@ impl Store for ZfsStore {
             self.identify(dataset.as_str())
         })();
         if made.is_err() {
-            let _ = self.discard_session(root, s, staging);
+            let _ = self.discard_session(root, s, staging, true);
         }
         made
     }
@@ -618,6 +646,9 @@ impl Store for ZfsStore {
         g: &Generation,
         id: &Identity,
     ) -> Result<Presence> {
+        if !matches!(id, Identity::Dataset { .. }) {
+            return Ok(Presence::Other(format!("recorded as {id:?}, not a snapshot")));
+        }
         let snap = self.generation_snapshot(&g.project, g.head, g.number)?;
         Ok(match self.is_recorded(snap.as_str(), id)? {
             Ok(()) => Presence::Here,
@@ -626,7 +657,16 @@ impl Store for ZfsStore {
         })
     }
 
-    fn discard_session(&self, root: &RootDir, s: &Session, _staging: &Path) -> Result<()> {
+    fn discard_session(
+        &self,
+        root: &RootDir,
+        s: &Session,
+        _staging: &Path,
+        ours: bool,
+    ) -> Result<()> {
+        if !ours {
+            return Ok(()); // built in place: the place is another setup's
+        }
         let dataset = self.session_dataset(&s.project, &s.name)?;
         self.unmount_and_rmdir(root, &dataset, &s.place)?;
         // Only inside our own container: a same-named dataset elsewhere is not ours.
