@@ -80,9 +80,9 @@ count_libtest "$host_log"
 require_ran "$host_log" copy_fidelity 8 || host_rc=1
 require_ran "$host_log" detect 5 || host_rc=1
 require_ran "$host_log" copy_engine 8 || host_rc=1
-require_ran "$host_log" lifecycle 5 || host_rc=1
+require_ran "$host_log" lifecycle 8 || host_rc=1
 require_ran "$host_log" lifecycle_crash 3 || host_rc=1
-require_ran "$host_log" lifecycle_safety 9 || host_rc=1
+require_ran "$host_log" lifecycle_safety 11 || host_rc=1
 require_ran "$host_log" limits 2 || host_rc=1
 
 c_rc=0; go_rc=0; zfs_rc=0
