@@ -698,9 +698,22 @@ fn one_stuck_project_does_not_block_the_others() {
     let src = scratch_tree("stuck", "1", FILES);
     for (root, name) in roots("stuck") {
         let cache = open(&root);
-        for p in ["a", "b", "c", "d"] {
+        for p in ["a", "b", "c", "d", "e"] {
             cache.import(p, &src).unwrap();
         }
+        // e: a dead cleanup whose recovery cannot finish (its session's place now holds a
+        // file): reported at every open and gc, never a reason for either to fail.
+        let e1 = cache.setup("e", "s1").unwrap();
+        if is_zfs(root.backend) {
+            umount(&e1);
+        }
+        goldclone::copy::remove_tree(&e1).unwrap();
+        fs::write(&e1, "a file where the session was").unwrap();
+        fs::write(
+            root.path.join(".goldclone/projects/e/journal/session-s1.json"),
+            r#"{"op":"cleanup","project":"e","session":"s1","trash":".goldclone-cleanup.s1.1"}"#,
+        )
+        .unwrap();
         // b: trash gc should remove.
         let b_trash = root.path.join(".goldclone/trash/b/.goldclone-cleanup.x.1");
         fs::create_dir_all(&b_trash).unwrap();
@@ -744,9 +757,11 @@ fn one_stuck_project_does_not_block_the_others() {
                 .recv_timeout(Duration::from_secs(120))
                 .unwrap_or_else(|_| panic!("{name}: open or project b waited for project a"));
             let opened = got.unwrap_or_else(|e| panic!("{name}: {e}"));
-            // Open did what it could without waiting: b's trash, not a's intent.
+            // Open did what it could without waiting: b's trash, not a's intent; e's stuck
+            // recovery is reported.
             assert!(opened.removed.iter().any(|r| r.contains("trash/b/")), "{name}: {opened:?}");
             assert!(!opened.recovered.iter().any(|r| r.contains("ghost")), "{name}: {opened:?}");
+            assert!(opened.failed.iter().any(|f| f.starts_with("e:")), "{name}: {opened:?}");
         });
         drop((gate, lock));
         let report = cache.gc().unwrap();
@@ -767,6 +782,13 @@ fn one_stuck_project_does_not_block_the_others() {
             assert!(chattr("-i", &d_trash.join("file")));
             assert!(cache.gc().unwrap().removed.iter().any(|r| r.contains("trash/d/")), "{name}");
         }
+        assert!(report.failed.iter().any(|f| f.starts_with("e:")), "{name}: {report:?}");
+        assert_eq!(fs::read_to_string(&e1).unwrap(), "a file where the session was", "{name}");
+        // Other sessions of e still work.
+        cache.setup("e", "s2").unwrap();
+        cache.cleanup("e", "s2").unwrap();
+        fs::remove_file(root.path.join(".goldclone/projects/e/journal/session-s1.json")).unwrap();
+        fs::remove_file(&e1).unwrap();
         cache.cleanup("b", "s2").unwrap();
         fs::write(root.path.join(".goldclone/projects/c/current"), "1\n").unwrap();
     }

@@ -679,6 +679,9 @@ impl Cache {
 
     /// Nothing holds the session: no process, no mount, in any namespace.
     fn ensure_unused(&self, s: &Session) -> Result<()> {
+        if self.root.entry(&s.place)?.is_none() {
+            return Ok(()); // nothing there to hold (an unmounted ZFS session without its directory)
+        }
         let place = self.root.join(&s.place);
         let found = holders::holders(&place, self.store.sessions_are_mounts())?;
         if found.is_empty() {
@@ -879,7 +882,7 @@ impl Cache {
                 },
                 // Under the exclusive lock only a live operation of this very process (none) or a
                 // race with another recoverer leaves one: its owner resolves it.
-                Found::Alive => {}
+                Found::Alive | Found::Gone => {}
                 Found::Damaged(e) => report.kept.push(format!("{e}; left alone")),
             }
         }
@@ -942,19 +945,23 @@ impl Cache {
     /// Record an intent; a dead intent for the same session or generation is resolved first, a
     /// live one makes this operation Busy.
     fn record(&self, intent: &Intent) -> Result<state::IntentRecord> {
-        match state::record_intent(&self.root, intent) {
-            Err(e) if e.errno() == Some(libc::EBUSY) => {
-                match state::find_intent(&self.root, intent) {
-                    Some(Found::Dead(dead)) => {
-                        self.resolve(&dead.intent)?;
-                        dead.clear(&self.root)?;
-                        state::record_intent(&self.root, intent)
-                    }
-                    Some(Found::Damaged(e)) => Err(e),
-                    Some(Found::Alive) | None => Err(e),
+        let mut tries = 0;
+        loop {
+            let busy = match state::record_intent(&self.root, intent) {
+                Err(e) if e.errno() == Some(libc::EBUSY) => e,
+                other => return other,
+            };
+            tries += 1;
+            match state::find_intent(&self.root, intent) {
+                // Finished between our attempt and our look: try again.
+                Some(Found::Gone) | None if tries < 8 => {}
+                Some(Found::Dead(dead)) if tries < 8 => {
+                    self.resolve(&dead.intent)?;
+                    dead.clear(&self.root)?;
                 }
+                Some(Found::Damaged(e)) => return Err(e),
+                _ => return Err(busy),
             }
-            other => other,
         }
     }
 

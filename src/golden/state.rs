@@ -515,11 +515,13 @@ impl DeadIntent {
     }
 }
 
-/// One journal entry as found: dead (ours to resolve), alive (another operation's), or damaged.
+/// One journal entry as found: dead (ours to resolve), alive (another operation's), gone
+/// (finished while we looked), or damaged.
 #[derive(Debug)]
 pub(crate) enum Found {
     Dead(DeadIntent),
     Alive,
+    Gone,
     Damaged(Error),
 }
 
@@ -616,22 +618,12 @@ fn open_intent(root: &RootDir, project: &str, name: &OsStr) -> Found {
     let path = Layout::journal(project).join(name);
     let fd = match open_rw(root, &path, false) {
         Ok(Some(fd)) => fd,
-        Ok(None) => {
-            return Found::Damaged(Error::Damaged {
-                path: root.join(&path),
-                what: "vanished".into(),
-            })
-        }
+        Ok(None) => return Found::Gone,
         Err(e) => return Found::Damaged(e),
     };
     let intent = match read_json::<Intent>(root, &path) {
         Ok(Some(i)) => i,
-        Ok(None) => {
-            return Found::Damaged(Error::Damaged {
-                path: root.join(&path),
-                what: "vanished".into(),
-            })
-        }
+        Ok(None) => return Found::Gone,
         Err(e) => return Found::Damaged(e),
     };
     if let Err(what) = intent.validate(project) {
@@ -643,7 +635,7 @@ fn open_intent(root: &RootDir, project: &str, name: &OsStr) -> Found {
                 Found::Dead(DeadIntent { intent, record: IntentRecord { path, _lock: fd } })
             }
             // Resolved and removed by someone else between our open and our lock.
-            Ok(false) => Found::Alive,
+            Ok(false) => Found::Gone,
             Err(e) => Found::Damaged(e),
         },
         Ok(false) => Found::Alive,
@@ -658,6 +650,7 @@ pub(crate) fn intents(root: &RootDir, project: &str) -> Result<Vec<Found>> {
         .into_iter()
         .filter(|n| !is_temp_name(n))
         .map(|n| open_intent(root, project, &n))
+        .filter(|f| !matches!(f, Found::Gone))
         .collect())
 }
 
