@@ -20,7 +20,7 @@ summary() { echo "go: $1 passed, $2 failed"; }
 
 if [ "${GOLDCLONE_NO_BUILD:-0}" != 1 ]; then
   flag=(); [ "$profile" = release ] && flag=(--release)
-  (cd "$root" && cargo build --quiet --lib "${flag[@]}") || { echo "cargo build failed" >&2; summary 0 1; exit 1; }
+  (cd "$root" && cargo build --quiet --lib --no-default-features "${flag[@]}") || { echo "cargo build failed" >&2; summary 0 1; exit 1; }
 fi
 lib="$root/target/$profile/libgoldclone.a"
 [ -f "$lib" ] || { echo "$lib missing" >&2; summary 0 1; exit 1; }

@@ -477,12 +477,6 @@ typedef struct goldclone_copy_stats {
     uint64_t elapsed_ns;
 } goldclone_copy_stats;
 
-typedef unsigned int boolean_t;
-
-typedef int data_type_t;
-
-typedef unsigned int lzc_dataset_type;
-
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus

@@ -546,7 +546,7 @@ fn kill_at_sampled_system_calls_then_reopen() {
     let per_op: usize = std::env::var("GOLDCLONE_SWEEP_SAMPLES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(if in_zfs_guest() { 6 } else { 40 });
+        .unwrap_or(if in_zfs_guest() { 3 } else { 40 });
     let src = scratch_source("sweep");
     let mut killed = 0;
     let mut outcomes = BTreeMap::new();
@@ -602,7 +602,7 @@ impl Dice {
 #[test]
 fn soak_random_operations_with_kills() {
     let src = scratch_source("soak");
-    let ops_per_worker: u64 = if in_zfs_guest() { 25 } else { 200 };
+    let ops_per_worker: u64 = if in_zfs_guest() { 12 } else { 200 };
     let seed =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
             as u64

@@ -75,7 +75,7 @@ done
   { log "test binaries not found: ${bins[*]:-none}"; exit 1; }
 # The C and Go API suites: the static library and the Go test binary are built here; the guest
 # compiles only the small C harnesses.
-cargo build --release --features fault-injection --lib >&2
+cargo build --release --no-default-features --features fault-injection --lib >&2
 GOLDCLONE_C_MODE=build GOLDCLONE_C_DIR="$results/c" GOLDCLONE_NO_BUILD=1 GOLDCLONE_PROFILE=release \
   GOLDCLONE_SKIP_HEADER_CHECK=1 tests/c/run.sh >"$host_results/c-build.log" 2>&1 ||
   { tail -20 "$host_results/c-build.log" >&2; log "building the C harnesses failed"; exit 1; }

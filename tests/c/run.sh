@@ -57,11 +57,16 @@ if [ "${GOLDCLONE_RUST_ASAN:-0}" = 1 ]; then
   lib="$asan_target/x86_64-unknown-linux-gnu/$profile/libgoldclone.a"
 else
   if [ "${GOLDCLONE_NO_BUILD:-0}" != 1 ]; then
-    cargo build --quiet --lib "${flag[@]}" || { fail_step "cargo build"; echo "c: $passed passed, $failed failed"; exit 1; }
+    # Without the CLI feature: what the service links.
+    cargo build --quiet --lib --no-default-features "${flag[@]}" || { fail_step "cargo build"; echo "c: $passed passed, $failed failed"; exit 1; }
   fi
   lib="$root/target/$profile/libgoldclone.a"
 fi
 [ -f "$lib" ] || { fail_step "$lib missing"; echo "c: $passed passed, $failed failed"; exit 1; }
+# The library carries no terminal code: nothing of the CLI's crates.
+if nm -C "$lib" 2>/dev/null | grep -qE ' (T|t) (clap|indicatif|console)::'; then
+  fail_step "the library links CLI code (clap/indicatif)"
+fi
 
 # 3. a pkg-config file for this build tree, made from goldclone.pc.in; libdir holds only the
 # static library so -lgoldclone cannot pick the shared one.
@@ -83,6 +88,15 @@ for std in c11 gnu2x; do
     fail_step "header as -std=$std"
   fi
 done
+# 4b. with <libzfs_core.h> in the same file: the header defines none of libzfs_core's types
+if [ -f /usr/include/libzfs/libzfs_core.h ]; then
+  printf '#include <libzfs_core.h>\n#include "goldclone.h"\nint f(void) { return GOLDCLONE_RESULT_OK + (int)B_TRUE; }\n' |
+    $CC -std=gnu11 -Wall -Wextra -Werror -I/usr/include/libzfs -I/usr/include/libspl "${cflags[@]}" \
+      -x c -c -o /dev/null - || fail_step "header beside <libzfs_core.h>"
+else
+  echo "[c] header beside <libzfs_core.h> NOT checked: libzfslinux-dev is not installed" >&2
+  [ "${CI:-}" != true ] || fail_step "header beside <libzfs_core.h> (libzfslinux-dev missing)"
+fi
 if command -v g++ >/dev/null; then
   echo '#include "goldclone.h"
 int main() { return goldclone_abi_version() == GOLDCLONE_ABI_VERSION ? 0 : 1; }' >"$out/cxx.cc"
