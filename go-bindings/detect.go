@@ -8,36 +8,18 @@ import "C"
 // DetectKind is what backs a detected path.
 type DetectKind uint32
 
-// Detection kinds, most capable first.
+// Detection kinds, most capable first: the header's constants (generated from the library's list).
 const (
-	KindZFSDataset DetectKind = 1 // a mounted ZFS filesystem dataset
-	KindZvol       DetectKind = 2 // a filesystem on a ZFS volume
-	KindBtrfs      DetectKind = 3
-	KindReflink    DetectKind = 4 // another filesystem where FICLONE works (XFS)
-	KindPlain      DetectKind = 5 // no cheaper way than copying the bytes
+	KindZFSDataset = DetectKind(C.GOLDCLONE_DETECT_KIND_ZFS_DATASET) // a mounted ZFS filesystem dataset
+	KindZvol       = DetectKind(C.GOLDCLONE_DETECT_KIND_ZVOL)        // a filesystem on a ZFS volume
+	KindBtrfs      = DetectKind(C.GOLDCLONE_DETECT_KIND_BTRFS)
+	KindReflink    = DetectKind(C.GOLDCLONE_DETECT_KIND_REFLINK) // another filesystem where FICLONE works (XFS)
+	KindPlain      = DetectKind(C.GOLDCLONE_DETECT_KIND_PLAIN)   // no cheaper way than copying the bytes
 )
 
-// headerKinds pairs each constant with the header's value (checked by the tests).
-var headerKinds = map[DetectKind]C.goldclone_detect_kind{
-	KindZFSDataset: C.GOLDCLONE_DETECT_KIND_ZFS_DATASET, KindZvol: C.GOLDCLONE_DETECT_KIND_ZVOL,
-	KindBtrfs: C.GOLDCLONE_DETECT_KIND_BTRFS, KindReflink: C.GOLDCLONE_DETECT_KIND_REFLINK,
-	KindPlain: C.GOLDCLONE_DETECT_KIND_PLAIN,
-}
-
+// String is the library's name for the kind ("zfs_dataset", "btrfs", ...), or "unknown".
 func (k DetectKind) String() string {
-	switch k {
-	case KindZFSDataset:
-		return "zfs_dataset"
-	case KindZvol:
-		return "zvol"
-	case KindBtrfs:
-		return "btrfs"
-	case KindReflink:
-		return "reflink"
-	case KindPlain:
-		return "plain"
-	}
-	return "unknown"
+	return C.GoString(C.goldclone_detect_kind_name(C.uint32_t(k)))
 }
 
 // Detection is what backs a path.

@@ -15,32 +15,33 @@ import (
 // Result is a goldclone_result code of the C API. The numbers are fixed.
 type Result uint32
 
-// Result codes: the numbers of include/goldclone.h, fixed forever.
+// Result codes: the header's constants (generated from the library's list), fixed forever.
 const (
-	ResultOK                Result = 0
-	ResultNotFound          Result = 1
-	ResultAlreadyExists     Result = 2
-	ResultNotADirectory     Result = 3
-	ResultInvalidArgument   Result = 4
-	ResultInvalidName       Result = 5
-	ResultNameTooLong       Result = 6
-	ResultNoSpace           Result = 7
-	ResultBusy              Result = 8
-	ResultPermissionDenied  Result = 9
-	ResultUnsupported       Result = 10
-	ResultCrossDevice       Result = 11
-	ResultCancelled         Result = 12
-	ResultZFSUnavailable    Result = 13
-	ResultIO                Result = 14
-	ResultSnapshotHasClones Result = 15
-	ResultSnapshotHeld      Result = 16
-	ResultDamaged           Result = 17
-	ResultIncomplete        Result = 18
-	ResultOther             Result = 99
-	ResultNullParameter     Result = 100
-	ResultInvalidHandle     Result = 101
-	ResultBufferTooSmall    Result = 102
-	ResultPanic             Result = 103
+	ResultOK                = Result(C.GOLDCLONE_RESULT_OK)
+	ResultNotFound          = Result(C.GOLDCLONE_RESULT_NOT_FOUND)
+	ResultAlreadyExists     = Result(C.GOLDCLONE_RESULT_ALREADY_EXISTS)
+	ResultNotADirectory     = Result(C.GOLDCLONE_RESULT_NOT_A_DIRECTORY)
+	ResultInvalidArgument   = Result(C.GOLDCLONE_RESULT_INVALID_ARGUMENT)
+	ResultInvalidName       = Result(C.GOLDCLONE_RESULT_INVALID_NAME)
+	ResultNameTooLong       = Result(C.GOLDCLONE_RESULT_NAME_TOO_LONG)
+	ResultNoSpace           = Result(C.GOLDCLONE_RESULT_NO_SPACE)
+	ResultBusy              = Result(C.GOLDCLONE_RESULT_BUSY)
+	ResultPermissionDenied  = Result(C.GOLDCLONE_RESULT_PERMISSION_DENIED)
+	ResultUnsupported       = Result(C.GOLDCLONE_RESULT_UNSUPPORTED)
+	ResultCrossDevice       = Result(C.GOLDCLONE_RESULT_CROSS_DEVICE)
+	ResultCancelled         = Result(C.GOLDCLONE_RESULT_CANCELLED)
+	ResultZFSUnavailable    = Result(C.GOLDCLONE_RESULT_ZFS_UNAVAILABLE)
+	ResultIO                = Result(C.GOLDCLONE_RESULT_IO)
+	ResultSnapshotHasClones = Result(C.GOLDCLONE_RESULT_SNAPSHOT_HAS_CLONES)
+	ResultSnapshotHeld      = Result(C.GOLDCLONE_RESULT_SNAPSHOT_HELD)
+	ResultDamaged           = Result(C.GOLDCLONE_RESULT_DAMAGED)
+	ResultIncomplete        = Result(C.GOLDCLONE_RESULT_INCOMPLETE)
+	ResultParse             = Result(C.GOLDCLONE_RESULT_PARSE)
+	ResultOther             = Result(C.GOLDCLONE_RESULT_OTHER)
+	ResultNullParameter     = Result(C.GOLDCLONE_RESULT_NULL_PARAMETER)
+	ResultInvalidHandle     = Result(C.GOLDCLONE_RESULT_INVALID_HANDLE)
+	ResultBufferTooSmall    = Result(C.GOLDCLONE_RESULT_BUFFER_TOO_SMALL)
+	ResultPanic             = Result(C.GOLDCLONE_RESULT_PANIC)
 )
 
 // String is the C constant's name, e.g. "GOLDCLONE_RESULT_NOT_FOUND".
@@ -119,6 +120,7 @@ var (
 	ErrSnapshotHeld      = &Error{Code: ResultSnapshotHeld, Op: "sentinel"}
 	ErrDamaged           = &Error{Code: ResultDamaged, Op: "sentinel"}
 	ErrIncomplete        = &Error{Code: ResultIncomplete, Op: "sentinel"}
+	ErrParse             = &Error{Code: ResultParse, Op: "sentinel"}
 	ErrOther             = &Error{Code: ResultOther, Op: "sentinel"}
 	ErrNullParameter     = &Error{Code: ResultNullParameter, Op: "sentinel"}
 	ErrInvalidHandle     = &Error{Code: ResultInvalidHandle, Op: "sentinel"}
@@ -126,30 +128,11 @@ var (
 	ErrPanic             = &Error{Code: ResultPanic, Op: "sentinel"}
 )
 
-// headerResults pairs each constant with the header's value (checked by the tests).
-var headerResults = map[Result]C.goldclone_result{
-	ResultOK:                C.GOLDCLONE_RESULT_OK,
-	ResultNotFound:          C.GOLDCLONE_RESULT_NOT_FOUND,
-	ResultAlreadyExists:     C.GOLDCLONE_RESULT_ALREADY_EXISTS,
-	ResultNotADirectory:     C.GOLDCLONE_RESULT_NOT_A_DIRECTORY,
-	ResultInvalidArgument:   C.GOLDCLONE_RESULT_INVALID_ARGUMENT,
-	ResultInvalidName:       C.GOLDCLONE_RESULT_INVALID_NAME,
-	ResultNameTooLong:       C.GOLDCLONE_RESULT_NAME_TOO_LONG,
-	ResultNoSpace:           C.GOLDCLONE_RESULT_NO_SPACE,
-	ResultBusy:              C.GOLDCLONE_RESULT_BUSY,
-	ResultPermissionDenied:  C.GOLDCLONE_RESULT_PERMISSION_DENIED,
-	ResultUnsupported:       C.GOLDCLONE_RESULT_UNSUPPORTED,
-	ResultCrossDevice:       C.GOLDCLONE_RESULT_CROSS_DEVICE,
-	ResultCancelled:         C.GOLDCLONE_RESULT_CANCELLED,
-	ResultZFSUnavailable:    C.GOLDCLONE_RESULT_ZFS_UNAVAILABLE,
-	ResultIO:                C.GOLDCLONE_RESULT_IO,
-	ResultSnapshotHasClones: C.GOLDCLONE_RESULT_SNAPSHOT_HAS_CLONES,
-	ResultSnapshotHeld:      C.GOLDCLONE_RESULT_SNAPSHOT_HELD,
-	ResultDamaged:           C.GOLDCLONE_RESULT_DAMAGED,
-	ResultIncomplete:        C.GOLDCLONE_RESULT_INCOMPLETE,
-	ResultOther:             C.GOLDCLONE_RESULT_OTHER,
-	ResultNullParameter:     C.GOLDCLONE_RESULT_NULL_PARAMETER,
-	ResultInvalidHandle:     C.GOLDCLONE_RESULT_INVALID_HANDLE,
-	ResultBufferTooSmall:    C.GOLDCLONE_RESULT_BUFFER_TOO_SMALL,
-	ResultPanic:             C.GOLDCLONE_RESULT_PANIC,
+// allSentinels is every sentinel, for the tests that check them against the library.
+var allSentinels = []*Error{
+	ErrNotFound, ErrAlreadyExists, ErrNotADirectory, ErrInvalidArgument, ErrInvalidName,
+	ErrNameTooLong, ErrNoSpace, ErrBusy, ErrPermissionDenied, ErrUnsupported, ErrCrossDevice,
+	ErrCancelled, ErrZFSUnavailable, ErrIO, ErrSnapshotHasClones, ErrSnapshotHeld, ErrDamaged,
+	ErrIncomplete, ErrParse, ErrOther, ErrNullParameter, ErrInvalidHandle, ErrBufferTooSmall,
+	ErrPanic,
 }

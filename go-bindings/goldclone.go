@@ -101,36 +101,18 @@ func readString(op string, size int, f func(buf *C.char, n C.size_t, out *C.size
 // Backend is the primitive a cache uses for session copies.
 type Backend uint32
 
-// Backends.
+// Backends: the header's constants (generated from the library's list).
 const (
-	BackendAuto  Backend = 0 // only for WithBackend: detect from the root
-	BackendZFS   Backend = 1
-	BackendZvol  Backend = 2
-	BackendBtrfs Backend = 3
-	BackendCopy  Backend = 4
+	BackendAuto  = Backend(C.GOLDCLONE_BACKEND_AUTO) // only for WithBackend: detect from the root
+	BackendZFS   = Backend(C.GOLDCLONE_BACKEND_ZFS)
+	BackendZvol  = Backend(C.GOLDCLONE_BACKEND_ZVOL)
+	BackendBtrfs = Backend(C.GOLDCLONE_BACKEND_BTRFS)
+	BackendCopy  = Backend(C.GOLDCLONE_BACKEND_COPY)
 )
 
-// headerBackends pairs each constant with the header's value (checked by the tests).
-var headerBackends = map[Backend]C.goldclone_backend{
-	BackendAuto: C.GOLDCLONE_BACKEND_AUTO, BackendZFS: C.GOLDCLONE_BACKEND_ZFS,
-	BackendZvol: C.GOLDCLONE_BACKEND_ZVOL, BackendBtrfs: C.GOLDCLONE_BACKEND_BTRFS,
-	BackendCopy: C.GOLDCLONE_BACKEND_COPY,
-}
-
+// String is the library's name for the backend ("zfs", "auto", ...), or "unknown".
 func (b Backend) String() string {
-	switch b {
-	case BackendAuto:
-		return "auto"
-	case BackendZFS:
-		return "zfs"
-	case BackendZvol:
-		return "zvol"
-	case BackendBtrfs:
-		return "btrfs"
-	case BackendCopy:
-		return "copy"
-	}
-	return "unknown"
+	return C.GoString(C.goldclone_backend_name(C.uint32_t(b)))
 }
 
 type openOptions struct {

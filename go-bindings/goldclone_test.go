@@ -23,43 +23,55 @@ func TestVersion(t *testing.T) {
 	}
 }
 
-func TestConstantsMatchHeader(t *testing.T) {
-	if len(headerResults) != 24 || len(headerBackends) != 5 || len(headerKinds) != 5 {
-		t.Fatal("a constant is not paired with the header")
-	}
-	for g, c := range headerResults {
-		if uint32(g) != uint32(c) {
-			t.Errorf("%s: Go %d, header %d", g, uint32(g), uint32(c))
+// Every code the library names has a Go sentinel, every sentinel is a code the library names,
+// and likewise for backends and detection kinds: the Go constants and the library's lists map
+// both ways. (The numbers are the header's, by construction.)
+func TestConstantsMatchLibrary(t *testing.T) {
+	sentinel := map[Result]*Error{}
+	for _, s := range allSentinels {
+		if _, dup := sentinel[s.Code]; dup {
+			t.Errorf("two sentinels for %s", s.Code)
+		}
+		sentinel[s.Code] = s
+		if s.Code.String() == "GOLDCLONE_RESULT_UNKNOWN" {
+			t.Errorf("sentinel code %d is not the library's", s.Code)
 		}
 	}
-	for g, c := range headerBackends {
-		if uint32(g) != uint32(c) {
-			t.Errorf("backend %s: Go %d, header %d", g, uint32(g), uint32(c))
+	named := 0
+	for n := Result(0); n < 1024; n++ {
+		name := n.String()
+		if name == "GOLDCLONE_RESULT_UNKNOWN" {
+			continue
+		}
+		named++
+		if _, ok := sentinel[n]; !ok && n != ResultOK {
+			t.Errorf("the library's %s (%d) has no Go sentinel", name, n)
 		}
 	}
-	for g, c := range headerKinds {
-		if uint32(g) != uint32(c) {
-			t.Errorf("kind %s: Go %d, header %d", g, uint32(g), uint32(c))
+	if named != len(allSentinels)+1 {
+		t.Errorf("the library names %d codes, Go has %d sentinels and OK", named, len(allSentinels))
+	}
+
+	backends := map[Backend]string{BackendAuto: "auto", BackendZFS: "zfs", BackendZvol: "zvol", BackendBtrfs: "btrfs", BackendCopy: "copy"}
+	for n := Backend(0); n < 1024; n++ {
+		want, ours := backends[n]
+		if got := n.String(); ours != (got != "unknown") || (ours && got != want) {
+			t.Errorf("backend %d: library says %q, Go has %q", n, got, want)
+		}
+	}
+	kinds := map[DetectKind]string{KindZFSDataset: "zfs_dataset", KindZvol: "zvol", KindBtrfs: "btrfs", KindReflink: "reflink", KindPlain: "plain"}
+	for n := DetectKind(0); n < 1024; n++ {
+		want, ours := kinds[n]
+		if got := n.String(); ours != (got != "unknown") || (ours && got != want) {
+			t.Errorf("detect kind %d: library says %q, Go has %q", n, got, want)
 		}
 	}
 }
 
 func TestResultNamesAndErrorsIs(t *testing.T) {
-	sentinels := map[Result]*Error{
-		ResultNotFound: ErrNotFound, ResultAlreadyExists: ErrAlreadyExists,
-		ResultNotADirectory: ErrNotADirectory, ResultInvalidArgument: ErrInvalidArgument,
-		ResultInvalidName: ErrInvalidName, ResultNameTooLong: ErrNameTooLong,
-		ResultNoSpace: ErrNoSpace, ResultBusy: ErrBusy, ResultPermissionDenied: ErrPermissionDenied,
-		ResultUnsupported: ErrUnsupported, ResultCrossDevice: ErrCrossDevice,
-		ResultCancelled: ErrCancelled, ResultZFSUnavailable: ErrZFSUnavailable, ResultIO: ErrIO,
-		ResultSnapshotHasClones: ErrSnapshotHasClones, ResultSnapshotHeld: ErrSnapshotHeld,
-		ResultDamaged: ErrDamaged, ResultIncomplete: ErrIncomplete,
-		ResultOther: ErrOther, ResultNullParameter: ErrNullParameter,
-		ResultInvalidHandle: ErrInvalidHandle, ResultBufferTooSmall: ErrBufferTooSmall,
-		ResultPanic: ErrPanic,
-	}
-	if len(sentinels) != 23 {
-		t.Fatal("a sentinel is missing")
+	sentinels := map[Result]*Error{}
+	for _, s := range allSentinels {
+		sentinels[s.Code] = s
 	}
 	for code, s := range sentinels {
 		if !strings.HasPrefix(code.String(), "GOLDCLONE_RESULT_") || code.String() == "GOLDCLONE_RESULT_UNKNOWN" {
@@ -78,7 +90,7 @@ func TestResultNamesAndErrorsIs(t *testing.T) {
 	if Result(12345).String() != "GOLDCLONE_RESULT_UNKNOWN" {
 		t.Error("unknown code name")
 	}
-	if ResultNotFound != 1 || ResultIO != 14 || ResultOther != 99 || ResultInvalidHandle != 101 {
+	if ResultNotFound != 1 || ResultIO != 14 || ResultParse != 19 || ResultOther != 99 || ResultInvalidHandle != 101 {
 		t.Error("result numbers changed")
 	}
 }

@@ -26,6 +26,9 @@
 /* Version of the C ABI in this header; compare with goldclone_abi_version() at run time. */
 #define GOLDCLONE_ABI_VERSION 1
 
+/* goldclone_open_options.backend: detect the backend from the cache root. */
+#define GOLDCLONE_BACKEND_AUTO 0
+
 /* A buffer of this many bytes holds any path the library returns (Linux PATH_MAX). */
 #define GOLDCLONE_PATH_BUF_SIZE 4096
 
@@ -33,6 +36,10 @@
  * The outcome of a call. The numbers are fixed and never reused: 1–98 classify a library error
  * (new classes get new numbers in that range), 99 is any error without a more specific code, 100
  * and up are errors in the call itself.
+ *
+ * The one list of codes: the header's constants are generated from it, the Go package takes
+ * its constants from the header, [`goldclone_result::from_kind`] maps an [`ErrorKind`] to the
+ * code of the same name, and a test checks docs/C-API.md's table against it.
  */
 enum goldclone_result
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
@@ -118,6 +125,10 @@ enum goldclone_result
      */
     GOLDCLONE_RESULT_INCOMPLETE = 18,
     /**
+     * A file the library reads (a mount table, a record, a tool's output) could not be parsed.
+     */
+    GOLDCLONE_RESULT_PARSE = 19,
+    /**
      * An error without a more specific code (a newer library error class).
      */
     GOLDCLONE_RESULT_OTHER = 99,
@@ -147,7 +158,7 @@ typedef uint32_t goldclone_result;
 #endif // __cplusplus
 
 /**
- * The primitive a cache uses for session copies.
+ * The primitive a cache uses to give sessions their copy.
  */
 enum goldclone_backend
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
@@ -155,15 +166,11 @@ enum goldclone_backend
 #endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
  {
     /**
-     * Only in `goldclone_open_options`: detect from the cache root.
-     */
-    GOLDCLONE_BACKEND_AUTO = 0,
-    /**
-     * A ZFS dataset per generation; sessions are clones.
+     * A ZFS dataset per generation; sessions are clones mounted with mount(2).
      */
     GOLDCLONE_BACKEND_ZFS = 1,
     /**
-     * A ZFS volume with XFS per generation; sessions are zvol clones.
+     * A ZFS volume with XFS per generation; sessions are zvol clones mounted `nouuid`.
      */
     GOLDCLONE_BACKEND_ZVOL = 2,
     /**
@@ -493,6 +500,13 @@ const char *goldclone_version(void);
 uint32_t goldclone_abi_version(void);
 
 /**
+ * The name of a `goldclone_backend` (`"zfs"`, `"zvol"`, `"btrfs"`, `"copy"`; `"auto"` for
+ * `GOLDCLONE_BACKEND_AUTO`), or `"unknown"`: a static NUL-terminated string, never freed. Does
+ * not touch the last error.
+ */
+const char *goldclone_backend_name(uint32_t backend);
+
+/**
  * Fill `*opts` with the defaults: detect the backend, default copy threads.
  */
 goldclone_result goldclone_open_options_init(struct goldclone_open_options *opts);
@@ -698,6 +712,13 @@ goldclone_result goldclone_copy_tree(const char *src,
                                      const char *dst,
                                      const struct goldclone_copy_options *opts,
                                      struct goldclone_copy_stats *stats);
+
+/**
+ * The name of a `goldclone_detect_kind` (`"zfs_dataset"`, `"zvol"`, `"btrfs"`, `"reflink"`,
+ * `"plain"`), or `"unknown"`: a static NUL-terminated string, never freed. Does not touch the
+ * last error.
+ */
+const char *goldclone_detect_kind_name(uint32_t kind);
 
 /**
  * Detect what backs `path` (NUL-terminated bytes; it must exist). On success `*out` is a new

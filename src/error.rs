@@ -77,6 +77,14 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+    /// A file the library reads (a mount table, a tool's output) could not be parsed.
+    #[error("parse {}: {what}", path.display())]
+    Parse {
+        /// The file (or the tool) it came from.
+        path: PathBuf,
+        /// What is wrong with it.
+        what: String,
+    },
     /// A path that must be a directory is something else.
     #[error("{} is not a directory", path.display())]
     NotADirectory {
@@ -171,8 +179,9 @@ pub enum Error {
 }
 
 /// A small, stable classification of [`Error`], for callers that branch on the cause and for the
-/// C ABI's result codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// C ABI's result codes (each kind is the code of the same name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 #[non_exhaustive]
 pub enum ErrorKind {
     /// A path, dataset or snapshot does not exist.
@@ -209,6 +218,8 @@ pub enum ErrorKind {
     Damaged,
     /// The operation took effect in part; the next open or gc finishes it.
     Incomplete,
+    /// A file the library reads (a mount table, a tool's output) could not be parsed.
+    Parse,
     /// Any other I/O error.
     Io,
 }
@@ -249,6 +260,7 @@ impl Error {
             | Error::NotADirectory { path }
             | Error::AlreadyExists { path }
             | Error::Damaged { path, .. }
+            | Error::Parse { path, .. }
             | Error::MountPoint { path } => Some(path),
             Error::Transfer { src, .. } => Some(src),
             Error::Incomplete { source, .. } => source.path(),
@@ -277,6 +289,7 @@ impl Error {
             Error::UnknownProject { .. } | Error::UnknownSession { .. } => ErrorKind::NotFound,
             Error::SessionBusy { .. } | Error::MountPoint { .. } => ErrorKind::Busy,
             Error::Damaged { .. } => ErrorKind::Damaged,
+            Error::Parse { .. } => ErrorKind::Parse,
             Error::Incomplete { .. } => ErrorKind::Incomplete,
             Error::Unsupported { .. } => ErrorKind::Unsupported,
             Error::ZfsUnavailable { .. } => ErrorKind::ZfsUnavailable,

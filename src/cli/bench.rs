@@ -30,7 +30,7 @@ pub struct BenchLifecycleArgs {
     pub root: PathBuf,
     /// Force a backend.
     #[arg(long, value_enum)]
-    pub backend: Option<super::golden::BackendArg>,
+    pub backend: Option<goldclone::golden::BackendKind>,
     /// Sessions set up at once.
     #[arg(long, default_value_t = 16)]
     pub sessions: usize,
@@ -232,7 +232,7 @@ fn bench_lifecycle(args: &BenchLifecycleArgs) -> Result<()> {
             what: "--rounds and --sessions must be at least 1".into(),
         });
     }
-    let backend = args.backend.map(super::golden::BackendArg::kind);
+    let backend = args.backend;
     let cache = Cache::open(&args.root, &OpenOptions { backend, ..OpenOptions::default() })?;
     let project = format!("bench-{}", std::process::id());
     let sample =

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use goldclone::golden::{BackendKind, Cache, OpenOptions};
 use goldclone::{Error, Result};
 
@@ -15,41 +15,15 @@ pub struct RootArgs {
     pub root: PathBuf,
     /// Use this backend instead of the one detection picks.
     #[arg(long, value_enum)]
-    pub backend: Option<BackendArg>,
+    pub backend: Option<BackendKind>,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
-/// `--backend` values.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum BackendArg {
-    /// ZFS filesystem clones.
-    Zfs,
-    /// ZFS volume (with XFS) clones.
-    Zvol,
-    /// btrfs snapshots.
-    Btrfs,
-    /// Exact tree copy.
-    Copy,
-}
-
-impl BackendArg {
-    /// The library's name for it.
-    pub fn kind(self) -> BackendKind {
-        match self {
-            BackendArg::Zfs => BackendKind::Zfs,
-            BackendArg::Zvol => BackendKind::Zvol,
-            BackendArg::Btrfs => BackendKind::Btrfs,
-            BackendArg::Copy => BackendKind::Copy,
-        }
-    }
-}
-
 impl RootArgs {
     fn open(&self) -> Result<Cache> {
-        let backend = self.backend.map(BackendArg::kind);
-        Cache::open(&self.root, &OpenOptions { backend, ..OpenOptions::default() })
+        Cache::open(&self.root, &OpenOptions { backend: self.backend, ..OpenOptions::default() })
     }
 }
 

@@ -104,14 +104,51 @@ impl Backend {
     }
 
     /// The `kind` tag this backend serializes with.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> Kind {
         match self {
-            Backend::ZfsDataset { .. } => "zfs_dataset",
-            Backend::Zvol { .. } => "zvol",
-            Backend::Btrfs { .. } => "btrfs",
-            Backend::Reflink { .. } => "reflink",
-            Backend::Plain { .. } => "plain",
+            Backend::ZfsDataset { .. } => Kind::ZfsDataset,
+            Backend::Zvol { .. } => Kind::Zvol,
+            Backend::Btrfs { .. } => Kind::Btrfs,
+            Backend::Reflink { .. } => Kind::Reflink,
+            Backend::Plain { .. } => Kind::Plain,
         }
+    }
+}
+
+// The C header's `goldclone_detect_kind` is this enum (cbindgen.toml renames it); the Go package
+// takes its constants from the header. The numbers are fixed; the names are [`Backend`]'s tags.
+/// What backs a detected path, most capable first.
+#[repr(u32)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::FromRepr,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::VariantArray,
+)]
+#[strum(serialize_all = "snake_case")]
+pub enum Kind {
+    /// A mounted ZFS filesystem dataset.
+    ZfsDataset = 1,
+    /// A filesystem on a ZFS volume.
+    Zvol = 2,
+    /// btrfs.
+    Btrfs = 3,
+    /// Another filesystem on which FICLONE works (XFS with reflink).
+    Reflink = 4,
+    /// No cheaper way than copying the bytes.
+    Plain = 5,
+}
+
+impl Kind {
+    /// The name, as in [`Backend`]'s serialized `kind` tag, e.g. `"zfs_dataset"`.
+    pub fn name(self) -> &'static str {
+        self.into()
     }
 }
 
@@ -143,9 +180,8 @@ pub fn mounts() -> Result<Vec<Mount>> {
         }
         Err(e) => return Err(Error::io("read", file, e)),
     };
-    parse_mountinfo_bytes(&text).map_err(|e| {
-        Error::io("parse", file, std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-    })
+    parse_mountinfo_bytes(&text)
+        .map_err(|e| Error::Parse { path: file.into(), what: e.to_string() })
 }
 
 /// Detect what backs `path` (which must exist) and which backend can copy it.
@@ -260,7 +296,7 @@ mod tests {
             pool: "tank".into(),
             fs_type: "xfs".into(),
         };
-        assert_eq!(b.kind(), "zvol");
+        assert_eq!(b.kind().name(), "zvol");
         assert_eq!(
             serde_json::to_string(&b).unwrap(),
             r#"{"kind":"zvol","device":"/dev/zd0","dataset":"tank/v","pool":"tank","fs_type":"xfs"}"#
@@ -274,6 +310,29 @@ mod tests {
             serde_json::to_string(&Backend::Plain { fs_type: "ext4".into() }).unwrap(),
             r#"{"kind":"plain","fs_type":"ext4"}"#
         );
-        assert_eq!(Backend::Reflink { fs_type: "xfs".into() }.kind(), "reflink");
+        assert_eq!(Backend::Reflink { fs_type: "xfs".into() }.kind().name(), "reflink");
+    }
+
+    /// The serialized tag and the C constant's name come from two lists; they must agree.
+    #[test]
+    fn kind_names_are_the_serialized_tags() {
+        let samples = [
+            Backend::ZfsDataset { dataset: "t/d".into(), pool: "t".into() },
+            Backend::Zvol {
+                device: "/dev/zd0".into(),
+                dataset: "t/v".into(),
+                pool: "t".into(),
+                fs_type: "xfs".into(),
+            },
+            Backend::Btrfs { subvolume: false, subvolume_id: 5 },
+            Backend::Reflink { fs_type: "xfs".into() },
+            Backend::Plain { fs_type: "ext4".into() },
+        ];
+        let kinds: Vec<Kind> = samples.iter().map(Backend::kind).collect();
+        assert_eq!(kinds, <Kind as strum::VariantArray>::VARIANTS);
+        for b in &samples {
+            let json: serde_json::Value = serde_json::to_value(b).unwrap();
+            assert_eq!(json["kind"], b.kind().name());
+        }
     }
 }

@@ -3,6 +3,7 @@
 use std::ffi::{c_char, CStr, OsStr};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::Mutex;
 
 use super::error::{goldclone_result, Failure};
 
@@ -109,4 +110,18 @@ pub(crate) unsafe fn write_string(
             format!("buffer of {buf_len} bytes is too small: {} needed", s.len() + 1),
         ))
     }
+}
+
+/// `name` as a static NUL-terminated string, for functions that return a constant's name. The
+/// names are the enums' variant names, a few dozen in all: each is made once and kept.
+pub(crate) fn static_name(name: &'static str) -> &'static CStr {
+    static MADE: Mutex<Vec<(&'static str, &'static CStr)>> = Mutex::new(Vec::new());
+    let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, c)) = made.iter().find(|(n, _)| *n == name) {
+        return c;
+    }
+    let c: &'static CStr =
+        Box::leak(std::ffi::CString::new(name).unwrap_or_default().into_boxed_c_str());
+    made.push((name, c));
+    c
 }

@@ -25,31 +25,21 @@ pub struct goldclone_gc_report {
     _private: [u8; 0],
 }
 
-/// The primitive a cache uses for session copies.
-#[repr(u32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum goldclone_backend {
-    /// Only in `goldclone_open_options`: detect from the cache root.
-    Auto = 0,
-    /// A ZFS dataset per generation; sessions are clones.
-    Zfs = 1,
-    /// A ZFS volume with XFS per generation; sessions are zvol clones.
-    Zvol = 2,
-    /// btrfs subvolumes; sessions are snapshots.
-    Btrfs = 3,
-    /// The exact parallel tree copy (reflinked where the filesystem can).
-    Copy = 4,
-}
+/// `goldclone_open_options.backend`: detect the backend from the root. The header's
+/// `GOLDCLONE_BACKEND_AUTO` (written in cbindgen.toml; the C tests check the two agree). The
+/// other values are [`BackendKind`]'s, which the header calls `goldclone_backend`.
+const BACKEND_AUTO: u32 = 0;
 
-impl From<BackendKind> for goldclone_backend {
-    fn from(b: BackendKind) -> Self {
-        match b {
-            BackendKind::Zfs => goldclone_backend::Zfs,
-            BackendKind::Zvol => goldclone_backend::Zvol,
-            BackendKind::Btrfs => goldclone_backend::Btrfs,
-            BackendKind::Copy => goldclone_backend::Copy,
-        }
-    }
+/// The name of a `goldclone_backend` (`"zfs"`, `"zvol"`, `"btrfs"`, `"copy"`; `"auto"` for
+/// `GOLDCLONE_BACKEND_AUTO`), or `"unknown"`: a static NUL-terminated string, never freed. Does
+/// not touch the last error.
+#[no_mangle]
+pub extern "C" fn goldclone_backend_name(backend: u32) -> *const c_char {
+    let name = match backend {
+        BACKEND_AUTO => "auto",
+        n => BackendKind::from_repr(n).map_or("unknown", BackendKind::name),
+    };
+    std::panic::catch_unwind(|| args::static_name(name)).map_or(c"unknown".as_ptr(), |c| c.as_ptr())
 }
 
 /// How to open a cache. Fill with `goldclone_open_options_init` first.
@@ -123,17 +113,13 @@ pub unsafe extern "C" fn goldclone_cache_open(
             unsafe { opts.read() }
         };
         let backend = match o.backend {
-            0 => None,
-            1 => Some(BackendKind::Zfs),
-            2 => Some(BackendKind::Zvol),
-            3 => Some(BackendKind::Btrfs),
-            4 => Some(BackendKind::Copy),
-            n => {
-                return Err(Failure::new(
+            BACKEND_AUTO => None,
+            n => Some(BackendKind::from_repr(n).ok_or_else(|| {
+                Failure::new(
                     goldclone_result::InvalidArgument,
                     format!("{n} is not a goldclone_backend"),
-                ))
-            }
+                )
+            })?),
         };
         let c = Cache::open(
             root,
@@ -163,13 +149,13 @@ pub unsafe extern "C" fn goldclone_cache_free(cache: *mut goldclone_cache) -> go
 #[no_mangle]
 pub unsafe extern "C" fn goldclone_cache_backend(
     cache: *const goldclone_cache,
-    out: *mut goldclone_backend,
+    out: *mut BackendKind,
 ) -> goldclone_result {
     ffi_body!("goldclone_cache_backend", {
         args::require(out, "out")?;
         let b = self::cache(cache)?.backend();
         // SAFETY: non-NULL (checked), writable by the caller's promise.
-        unsafe { args::store(out, b.into()) };
+        unsafe { args::store(out, b) };
         Ok(())
     })
 }
@@ -454,7 +440,7 @@ pub unsafe extern "C" fn goldclone_info_get(
     generation: *mut u64,
     created_at: *mut u64,
     size_bytes: *mut u64,
-    backend: *mut goldclone_backend,
+    backend: *mut BackendKind,
     session_count: *mut usize,
 ) -> goldclone_result {
     ffi_body!("goldclone_info_get", {
@@ -464,7 +450,7 @@ pub unsafe extern "C" fn goldclone_info_get(
             args::store(generation, i.generation);
             args::store(created_at, i.created_at);
             args::store(size_bytes, i.size_bytes);
-            args::store(backend, i.backend.into());
+            args::store(backend, i.backend);
             args::store(session_count, i.sessions.len());
         }
         Ok(())

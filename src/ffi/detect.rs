@@ -7,32 +7,25 @@ use std::sync::Arc;
 use super::args;
 use super::error::{goldclone_result, Failure};
 use super::handle::{self, Object};
-use crate::detect::{Backend, Detection};
+use crate::detect::{Backend, Detection, Kind};
 
 /// The result of `goldclone_detect`. Opaque; free with `goldclone_detection_free`.
 pub struct goldclone_detection {
     _private: [u8; 0],
 }
 
-/// What backs a detected path, most capable first.
-#[repr(u32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum goldclone_detect_kind {
-    /// A mounted ZFS filesystem dataset.
-    ZfsDataset = 1,
-    /// A filesystem on a ZFS volume.
-    Zvol = 2,
-    /// btrfs.
-    Btrfs = 3,
-    /// Another filesystem on which FICLONE works (XFS with reflink).
-    Reflink = 4,
-    /// No cheaper way than copying the bytes.
-    Plain = 5,
+/// The name of a `goldclone_detect_kind` (`"zfs_dataset"`, `"zvol"`, `"btrfs"`, `"reflink"`,
+/// `"plain"`), or `"unknown"`: a static NUL-terminated string, never freed. Does not touch the
+/// last error.
+#[no_mangle]
+pub extern "C" fn goldclone_detect_kind_name(kind: u32) -> *const c_char {
+    let name = Kind::from_repr(kind).map_or("unknown", Kind::name);
+    std::panic::catch_unwind(|| args::static_name(name)).map_or(c"unknown".as_ptr(), |c| c.as_ptr())
 }
 
 /// A string property of a detection, for `goldclone_detection_string`.
 #[repr(u32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::FromRepr)]
 pub enum goldclone_detection_field {
     /// The path, canonicalized (absolute, symlinks resolved); bytes, not necessarily UTF-8.
     Path = 1,
@@ -90,20 +83,13 @@ pub unsafe extern "C" fn goldclone_detection_free(
 #[no_mangle]
 pub unsafe extern "C" fn goldclone_detection_kind(
     detection: *const goldclone_detection,
-    out: *mut goldclone_detect_kind,
+    out: *mut Kind,
 ) -> goldclone_result {
     ffi_body!("goldclone_detection_kind", {
         args::require(out, "out")?;
         let d = lookup(detection)?;
-        let kind = match d.backend {
-            Backend::ZfsDataset { .. } => goldclone_detect_kind::ZfsDataset,
-            Backend::Zvol { .. } => goldclone_detect_kind::Zvol,
-            Backend::Btrfs { .. } => goldclone_detect_kind::Btrfs,
-            Backend::Reflink { .. } => goldclone_detect_kind::Reflink,
-            Backend::Plain { .. } => goldclone_detect_kind::Plain,
-        };
         // SAFETY: non-NULL (checked), writable by the caller's promise.
-        unsafe { args::store(out, kind) };
+        unsafe { args::store(out, d.backend.kind()) };
         Ok(())
     })
 }
@@ -122,33 +108,35 @@ pub unsafe extern "C" fn goldclone_detection_string(
     ffi_body!("goldclone_detection_string", {
         args::require_buf(buf, buf_len)?;
         let d = lookup(detection)?;
+        let field = goldclone_detection_field::from_repr(field).ok_or_else(|| {
+            Failure::new(
+                goldclone_result::InvalidArgument,
+                format!("{field} is not a goldclone_detection_field"),
+            )
+        })?;
         let value: Option<&[u8]> = match field {
-            1 => Some(d.path.as_os_str().as_bytes()),
-            2 => Some(d.mount.fs_type.as_bytes()),
-            3 => Some(d.mount.mount_point.as_os_str().as_bytes()),
-            4 => Some(d.mount.source.as_bytes()),
-            5 => match &d.backend {
+            goldclone_detection_field::Path => Some(d.path.as_os_str().as_bytes()),
+            goldclone_detection_field::FsType => Some(d.mount.fs_type.as_bytes()),
+            goldclone_detection_field::MountPoint => {
+                Some(d.mount.mount_point.as_os_str().as_bytes())
+            }
+            goldclone_detection_field::MountSource => Some(d.mount.source.as_bytes()),
+            goldclone_detection_field::Dataset => match &d.backend {
                 Backend::ZfsDataset { dataset, .. } | Backend::Zvol { dataset, .. } => {
                     Some(dataset.as_bytes())
                 }
                 _ => None,
             },
-            6 => d.backend.pool().map(str::as_bytes),
-            7 => match &d.backend {
+            goldclone_detection_field::Pool => d.backend.pool().map(str::as_bytes),
+            goldclone_detection_field::Device => match &d.backend {
                 Backend::Zvol { device, .. } => Some(device.as_os_str().as_bytes()),
                 _ => None,
             },
-            _ => {
-                return Err(Failure::new(
-                    goldclone_result::InvalidArgument,
-                    format!("{field} is not a goldclone_detection_field"),
-                ))
-            }
         };
         let value = value.ok_or_else(|| {
             Failure::new(
                 goldclone_result::NotFound,
-                format!("field {field} does not apply to a {} backend", d.backend.kind()),
+                format!("field {field:?} does not apply to a {} backend", d.backend.kind()),
             )
         })?;
         // SAFETY: the caller's promise on buf/buf_len/out_len.

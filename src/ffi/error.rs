@@ -2,16 +2,35 @@
 
 use std::any::Any;
 use std::cell::RefCell;
-use std::ffi::c_char;
+use std::ffi::{c_char, CStr};
+use std::sync::OnceLock;
+
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use strum::VariantArray;
 
 use crate::{Error, ErrorKind};
 
 /// The outcome of a call. The numbers are fixed and never reused: 1–98 classify a library error
 /// (new classes get new numbers in that range), 99 is any error without a more specific code, 100
 /// and up are errors in the call itself.
+///
+/// The one list of codes: the header's constants are generated from it, the Go package takes
+/// its constants from the header, [`goldclone_result::from_kind`] maps an [`ErrorKind`] to the
+/// code of the same name, and a test checks docs/C-API.md's table against it.
 #[repr(u32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::FromRepr,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::VariantArray,
+)]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum goldclone_result {
     /// Success.
     Ok = 0,
@@ -53,6 +72,8 @@ pub enum goldclone_result {
     Damaged = 17,
     /// The operation took effect in part and cannot be undone; the next open or gc finishes it.
     Incomplete = 18,
+    /// A file the library reads (a mount table, a record, a tool's output) could not be parsed.
+    Parse = 19,
     /// An error without a more specific code (a newer library error class).
     Other = 99,
     /// A required pointer argument was NULL.
@@ -66,94 +87,34 @@ pub enum goldclone_result {
 }
 
 impl goldclone_result {
-    /// The code for an error class.
+    /// The code for an error class: the code of the same name. Every [`ErrorKind`] has one (a
+    /// test checks it); `Other` is for kinds newer than this list.
     pub fn from_kind(kind: ErrorKind) -> Self {
-        #[allow(unreachable_patterns)] // ErrorKind is non_exhaustive: new kinds land in `Other`.
-        match kind {
-            ErrorKind::NotFound => Self::NotFound,
-            ErrorKind::AlreadyExists => Self::AlreadyExists,
-            ErrorKind::NotADirectory => Self::NotADirectory,
-            ErrorKind::InvalidArgument => Self::InvalidArgument,
-            ErrorKind::InvalidName => Self::InvalidName,
-            ErrorKind::NameTooLong => Self::NameTooLong,
-            ErrorKind::NoSpace => Self::NoSpace,
-            ErrorKind::Busy => Self::Busy,
-            ErrorKind::PermissionDenied => Self::PermissionDenied,
-            ErrorKind::Unsupported => Self::Unsupported,
-            ErrorKind::CrossDevice => Self::CrossDevice,
-            ErrorKind::Cancelled => Self::Cancelled,
-            ErrorKind::ZfsUnavailable => Self::ZfsUnavailable,
-            ErrorKind::Io => Self::Io,
-            ErrorKind::SnapshotHasClones => Self::SnapshotHasClones,
-            ErrorKind::SnapshotHeld => Self::SnapshotHeld,
-            ErrorKind::Damaged => Self::Damaged,
-            ErrorKind::Incomplete => Self::Incomplete,
-            _ => Self::Other,
-        }
+        let name: &'static str = kind.into();
+        name.parse().unwrap_or(Self::Other)
     }
 
     /// The code with this number, if there is one.
     pub fn from_u32(n: u32) -> Option<Self> {
-        ALL.iter().copied().find(|r| *r as u32 == n)
+        Self::from_repr(n)
     }
 
-    /// The C constant's name, NUL-terminated.
-    fn name_nul(self) -> &'static str {
-        match self {
-            Self::Ok => "GOLDCLONE_RESULT_OK\0",
-            Self::NotFound => "GOLDCLONE_RESULT_NOT_FOUND\0",
-            Self::AlreadyExists => "GOLDCLONE_RESULT_ALREADY_EXISTS\0",
-            Self::NotADirectory => "GOLDCLONE_RESULT_NOT_A_DIRECTORY\0",
-            Self::InvalidArgument => "GOLDCLONE_RESULT_INVALID_ARGUMENT\0",
-            Self::InvalidName => "GOLDCLONE_RESULT_INVALID_NAME\0",
-            Self::NameTooLong => "GOLDCLONE_RESULT_NAME_TOO_LONG\0",
-            Self::NoSpace => "GOLDCLONE_RESULT_NO_SPACE\0",
-            Self::Busy => "GOLDCLONE_RESULT_BUSY\0",
-            Self::PermissionDenied => "GOLDCLONE_RESULT_PERMISSION_DENIED\0",
-            Self::Unsupported => "GOLDCLONE_RESULT_UNSUPPORTED\0",
-            Self::CrossDevice => "GOLDCLONE_RESULT_CROSS_DEVICE\0",
-            Self::Cancelled => "GOLDCLONE_RESULT_CANCELLED\0",
-            Self::ZfsUnavailable => "GOLDCLONE_RESULT_ZFS_UNAVAILABLE\0",
-            Self::Io => "GOLDCLONE_RESULT_IO\0",
-            Self::SnapshotHasClones => "GOLDCLONE_RESULT_SNAPSHOT_HAS_CLONES\0",
-            Self::SnapshotHeld => "GOLDCLONE_RESULT_SNAPSHOT_HELD\0",
-            Self::Damaged => "GOLDCLONE_RESULT_DAMAGED\0",
-            Self::Incomplete => "GOLDCLONE_RESULT_INCOMPLETE\0",
-            Self::Other => "GOLDCLONE_RESULT_OTHER\0",
-            Self::NullParameter => "GOLDCLONE_RESULT_NULL_PARAMETER\0",
-            Self::InvalidHandle => "GOLDCLONE_RESULT_INVALID_HANDLE\0",
-            Self::BufferTooSmall => "GOLDCLONE_RESULT_BUFFER_TOO_SMALL\0",
-            Self::Panic => "GOLDCLONE_RESULT_PANIC\0",
-        }
+    /// The constant's name without the `GOLDCLONE_RESULT_` prefix, e.g. `"NOT_FOUND"`.
+    pub fn short_name(self) -> &'static str {
+        self.into()
+    }
+
+    /// The C constant's name (`"GOLDCLONE_RESULT_NOT_FOUND"`), NUL-terminated, static.
+    fn c_name(self) -> &'static CStr {
+        static NAMES: OnceLock<Vec<&'static str>> = OnceLock::new();
+        let names = NAMES.get_or_init(|| {
+            let name = |r: &Self| format!("GOLDCLONE_RESULT_{}", r.short_name());
+            Self::VARIANTS.iter().map(|r| &*String::leak(name(r))).collect()
+        });
+        let index = Self::VARIANTS.iter().position(|r| *r == self).unwrap_or(0);
+        super::args::static_name(names[index])
     }
 }
-
-const ALL: [goldclone_result; 24] = [
-    goldclone_result::Ok,
-    goldclone_result::NotFound,
-    goldclone_result::AlreadyExists,
-    goldclone_result::NotADirectory,
-    goldclone_result::InvalidArgument,
-    goldclone_result::InvalidName,
-    goldclone_result::NameTooLong,
-    goldclone_result::NoSpace,
-    goldclone_result::Busy,
-    goldclone_result::PermissionDenied,
-    goldclone_result::Unsupported,
-    goldclone_result::CrossDevice,
-    goldclone_result::Cancelled,
-    goldclone_result::ZfsUnavailable,
-    goldclone_result::Io,
-    goldclone_result::SnapshotHasClones,
-    goldclone_result::SnapshotHeld,
-    goldclone_result::Damaged,
-    goldclone_result::Incomplete,
-    goldclone_result::Other,
-    goldclone_result::NullParameter,
-    goldclone_result::InvalidHandle,
-    goldclone_result::BufferTooSmall,
-    goldclone_result::Panic,
-];
 
 /// A failed call: what the caller gets back and what the last error records.
 #[derive(Debug, Clone)]
@@ -231,11 +192,11 @@ pub(crate) fn boundary(name: &str, body: impl FnOnce() -> FfiResult) -> goldclon
 /// never freed. Does not touch the last error.
 #[no_mangle]
 pub extern "C" fn goldclone_result_name(code: u32) -> *const c_char {
-    let name = catch_unwind(|| goldclone_result::from_u32(code).map(goldclone_result::name_nul))
+    let name = catch_unwind(|| goldclone_result::from_u32(code).map(goldclone_result::c_name))
         .ok()
         .flatten()
-        .unwrap_or("GOLDCLONE_RESULT_UNKNOWN\0");
-    name.as_ptr().cast()
+        .unwrap_or(c"GOLDCLONE_RESULT_UNKNOWN");
+    name.as_ptr()
 }
 
 /// The code of the calling thread's last failed call, `GOLDCLONE_RESULT_OK` if the last call
@@ -293,12 +254,54 @@ mod tests {
 
     #[test]
     fn every_code_has_a_name_and_round_trips() {
-        for r in ALL {
+        for &r in goldclone_result::VARIANTS {
             assert_eq!(goldclone_result::from_u32(r as u32), Some(r));
-            assert!(r.name_nul().starts_with("GOLDCLONE_RESULT_"));
-            assert!(r.name_nul().ends_with('\0'));
+            let name = r.c_name().to_str().unwrap();
+            assert_eq!(name, format!("GOLDCLONE_RESULT_{}", r.short_name()));
+            // SAFETY: goldclone_result_name returns a static NUL-terminated string.
+            let exported = unsafe { CStr::from_ptr(goldclone_result_name(r as u32)) };
+            assert_eq!(exported.to_str().unwrap(), name);
         }
         assert_eq!(goldclone_result::from_u32(7777), None);
+        // SAFETY: as above.
+        let unknown = unsafe { CStr::from_ptr(goldclone_result_name(7777)) };
+        assert_eq!(unknown.to_str().unwrap(), "GOLDCLONE_RESULT_UNKNOWN");
+    }
+
+    #[test]
+    fn every_error_kind_has_its_own_code() {
+        let mut seen = std::collections::HashSet::new();
+        for &kind in ErrorKind::VARIANTS {
+            let code = goldclone_result::from_kind(kind);
+            assert_ne!(code, goldclone_result::Other, "{kind:?} has no code of its name");
+            assert!((1..99).contains(&(code as u32)), "{kind:?} -> {code:?} is not a library code");
+            assert!(seen.insert(code), "{code:?} taken twice");
+        }
+        // And back: every library code (1-98) is some kind's.
+        for &r in goldclone_result::VARIANTS {
+            if (1..99).contains(&(r as u32)) {
+                assert!(seen.contains(&r), "{r:?} is no ErrorKind's code");
+            }
+        }
+    }
+
+    /// docs/C-API.md's table lists every code, with its number and name, in order.
+    #[test]
+    fn the_docs_table_is_the_list_of_codes() {
+        let doc = include_str!("../../docs/C-API.md");
+        let rows: Vec<(u32, String)> = doc
+            .lines()
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                let n = cells.get(1)?.parse().ok()?;
+                Some((n, cells.get(2)?.trim_matches('`').to_string()))
+            })
+            .collect();
+        let codes: Vec<(u32, String)> = goldclone_result::VARIANTS
+            .iter()
+            .map(|&r| (r as u32, r.short_name().to_string()))
+            .collect();
+        assert_eq!(rows, codes, "docs/C-API.md's result table differs from goldclone_result");
     }
 
     #[test]

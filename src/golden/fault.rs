@@ -2,8 +2,8 @@
 //! named by `GOLDCLONE_FAULT` kills the process with SIGKILL — no unwinding, no destructors, no
 //! buffered writes, exactly as `kill -9` would. Without the feature every point is a no-op.
 
-/// Every point, in the order an operation reaches them. `promote:snapshot-taken` and
-/// `promote:head-promoted` are reached only on the ZFS backends (see [`reached_by`]).
+/// Every point, in the order an operation reaches them. Some are inside one backend's part of an
+/// operation, and only that backend reaches them (see [`reached_by`]).
 pub const POINTS: &[&str] = &[
     "import:intent-recorded",
     "import:tree-created",
@@ -23,11 +23,12 @@ pub const POINTS: &[&str] = &[
     "cleanup:meta-removed",
 ];
 
-/// Whether the `backend` reaches fault point `point`.
+/// Whether the `backend` reaches fault point `point`: every backend reaches the lifecycle's own
+/// points, and each its own.
 pub fn reached_by(point: &str, backend: super::BackendKind) -> bool {
-    use super::BackendKind::{Zfs, Zvol};
-    !matches!(point, "promote:snapshot-taken" | "promote:head-promoted")
-        || matches!(backend, Zfs | Zvol)
+    let owns = |k: super::BackendKind| k.own_fault_points().contains(&point);
+    !<super::BackendKind as strum::VariantArray>::VARIANTS.iter().copied().any(owns)
+        || owns(backend)
 }
 
 #[cfg(feature = "fault-injection")]

@@ -2,13 +2,14 @@
 //! copy of the current generation, promotion of a session to the next generation while older
 //! sessions keep running, cleanup, garbage collection, crash recovery.
 //!
-//! One API over four backends, picked by [`detect`](crate::detect) from the cache root and
-//! overridable: ZFS filesystems, ZFS zvol + XFS, btrfs subvolumes, and the tree copy.
+//! One API over the backends ([`crate::backend`]), picked from the cache root and overridable:
+//! the lifecycle knows what a generation and a session are, never how a backend makes them.
 //!
 //! What the lifecycle guarantees (README, "The lifecycle's guarantees"):
 //! * It only removes or changes what it made and recorded: every path is resolved beneath the
-//!   root without following symlinks ([`rootdir`]); a tree is acted on only where it is the one
-//!   its record names ([`state::Identity`]); anything else is reported by gc and left alone.
+//!   root without following symlinks (`RootDir`); a tree is acted on only where it is the one
+//!   its record names (its backend's `Identity`); anything else is reported by gc and left
+//!   alone.
 //! * A session in use ([`holders`]: any process or mount, in any mount namespace) is neither
 //!   promoted nor removed, and removal never crosses a mount point.
 //! * An operation that fails has had no effect, or its error is [`Error::Incomplete`]; one that
@@ -18,42 +19,25 @@
 
 pub mod fault;
 mod holders;
-mod rootdir;
 mod state;
-mod store;
-mod zfs_store;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use state::{validate_name, MAX_ID_LEN};
 
-use rootdir::RootDir;
-use state::{
-    lock_project, read_current, read_generation, read_session, Found, GenerationMeta, Identity,
-    Intent, Layout, ProjectLock, SessionMeta, Wait,
-};
-use store::{BtrfsStore, CopyStore, Generation, Presence, Retired, Session, Store};
+pub use crate::backend::BackendKind;
 
-use crate::detect::{self, Backend};
+use state::{
+    lock_project, read_current, read_generation, read_session, Found, GenerationMeta, Intent,
+    Layout, ProjectLock, SessionMeta, Wait,
+};
+
+use crate::backend::{self, Backend, Generation, Identity, Presence, Retired, RootDir, Session};
 use crate::{Error, Result};
 
 /// How long gc waits for one project's lock before it reports the project busy and goes on.
 const GC_LOCK_WAIT: Duration = Duration::from_secs(60);
-
-/// Which primitive a cache uses to give sessions their copy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BackendKind {
-    /// A ZFS dataset per generation; sessions are clones mounted with mount(2).
-    Zfs,
-    /// A ZFS volume with XFS per generation; sessions are zvol clones mounted `nouuid`.
-    Zvol,
-    /// btrfs subvolumes; sessions are snapshots.
-    Btrfs,
-    /// The exact parallel tree copy (reflinked where the filesystem can).
-    Copy,
-}
 
 /// How to open a cache.
 #[derive(Debug, Clone, Default)]
@@ -62,8 +46,9 @@ pub struct OpenOptions {
     pub backend: Option<BackendKind>,
     /// Worker threads of the copy backend (0 = default, at most 1024).
     pub copy_threads: usize,
-    /// zvol backend: size of a project's first volume; 0 picks four times the imported tree
-    /// (at least 1 GiB). Volumes are sparse: only written blocks use space.
+    /// Backend setting passed through (zvol): size of a project's first volume; 0 picks four
+    /// times the imported tree (at least 1 GiB). Volumes are sparse: only written blocks use
+    /// space.
     pub zvol_size: u64,
 }
 
@@ -117,72 +102,16 @@ impl GcReport {
     }
 }
 
-/// A golden-tree cache rooted at a directory (on ZFS: the directory a dataset is mounted at).
+/// A golden-tree cache rooted at a directory (which backends may require to be a mount point:
+/// see [`crate::backend`]).
 ///
 /// `Cache` is `Send + Sync`: one value may serve many threads, and many processes may open the
 /// same root at once; per-project locks (flock) keep them apart.
 #[derive(Debug)]
 pub struct Cache {
     root: RootDir,
-    store: Box<dyn Store>,
+    store: Box<dyn Backend>,
     opened: GcReport,
-}
-
-/// The backend, validated against the root, before anything is written.
-enum Choice {
-    Copy,
-    Btrfs,
-    Zfs { place: zfs_store::Placement, volumes: bool },
-}
-
-fn choose(root: &Path, opts: &OpenOptions) -> Result<(BackendKind, Choice)> {
-    let found = detect::detect(root)?;
-    let kind = opts.backend.unwrap_or(match &found.backend {
-        Backend::ZfsDataset { .. } => BackendKind::Zfs,
-        Backend::Zvol { .. } => BackendKind::Zvol,
-        Backend::Btrfs { .. } => BackendKind::Btrfs,
-        Backend::Reflink { .. } | Backend::Plain { .. } => BackendKind::Copy,
-    });
-    let choice = match (kind, &found.backend) {
-        (BackendKind::Copy, _) => Choice::Copy,
-        (BackendKind::Btrfs, Backend::Btrfs { .. }) => Choice::Btrfs,
-        (BackendKind::Btrfs, _) => {
-            return Err(Error::Unsupported {
-                what: format!(
-                    "btrfs backend asked for, but {} is on {}",
-                    root.display(),
-                    found.mount.fs_type
-                ),
-            })
-        }
-        // The cache root must be where its dataset is mounted: sessions and records live in
-        // directories of that dataset, and datasets (or volumes) go under it.
-        (BackendKind::Zfs | BackendKind::Zvol, Backend::ZfsDataset { dataset, .. })
-            if found.mount.mount_point == root =>
-        {
-            Choice::Zfs {
-                place: zfs_store::Placement::Under(crate::zfs::DatasetName::new(dataset)?),
-                volumes: kind == BackendKind::Zvol,
-            }
-        }
-        // A root on XFS on a zvol: new volumes go beside that zvol.
-        (BackendKind::Zvol, Backend::Zvol { dataset, .. }) => Choice::Zfs {
-            place: zfs_store::Placement::BesideZvol(crate::zfs::DatasetName::new(dataset)?),
-            volumes: true,
-        },
-        _ => {
-            return Err(Error::Unsupported {
-                what: format!(
-                    "{kind:?} backend needs the cache root to be the mount point of a ZFS dataset \
-                     (or, for zvol, on a zvol); {} is on {} at {}",
-                    root.display(),
-                    found.mount.fs_type,
-                    found.mount.mount_point.display()
-                ),
-            })
-        }
-    };
-    Ok((kind, choice))
 }
 
 /// What resolving an intent did.
@@ -219,21 +148,12 @@ impl Cache {
             });
         }
         let canonical = root.canonicalize().map_err(|e| Error::io("canonicalize", root, e))?;
-        let (kind, choice) = choose(&canonical, opts)?;
+        let plan = backend::plan(&canonical, opts.backend)?;
         let dir = RootDir::open(&canonical)?;
-        let cache_id = state::open_state(&dir, kind)?;
-        let threads = opts.copy_threads;
-        let store: Box<dyn Store> = match choice {
-            Choice::Copy => Box::new(CopyStore { threads }),
-            Choice::Btrfs => Box::new(BtrfsStore { threads }),
-            Choice::Zfs { place, volumes } => Box::new(zfs_store::ZfsStore::new(
-                place,
-                volumes,
-                threads,
-                opts.zvol_size,
-                &cache_id,
-            )?),
-        };
+        let cache_id = state::open_state(&dir, plan.kind())?;
+        let settings =
+            backend::Settings { copy_threads: opts.copy_threads, zvol_size: opts.zvol_size };
+        let store = plan.build(&cache_id, settings)?;
         let mut cache = Cache { root: dir, store, opened: GcReport::default() };
         cache.opened = cache.recover_idle_projects();
         Ok(cache)
@@ -254,8 +174,8 @@ impl Cache {
         &self.opened
     }
 
-    /// Make `dir` generation 1 of a new project. `dir` is copied (or, on ZFS and btrfs, turned
-    /// into a snapshot source); it is not changed. AlreadyExists if the project exists or
+    /// Make `dir` generation 1 of a new project. `dir` is copied into the backend's kind of
+    /// tree; it is not changed. AlreadyExists if the project exists or
     /// `ROOT/<project>` is taken by anything.
     pub fn import(&self, project: &str, dir: &Path) -> Result<u64> {
         validate_name(project)?;
@@ -401,9 +321,8 @@ impl Cache {
 
     /// Make the session's tree the project's next generation; returns that generation. The
     /// session must be quiesced (in use by nothing: [`Error::SessionBusy`] otherwise) and keeps
-    /// running unchanged afterwards; sessions of older generations are not touched. On ZFS the
-    /// session must have been made from the current generation (a clone of an older snapshot
-    /// cannot become the head every live generation's snapshot sits on): Unsupported otherwise.
+    /// running unchanged afterwards; sessions of older generations are not touched. A backend
+    /// may only promote sessions of the current generation (ZFS): Unsupported otherwise.
     pub fn promote(&self, project: &str, session: &str) -> Result<u64> {
         validate_name(project)?;
         validate_name(session)?;
@@ -680,7 +599,7 @@ impl Cache {
     /// Nothing holds the session: no process, no mount, in any namespace.
     fn ensure_unused(&self, s: &Session) -> Result<()> {
         if self.root.entry(&s.place)?.is_none() {
-            return Ok(()); // nothing there to hold (an unmounted ZFS session without its directory)
+            return Ok(()); // nothing there to hold (a session not mounted, without its directory)
         }
         let place = self.root.join(&s.place);
         let found = holders::holders(&place, self.store.sessions_are_mounts())?;
@@ -968,7 +887,7 @@ impl Cache {
     /// Finish or undo one interrupted operation, as its records say. A record is the commit:
     /// `current` for import and promote, the session's record for setup; a cleanup has
     /// committed once the session is no longer at its place. A promote the backend can only
-    /// finish (ZFS, once the clone is promoted) is finished and committed.
+    /// finish (past its point of no return) is finished and committed.
     fn resolve(&self, intent: &Intent) -> Result<Outcome> {
         let root = &self.root;
         let staging = self.staging_of(intent);
@@ -1270,7 +1189,7 @@ impl Cache {
             }
         }
         for d in self.store.unrecorded(project, &sessions, &[current])? {
-            report.kept.push(format!("{project}: dataset {d} has no record; left alone"));
+            report.kept.push(format!("{project}: {d} has no record; left alone"));
         }
         Ok(())
     }

@@ -10,9 +10,11 @@
 //!     sessions/<s>.json                        session s: its record (identity of its tree)
 //!     journal/<kind>-<id>.json                 intents of operations in flight, each flocked
 //!                                              by its owner for as long as it runs
-//!     trash/<name>.json                        ZFS datasets whose removal is still owed
-//! ROOT/.goldclone/trash/<p>/<name>             trees on their way out (copy, btrfs)
-//! ROOT/<p>/gen/<n>                             generation n's tree (copy, btrfs)
+//!     trash/<name>.json                        removals still owed (trees a backend keeps
+//!                                              outside the root, e.g. datasets, that stayed busy)
+//! ROOT/.goldclone/trash/<p>/<name>             trees on their way out
+//! ROOT/<p>/gen/<n>                             generation n's tree, for backends whose trees
+//!                                              are directories
 //! ROOT/<p>/sessions/<s>                        session s's tree or mount point
 //! ```
 //!
@@ -31,12 +33,12 @@ use std::time::{Duration, Instant};
 use rustix::fs::{AtFlags, FlockOperation, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
-use super::rootdir::{errno, is_temp_name, RootDir};
-use super::BackendKind;
+use crate::backend::rootdir::{errno, is_temp_name};
+use crate::backend::{BackendKind, Identity, RootDir};
 use crate::{Error, Result};
 
-/// Longest project or session id, in bytes. Leaves room for both inside a 255-byte ZFS dataset
-/// name under a pool and a cache dataset.
+/// Longest project or session id, in bytes. Leaves room for both inside a backend's names (a
+/// 255-byte ZFS dataset name under a pool and a cache dataset).
 pub const MAX_ID_LEN: usize = 64;
 
 /// The version of this layout, in `cache.json`. A root with another version is refused.
@@ -65,21 +67,6 @@ pub fn validate_name(name: &str) -> Result<()> {
         return Ok(());
     };
     Err(Error::InvalidName { name: name.to_string(), reason })
-}
-
-/// What a tree was when goldclone made it: the one test of "this is ours" before anything at its
-/// place is changed or removed.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub(crate) enum Identity {
-    /// A directory (copy backend): its inode, on the cache root's filesystem, and its birth
-    /// time in nanoseconds where the filesystem records one (an inode number alone can be
-    /// reused by the next directory made).
-    Dir { ino: u64, birth: Option<u64> },
-    /// A btrfs subvolume: its subvolume (tree) id.
-    Subvolume { id: u64 },
-    /// A ZFS dataset or snapshot: its name and guid.
-    Dataset { name: String, guid: u64 },
 }
 
 /// The record of one generation.
@@ -275,7 +262,7 @@ impl Layout {
     pub fn journal(project: &str) -> PathBuf {
         Self::project_state(project).join("journal")
     }
-    /// Records of removals still owed (ZFS datasets that stayed busy).
+    /// Records of removals still owed (a backend's trees outside the root that stayed busy).
     pub fn owed(project: &str) -> PathBuf {
         Self::project_state(project).join("trash")
     }
@@ -332,9 +319,10 @@ pub(crate) fn open_state(root: &RootDir, backend: BackendKind) -> Result<String>
     if meta.backend != backend {
         return Err(Error::Unsupported {
             what: format!(
-                "the cache at {} was made with the {:?} backend, not {backend:?}",
+                "the cache at {} was made with the {} backend, not {}",
                 root.path().display(),
-                meta.backend
+                meta.backend.name(),
+                backend.name()
             ),
         });
     }

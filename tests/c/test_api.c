@@ -47,13 +47,33 @@ static void test_result_names(void) {
     CHECK(strcmp(goldclone_result_name(GOLDCLONE_RESULT_SNAPSHOT_HELD), "GOLDCLONE_RESULT_SNAPSHOT_HELD") == 0);
     CHECK(strcmp(goldclone_result_name(GOLDCLONE_RESULT_DAMAGED), "GOLDCLONE_RESULT_DAMAGED") == 0);
     CHECK(strcmp(goldclone_result_name(GOLDCLONE_RESULT_INCOMPLETE), "GOLDCLONE_RESULT_INCOMPLETE") == 0);
-    CHECK(strcmp(goldclone_result_name(19), "GOLDCLONE_RESULT_UNKNOWN") == 0);
+    CHECK(strcmp(goldclone_result_name(GOLDCLONE_RESULT_PARSE), "GOLDCLONE_RESULT_PARSE") == 0);
+    CHECK(strcmp(goldclone_result_name(20), "GOLDCLONE_RESULT_UNKNOWN") == 0);
     CHECK(strcmp(goldclone_result_name(0xffffffffu), "GOLDCLONE_RESULT_UNKNOWN") == 0);
-    /* every number 0..=18 and 99..=103 has a name */
+    /* every number 0..=19 and 99..=103 has a name */
     for (uint32_t c = 0; c <= 103; c++) {
-        int known = c <= 18 || c >= 99;
+        int known = c <= 19 || c >= 99;
         CHECK((strcmp(goldclone_result_name(c), "GOLDCLONE_RESULT_UNKNOWN") != 0) == known);
     }
+}
+
+static void test_enum_names(void) {
+    CHECK(strcmp(goldclone_backend_name(GOLDCLONE_BACKEND_AUTO), "auto") == 0);
+    CHECK(strcmp(goldclone_backend_name(GOLDCLONE_BACKEND_ZFS), "zfs") == 0);
+    CHECK(strcmp(goldclone_backend_name(GOLDCLONE_BACKEND_ZVOL), "zvol") == 0);
+    CHECK(strcmp(goldclone_backend_name(GOLDCLONE_BACKEND_BTRFS), "btrfs") == 0);
+    CHECK(strcmp(goldclone_backend_name(GOLDCLONE_BACKEND_COPY), "copy") == 0);
+    CHECK(strcmp(goldclone_backend_name(5), "unknown") == 0);
+    CHECK(strcmp(goldclone_backend_name(0xffffffffu), "unknown") == 0);
+    CHECK(strcmp(goldclone_detect_kind_name(GOLDCLONE_DETECT_KIND_ZFS_DATASET), "zfs_dataset") == 0);
+    CHECK(strcmp(goldclone_detect_kind_name(GOLDCLONE_DETECT_KIND_ZVOL), "zvol") == 0);
+    CHECK(strcmp(goldclone_detect_kind_name(GOLDCLONE_DETECT_KIND_BTRFS), "btrfs") == 0);
+    CHECK(strcmp(goldclone_detect_kind_name(GOLDCLONE_DETECT_KIND_REFLINK), "reflink") == 0);
+    CHECK(strcmp(goldclone_detect_kind_name(GOLDCLONE_DETECT_KIND_PLAIN), "plain") == 0);
+    CHECK(strcmp(goldclone_detect_kind_name(0), "unknown") == 0);
+    CHECK(strcmp(goldclone_detect_kind_name(6), "unknown") == 0);
+    /* the same pointer each time: static, never freed */
+    CHECK(goldclone_backend_name(GOLDCLONE_BACKEND_ZFS) == goldclone_backend_name(GOLDCLONE_BACKEND_ZFS));
 }
 
 static void test_null_parameters(void) {
@@ -263,6 +283,7 @@ static void test_bad_options(void) {
 int main(void) {
     RUN(test_version);
     RUN(test_result_names);
+    RUN(test_enum_names);
     RUN(test_null_parameters);
     RUN(test_bogus_handles);
     RUN(test_last_error);

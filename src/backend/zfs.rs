@@ -30,22 +30,54 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use super::rootdir::RootDir;
-use super::state::Identity;
-use super::store::{Generation, Presence, Retired, Session, Store};
-use super::BackendKind;
+use super::{
+    cannot_serve, remove_beneath, zvol, Backend, BackendKind, Generation, Identity, Presence,
+    Retired, Session, Settings,
+};
 use crate::copy::{self, CopyOptions};
+use crate::detect::Detection;
 use crate::zfs::mount::{self, MountOptions};
 use crate::zfs::{CanMount, DatasetName, Props, SnapshotName, ZcpValue, Zfs, ZfsErrorKind};
 use crate::{Error, Result};
 
-/// How long to wait for a new zvol's block device to appear (no udev needed; the kernel creates
-/// it asynchronously).
-const ZVOL_DEVICE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Fault points only the ZFS backends reach (between their promote's steps).
+pub(crate) const FAULT_POINTS: &[&str] = &["promote:snapshot-taken", "promote:head-promoted"];
+
+/// A tree of this backend: a dataset or snapshot, by its name when recorded and its guid
+/// (a snapshot keeps its guid when promote moves it to another head).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub(crate) enum DatasetIdentity {
+    Dataset { name: String, guid: u64 },
+}
+
+/// Where a cache root on ZFS puts its datasets, checked: the root must be the mount point of a
+/// dataset (datasets, or for `Zvol` volumes, go under it), or for `Zvol` an XFS on a zvol
+/// (volumes go beside it).
+pub(crate) fn placement(root: &Path, found: &Detection, kind: BackendKind) -> Result<Placement> {
+    use crate::detect::Backend as Found;
+    match &found.backend {
+        // Sessions and records live in directories of that dataset.
+        Found::ZfsDataset { dataset, .. } if found.mount.mount_point == root => {
+            Ok(Placement::Under(DatasetName::new(dataset)?))
+        }
+        Found::Zvol { dataset, .. } if kind == BackendKind::Zvol => {
+            Ok(Placement::BesideZvol(DatasetName::new(dataset)?))
+        }
+        _ => Err(cannot_serve(
+            kind,
+            root,
+            found,
+            "needs the cache root to be the mount point of a ZFS dataset (or, for zvol, on a zvol)",
+        )),
+    }
+}
 
 /// The user property that marks a container as this cache's.
 const OWNER_PROP: &str = "goldclone:cache";
@@ -61,7 +93,7 @@ pub(crate) enum Placement {
 }
 
 #[derive(Debug)]
-pub(crate) struct ZfsStore {
+pub(crate) struct ZfsBackend {
     zfs: Zfs,
     /// Projects' containers are its children.
     root: DatasetName,
@@ -87,35 +119,28 @@ fn zfs_kind(e: &Error) -> Option<ZfsErrorKind> {
 
 /// The dataset name as a string value of a record.
 fn identity(name: &str, guid: u64) -> Identity {
-    Identity::Dataset { name: name.to_string(), guid }
+    Identity::new(&DatasetIdentity::Dataset { name: name.to_string(), guid })
 }
 
-impl ZfsStore {
-    /// A store for a cache root placed as `place`, with filesystems or (`volumes`) zvols.
+impl ZfsBackend {
+    /// A backend for a cache root placed as `place`, with filesystems or (`volumes`) zvols.
     pub fn new(
         place: Placement,
         volumes: bool,
-        copy_threads: usize,
-        volume_size: u64,
+        settings: Settings,
         cache_id: &str,
-    ) -> Result<ZfsStore> {
+    ) -> Result<ZfsBackend> {
         let (root, root_is_ours) = match place {
             Placement::Under(dataset) => (dataset, false),
-            Placement::BesideZvol(zvol) => {
-                let leaf = zvol.as_str().rsplit('/').next().unwrap_or_default().to_string();
-                let parent = zvol.parent().ok_or_else(|| Error::Unsupported {
-                    what: format!("zvol {zvol} has no parent dataset to put volumes in"),
-                })?;
-                (parent.child(&format!("{leaf}.goldclone"))?, true)
-            }
+            Placement::BesideZvol(zvol) => (zvol::datasets_beside(&zvol)?, true),
         };
-        Ok(ZfsStore {
+        Ok(ZfsBackend {
             zfs: Zfs::open()?,
             root,
             root_is_ours,
             volumes,
-            copy_threads,
-            volume_size,
+            copy_threads: settings.copy_threads,
+            volume_size: settings.zvol_size,
             cache_id: cache_id.to_string(),
             owned: Mutex::new(HashSet::new()),
         })
@@ -197,12 +222,12 @@ return out"#;
 
     /// Whether the recorded dataset `id` is `name` now (same guid).
     fn is_recorded(&self, name: &str, id: &Identity) -> Result<std::result::Result<(), String>> {
-        let Identity::Dataset { guid, .. } = id else {
-            return Ok(Err(format!("recorded as {id:?}, not a dataset")));
+        let Some(DatasetIdentity::Dataset { guid, .. }) = id.get() else {
+            return Ok(Err(format!("recorded as {id}, not a dataset")));
         };
         Ok(match self.guid(name)? {
             None => Err("missing".into()),
-            Some(g) if g == *guid => Ok(()),
+            Some(g) if g == guid => Ok(()),
             Some(g) => Err(format!("{name} has guid {g}, not the recorded {guid}")),
         })
     }
@@ -292,9 +317,7 @@ return out"#;
     /// Mount `dataset` at `dir`.
     fn mount(&self, dataset: &DatasetName, dir: &Path) -> Result<()> {
         if self.volumes {
-            let dev = mount::zvol_device(dataset, ZVOL_DEVICE_TIMEOUT)?;
-            // Sessions and the golden are clones of one XFS: same UUID, so `nouuid`.
-            mount::mount_xfs(&dev, dir, true)
+            zvol::mount(dataset, dir)
         } else {
             mount::mount_filesystem(dataset, dir, MountOptions::default())
         }
@@ -304,13 +327,11 @@ return out"#;
     fn mounted_at(&self, dataset: &DatasetName, dir: &Path) -> Result<bool> {
         let mounts = crate::detect::mounts()?;
         let Some(m) = mounts.iter().rev().find(|m| m.mount_point == dir) else { return Ok(false) };
-        if self.volumes {
-            let dev = PathBuf::from(&m.source);
-            Ok(m.fs_type == "xfs"
-                && crate::detect::zvol::dataset_of(&dev).ok().as_deref() == Some(dataset.as_str()))
+        Ok(if self.volumes {
+            zvol::is_mount_of(m, dataset)
         } else {
-            Ok(m.fs_type == "zfs" && m.source == dataset.as_str())
-        }
+            m.fs_type == "zfs" && m.source == dataset.as_str()
+        })
     }
 
     /// Unmount `dataset` from the directory `rel` if it is mounted there, then remove the
@@ -345,23 +366,6 @@ return out"#;
         }
     }
 
-    fn volume_size_for(&self, src: &Path) -> u64 {
-        let want = if self.volume_size > 0 {
-            self.volume_size
-        } else {
-            let used = rustix::fs::open(
-                src,
-                rustix::fs::OFlags::RDONLY
-                    | rustix::fs::OFlags::DIRECTORY
-                    | rustix::fs::OFlags::CLOEXEC,
-                rustix::fs::Mode::empty(),
-            )
-            .map_or(0, |fd| super::store::disk_usage(fd, src));
-            used.saturating_mul(4).max(1 << 30)
-        };
-        want.div_ceil(1 << 20) << 20
-    }
-
     fn snapshot_generation(
         &self,
         snap: &SnapshotName,
@@ -370,7 +374,10 @@ return out"#;
         session: Option<&str>,
     ) -> Result<()> {
         let generation = generation.to_string();
-        let created = super::state::now().to_string();
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            .to_string();
         let mut props = vec![
             ("goldclone:project", project),
             ("goldclone:generation", generation.as_str()),
@@ -401,7 +408,7 @@ return out"#;
         // previous head's snapshots).
         for round in 0..3 {
             match self.zfs.promote(&head) {
-                Ok(()) if round == 0 => super::fault::point("promote:head-promoted"),
+                Ok(()) if round == 0 => crate::golden::fault::point("promote:head-promoted"),
                 Ok(()) => {}
                 Err(e) if zfs_kind(&e) == Some(ZfsErrorKind::NotAClone) => break,
                 Err(e) => return Err(e),
@@ -414,41 +421,17 @@ return out"#;
         Ok(())
     }
 
-    /// Thaw an XFS session a crash may have left frozen (FIFREEZE outlives its process).
-    fn thaw_if_frozen(dir: &Path) {
-        if let Ok(f) = std::fs::File::open(dir) {
-            let _ = crate::sys::block::fithaw(std::os::fd::AsFd::as_fd(&f));
-        }
-    }
-
     /// Make the import's head: a filesystem, or a volume formatted with XFS.
     fn create_head(&self, head: &DatasetName, src: &Path) -> Result<()> {
-        if !self.volumes {
-            return self.zfs.create_filesystem(head, &Props::new());
+        if self.volumes {
+            zvol::create(&self.zfs, head, src, self.volume_size)
+        } else {
+            self.zfs.create_filesystem(head, &Props::new())
         }
-        let props = Props::new().volsize(self.volume_size_for(src)).number("refreservation", 0);
-        self.zfs.create_volume(head, &props)?;
-        let dev = mount::zvol_device(head, ZVOL_DEVICE_TIMEOUT)?;
-        // There is no library for making an XFS; this is the one program the library runs.
-        // Its chatter (e.g. about the volume's 16K sectors) is shown only on failure.
-        let out = Command::new("mkfs.xfs")
-            .args(["-q", "-f"])
-            .arg(&dev)
-            .output()
-            .map_err(|e| Error::io("spawn mkfs.xfs", &dev, e))?;
-        if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            return Err(Error::io(
-                "mkfs.xfs",
-                &dev,
-                std::io::Error::other(format!("exited with {}: {}", out.status, stderr.trim())),
-            ));
-        }
-        Ok(())
     }
 }
 
-impl Store for ZfsStore {
+impl Backend for ZfsBackend {
     fn kind(&self) -> BackendKind {
         if self.volumes {
             BackendKind::Zvol
@@ -570,16 +553,13 @@ impl Store for ZfsStore {
         self.check_owned(&s.project)?;
         let snap =
             self.session_dataset(&s.project, &s.name)?.snapshot(&format!("gen{}", g.number))?;
+        let take = || self.snapshot_generation(&snap, &s.project, g.number, Some(&s.name));
         if self.volumes {
-            // XFS keeps dirty data and log in memory: freeze for a consistent block-level image.
-            let frozen = mount::freeze(&root.join(&s.place))?;
-            let taken = self.snapshot_generation(&snap, &s.project, g.number, Some(&s.name));
-            frozen.thaw()?;
-            taken?;
+            zvol::frozen(&root.join(&s.place), take)?;
         } else {
-            self.snapshot_generation(&snap, &s.project, g.number, Some(&s.name))?;
+            take()?;
         }
-        super::fault::point("promote:snapshot-taken");
+        crate::golden::fault::point("promote:snapshot-taken");
         self.finish_promote(&s.project, &s.name, g.number, previous.number)?;
         self.identify(self.generation_snapshot(&g.project, g.number, g.number)?.as_str())
     }
@@ -594,7 +574,7 @@ impl Store for ZfsStore {
     ) -> Result<Option<Identity>> {
         self.check_owned(&s.project)?;
         if self.volumes {
-            Self::thaw_if_frozen(&root.join(&s.place));
+            zvol::thaw_if_frozen(&root.join(&s.place));
         }
         let on_session =
             self.session_dataset(&s.project, &s.name)?.snapshot(&format!("gen{}", g.number))?;
@@ -620,22 +600,22 @@ impl Store for ZfsStore {
     }
 
     fn presence(&self, root: &RootDir, place: &Path, id: &Identity) -> Result<Presence> {
-        let Identity::Dataset { name, .. } = id else {
-            return Ok(Presence::Other(format!("recorded as {id:?}, not a dataset")));
+        let Some(DatasetIdentity::Dataset { name, .. }) = id.get() else {
+            return Ok(id.foreign());
         };
         if name.contains('@') {
             // A generation: its snapshot moves between heads, so the lifecycle asks by
             // generation (generation_presence), never by place.
-            return Ok(match self.is_recorded(name, id)? {
+            return Ok(match self.is_recorded(&name, id)? {
                 Ok(()) => Presence::Here,
                 Err(_) => Presence::Absent,
             });
         }
-        let dataset = DatasetName::new(name)?;
-        match self.is_recorded(name, id)? {
+        let dataset = DatasetName::new(&name)?;
+        match self.is_recorded(&name, id)? {
             Ok(()) if self.mounted_at(&dataset, &root.join(place))? => Ok(Presence::Here),
             Ok(()) => Ok(Presence::Elsewhere(format!("{name} is not mounted at its place"))),
-            Err(_) if !self.exists(name)? => Ok(Presence::Absent),
+            Err(_) if !self.exists(&name)? => Ok(Presence::Absent),
             Err(what) => Ok(Presence::Other(what)),
         }
     }
@@ -646,8 +626,8 @@ impl Store for ZfsStore {
         g: &Generation,
         id: &Identity,
     ) -> Result<Presence> {
-        if !matches!(id, Identity::Dataset { .. }) {
-            return Ok(Presence::Other(format!("recorded as {id:?}, not a snapshot")));
+        if id.get::<DatasetIdentity>().is_none() {
+            return Ok(id.foreign());
         }
         let snap = self.generation_snapshot(&g.project, g.head, g.number)?;
         Ok(match self.is_recorded(snap.as_str(), id)? {
@@ -758,20 +738,20 @@ impl Store for ZfsStore {
     }
 
     fn remove_trash(&self, root: &RootDir, trash: &Path) -> Result<()> {
-        super::store::remove_beneath(root, trash)
+        remove_beneath(root, trash)
     }
 
     fn remove_owed(&self, _root: &RootDir, id: &Identity) -> Result<()> {
-        let Identity::Dataset { name, .. } = id else {
+        let Some(DatasetIdentity::Dataset { name, .. }) = id.get() else {
             return Err(Error::Damaged {
-                path: PathBuf::from(format!("{id:?}")),
+                path: PathBuf::from(id.to_string()),
                 what: "not a dataset".into(),
             });
         };
-        match self.is_recorded(name, id)? {
-            Ok(()) => self.destroy_if_exists(&DatasetName::new(name)?).map(drop),
-            Err(_) if !self.exists(name)? => Ok(()),
-            Err(what) => Err(Error::Damaged { path: PathBuf::from(name), what }),
+        match self.is_recorded(&name, id)? {
+            Ok(()) => self.destroy_if_exists(&DatasetName::new(&name)?).map(drop),
+            Err(_) if !self.exists(&name)? => Ok(()),
+            Err(what) => Err(Error::Damaged { path: PathBuf::from(&name), what }),
         }
     }
 
@@ -810,7 +790,7 @@ impl Store for ZfsStore {
                 _ => false,
             };
             if !known {
-                out.push(c.to_string());
+                out.push(format!("dataset {c}"));
             }
         }
         Ok(out)

@@ -1,0 +1,226 @@
+//! The btrfs backend: golden trees are read-only subvolumes, sessions writable snapshots of
+//! them, promotion a read-only snapshot of the session, all by ioctl. Only `import` copies (into a
+//! new subvolume). A tree is identified by its subvolume id.
+
+use std::ffi::CString;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use super::rootdir::RootDir;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    cannot_serve, describe, open_source, remove_beneath, Backend, BackendKind, Generation,
+    Identity, Presence, Retired, Session,
+};
+use crate::copy::{self, CopyOptions};
+use crate::detect::Detection;
+use crate::sys::btrfs::BTRFS_FIRST_FREE_OBJECTID;
+use crate::{sys, Error, Result};
+
+/// A tree of this backend: a subvolume, by its subvolume (tree) id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub(crate) enum SubvolumeIdentity {
+    Subvolume { id: u64 },
+}
+
+/// Whether a cache root can be served by btrfs: it must be on btrfs.
+pub(crate) fn check(root: &Path, found: &Detection) -> Result<()> {
+    match found.backend {
+        crate::detect::Backend::Btrfs { .. } => Ok(()),
+        _ => Err(cannot_serve(BackendKind::Btrfs, root, found, "needs the cache root on btrfs")),
+    }
+}
+
+/// The btrfs backend: golden trees are read-only subvolumes, sessions writable snapshots of them,
+/// promotion a read-only snapshot of the session. Only `import` copies (into a new subvolume).
+#[derive(Debug)]
+pub(crate) struct BtrfsBackend {
+    pub threads: usize,
+}
+
+fn cname(name: &std::ffi::OsStr) -> Result<CString> {
+    CString::new(name.as_bytes())
+        .map_err(|_| Error::InvalidArgument { what: "NUL in a name".into() })
+}
+
+impl BtrfsBackend {
+    /// Snapshot the subvolume at `from` as `dst`; its identity.
+    fn snapshot(
+        &self,
+        root: &RootDir,
+        from: &Path,
+        dst: &Path,
+        read_only: bool,
+    ) -> Result<Identity> {
+        let source = root.dir(from)?;
+        let (parent, name) = root.parent(dst)?;
+        sys::btrfs::snapshot(source.as_fd(), parent.as_fd(), &cname(name)?, read_only)
+            .map_err(|e| Error::io("btrfs snapshot", root.join(dst), e))?;
+        self.identity(root, dst)
+    }
+
+    fn identity(&self, root: &RootDir, rel: &Path) -> Result<Identity> {
+        let fd = root.dir(rel)?;
+        let id = sys::btrfs::btrfs_subvolume_id(fd.as_fd())
+            .map_err(|e| Error::io("btrfs subvolume id", root.join(rel), e))?;
+        Ok(Identity::new(&SubvolumeIdentity::Subvolume { id }))
+    }
+
+    /// Delete the subvolume at `rel` in place (deleting is atomic; a read-only subvolume cannot
+    /// be moved to another directory). Absent if it is not there.
+    fn delete(&self, root: &RootDir, rel: &Path) -> Result<Retired> {
+        let (parent, name) = root.parent(rel)?;
+        match sys::btrfs::subvol_delete(parent.as_fd(), &cname(name)?) {
+            Ok(()) => Ok(Retired::Removed),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Retired::Absent),
+            Err(e) => Err(Error::io("btrfs subvolume delete", root.join(rel), e)),
+        }
+    }
+
+    /// Remove what is at `rel` if it is a subvolume made there, else as a directory tree.
+    fn remove(&self, root: &RootDir, rel: &Path) -> Result<()> {
+        match root.entry(rel)? {
+            None => Ok(()),
+            Some(e) if e.is_dir() && e.ino == BTRFS_FIRST_FREE_OBJECTID => {
+                self.delete(root, rel).map(drop)
+            }
+            Some(_) => remove_beneath(root, rel),
+        }
+    }
+
+    fn retire(&self, root: &RootDir, place: &Path, id: &Identity) -> Result<Retired> {
+        match self.presence(root, place, id)? {
+            Presence::Here => self.delete(root, place),
+            Presence::Absent | Presence::Elsewhere(_) => Ok(Retired::Absent),
+            Presence::Other(what) => Err(Error::Damaged { path: root.join(place), what }),
+        }
+    }
+}
+
+impl Backend for BtrfsBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Btrfs
+    }
+
+    fn import(
+        &self,
+        root: &RootDir,
+        src: &Path,
+        _g: &Generation,
+        staging: &Path,
+    ) -> Result<Identity> {
+        let source = open_source(src)?;
+        let (parent, name) = root.parent(staging)?;
+        sys::btrfs::subvol_create(parent.as_fd(), &cname(name)?)
+            .map_err(|e| Error::io("btrfs subvolume create", root.join(staging), e))?;
+        // Synced before it is made read-only and published (see CopyStore::opts).
+        let filled = root.dir(staging).and_then(|dst| {
+            copy::copy_dir_into(
+                source.as_fd(),
+                src,
+                dst.as_fd(),
+                &root.join(staging),
+                &CopyOptions { threads: self.threads, sync: true, ..CopyOptions::default() },
+            )?;
+            sys::btrfs::set_read_only(dst.as_fd(), true)
+                .map_err(|e| Error::io("btrfs set read-only", root.join(staging), e))
+        });
+        if let Err(e) = filled {
+            let _ = self.remove(root, staging);
+            return Err(e);
+        }
+        self.identity(root, staging)
+    }
+
+    fn create_session(
+        &self,
+        root: &RootDir,
+        generation: &Generation,
+        _recorded: &Identity,
+        _session: &Session,
+        staging: &Path,
+    ) -> Result<Identity> {
+        self.snapshot(root, &generation.place, staging, false)
+    }
+
+    fn promote(
+        &self,
+        root: &RootDir,
+        session: &Session,
+        _recorded: &Identity,
+        _generation: &Generation,
+        _previous: &Generation,
+        staging: &Path,
+    ) -> Result<Identity> {
+        self.snapshot(root, &session.place, staging, true)
+    }
+
+    fn presence(&self, root: &RootDir, place: &Path, id: &Identity) -> Result<Presence> {
+        let Some(SubvolumeIdentity::Subvolume { id: want }) = id.get() else {
+            return Ok(id.foreign());
+        };
+        let Some(e) = root.entry(place)? else { return Ok(Presence::Absent) };
+        if !(e.is_dir() && e.ino == BTRFS_FIRST_FREE_OBJECTID) {
+            return Ok(Presence::Other(describe(&e, &format!("subvolume {want}"))));
+        }
+        let fd = root.dir(place)?;
+        let have = sys::btrfs::btrfs_subvolume_id(fd.as_fd())
+            .map_err(|e| Error::io("btrfs subvolume id", root.join(place), e))?;
+        Ok(if have == want {
+            Presence::Here
+        } else {
+            Presence::Other(format!("holds subvolume {have}, not the recorded {want}"))
+        })
+    }
+
+    fn discard_session(
+        &self,
+        root: &RootDir,
+        _s: &Session,
+        staging: &Path,
+        _ours: bool,
+    ) -> Result<()> {
+        self.remove(root, staging)
+    }
+
+    fn discard_generation(
+        &self,
+        root: &RootDir,
+        generation: &Generation,
+        staging: &Path,
+        recorded: Option<&Identity>,
+    ) -> Result<()> {
+        self.remove(root, staging)?;
+        if let Some(id) = recorded {
+            self.retire(root, &generation.place, id)?;
+        }
+        Ok(())
+    }
+
+    fn retire_session(
+        &self,
+        root: &RootDir,
+        s: &Session,
+        id: &Identity,
+        _t: &Path,
+    ) -> Result<Retired> {
+        self.retire(root, &s.place, id)
+    }
+
+    fn retire_generation(
+        &self,
+        root: &RootDir,
+        g: &Generation,
+        id: &Identity,
+        _t: &Path,
+    ) -> Result<Retired> {
+        self.retire(root, &g.place, id)
+    }
+
+    fn remove_trash(&self, root: &RootDir, trash: &Path) -> Result<()> {
+        self.remove(root, trash)
+    }
+}

@@ -1,0 +1,151 @@
+//! The tree-copy backend: every tree is an exact copy, reflinked where the filesystem can
+//! (`crate::copy`). Works on any filesystem; the fallback of every other backend.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+
+use super::rootdir::{self, RootDir};
+use super::{
+    describe, make_dir, open_source, remove_beneath, Backend, BackendKind, Generation, Identity,
+    Presence, Session,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::copy::{self, CopyOptions};
+use crate::{Error, Result};
+
+/// A tree of this backend: a directory, by its inode on the cache root's filesystem and its
+/// birth time in nanoseconds where the filesystem records one (an inode number alone is reused
+/// by the next directory made).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub(crate) enum DirIdentity {
+    Dir { ino: u64, birth: Option<u64> },
+}
+
+/// The tree-copy backend: every tree is an exact copy, reflinked where the filesystem can.
+#[derive(Debug)]
+pub(crate) struct CopyBackend {
+    pub threads: usize,
+}
+
+impl CopyBackend {
+    /// Golden trees are synced before `current` may name them: after a power loss a committed
+    /// generation must have its data, not empty files from delayed allocation. Sessions are not
+    /// (a session does not outlive its host's crash in any useful way, and syncing would cost
+    /// every setup a filesystem-wide flush).
+    fn opts(&self, durable: bool) -> CopyOptions {
+        CopyOptions { threads: self.threads, sync: durable, ..CopyOptions::default() }
+    }
+
+    /// Copy the open directory `src` into a new directory at `staging`; its identity.
+    fn copy(
+        &self,
+        root: &RootDir,
+        src: OwnedFd,
+        src_path: &Path,
+        staging: &Path,
+        durable: bool,
+    ) -> Result<Identity> {
+        let dst = make_dir(root, staging)?;
+        let copied = copy::copy_dir_into(
+            src.as_fd(),
+            src_path,
+            dst.as_fd(),
+            &root.join(staging),
+            &self.opts(durable),
+        );
+        if let Err(e) = copied {
+            let _ = remove_beneath(root, staging);
+            return Err(e);
+        }
+        dir_identity(root, &dst, staging)
+    }
+}
+
+fn dir_identity(root: &RootDir, fd: &OwnedFd, rel: &Path) -> Result<Identity> {
+    let e = rootdir::statx_entry(fd.as_fd(), std::ffi::OsStr::new(""))
+        .map_err(|e| Error::io("stat", root.join(rel), rootdir::errno(e)))?;
+    Ok(Identity::new(&DirIdentity::Dir { ino: e.ino, birth: e.birth }))
+}
+
+impl Backend for CopyBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Copy
+    }
+
+    fn import(
+        &self,
+        root: &RootDir,
+        src: &Path,
+        _g: &Generation,
+        staging: &Path,
+    ) -> Result<Identity> {
+        self.copy(root, open_source(src)?, src, staging, true)
+    }
+
+    fn create_session(
+        &self,
+        root: &RootDir,
+        generation: &Generation,
+        _recorded: &Identity,
+        _session: &Session,
+        staging: &Path,
+    ) -> Result<Identity> {
+        let src = root.dir(&generation.place)?;
+        self.copy(root, src, &root.join(&generation.place), staging, false)
+    }
+
+    fn promote(
+        &self,
+        root: &RootDir,
+        session: &Session,
+        _recorded: &Identity,
+        _generation: &Generation,
+        _previous: &Generation,
+        staging: &Path,
+    ) -> Result<Identity> {
+        let src = root.dir(&session.place)?;
+        self.copy(root, src, &root.join(&session.place), staging, true)
+    }
+
+    fn presence(&self, root: &RootDir, place: &Path, id: &Identity) -> Result<Presence> {
+        let Some(DirIdentity::Dir { ino, birth }) = id.get() else { return Ok(id.foreign()) };
+        let root_dev = rustix::fs::fstat(root.fd()).map_or(0, |st| st.st_dev);
+        // Both inode and birth time: an inode number is reused by the next directory made.
+        let same_birth = |b: Option<u64>| birth.is_none() || b.is_none() || b == birth;
+        Ok(match root.entry(place)? {
+            None => Presence::Absent,
+            Some(e) if e.is_dir() && e.ino == ino && e.dev == root_dev && same_birth(e.birth) => {
+                Presence::Here
+            }
+            Some(e) => Presence::Other(describe(&e, &format!("directory inode {ino}"))),
+        })
+    }
+
+    fn discard_session(
+        &self,
+        root: &RootDir,
+        _s: &Session,
+        staging: &Path,
+        _ours: bool,
+    ) -> Result<()> {
+        remove_beneath(root, staging)
+    }
+
+    fn discard_generation(
+        &self,
+        root: &RootDir,
+        generation: &Generation,
+        staging: &Path,
+        recorded: Option<&Identity>,
+    ) -> Result<()> {
+        remove_beneath(root, staging)?;
+        if let Some(id) = recorded {
+            if self.presence(root, &generation.place, id)? == Presence::Here {
+                remove_beneath(root, &generation.place)?;
+            }
+        }
+        Ok(())
+    }
+}

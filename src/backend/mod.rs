@@ -1,0 +1,532 @@
+//! Backends: what the lifecycle ([`crate::golden`]) drives to make trees, one module each.
+//!
+//! * [`copy`] — an exact tree copy, reflinked where the filesystem can; works anywhere.
+//! * [`btrfs`] — read-only subvolumes and writable snapshots, by ioctl.
+//! * [`zfs`] — datasets, snapshots and clones through libzfs_core, mounted with mount(2);
+//!   [`zvol`] adds the volumes-with-XFS flavour.
+//!
+//! A backend module owns everything about its kind of tree: which cache roots it can serve and
+//! how it is built from detection ([`plan`]), how it names what it makes, what a tree's
+//! [`Identity`] is, and how it finishes or undoes its part of an interrupted operation. The
+//! lifecycle knows none of that: it calls the [`Backend`] trait with typed arguments
+//! ([`Generation`], [`Session`]: one cannot be passed for the other), keeps each tree's
+//! identity in its records without looking inside, and passes every path relative to the cache
+//! root, resolved beneath it ([`RootDir`]). A backend only ever removes what the lifecycle names:
+//! a staging name recorded before anything was made, or a tree whose identity was recorded.
+//!
+//! Adding a backend: a module implementing [`Backend`], a [`BackendKind`] variant, and its line
+//! in [`plan`].
+
+pub(crate) mod btrfs;
+pub(crate) mod copy;
+pub(crate) mod rootdir;
+pub(crate) mod zfs;
+pub(crate) mod zvol;
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+pub(crate) use rootdir::RootDir;
+
+use crate::detect::{self, Detection};
+use crate::{Error, Result};
+
+// The one list of backends: the C header's `goldclone_backend` is this enum (cbindgen.toml
+// renames it), the Go package takes its constants from the header, and the CLI's `--backend`
+// values and the records' names are the snake_case variant names. The numbers are fixed.
+/// The primitive a cache uses to give sessions their copy.
+#[repr(u32)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::FromRepr,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::VariantArray,
+)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum BackendKind {
+    /// A ZFS dataset per generation; sessions are clones mounted with mount(2).
+    Zfs = 1,
+    /// A ZFS volume with XFS per generation; sessions are zvol clones mounted `nouuid`.
+    Zvol = 2,
+    /// btrfs subvolumes; sessions are snapshots.
+    Btrfs = 3,
+    /// The exact parallel tree copy (reflinked where the filesystem can).
+    Copy = 4,
+}
+
+impl BackendKind {
+    /// The name in records, messages and the CLI, e.g. `"zfs"`.
+    pub fn name(self) -> &'static str {
+        self.into()
+    }
+
+    /// Fault points (see [`crate::golden::fault`]) only this backend reaches.
+    pub(crate) fn own_fault_points(self) -> &'static [&'static str] {
+        match self {
+            BackendKind::Zfs | BackendKind::Zvol => zfs::FAULT_POINTS,
+            BackendKind::Btrfs | BackendKind::Copy => &[],
+        }
+    }
+}
+
+/// Settings of the backends, from `golden::OpenOptions`.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Settings {
+    /// Worker threads of tree copies (0 = adaptive).
+    pub copy_threads: usize,
+    /// zvol: size of a project's first volume (0 = from the imported tree).
+    pub zvol_size: u64,
+}
+
+/// A backend chosen for a cache root and checked against it, before anything is written.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    kind: BackendKind,
+    build: Build,
+}
+
+#[derive(Debug)]
+enum Build {
+    Copy,
+    Btrfs,
+    Zfs(zfs::Placement, bool),
+}
+
+/// Choose the backend for the cache root `root` (canonical): `requested`, or the best one
+/// detection finds, checked that it can serve this root.
+pub(crate) fn plan(root: &Path, requested: Option<BackendKind>) -> Result<Plan> {
+    let found = detect::detect(root)?;
+    let kind = requested.unwrap_or(match &found.backend {
+        detect::Backend::ZfsDataset { .. } => BackendKind::Zfs,
+        detect::Backend::Zvol { .. } => BackendKind::Zvol,
+        detect::Backend::Btrfs { .. } => BackendKind::Btrfs,
+        detect::Backend::Reflink { .. } | detect::Backend::Plain { .. } => BackendKind::Copy,
+    });
+    let build = match kind {
+        BackendKind::Copy => Build::Copy,
+        BackendKind::Btrfs => btrfs::check(root, &found).map(|()| Build::Btrfs)?,
+        BackendKind::Zfs | BackendKind::Zvol => {
+            Build::Zfs(zfs::placement(root, &found, kind)?, kind == BackendKind::Zvol)
+        }
+    };
+    Ok(Plan { kind, build })
+}
+
+impl Plan {
+    pub fn kind(&self) -> BackendKind {
+        self.kind
+    }
+
+    /// The backend, for the cache whose id is `cache_id`.
+    pub fn build(self, cache_id: &str, settings: Settings) -> Result<Box<dyn Backend>> {
+        Ok(match self.build {
+            Build::Copy => Box::new(copy::CopyBackend { threads: settings.copy_threads }),
+            Build::Btrfs => Box::new(btrfs::BtrfsBackend { threads: settings.copy_threads }),
+            Build::Zfs(place, volumes) => {
+                Box::new(zfs::ZfsBackend::new(place, volumes, settings, cache_id)?)
+            }
+        })
+    }
+}
+
+/// Unsupported: `kind` cannot serve the root detection describes.
+pub(crate) fn cannot_serve(kind: BackendKind, root: &Path, found: &Detection, why: &str) -> Error {
+    Error::Unsupported {
+        what: format!(
+            "{} backend {why}; {} is on {} at {}",
+            kind.name(),
+            root.display(),
+            found.mount.fs_type,
+            found.mount.mount_point.display()
+        ),
+    }
+}
+
+/// What a tree was when its backend made it, in that backend's own terms (a directory's inode,
+/// a subvolume id, a dataset's guid): the one test of "this is ours" before anything at its
+/// place is changed or removed. The lifecycle records it and hands it back, never looking in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct Identity(serde_json::Value);
+
+impl Identity {
+    /// A backend's own identity value (a `#[serde(tag = "kind")]` type, so records say what
+    /// they name).
+    pub fn new<T: Serialize>(value: &T) -> Identity {
+        Identity(serde_json::to_value(value).unwrap_or(serde_json::Value::Null))
+    }
+
+    /// The identity as `T`, if it is one (a record made by another backend is not).
+    pub fn get<T: DeserializeOwned>(&self) -> Option<T> {
+        serde_json::from_value(self.0.clone()).ok()
+    }
+
+    /// "Not one of ours": what a backend says of an identity it cannot read.
+    pub fn foreign(&self) -> Presence {
+        Presence::Other(format!("recorded as {}, which this backend did not make", self.0))
+    }
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A generation of a project, as the lifecycle names it.
+#[derive(Debug, Clone)]
+pub(crate) struct Generation {
+    pub project: String,
+    pub number: u64,
+    /// Where its tree is (copy, btrfs), relative to the root.
+    pub place: PathBuf,
+    /// The project's current generation when this value was made. ZFS keeps every live
+    /// generation's snapshot on the current generation's head.
+    pub head: u64,
+}
+
+/// A session of a project, as the lifecycle names it.
+#[derive(Debug, Clone)]
+pub(crate) struct Session {
+    pub project: String,
+    pub name: String,
+    /// Where its tree is or is mounted, relative to the root.
+    pub place: PathBuf,
+}
+
+/// Where a recorded tree is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Presence {
+    /// At its place.
+    Here,
+    /// It exists but is not at its place (a ZFS session that is not mounted).
+    Elsewhere(String),
+    /// Nothing of it is left, and nothing is at its place.
+    Absent,
+    /// Something else is at its place: not ours to touch.
+    Other(String),
+}
+
+/// What [`Backend::retire_session`] and [`Backend::retire_generation`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Retired {
+    /// Moved to this trash path (relative to the root): remove it with
+    /// [`Backend::remove_trash`] after the caller's bookkeeping.
+    Moved(PathBuf),
+    /// Removed in place already.
+    Removed,
+    /// Taken away, but removing it failed for now: [`Backend::remove_owed`] retries.
+    Owed(Identity),
+    /// Was not there (another caller retired it).
+    Absent,
+}
+
+/// What a backend does for the lifecycle.
+pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
+    fn kind(&self) -> BackendKind;
+
+    /// Whether a session is a mount of its own (ZFS, zvol): that mount is the session, not a
+    /// holder of it.
+    fn sessions_are_mounts(&self) -> bool {
+        false
+    }
+
+    /// Nothing of this backend's is where `session` would be made. Checked before the setup's
+    /// intent is recorded, so that undoing the setup never removes what was there before.
+    fn session_free(&self, session: &Session) -> Result<()> {
+        let _ = session;
+        Ok(())
+    }
+
+    /// Nothing of this backend's is where `generation` would be made (from `source`, for a
+    /// promote); as [`Backend::session_free`].
+    fn generation_free(&self, generation: &Generation, source: Option<&Session>) -> Result<()> {
+        let _ = (generation, source);
+        Ok(())
+    }
+
+    /// Generation `generation` with the contents of the directory `src`, built at `staging`
+    /// (a fresh name beside its place, which [`Backend::publish`] then moves there).
+    fn import(
+        &self,
+        root: &RootDir,
+        src: &Path,
+        generation: &Generation,
+        staging: &Path,
+    ) -> Result<Identity>;
+
+    /// A writable `session` from `generation` (recorded as `recorded`), built at `staging`.
+    fn create_session(
+        &self,
+        root: &RootDir,
+        generation: &Generation,
+        recorded: &Identity,
+        session: &Session,
+        staging: &Path,
+    ) -> Result<Identity>;
+
+    /// Generation `generation` from the quiesced `session` (recorded as `recorded`);
+    /// `previous` is the current generation.
+    fn promote(
+        &self,
+        root: &RootDir,
+        session: &Session,
+        recorded: &Identity,
+        generation: &Generation,
+        previous: &Generation,
+        staging: &Path,
+    ) -> Result<Identity>;
+
+    /// After a crash or an error inside `promote`: finish it (`Some`: `generation` is complete
+    /// and may be committed) or undo it (`None`). By default, undo.
+    fn recover_promote(
+        &self,
+        root: &RootDir,
+        session: &Session,
+        generation: &Generation,
+        previous: &Generation,
+        staging: &Path,
+    ) -> Result<Option<Identity>> {
+        let _ = (session, previous);
+        self.discard_generation(root, generation, staging, None)?;
+        Ok(None)
+    }
+
+    /// Move a built tree from `staging` to `place`: a rename that never replaces. Backends that
+    /// build in place have nothing to do.
+    fn publish(&self, root: &RootDir, staging: &Path, place: &Path) -> Result<()> {
+        root.rename_noreplace(staging, place)
+    }
+
+    /// Where the tree recorded as `id` is, for a tree whose place is `place`.
+    fn presence(&self, root: &RootDir, place: &Path, id: &Identity) -> Result<Presence>;
+
+    /// Where the session recorded as `id` is.
+    fn session_presence(&self, root: &RootDir, s: &Session, id: &Identity) -> Result<Presence> {
+        self.presence(root, &s.place, id)
+    }
+
+    /// Where the generation recorded as `id` is.
+    fn generation_presence(
+        &self,
+        root: &RootDir,
+        g: &Generation,
+        id: &Identity,
+    ) -> Result<Presence> {
+        self.presence(root, &g.place, id)
+    }
+
+    /// Undo a setup of `session` that did not commit: remove what it made at `staging`, and,
+    /// for backends that build in place and if `place_is_ours` (no other setup's record names
+    /// the session), what it mounted at the session's place.
+    fn discard_session(
+        &self,
+        root: &RootDir,
+        session: &Session,
+        staging: &Path,
+        place_is_ours: bool,
+    ) -> Result<()>;
+
+    /// Whether `session`, made from generation `made_from`, can become the next generation
+    /// while `current` is the current one.
+    fn can_promote(&self, session: &Session, made_from: u64, current: u64) -> Result<()> {
+        let _ = (session, made_from, current);
+        Ok(())
+    }
+
+    /// Undo an import or promote of `generation` that did not commit: remove what it made at
+    /// `staging`, and the published tree if it is the one recorded as `recorded`.
+    fn discard_generation(
+        &self,
+        root: &RootDir,
+        generation: &Generation,
+        staging: &Path,
+        recorded: Option<&Identity>,
+    ) -> Result<()>;
+
+    /// Take the session (recorded as `id`) away in one step, so that of several callers one
+    /// succeeds: the commit of a cleanup. By default it moves to `trash`.
+    fn retire_session(
+        &self,
+        root: &RootDir,
+        session: &Session,
+        id: &Identity,
+        trash: &Path,
+    ) -> Result<Retired> {
+        let presence = self.session_presence(root, session, id)?;
+        move_to_trash(root, presence, &session.place, trash)
+    }
+
+    /// Take a retired generation (recorded as `id`) away; as [`Backend::retire_session`].
+    fn retire_generation(
+        &self,
+        root: &RootDir,
+        generation: &Generation,
+        id: &Identity,
+        trash: &Path,
+    ) -> Result<Retired> {
+        let presence = self.generation_presence(root, generation, id)?;
+        move_to_trash(root, presence, &generation.place, trash)
+    }
+
+    /// Remove the tree at `trash` (relative to the root, under `.goldclone/trash/`).
+    fn remove_trash(&self, root: &RootDir, trash: &Path) -> Result<()> {
+        remove_beneath(root, trash)
+    }
+
+    /// Retry a removal [`Retired::Owed`] promised.
+    fn remove_owed(&self, root: &RootDir, id: &Identity) -> Result<()> {
+        let _ = root;
+        Err(Error::Unsupported {
+            what: format!("the {} backend owes no removal of {id}", self.kind().name()),
+        })
+    }
+
+    /// Bytes the generation occupies, as this backend counts them.
+    fn size(&self, root: &RootDir, generation: &Generation) -> u64 {
+        root.dir(&generation.place).map_or(0, |fd| disk_usage(fd, &root.join(&generation.place)))
+    }
+
+    /// Things of `project` this backend holds apart from the root's directories (ZFS datasets)
+    /// that no record names: reported by gc, never removed.
+    fn unrecorded(
+        &self,
+        project: &str,
+        sessions: &[String],
+        generations: &[u64],
+    ) -> Result<Vec<String>> {
+        let _ = (project, sessions, generations);
+        Ok(Vec::new())
+    }
+}
+
+/// Rename the tree at `place`, if it is the recorded one (`presence`), to `trash`.
+fn move_to_trash(
+    root: &RootDir,
+    presence: Presence,
+    place: &Path,
+    trash: &Path,
+) -> Result<Retired> {
+    match presence {
+        Presence::Here => {}
+        Presence::Absent | Presence::Elsewhere(_) => return Ok(Retired::Absent),
+        Presence::Other(what) => return Err(Error::Damaged { path: root.join(place), what }),
+    }
+    if let Some(parent) = trash.parent() {
+        root.mkdir_all(parent)?;
+    }
+    match root.rename_noreplace(place, trash) {
+        Ok(()) => Ok(Retired::Moved(trash.to_path_buf())),
+        Err(e) if e.errno() == Some(libc::ENOENT) => Ok(Retired::Absent),
+        Err(e) => Err(e),
+    }
+}
+
+/// Remove the tree at `rel` (a staging or trash name) without following symlinks or crossing
+/// mounts; a missing tree is not an error.
+pub(crate) fn remove_beneath(root: &RootDir, rel: &Path) -> Result<()> {
+    let (parent, name) = match root.parent(rel) {
+        Ok(p) => p,
+        Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    crate::copy::remove_at(parent.as_fd(), name, &root.join(rel))
+}
+
+/// Bytes allocated under the open directory `dir` (st_blocks), each inode once; 0 for what
+/// cannot be read. Directories are opened with O_NOATIME and never through a symlink: sizing a
+/// tree must not change it.
+pub(crate) fn disk_usage(dir: OwnedFd, path: &Path) -> u64 {
+    use rustix::fs::{AtFlags, Mode, OFlags};
+    let mut seen = std::collections::HashSet::new();
+    let mut total = rustix::fs::fstat(&dir).map_or(0, |st| st.st_blocks as u64 * 512);
+    let mut stack = vec![dir];
+    while let Some(fd) = stack.pop() {
+        let Ok(names) = rootdir::list_fd(fd.as_fd(), path) else { continue };
+        for name in names {
+            let Ok(st) = rustix::fs::statat(&fd, &name, AtFlags::SYMLINK_NOFOLLOW) else {
+                continue;
+            };
+            let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+            if st.st_nlink > 1 && !is_dir && !seen.insert((st.st_dev, st.st_ino)) {
+                continue;
+            }
+            total += st.st_blocks as u64 * 512;
+            if is_dir {
+                let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                let child = rustix::fs::openat(&fd, &name, flags | OFlags::NOATIME, Mode::empty())
+                    .or_else(|_| rustix::fs::openat(&fd, &name, flags, Mode::empty()));
+                if let Ok(child) = child {
+                    stack.push(child);
+                }
+            }
+        }
+    }
+    total
+}
+
+/// Create the empty directory `rel` (mode 0700) and open it.
+pub(crate) fn make_dir(root: &RootDir, rel: &Path) -> Result<OwnedFd> {
+    let (parent, name) = root.parent(rel)?;
+    rustix::fs::mkdirat(&parent, name, rustix::fs::Mode::from_raw_mode(0o700)).map_err(|e| {
+        if e == rustix::io::Errno::EXIST {
+            Error::AlreadyExists { path: root.join(rel) }
+        } else {
+            Error::io("mkdir", root.join(rel), rootdir::errno(e))
+        }
+    })?;
+    root.dir(rel)
+}
+
+/// What is at a place instead of what was recorded, for messages.
+pub(crate) fn describe(e: &rootdir::Entry, wanted: &str) -> String {
+    let kind = match e.mode & libc::S_IFMT {
+        libc::S_IFDIR => "a directory",
+        libc::S_IFLNK => "a symlink",
+        libc::S_IFREG => "a file",
+        _ => "a special file",
+    };
+    format!("holds {kind} (device {}, inode {}), not the recorded {wanted}", e.dev, e.ino)
+}
+
+/// The open source directory `src` (the caller's path: a symlink at its end is followed).
+pub(crate) fn open_source(src: &Path) -> Result<OwnedFd> {
+    let meta = std::fs::metadata(src).map_err(|e| Error::io("stat", src, e))?;
+    if !meta.is_dir() {
+        return Err(Error::NotADirectory { path: src.to_path_buf() });
+    }
+    let flags =
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC;
+    rustix::fs::open(src, flags, rustix::fs::Mode::empty())
+        .map_err(|e| Error::io("open", src, rootdir::errno(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strum::VariantArray;
+
+    /// Records (serde), messages and the C names (strum) spell a backend the same way.
+    #[test]
+    fn a_backend_has_one_name() {
+        for &kind in BackendKind::VARIANTS {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.name());
+            assert_eq!(kind.name().parse::<BackendKind>().unwrap(), kind);
+            assert_eq!(BackendKind::from_repr(kind as u32), Some(kind));
+        }
+        assert_eq!(BackendKind::from_repr(0), None, "0 is the C API's 'detect'");
+    }
+}
