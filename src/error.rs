@@ -173,9 +173,45 @@ pub enum Error {
         /// Why: missing library, missing symbol, missing /dev/zfs.
         reason: String,
     },
-    /// A libzfs_core call failed.
-    #[error(transparent)]
-    Zfs(#[from] crate::zfs::ZfsError),
+    /// A component with its own error model failed (a libzfs_core call: see
+    /// `Error::zfs` for its details).
+    #[error("{0}")]
+    Component(Box<dyn ComponentError>),
+}
+
+/// What [`Error`] needs of an error from a component with its own error model (libzfs_core's
+/// errors carry an operation, names and per-name errnos): its class, its errno, and a way back
+/// to the concrete type. This keeps the error type free of any backend.
+pub trait ComponentError: std::error::Error + Send + Sync + 'static {
+    /// The stable classification.
+    fn kind(&self) -> ErrorKind;
+    /// The errno behind it, where there is one.
+    fn errno(&self) -> Option<i32>;
+    /// The concrete error, for the component's own accessors.
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// The one way a failed system call becomes an [`Error`]: `call().at("open", path)?`.
+///
+/// For any result whose error converts into an [`io::Error`] (std's, nix's `Errno`, rustix's
+/// `Errno`): the error becomes [`Error::Io`] with the operation and path.
+pub trait Context<T> {
+    /// Fail as [`Error::Io`] with operation `op` on `path`; the path is copied only on failure.
+    fn at(self, op: &'static str, path: impl AsRef<Path>) -> Result<T>;
+
+    /// As [`Context::at`], for a path that costs something to make (a join): made only on
+    /// failure.
+    fn at_with<P: Into<PathBuf>>(self, op: &'static str, path: impl FnOnce() -> P) -> Result<T>;
+}
+
+impl<T, E: Into<io::Error>> Context<T> for std::result::Result<T, E> {
+    fn at(self, op: &'static str, path: impl AsRef<Path>) -> Result<T> {
+        self.map_err(|e| Error::io(op, path.as_ref(), e))
+    }
+
+    fn at_with<P: Into<PathBuf>>(self, op: &'static str, path: impl FnOnce() -> P) -> Result<T> {
+        self.map_err(|e| Error::io(op, path(), e))
+    }
 }
 
 /// A small, stable classification of [`Error`], for callers that branch on the cause and for the
@@ -235,9 +271,10 @@ impl Error {
         Error::Io { op, path: path.into(), source: io::Error::from_raw_os_error(errno) }
     }
 
-    /// Wrap an [`io::Error`] with the operation and path.
-    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        Error::Io { op, path: path.into(), source }
+    /// Wrap the kernel's answer (an [`io::Error`], or nix's or rustix's errno) with the
+    /// operation and path.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: impl Into<io::Error>) -> Self {
+        Error::Io { op, path: path.into(), source: source.into() }
     }
 
     /// The errno behind this error, where the kernel gave one.
@@ -247,7 +284,7 @@ impl Error {
             | Error::Xattr { source, .. }
             | Error::Transfer { source, .. } => source.raw_os_error(),
             Error::Incomplete { source, .. } => source.errno(),
-            Error::Zfs(z) => Some(z.errno()),
+            Error::Component(c) => c.errno(),
             _ => None,
         }
     }
@@ -293,7 +330,7 @@ impl Error {
             Error::Incomplete { .. } => ErrorKind::Incomplete,
             Error::Unsupported { .. } => ErrorKind::Unsupported,
             Error::ZfsUnavailable { .. } => ErrorKind::ZfsUnavailable,
-            Error::Zfs(z) => z.kind(),
+            Error::Component(c) => c.kind(),
         }
     }
 }

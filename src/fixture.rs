@@ -35,7 +35,7 @@ use nix::sys::stat::{Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 
 use crate::sys::xattr;
-use crate::{Error, Result};
+use crate::{Context, Error, Result};
 
 /// The other owner used for foreign-owned entries in [`FixtureSpec::fidelity`] trees.
 pub const OTHER_UID: u32 = 1234;
@@ -176,14 +176,14 @@ pub struct FixtureStats {
 pub fn build(root: &Path, spec: &FixtureSpec) -> Result<FixtureStats> {
     match std::fs::symlink_metadata(root) {
         Ok(m) if m.is_dir() => {
-            let mut it = std::fs::read_dir(root).map_err(|e| Error::io("readdir", root, e))?;
+            let mut it = std::fs::read_dir(root).at("readdir", root)?;
             if it.next().is_some() {
                 return Err(Error::AlreadyExists { path: root.to_path_buf() });
             }
         }
         Ok(_) => return Err(Error::NotADirectory { path: root.to_path_buf() }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(root).map_err(|e| Error::io("mkdir", root, e))?;
+            std::fs::create_dir_all(root).at("mkdir", root)?;
         }
         Err(e) => return Err(Error::io("lstat", root, e)),
     }
@@ -285,15 +285,15 @@ fn set_times_and_count(
 ) -> Result<()> {
     let dir = if rel.as_os_str().is_empty() { root.to_path_buf() } else { root.join(rel) };
     let mut names: Vec<_> = std::fs::read_dir(&dir)
-        .map_err(|e| Error::io("readdir", &dir, e))?
+        .at("readdir", &dir)?
         .map(|e| e.map(|e| e.file_name()))
         .collect::<io::Result<_>>()
-        .map_err(|e| Error::io("readdir", &dir, e))?;
+        .at("readdir", &dir)?;
     names.sort();
     for name in names {
         let r = rel.join(&name);
         let p = root.join(&r);
-        let m = std::fs::symlink_metadata(&p).map_err(|e| Error::io("lstat", &p, e))?;
+        let m = std::fs::symlink_metadata(&p).at("lstat", &p)?;
         stats.entries += 1;
         let ft = m.file_type();
         if ft.is_dir() {
@@ -318,7 +318,7 @@ fn set_times_and_count(
 fn set_times(p: &Path, rel: &[u8], seed: u64) -> Result<()> {
     let (a, m) = times_for(seed, rel);
     nix::sys::stat::utimensat(nix::fcntl::AT_FDCWD, p, &a, &m, UtimensatFlags::NoFollowSymlink)
-        .map_err(|e| Error::io("utimensat", p, e.into()))
+        .at("utimensat", p)
 }
 
 /// Package directory prefixes inside a layer's `diff/`.
@@ -382,26 +382,26 @@ impl Builder<'_> {
 
     fn mkdir(&self, rel: impl AsRef<Path>) -> Result<PathBuf> {
         let p = self.path(rel);
-        std::fs::create_dir_all(&p).map_err(|e| Error::io("mkdir", &p, e))?;
+        std::fs::create_dir_all(&p).at("mkdir", &p)?;
         Ok(p)
     }
 
     fn write(&self, rel: impl AsRef<Path>, data: &[u8]) -> Result<PathBuf> {
         let p = self.path(rel);
-        std::fs::write(&p, data).map_err(|e| Error::io("write", &p, e))?;
+        std::fs::write(&p, data).at("write", &p)?;
         Ok(p)
     }
 
     /// A file of `size` pseudo-random bytes.
     fn random_file(&mut self, rel: impl AsRef<Path>, size: u64) -> Result<PathBuf> {
         let p = self.path(rel);
-        let mut f = File::create(&p).map_err(|e| Error::io("create", &p, e))?;
+        let mut f = File::create(&p).at("create", &p)?;
         let mut buf = vec![0u8; (size as usize).min(1 << 20)];
         let mut left = size;
         while left > 0 {
             let n = (left as usize).min(buf.len());
             self.rng.fill(&mut buf[..n]);
-            f.write_all(&buf[..n]).map_err(|e| Error::io("write", &p, e))?;
+            f.write_all(&buf[..n]).at("write", &p)?;
             left -= n as u64;
         }
         Ok(p)
@@ -422,13 +422,13 @@ impl Builder<'_> {
 
     fn symlink(&self, target: impl AsRef<Path>, rel: impl AsRef<Path>) -> Result<PathBuf> {
         let p = self.path(rel);
-        std::os::unix::fs::symlink(target, &p).map_err(|e| Error::io("symlink", &p, e))?;
+        std::os::unix::fs::symlink(target, &p).at("symlink", &p)?;
         Ok(p)
     }
 
     fn link(&self, existing: impl AsRef<Path>, rel: impl AsRef<Path>) -> Result<()> {
         let (src, p) = (self.path(existing), self.path(rel));
-        std::fs::hard_link(&src, &p).map_err(|e| Error::io("link", &p, e))
+        std::fs::hard_link(&src, &p).at("link", &p)
     }
 
     fn mknod(
@@ -446,21 +446,20 @@ impl Builder<'_> {
             Mode::from_bits_truncate(perm),
             libc::makedev(major, minor),
         )
-        .map_err(|e| Error::io("mknod", &p, e.into()))?;
+        .at("mknod", &p)?;
         Ok(p)
     }
 
     fn xattr(&self, p: &Path, name: &CStr, value: &[u8]) -> Result<()> {
-        xattr::lset(&cstr(p)?, name, value).map_err(|e| Error::io("lsetxattr", p, e))
+        xattr::lset(&cstr(p)?, name, value).at("lsetxattr", p)
     }
 
     fn chmod(&self, p: &Path, mode: u32) -> Result<()> {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| Error::io("chmod", p, e))
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).at("chmod", p)
     }
 
     fn chown(&self, p: &Path, uid: u32, gid: u32) -> Result<()> {
-        std::os::unix::fs::lchown(p, Some(uid), Some(gid)).map_err(|e| Error::io("lchown", p, e))
+        std::os::unix::fs::lchown(p, Some(uid), Some(gid)).at("lchown", p)
     }
 
     /// The docker-like part.
@@ -614,7 +613,7 @@ impl Builder<'_> {
         // Data shapes.
         let sparse = self.path(s.join("sparse-64m"));
         {
-            let mut f = File::create(&sparse).map_err(|e| Error::io("create", &sparse, e))?;
+            let mut f = File::create(&sparse).at("create", &sparse)?;
             let mut buf = vec![0u8; 256 << 10];
             for (off, len) in [
                 (0u64, 4096usize),
@@ -623,10 +622,10 @@ impl Builder<'_> {
                 (40 << 20, 256 << 10),
             ] {
                 self.rng.fill(&mut buf[..len]);
-                f.seek(SeekFrom::Start(off)).map_err(|e| Error::io("lseek", &sparse, e))?;
-                f.write_all(&buf[..len]).map_err(|e| Error::io("write", &sparse, e))?;
+                f.seek(SeekFrom::Start(off)).at("lseek", &sparse)?;
+                f.write_all(&buf[..len]).at("write", &sparse)?;
             }
-            f.set_len(SPARSE_SIZE).map_err(|e| Error::io("ftruncate", &sparse, e))?;
+            f.set_len(SPARSE_SIZE).at("ftruncate", &sparse)?;
         }
         self.random_file(s.join("big-6m.bin"), (6 << 20) + 4321)?;
         self.write(s.join("empty"), b"")?;
@@ -634,8 +633,7 @@ impl Builder<'_> {
 
         // Special files.
         let fifo = self.path(s.join("fifo"));
-        nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o640))
-            .map_err(|e| Error::io("mkfifo", &fifo, e.into()))?;
+        nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o640)).at("mkfifo", &fifo)?;
         self.mknod(s.join("whiteout"), SFlag::S_IFCHR, 0, 0, 0)?;
         self.mknod(s.join("null"), SFlag::S_IFCHR, 0o666, 1, 3)?;
         self.mknod(s.join("loop200"), SFlag::S_IFBLK, 0o660, 7, 200)?;
@@ -663,14 +661,13 @@ impl Builder<'_> {
             b"\xe2\x98\x83snowman",
         ] {
             let p = names.join(OsStr::from_bytes(n));
-            std::fs::write(&p, n).map_err(|e| Error::io("write", &p, e))?;
+            std::fs::write(&p, n).at("write", &p)?;
         }
         let long = "L".repeat(255);
         self.write(s.join("names").join(&long), b"255-byte name")?;
         let odd_dir = names.join(OsStr::from_bytes(b"dir\nwith\xffodd"));
-        std::fs::create_dir(&odd_dir).map_err(|e| Error::io("mkdir", &odd_dir, e))?;
-        std::fs::write(odd_dir.join("inside"), b"x")
-            .map_err(|e| Error::io("write", &odd_dir, e))?;
+        std::fs::create_dir(&odd_dir).at("mkdir", &odd_dir)?;
+        std::fs::write(odd_dir.join("inside"), b"x").at("write", &odd_dir)?;
 
         // A 40-deep chain.
         let mut deep = s.join("deep");
@@ -764,7 +761,7 @@ impl Builder<'_> {
         if self.spec.layers > 1 {
             let first_layer = self.first_layer_diff()?;
             let renamed = first_layer.join("opt/renamed");
-            std::fs::create_dir_all(&renamed).map_err(|e| Error::io("mkdir", &renamed, e))?;
+            std::fs::create_dir_all(&renamed).at("mkdir", &renamed)?;
             self.xattr(&renamed, c"trusted.overlay.redirect", b"/opt/original")?;
         }
 
@@ -782,13 +779,13 @@ impl Builder<'_> {
         // Layer ids are random; find one through overlay2/l, whose entries are name-sorted.
         let l = self.path("overlay2/l");
         let mut names: Vec<_> = std::fs::read_dir(&l)
-            .map_err(|e| Error::io("readdir", &l, e))?
+            .at("readdir", &l)?
             .filter_map(|e| e.ok().map(|e| e.file_name()))
             .collect();
         names.sort();
         let first =
             names.first().ok_or_else(|| Error::from_errno("no layers", &l, libc::ENOENT))?;
-        let target = std::fs::read_link(l.join(first)).map_err(|e| Error::io("readlink", &l, e))?;
+        let target = std::fs::read_link(l.join(first)).at("readlink", &l)?;
         Ok(l.join(target))
     }
 }

@@ -1,26 +1,36 @@
 //! goldclone: an instant, private copy of a large "golden" directory tree for every session.
 //!
-//! Layers, each one module, each using only the ones above it:
+//! Layers, lowest first; each uses only the ones before it (ARCHITECTURE.md has the map, and
+//! `tests/layers.rs` checks it):
 //!
+//! * [`error`], `sys`, [`fault`] — the error type, the syscall shims, the crash tests' points.
 //! * [`detect`] — what backs a path: ZFS dataset, zvol, btrfs, reflink-capable fs, or plain.
-//! * backends — [`zfs`] (libzfs_core loaded at run time), [`copy`] (exact parallel tree copy).
-//! * [`error`] — one error type with errno and path, and a stable [`ErrorKind`].
+//! * [`zfs`] (libzfs_core loaded at run time) and [`copy`] (the exact parallel tree copy).
+//! * [`backend`] — one module per backend: zfs, zvol, btrfs, copy.
+//! * [`golden`] — the lifecycle: projects, generations, sessions, gc, crash recovery.
+//! * [`ffi`] — the C ABI.
 //!
-//! `sys` holds the syscall shims; it is the only place outside the ZFS bindings and the C ABI
-//! where `unsafe` appears. See ARCHITECTURE.md for the code map and the invariants.
+//! `unsafe` is allowed in three places only, and the compiler holds the rest of the crate to it
+//! (`deny(unsafe_code)`): `sys` (ioctls no crate wraps), the ZFS bindings and loader, and the C
+//! ABI. See ARCHITECTURE.md for the code map and the invariants.
 
-#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(unsafe_op_in_unsafe_fn, unsafe_code)]
 
 pub mod backend;
 pub mod copy;
 pub mod detect;
 pub mod error;
+pub mod fault;
+// The C ABI: raw pointers from C, `#[no_mangle]` exports.
+#[allow(unsafe_code)]
 pub mod ffi;
 pub mod fixture;
 pub mod golden;
 pub mod treediff;
 pub mod zfs;
 
+// ioctls no crate wraps (BLKZNAME, FIFREEZE/FITHAW, btrfs subvolumes).
+#[allow(unsafe_code)]
 pub(crate) mod sys;
 
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Context, Error, ErrorKind, Result};

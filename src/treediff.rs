@@ -34,14 +34,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{CString, OsStr, OsString};
 use std::fmt;
-use std::fs::{File, Metadata, OpenOptions};
+use std::fs::{File, Metadata};
 use std::io::{self, Read};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use crate::sys::xattr;
-use crate::{Error, Result};
+use crate::{Context, Result};
 
 /// Which entries' atimes [`compare`] checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,8 +211,8 @@ pub fn summarize(diffs: &[Difference]) -> String {
 /// `opts` checks. Fails only if a root itself cannot be examined; unreadable entries below the
 /// roots are reported as [`DiffKind::Unreadable`].
 pub fn compare(a: &Path, b: &Path, opts: &CompareOptions) -> Result<Vec<Difference>> {
-    let ma = std::fs::symlink_metadata(a).map_err(|e| Error::io("lstat", a, e))?;
-    let mb = std::fs::symlink_metadata(b).map_err(|e| Error::io("lstat", b, e))?;
+    let ma = std::fs::symlink_metadata(a).at("lstat", a)?;
+    let mb = std::fs::symlink_metadata(b).at("lstat", b)?;
     let mut w = Walker {
         a,
         b,
@@ -298,14 +298,13 @@ fn fmt_value(v: &[u8]) -> String {
 
 /// Open a file or directory for reading without updating its atime where allowed.
 fn open_noatime(path: &Path, dir: bool) -> io::Result<File> {
-    let extra = libc::O_NOFOLLOW | if dir { libc::O_DIRECTORY } else { 0 };
-    match OpenOptions::new().read(true).custom_flags(extra | libc::O_NOATIME).open(path) {
-        // O_NOATIME is refused (EPERM) to anyone but the owner without CAP_FOWNER.
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-            OpenOptions::new().read(true).custom_flags(extra).open(path)
-        }
-        r => r,
-    }
+    use rustix::fs::OFlags;
+    let flags = if dir {
+        crate::sys::fs::READ_DIR
+    } else {
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+    };
+    crate::sys::fs::openat_noatime(rustix::fs::CWD, path, flags).map(File::from)
 }
 
 /// The names in a directory, sorted by bytes, without `.` and `..`.
@@ -933,7 +932,7 @@ mod tests {
         let (a, b) = pair();
         let p = b.0.join("d/g");
         let m = std::fs::symlink_metadata(&p).unwrap();
-        let mut f = OpenOptions::new().write(true).open(&p).unwrap();
+        let mut f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
         f.seek(SeekFrom::Start(77_777)).unwrap();
         f.write_all(&[8]).unwrap();
         drop(f);

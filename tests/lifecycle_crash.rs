@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 
-use goldclone::golden::{fault, BackendKind, Cache, OpenOptions};
+use goldclone::fault;
+use goldclone::golden::{BackendKind, Cache, OpenOptions};
 use goldclone::ErrorKind;
 
 const FILES: usize = 30;
@@ -398,7 +399,7 @@ fn kill_at_every_named_step_then_reopen() {
     let src = scratch_source("named");
     let mut checked = 0;
     for (name, mnt, backend) in backends() {
-        for point in fault::POINTS.iter().filter(|p| fault::reached_by(p, backend)) {
+        for point in fault::POINTS.iter().filter(|p| backend.reaches(p)) {
             let what = format!("{name} {point}");
             let root =
                 CaseRoot::new(&mnt, backend, &format!("crash-{name}-{}", point.replace(':', "-")));

@@ -36,9 +36,9 @@ fn snap(s: &str) -> SnapshotName {
 
 /// The ZFS classification of an error, failing the test if it is not a libzfs_core error.
 fn zkind(e: &Error) -> ZfsErrorKind {
-    match e {
-        Error::Zfs(z) => z.zfs_kind(),
-        other => panic!("expected a ZFS error, got {other:?}"),
+    match e.zfs() {
+        Some(z) => z.zfs_kind(),
+        None => panic!("expected a ZFS error, got {e:?}"),
     }
 }
 
@@ -137,10 +137,7 @@ fn destroy_tree_retrying_busy(zfs: &Zfs, root: &DatasetName) -> Result<(), Error
 }
 
 fn zkind_opt(e: &Error) -> Option<ZfsErrorKind> {
-    match e {
-        Error::Zfs(z) => Some(z.zfs_kind()),
-        _ => None,
-    }
+    e.zfs().map(|z| z.zfs_kind())
 }
 
 impl Drop for Fx {
@@ -255,7 +252,7 @@ fn snapshot_batch_is_all_or_nothing_when_one_exists() {
     let batch = vec![a.snapshot("s").unwrap(), taken.clone(), c.snapshot("s").unwrap()];
     let err = fx.zfs.snapshot(&batch).unwrap_err();
     assert_eq!(zkind(&err), ZfsErrorKind::Exists, "{err}");
-    let Error::Zfs(z) = &err else { unreachable!() };
+    let Some(z) = err.zfs() else { unreachable!() };
     assert_eq!(z.per_name().len(), 1, "{err}");
     assert_eq!(z.per_name()[0].name, taken.as_str());
     assert_eq!(z.per_name()[0].kind, ZfsErrorKind::Exists);
@@ -272,7 +269,7 @@ fn snapshot_batch_is_all_or_nothing_when_one_dataset_is_missing() {
     let batch = vec![a.snapshot("s").unwrap(), fx.snap("missing@s")];
     let err = fx.zfs.snapshot(&batch).unwrap_err();
     assert_eq!(zkind(&err), ZfsErrorKind::NotFound, "{err}");
-    let Error::Zfs(z) = &err else { unreachable!() };
+    let Some(z) = err.zfs() else { unreachable!() };
     assert!(
         z.per_name()
             .iter()
@@ -331,7 +328,7 @@ fn clone_mount_sees_golden_and_writes_stay_private() {
     let fx = Fx::new("clone_mount");
     let base = fx.golden();
     let session = fx.name("s1");
-    fx.zfs.clone(&session, &base, &Props::new().canmount(CanMount::NoAuto)).unwrap();
+    fx.zfs.clone_snapshot(&session, &base, &Props::new().canmount(CanMount::NoAuto)).unwrap();
     let dir = fx.mount(&session, "s1");
     assert_eq!(fs::read_to_string(dir.join("hello.txt")).unwrap(), "golden\n");
     assert_eq!(fs::read_to_string(dir.join("etc/app/config")).unwrap(), "x=1\n");
@@ -352,7 +349,7 @@ fn clone_with_properties() {
     let c = fx.name("c");
     let mp = "/tmp/goldclone-zfs-tests/clone_props/c";
     fx.zfs
-        .clone(
+        .clone_snapshot(
             &c,
             &base,
             &Props::new().mountpoint(mp).canmount(CanMount::NoAuto).user("goldclone:owner", "t"),
@@ -378,8 +375,8 @@ fn clone_onto_existing_is_exists() {
     let fx = Fx::new("clone_exists");
     let base = fx.golden();
     let c = fx.name("c");
-    fx.zfs.clone(&c, &base, &Props::new()).unwrap();
-    let err = fx.zfs.clone(&c, &base, &Props::new()).unwrap_err();
+    fx.zfs.clone_snapshot(&c, &base, &Props::new()).unwrap();
+    let err = fx.zfs.clone_snapshot(&c, &base, &Props::new()).unwrap_err();
     assert_eq!(zkind(&err), ZfsErrorKind::Exists, "{err}");
 }
 
@@ -388,7 +385,8 @@ fn clone_onto_existing_is_exists() {
 fn clone_of_missing_snapshot_is_not_found() {
     let fx = Fx::new("clone_missing_origin");
     fx.golden();
-    let err = fx.zfs.clone(&fx.name("c"), &fx.snap("golden@nope"), &Props::new()).unwrap_err();
+    let err =
+        fx.zfs.clone_snapshot(&fx.name("c"), &fx.snap("golden@nope"), &Props::new()).unwrap_err();
     assert_eq!(zkind(&err), ZfsErrorKind::NotFound, "{err}");
     assert!(!fx.zfs.exists(fx.name("c").as_str()).unwrap());
 }
@@ -398,7 +396,7 @@ fn clone_of_missing_snapshot_is_not_found() {
 fn clone_into_missing_parent_is_not_found() {
     let fx = Fx::new("clone_missing_parent");
     let base = fx.golden();
-    let err = fx.zfs.clone(&fx.name("nope/c"), &base, &Props::new()).unwrap_err();
+    let err = fx.zfs.clone_snapshot(&fx.name("nope/c"), &base, &Props::new()).unwrap_err();
     assert_eq!(zkind(&err), ZfsErrorKind::NotFound, "{err}");
 }
 
@@ -408,7 +406,7 @@ fn clone_across_pools_is_pools_differ() {
     let fx = Fx::new("clone_cross_pool");
     let base = fx.golden();
     let target = fx.root_b().child("c").unwrap();
-    let err = fx.zfs.clone(&target, &base, &Props::new()).unwrap_err();
+    let err = fx.zfs.clone_snapshot(&target, &base, &Props::new()).unwrap_err();
     assert_eq!(zkind(&err), ZfsErrorKind::PoolsDiffer, "{err}");
     assert!(!fx.zfs.exists(target.as_str()).unwrap());
 }
@@ -421,7 +419,7 @@ fn destroy_clone_then_its_snapshot() {
     let fx = Fx::new("destroy_clone_snap");
     let base = fx.golden();
     let c = fx.name("c");
-    fx.zfs.clone(&c, &base, &Props::new()).unwrap();
+    fx.zfs.clone_snapshot(&c, &base, &Props::new()).unwrap();
     fx.zfs.destroy(&c).unwrap();
     assert!(!fx.zfs.exists(c.as_str()).unwrap());
     fx.zfs.destroy_snapshots(std::slice::from_ref(&base), false).unwrap();
@@ -444,11 +442,11 @@ fn destroy_missing_is_not_found_and_missing_snapshots_are_ignored() {
 fn destroy_cloned_snapshot_is_snapshot_has_clones() {
     let fx = Fx::new("destroy_cloned_snap");
     let base = fx.golden();
-    fx.zfs.clone(&fx.name("c"), &base, &Props::new()).unwrap();
+    fx.zfs.clone_snapshot(&fx.name("c"), &base, &Props::new()).unwrap();
     let err = fx.zfs.destroy_snapshots(std::slice::from_ref(&base), false).unwrap_err();
     assert_eq!(zkind(&err), ZfsErrorKind::SnapshotHasClones, "{err}");
     assert_eq!(err.kind(), ErrorKind::SnapshotHasClones);
-    let Error::Zfs(z) = &err else { unreachable!() };
+    let Some(z) = err.zfs() else { unreachable!() };
     assert_eq!(z.per_name().first().map(|n| n.name.as_str()), Some(base.as_str()), "{err}");
     assert!(fx.zfs.exists(base.as_str()).unwrap());
 }
@@ -460,7 +458,7 @@ fn destroy_snapshots_is_all_or_nothing() {
     let base = fx.golden();
     let free = fx.root.snapshot("free").unwrap();
     fx.zfs.snapshot(std::slice::from_ref(&free)).unwrap();
-    fx.zfs.clone(&fx.name("c"), &base, &Props::new()).unwrap();
+    fx.zfs.clone_snapshot(&fx.name("c"), &base, &Props::new()).unwrap();
     let err = fx.zfs.destroy_snapshots(&[free.clone(), base.clone()], false).unwrap_err();
     assert_eq!(zkind(&err), ZfsErrorKind::SnapshotHasClones, "{err}");
     assert!(fx.zfs.exists(free.as_str()).unwrap(), "no snapshot may be destroyed when one fails");
@@ -472,7 +470,7 @@ fn deferred_destroy_of_cloned_snapshot_happens_with_last_clone() {
     let fx = Fx::new("destroy_deferred");
     let base = fx.golden();
     let c = fx.name("c");
-    fx.zfs.clone(&c, &base, &Props::new()).unwrap();
+    fx.zfs.clone_snapshot(&c, &base, &Props::new()).unwrap();
     fx.zfs.destroy_snapshots(std::slice::from_ref(&base), true).unwrap();
     assert!(fx.zfs.exists(base.as_str()).unwrap(), "still cloned: only marked");
     fx.zfs.destroy(&c).unwrap();
@@ -485,7 +483,7 @@ fn destroy_mounted_filesystem_is_busy() {
     let fx = Fx::new("destroy_mounted");
     let base = fx.golden();
     let c = fx.name("c");
-    fx.zfs.clone(&c, &base, &Props::new()).unwrap();
+    fx.zfs.clone_snapshot(&c, &base, &Props::new()).unwrap();
     let dir = fx.mount(&c, "c");
     let err = fx.zfs.destroy(&c).unwrap_err();
     assert_eq!(zkind(&err), ZfsErrorKind::Busy, "{err}");
@@ -500,7 +498,7 @@ fn unmount_with_open_file_is_busy() {
     let fx = Fx::new("unmount_busy");
     let base = fx.golden();
     let c = fx.name("c");
-    fx.zfs.clone(&c, &base, &Props::new()).unwrap();
+    fx.zfs.clone_snapshot(&c, &base, &Props::new()).unwrap();
     let dir = fx.mount(&c, "c");
     let open = fs::File::open(dir.join("hello.txt")).unwrap();
     let err = mount::unmount(&dir).unwrap_err();
@@ -538,7 +536,7 @@ fn destroy_tree_removes_clones_snapshots_and_children() {
     let s = a.snapshot("s").unwrap();
     fx.zfs.snapshot(std::slice::from_ref(&s)).unwrap();
     let b = t.child("b").unwrap();
-    fx.zfs.clone(&b, &s, &Props::new()).unwrap();
+    fx.zfs.clone_snapshot(&b, &s, &Props::new()).unwrap();
     fx.zfs.snapshot(&[b.snapshot("s2").unwrap()]).unwrap();
     fx.zfs.destroy_tree(&t).unwrap();
     for n in [t.as_str(), a.as_str(), b.as_str(), s.as_str()] {
@@ -570,7 +568,7 @@ fn destroy_many_sessions_in_one_call() {
     let base = fx.golden();
     let sessions: Vec<DatasetName> = (0..5).map(|i| fx.name(&format!("s{i}"))).collect();
     for s in &sessions {
-        fx.zfs.clone(s, &base, &Props::new()).unwrap();
+        fx.zfs.clone_snapshot(s, &base, &Props::new()).unwrap();
     }
     fx.zfs.destroy_many(&sessions).unwrap();
     for s in &sessions {
@@ -586,13 +584,13 @@ fn destroy_many_is_all_or_nothing_with_per_name_errors() {
     let base = fx.golden();
     let sessions: Vec<DatasetName> = (0..3).map(|i| fx.name(&format!("s{i}"))).collect();
     for s in &sessions {
-        fx.zfs.clone(s, &base, &Props::new()).unwrap();
+        fx.zfs.clone_snapshot(s, &base, &Props::new()).unwrap();
     }
     let dir = fx.mount(&sessions[1], "s1");
     let mut batch = sessions.clone();
     batch.push(fx.name("missing"));
     let err = fx.zfs.destroy_many(&batch).unwrap_err();
-    let Error::Zfs(z) = &err else { panic!("expected a ZFS error, got {err:?}") };
+    let Some(z) = err.zfs() else { panic!("expected a ZFS error, got {err:?}") };
     let kinds: Vec<(&str, ZfsErrorKind)> =
         z.per_name().iter().map(|e| (e.name.as_str(), e.kind)).collect();
     assert_eq!(
@@ -703,7 +701,7 @@ fn promote_moves_origin_snapshot_to_clone() {
     let fx = Fx::new("promote");
     let base = fx.golden();
     let c = fx.name("c");
-    fx.zfs.clone(&c, &base, &Props::new()).unwrap();
+    fx.zfs.clone_snapshot(&c, &base, &Props::new()).unwrap();
     fx.zfs.promote(&c).unwrap();
     assert!(fx.zfs.exists(c.snapshot("base").unwrap().as_str()).unwrap());
     assert!(!fx.zfs.exists(base.as_str()).unwrap());
@@ -723,11 +721,11 @@ fn promote_errors_not_a_clone_and_conflicting_snapshot() {
     let later = base.dataset().snapshot("later").unwrap();
     fx.zfs.snapshot(std::slice::from_ref(&later)).unwrap();
     let c = fx.name("c");
-    fx.zfs.clone(&c, &later, &Props::new()).unwrap();
+    fx.zfs.clone_snapshot(&c, &later, &Props::new()).unwrap();
     fx.zfs.snapshot(&[c.snapshot("base").unwrap()]).unwrap();
     let err = fx.zfs.promote(&c).unwrap_err();
     assert_eq!(zkind(&err), ZfsErrorKind::Exists, "{err}");
-    let Error::Zfs(z) = &err else { unreachable!() };
+    let Some(z) = err.zfs() else { unreachable!() };
     assert!(z.detail().is_some_and(|d| d.ends_with("base")), "conflict should be named: {err}");
 }
 
@@ -782,7 +780,7 @@ fn channel_program_results_and_errors() {
     assert_eq!(v, ZcpValue::String("b".into()));
     let err = fx.zfs.channel_program(&pool, "error(\"boom\")", &[], false).unwrap_err();
     assert_eq!(zkind(&err), ZfsErrorKind::ProgramFailed, "{err}");
-    let Error::Zfs(z) = &err else { unreachable!() };
+    let Some(z) = err.zfs() else { unreachable!() };
     assert!(z.detail().is_some_and(|d| d.contains("boom")), "{err}");
     let err = fx.zfs.channel_program(&pool, "return (", &[], false).unwrap_err();
     assert_eq!(zkind(&err), ZfsErrorKind::ProgramFailed, "{err}");
@@ -888,7 +886,9 @@ fn eight_threads_clone_mount_and_destroy_at_once() {
                 barrier.wait();
                 for round in 0..3 {
                     let c = fx.name(&format!("t{t}r{round}"));
-                    fx.zfs.clone(&c, base, &Props::new().canmount(CanMount::NoAuto)).unwrap();
+                    fx.zfs
+                        .clone_snapshot(&c, base, &Props::new().canmount(CanMount::NoAuto))
+                        .unwrap();
                     let dir = fx.mount(&c, &format!("t{t}r{round}"));
                     assert_eq!(fs::read_to_string(dir.join("hello.txt")).unwrap(), "golden\n");
                     fs::write(dir.join("mine"), format!("{t}/{round}")).unwrap();
@@ -930,7 +930,7 @@ fn zvol_clone_found_by_blkzname_and_xfs_mounts_with_nouuid() {
     fs::write(dir.join("after"), "not in the snapshot\n").unwrap();
 
     let cvol = fx.name("cvol");
-    fx.zfs.clone(&cvol, &s, &Props::new()).unwrap();
+    fx.zfs.clone_snapshot(&cvol, &s, &Props::new()).unwrap();
     let cdev = mount::zvol_device(&cvol, Duration::from_secs(60)).unwrap();
     assert_ne!(cdev, dev);
     let cdir = fx.mkdir("cvol");
@@ -960,7 +960,7 @@ fn session_lifecycle_end_to_end() {
     let sessions: Vec<DatasetName> = (0..2).map(|i| fx.name(&format!("sess{i}"))).collect();
     for (i, s) in sessions.iter().enumerate() {
         fx.zfs
-            .clone(
+            .clone_snapshot(
                 s,
                 &v1,
                 &Props::new().canmount(CanMount::NoAuto).user("goldclone:session", &i.to_string()),
@@ -987,7 +987,7 @@ fn errors_carry_op_name_and_errno() {
     let missing = fx.name("nope");
     let err = fx.zfs.destroy(&missing).unwrap_err();
     assert_eq!(err.errno(), Some(libc::ENOENT));
-    let Error::Zfs(z) = &err else { unreachable!() };
+    let Some(z) = err.zfs() else { unreachable!() };
     assert_eq!(z.name(), missing.as_str());
     let text = err.to_string();
     assert!(text.contains("destroy") && text.contains(missing.as_str()), "{text}");

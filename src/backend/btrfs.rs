@@ -17,7 +17,7 @@ use super::{
 use crate::copy::{self, CopyOptions};
 use crate::detect::Detection;
 use crate::sys::btrfs::BTRFS_FIRST_FREE_OBJECTID;
-use crate::{sys, Error, Result};
+use crate::{sys, Context, Error, Result};
 
 /// A tree of this backend: a subvolume, by its subvolume (tree) id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,14 +58,14 @@ impl BtrfsBackend {
         let source = root.dir(from)?;
         let (parent, name) = root.parent(dst)?;
         sys::btrfs::snapshot(source.as_fd(), parent.as_fd(), &cname(name)?, read_only)
-            .map_err(|e| Error::io("btrfs snapshot", root.join(dst), e))?;
+            .at_with("btrfs snapshot", || root.join(dst))?;
         self.identity(root, dst)
     }
 
     fn identity(&self, root: &RootDir, rel: &Path) -> Result<Identity> {
         let fd = root.dir(rel)?;
         let id = sys::btrfs::btrfs_subvolume_id(fd.as_fd())
-            .map_err(|e| Error::io("btrfs subvolume id", root.join(rel), e))?;
+            .at_with("btrfs subvolume id", || root.join(rel))?;
         Ok(Identity::new(&SubvolumeIdentity::Subvolume { id }))
     }
 
@@ -115,7 +115,7 @@ impl Backend for BtrfsBackend {
         let source = open_source(src)?;
         let (parent, name) = root.parent(staging)?;
         sys::btrfs::subvol_create(parent.as_fd(), &cname(name)?)
-            .map_err(|e| Error::io("btrfs subvolume create", root.join(staging), e))?;
+            .at_with("btrfs subvolume create", || root.join(staging))?;
         // Synced before it is made read-only and published (see CopyStore::opts).
         let filled = root.dir(staging).and_then(|dst| {
             copy::copy_dir_into(
@@ -126,7 +126,7 @@ impl Backend for BtrfsBackend {
                 &CopyOptions { threads: self.threads, sync: true, ..CopyOptions::default() },
             )?;
             sys::btrfs::set_read_only(dst.as_fd(), true)
-                .map_err(|e| Error::io("btrfs set read-only", root.join(staging), e))
+                .at_with("btrfs set read-only", || root.join(staging))
         });
         if let Err(e) = filled {
             let _ = self.remove(root, staging);
@@ -168,7 +168,7 @@ impl Backend for BtrfsBackend {
         }
         let fd = root.dir(place)?;
         let have = sys::btrfs::btrfs_subvolume_id(fd.as_fd())
-            .map_err(|e| Error::io("btrfs subvolume id", root.join(place), e))?;
+            .at_with("btrfs subvolume id", || root.join(place))?;
         Ok(if have == want {
             Presence::Here
         } else {

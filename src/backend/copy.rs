@@ -12,7 +12,7 @@ use super::{
 use serde::{Deserialize, Serialize};
 
 use crate::copy::{self, CopyOptions};
-use crate::{Error, Result};
+use crate::{Context, Result};
 
 /// A tree of this backend: a directory, by its inode on the cache root's filesystem and its
 /// birth time in nanoseconds where the filesystem records one (an inode number alone is reused
@@ -65,7 +65,7 @@ impl CopyBackend {
 
 fn dir_identity(root: &RootDir, fd: &OwnedFd, rel: &Path) -> Result<Identity> {
     let e = rootdir::statx_entry(fd.as_fd(), std::ffi::OsStr::new(""))
-        .map_err(|e| Error::io("stat", root.join(rel), rootdir::errno(e)))?;
+        .at_with("stat", || root.join(rel))?;
     Ok(Identity::new(&DirIdentity::Dir { ino: e.ino, birth: e.birth }))
 }
 

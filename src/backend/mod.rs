@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 pub(crate) use rootdir::RootDir;
 
 use crate::detect::{self, Detection};
-use crate::{Error, Result};
+use crate::{Context, Error, Result};
 
 // The one list of backends: the C header's `goldclone_backend` is this enum (cbindgen.toml
 // renames it), the Go package takes its constants from the header, and the CLI's `--backend`
@@ -73,12 +73,19 @@ impl BackendKind {
         self.into()
     }
 
-    /// Fault points (see [`crate::golden::fault`]) only this backend reaches.
-    pub(crate) fn own_fault_points(self) -> &'static [&'static str] {
+    /// Fault points (see [`crate::fault`]) only this backend reaches.
+    fn own_fault_points(self) -> &'static [&'static str] {
         match self {
             BackendKind::Zfs | BackendKind::Zvol => zfs::FAULT_POINTS,
             BackendKind::Btrfs | BackendKind::Copy => &[],
         }
+    }
+
+    /// Whether this backend reaches fault point `point`: every backend reaches the lifecycle's
+    /// own points, and each its own.
+    pub fn reaches(self, point: &str) -> bool {
+        let owns = |k: BackendKind| k.own_fault_points().contains(&point);
+        !<BackendKind as strum::VariantArray>::VARIANTS.iter().copied().any(owns) || owns(self)
     }
 }
 
@@ -450,7 +457,8 @@ pub(crate) fn remove_beneath(root: &RootDir, rel: &Path) -> Result<()> {
 /// cannot be read. Directories are opened with O_NOATIME and never through a symlink: sizing a
 /// tree must not change it.
 pub(crate) fn disk_usage(dir: OwnedFd, path: &Path) -> u64 {
-    use rustix::fs::{AtFlags, Mode, OFlags};
+    use crate::sys::fs::READ_DIR;
+    use rustix::fs::AtFlags;
     let mut seen = std::collections::HashSet::new();
     let mut total = rustix::fs::fstat(&dir).map_or(0, |st| st.st_blocks as u64 * 512);
     let mut stack = vec![dir];
@@ -466,9 +474,7 @@ pub(crate) fn disk_usage(dir: OwnedFd, path: &Path) -> u64 {
             }
             total += st.st_blocks as u64 * 512;
             if is_dir {
-                let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-                let child = rustix::fs::openat(&fd, &name, flags | OFlags::NOATIME, Mode::empty())
-                    .or_else(|_| rustix::fs::openat(&fd, &name, flags, Mode::empty()));
+                let child = crate::sys::fs::openat_noatime(fd.as_fd(), &*name, READ_DIR);
                 if let Ok(child) = child {
                     stack.push(child);
                 }
@@ -485,7 +491,7 @@ pub(crate) fn make_dir(root: &RootDir, rel: &Path) -> Result<OwnedFd> {
         if e == rustix::io::Errno::EXIST {
             Error::AlreadyExists { path: root.join(rel) }
         } else {
-            Error::io("mkdir", root.join(rel), rootdir::errno(e))
+            Error::io("mkdir", root.join(rel), e)
         }
     })?;
     root.dir(rel)
@@ -504,14 +510,13 @@ pub(crate) fn describe(e: &rootdir::Entry, wanted: &str) -> String {
 
 /// The open source directory `src` (the caller's path: a symlink at its end is followed).
 pub(crate) fn open_source(src: &Path) -> Result<OwnedFd> {
-    let meta = std::fs::metadata(src).map_err(|e| Error::io("stat", src, e))?;
+    let meta = std::fs::metadata(src).at("stat", src)?;
     if !meta.is_dir() {
         return Err(Error::NotADirectory { path: src.to_path_buf() });
     }
     let flags =
         rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC;
-    rustix::fs::open(src, flags, rustix::fs::Mode::empty())
-        .map_err(|e| Error::io("open", src, rootdir::errno(e)))
+    rustix::fs::open(src, flags, rustix::fs::Mode::empty()).at("open", src)
 }
 
 #[cfg(test)]

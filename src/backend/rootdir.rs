@@ -14,7 +14,7 @@ use std::path::{Component, Path, PathBuf};
 
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, ResolveFlags};
 
-use crate::{Error, Result};
+use crate::{Context, Error, Result};
 
 /// Resolution of every path below the root: no symlinks, no escape, no mount crossings.
 const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
@@ -69,11 +69,6 @@ pub(crate) struct RootDir {
     path: PathBuf,
 }
 
-/// rustix's errno as the io::Error the crate's errors carry.
-pub(crate) fn errno(e: rustix::io::Errno) -> io::Error {
-    io::Error::from_raw_os_error(e.raw_os_error())
-}
-
 /// The parent and final name of a relative path of normal components.
 fn split(rel: &Path) -> Result<(&Path, &OsStr)> {
     check_relative(rel)?;
@@ -98,8 +93,7 @@ fn check_relative(rel: &Path) -> Result<()> {
 impl RootDir {
     /// Open `path` (canonical) as the root.
     pub fn open(path: &Path) -> Result<RootDir> {
-        let fd = rustix::fs::open(path, DIR, Mode::empty())
-            .map_err(|e| Error::io("open", path, errno(e)))?;
+        let fd = rustix::fs::open(path, DIR, Mode::empty()).at("open", path)?;
         Ok(RootDir { fd, path: path.to_path_buf() })
     }
 
@@ -122,12 +116,11 @@ impl RootDir {
     /// ELOOP, EXDEV or ENOTDIR where a symlink, a mount point or a file is in the way.
     pub fn dir(&self, rel: &Path) -> Result<OwnedFd> {
         if rel.as_os_str().is_empty() {
-            return rustix::io::fcntl_dupfd_cloexec(&self.fd, 0)
-                .map_err(|e| Error::io("dup", &self.path, errno(e)));
+            return rustix::io::fcntl_dupfd_cloexec(&self.fd, 0).at("dup", &self.path);
         }
         check_relative(rel)?;
         rustix::fs::openat2(&self.fd, rel, DIR, Mode::empty(), RESOLVE)
-            .map_err(|e| Error::io("open", self.join(rel), errno(e)))
+            .at_with("open", || self.join(rel))
     }
 
     /// The parent directory of `rel`, open, and its final name.
@@ -147,7 +140,7 @@ impl RootDir {
         match statx_entry(parent_fd.as_fd(), name) {
             Ok(e) => Ok(Some(e)),
             Err(rustix::io::Errno::NOENT) => Ok(None),
-            Err(e) => Err(Error::io("stat", self.join(rel), errno(e))),
+            Err(e) => Err(Error::io("stat", self.join(rel), e)),
         }
     }
 
@@ -161,7 +154,7 @@ impl RootDir {
                 Ok(e) if e.is_dir() => Ok(false),
                 _ => Err(Error::AlreadyExists { path: self.join(rel) }),
             },
-            Err(e) => Err(Error::io("mkdir", self.join(rel), errno(e))),
+            Err(e) => Err(Error::io("mkdir", self.join(rel), e)),
         }
     }
 
@@ -186,7 +179,7 @@ impl RootDir {
         match rustix::fs::unlinkat(&parent_fd, name, AtFlags::REMOVEDIR) {
             Ok(()) => Ok(true),
             Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTEMPTY) => Ok(false),
-            Err(e) => Err(Error::io("rmdir", self.join(rel), errno(e))),
+            Err(e) => Err(Error::io("rmdir", self.join(rel), e)),
         }
     }
 
@@ -211,9 +204,9 @@ impl RootDir {
         let fd = match rustix::fs::openat(&parent_fd, name, flags, Mode::empty()) {
             Ok(fd) => fd,
             Err(rustix::io::Errno::NOENT) => return Ok(None),
-            Err(e) => return Err(Error::io("open", self.join(rel), errno(e))),
+            Err(e) => return Err(Error::io("open", self.join(rel), e)),
         };
-        let st = rustix::fs::fstat(&fd).map_err(|e| Error::io("stat", self.join(rel), errno(e)))?;
+        let st = rustix::fs::fstat(&fd).at_with("stat", || self.join(rel))?;
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
             return Err(Error::Damaged {
                 path: self.join(rel),
@@ -222,8 +215,7 @@ impl RootDir {
         }
         let mut out = Vec::new();
         let mut file = std::fs::File::from(fd);
-        io::Read::read_to_end(&mut file, &mut out)
-            .map_err(|e| Error::io("read", self.join(rel), e))?;
+        io::Read::read_to_end(&mut file, &mut out).at_with("read", || self.join(rel))?;
         Ok(Some(out))
     }
 
@@ -234,7 +226,7 @@ impl RootDir {
         let tmp = self.write_temp(parent_fd.as_fd(), rel, name, bytes)?;
         if let Err(e) = rustix::fs::renameat(&parent_fd, &tmp, &parent_fd, name) {
             let _ = rustix::fs::unlinkat(&parent_fd, &tmp, AtFlags::empty());
-            return Err(Error::io("rename", self.join(rel), errno(e)));
+            return Err(Error::io("rename", self.join(rel), e));
         }
         self.sync_dir(parent_fd.as_fd(), rel)
     }
@@ -254,9 +246,8 @@ impl RootDir {
         let linked = match unnamed {
             Ok(fd) => {
                 let mut f = std::fs::File::from(fd);
-                io::Write::write_all(&mut f, bytes)
-                    .map_err(|e| Error::io("write", self.join(rel), e))?;
-                f.sync_all().map_err(|e| Error::io("fsync", self.join(rel), e))?;
+                io::Write::write_all(&mut f, bytes).at_with("write", || self.join(rel))?;
+                f.sync_all().at_with("fsync", || self.join(rel))?;
                 // linkat(AT_EMPTY_PATH) needs CAP_DAC_READ_SEARCH; the /proc link does not.
                 let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&f));
                 rustix::fs::linkat(
@@ -276,12 +267,12 @@ impl RootDir {
                 let _ = rustix::fs::unlinkat(&parent_fd, &tmp, AtFlags::empty());
                 linked
             }
-            Err(e) => return Err(Error::io("create", self.join(rel), errno(e))),
+            Err(e) => return Err(Error::io("create", self.join(rel), e)),
         };
         match linked {
             Ok(()) => self.sync_dir(parent_fd.as_fd(), rel),
             Err(rustix::io::Errno::EXIST) => Err(Error::AlreadyExists { path: self.join(rel) }),
-            Err(e) => Err(Error::io("link", self.join(rel), errno(e))),
+            Err(e) => Err(Error::io("link", self.join(rel), e)),
         }
     }
 
@@ -299,11 +290,11 @@ impl RootDir {
         let flags =
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let fd = rustix::fs::openat(parent, &tmp, flags, Mode::from_raw_mode(0o644))
-            .map_err(|e| Error::io("create", &tmp_path, errno(e)))?;
+            .at("create", &tmp_path)?;
         let written = (|| {
             let mut f = std::fs::File::from(fd);
-            io::Write::write_all(&mut f, bytes).map_err(|e| Error::io("write", &tmp_path, e))?;
-            f.sync_all().map_err(|e| Error::io("fsync", &tmp_path, e))
+            io::Write::write_all(&mut f, bytes).at("write", &tmp_path)?;
+            f.sync_all().at("fsync", &tmp_path)
         })();
         match written {
             Ok(()) => Ok(tmp),
@@ -315,9 +306,8 @@ impl RootDir {
     }
 
     fn sync_dir(&self, dir: BorrowedFd<'_>, rel: &Path) -> Result<()> {
-        rustix::fs::fsync(dir).map_err(|e| {
-            Error::io("fsync", self.join(rel.parent().unwrap_or(Path::new(""))), errno(e))
-        })
+        rustix::fs::fsync(dir)
+            .map_err(|e| Error::io("fsync", self.join(rel.parent().unwrap_or(Path::new(""))), e))
     }
 
     /// Remove file `rel` if it exists, durably.
@@ -330,7 +320,7 @@ impl RootDir {
         match rustix::fs::unlinkat(&parent_fd, name, AtFlags::empty()) {
             Ok(()) => self.sync_dir(parent_fd.as_fd(), rel),
             Err(rustix::io::Errno::NOENT) => Ok(()),
-            Err(e) => Err(Error::io("unlink", self.join(rel), errno(e))),
+            Err(e) => Err(Error::io("unlink", self.join(rel), e)),
         }
     }
 
@@ -351,18 +341,17 @@ impl RootDir {
                 self.sync_dir(from_fd.as_fd(), from)
             }
             Err(rustix::io::Errno::EXIST) => Err(Error::AlreadyExists { path: self.join(to) }),
-            Err(e) => Err(Error::io("rename", self.join(from), errno(e))),
+            Err(e) => Err(Error::io("rename", self.join(from), e)),
         }
     }
 }
 
 /// Names in the open directory `fd` (at `path`), without `.` and `..`.
 pub(crate) fn list_fd(fd: BorrowedFd<'_>, path: &Path) -> Result<Vec<OsString>> {
-    let mut dir =
-        rustix::fs::Dir::read_from(fd).map_err(|e| Error::io("opendir", path, errno(e)))?;
+    let mut dir = rustix::fs::Dir::read_from(fd).at("opendir", path)?;
     let mut out = Vec::new();
     while let Some(entry) = dir.read() {
-        let entry = entry.map_err(|e| Error::io("readdir", path, errno(e)))?;
+        let entry = entry.at("readdir", path)?;
         let name = entry.file_name().to_bytes();
         if name != b"." && name != b".." {
             out.push(OsString::from_vec(name.to_vec()));
@@ -372,14 +361,12 @@ pub(crate) fn list_fd(fd: BorrowedFd<'_>, path: &Path) -> Result<Vec<OsString>> 
     Ok(out)
 }
 
-/// `.<name>.tmp.<pid>.<n>`: the temporary files of [`RootDir::write_atomic`].
+/// `.<name>.tmp.<unique>`: the temporary files of [`RootDir::write_atomic`].
 fn temp_name(name: &OsStr) -> OsString {
-    static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut out = b".".to_vec();
     // Kept within NAME_MAX whatever the name.
     out.extend_from_slice(&name.as_bytes()[..name.len().min(200)]);
-    out.extend_from_slice(format!(".tmp.{}.{n}", std::process::id()).as_bytes());
+    out.extend_from_slice(format!(".tmp.{}", crate::sys::unique_suffix()).as_bytes());
     OsString::from_vec(out)
 }
 

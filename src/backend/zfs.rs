@@ -44,7 +44,7 @@ use crate::copy::{self, CopyOptions};
 use crate::detect::Detection;
 use crate::zfs::mount::{self, MountOptions};
 use crate::zfs::{CanMount, DatasetName, Props, SnapshotName, ZcpValue, Zfs, ZfsErrorKind};
-use crate::{Error, Result};
+use crate::{Context, Error, Result};
 
 /// Fault points only the ZFS backends reach (between their promote's steps).
 pub(crate) const FAULT_POINTS: &[&str] = &["promote:snapshot-taken", "promote:head-promoted"];
@@ -111,10 +111,7 @@ pub(crate) struct ZfsBackend {
 }
 
 fn zfs_kind(e: &Error) -> Option<ZfsErrorKind> {
-    match e {
-        Error::Zfs(z) => Some(z.zfs_kind()),
-        _ => None,
-    }
+    e.zfs().map(|z| z.zfs_kind())
 }
 
 /// The dataset name as a string value of a record.
@@ -402,13 +399,13 @@ return out"#;
         let on_session =
             self.session_dataset(project, session)?.snapshot(&format!("gen{generation}"))?;
         if !self.exists(head.as_str())? {
-            self.zfs.clone(&head, &on_session, &Props::new())?;
+            self.zfs.clone_snapshot(&head, &on_session, &Props::new())?;
         }
         // Until the new head is nobody's clone: at most twice (the session's snapshot, then the
         // previous head's snapshots).
         for round in 0..3 {
             match self.zfs.promote(&head) {
-                Ok(()) if round == 0 => crate::golden::fault::point("promote:head-promoted"),
+                Ok(()) if round == 0 => crate::fault::point("promote:head-promoted"),
                 Ok(()) => {}
                 Err(e) if zfs_kind(&e) == Some(ZfsErrorKind::NotAClone) => break,
                 Err(e) => return Err(e),
@@ -485,7 +482,7 @@ impl Backend for ZfsBackend {
         g: &Generation,
         staging: &Path,
     ) -> Result<Identity> {
-        let meta = std::fs::metadata(src).map_err(|e| Error::io("stat", src, e))?;
+        let meta = std::fs::metadata(src).at("stat", src)?;
         if !meta.is_dir() {
             return Err(Error::NotADirectory { path: src.to_path_buf() });
         }
@@ -531,7 +528,7 @@ impl Backend for ZfsBackend {
         let made = (|| {
             // No properties on the clone: they would cost a second transaction group; the legacy
             // mountpoint and our mark are inherited from the project container.
-            self.zfs.clone(&dataset, &origin, &Props::new())?;
+            self.zfs.clone_snapshot(&dataset, &origin, &Props::new())?;
             self.mount(&dataset, &root.join(&s.place))?;
             self.identify(dataset.as_str())
         })();
@@ -559,7 +556,7 @@ impl Backend for ZfsBackend {
         } else {
             take()?;
         }
-        crate::golden::fault::point("promote:snapshot-taken");
+        crate::fault::point("promote:snapshot-taken");
         self.finish_promote(&s.project, &s.name, g.number, previous.number)?;
         self.identify(self.generation_snapshot(&g.project, g.number, g.number)?.as_str())
     }

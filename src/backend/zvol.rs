@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::detect::Mount;
 use crate::zfs::mount;
 use crate::zfs::{DatasetName, Props, Zfs};
-use crate::{Error, Result};
+use crate::{Context, Error, Result};
 
 /// How long to wait for a new volume's block device (the kernel creates it asynchronously; no
 /// udev needed).
@@ -61,7 +61,7 @@ pub(crate) fn create(
         .args(["-q", "-f"])
         .arg(&dev)
         .output()
-        .map_err(|e| Error::io("spawn mkfs.xfs", &dev, e))?;
+        .at("spawn mkfs.xfs", &dev)?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         return Err(Error::io(

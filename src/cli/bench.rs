@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use goldclone::copy::{self, CopyOptions};
 use goldclone::fixture::{self, FixtureSpec};
 use goldclone::treediff::{self, CompareOptions};
-use goldclone::{detect, Error, Result};
+use goldclone::{detect, Context, Error, Result};
 
 /// `goldclone bench ...`
 #[derive(Debug, Clone, Subcommand)]
@@ -312,7 +312,7 @@ fn cp_command(flags: &[&str], src: &Path, dst: &Path) -> Command {
 }
 
 fn wait_ok(mut child: Child, what: &Path) -> Result<()> {
-    let status = child.wait().map_err(|e| Error::io("wait cp", what, e))?;
+    let status = child.wait().at("wait cp", what)?;
     if status.success() {
         Ok(())
     } else {
@@ -321,7 +321,7 @@ fn wait_ok(mut child: Child, what: &Path) -> Result<()> {
 }
 
 fn run_cp(flags: &[&str], src: &Path, dst: &Path) -> Result<()> {
-    let child = cp_command(flags, src, dst).spawn().map_err(|e| Error::io("spawn cp", dst, e))?;
+    let child = cp_command(flags, src, dst).spawn().at("spawn cp", dst)?;
     wait_ok(child, dst)
 }
 
@@ -329,16 +329,14 @@ fn run_cp(flags: &[&str], src: &Path, dst: &Path) -> Result<()> {
 /// `overlay2/` child, `jobs` at a time.
 fn per_layer_cp(src: &Path, dst: &Path, jobs: usize) -> Result<()> {
     let mut work: Vec<(PathBuf, PathBuf)> = Vec::new();
-    std::fs::create_dir(dst).map_err(|e| Error::io("mkdir", dst, e))?;
-    for entry in std::fs::read_dir(src).map_err(|e| Error::io("readdir", src, e))? {
-        let entry = entry.map_err(|e| Error::io("readdir", src, e))?;
+    std::fs::create_dir(dst).at("mkdir", dst)?;
+    for entry in std::fs::read_dir(src).at("readdir", src)? {
+        let entry = entry.at("readdir", src)?;
         if entry.file_name() == "overlay2" && entry.path().is_dir() {
             let layers = dst.join("overlay2");
-            std::fs::create_dir(&layers).map_err(|e| Error::io("mkdir", &layers, e))?;
-            for layer in std::fs::read_dir(entry.path())
-                .map_err(|e| Error::io("readdir", entry.path(), e))?
-            {
-                let layer = layer.map_err(|e| Error::io("readdir", entry.path(), e))?;
+            std::fs::create_dir(&layers).at("mkdir", &layers)?;
+            for layer in std::fs::read_dir(entry.path()).at_with("readdir", || entry.path())? {
+                let layer = layer.at_with("readdir", || entry.path())?;
                 work.push((layer.path(), layers.join(layer.file_name())));
             }
         } else {
@@ -351,9 +349,7 @@ fn per_layer_cp(src: &Path, dst: &Path, jobs: usize) -> Result<()> {
             let (child, path) = running.remove(0);
             wait_ok(child, &path)?;
         }
-        let child = cp_command(&["--reflink=auto"], &from, &to)
-            .spawn()
-            .map_err(|e| Error::io("spawn cp", &to, e))?;
+        let child = cp_command(&["--reflink=auto"], &from, &to).spawn().at("spawn cp", &to)?;
         running.push((child, to));
     }
     for (child, path) in running {

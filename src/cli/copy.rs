@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 use goldclone::copy::{self, CancelToken, CopyOptions, CopyStats, Progress};
 use goldclone::treediff::{self, CompareOptions};
-use goldclone::{Error, Result};
+use goldclone::{Context, Result};
 
 /// Arguments of `goldclone copy`.
 #[derive(Debug, Clone, Args)]
@@ -53,14 +53,7 @@ pub fn run(args: &CopyArgs) -> Result<()> {
     let stats =
         with_progress_bar(show_bar, &progress, || copy::copy_tree(&args.src, &args.dst, &opts))?;
     if args.json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&stats).map_err(|e| Error::io(
-                "serialize",
-                "<stdout>",
-                e.into()
-            ))?
-        )?;
+        outln!("{}", serde_json::to_string_pretty(&stats).at("serialize", "<stdout>")?)?;
     } else {
         print_stats(&stats)?;
     }
@@ -78,7 +71,7 @@ pub fn print_stats(s: &CopyStats) -> goldclone::Result<()> {
         s.specials,
         s.hardlinks,
         s.bytes as f64 / (1 << 20) as f64,
-        s.elapsed.as_secs_f64(),
+        s.elapsed().as_secs_f64(),
         s.threads
     )?;
     outln!(

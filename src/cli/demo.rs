@@ -10,7 +10,7 @@ use goldclone::copy::{self, CopyOptions};
 use goldclone::detect;
 use goldclone::fixture::{self, FixtureSpec};
 use goldclone::treediff::{self, CompareOptions};
-use goldclone::{Error, Result};
+use goldclone::{Context, Error, Result};
 
 /// Arguments of `goldclone demo`.
 #[derive(Debug, Clone, Args)]
@@ -31,7 +31,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         None => std::env::temp_dir(),
     };
     let work = base.join(format!("goldclone-demo-{}", std::process::id()));
-    std::fs::create_dir(&work).map_err(|e| Error::io("mkdir", &work, e))?;
+    std::fs::create_dir(&work).at("mkdir", &work)?;
     let result = demo_in(&work);
     if !args.keep {
         copy::remove_tree(&work)?;
@@ -75,7 +75,7 @@ fn demo_in(work: &Path) -> Result<()> {
         .arg(&golden)
         .arg(&cp_dst)
         .status()
-        .map_err(|e| Error::io("spawn cp", "cp", e))?;
+        .at("spawn cp", "cp")?;
     let cp_secs = t.elapsed().as_secs_f64();
     if !status.success() {
         return Err(Error::io(
@@ -86,7 +86,7 @@ fn demo_in(work: &Path) -> Result<()> {
     }
 
     let vs_cp = treediff::compare(&cp_dst, &ours, &CompareOptions::default())?;
-    let ours_secs = stats.elapsed.as_secs_f64();
+    let ours_secs = stats.elapsed().as_secs_f64();
     outln!(
         "goldclone copy: {:.3} s ({} entries, file data by {}, up to {} threads)",
         ours_secs,

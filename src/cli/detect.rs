@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use goldclone::detect::{detect, Backend, Detection};
-use goldclone::Error;
+use goldclone::Context;
 
 /// Arguments of `goldclone detect`.
 #[derive(Debug, Clone, Args)]
@@ -23,17 +23,13 @@ pub fn run(args: &DetectArgs) -> goldclone::Result<()> {
     let d = detect(&args.path)?;
     let out = render(&d, args.json)?;
     let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_all(out.as_bytes())
-        .and_then(|()| stdout.flush())
-        .map_err(|e| Error::io("write", "<stdout>", e))
+    stdout.write_all(out.as_bytes()).and_then(|()| stdout.flush()).at("write", "<stdout>")
 }
 
 /// Format a detection: pretty JSON (one trailing newline) or an aligned two-column table.
 pub fn render(d: &Detection, json: bool) -> goldclone::Result<String> {
     if json {
-        let mut s = serde_json::to_string_pretty(d)
-            .map_err(|e| Error::io("serialize", &d.path, e.into()))?;
+        let mut s = serde_json::to_string_pretty(d).at("serialize", &d.path)?;
         s.push('\n');
         return Ok(s);
     }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use goldclone::golden::{BackendKind, Cache, OpenOptions};
-use goldclone::{Error, Result};
+use goldclone::{Context, Result};
 
 /// Where the cache is and how to open it.
 #[derive(Debug, Clone, Args)]
@@ -139,10 +139,7 @@ pub fn session(cmd: &SessionCommand) -> Result<()> {
 pub fn gc(root: &RootArgs) -> Result<bool> {
     let report = root.open()?.gc()?;
     if root.json {
-        print_json(
-            &serde_json::to_value(&report)
-                .map_err(|e| Error::io("serialize", "<stdout>", e.into()))?,
-        )?;
+        print_json(&serde_json::to_value(&report).at("serialize", "<stdout>")?)?;
     } else if report.is_empty() {
         outln!("nothing to collect")?;
     } else {
@@ -164,10 +161,7 @@ pub fn gc(root: &RootArgs) -> Result<bool> {
 pub fn info(a: &InfoArgs) -> Result<()> {
     let info = a.root.open()?.info(&a.project)?;
     if a.root.json {
-        print_json(
-            &serde_json::to_value(&info)
-                .map_err(|e| Error::io("serialize", "<stdout>", e.into()))?,
-        )?;
+        print_json(&serde_json::to_value(&info).at("serialize", "<stdout>")?)?;
     } else {
         outln!("project:     {}", info.project)?;
         outln!("generation:  {}", info.generation)?;

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use goldclone::zfs::mount::{mount_filesystem, unmount, MountOptions};
 use goldclone::zfs::{CanMount, DatasetName, Props, SnapshotName, Zfs};
-use goldclone::{Error, Result};
+use goldclone::{Context, Error, Result};
 
 /// Arguments of `goldclone bench zfs`.
 #[derive(Debug, Clone, clap::Args)]
@@ -60,8 +60,7 @@ fn cli_error(what: String) -> Error {
 }
 
 fn run_cli(program: &str, args: &[&str]) -> Result<()> {
-    let out =
-        Command::new(program).args(args).output().map_err(|e| Error::io("spawn", program, e))?;
+    let out = Command::new(program).args(args).output().at("spawn", program)?;
     if out.status.success() {
         Ok(())
     } else {
@@ -104,9 +103,9 @@ impl Bench {
     fn session_ready(&self, name: &str) -> Result<Steps> {
         let ds = self.sessions.child(name)?;
         let dir = self.mnt.join(name);
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("mkdir", &dir, e))?;
+        std::fs::create_dir_all(&dir).at("mkdir", &dir)?;
         let start = Instant::now();
-        self.zfs.clone(&ds, &self.base, &Props::new())?;
+        self.zfs.clone_snapshot(&ds, &self.base, &Props::new())?;
         let cloned = Instant::now();
         mount_filesystem(&ds, &dir, MountOptions::default())?;
         Ok(Steps { clone: cloned - start, mount: cloned.elapsed() })
@@ -120,7 +119,7 @@ impl Bench {
     fn cli_session_ready(&self, name: &str) -> Result<()> {
         let ds = self.sessions.child(name)?;
         let dir = self.mnt.join(name);
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("mkdir", &dir, e))?;
+        std::fs::create_dir_all(&dir).at("mkdir", &dir)?;
         run_cli(&self.cli, &["clone", self.base.as_str(), ds.as_str()])?;
         run_cli(&self.mount_cli, &["-t", "zfs", ds.as_str(), &dir.to_string_lossy()])
     }
@@ -151,10 +150,9 @@ struct Steps {
 fn populate(dir: &Path, files: usize) -> Result<()> {
     for i in 0..files {
         let sub = dir.join(format!("d{}", i % 20));
-        std::fs::create_dir_all(&sub).map_err(|e| Error::io("mkdir", &sub, e))?;
+        std::fs::create_dir_all(&sub).at("mkdir", &sub)?;
         let f = sub.join(format!("f{i}"));
-        std::fs::write(&f, format!("golden file {i}\n").repeat(64))
-            .map_err(|e| Error::io("write", &f, e))?;
+        std::fs::write(&f, format!("golden file {i}\n").repeat(64)).at("write", &f)?;
     }
     Ok(())
 }
@@ -175,7 +173,7 @@ pub fn bench_zfs(args: BenchZfsArgs) -> Result<()> {
     let golden = root.child("golden")?;
     zfs.create_filesystem(&golden, &Props::new().canmount(CanMount::NoAuto))?;
     let gdir = mnt.join("golden");
-    std::fs::create_dir_all(&gdir).map_err(|e| Error::io("mkdir", &gdir, e))?;
+    std::fs::create_dir_all(&gdir).at("mkdir", &gdir)?;
     mount_filesystem(&golden, &gdir, MountOptions::default())?;
     let populated = populate(&gdir, args.files);
     unmount(&gdir)?;
@@ -212,12 +210,12 @@ pub fn bench_zfs(args: BenchZfsArgs) -> Result<()> {
     let report = result?;
     teardown?;
 
-    std::fs::create_dir_all(&args.out_dir).map_err(|e| Error::io("mkdir", &args.out_dir, e))?;
+    std::fs::create_dir_all(&args.out_dir).at("mkdir", &args.out_dir)?;
     let csv = args.out_dir.join("zfs-bench.csv");
-    std::fs::write(&csv, &report.csv).map_err(|e| Error::io("write", &csv, e))?;
+    std::fs::write(&csv, &report.csv).at("write", &csv)?;
     let json_path = args.out_dir.join("zfs-bench.json");
     let json = serde_json::to_string_pretty(&report.json).expect("serializable");
-    std::fs::write(&json_path, &json).map_err(|e| Error::io("write", &json_path, e))?;
+    std::fs::write(&json_path, &json).at("write", &json_path)?;
     out!("{}", report.table)?;
     outln!("{json}")?;
     Ok(())

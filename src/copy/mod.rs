@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 pub use staging::{cleanup_staging, remove_at, remove_tree, STAGING_PREFIX};
 
-use crate::{Error, Result};
+use crate::{Context, Error, Result};
 use pool::Workers;
 
 /// A flag another thread sets to stop a copy. The copy then fails with [`Error::Cancelled`]
@@ -138,7 +138,10 @@ pub struct CopyOptions {
     pub clone_min_size: u64,
 }
 
+// The C header's `goldclone_copy_stats` is this struct (cbindgen.toml renames it), so its
+// fields are C types and its order is the ABI's.
 /// What a finished copy did.
+#[repr(C)]
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CopyStats {
     /// All entries, the root directory included.
@@ -164,20 +167,30 @@ pub struct CopyStats {
     /// Files copied through a user-space buffer.
     pub read_write: u64,
     /// Worker threads started (with the adaptive default, at most this many ran at once).
-    pub threads: usize,
-    /// Wall time.
-    #[serde(serialize_with = "serialize_secs")]
-    pub elapsed: Duration,
+    pub threads: u32,
+    /// Wall time in nanoseconds.
+    #[serde(rename = "elapsed", serialize_with = "serialize_ns_as_secs")]
+    pub elapsed_ns: u64,
 }
 
-fn serialize_secs<S: serde::Serializer>(
-    d: &Duration,
+fn serialize_ns_as_secs<S: serde::Serializer>(
+    ns: &u64,
     s: S,
 ) -> std::result::Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64())
+    s.serialize_f64(Duration::from_nanos(*ns).as_secs_f64())
+}
+
+/// `d` in nanoseconds, saturating (585 years).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl CopyStats {
+    /// Wall time.
+    pub fn elapsed(&self) -> Duration {
+        Duration::from_nanos(self.elapsed_ns)
+    }
+
     /// The data method that carried most files: `"reflink"`, `"copy_file_range"`, `"sparse"`,
     /// `"read_write"`, or `"none"` for a tree without file data.
     pub fn main_method(&self) -> &'static str {
@@ -224,7 +237,7 @@ pub fn copy_tree(src: &Path, dst: &Path, opts: &CopyOptions) -> Result<CopyStats
         })?,
         None => staging.commit()?,
     }
-    Ok(CopyStats { elapsed: started.elapsed(), ..stats })
+    Ok(CopyStats { elapsed_ns: nanos(started.elapsed()), ..stats })
 }
 
 /// Copy the contents of `src`, and its root's own metadata, into the existing empty directory
@@ -241,11 +254,11 @@ pub fn copy_into(src: &Path, dst: &Path, opts: &CopyOptions) -> Result<CopyStats
         staging::DIR_FLAGS,
         nix::sys::stat::Mode::empty(),
     )
-    .map_err(|e| Error::io("open", dst, std::io::Error::from(e)))?;
+    .at("open", dst)?;
     if !staging::list_entries(dst_fd.as_fd(), dst)?.is_empty() {
         return Err(Error::AlreadyExists { path: dst.to_path_buf() });
     }
-    let dst_canon = dst.canonicalize().map_err(|e| Error::io("canonicalize", dst, e))?;
+    let dst_canon = dst.canonicalize().at("canonicalize", dst)?;
     if dst_canon.starts_with(&src) {
         return Err(Error::DestinationInsideSource { src: src.clone(), dst: dst.to_path_buf() });
     }
@@ -283,7 +296,7 @@ fn fill(
 ) -> Result<CopyStats> {
     let synced = run_walk(src, src_fd, dst, dst_fd, opts, workers).and_then(|stats| {
         if opts.sync {
-            nix::unistd::syncfs(dst_fd).map_err(|e| Error::io("syncfs", dst, e.into()))?;
+            nix::unistd::syncfs(dst_fd).at("syncfs", dst)?;
         }
         if opts.cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
             return Err(Error::Cancelled);
@@ -291,7 +304,7 @@ fn fill(
         Ok(stats)
     });
     match synced {
-        Ok(stats) => Ok(CopyStats { elapsed: started.elapsed(), ..stats }),
+        Ok(stats) => Ok(CopyStats { elapsed_ns: nanos(started.elapsed()), ..stats }),
         Err(e) => {
             let _ = staging::remove_contents(dst_fd, dst);
             Err(e)
@@ -358,7 +371,7 @@ fn count_totals(
     // Directories relative to the root, opened from the root's fd.
     let base = match root_fd {
         Some(fd) => fd.try_clone_to_owned(),
-        None => staging::open_dir_noatime(AT_FDCWD, root).map_err(std::io::Error::from),
+        None => staging::open_dir_noatime(AT_FDCWD, root),
     };
     let Ok(base) = base else { return };
     let mut stack = vec![std::path::PathBuf::from(".")];

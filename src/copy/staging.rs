@@ -1,7 +1,7 @@
 //! Where a copy is written before it exists: a staging directory beside DST, locked by its
 //! writer, renamed into place only when complete. Also removal of trees and of leftovers.
 //!
-//! Staging directories are named `.goldclone-staging.<dst-name>.<pid>.<nonce>` and their writer
+//! Staging directories are named `.goldclone-staging.<dst-name>.<unique>` and their writer
 //! holds an exclusive `flock` on them for as long as it runs. A killed writer's lock goes with its
 //! process, so [`cleanup_staging`] can tell a leftover (lock free) from a copy in progress (lock
 //! held) without trusting pids.
@@ -13,7 +13,6 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::dir::{Dir, Type};
 use nix::fcntl::{openat, renameat2, OFlag, RenameFlags, AT_FDCWD};
@@ -21,7 +20,7 @@ use nix::sys::stat::{fchmod, fstat, mkdirat, Mode};
 use nix::unistd::{fchown, getegid, unlinkat, UnlinkatFlags};
 
 use crate::sys;
-use crate::{Error, Result};
+use crate::{Context, Error, Result};
 
 /// Name prefix of every staging directory.
 pub const STAGING_PREFIX: &str = ".goldclone-staging.";
@@ -33,19 +32,11 @@ pub(super) const DIR_FLAGS: OFlag =
 /// Open a source directory without moving its atime: reading the golden tree must not change
 /// it (atimes are part of what is copied). O_NOATIME is only for the owner or CAP_FOWNER; others
 /// get a plain open.
-pub(super) fn open_dir_noatime<P: ?Sized + nix::NixPath>(
+pub(super) fn open_dir_noatime<P: rustix::path::Arg + Copy>(
     parent: BorrowedFd<'_>,
-    name: &P,
-) -> nix::Result<OwnedFd> {
-    match openat(parent, name, DIR_FLAGS | OFlag::O_NOATIME, Mode::empty()) {
-        Err(nix::Error::EPERM) => openat(parent, name, DIR_FLAGS, Mode::empty()),
-        other => other,
-    }
-}
-
-/// nix's errno as the io::Error the crate's errors carry.
-pub(super) fn errno_io(e: nix::Error) -> io::Error {
-    io::Error::from_raw_os_error(e as i32)
+    name: P,
+) -> std::io::Result<OwnedFd> {
+    crate::sys::fs::openat_noatime(parent, name, crate::sys::fs::READ_DIR)
 }
 
 /// A validated copy destination with its locked staging directory.
@@ -84,16 +75,15 @@ impl Staging {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let parent_canon =
-            parent_path.canonicalize().map_err(|e| Error::io("canonicalize", &parent_path, e))?;
+        let parent_canon = parent_path.canonicalize().at("canonicalize", &parent_path)?;
         if parent_canon.join(&dst_name).starts_with(&src_canon) {
             return Err(Error::DestinationInsideSource {
                 src: src.to_path_buf(),
                 dst: dst.to_path_buf(),
             });
         }
-        let parent = openat(AT_FDCWD, &parent_canon, DIR_FLAGS, Mode::empty())
-            .map_err(|e| Error::io("open", &parent_canon, errno_io(e)))?;
+        let parent =
+            openat(AT_FDCWD, &parent_canon, DIR_FLAGS, Mode::empty()).at("open", &parent_canon)?;
 
         let staging_name = staging_name_for(&dst_name);
         let path = parent_canon.join(&staging_name);
@@ -102,20 +92,18 @@ impl Staging {
         // concurrent cleanup can never take it for a dead writer's.
         let unlocked_name = unlocked_name_for(&staging_name);
         mkdirat(&parent, unlocked_name.as_os_str(), Mode::from_bits_truncate(0o700))
-            .map_err(|e| Error::io("mkdir", &path, errno_io(e)))?;
+            .at("mkdir", &path)?;
         let staged = (|| {
             let fd = openat(&parent, unlocked_name.as_os_str(), DIR_FLAGS, Mode::empty())
-                .map_err(|e| Error::io("open", &path, errno_io(e)))?;
-            sys::fs::lock(fd.as_fd(), true).map_err(|e| Error::io("flock", &path, e))?;
+                .at("open", &path)?;
+            sys::fs::lock(fd.as_fd(), true).at("flock", &path)?;
             // A setgid parent hands its group and its setgid bit to the new directory, and it
             // would pass them on to everything created in it: entries must start out as ours.
-            fchown(&fd, None, Some(getegid()))
-                .map_err(|e| Error::io("chown", &path, errno_io(e)))?;
-            fchmod(&fd, Mode::from_bits_truncate(0o700))
-                .map_err(|e| Error::io("chmod", &path, errno_io(e)))?;
+            fchown(&fd, None, Some(getegid())).at("chown", &path)?;
+            fchmod(&fd, Mode::from_bits_truncate(0o700)).at("chmod", &path)?;
             // A default ACL on DST's parent is inherited by the new directory and would then be
             // inherited by every entry created directly in it: strip what we did not ask for.
-            strip_xattrs(fd.as_fd()).map_err(|e| Error::io("removexattr", &path, e))?;
+            strip_xattrs(fd.as_fd()).at("removexattr", &path)?;
             renameat2(
                 &parent,
                 unlocked_name.as_os_str(),
@@ -123,7 +111,7 @@ impl Staging {
                 staging_name.as_os_str(),
                 RenameFlags::RENAME_NOREPLACE,
             )
-            .map_err(|e| Error::io("rename", &path, errno_io(e)))?;
+            .at("rename", &path)?;
             Ok(fd)
         })();
         let fd = match staged {
@@ -147,7 +135,7 @@ impl Staging {
     /// Flush the staging filesystem (data and metadata) so a power loss after the rename cannot
     /// expose a partial copy.
     pub fn sync(&self) -> Result<()> {
-        nix::unistd::syncfs(&self.fd).map_err(|e| Error::io("syncfs", &self.path, errno_io(e)))
+        nix::unistd::syncfs(&self.fd).at("syncfs", &self.path)
     }
 
     /// Rename the finished staging directory to DST; never replaces an existing DST.
@@ -165,7 +153,7 @@ impl Staging {
                 let err = if e == nix::Error::EEXIST {
                     Error::AlreadyExists { path: self.dst.clone() }
                 } else {
-                    Error::io("rename", &self.dst, errno_io(e))
+                    Error::io("rename", &self.dst, e)
                 };
                 self.abandon();
                 Err(err)
@@ -183,17 +171,16 @@ impl Staging {
 /// The canonical path of the copy source `src`, which must be a directory (a symlink to one is
 /// followed: SRC is what the caller names, only the entries below it are never followed).
 pub(super) fn source_dir(src: &Path) -> Result<PathBuf> {
-    let meta = std::fs::metadata(src).map_err(|e| Error::io("stat", src, e))?;
+    let meta = std::fs::metadata(src).at("stat", src)?;
     if !meta.is_dir() {
         return Err(Error::NotADirectory { path: src.to_path_buf() });
     }
-    src.canonicalize().map_err(|e| Error::io("canonicalize", src, e))
+    src.canonicalize().at("canonicalize", src)
 }
 
-/// `.goldclone-staging.<dst-name>.<pid>.<nonce>`, kept within NAME_MAX.
+/// `.goldclone-staging.<dst-name>.<unique>`, kept within NAME_MAX.
 fn staging_name_for(dst_name: &OsStr) -> OsString {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    let suffix = format!(".{}.{:08x}", std::process::id(), nanos);
+    let suffix = format!(".{}", crate::sys::unique_suffix());
     let room = 255 - STAGING_PREFIX.len() - suffix.len();
     let name = dst_name.as_bytes();
     let mut out = Vec::with_capacity(255);
@@ -221,8 +208,7 @@ fn strip_xattrs(fd: BorrowedFd<'_>) -> io::Result<()> {
 /// Remove staging directories left in `dir` by copies that were killed. A staging directory
 /// whose writer is still running is left alone. Returns the paths removed.
 pub fn cleanup_staging(dir: &Path) -> Result<Vec<PathBuf>> {
-    let dirfd = openat(AT_FDCWD, dir, DIR_FLAGS, Mode::empty())
-        .map_err(|e| Error::io("open", dir, errno_io(e)))?;
+    let dirfd = openat(AT_FDCWD, dir, DIR_FLAGS, Mode::empty()).at("open", dir)?;
     let mut removed = Vec::new();
     for name in list_names(dirfd.as_fd(), dir)? {
         if !name.as_bytes().starts_with(STAGING_PREFIX.as_bytes()) {
@@ -232,7 +218,7 @@ pub fn cleanup_staging(dir: &Path) -> Result<Vec<PathBuf>> {
         let Ok(fd) = openat(&dirfd, name.as_c_str(), DIR_FLAGS, Mode::empty()) else {
             continue; // not a directory any more, or gone: not ours to judge
         };
-        if !sys::fs::try_lock_exclusive(fd.as_fd()).map_err(|e| Error::io("flock", &path, e))? {
+        if !sys::fs::try_lock_exclusive(fd.as_fd()).at("flock", &path)? {
             continue; // its writer is alive
         }
         remove_entry(dirfd.as_fd(), OsStr::from_bytes(name.as_bytes()), &path)?;
@@ -261,7 +247,7 @@ pub fn remove_tree(path: &Path) -> Result<()> {
     let parent = match openat(AT_FDCWD, parent_path, DIR_FLAGS, Mode::empty()) {
         Ok(fd) => fd,
         Err(nix::Error::ENOENT) => return Ok(()),
-        Err(e) => return Err(Error::io("open", parent_path, errno_io(e))),
+        Err(e) => return Err(Error::io("open", parent_path, e)),
     };
     remove_entry(parent.as_fd(), &name, path)
 }
@@ -305,7 +291,7 @@ fn remove_entry(parent: BorrowedFd<'_>, name: &OsStr, path: &Path) -> Result<()>
     match unlinkat(parent, name, UnlinkatFlags::NoRemoveDir) {
         Ok(()) | Err(nix::Error::ENOENT) => Ok(()),
         Err(nix::Error::EISDIR) => remove_dir(parent, name, path),
-        Err(e) => Err(Error::io("unlink", path, errno_io(e))),
+        Err(e) => Err(Error::io("unlink", path, e)),
     }
 }
 
@@ -322,10 +308,9 @@ pub(super) fn remove_contents(dir: BorrowedFd<'_>, path: &Path) -> Result<()> {
 /// Without write and search permission on a directory its entries cannot be unlinked (for a
 /// caller without CAP_DAC_OVERRIDE): make it ours to empty; it is going away anyway.
 fn make_emptyable(dir: BorrowedFd<'_>, path: &Path) -> Result<()> {
-    let st = fstat(dir).map_err(|e| Error::io("stat", path, errno_io(e)))?;
+    let st = fstat(dir).at("stat", path)?;
     if st.st_mode & 0o700 != 0o700 {
-        fchmod(dir, Mode::from_bits_truncate((st.st_mode | 0o700) & 0o7777))
-            .map_err(|e| Error::io("chmod", path, errno_io(e)))?;
+        fchmod(dir, Mode::from_bits_truncate((st.st_mode | 0o700) & 0o7777)).at("chmod", path)?;
     }
     Ok(())
 }
@@ -350,7 +335,7 @@ fn remove_dir(parent: BorrowedFd<'_>, name: &OsStr, path: &Path) -> Result<()> {
         Ok(fd) => fd,
         Err(nix::Error::ENOENT) => return Ok(()),
         Err(nix::Error::EXDEV) => return Err(Error::MountPoint { path: path.to_path_buf() }),
-        Err(e) => return Err(Error::io("open", path, errno_io(e))),
+        Err(e) => return Err(Error::io("open", path, e)),
     };
     let stop = AtomicBool::new(false);
     let error: Mutex<Option<Error>> = Mutex::new(None);
@@ -366,7 +351,7 @@ fn remove_dir(parent: BorrowedFd<'_>, name: &OsStr, path: &Path) -> Result<()> {
         let parent_fd = node.parent.as_ref().map_or(parent, |p| p.fd.as_fd());
         match unlinkat(parent_fd, node.name.as_c_str(), UnlinkatFlags::RemoveDir) {
             Ok(()) | Err(nix::Error::ENOENT) => {}
-            Err(e) => return Err(Error::io("rmdir", &node.path, errno_io(e))),
+            Err(e) => return Err(Error::io("rmdir", &node.path, e)),
         }
         match node.parent.clone() {
             Some(p) => node = p,
@@ -381,14 +366,14 @@ fn remove_dir(parent: BorrowedFd<'_>, name: &OsStr, path: &Path) -> Result<()> {
                 match unlinkat(&node.fd, child.as_c_str(), UnlinkatFlags::NoRemoveDir) {
                     Ok(()) | Err(nix::Error::ENOENT) => continue,
                     Err(nix::Error::EISDIR) => {} // d_type was unknown: a directory after all
-                    Err(e) => return Err(Error::io("unlink", &child_path, errno_io(e))),
+                    Err(e) => return Err(Error::io("unlink", &child_path, e)),
                 }
             }
             let fd = match open_for_removal(node.fd.as_fd(), child.as_c_str()) {
                 Ok(fd) => fd,
                 Err(nix::Error::ENOENT) => continue,
                 Err(nix::Error::EXDEV) => return Err(Error::MountPoint { path: child_path }),
-                Err(e) => return Err(Error::io("open", &child_path, errno_io(e))),
+                Err(e) => return Err(Error::io("open", &child_path, e)),
             };
             node.pending.fetch_add(1, Ordering::AcqRel);
             push(Arc::new(Emptying {
@@ -431,11 +416,11 @@ pub(super) fn list_entries(
     dir: BorrowedFd<'_>,
     path: &Path,
 ) -> Result<Vec<(CString, Option<Type>)>> {
-    let dup = dir.try_clone_to_owned().map_err(|e| Error::io("dup", path, e))?;
-    let mut reader = Dir::from_fd(dup).map_err(|e| Error::io("opendir", path, errno_io(e)))?;
+    let dup = dir.try_clone_to_owned().at("dup", path)?;
+    let mut reader = Dir::from_fd(dup).at("opendir", path)?;
     let mut out = Vec::new();
     for entry in reader.iter() {
-        let entry = entry.map_err(|e| Error::io("readdir", path, errno_io(e)))?;
+        let entry = entry.at("readdir", path)?;
         let name = entry.file_name();
         if is_dot_or_dotdot(name) {
             continue;

@@ -17,7 +17,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
 use nix::dir::Type;
 use nix::fcntl::{openat, readlinkat, AtFlags, OFlag};
@@ -27,9 +26,9 @@ use nix::unistd::{linkat, symlinkat};
 use super::data::{self, CapsCache, Method};
 use super::meta::{self, MetaError};
 use super::pool;
-use super::staging::{errno_io, list_entries, open_dir_noatime, DIR_FLAGS};
+use super::staging::{list_entries, open_dir_noatime, DIR_FLAGS};
 use super::{CancelToken, CopyOptions, CopyStats, Progress};
-use crate::{Error, Result};
+use crate::{Context, Error, Result};
 
 /// Entries of one directory handed to a worker at once: large enough to amortise the task,
 /// small enough that a directory of 100K files spreads over all workers.
@@ -113,8 +112,7 @@ impl<'a> Walk<'a> {
         opts: &'a CopyOptions,
         progress: Option<&'a Progress>,
     ) -> Result<Self> {
-        let dst_dev =
-            fstat(staging_fd).map_err(|e| Error::io("stat", staging_root, errno_io(e)))?.st_dev;
+        let dst_dev = fstat(staging_fd).at("stat", staging_root)?.st_dev;
         Ok(Walk {
             src_root,
             src_fd,
@@ -164,8 +162,8 @@ impl<'a> Walk<'a> {
             copy_file_range: get(&c.copy_file_range),
             sparse: get(&c.sparse),
             read_write: get(&c.read_write),
-            threads: workers.max(),
-            elapsed: Duration::ZERO,
+            threads: u32::try_from(workers.max()).unwrap_or(u32::MAX),
+            elapsed_ns: 0,
         })
     }
 
@@ -218,20 +216,17 @@ impl<'a> Walk<'a> {
     }
 
     fn open_src_dir(&self, parent: BorrowedFd<'_>, name: &CStr, path: &Path) -> Result<OwnedFd> {
-        open_dir_noatime(parent, name).map_err(|e| Error::io("open", path, errno_io(e)))
+        open_dir_noatime(parent, name).at("open", path)
     }
 
     fn open_root(&self) -> Result<Arc<DirNode>> {
         let root = self.src_root;
         let src = match self.src_fd {
-            Some(fd) => fd.try_clone_to_owned().map_err(|e| Error::io("dup", root, e))?,
+            Some(fd) => fd.try_clone_to_owned().at("dup", root)?,
             None => self.open_src_dir(nix::fcntl::AT_FDCWD, &cpath(root)?, root)?,
         };
-        let st = fstat(&src).map_err(|e| Error::io("stat", root, errno_io(e)))?;
-        let dst = self
-            .staging_fd
-            .try_clone_to_owned()
-            .map_err(|e| Error::io("dup", self.staging_root, e))?;
+        let st = fstat(&src).at("stat", root)?;
+        let dst = self.staging_fd.try_clone_to_owned().at("dup", self.staging_root)?;
         self.count(&self.counters.dirs, 0);
         Ok(Arc::new(DirNode { rel: PathBuf::new(), src, dst, st, pending: AtomicUsize::new(1) }))
     }
@@ -239,10 +234,9 @@ impl<'a> Walk<'a> {
     fn open_dir(&self, parent: &DirNode, name: &CStr) -> Result<Arc<DirNode>> {
         let rel = join_name(&parent.rel, name);
         let src = self.open_src_dir(parent.src.as_fd(), name, &self.src_root.join(&rel))?;
-        let st =
-            fstat(&src).map_err(|e| Error::io("stat", self.src_root.join(&rel), errno_io(e)))?;
+        let st = fstat(&src).at_with("stat", || self.src_root.join(&rel))?;
         let dst = openat(&parent.dst, name, DIR_FLAGS, Mode::empty())
-            .map_err(|e| Error::io("open", self.staging_root.join(&rel), errno_io(e)))?;
+            .at_with("open", || self.staging_root.join(&rel))?;
         self.count(&self.counters.dirs, 0);
         Ok(Arc::new(DirNode { rel, src, dst, st, pending: AtomicUsize::new(1) }))
     }
@@ -263,11 +257,7 @@ impl<'a> Walk<'a> {
                 None => match fstatat(&node.src, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
                     Ok(st) => type_of(st.st_mode),
                     Err(e) => {
-                        return self.fail(Error::io(
-                            "stat",
-                            join_name(&src_path(), &name),
-                            errno_io(e),
-                        ))
+                        return self.fail(Error::io("stat", join_name(&src_path(), &name), e))
                     }
                 },
             };
@@ -275,7 +265,7 @@ impl<'a> Walk<'a> {
                 if let Err(e) = mkdirat(&node.dst, name.as_c_str(), Mode::from_bits_truncate(0o700))
                 {
                     let path = join_name(&self.staging_root.join(&node.rel), &name);
-                    return self.fail(Error::io("mkdir", path, errno_io(e)));
+                    return self.fail(Error::io("mkdir", path, e));
                 }
                 push(Task::Dir { parent: node.clone(), name });
             } else {
@@ -321,13 +311,12 @@ impl<'a> Walk<'a> {
         // A regular file is opened first and stat'ed through the fd (one lookup, no race between
         // stat and open); everything else is stat'ed without following.
         let (st, file) = if kind == Some(Type::File) {
-            let fd = open_src_file(dir.src.as_fd(), name)
-                .map_err(|e| Error::io("open", src_path(), errno_io(e)))?;
-            let st = fstat(&fd).map_err(|e| Error::io("stat", src_path(), errno_io(e)))?;
+            let fd = open_src_file(dir.src.as_fd(), name).at_with("open", src_path)?;
+            let st = fstat(&fd).at_with("stat", src_path)?;
             (st, Some(fd))
         } else {
-            let st = fstatat(&dir.src, name, AtFlags::AT_SYMLINK_NOFOLLOW)
-                .map_err(|e| Error::io("stat", src_path(), errno_io(e)))?;
+            let st =
+                fstatat(&dir.src, name, AtFlags::AT_SYMLINK_NOFOLLOW).at_with("stat", src_path)?;
             (st, None)
         };
         if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
@@ -366,11 +355,7 @@ impl<'a> Walk<'a> {
                     AtFlags::empty(), // never follow: the target may itself be a symlink
                 )
                 .map_err(|e| {
-                    Error::io(
-                        "link",
-                        join_name(&self.staging_root.join(&dir.rel), name),
-                        errno_io(e),
-                    )
+                    Error::io("link", join_name(&self.staging_root.join(&dir.rel), name), e)
                 })?;
                 self.count(&self.counters.hardlinks, 0);
                 Ok(())
@@ -400,7 +385,7 @@ impl<'a> Walk<'a> {
                     OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC,
                     Mode::from_bits_truncate(perm),
                 )
-                .map_err(|e| Error::io("create", dst_path(), errno_io(e)))?;
+                .at_with("create", dst_path)?;
                 let size = st.st_size as u64;
                 let sparse = (st.st_blocks as u64) * 512 < size;
                 let caps = self.caps.get(st.st_dev, self.dst_dev);
@@ -437,15 +422,12 @@ impl<'a> Walk<'a> {
             }
             (libc::S_IFREG, None) => {
                 // d_type said otherwise; it changed between listing and stat: open it now.
-                let src = open_src_file(dir.src.as_fd(), name)
-                    .map_err(|e| Error::io("open", src_path(), errno_io(e)))?;
+                let src = open_src_file(dir.src.as_fd(), name).at_with("open", src_path)?;
                 self.create_entry(dir, name, st, Some(src))
             }
             (libc::S_IFLNK, _) => {
-                let target = readlinkat(&dir.src, name)
-                    .map_err(|e| Error::io("readlink", src_path(), errno_io(e)))?;
-                symlinkat(target.as_os_str(), &dir.dst, name)
-                    .map_err(|e| Error::io("symlink", dst_path(), errno_io(e)))?;
+                let target = readlinkat(&dir.src, name).at_with("readlink", src_path)?;
+                symlinkat(target.as_os_str(), &dir.dst, name).at_with("symlink", dst_path)?;
                 self.apply_at(dir, name, st)?;
                 self.count(&self.counters.symlinks, 0);
                 Ok(())
@@ -459,7 +441,7 @@ impl<'a> Walk<'a> {
                     Mode::from_bits_truncate(0o600),
                     st.st_rdev,
                 )
-                .map_err(|e| Error::io("mknod", dst_path(), errno_io(e)))?;
+                .at_with("mknod", dst_path)?;
                 self.apply_at(dir, name, st)?;
                 self.count(&self.counters.specials, 0);
                 Ok(())
@@ -485,13 +467,11 @@ impl<'a> Walk<'a> {
     }
 }
 
-fn open_src_file(dir: BorrowedFd<'_>, name: &CStr) -> nix::Result<OwnedFd> {
+fn open_src_file(dir: BorrowedFd<'_>, name: &CStr) -> std::io::Result<OwnedFd> {
+    use rustix::fs::OFlags;
     // O_NONBLOCK: if the entry was swapped for a fifo since listing, open must not hang.
-    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
-    match openat(dir, name, flags | OFlag::O_NOATIME, Mode::empty()) {
-        Err(nix::Error::EPERM) => openat(dir, name, flags, Mode::empty()),
-        other => other,
-    }
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    crate::sys::fs::openat_noatime(dir, name, flags)
 }
 
 /// The process umask, from /proc (reading it with umask(2) would briefly change it for every

@@ -33,7 +33,7 @@ pub use zvol::{block_major, uevent_devname};
 
 use crate::sys::btrfs::{btrfs_subvolume_id, BTRFS_FIRST_FREE_OBJECTID};
 use crate::sys::detect::{statx, MntId};
-use crate::{Error, Result};
+use crate::{Context, Error, Result};
 
 /// What [`detect`] found out about a path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -176,7 +176,7 @@ pub fn mounts() -> Result<Vec<Mount>> {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             file = "/proc/self/mountinfo";
-            std::fs::read(file).map_err(|e| Error::io("read", file, e))?
+            std::fs::read(file).at("read", file)?
         }
         Err(e) => return Err(Error::io("read", file, e)),
     };
@@ -193,13 +193,13 @@ pub fn mounts() -> Result<Vec<Mount>> {
 /// [`ErrorKind::NotFound`]: crate::ErrorKind::NotFound
 /// [`ErrorKind::PermissionDenied`]: crate::ErrorKind::PermissionDenied
 pub fn detect(path: &Path) -> Result<Detection> {
-    let canonical = std::fs::canonicalize(path).map_err(|e| Error::io("canonicalize", path, e))?;
+    let canonical = std::fs::canonicalize(path).at("canonicalize", path)?;
     let c_path =
         CString::new(canonical.as_os_str().as_bytes()).map_err(|_| Error::InvalidName {
             name: canonical.to_string_lossy().into_owned(),
             reason: "contains NUL",
         })?;
-    let st = statx(&c_path, MntId::Listed).map_err(|e| Error::io("statx", &canonical, e))?;
+    let st = statx(&c_path, MntId::Listed).at("statx", &canonical)?;
     // Read mountinfo after statx, so a mount made in between is in the list.
     let all = mounts()?;
     let mount = st
@@ -229,9 +229,8 @@ pub fn detect(path: &Path) -> Result<Detection> {
         // A non-directory is always in its parent directory's subvolume.
         let dir =
             if is_dir { canonical.as_path() } else { canonical.parent().unwrap_or(&canonical) };
-        let f = File::open(dir).map_err(|e| Error::io("open", dir, e))?;
-        let subvolume_id =
-            btrfs_subvolume_id(f.as_fd()).map_err(|e| Error::io("BTRFS_IOC_INO_LOOKUP", dir, e))?;
+        let f = File::open(dir).at("open", dir)?;
+        let subvolume_id = btrfs_subvolume_id(f.as_fd()).at("BTRFS_IOC_INO_LOOKUP", dir)?;
         Some(Backend::Btrfs {
             subvolume: is_dir && st.ino == BTRFS_FIRST_FREE_OBJECTID,
             subvolume_id,

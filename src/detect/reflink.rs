@@ -7,12 +7,12 @@ use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::sync::{LazyLock, Mutex};
 
 use crate::sys::detect::{fstatx, MntId};
 use crate::sys::fs::ficlone;
-use crate::{Error, Result};
+use crate::{Context, Error, Result};
 
 /// Identifies one mounted filesystem for the cache. `st_dev` alone is not enough: anonymous and
 /// loop device numbers are reused as soon as one filesystem is unmounted and another mounted, and
@@ -30,7 +30,6 @@ struct FsKey {
 }
 
 static CACHE: LazyLock<Mutex<HashMap<FsKey, bool>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
-static PROBE_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// Whether the filesystem holding the directory `dir` supports FICLONE (reflinks).
 ///
@@ -54,12 +53,10 @@ pub fn reflink_supported(dir: &Path) -> Result<Option<bool>> {
             Some(libc::ENOTDIR) => Error::NotADirectory { path: dir.to_path_buf() },
             _ => Error::io("open", dir, e),
         })?;
-    let md = d.metadata().map_err(|e| Error::io("fstat", dir, e))?;
-    let sfs =
-        nix::sys::statfs::fstatfs(d.as_fd()).map_err(|e| Error::io("fstatfs", dir, e.into()))?;
-    let svfs =
-        nix::sys::statvfs::fstatvfs(d.as_fd()).map_err(|e| Error::io("fstatvfs", dir, e.into()))?;
-    let sx = fstatx(d.as_fd(), MntId::Unique).map_err(|e| Error::io("statx", dir, e))?;
+    let md = d.metadata().at("fstat", dir)?;
+    let sfs = nix::sys::statfs::fstatfs(d.as_fd()).at("fstatfs", dir)?;
+    let svfs = nix::sys::statvfs::fstatvfs(d.as_fd()).at("fstatvfs", dir)?;
+    let sx = fstatx(d.as_fd(), MntId::Unique).at("statx", dir)?;
     // Field types differ by libc flavour, hence the casts.
     #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
     let key = FsKey {
@@ -140,11 +137,7 @@ fn temp_file(dir: &Path) -> io::Result<File> {
         }
         Err(e) => return Err(e),
     }
-    let name = format!(
-        ".goldclone-reflink-probe.{}.{}",
-        std::process::id(),
-        PROBE_SEQ.fetch_add(1, Ordering::Relaxed)
-    );
+    let name = format!(".goldclone-reflink-probe.{}", crate::sys::unique_suffix());
     let path = dir.join(name);
     let f = OpenOptions::new()
         .read(true)
@@ -176,7 +169,7 @@ fn probe(dir: &Path) -> Result<Option<bool>> {
         // OpenZFS before 2.2.3 refuses to clone blocks still dirty in the open txg (EAGAIN):
         // the filesystem can clone, the data is just too fresh. Retry with an empty source.
         Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EBUSY)) => {
-            let empty = make().map_err(|e| Error::io("create probe file in", dir, e))?;
+            let empty = make().at("create probe file in", dir)?;
             match ficlone(dst.as_fd(), empty.as_fd()) {
                 Ok(()) => Ok(Some(true)),
                 Err(e) if means_unsupported(&e) => Ok(Some(false)),

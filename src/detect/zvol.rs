@@ -6,7 +6,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use crate::{Error, Result};
+use crate::{Context, Error, Result};
 
 /// The major number registered under `name` in the "Block devices:" section of a
 /// `/proc/devices` text.
@@ -63,8 +63,7 @@ pub(crate) fn device_node(source: &str, major: u32, minor: u32) -> Result<PathBu
         return Ok(src.to_path_buf());
     }
     let uevent_path = format!("/sys/dev/block/{major}:{minor}/uevent");
-    let uevent = std::fs::read_to_string(&uevent_path)
-        .map_err(|e| Error::io("read", uevent_path.clone(), e))?;
+    let uevent = std::fs::read_to_string(&uevent_path).at_with("read", || uevent_path.clone())?;
     if let Some(name) = uevent_devname(&uevent) {
         let dev = Path::new("/dev").join(name);
         if is_blk(&dev, major, minor) {
@@ -80,8 +79,8 @@ pub(crate) fn device_node(source: &str, major: u32, minor: u32) -> Result<PathBu
 /// device (root, usually): EACCES comes back as [`ErrorKind::PermissionDenied`](crate::ErrorKind).
 pub(crate) fn dataset_of(device: &Path) -> Result<String> {
     // std opens with O_CLOEXEC; O_RDONLY on a block device has no side effects.
-    let f = File::open(device).map_err(|e| Error::io("open", device, e))?;
-    crate::sys::block::blkzname(f.as_fd()).map_err(|e| Error::io("BLKZNAME", device, e))
+    let f = File::open(device).at("open", device)?;
+    crate::sys::block::blkzname(f.as_fd()).at("BLKZNAME", device)
 }
 
 #[cfg(test)]

@@ -66,58 +66,6 @@ pub struct goldclone_copy_options {
     pub cancel: *const goldclone_cancel,
 }
 
-/// What a finished copy did.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-pub struct goldclone_copy_stats {
-    /// All entries, the root directory included.
-    pub entries: u64,
-    /// Regular files created (hardlinks excluded).
-    pub files: u64,
-    /// Directories.
-    pub dirs: u64,
-    /// Symbolic links.
-    pub symlinks: u64,
-    /// Device nodes, fifos and sockets.
-    pub specials: u64,
-    /// Extra links made to an already copied file.
-    pub hardlinks: u64,
-    /// Bytes of regular-file data (apparent size).
-    pub bytes: u64,
-    /// Files whose data was shared with FICLONE.
-    pub cloned: u64,
-    /// Files copied by copy_file_range.
-    pub copy_file_range: u64,
-    /// Sparse files copied extent by extent.
-    pub sparse: u64,
-    /// Files copied through a user-space buffer.
-    pub read_write: u64,
-    /// Worker threads started (with the adaptive default, at most this many ran at once).
-    pub threads: u32,
-    /// Wall time in nanoseconds.
-    pub elapsed_ns: u64,
-}
-
-impl From<&CopyStats> for goldclone_copy_stats {
-    fn from(s: &CopyStats) -> Self {
-        goldclone_copy_stats {
-            entries: s.entries,
-            files: s.files,
-            dirs: s.dirs,
-            symlinks: s.symlinks,
-            specials: s.specials,
-            hardlinks: s.hardlinks,
-            bytes: s.bytes,
-            cloned: s.cloned,
-            copy_file_range: s.copy_file_range,
-            sparse: s.sparse,
-            read_write: s.read_write,
-            threads: u32::try_from(s.threads).unwrap_or(u32::MAX),
-            elapsed_ns: u64::try_from(s.elapsed.as_nanos()).unwrap_or(u64::MAX),
-        }
-    }
-}
-
 impl Default for goldclone_copy_options {
     fn default() -> Self {
         goldclone_copy_options {
@@ -224,7 +172,7 @@ pub unsafe extern "C" fn goldclone_copy_tree(
     src: *const c_char,
     dst: *const c_char,
     opts: *const goldclone_copy_options,
-    stats: *mut goldclone_copy_stats,
+    stats: *mut CopyStats,
 ) -> goldclone_result {
     ffi_body!("goldclone_copy_tree", {
         // SAFETY: the caller passes NUL-terminated strings or NULL.
@@ -304,7 +252,7 @@ pub unsafe extern "C" fn goldclone_copy_tree(
         };
         let s = result?;
         // SAFETY: NULL or writable by the caller's promise.
-        unsafe { args::store(stats, goldclone_copy_stats::from(&s)) };
+        unsafe { args::store(stats, s) };
         Ok(())
     })
 }

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use crate::detect::{find_mount, parse_line_bytes, Mount};
 use crate::sys::detect::{statx_follow, MntId};
-use crate::{Error, Result};
+use crate::{Context, Error, Result};
 
 /// One process or mount holding a tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,7 +90,7 @@ pub(crate) fn holders(tree: &Path, is_mount: bool) -> Result<Vec<Holder>> {
         .ok_or_else(|| Error::Unsupported { what: "cannot read /proc/self/mountinfo".into() })?;
     let c = CString::new(tree.as_os_str().as_bytes())
         .map_err(|_| Error::InvalidArgument { what: "NUL in a path".into() })?;
-    let st = statx_follow(&c, MntId::Listed).map_err(|e| Error::io("statx", tree, e))?;
+    let st = statx_follow(&c, MntId::Listed).at("statx", tree)?;
     let mount =
         st.mnt_id.and_then(|id| own.get(id)).or_else(|| find_mount(&own.mounts, tree)).ok_or_else(
             || Error::Unsupported {
@@ -184,7 +184,7 @@ impl Scan {
         let mut keys: HashMap<(u64, OsString), usize> = HashMap::new();
         let mut frames = Vec::new();
         let mut procs = Vec::new();
-        let rd = std::fs::read_dir("/proc").map_err(|e| Error::io("readdir", "/proc", e))?;
+        let rd = std::fs::read_dir("/proc").at("readdir", "/proc")?;
         for entry in rd.flatten() {
             let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
                 continue;

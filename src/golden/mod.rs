@@ -17,7 +17,6 @@
 //! * One stuck project or session is reported and skipped; `open` never waits for another
 //!   process's operations.
 
-pub mod fault;
 mod holders;
 mod state;
 
@@ -34,7 +33,7 @@ use state::{
 };
 
 use crate::backend::{self, Backend, Generation, Identity, Presence, Retired, RootDir, Session};
-use crate::{Error, Result};
+use crate::{fault, Context, Error, Result};
 
 /// How long gc waits for one project's lock before it reports the project busy and goes on.
 const GC_LOCK_WAIT: Duration = Duration::from_secs(60);
@@ -138,7 +137,7 @@ impl Cache {
     /// resolve is in [`Cache::recovery_report`] (and gc, or the project's next operation,
     /// resolves it).
     pub fn open(root: &Path, opts: &OpenOptions) -> Result<Cache> {
-        let meta = std::fs::metadata(root).map_err(|e| Error::io("stat", root, e))?;
+        let meta = std::fs::metadata(root).at("stat", root)?;
         if !meta.is_dir() {
             return Err(Error::NotADirectory { path: root.to_path_buf() });
         }
@@ -147,7 +146,7 @@ impl Cache {
                 what: format!("{} copy threads is more than 1024", opts.copy_threads),
             });
         }
-        let canonical = root.canonicalize().map_err(|e| Error::io("canonicalize", root, e))?;
+        let canonical = root.canonicalize().at("canonicalize", root)?;
         let plan = backend::plan(&canonical, opts.backend)?;
         let dir = RootDir::open(&canonical)?;
         let cache_id = state::open_state(&dir, plan.kind())?;
@@ -179,14 +178,14 @@ impl Cache {
     /// `ROOT/<project>` is taken by anything.
     pub fn import(&self, project: &str, dir: &Path) -> Result<u64> {
         validate_name(project)?;
-        let meta = std::fs::metadata(dir).map_err(|e| Error::io("stat", dir, e))?;
+        let meta = std::fs::metadata(dir).at("stat", dir)?;
         if !meta.is_dir() {
             return Err(Error::NotADirectory { path: dir.to_path_buf() });
         }
         // The root inside the tree would be copied into itself (the cache, every project and
         // the staging copy) until the filesystem fills. A tree inside the root (a session) is
         // fine.
-        let src = dir.canonicalize().map_err(|e| Error::io("canonicalize", dir, e))?;
+        let src = dir.canonicalize().at("canonicalize", dir)?;
         if self.root.path().starts_with(&src) {
             return Err(Error::DestinationInsideSource {
                 src: dir.to_path_buf(),

@@ -33,9 +33,9 @@ use std::time::{Duration, Instant};
 use rustix::fs::{AtFlags, FlockOperation, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::rootdir::{errno, is_temp_name};
+use crate::backend::rootdir::is_temp_name;
 use crate::backend::{BackendKind, Identity, RootDir};
-use crate::{Error, Result};
+use crate::{Context, Error, Result};
 
 /// Longest project or session id, in bytes. Leaves room for both inside a backend's names (a
 /// 255-byte ZFS dataset name under a pool and a cache dataset).
@@ -197,14 +197,9 @@ pub(crate) fn own_name(op: &str, id: &str) -> String {
     format!("{OWN_PREFIX}{op}.{id}.{}", nonce())
 }
 
-/// Unique in this boot and host: pid, nanoseconds and a process-wide counter.
+/// Unique in this boot and host (see [`crate::sys::unique_suffix`]).
 pub(crate) fn nonce() -> String {
-    static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    format!("{:x}-{nanos:x}-{n:x}", std::process::id())
+    crate::sys::unique_suffix()
 }
 
 /// 16 random hex digits from the kernel.
@@ -215,7 +210,7 @@ fn random_id() -> Result<String> {
         match rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty()) {
             Ok(n) => filled += n,
             Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(Error::io("getrandom", "/dev/urandom", errno(e))),
+            Err(e) => return Err(Error::io("getrandom", "/dev/urandom", e)),
         }
     }
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
@@ -522,7 +517,7 @@ fn flock_try(fd: impl AsFd, exclusive: bool) -> std::io::Result<bool> {
     match rustix::fs::flock(fd, op) {
         Ok(()) => Ok(true),
         Err(rustix::io::Errno::WOULDBLOCK) => Ok(false),
-        Err(e) => Err(errno(e)),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -532,7 +527,7 @@ fn flock_wait(fd: impl AsFd, exclusive: bool) -> std::io::Result<()> {
         match rustix::fs::flock(&fd, op) {
             Ok(()) => return Ok(()),
             Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(errno(e)),
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -540,7 +535,7 @@ fn flock_wait(fd: impl AsFd, exclusive: bool) -> std::io::Result<()> {
 /// Whether the open file `fd` is still the one at `rel` (not unlinked or replaced since it was
 /// opened): after waiting for a lock, the file may have been removed by its previous holder.
 fn still_at(root: &RootDir, rel: &Path, fd: &OwnedFd) -> Result<bool> {
-    let st = rustix::fs::fstat(fd).map_err(|e| Error::io("stat", root.join(rel), errno(e)))?;
+    let st = rustix::fs::fstat(fd).at_with("stat", || root.join(rel))?;
     Ok(root.entry(rel)?.is_some_and(|e| e.dev == st.st_dev && e.ino == st.st_ino))
 }
 
@@ -557,7 +552,7 @@ fn open_rw(root: &RootDir, rel: &Path, create: bool) -> Result<Option<OwnedFd>> 
     match rustix::fs::openat(&parent, name, flags, Mode::from_raw_mode(0o644)) {
         Ok(fd) => Ok(Some(fd)),
         Err(rustix::io::Errno::NOENT) => Ok(None),
-        Err(e) => Err(Error::io("open", root.join(rel), errno(e))),
+        Err(e) => Err(Error::io("open", root.join(rel), e)),
     }
 }
 
@@ -574,12 +569,12 @@ pub(crate) fn record_intent(root: &RootDir, intent: &Intent) -> Result<IntentRec
     let tmp_path = root.join(&dir.join(&tmp));
     let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let fd = rustix::fs::openat(&parent, tmp.as_str(), flags, Mode::from_raw_mode(0o644))
-        .map_err(|e| Error::io("create", &tmp_path, errno(e)))?;
+        .at("create", &tmp_path)?;
     let written = (|| {
-        flock_wait(&fd, true).map_err(|e| Error::io("flock", &tmp_path, e))?;
-        let mut f = File::from(fd.try_clone().map_err(|e| Error::io("dup", &tmp_path, e))?);
-        f.write_all(&bytes).map_err(|e| Error::io("write", &tmp_path, e))?;
-        f.sync_all().map_err(|e| Error::io("fsync", &tmp_path, e))?;
+        flock_wait(&fd, true).at("flock", &tmp_path)?;
+        let mut f = File::from(fd.try_clone().at("dup", &tmp_path)?);
+        f.write_all(&bytes).at("write", &tmp_path)?;
+        f.sync_all().at("fsync", &tmp_path)?;
         // link(2) is the atomic "create if absent" for a file with content.
         rustix::fs::linkat(
             &parent,
@@ -592,9 +587,9 @@ pub(crate) fn record_intent(root: &RootDir, intent: &Intent) -> Result<IntentRec
             rustix::io::Errno::EXIST => {
                 Error::from_errno("record intent", root.join(&path), libc::EBUSY)
             }
-            e => Error::io("link", root.join(&path), errno(e)),
+            e => Error::io("link", root.join(&path), e),
         })?;
-        rustix::fs::fsync(&parent).map_err(|e| Error::io("fsync", root.join(&dir), errno(e)))
+        rustix::fs::fsync(&parent).at_with("fsync", || root.join(&dir))
     })();
     let _ = rustix::fs::unlinkat(&parent, tmp.as_str(), AtFlags::empty());
     written?;
@@ -726,9 +721,7 @@ pub(crate) fn lock_project(
             }
             return Err(unknown());
         };
-        if !take(&gate, exclusive, wait)
-            .map_err(|e| Error::io("flock", root.join(&gate_path), e))?
-        {
+        if !take(&gate, exclusive, wait).at_with("flock", || root.join(&gate_path))? {
             return Ok(None);
         }
         let Some(lock) = open_rw(root, &lock_path, create)? else {
@@ -737,9 +730,7 @@ pub(crate) fn lock_project(
             }
             return Err(unknown());
         };
-        if !take(&lock, exclusive, wait)
-            .map_err(|e| Error::io("flock", root.join(&lock_path), e))?
-        {
+        if !take(&lock, exclusive, wait).at_with("flock", || root.join(&lock_path))? {
             return Ok(None);
         }
         // The previous holder may have removed the project (a rolled-back import) while we

@@ -1,9 +1,10 @@
-//! Syscall shims for detection: `statx` with the mount id.
+//! `statx` with the mount id, for detection and the holder scan (on rustix).
 
 use std::ffi::CStr;
 use std::io;
-use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
+
+use rustix::fs::{AtFlags, StatxFlags, CWD};
 
 /// What detection needs from `statx(2)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,36 +35,20 @@ pub enum MntId {
     Unique,
 }
 
-fn statx_raw(
-    dirfd: libc::c_int,
+fn statx_at(
+    dirfd: BorrowedFd<'_>,
     path: &CStr,
-    flags: libc::c_int,
+    flags: AtFlags,
     id: MntId,
 ) -> io::Result<StatxInfo> {
-    let mut buf = MaybeUninit::<libc::statx>::zeroed();
-    let mut mask = libc::STATX_TYPE | libc::STATX_MODE | libc::STATX_INO | libc::STATX_MNT_ID;
+    let mut mask = StatxFlags::TYPE | StatxFlags::MODE | StatxFlags::INO | StatxFlags::MNT_ID;
     if id == MntId::Unique {
-        mask |= libc::STATX_MNT_ID_UNIQUE;
+        // rustix has no name for it (Linux 6.8); the kernel ignores bits it does not know.
+        mask |= StatxFlags::from_bits_retain(STATX_MNT_ID_UNIQUE);
     }
-    // SAFETY: `path` is a NUL-terminated string that outlives the call; `dirfd` is AT_FDCWD or
-    // an fd the caller keeps open; `buf` is a writable `struct statx` as large as the kernel's.
-    let rc = unsafe {
-        libc::statx(
-            dirfd,
-            path.as_ptr(),
-            flags | libc::AT_STATX_SYNC_AS_STAT,
-            mask,
-            buf.as_mut_ptr(),
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: statx returned 0 and filled the buffer, which was zeroed before anyway; every field
-    // of `struct statx` is a plain integer, for which all-zero is valid.
-    let st = unsafe { buf.assume_init() };
-    let unique = st.stx_mask & libc::STATX_MNT_ID_UNIQUE != 0;
-    let listed = st.stx_mask & libc::STATX_MNT_ID != 0;
+    let st = rustix::fs::statx(dirfd, path, flags | AtFlags::STATX_SYNC_AS_STAT, mask)?;
+    let unique = st.stx_mask & STATX_MNT_ID_UNIQUE != 0;
+    let listed = st.stx_mask & StatxFlags::MNT_ID.bits() != 0;
     Ok(StatxInfo {
         mnt_id: (unique || listed).then_some(st.stx_mnt_id),
         mnt_id_unique: unique,
@@ -74,19 +59,22 @@ fn statx_raw(
     })
 }
 
+/// `STATX_MNT_ID_UNIQUE` from linux/stat.h.
+const STATX_MNT_ID_UNIQUE: u32 = 0x4000;
+
 /// `statx(AT_FDCWD, path, AT_SYMLINK_NOFOLLOW, ...)` with the mount id kind `id`.
 pub fn statx(path: &CStr, id: MntId) -> io::Result<StatxInfo> {
-    statx_raw(libc::AT_FDCWD, path, libc::AT_SYMLINK_NOFOLLOW, id)
+    statx_at(CWD, path, AtFlags::SYMLINK_NOFOLLOW, id)
 }
 
 /// `statx(AT_FDCWD, path, 0, ...)`: following a symlink at the end of `path`, including the
 /// "magic" links of /proc (`/proc/PID/fd/N` leads to the open file, in whatever mount
 /// namespace it lives).
 pub fn statx_follow(path: &CStr, id: MntId) -> io::Result<StatxInfo> {
-    statx_raw(libc::AT_FDCWD, path, 0, id)
+    statx_at(CWD, path, AtFlags::empty(), id)
 }
 
 /// `statx(fd, "", AT_EMPTY_PATH, ...)`: the same for an open file.
 pub fn fstatx(fd: BorrowedFd<'_>, id: MntId) -> io::Result<StatxInfo> {
-    statx_raw(fd.as_raw_fd(), c"", libc::AT_EMPTY_PATH, id)
+    statx_at(fd, c"", AtFlags::EMPTY_PATH, id)
 }

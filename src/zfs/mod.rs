@@ -34,7 +34,7 @@
 //! // Sessions live under a parent created once with mountpoint=legacy: clones inherit it, so
 //! // they need no properties of their own (each property set costs the kernel another txg).
 //! let session = DatasetName::new("tank/sessions/s-123")?;
-//! zfs.clone(&session, &golden, &Props::new())?;
+//! zfs.clone_snapshot(&session, &golden, &Props::new())?;
 //! let dir = std::path::Path::new("/srv/sessions/s-123");
 //! mount::mount_filesystem(&session, dir, mount::MountOptions::default())?;
 //! // ... the session runs ...
@@ -49,13 +49,18 @@
     non_upper_case_globals,
     dead_code,
     unsafe_op_in_unsafe_fn,
+    unsafe_code,
     clippy::all,
     clippy::missing_safety_doc
 )]
 mod bindings;
+// Calls through the dlopen'ed function pointers: the only unsafe code of the ZFS layer.
+#[allow(unsafe_code)]
 mod loader;
 pub mod mount;
 pub mod name;
+// nvlists are libnvpair's C objects, built and read through raw pointers.
+#[allow(unsafe_code)]
 mod nvlist;
 
 use std::collections::BTreeMap;
@@ -331,6 +336,36 @@ impl fmt::Display for ZfsError {
 
 impl std::error::Error for ZfsError {}
 
+impl crate::error::ComponentError for ZfsError {
+    fn kind(&self) -> crate::ErrorKind {
+        ZfsError::kind(self)
+    }
+
+    fn errno(&self) -> Option<i32> {
+        Some(self.errno)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl From<ZfsError> for Error {
+    fn from(e: ZfsError) -> Error {
+        Error::Component(Box::new(e))
+    }
+}
+
+impl Error {
+    /// The libzfs_core error behind this error, if it is one.
+    pub fn zfs(&self) -> Option<&ZfsError> {
+        match self {
+            Error::Component(c) => c.as_any().downcast_ref(),
+            _ => None,
+        }
+    }
+}
+
 /// Build a [`ZfsError`] from a batch call's errno and per-name error list.
 fn batch_error(op: ZfsOp, names: &[&str], outcome: &Outcome) -> ZfsError {
     let mut err = ZfsError::new(op, names.join(","), outcome.errno);
@@ -602,7 +637,7 @@ impl Zfs {
     /// sync task and sets the properties in another (`zfs_ioc_clone`), which doubled the clone
     /// time in the benchmark. For session clones, put them under a parent with
     /// `mountpoint=legacy` (inherited, so `zfs mount -a` leaves them alone) and pass no props.
-    pub fn clone(
+    pub fn clone_snapshot(
         &self,
         target: &DatasetName,
         origin: &SnapshotName,

@@ -23,12 +23,8 @@ use std::time::{Duration, Instant};
 
 use super::DatasetName;
 use crate::sys::block::{fifreeze, fithaw};
-use crate::sys::mount::{mount, umount2, MntFlags, MsFlags};
-use crate::Error;
-
-fn path_cstring(op: &'static str, path: &Path) -> Result<CString, Error> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| Error::from_errno(op, path, libc::EINVAL))
-}
+use crate::{Context, Error};
+use rustix::mount::{mount, unmount as umount, MountFlags, UnmountFlags};
 
 /// Mount options for [`mount_filesystem`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -45,10 +41,9 @@ pub fn mount_filesystem(
     dir: &Path,
     opts: MountOptions,
 ) -> Result<(), Error> {
-    let target = path_cstring("mount", dir)?;
-    let mut flags = MsFlags::empty();
-    flags.set(MsFlags::MS_RDONLY, opts.readonly);
-    flags.set(MsFlags::MS_NOATIME, opts.noatime);
+    let mut flags = MountFlags::empty();
+    flags.set(MountFlags::RDONLY, opts.readonly);
+    flags.set(MountFlags::NOATIME, opts.noatime);
     // A comma would split the option string; the hint is optional, so drop it rather than fail.
     let data = if dir.as_os_str().as_bytes().contains(&b',') {
         CString::default()
@@ -57,26 +52,21 @@ pub fn mount_filesystem(
         d.extend_from_slice(dir.as_os_str().as_bytes());
         CString::new(d).map_err(|_| Error::from_errno("mount", dir, libc::EINVAL))?
     };
-    mount(dataset.as_cstr(), &target, c"zfs", flags, &data)
-        .map_err(|e| Error::io("mount zfs", dir, e))
+    mount(dataset.as_cstr(), dir, c"zfs", flags, data.as_c_str()).at("mount zfs", dir)
 }
 
 /// Unmount whatever is mounted on `dir` (a ZFS clone or a zvol's filesystem). Fails with
 /// [`crate::ErrorKind::Busy`] while files on it are open; it is not detached lazily, so that a
 /// destroy right after succeeds.
 pub fn unmount(dir: &Path) -> Result<(), Error> {
-    let target = path_cstring("umount", dir)?;
-    umount2(&target, MntFlags::empty()).map_err(|e| Error::io("umount", dir, e))
+    umount(dir, UnmountFlags::empty()).at("umount", dir)
 }
 
 /// Mount the XFS filesystem on block device `dev` at `dir`. `nouuid` is needed for a clone
 /// whose origin (or sibling clone) is mounted too: XFS refuses a second mount of one UUID.
 pub fn mount_xfs(dev: &Path, dir: &Path, nouuid: bool) -> Result<(), Error> {
-    let source = path_cstring("mount", dev)?;
-    let target = path_cstring("mount", dir)?;
     let data: &std::ffi::CStr = if nouuid { c"nouuid" } else { c"" };
-    mount(&source, &target, c"xfs", MsFlags::empty(), data)
-        .map_err(|e| Error::io("mount xfs", dir, e))
+    mount(dev, dir, c"xfs", MountFlags::empty(), data).at("mount xfs", dir)
 }
 
 /// The dataset behind block device `dev`, if it is a zvol (detection's BLKZNAME lookup).
@@ -136,8 +126,8 @@ pub struct Frozen {
 /// Freeze the filesystem mounted at `dir` (writes block, dirty data is flushed), so that a
 /// snapshot of its zvol is consistent. Thaw it soon: writers on it hang meanwhile.
 pub fn freeze(dir: &Path) -> Result<Frozen, Error> {
-    let file = File::open(dir).map_err(|e| Error::io("open", dir, e))?;
-    fifreeze(file.as_fd()).map_err(|e| Error::io("FIFREEZE", dir, e))?;
+    let file = File::open(dir).at("open", dir)?;
+    fifreeze(file.as_fd()).at("FIFREEZE", dir)?;
     Ok(Frozen { dir: dir.to_owned(), file: Some(file) })
 }
 
@@ -145,7 +135,7 @@ impl Frozen {
     /// Thaw now and report a failure (drop thaws too but can only ignore one).
     pub fn thaw(mut self) -> Result<(), Error> {
         let file = self.file.take().expect("thawed once");
-        fithaw(file.as_fd()).map_err(|e| Error::io("FITHAW", &self.dir, e))
+        fithaw(file.as_fd()).at("FITHAW", &self.dir)
     }
 }
 

@@ -1,9 +1,12 @@
 //! Fault injection for the crash tests: with the `fault-injection` feature, reaching the point
 //! named by `GOLDCLONE_FAULT` kills the process with SIGKILL — no unwinding, no destructors, no
 //! buffered writes, exactly as `kill -9` would. Without the feature every point is a no-op.
+//!
+//! Cross-cutting: the lifecycle and the backends both mark points, so this module sits below
+//! both and knows neither.
 
 /// Every point, in the order an operation reaches them. Some are inside one backend's part of an
-/// operation, and only that backend reaches them (see [`reached_by`]).
+/// operation, and only that backend reaches them (see `BackendKind::reaches`).
 pub const POINTS: &[&str] = &[
     "import:intent-recorded",
     "import:tree-created",
@@ -22,14 +25,6 @@ pub const POINTS: &[&str] = &[
     "cleanup:tree-moved",
     "cleanup:meta-removed",
 ];
-
-/// Whether the `backend` reaches fault point `point`: every backend reaches the lifecycle's own
-/// points, and each its own.
-pub fn reached_by(point: &str, backend: super::BackendKind) -> bool {
-    let owns = |k: super::BackendKind| k.own_fault_points().contains(&point);
-    !<super::BackendKind as strum::VariantArray>::VARIANTS.iter().copied().any(owns)
-        || owns(backend)
-}
 
 #[cfg(feature = "fault-injection")]
 pub(crate) fn point(name: &str) {
