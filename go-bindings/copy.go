@@ -100,16 +100,7 @@ func (st *copyState) report(p Progress) (cancel int) {
 // ctx stops the copy with an error matching ErrCancelled and ctx's error (context.Canceled or
 // context.DeadlineExceeded).
 func CopyTree(ctx context.Context, src, dst string, onProgress func(copied, total int64)) error {
-	opts := CopyOptions{}
-	if onProgress != nil {
-		opts.OnProgress = func(p Progress) {
-			total := int64(-1)
-			if p.TotalsKnown {
-				total = int64(p.TotalBytes)
-			}
-			onProgress(int64(p.Bytes), total)
-		}
-	}
+	opts := CopyOptions{OnProgress: byteProgress(onProgress)}
 	_, err := copyTree(ctx, src, dst, &opts, onProgress != nil)
 	return err
 }
@@ -149,52 +140,19 @@ func copyTree(ctx context.Context, src, dst string, opts *CopyOptions, countTota
 	o.clone_min_size = C.uint64_t(opts.CloneMinSize)
 	o.progress_interval_ms = C.uint32_t(opts.ProgressInterval / time.Millisecond)
 
-	// The cancel handle: a goroutine cancels it when ctx is done, so a copy stuck between
-	// progress reports stops promptly. It is freed only after that goroutine has exited.
-	var cancel *C.goldclone_cancel
-	if err := call(op, func() C.goldclone_result { return C.goldclone_cancel_new(&cancel) }); err != nil {
+	w, err := newWatcher(op, ctx, opts.OnProgress)
+	if err != nil {
 		return nil, err
 	}
-	defer C.goldclone_cancel_free(cancel)
-	o.cancel = cancel
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	if ctx.Done() != nil {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			select {
-			case <-ctx.Done():
-				C.goldclone_cancel_cancel(cancel)
-			case <-done:
-			}
-		}()
-	}
-	defer wg.Wait()
-	defer close(done)
-
-	// A progress callback runs whenever there is something to report or a ctx to watch.
-	st := &copyState{ctx: ctx, onProgress: opts.OnProgress}
-	if opts.OnProgress != nil || ctx.Done() != nil {
-		h := cgo.NewHandle(st)
-		defer h.Delete()
-		C.goldclone_go_set_progress(&o, C.uintptr_t(h))
+	defer w.close()
+	o.cancel = w.cancel
+	if w.callback {
+		C.goldclone_go_set_progress(&o, C.uintptr_t(w.h))
 	}
 
 	var stats C.goldclone_copy_stats
-	err = call(op, func() C.goldclone_result { return C.goldclone_copy_tree(csrc, cdst, &o, &stats) })
-	runtime.KeepAlive(st)
-	if st.panicked != nil {
-		panic(st.panicked)
-	}
-	if st.goexited {
-		runtime.Goexit()
-	}
+	err = w.finish(call(op, func() C.goldclone_result { return C.goldclone_copy_tree(csrc, cdst, &o, &stats) }))
 	if err != nil {
-		if e, ok := err.(*Error); ok && e.Code == ResultCancelled && ctx.Err() != nil {
-			e.Message = e.Message + " (" + ctx.Err().Error() + ")"
-			e.ctxErr = ctx.Err()
-		}
 		return nil, err
 	}
 	return &CopyStats{
@@ -212,4 +170,81 @@ func copyTree(ctx context.Context, src, dst string, opts *CopyOptions, countTota
 		Threads:       int(stats.threads),
 		Elapsed:       time.Duration(stats.elapsed_ns),
 	}, nil
+}
+
+// watcher connects a ctx and a progress func to one C call: a cancel handle that a goroutine
+// cancels when ctx is done (so a call stuck between progress reports stops promptly), and the
+// state behind the progress callback, reached from C through a cgo.Handle.
+type watcher struct {
+	ctx      context.Context
+	cancel   *C.goldclone_cancel
+	st       *copyState
+	h        cgo.Handle
+	callback bool // whether the C call gets the callback (something to report or a ctx to watch)
+	done     chan struct{}
+	wg       sync.WaitGroup
+}
+
+func newWatcher(op string, ctx context.Context, onProgress func(Progress)) (*watcher, error) {
+	w := &watcher{ctx: ctx, st: &copyState{ctx: ctx, onProgress: onProgress}, done: make(chan struct{})}
+	if err := call(op, func() C.goldclone_result { return C.goldclone_cancel_new(&w.cancel) }); err != nil {
+		return nil, err
+	}
+	if ctx.Done() != nil {
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			select {
+			case <-ctx.Done():
+				C.goldclone_cancel_cancel(w.cancel)
+			case <-w.done:
+			}
+		}()
+	}
+	if onProgress != nil || ctx.Done() != nil {
+		w.callback = true
+		w.h = cgo.NewHandle(w.st)
+	}
+	return w, nil
+}
+
+// finish takes the C call's error: it re-raises a panic or Goexit of the callback on this
+// goroutine, and says which context ended a cancelled call.
+func (w *watcher) finish(err error) error {
+	runtime.KeepAlive(w.st)
+	if w.st.panicked != nil {
+		panic(w.st.panicked)
+	}
+	if w.st.goexited {
+		runtime.Goexit()
+	}
+	if e, ok := err.(*Error); ok && e.Code == ResultCancelled && w.ctx.Err() != nil {
+		e.Message = e.Message + " (" + w.ctx.Err().Error() + ")"
+		e.ctxErr = w.ctx.Err()
+	}
+	return err
+}
+
+// close stops the ctx goroutine, then frees the handle and the cancel handle it may use.
+func (w *watcher) close() {
+	close(w.done)
+	w.wg.Wait()
+	if w.callback {
+		w.h.Delete()
+	}
+	C.goldclone_cancel_free(w.cancel)
+}
+
+// byteProgress adapts the callers' onProgress(copied, total) (total -1 until known).
+func byteProgress(onProgress func(copied, total int64)) func(Progress) {
+	if onProgress == nil {
+		return nil
+	}
+	return func(p Progress) {
+		total := int64(-1)
+		if p.TotalsKnown {
+			total = int64(p.TotalBytes)
+		}
+		onProgress(int64(p.Bytes), total)
+	}
 }

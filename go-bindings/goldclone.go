@@ -5,10 +5,12 @@ package goldclone
 #cgo LDFLAGS: -L${SRCDIR}/../target/release -l:libgoldclone.a -lgcc_s -lutil -lrt -lpthread -lm -ldl
 #include <stdlib.h>
 #include "goldclone.h"
+#include "shim.h"
 */
 import "C"
 
 import (
+	"context"
 	"fmt"
 	"runtime"
 	"strings"
@@ -239,7 +241,20 @@ func names(op, project, session string) (*C.char, *C.char, error) {
 
 // Import makes the directory dir generation 1 of a new project and returns the generation.
 func (c *Cache) Import(projectID, dir string) (uint64, error) {
+	return c.ImportContext(context.Background(), projectID, dir, nil)
+}
+
+// ImportContext is Import with progress and cancellation: onProgress (may be nil) gets the
+// bytes copied and the total (-1 until known); cancelling ctx stops the import with an error
+// matching ErrCancelled and ctx's error, and then no project was made.
+func (c *Cache) ImportContext(ctx context.Context, projectID, dir string, onProgress func(copied, total int64)) (uint64, error) {
 	const op = "Import"
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, &Error{Code: ResultCancelled, Op: op, Message: "cancelled: " + err.Error(), ctxErr: err}
+	}
 	p, err := c.handle(op)
 	if err != nil {
 		return 0, err
@@ -255,15 +270,48 @@ func (c *Cache) Import(projectID, dir string) (uint64, error) {
 	}
 	defer free(cd)
 	var g C.uint64_t
-	err = call(op, func() C.goldclone_result { return C.goldclone_cache_import(p, cp, cd, &g) })
-	runtime.KeepAlive(c)
+	err = c.watched(op, ctx, onProgress, func(o *C.goldclone_op_options) C.goldclone_result {
+		return C.goldclone_cache_import_with(p, cp, cd, o, &g)
+	})
 	return uint64(g), err
+}
+
+// watched runs one lifecycle call with ctx and onProgress attached through its options.
+func (c *Cache) watched(op string, ctx context.Context, onProgress func(copied, total int64), f func(*C.goldclone_op_options) C.goldclone_result) error {
+	w, err := newWatcher(op, ctx, byteProgress(onProgress))
+	if err != nil {
+		return err
+	}
+	defer w.close()
+	var o C.goldclone_op_options
+	C.goldclone_op_options_init(&o)
+	o.cancel = w.cancel
+	if w.callback {
+		C.goldclone_go_set_op_progress(&o, C.uintptr_t(w.h))
+	}
+	err = w.finish(call(op, func() C.goldclone_result { return f(&o) }))
+	runtime.KeepAlive(c)
+	return err
 }
 
 // SetupSession makes a private writable copy of the project's current generation for the
 // session and returns its path.
 func (c *Cache) SetupSession(projectID, sessionID string) (string, error) {
+	return c.SetupSessionContext(context.Background(), projectID, sessionID, nil)
+}
+
+// SetupSessionContext is SetupSession with progress and cancellation: onProgress (may be nil)
+// gets the bytes copied and the total (-1 until known; a snapshot or clone reports only its
+// start and end); cancelling ctx stops the setup with an error matching ErrCancelled and ctx's
+// error, and then no session exists.
+func (c *Cache) SetupSessionContext(ctx context.Context, projectID, sessionID string, onProgress func(copied, total int64)) (string, error) {
 	const op = "SetupSession"
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	if err := ctx.Err(); err != nil {
+		return "", &Error{Code: ResultCancelled, Op: op, Message: "cancelled: " + err.Error(), ctxErr: err}
+	}
 	p, err := c.handle(op)
 	if err != nil {
 		return "", err
@@ -278,10 +326,9 @@ func (c *Cache) SetupSession(projectID, sessionID string) (string, error) {
 	// of room.
 	buf := make([]byte, pathBufSize)
 	var n C.size_t
-	err = call(op, func() C.goldclone_result {
-		return C.goldclone_cache_setup(p, cp, cs, (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)), &n)
+	err = c.watched(op, ctx, onProgress, func(o *C.goldclone_op_options) C.goldclone_result {
+		return C.goldclone_cache_setup_with(p, cp, cs, o, (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)), &n)
 	})
-	runtime.KeepAlive(c)
 	if err != nil {
 		return "", err
 	}
@@ -291,7 +338,20 @@ func (c *Cache) SetupSession(projectID, sessionID string) (string, error) {
 // PromoteSession makes the session's tree the project's next generation and returns it.
 // Sessions of older generations keep running unchanged.
 func (c *Cache) PromoteSession(projectID, sessionID string) (generation uint64, err error) {
+	return c.PromoteSessionContext(context.Background(), projectID, sessionID, nil)
+}
+
+// PromoteSessionContext is PromoteSession with progress and cancellation, as
+// SetupSessionContext. On ZFS a promote stopped after its first lzc_promote can only go
+// forward: it finishes and succeeds.
+func (c *Cache) PromoteSessionContext(ctx context.Context, projectID, sessionID string, onProgress func(copied, total int64)) (generation uint64, err error) {
 	const op = "PromoteSession"
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, &Error{Code: ResultCancelled, Op: op, Message: "cancelled: " + err.Error(), ctxErr: err}
+	}
 	p, err := c.handle(op)
 	if err != nil {
 		return 0, err
@@ -303,8 +363,9 @@ func (c *Cache) PromoteSession(projectID, sessionID string) (generation uint64, 
 	defer free(cp)
 	defer free(cs)
 	var g C.uint64_t
-	err = call(op, func() C.goldclone_result { return C.goldclone_cache_promote(p, cp, cs, &g) })
-	runtime.KeepAlive(c)
+	err = c.watched(op, ctx, onProgress, func(o *C.goldclone_op_options) C.goldclone_result {
+		return C.goldclone_cache_promote_with(p, cp, cs, o, &g)
+	})
 	return uint64(g), err
 }
 

@@ -3,6 +3,7 @@ package goldclone
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -541,5 +542,97 @@ func TestCloseWhileInUse(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Error(err)
+	}
+}
+
+// ImportContext, SetupSessionContext and PromoteSessionContext report progress and stop with
+// ctx on every backend; a stopped call leaves nothing (the same call then works), and a
+// callback's panic reaches the caller with nothing left behind.
+func TestLifecycleProgressAndCancel(t *testing.T) {
+	for _, f := range filesystems(t) {
+		t.Run(f.name, func(t *testing.T) {
+			root, srcDir := cacheRoot(t, f)
+			project := "go-watch-" + time.Now().Format("150405.000000")
+			golden := filepath.Join(srcDir, "golden")
+			for i := 0; i < 50; i++ {
+				writeFile(t, filepath.Join(golden, "d", fmt.Sprintf("f%02d", i)), strings.Repeat("x", 4096))
+			}
+			c, err := Open(root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			backend, _ := c.Backend()
+
+			stopped, stop := context.WithCancel(context.Background())
+			stop()
+			if _, err := c.ImportContext(stopped, project, golden, nil); !errors.Is(err, ErrCancelled) || !errors.Is(err, context.Canceled) {
+				t.Fatalf("stopped import: %v", err)
+			}
+			if _, err := c.Info(project); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("a stopped import made a project: %v", err)
+			}
+			var last, total int64 = -2, -2
+			calls := 0
+			g, err := c.ImportContext(context.Background(), project, golden, func(copied, tot int64) { last, total = copied, tot; calls++ })
+			if err != nil || g != 1 {
+				t.Fatalf("import: %d, %v", g, err)
+			}
+			if calls < 2 || total < 50*4096 || last != total {
+				t.Errorf("import progress: %d calls, last %d of %d", calls, last, total)
+			}
+
+			// A deadline that has passed stops the setup; the callback stopping it does too.
+			gone, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+			defer cancel()
+			if _, err := c.SetupSessionContext(gone, project, "s1", nil); !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("setup past its deadline: %v", err)
+			}
+			ctx, stopIt := context.WithCancel(context.Background())
+			_, err = c.SetupSessionContext(ctx, project, "s1", func(copied, tot int64) { stopIt() })
+			stopIt()
+			if !errors.Is(err, ErrCancelled) {
+				t.Errorf("setup stopped by its callback: %v", err)
+			}
+			if info, err := c.Info(project); err != nil || len(info.Sessions) != 0 {
+				t.Fatalf("a stopped setup left a session: %+v, %v", info, err)
+			}
+			calls, last, total = 0, -2, -2
+			s1, err := c.SetupSessionContext(context.Background(), project, "s1", func(copied, tot int64) { last, total = copied, tot; calls++ })
+			if err != nil {
+				t.Fatal(err)
+			}
+			if backend == BackendCopy && (calls < 2 || total < 50*4096 || last != total) {
+				t.Errorf("setup progress: %d calls, last %d of %d", calls, last, total)
+			}
+			if calls < 2 {
+				t.Errorf("setup progress: %d calls (want at least the first and the last)", calls)
+			}
+
+			// A callback that panics stops the promote and the panic reaches us.
+			writeFile(t, filepath.Join(s1, "d", "new"), "y")
+			func() {
+				defer func() {
+					if r := recover(); r != "boom" {
+						t.Errorf("recovered %v", r)
+					}
+				}()
+				_, _ = c.PromoteSessionContext(context.Background(), project, "s1", func(int64, int64) { panic("boom") })
+				t.Error("PromoteSessionContext returned after its callback panicked")
+			}()
+			if info, err := c.Info(project); err != nil || info.Generation != 1 {
+				t.Fatalf("a stopped promote changed the golden: %+v, %v", info, err)
+			}
+			if g, err := c.PromoteSessionContext(context.Background(), project, "s1", nil); err != nil || g != 2 {
+				t.Fatalf("promote: %d, %v", g, err)
+			}
+			if err := c.CleanupSession(project, "s1"); err != nil {
+				t.Fatal(err)
+			}
+			// (The ZFS root is shared by the guest's suites: its gc reports their projects too.)
+			if r, err := c.GC(); err != nil || (f.name != "root" && len(r.Removed)+len(r.Kept)+len(r.Failed)+len(r.Recovered) != 0) {
+				t.Errorf("gc after stopped calls: %+v, %v", r, err)
+			}
+		})
 	}
 }

@@ -9,3 +9,8 @@ void goldclone_go_set_progress(goldclone_copy_options *opts, uintptr_t handle) {
     opts->progress = goldclone_go_trampoline;
     opts->progress_user_data = (void *)handle;
 }
+
+void goldclone_go_set_op_progress(goldclone_op_options *opts, uintptr_t handle) {
+    opts->progress = goldclone_go_trampoline;
+    opts->progress_user_data = (void *)handle;
+}

@@ -36,10 +36,6 @@
  * The outcome of a call. The numbers are fixed and never reused: 1–98 classify a library error
  * (new classes get new numbers in that range), 99 is any error without a more specific code, 100
  * and up are errors in the call itself.
- *
- * The one list of codes: the header's constants are generated from it, the Go package takes
- * its constants from the header, [`goldclone_result::from_kind`] maps an [`ErrorKind`] to the
- * code of the same name, and a test checks docs/C-API.md's table against it.
  */
 enum goldclone_result
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
@@ -125,7 +121,7 @@ enum goldclone_result
      */
     GOLDCLONE_RESULT_INCOMPLETE = 18,
     /**
-     * A file the library reads (a mount table, a record, a tool's output) could not be parsed.
+     * A file the library reads (a mount table, a tool's output) could not be parsed.
      */
     GOLDCLONE_RESULT_PARSE = 19,
     /**
@@ -388,6 +384,33 @@ typedef int32_t (*goldclone_progress_fn)(void *user_data,
                                          const struct goldclone_progress *progress);
 
 /**
+ * How to run a long lifecycle operation (import, setup, promote): a progress callback and a
+ * cancel handle. Fill with `goldclone_op_options_init` first, then change fields.
+ */
+typedef struct goldclone_op_options {
+    /**
+     * Progress callback, or NULL; as for `goldclone_copy_tree`. Tree copies (the copy
+     * backend's setups, every import) report entries and bytes with the totals known from the
+     * start; a snapshot or clone reports only before and after.
+     */
+    goldclone_progress_fn progress;
+    /**
+     * Passed to `progress` unchanged.
+     */
+    void *progress_user_data;
+    /**
+     * Milliseconds between progress calls; 0 means 100.
+     */
+    uint32_t progress_interval_ms;
+    /**
+     * A cancel handle whose cancellation stops the operation, or NULL. A stopped operation
+     * leaves nothing behind and returns CANCELLED; one stopped after its commit point has
+     * taken effect and succeeds.
+     */
+    const struct goldclone_cancel *cancel;
+} goldclone_op_options;
+
+/**
  * How to copy. Fill with `goldclone_copy_options_init` first, then change fields.
  */
 typedef struct goldclone_copy_options {
@@ -541,6 +564,11 @@ goldclone_result goldclone_cache_root(const struct goldclone_cache *cache,
                                       size_t *out_len);
 
 /**
+ * Fill `*opts` with the defaults: no callback, no cancel handle.
+ */
+goldclone_result goldclone_op_options_init(struct goldclone_op_options *opts);
+
+/**
  * Make the directory `dir` (NUL-terminated bytes) generation 1 of a new project `project`
  * (UTF-8). `*generation` (may be NULL) receives the generation.
  */
@@ -548,6 +576,15 @@ goldclone_result goldclone_cache_import(const struct goldclone_cache *cache,
                                         const char *project,
                                         const char *dir,
                                         uint64_t *generation);
+
+/**
+ * `goldclone_cache_import` with progress and cancellation (`opts` may be NULL).
+ */
+goldclone_result goldclone_cache_import_with(const struct goldclone_cache *cache,
+                                             const char *project,
+                                             const char *dir,
+                                             const struct goldclone_op_options *opts,
+                                             uint64_t *generation);
 
 /**
  * Set up session `session` of `project` (both UTF-8): a private writable copy of the
@@ -567,6 +604,18 @@ goldclone_result goldclone_cache_setup(const struct goldclone_cache *cache,
                                        size_t *path_len_out);
 
 /**
+ * `goldclone_cache_setup` with progress and cancellation (`opts` may be NULL); CANCELLED
+ * when stopped in time, and then no session exists.
+ */
+goldclone_result goldclone_cache_setup_with(const struct goldclone_cache *cache,
+                                            const char *project,
+                                            const char *session,
+                                            const struct goldclone_op_options *opts,
+                                            char *path_buf,
+                                            size_t path_buf_len,
+                                            size_t *path_len_out);
+
+/**
  * Make session `session`'s tree the next generation of `project`. `*generation` (may be NULL)
  * receives it. Sessions made from older generations keep running.
  */
@@ -574,6 +623,16 @@ goldclone_result goldclone_cache_promote(const struct goldclone_cache *cache,
                                          const char *project,
                                          const char *session,
                                          uint64_t *generation);
+
+/**
+ * `goldclone_cache_promote` with progress and cancellation (`opts` may be NULL). On ZFS a
+ * promote stopped after its first `lzc_promote` can only go forward: it finishes and succeeds.
+ */
+goldclone_result goldclone_cache_promote_with(const struct goldclone_cache *cache,
+                                              const char *project,
+                                              const char *session,
+                                              const struct goldclone_op_options *opts,
+                                              uint64_t *generation);
 
 /**
  * Remove session `session` of `project`. BUSY if processes still use it.

@@ -370,3 +370,98 @@ fn a_cache_is_opened_with_the_backend_it_was_made_with() {
     }
     let _ = fs::remove_dir_all(&src);
 }
+
+/// Import, setup and promote report progress and stop when cancelled, on every backend; a
+/// stopped operation leaves nothing behind (no record, no tree, no staging name) and the same
+/// operation then succeeds.
+#[test]
+fn progress_and_cancel_of_import_setup_promote() {
+    use goldclone::copy::{CancelToken, Progress};
+    use goldclone::golden::Watch;
+    let src = scratch_tree("watch", "1", 200);
+    let stopped = || {
+        let t = CancelToken::new();
+        t.cancel();
+        Watch { progress: None, cancel: Some(t) }
+    };
+    for (root, name) in roots("watch") {
+        let cache = open(&root);
+        let entries = |p: &Path| snapshot_tree(p).len();
+
+        // A stopped import makes no project; the same import then works and counts its tree.
+        let err = cache.import_with("proj", &src, &stopped()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Cancelled, "{name}: {err}");
+        assert!(!root.path.join("proj").exists(), "{name}: a stopped import left its project");
+        assert_eq!(cache.info("proj").unwrap_err().kind(), ErrorKind::NotFound, "{name}");
+        let progress = Progress::new();
+        let watch = Watch { progress: Some(progress.clone()), cancel: Some(CancelToken::new()) };
+        assert_eq!(cache.import_with("proj", &src, &watch).unwrap(), 1, "{name}");
+        assert!(
+            progress.entries() as usize >= entries(&src),
+            "{name}: {} entries",
+            progress.entries()
+        );
+        assert_eq!(progress.totals().map(|t| t.0), Some(progress.entries()), "{name}: totals");
+
+        // A stopped setup makes no session.
+        let err = cache.setup_with("proj", "s1", &stopped()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Cancelled, "{name}: {err}");
+        assert!(cache.info("proj").unwrap().sessions.is_empty(), "{name}");
+        assert_eq!(list(&root.path.join("proj/sessions")), Vec::<String>::new(), "{name}");
+        let progress = Progress::new();
+        let watch = Watch { progress: Some(progress.clone()), cancel: Some(CancelToken::new()) };
+        let s1 = cache.setup_with("proj", "s1", &watch).unwrap();
+        assert_eq!(whole_generation(&s1, 200), "1", "{name}");
+        if root.backend == BackendKind::Copy {
+            // A copy reports every entry; a snapshot or clone is one step.
+            assert!(progress.entries() as usize >= entries(&src), "{name}");
+            assert_eq!(progress.totals().map(|t| t.0), Some(progress.entries()), "{name}");
+        }
+
+        // Stopped while it runs (from another thread, once the first entries are done): either
+        // stopped in time and nothing is left, or done before the stop and complete.
+        for round in 0..3 {
+            let session = format!("mid{round}");
+            let progress = Progress::new();
+            let token = CancelToken::new();
+            let watch = Watch { progress: Some(progress.clone()), cancel: Some(token.clone()) };
+            let stopper = std::thread::spawn(move || {
+                for _ in 0..5_000 {
+                    if progress.entries() > 0 {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+                token.cancel();
+            });
+            let result = cache.setup_with("proj", &session, &watch);
+            stopper.join().unwrap();
+            match result {
+                Ok(path) => assert_eq!(whole_generation(&path, 200), "1", "{name}"),
+                Err(e) => {
+                    assert_eq!(e.kind(), ErrorKind::Cancelled, "{name}: {e}");
+                    assert!(!root.path.join("proj/sessions").join(&session).exists(), "{name}");
+                }
+            }
+        }
+
+        // A stopped promote changes nothing: same generation, the session as it was.
+        fs::write(s1.join("generation"), "2").unwrap();
+        for i in 0..200 {
+            fs::write(s1.join("sub").join(format!("f{i:03}")), "2").unwrap();
+        }
+        let err = cache.promote_with("proj", "s1", &stopped()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Cancelled, "{name}: {err}");
+        assert_eq!(cache.info("proj").unwrap().generation, 1, "{name}");
+        assert_eq!(cache.generations("proj").unwrap(), vec![1], "{name}");
+        assert_eq!(fs::read_to_string(s1.join("generation")).unwrap(), "2", "{name}");
+        assert_eq!(cache.promote_with("proj", "s1", &Watch::default()).unwrap(), 2, "{name}");
+        assert_eq!(current_marker(&cache, 200), "2", "{name}");
+
+        for s in cache.info("proj").unwrap().sessions {
+            cache.cleanup("proj", &s.0).unwrap();
+        }
+        let report = cache.gc().unwrap();
+        assert!(report.is_empty(), "{name}: stopped operations left something: {report:?}");
+    }
+}

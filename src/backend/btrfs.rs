@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     cannot_serve, describe, open_source, remove_beneath, Backend, BackendKind, Generation,
-    Identity, Presence, Retired, Session,
+    Identity, Presence, Retired, Session, Watch,
 };
 use crate::copy::{self, CopyOptions};
 use crate::detect::Detection;
@@ -111,6 +111,7 @@ impl Backend for BtrfsBackend {
         src: &Path,
         _g: &Generation,
         staging: &Path,
+        watch: &Watch,
     ) -> Result<Identity> {
         let source = open_source(src)?;
         let (parent, name) = root.parent(staging)?;
@@ -123,7 +124,11 @@ impl Backend for BtrfsBackend {
                 src,
                 dst.as_fd(),
                 &root.join(staging),
-                &CopyOptions { threads: self.threads, sync: true, ..CopyOptions::default() },
+                &watch.copy_options(CopyOptions {
+                    threads: self.threads,
+                    sync: true,
+                    ..CopyOptions::default()
+                }),
             )?;
             sys::btrfs::set_read_only(dst.as_fd(), true)
                 .at_with("btrfs set read-only", || root.join(staging))
@@ -142,7 +147,9 @@ impl Backend for BtrfsBackend {
         _recorded: &Identity,
         _session: &Session,
         staging: &Path,
+        watch: &Watch,
     ) -> Result<Identity> {
+        watch.check()?;
         self.snapshot(root, &generation.place, staging, false)
     }
 
@@ -154,7 +161,9 @@ impl Backend for BtrfsBackend {
         _generation: &Generation,
         _previous: &Generation,
         staging: &Path,
+        watch: &Watch,
     ) -> Result<Identity> {
+        watch.check()?;
         self.snapshot(root, &session.place, staging, true)
     }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use super::rootdir::{self, RootDir};
 use super::{
     describe, make_dir, open_source, remove_beneath, Backend, BackendKind, Generation, Identity,
-    Presence, Session,
+    Presence, Session, Watch,
 };
 use serde::{Deserialize, Serialize};
 
@@ -34,8 +34,12 @@ impl CopyBackend {
     /// generation must have its data, not empty files from delayed allocation. Sessions are not
     /// (a session does not outlive its host's crash in any useful way, and syncing would cost
     /// every setup a filesystem-wide flush).
-    fn opts(&self, durable: bool) -> CopyOptions {
-        CopyOptions { threads: self.threads, sync: durable, ..CopyOptions::default() }
+    fn opts(&self, durable: bool, watch: &Watch) -> CopyOptions {
+        watch.copy_options(CopyOptions {
+            threads: self.threads,
+            sync: durable,
+            ..CopyOptions::default()
+        })
     }
 
     /// Copy the open directory `src` into a new directory at `staging`; its identity.
@@ -46,6 +50,7 @@ impl CopyBackend {
         src_path: &Path,
         staging: &Path,
         durable: bool,
+        watch: &Watch,
     ) -> Result<Identity> {
         let dst = make_dir(root, staging)?;
         let copied = copy::copy_dir_into(
@@ -53,7 +58,7 @@ impl CopyBackend {
             src_path,
             dst.as_fd(),
             &root.join(staging),
-            &self.opts(durable),
+            &self.opts(durable, watch),
         );
         if let Err(e) = copied {
             let _ = remove_beneath(root, staging);
@@ -80,8 +85,9 @@ impl Backend for CopyBackend {
         src: &Path,
         _g: &Generation,
         staging: &Path,
+        watch: &Watch,
     ) -> Result<Identity> {
-        self.copy(root, open_source(src)?, src, staging, true)
+        self.copy(root, open_source(src)?, src, staging, true, watch)
     }
 
     fn create_session(
@@ -91,9 +97,10 @@ impl Backend for CopyBackend {
         _recorded: &Identity,
         _session: &Session,
         staging: &Path,
+        watch: &Watch,
     ) -> Result<Identity> {
         let src = root.dir(&generation.place)?;
-        self.copy(root, src, &root.join(&generation.place), staging, false)
+        self.copy(root, src, &root.join(&generation.place), staging, false, watch)
     }
 
     fn promote(
@@ -104,9 +111,10 @@ impl Backend for CopyBackend {
         _generation: &Generation,
         _previous: &Generation,
         staging: &Path,
+        watch: &Watch,
     ) -> Result<Identity> {
         let src = root.dir(&session.place)?;
-        self.copy(root, src, &root.join(&session.place), staging, true)
+        self.copy(root, src, &root.join(&session.place), staging, true, watch)
     }
 
     fn presence(&self, root: &RootDir, place: &Path, id: &Identity) -> Result<Presence> {

@@ -25,12 +25,14 @@ pub(crate) mod zvol;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub(crate) use rootdir::RootDir;
 
+use crate::copy::{CancelToken, CopyOptions, Progress};
 use crate::detect::{self, Detection};
 use crate::{Context, Error, Result};
 
@@ -86,6 +88,52 @@ impl BackendKind {
     pub fn reaches(self, point: &str) -> bool {
         let owns = |k: BackendKind| k.own_fault_points().contains(&point);
         !<BackendKind as strum::VariantArray>::VARIANTS.iter().copied().any(owns) || owns(self)
+    }
+}
+
+/// How a caller follows and stops one long operation (import, setup, promote): live counters
+/// and a cancel token, both optional. Tree copies report every entry and count the totals up
+/// front; a backend that makes its tree in one step (a snapshot, a clone) reports nothing
+/// until it is done. A cancelled operation leaves nothing behind and fails with
+/// [`Error::Cancelled`]; one cancelled after its commit point has taken effect and succeeds.
+///
+/// The token is the operation's own: its commit marks it committed, after which a stop is not
+/// asked for ([`CancelToken::child`] gives one per operation from a shared one).
+#[derive(Debug, Clone, Default)]
+pub struct Watch {
+    /// Counters the operation updates.
+    pub progress: Option<Arc<Progress>>,
+    /// Stops the operation when cancelled.
+    pub cancel: Option<CancelToken>,
+}
+
+impl Watch {
+    /// `base` with this watch's counters and a stop for one tree copy: a child of the
+    /// operation's token, because the copy commits before the operation does.
+    pub(crate) fn copy_options(&self, base: CopyOptions) -> CopyOptions {
+        CopyOptions {
+            progress: self.progress.clone(),
+            cancel: self.cancel.as_ref().map(CancelToken::child),
+            count_totals: self.progress.is_some(),
+            ..base
+        }
+    }
+
+    /// [`Error::Cancelled`] if the caller has stopped the operation.
+    pub(crate) fn check(&self) -> Result<()> {
+        match &self.cancel {
+            Some(t) if t.is_cancelled() => Err(Error::Cancelled),
+            _ => Ok(()),
+        }
+    }
+
+    /// Run the operation's commit unless the caller stopped it first (see
+    /// [`CancelToken::commit`]).
+    pub(crate) fn commit<T>(&self, commit: impl FnOnce() -> Result<T>) -> Result<T> {
+        match &self.cancel {
+            Some(t) => t.commit(commit),
+            None => commit(),
+        }
     }
 }
 
@@ -266,13 +314,15 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
     }
 
     /// Generation `generation` with the contents of the directory `src`, built at `staging`
-    /// (a fresh name beside its place, which [`Backend::publish`] then moves there).
+    /// (a fresh name beside its place, which [`Backend::publish`] then moves there), reporting
+    /// to and stopped by `watch`.
     fn import(
         &self,
         root: &RootDir,
         src: &Path,
         generation: &Generation,
         staging: &Path,
+        watch: &Watch,
     ) -> Result<Identity>;
 
     /// A writable `session` from `generation` (recorded as `recorded`), built at `staging`.
@@ -283,10 +333,12 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
         recorded: &Identity,
         session: &Session,
         staging: &Path,
+        watch: &Watch,
     ) -> Result<Identity>;
 
     /// Generation `generation` from the quiesced `session` (recorded as `recorded`);
     /// `previous` is the current generation.
+    #[allow(clippy::too_many_arguments)] // each is a distinct typed thing the trait names
     fn promote(
         &self,
         root: &RootDir,
@@ -295,6 +347,7 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
         generation: &Generation,
         previous: &Generation,
         staging: &Path,
+        watch: &Watch,
     ) -> Result<Identity>;
 
     /// After a crash or an error inside `promote`: finish it (`Some`: `generation` is complete
@@ -514,9 +567,10 @@ pub(crate) fn open_source(src: &Path) -> Result<OwnedFd> {
     if !meta.is_dir() {
         return Err(Error::NotADirectory { path: src.to_path_buf() });
     }
+    // Following a final symlink (the caller's path), but not moving the source's atime.
     let flags =
         rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC;
-    rustix::fs::open(src, flags, rustix::fs::Mode::empty()).at("open", src)
+    crate::sys::fs::openat_noatime(rustix::fs::CWD, src, flags).at("open", src)
 }
 
 #[cfg(test)]

@@ -220,7 +220,7 @@ impl RootDir {
     }
 
     /// Write `bytes` to `rel` atomically and durably: a temporary file beside it (named
-    /// `.<name>.tmp.<pid>.<n>`; see [`is_temp_name`]), fsync, rename, fsync of the directory.
+    /// `.<name>.tmp.<unique>`; see [`is_temp_name`]), fsync, rename, fsync of the directory.
     pub fn write_atomic(&self, rel: &Path, bytes: &[u8]) -> Result<()> {
         let (parent_fd, name) = self.parent(rel)?;
         let tmp = self.write_temp(parent_fd.as_fd(), rel, name, bytes)?;

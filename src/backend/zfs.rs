@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use super::rootdir::RootDir;
 use super::{
     cannot_serve, remove_beneath, zvol, Backend, BackendKind, Generation, Identity, Presence,
-    Retired, Session, Settings,
+    Retired, Session, Settings, Watch,
 };
 use crate::copy::{self, CopyOptions};
 use crate::detect::Detection;
@@ -481,6 +481,7 @@ impl Backend for ZfsBackend {
         src: &Path,
         g: &Generation,
         staging: &Path,
+        watch: &Watch,
     ) -> Result<Identity> {
         let meta = std::fs::metadata(src).at("stat", src)?;
         if !meta.is_dir() {
@@ -496,7 +497,10 @@ impl Backend for ZfsBackend {
             let copied = copy::copy_into(
                 src,
                 &dir,
-                &CopyOptions { threads: self.copy_threads, ..CopyOptions::default() },
+                &watch.copy_options(CopyOptions {
+                    threads: self.copy_threads,
+                    ..CopyOptions::default()
+                }),
             );
             let unmounted = self.unmount_and_rmdir(root, &head, staging);
             copied?;
@@ -518,7 +522,9 @@ impl Backend for ZfsBackend {
         _recorded: &Identity,
         s: &Session,
         staging: &Path,
+        watch: &Watch,
     ) -> Result<Identity> {
+        watch.check()?;
         self.check_owned(&s.project)?;
         let origin = self.generation_snapshot(&g.project, g.head, g.number)?;
         let dataset = self.session_dataset(&s.project, &s.name)?;
@@ -546,7 +552,10 @@ impl Backend for ZfsBackend {
         g: &Generation,
         previous: &Generation,
         _staging: &Path,
+        watch: &Watch,
     ) -> Result<Identity> {
+        // Checked once, before the snapshot: from the first lzc_promote on only forward is safe.
+        watch.check()?;
         self.check_owned(&s.project)?;
         let snap =
             self.session_dataset(&s.project, &s.name)?.snapshot(&format!("gen{}", g.number))?;

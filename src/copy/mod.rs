@@ -65,6 +65,18 @@ impl CancelToken {
         *committed = true;
         Ok(())
     }
+    /// Run an operation's commit `commit` unless this token is cancelled (then
+    /// [`Error::Cancelled`] and `commit` does not run), with no [`CancelToken::decide`] in
+    /// between; once it succeeded the token counts as committed.
+    pub(crate) fn commit<T>(&self, commit: impl FnOnce() -> Result<T>) -> Result<T> {
+        let mut committed = self.0.committed.lock().unwrap_or_else(|p| p.into_inner());
+        if self.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let value = commit()?;
+        *committed = true;
+        Ok(value)
+    }
     /// Cancel if `stop()` says so, unless the copy has committed already (then `stop` is not
     /// asked): a stop is never answered by a finished copy.
     pub(crate) fn decide(&self, stop: impl FnOnce() -> bool) {

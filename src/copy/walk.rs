@@ -215,15 +215,20 @@ impl<'a> Walk<'a> {
         }
     }
 
-    fn open_src_dir(&self, parent: BorrowedFd<'_>, name: &CStr, path: &Path) -> Result<OwnedFd> {
-        open_dir_noatime(parent, name).at("open", path)
+    fn open_src_dir<P: Into<PathBuf>>(
+        &self,
+        parent: BorrowedFd<'_>,
+        name: &CStr,
+        path: impl FnOnce() -> P,
+    ) -> Result<OwnedFd> {
+        open_dir_noatime(parent, name).at_with("open", path)
     }
 
     fn open_root(&self) -> Result<Arc<DirNode>> {
         let root = self.src_root;
         let src = match self.src_fd {
             Some(fd) => fd.try_clone_to_owned().at("dup", root)?,
-            None => self.open_src_dir(nix::fcntl::AT_FDCWD, &cpath(root)?, root)?,
+            None => self.open_src_dir(nix::fcntl::AT_FDCWD, &cpath(root)?, || root)?,
         };
         let st = fstat(&src).at("stat", root)?;
         let dst = self.staging_fd.try_clone_to_owned().at("dup", self.staging_root)?;
@@ -233,7 +238,7 @@ impl<'a> Walk<'a> {
 
     fn open_dir(&self, parent: &DirNode, name: &CStr) -> Result<Arc<DirNode>> {
         let rel = join_name(&parent.rel, name);
-        let src = self.open_src_dir(parent.src.as_fd(), name, &self.src_root.join(&rel))?;
+        let src = self.open_src_dir(parent.src.as_fd(), name, || self.src_root.join(&rel))?;
         let st = fstat(&src).at_with("stat", || self.src_root.join(&rel))?;
         let dst = openat(&parent.dst, name, DIR_FLAGS, Mode::empty())
             .at_with("open", || self.staging_root.join(&rel))?;

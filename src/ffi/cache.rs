@@ -1,13 +1,15 @@
 //! The golden lifecycle: a cache of projects, sessions, promotion, cleanup, gc.
 
-use std::ffi::c_char;
+use std::ffi::{c_char, c_void};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use super::args;
+use super::copy::{goldclone_cancel, goldclone_progress_fn, Reporter};
 use super::error::{goldclone_result, Failure};
 use super::handle::{self, Object};
-use crate::golden::{BackendKind, Cache, GcReport, GoldenInfo, OpenOptions};
+use crate::copy::{CancelToken, Progress};
+use crate::golden::{BackendKind, Cache, GcReport, GoldenInfo, OpenOptions, Watch};
 
 /// A golden-tree cache rooted at a directory. Opaque; free with `goldclone_cache_free`. One
 /// handle may be used from many threads at once.
@@ -175,6 +177,80 @@ pub unsafe extern "C" fn goldclone_cache_root(
     })
 }
 
+/// How to run a long lifecycle operation (import, setup, promote): a progress callback and a
+/// cancel handle. Fill with `goldclone_op_options_init` first, then change fields.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct goldclone_op_options {
+    /// Progress callback, or NULL; as for `goldclone_copy_tree`. Tree copies (the copy
+    /// backend's setups, every import) report entries and bytes with the totals known from the
+    /// start; a snapshot or clone reports only before and after.
+    pub progress: goldclone_progress_fn,
+    /// Passed to `progress` unchanged.
+    pub progress_user_data: *mut c_void,
+    /// Milliseconds between progress calls; 0 means 100.
+    pub progress_interval_ms: u32,
+    /// A cancel handle whose cancellation stops the operation, or NULL. A stopped operation
+    /// leaves nothing behind and returns CANCELLED; one stopped after its commit point has
+    /// taken effect and succeeds.
+    pub cancel: *const goldclone_cancel,
+}
+
+impl Default for goldclone_op_options {
+    fn default() -> Self {
+        goldclone_op_options {
+            progress: None,
+            progress_user_data: std::ptr::null_mut(),
+            progress_interval_ms: 0,
+            cancel: std::ptr::null(),
+        }
+    }
+}
+
+/// Fill `*opts` with the defaults: no callback, no cancel handle.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_op_options_init(
+    opts: *mut goldclone_op_options,
+) -> goldclone_result {
+    ffi_body!("goldclone_op_options_init", {
+        args::require(opts, "opts")?;
+        // SAFETY: non-NULL (checked), writable by the caller's promise.
+        unsafe { args::store(opts, goldclone_op_options::default()) };
+        Ok(())
+    })
+}
+
+/// Run `work` under the caller's options: a token of its own (a child of the caller's handle,
+/// which other operations may share) and, with a callback, progress reports on this thread.
+///
+/// # Safety
+/// `opts` is NULL or points to an initialized `goldclone_op_options`.
+unsafe fn watched<T: Send>(
+    opts: *const goldclone_op_options,
+    work: impl FnOnce(&Watch) -> crate::Result<T> + Send,
+) -> Result<T, Failure> {
+    let o = if opts.is_null() {
+        goldclone_op_options::default()
+    } else {
+        // SAFETY: non-NULL, and the caller promises an initialized goldclone_op_options (POD).
+        unsafe { opts.read() }
+    };
+    let token = if o.cancel.is_null() {
+        CancelToken::new()
+    } else {
+        super::copy::cancel_token(o.cancel)?.child()
+    };
+    Ok(match o.progress {
+        None => work(&Watch { progress: None, cancel: Some(token) })?,
+        Some(callback) => {
+            let reporter = Reporter::new(callback, o.progress_user_data, o.progress_interval_ms);
+            let progress = Progress::new();
+            let watch = Watch { progress: Some(progress.clone()), cancel: Some(token.clone()) };
+            reporter.run(&progress, &token, || work(&watch))?
+        }
+    })
+}
+
 /// Make the directory `dir` (NUL-terminated bytes) generation 1 of a new project `project`
 /// (UTF-8). `*generation` (may be NULL) receives the generation.
 #[no_mangle]
@@ -184,12 +260,27 @@ pub unsafe extern "C" fn goldclone_cache_import(
     dir: *const c_char,
     generation: *mut u64,
 ) -> goldclone_result {
+    // SAFETY: the caller's promises, passed on; NULL options are the defaults.
+    unsafe { goldclone_cache_import_with(cache, project, dir, std::ptr::null(), generation) }
+}
+
+/// `goldclone_cache_import` with progress and cancellation (`opts` may be NULL).
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_cache_import_with(
+    cache: *const goldclone_cache,
+    project: *const c_char,
+    dir: *const c_char,
+    opts: *const goldclone_op_options,
+    generation: *mut u64,
+) -> goldclone_result {
     ffi_body!("goldclone_cache_import", {
         // SAFETY: the caller passes NUL-terminated strings or NULL.
         let project = unsafe { args::name(project, "project") }?;
         // SAFETY: as above.
         let dir = unsafe { args::path(dir, "dir") }?;
-        let g = self::cache(cache)?.import(project, dir)?;
+        let c = self::cache(cache)?;
+        // SAFETY: the caller's promise on `opts`.
+        let g = unsafe { watched(opts, |w| c.import_with(project, dir, w)) }?;
         // SAFETY: NULL or writable by the caller's promise.
         unsafe { args::store(generation, g) };
         Ok(())
@@ -213,6 +304,32 @@ pub unsafe extern "C" fn goldclone_cache_setup(
     path_buf_len: usize,
     path_len_out: *mut usize,
 ) -> goldclone_result {
+    // SAFETY: the caller's promises, passed on; NULL options are the defaults.
+    unsafe {
+        goldclone_cache_setup_with(
+            cache,
+            project,
+            session,
+            std::ptr::null(),
+            path_buf,
+            path_buf_len,
+            path_len_out,
+        )
+    }
+}
+
+/// `goldclone_cache_setup` with progress and cancellation (`opts` may be NULL); CANCELLED
+/// when stopped in time, and then no session exists.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_cache_setup_with(
+    cache: *const goldclone_cache,
+    project: *const c_char,
+    session: *const c_char,
+    opts: *const goldclone_op_options,
+    path_buf: *mut c_char,
+    path_buf_len: usize,
+    path_len_out: *mut usize,
+) -> goldclone_result {
     ffi_body!("goldclone_cache_setup", {
         // SAFETY: the caller passes NUL-terminated strings or NULL.
         let project = unsafe { args::name(project, "project") }?;
@@ -220,7 +337,8 @@ pub unsafe extern "C" fn goldclone_cache_setup(
         let session = unsafe { args::name(session, "session") }?;
         args::require_buf(path_buf, path_buf_len)?;
         let c = self::cache(cache)?;
-        let path = c.setup(project, session)?;
+        // SAFETY: the caller's promise on `opts`.
+        let path = unsafe { watched(opts, |w| c.setup_with(project, session, w)) }?;
         // SAFETY: the caller's promise on the buffer arguments.
         let written = unsafe {
             args::write_string(path_buf, path_buf_len, path_len_out, path.as_os_str().as_bytes())
@@ -246,12 +364,28 @@ pub unsafe extern "C" fn goldclone_cache_promote(
     session: *const c_char,
     generation: *mut u64,
 ) -> goldclone_result {
+    // SAFETY: the caller's promises, passed on; NULL options are the defaults.
+    unsafe { goldclone_cache_promote_with(cache, project, session, std::ptr::null(), generation) }
+}
+
+/// `goldclone_cache_promote` with progress and cancellation (`opts` may be NULL). On ZFS a
+/// promote stopped after its first `lzc_promote` can only go forward: it finishes and succeeds.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_cache_promote_with(
+    cache: *const goldclone_cache,
+    project: *const c_char,
+    session: *const c_char,
+    opts: *const goldclone_op_options,
+    generation: *mut u64,
+) -> goldclone_result {
     ffi_body!("goldclone_cache_promote", {
         // SAFETY: the caller passes NUL-terminated strings or NULL.
         let project = unsafe { args::name(project, "project") }?;
         // SAFETY: as above.
         let session = unsafe { args::name(session, "session") }?;
-        let g = self::cache(cache)?.promote(project, session)?;
+        let c = self::cache(cache)?;
+        // SAFETY: the caller's promise on `opts`.
+        let g = unsafe { watched(opts, |w| c.promote_with(project, session, w)) }?;
         // SAFETY: NULL or writable by the caller's promise.
         unsafe { args::store(generation, g) };
         Ok(())

@@ -81,7 +81,7 @@ impl Default for goldclone_copy_options {
     }
 }
 
-fn cancel_token(c: *const goldclone_cancel) -> Result<CancelToken, Failure> {
+pub(crate) fn cancel_token(c: *const goldclone_cancel) -> Result<CancelToken, Failure> {
     handle::get(c, "goldclone_cancel", |o| match o {
         Object::Cancel(t) => Some(t.clone()),
         _ => None,
@@ -149,6 +149,79 @@ pub unsafe extern "C" fn goldclone_copy_options_init(
     })
 }
 
+/// A caller's progress callback, called on the caller's thread while the work runs on another.
+pub(crate) struct Reporter {
+    callback: unsafe extern "C" fn(*mut c_void, *const goldclone_progress) -> i32,
+    user_data: *mut c_void,
+    interval: Duration,
+}
+
+impl Reporter {
+    pub(crate) fn new(
+        callback: unsafe extern "C" fn(*mut c_void, *const goldclone_progress) -> i32,
+        user_data: *mut c_void,
+        interval_ms: u32,
+    ) -> Self {
+        let interval = Duration::from_millis(match interval_ms {
+            0 => 100,
+            ms => u64::from(ms),
+        });
+        Reporter { callback, user_data, interval }
+    }
+
+    fn report(&self, progress: &Progress, finished: bool) -> i32 {
+        let snap = snapshot(progress, finished);
+        // SAFETY: the caller supplied this function pointer and user data for exactly this
+        // use; `snap` outlives the call.
+        unsafe { (self.callback)(self.user_data, &snap) }
+    }
+
+    /// Run `work` on a thread of its own while this thread reports `progress`: once before,
+    /// every interval while it runs, and once after it succeeded (`finished`). A nonzero answer
+    /// cancels `token`, decided under its commit lock: a stop is never answered by finished
+    /// work. Once `token` is cancelled the callback is not called again.
+    pub(crate) fn run<T: Send>(
+        &self,
+        progress: &Progress,
+        token: &CancelToken,
+        work: impl FnOnce() -> crate::Result<T> + Send,
+    ) -> crate::Result<T> {
+        token.decide(|| self.report(progress, false) != 0);
+        let result = std::thread::scope(|scope| {
+            let (tx, rx) = mpsc::channel();
+            let spawned = std::thread::Builder::new().name("goldclone-work".into()).spawn_scoped(
+                scope,
+                move || {
+                    // The receiver lives until a result arrives.
+                    let _ = tx.send(work());
+                },
+            );
+            if let Err(e) = spawned {
+                return Err(crate::Error::io("spawn the worker thread", "", e));
+            }
+            loop {
+                match rx.recv_timeout(self.interval) {
+                    Ok(r) => break r,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        // Once cancelled, the caller hears nothing more from this work.
+                        if !token.is_cancelled() {
+                            token.decide(|| self.report(progress, false) != 0);
+                        }
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        // The worker panicked; the scope re-raises it on exit.
+                        break Err(crate::Error::Cancelled);
+                    }
+                }
+            }
+        });
+        if result.is_ok() && !token.is_cancelled() {
+            self.report(progress, true);
+        }
+        result
+    }
+}
+
 fn snapshot(p: &Progress, finished: bool) -> goldclone_progress {
     let totals = p.totals();
     goldclone_progress {
@@ -198,6 +271,8 @@ pub unsafe extern "C" fn goldclone_copy_tree(
         let result = match o.progress {
             None => copy_tree(src, dst, &copy_opts),
             Some(callback) => {
+                let reporter =
+                    Reporter::new(callback, o.progress_user_data, o.progress_interval_ms);
                 let progress = Progress::new();
                 // The callback's stop cancels this copy only, never the caller's handle (which
                 // other copies may share); the caller's cancel still reaches this copy.
@@ -205,49 +280,8 @@ pub unsafe extern "C" fn goldclone_copy_tree(
                     copy_opts.cancel.as_ref().map_or_else(CancelToken::new, CancelToken::child);
                 copy_opts.cancel = Some(token.clone());
                 copy_opts.progress = Some(progress.clone());
-                let interval = Duration::from_millis(match o.progress_interval_ms {
-                    0 => 100,
-                    ms => u64::from(ms),
-                });
-                let report = |finished: bool| {
-                    let snap = snapshot(&progress, finished);
-                    // SAFETY: the caller supplied this function pointer and user data for
-                    // exactly this use; `snap` outlives the call.
-                    unsafe { callback(o.progress_user_data, &snap) }
-                };
-                token.decide(|| report(false) != 0);
-                let result = std::thread::scope(|scope| {
-                    let (tx, rx) = mpsc::channel();
-                    let copy_opts = &copy_opts;
-                    let spawned = std::thread::Builder::new()
-                        .name("goldclone-copy".into())
-                        .spawn_scoped(scope, move || {
-                            // The receiver lives until a result arrives.
-                            let _ = tx.send(copy_tree(src, dst, copy_opts));
-                        });
-                    if let Err(e) = spawned {
-                        return Err(crate::Error::io("spawn the copy thread", dst, e));
-                    }
-                    loop {
-                        match rx.recv_timeout(interval) {
-                            Ok(r) => break r,
-                            Err(mpsc::RecvTimeoutError::Timeout) => {
-                                // Once cancelled, the caller hears nothing more from this copy.
-                                if !token.is_cancelled() {
-                                    token.decide(|| report(false) != 0);
-                                }
-                            }
-                            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                                // The copy thread panicked; the scope re-raises it on exit.
-                                break Err(crate::Error::Cancelled);
-                            }
-                        }
-                    }
-                });
-                if result.is_ok() && !token.is_cancelled() {
-                    report(true);
-                }
-                result
+                let copy_opts = &copy_opts;
+                reporter.run(&progress, &token, || copy_tree(src, dst, copy_opts))
             }
         };
         let s = result?;

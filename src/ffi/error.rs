@@ -10,13 +10,12 @@ use strum::VariantArray;
 
 use crate::{Error, ErrorKind};
 
+// The one list of codes: the header's constants are generated from it, the Go package takes
+// its constants from the header, `goldclone_result::from_kind` maps an `ErrorKind` to the code
+// of the same name, and a test checks docs/C-API.md's table against it.
 /// The outcome of a call. The numbers are fixed and never reused: 1–98 classify a library error
 /// (new classes get new numbers in that range), 99 is any error without a more specific code, 100
 /// and up are errors in the call itself.
-///
-/// The one list of codes: the header's constants are generated from it, the Go package takes
-/// its constants from the header, [`goldclone_result::from_kind`] maps an [`ErrorKind`] to the
-/// code of the same name, and a test checks docs/C-API.md's table against it.
 #[repr(u32)]
 #[derive(
     Debug,
@@ -72,7 +71,7 @@ pub enum goldclone_result {
     Damaged = 17,
     /// The operation took effect in part and cannot be undone; the next open or gc finishes it.
     Incomplete = 18,
-    /// A file the library reads (a mount table, a record, a tool's output) could not be parsed.
+    /// A file the library reads (a mount table, a tool's output) could not be parsed.
     Parse = 19,
     /// An error without a more specific code (a newer library error class).
     Other = 99,

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 pub use state::{validate_name, MAX_ID_LEN};
 
-pub use crate::backend::BackendKind;
+pub use crate::backend::{BackendKind, Watch};
 
 use state::{
     lock_project, read_current, read_generation, read_session, Found, GenerationMeta, Intent,
@@ -177,6 +177,11 @@ impl Cache {
     /// tree; it is not changed. AlreadyExists if the project exists or
     /// `ROOT/<project>` is taken by anything.
     pub fn import(&self, project: &str, dir: &Path) -> Result<u64> {
+        self.import_with(project, dir, &Watch::default())
+    }
+
+    /// [`Cache::import`], reporting to and stopped by `watch`.
+    pub fn import_with(&self, project: &str, dir: &Path, watch: &Watch) -> Result<u64> {
         validate_name(project)?;
         let meta = std::fs::metadata(dir).at("stat", dir)?;
         if !meta.is_dir() {
@@ -241,9 +246,10 @@ impl Cache {
                     }
                     let g = self.generation(project, generation, generation);
                     let staging = self.staging_of(&intent);
-                    let identity = self.store.import(&self.root, dir, &g, &staging)?;
+                    watch.check()?;
+                    let identity = self.store.import(&self.root, dir, &g, &staging, watch)?;
                     fault::point("import:tree-created");
-                    self.commit_generation(&g, None, identity, &staging)?;
+                    self.commit_generation(&g, None, identity, &staging, watch)?;
                     Ok(generation)
                 },
             )
@@ -259,6 +265,11 @@ impl Cache {
     /// A writable private copy of the project's current generation; returns its path. Sessions
     /// of one project are set up concurrently.
     pub fn setup(&self, project: &str, session: &str) -> Result<PathBuf> {
+        self.setup_with(project, session, &Watch::default())
+    }
+
+    /// [`Cache::setup`], reporting to and stopped by `watch`.
+    pub fn setup_with(&self, project: &str, session: &str, watch: &Watch) -> Result<PathBuf> {
         validate_name(project)?;
         validate_name(session)?;
         let _lock = self.lock_shared(project)?;
@@ -288,6 +299,7 @@ impl Cache {
             free,
             || path.clone(),
             |()| {
+                watch.check()?;
                 let staging = self.staging_of(&intent);
                 let identity = self.store.create_session(
                     &self.root,
@@ -295,20 +307,24 @@ impl Cache {
                     &gen_meta.identity,
                     &s,
                     &staging,
+                    watch,
                 )?;
                 fault::point("setup:tree-created");
-                state::write_json(
-                    &self.root,
-                    &Layout::session_meta(project, session),
-                    &SessionMeta {
-                        project: project.to_string(),
-                        session: session.to_string(),
-                        generation: generation.number,
-                        created_at: state::now(),
-                        identity,
-                        made_by: staging_name.clone(),
-                    },
-                )?;
+                // The commit point: a stop asked for before it undoes the setup, none after.
+                watch.commit(|| {
+                    state::write_json(
+                        &self.root,
+                        &Layout::session_meta(project, session),
+                        &SessionMeta {
+                            project: project.to_string(),
+                            session: session.to_string(),
+                            generation: generation.number,
+                            created_at: state::now(),
+                            identity,
+                            made_by: staging_name.clone(),
+                        },
+                    )
+                })?;
                 fault::point("setup:meta-written");
                 // Failing here (even after the rename, on its fsync), recovery decides from what is
                 // where: the record stays for it.
@@ -323,6 +339,12 @@ impl Cache {
     /// running unchanged afterwards; sessions of older generations are not touched. A backend
     /// may only promote sessions of the current generation (ZFS): Unsupported otherwise.
     pub fn promote(&self, project: &str, session: &str) -> Result<u64> {
+        self.promote_with(project, session, &Watch::default())
+    }
+
+    /// [`Cache::promote`], reporting to and stopped by `watch`. On ZFS a promote stopped after
+    /// its first `lzc_promote` can only go forward: it finishes and succeeds.
+    pub fn promote_with(&self, project: &str, session: &str, watch: &Watch) -> Result<u64> {
         validate_name(project)?;
         validate_name(session)?;
         let lock = self.lock_exclusive(project)?;
@@ -359,11 +381,19 @@ impl Cache {
             || Ok(()),
             || number,
             |()| {
+                watch.check()?;
                 let staging = self.staging_of(&intent);
-                let identity =
-                    self.store.promote(&self.root, &s, &meta.identity, &g, &previous, &staging)?;
+                let identity = self.store.promote(
+                    &self.root,
+                    &s,
+                    &meta.identity,
+                    &g,
+                    &previous,
+                    &staging,
+                    watch,
+                )?;
                 fault::point("promote:tree-created");
-                self.commit_generation(&g, Some(session), identity, &staging)?;
+                self.commit_generation(&g, Some(session), identity, &staging, watch)?;
                 Ok(number)
             },
         )
@@ -624,6 +654,7 @@ impl Cache {
         source: Option<&str>,
         identity: Identity,
         staging: &Path,
+        watch: &Watch,
     ) -> Result<()> {
         let meta_path = Layout::generation_meta(&g.project, g.number);
         let made_by =
@@ -643,7 +674,8 @@ impl Cache {
         )?;
         fault::point(if source.is_some() { "promote:meta-written" } else { "import:meta-written" });
         self.store.publish(&self.root, staging, &g.place)?;
-        state::write_current(&self.root, &g.project, g.number)?;
+        // The commit point: a stop asked for before it undoes the operation, none after.
+        watch.commit(|| state::write_current(&self.root, &g.project, g.number))?;
         fault::point(if source.is_some() {
             "promote:current-written"
         } else {
@@ -954,7 +986,13 @@ impl Cache {
                 if let Some(identity) =
                     self.store.recover_promote(root, &s, &g, &previous, &staging)?
                 {
-                    self.commit_generation(&g, Some(session), identity, &staging)?;
+                    self.commit_generation(
+                        &g,
+                        Some(session),
+                        identity,
+                        &staging,
+                        &Watch::default(),
+                    )?;
                     return Ok(Outcome::Finished(format!(
                         "{project}: finished promote of {session} to generation {generation}"
                     )));

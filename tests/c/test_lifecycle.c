@@ -217,12 +217,107 @@ out:
     place_free(&pl);
 }
 
-static void test_lifecycle(void) {
+static void on_every_fs(void (*test_on)(const struct harness_fs *)) {
     for (int i = 0; fs[i].name; i++) {
         fprintf(stderr, "  on %s\n", fs[i].name);
-        lifecycle_on(&fs[i]);
+        test_on(&fs[i]);
     }
 }
+
+static void test_lifecycle(void) { on_every_fs(lifecycle_on); }
+
+/* Progress and cancellation of import, setup and promote (the *_with calls). */
+struct calls {
+    int n;
+    int stop_at; /* return nonzero on this call (1 = the first); 0 = never */
+    goldclone_progress last;
+};
+
+static int32_t count_calls(void *user_data, const goldclone_progress *p) {
+    struct calls *c = user_data;
+    c->n++;
+    c->last = *p;
+    return c->stop_at != 0 && c->n >= c->stop_at;
+}
+
+static void watched_on(const struct harness_fs *f) {
+    struct place pl;
+    place_init(&pl, f);
+    const char *P = pl.project;
+    char *golden = make_golden(pl.scratch);
+    goldclone_cache *cache = NULL;
+    goldclone_cancel *cancel = NULL;
+    goldclone_op_options o;
+    struct calls c = {0};
+    uint64_t gen = 0;
+    char s1[GOLDCLONE_PATH_BUF_SIZE];
+    size_t len = 0;
+    goldclone_info *info = NULL;
+    size_t sessions = 99;
+
+    CHECK_OK(goldclone_cache_open(pl.cache_root, NULL, &cache));
+    if (!cache) goto out;
+    CHECK_OK(goldclone_op_options_init(&o));
+    CHECK(o.progress == NULL && o.cancel == NULL && o.progress_interval_ms == 0);
+
+    /* a cancelled handle stops the import: no project */
+    CHECK_OK(goldclone_cancel_new(&cancel));
+    CHECK_OK(goldclone_cancel_cancel(cancel));
+    o.cancel = cancel;
+    CHECK_RC(goldclone_cache_import_with(cache, P, golden, &o, &gen), GOLDCLONE_RESULT_CANCELLED);
+    CHECK_RC(goldclone_cache_info(cache, P, &info), GOLDCLONE_RESULT_NOT_FOUND);
+
+    /* with a callback: called before, while and after (finished, totals known) */
+    o.cancel = NULL;
+    o.progress = count_calls;
+    o.progress_user_data = &c;
+    CHECK_OK(goldclone_cache_import_with(cache, P, golden, &o, &gen));
+    CHECK(gen == 1);
+    CHECK(c.n >= 2 && c.last.finished && c.last.totals_known && c.last.entries >= 3 &&
+          c.last.entries == c.last.total_entries && c.last.bytes == c.last.total_bytes);
+
+    /* the callback's stop at its first call stops the setup: no session */
+    memset(&c, 0, sizeof c);
+    c.stop_at = 1;
+    CHECK_RC(goldclone_cache_setup_with(cache, P, "s1", &o, s1, sizeof s1, &len), GOLDCLONE_RESULT_CANCELLED);
+    CHECK(c.n == 1); /* not called again once stopped */
+    CHECK_OK(goldclone_cache_info(cache, P, &info));
+    CHECK_OK(goldclone_info_get(info, NULL, NULL, NULL, NULL, &sessions));
+    CHECK(sessions == 0);
+    goldclone_info_free(info);
+    info = NULL;
+    /* NULL options are the defaults */
+    CHECK_OK(goldclone_cache_setup_with(cache, P, "s1", NULL, s1, sizeof s1, &len));
+    CHECK(file_is(s1, "version.txt", "gen1\n"));
+
+    /* a stopped promote changes nothing; the handle shared by two calls stops both */
+    {
+        char *p = harness_join(s1, "version.txt");
+        CHECK(harness_write(p, "gen2\n") == 0);
+        free(p);
+    }
+    o.progress = NULL;
+    o.cancel = cancel;
+    CHECK_RC(goldclone_cache_promote_with(cache, P, "s1", &o, &gen), GOLDCLONE_RESULT_CANCELLED);
+    CHECK_RC(goldclone_cache_promote_with(cache, P, "s1", &o, &gen), GOLDCLONE_RESULT_CANCELLED);
+    CHECK_OK(goldclone_cache_info(cache, P, &info));
+    gen = 0;
+    CHECK_OK(goldclone_info_get(info, &gen, NULL, NULL, NULL, NULL));
+    CHECK(gen == 1);
+    goldclone_info_free(info);
+    o.cancel = NULL;
+    CHECK_OK(goldclone_cache_promote_with(cache, P, "s1", &o, &gen));
+    CHECK(gen == 2);
+    CHECK_OK(goldclone_cache_cleanup(cache, P, "s1"));
+
+out:
+    goldclone_cancel_free(cancel);
+    goldclone_cache_free(cache);
+    free(golden);
+    place_free(&pl);
+}
+
+static void test_progress_and_cancel(void) { on_every_fs(watched_on); }
 
 static void test_bad_names(void) {
     struct place pl;
@@ -436,6 +531,7 @@ int main(void) {
         return 1;
     }
     RUN(test_lifecycle);
+    RUN(test_progress_and_cancel);
     RUN(test_bad_names);
     RUN(test_threads_share_a_cache);
     RUN(test_non_utf8_paths);
