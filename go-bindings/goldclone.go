@@ -514,6 +514,82 @@ func (c *Cache) Info(projectID string) (*Info, error) {
 	return info, nil
 }
 
+// Projects lists the projects that have a golden, sorted. It reads records only.
+func (c *Cache) Projects() ([]string, error) {
+	const op = "Projects"
+	p, err := c.handle(op)
+	if err != nil {
+		return nil, err
+	}
+	list, err := readString(op, 1024, func(b *C.char, n C.size_t, out *C.size_t) C.goldclone_result {
+		return C.goldclone_cache_projects(p, b, n, out)
+	})
+	runtime.KeepAlive(c)
+	if err != nil || list == "" {
+		return []string{}, err
+	}
+	return strings.Split(list, "\n"), nil
+}
+
+// HasGolden reports whether the project has a golden: one small record read, no walk of its
+// tree (Info sizes the tree).
+func (c *Cache) HasGolden(projectID string) (bool, error) {
+	const op = "HasGolden"
+	p, err := c.handle(op)
+	if err != nil {
+		return false, err
+	}
+	cp, err := cString(op, "project id", projectID, ResultInvalidName)
+	if err != nil {
+		return false, err
+	}
+	defer free(cp)
+	var has C.bool
+	err = call(op, func() C.goldclone_result { return C.goldclone_cache_has_golden(p, cp, &has) })
+	runtime.KeepAlive(c)
+	return bool(has), err
+}
+
+// SessionInfo is one session's state.
+type SessionInfo struct {
+	Project, ID string
+	Path        string
+	// Generation is the generation the session was made from.
+	Generation uint64
+	CreatedAt  time.Time
+	// InUse: a process or a mount (in any mount namespace) holds the session now.
+	InUse bool
+}
+
+// SessionInfo looks up one session without walking its tree. ErrNotFound for an unknown
+// project or session.
+func (c *Cache) SessionInfo(projectID, sessionID string) (*SessionInfo, error) {
+	const op = "SessionInfo"
+	p, err := c.handle(op)
+	if err != nil {
+		return nil, err
+	}
+	cp, cs, err := names(op, projectID, sessionID)
+	if err != nil {
+		return nil, err
+	}
+	defer free(cp)
+	defer free(cs)
+	var gen, created C.uint64_t
+	var inUse C.bool
+	path, err := readString(op, pathBufSize, func(b *C.char, n C.size_t, out *C.size_t) C.goldclone_result {
+		return C.goldclone_cache_session_info(p, cp, cs, &gen, &created, &inUse, b, n, out)
+	})
+	runtime.KeepAlive(c)
+	if err != nil {
+		return nil, err
+	}
+	return &SessionInfo{
+		Project: projectID, ID: sessionID, Path: path, Generation: uint64(gen),
+		CreatedAt: time.Unix(int64(created), 0), InUse: bool(inUse),
+	}, nil
+}
+
 func isCode(err error, code Result) bool {
 	e, ok := err.(*Error)
 	return ok && e.Code == code

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -632,6 +633,69 @@ func TestLifecycleProgressAndCancel(t *testing.T) {
 			// (The ZFS root is shared by the guest's suites: its gc reports their projects too.)
 			if r, err := c.GC(); err != nil || (f.name != "root" && len(r.Removed)+len(r.Kept)+len(r.Failed)+len(r.Recovered) != 0) {
 				t.Errorf("gc after stopped calls: %+v, %v", r, err)
+			}
+		})
+	}
+}
+
+// Projects, HasGolden and SessionInfo on every backend; a process in the session makes it in
+// use.
+func TestQueries(t *testing.T) {
+	for _, f := range filesystems(t) {
+		t.Run(f.name, func(t *testing.T) {
+			root, srcDir := cacheRoot(t, f)
+			project := "go-q-" + time.Now().Format("150405.000000")
+			golden := filepath.Join(srcDir, "golden")
+			writeFile(t, filepath.Join(golden, "v"), "1")
+			c, err := Open(root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if has, err := c.HasGolden(project); err != nil || has {
+				t.Fatalf("HasGolden before import: %v, %v", has, err)
+			}
+			if _, err := c.HasGolden("../x"); !errors.Is(err, ErrInvalidName) {
+				t.Errorf("HasGolden of a bad name: %v", err)
+			}
+			if _, err := c.Import(project, golden); err != nil {
+				t.Fatal(err)
+			}
+			if has, err := c.HasGolden(project); err != nil || !has {
+				t.Fatalf("HasGolden after import: %v, %v", has, err)
+			}
+			list, err := c.Projects()
+			found := false
+			for _, p := range list {
+				found = found || p == project
+			}
+			if err != nil || !found {
+				t.Fatalf("Projects: %v, %v", list, err)
+			}
+			path, err := c.SetupSession(project, "s1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			info, err := c.SessionInfo(project, "s1")
+			if err != nil || info.Path != path || info.Generation != 1 || info.InUse || time.Since(info.CreatedAt) > time.Hour {
+				t.Fatalf("SessionInfo: %+v, %v", info, err)
+			}
+			user := exec.Command("sleep", "600")
+			user.Dir = path
+			if err := user.Start(); err != nil {
+				t.Fatal(err)
+			}
+			busy, err := c.SessionInfo(project, "s1")
+			_ = user.Process.Kill()
+			_ = user.Wait()
+			if err != nil || !busy.InUse {
+				t.Errorf("SessionInfo with a process inside: %+v, %v", busy, err)
+			}
+			if _, err := c.SessionInfo(project, "s2"); !errors.Is(err, ErrNotFound) {
+				t.Errorf("SessionInfo of an unknown session: %v", err)
+			}
+			if err := c.CleanupSession(project, "s1"); err != nil {
+				t.Fatal(err)
 			}
 		})
 	}

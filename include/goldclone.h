@@ -688,6 +688,39 @@ goldclone_result goldclone_gc_report_item(const struct goldclone_gc_report *repo
 goldclone_result goldclone_gc_report_free(struct goldclone_gc_report *report);
 
 /**
+ * The projects that have a golden, sorted, into a caller buffer as one string: the ids
+ * separated by `\n` (ids never contain one), empty when there are none. Reads records only.
+ */
+goldclone_result goldclone_cache_projects(const struct goldclone_cache *cache,
+                                          char *buf,
+                                          size_t buf_len,
+                                          size_t *out_len);
+
+/**
+ * Whether `project` (UTF-8) has a golden: `*out` true or false. One small record read, no
+ * walk of the tree (unlike `goldclone_cache_info`, which sizes it).
+ */
+goldclone_result goldclone_cache_has_golden(const struct goldclone_cache *cache,
+                                            const char *project,
+                                            bool *out);
+
+/**
+ * One session of `project`: the generation it was made from, when it was set up (seconds
+ * since the Unix epoch), whether anything (a process or a mount, in any mount namespace)
+ * holds it now, and its path into a caller buffer. Every output may be NULL (`path_buf` only
+ * with `path_buf_len` 0). NOT_FOUND for an unknown project or session. No walk of its tree.
+ */
+goldclone_result goldclone_cache_session_info(const struct goldclone_cache *cache,
+                                              const char *project,
+                                              const char *session,
+                                              uint64_t *generation,
+                                              uint64_t *created_at,
+                                              bool *in_use,
+                                              char *path_buf,
+                                              size_t path_buf_len,
+                                              size_t *path_len_out);
+
+/**
  * The state of `project` (UTF-8): a new handle in `*out`. NOT_FOUND for an unknown project.
  */
 goldclone_result goldclone_cache_info(const struct goldclone_cache *cache,

@@ -465,3 +465,61 @@ fn progress_and_cancel_of_import_setup_promote() {
         assert!(report.is_empty(), "{name}: stopped operations left something: {report:?}");
     }
 }
+
+/// The cheap queries: which projects have a golden, whether one does, and one session's
+/// generation, place and holders; none walks a tree, none changes anything.
+#[test]
+fn projects_has_golden_and_session_info() {
+    use goldclone::copy::CancelToken;
+    use goldclone::golden::Watch;
+    let src = scratch_tree("queries", "1", 3);
+    for (root, name) in roots("queries") {
+        let cache = open(&root);
+        assert_eq!(cache.projects().unwrap(), Vec::<String>::new(), "{name}");
+        assert!(!cache.has_golden("proj").unwrap(), "{name}");
+        assert_eq!(cache.has_golden("../x").unwrap_err().kind(), ErrorKind::InvalidName);
+        assert_eq!(cache.session_info("proj", "s1").unwrap_err().kind(), ErrorKind::NotFound);
+
+        // User data beside the projects, and a stopped import, are not projects.
+        fs::create_dir_all(root.path.join("notes/sessions")).unwrap();
+        let stopped = CancelToken::new();
+        stopped.cancel();
+        let watch = Watch { progress: None, cancel: Some(stopped) };
+        assert!(cache.import_with("zeta", &src, &watch).is_err());
+        cache.import("proj", &src).unwrap();
+        cache.import("alpha", &src).unwrap();
+        assert_eq!(cache.projects().unwrap(), ["alpha", "proj"], "{name}");
+        assert!(cache.has_golden("proj").unwrap() && !cache.has_golden("zeta").unwrap());
+        assert!(!cache.has_golden("notes").unwrap(), "{name}: user data taken for a project");
+
+        let before = snapshot_tree(&root.path);
+        let path = cache.setup("proj", "s1").unwrap();
+        let info = cache.session_info("proj", "s1").unwrap();
+        assert_eq!((info.path.as_path(), info.generation), (path.as_path(), 1), "{name}");
+        assert!(info.created_at > 1_600_000_000 && !info.in_use(), "{name}: {info:?}");
+        assert_eq!(
+            cache.session_info("proj", "s2").unwrap_err().kind(),
+            ErrorKind::NotFound,
+            "{name}"
+        );
+        let mut user = Command::new("sleep")
+            .arg("600")
+            .current_dir(&path)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let busy = cache.session_info("proj", "s1").unwrap();
+        user.kill().unwrap();
+        user.wait().unwrap();
+        assert!(busy.in_use(), "{name}: a process in the session is no holder");
+        assert!(
+            busy.holders.iter().any(|h| h.contains(&user.id().to_string())),
+            "{name}: {:?}",
+            busy.holders
+        );
+        assert!(!cache.session_info("proj", "s1").unwrap().in_use(), "{name}");
+        cache.cleanup("proj", "s1").unwrap();
+        assert_eq!(snapshot_tree(&root.path), before, "{name}: the queries changed something");
+    }
+    let _ = fs::remove_dir_all(&src);
+}

@@ -39,6 +39,11 @@ pub enum GoldenCommand {
         /// The directory to import.
         dir: PathBuf,
     },
+    /// List the projects that have a golden (reads records only).
+    List {
+        #[command(flatten)]
+        root: RootArgs,
+    },
 }
 
 /// `goldclone session ...`
@@ -50,6 +55,8 @@ pub enum SessionCommand {
     Promote(SessionArgs),
     /// Remove a session.
     Cleanup(SessionArgs),
+    /// Show a session: its path, generation, creation time and whether anything holds it.
+    Info(SessionArgs),
 }
 
 /// A project and a session in a cache.
@@ -79,6 +86,17 @@ fn print_json(value: &serde_json::Value) -> Result<()> {
 /// Run `goldclone golden ...`.
 pub fn golden(cmd: &GoldenCommand) -> Result<()> {
     match cmd {
+        GoldenCommand::List { root } => {
+            let projects = root.open()?.projects()?;
+            if root.json {
+                print_json(&serde_json::json!({ "projects": projects }))?;
+            } else {
+                for p in projects {
+                    outln!("{p}")?;
+                }
+            }
+            Ok(())
+        }
         GoldenCommand::Import { root, project, dir } => {
             let cache = root.open()?;
             let generation = cache.import(project, dir)?;
@@ -88,9 +106,9 @@ pub fn golden(cmd: &GoldenCommand) -> Result<()> {
                 )?;
             } else {
                 outln!(
-                    "imported {} as project {project}, generation {generation} ({:?})",
+                    "imported {} as project {project}, generation {generation} ({})",
                     dir.display(),
-                    cache.backend()
+                    cache.backend().name()
                 )?;
             }
             Ok(())
@@ -119,6 +137,22 @@ pub fn session(cmd: &SessionCommand) -> Result<()> {
                 )?;
             } else {
                 outln!("session {} is now generation {generation} of {}", a.session, a.project)?;
+            }
+        }
+        SessionCommand::Info(a) => {
+            let info = a.root.open()?.session_info(&a.project, &a.session)?;
+            if a.root.json {
+                print_json(&serde_json::to_value(&info).unwrap_or_default())?;
+            } else {
+                outln!("session {} of {}", info.session, info.project)?;
+                outln!("  path:        {}", info.path.display())?;
+                outln!("  generation:  {}", info.generation)?;
+                outln!("  created at:  {} (unix seconds)", info.created_at)?;
+                if info.holders.is_empty() {
+                    outln!("  in use:      no")?;
+                } else {
+                    outln!("  in use by:   {}", info.holders.join("; "))?;
+                }
             }
         }
         SessionCommand::Cleanup(a) => {

@@ -538,6 +538,83 @@ pub unsafe extern "C" fn goldclone_gc_report_free(
     })
 }
 
+/// The projects that have a golden, sorted, into a caller buffer as one string: the ids
+/// separated by `\n` (ids never contain one), empty when there are none. Reads records only.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_cache_projects(
+    cache: *const goldclone_cache,
+    buf: *mut c_char,
+    buf_len: usize,
+    out_len: *mut usize,
+) -> goldclone_result {
+    ffi_body!("goldclone_cache_projects", {
+        args::require_buf(buf, buf_len)?;
+        let list = self::cache(cache)?.projects()?.join("\n");
+        // SAFETY: the caller's promise on buf/buf_len/out_len.
+        unsafe { args::write_string(buf, buf_len, out_len, list.as_bytes()) }
+    })
+}
+
+/// Whether `project` (UTF-8) has a golden: `*out` true or false. One small record read, no
+/// walk of the tree (unlike `goldclone_cache_info`, which sizes it).
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_cache_has_golden(
+    cache: *const goldclone_cache,
+    project: *const c_char,
+    out: *mut bool,
+) -> goldclone_result {
+    ffi_body!("goldclone_cache_has_golden", {
+        // SAFETY: the caller passes a NUL-terminated string or NULL.
+        let project = unsafe { args::name(project, "project") }?;
+        args::require(out, "out")?;
+        let has = self::cache(cache)?.has_golden(project)?;
+        // SAFETY: non-NULL (checked), writable by the caller's promise.
+        unsafe { args::store(out, has) };
+        Ok(())
+    })
+}
+
+/// One session of `project`: the generation it was made from, when it was set up (seconds
+/// since the Unix epoch), whether anything (a process or a mount, in any mount namespace)
+/// holds it now, and its path into a caller buffer. Every output may be NULL (`path_buf` only
+/// with `path_buf_len` 0). NOT_FOUND for an unknown project or session. No walk of its tree.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_cache_session_info(
+    cache: *const goldclone_cache,
+    project: *const c_char,
+    session: *const c_char,
+    generation: *mut u64,
+    created_at: *mut u64,
+    in_use: *mut bool,
+    path_buf: *mut c_char,
+    path_buf_len: usize,
+    path_len_out: *mut usize,
+) -> goldclone_result {
+    ffi_body!("goldclone_cache_session_info", {
+        // SAFETY: the caller passes NUL-terminated strings or NULL.
+        let project = unsafe { args::name(project, "project") }?;
+        // SAFETY: as above.
+        let session = unsafe { args::name(session, "session") }?;
+        args::require_buf(path_buf, path_buf_len)?;
+        let i = self::cache(cache)?.session_info(project, session)?;
+        // SAFETY: each output is NULL or writable by the caller's promise.
+        unsafe {
+            args::store(generation, i.generation);
+            args::store(created_at, i.created_at);
+            args::store(in_use, i.in_use());
+        }
+        if path_buf.is_null() {
+            // SAFETY: NULL or writable by the caller's promise.
+            unsafe { args::store(path_len_out, i.path.as_os_str().len()) };
+            return Ok(());
+        }
+        // SAFETY: the caller's promise on the buffer arguments.
+        unsafe {
+            args::write_string(path_buf, path_buf_len, path_len_out, i.path.as_os_str().as_bytes())
+        }
+    })
+}
+
 /// The state of `project` (UTF-8): a new handle in `*out`. NOT_FOUND for an unknown project.
 #[no_mangle]
 pub unsafe extern "C" fn goldclone_cache_info(

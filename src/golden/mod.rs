@@ -28,8 +28,8 @@ pub use state::{validate_name, MAX_ID_LEN};
 pub use crate::backend::{BackendKind, Watch};
 
 use state::{
-    lock_project, read_current, read_generation, read_session, Found, GenerationMeta, Intent,
-    Layout, ProjectLock, SessionMeta, Wait,
+    lock_project, read_current, read_generation, read_session, Access, Found, GenerationMeta,
+    Intent, Layout, Missing, ProjectLock, SessionMeta, Wait,
 };
 
 use crate::backend::{self, Backend, Generation, Identity, Presence, Retired, RootDir, Session};
@@ -68,6 +68,30 @@ pub struct GoldenInfo {
     pub size_bytes: u64,
     /// Sessions of this project that exist now, with the generation each was made from.
     pub sessions: Vec<(String, u64)>,
+}
+
+/// One session, from [`Cache::session_info`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SessionInfo {
+    /// The project id.
+    pub project: String,
+    /// The session id.
+    pub session: String,
+    /// Where the session's tree is.
+    pub path: PathBuf,
+    /// The generation it was made from.
+    pub generation: u64,
+    /// When it was set up, seconds since the Unix epoch.
+    pub created_at: u64,
+    /// What holds it now (processes, mounts), described; empty when it is not in use.
+    pub holders: Vec<String>,
+}
+
+impl SessionInfo {
+    /// Whether anything holds the session now.
+    pub fn in_use(&self) -> bool {
+        !self.holders.is_empty()
+    }
 }
 
 /// What [`Cache::gc`] (or the recovery in [`Cache::open`]) did and found, one line per item.
@@ -203,8 +227,9 @@ impl Cache {
             // Taken by something that is not a project of ours: never move in.
             return Err(Error::AlreadyExists { path: self.root.join(&Layout::project(project)) });
         }
-        let lock = lock_project(&self.root, project, true, true, Wait::Forever)?
-            .expect("waits for the lock");
+        let lock =
+            lock_project(&self.root, project, Access::Exclusive, Missing::Create, Wait::Forever)?
+                .expect("waits for the lock");
         let imported = (|| {
             self.recover_or_fail(project, &lock)?;
             if read_current(&self.root, project)?.is_some() {
@@ -490,7 +515,13 @@ impl Cache {
             }
         }
         for project in projects {
-            match lock_project(&self.root, &project, true, false, Wait::Up(GC_LOCK_WAIT)) {
+            match lock_project(
+                &self.root,
+                &project,
+                Access::Exclusive,
+                Missing::Refuse,
+                Wait::Up(GC_LOCK_WAIT),
+            ) {
                 Ok(Some(lock)) => {
                     let mut r = GcReport::default();
                     self.recover(&project, &lock, &mut r);
@@ -530,6 +561,53 @@ impl Cache {
             backend: self.backend(),
             size_bytes: self.store.size(&self.root, &g),
             sessions,
+        })
+    }
+
+    /// Projects that have a golden (a current generation), sorted. Reads records only: a
+    /// project being imported, or one whose records goldclone cannot read, is not listed (gc
+    /// reports those).
+    pub fn projects(&self) -> Result<Vec<String>> {
+        let (names, _) = state::projects(&self.root)?;
+        let mut out = Vec::new();
+        for p in names {
+            if let Ok(Some(_)) = read_current(&self.root, &p) {
+                out.push(p);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Whether `project` has a golden (a current generation): one small record read, no walk
+    /// of its tree and no lock. Damaged if its record of the current generation is not one.
+    pub fn has_golden(&self, project: &str) -> Result<bool> {
+        validate_name(project)?;
+        Ok(read_current(&self.root, project)?.is_some())
+    }
+
+    /// One session: where it is, the generation it was made from, when, and what holds it now
+    /// (in any mount namespace; empty when nothing does). No walk of its tree.
+    pub fn session_info(&self, project: &str, session: &str) -> Result<SessionInfo> {
+        validate_name(project)?;
+        validate_name(session)?;
+        let _lock = self.lock_shared(project)?;
+        self.known_project(project)?;
+        let meta = self.session_meta(project, session)?;
+        let s = self.session(project, session);
+        self.check_session_place(&s, &meta)?;
+        let holders = match self.ensure_unused(&s) {
+            Ok(()) => Vec::new(),
+            Err(Error::SessionBusy { holders, .. }) => holders,
+            Err(e) => return Err(e),
+        };
+        Ok(SessionInfo {
+            project: project.to_string(),
+            session: session.to_string(),
+            path: self.root.join(&s.place),
+            generation: meta.generation,
+            created_at: meta.created_at,
+            holders,
         })
     }
 
@@ -726,7 +804,7 @@ impl Cache {
     // ---- locks and recovery ----
 
     fn lock_exclusive(&self, project: &str) -> Result<ProjectLock> {
-        Ok(lock_project(&self.root, project, true, false, Wait::Forever)?
+        Ok(lock_project(&self.root, project, Access::Exclusive, Missing::Refuse, Wait::Forever)?
             .expect("waits for the lock"))
     }
 
@@ -735,8 +813,9 @@ impl Cache {
     /// step); dead operations on other sessions are theirs to wait for gc.
     fn lock_shared(&self, project: &str) -> Result<ProjectLock> {
         loop {
-            let lock = lock_project(&self.root, project, false, false, Wait::Forever)?
-                .expect("waits for the lock");
+            let lock =
+                lock_project(&self.root, project, Access::Shared, Missing::Refuse, Wait::Forever)?
+                    .expect("waits for the lock");
             let dead_exclusive = state::intents(&self.root, project)?
                 .iter()
                 .any(|f| matches!(f, Found::Dead(d) if d.intent.is_exclusive()));
@@ -790,7 +869,8 @@ impl Cache {
                 continue;
             }
             // An import killed before it had both lock files: make them to lock it.
-            match lock_project(&self.root, &project, true, unborn, Wait::No) {
+            let missing = if unborn { Missing::Create } else { Missing::Refuse };
+            match lock_project(&self.root, &project, Access::Exclusive, missing, Wait::No) {
                 Ok(Some(lock)) => {
                     self.recover(&project, &lock, &mut report);
                     self.empty_trash(&project, &mut report);

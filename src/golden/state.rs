@@ -695,17 +695,36 @@ fn take(fd: &OwnedFd, exclusive: bool, wait: Wait) -> std::io::Result<bool> {
     }
 }
 
-/// Lock `project`, shared (setup, cleanup, info) or exclusive (import, promote, gc, recovery).
-/// Works across processes and between threads (each call opens its own file description).
-/// UnknownProject if the project has no state directory; only `create` (import) makes the
-/// lock files. `Ok(None)` when `wait` ran out.
+/// How a project is locked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Setup, cleanup, info: many at once.
+    Shared,
+    /// Import, promote, gc, recovery: alone.
+    Exclusive,
+}
+
+/// What locking a project without lock files does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Missing {
+    /// UnknownProject.
+    Refuse,
+    /// Make them (an import, or recovery of an import killed before it had both).
+    Create,
+}
+
+/// Lock `project` for `access`. Works across processes and between threads (each call opens its
+/// own file description). Without a state directory: UnknownProject, or with
+/// [`Missing::Create`] the lock files are made. `Ok(None)` when `wait` ran out.
 pub(crate) fn lock_project(
     root: &RootDir,
     project: &str,
-    exclusive: bool,
-    create: bool,
+    access: Access,
+    missing: Missing,
     wait: Wait,
 ) -> Result<Option<ProjectLock>> {
+    let exclusive = access == Access::Exclusive;
+    let create = missing == Missing::Create;
     let unknown = || Error::UnknownProject { project: project.to_string() };
     loop {
         if create {

@@ -319,6 +319,59 @@ out:
 
 static void test_progress_and_cancel(void) { on_every_fs(watched_on); }
 
+/* The cheap queries: projects, has_golden, session_info. */
+static void queries_on(const struct harness_fs *f) {
+    struct place pl;
+    place_init(&pl, f);
+    char *golden = make_golden(pl.scratch);
+    goldclone_cache *cache = NULL;
+    char a[80], b[80], list[4096], tiny[4], path[GOLDCLONE_PATH_BUF_SIZE], got[GOLDCLONE_PATH_BUF_SIZE];
+    size_t len = 0, need = 0;
+    bool has = true, in_use = true;
+    uint64_t gen = 0, created = 0;
+
+    snprintf(a, sizeof a, "%s-a", pl.project);
+    snprintf(b, sizeof b, "%s-b", pl.project);
+    CHECK_OK(goldclone_cache_open(pl.cache_root, NULL, &cache));
+    if (!cache) goto out;
+    CHECK_OK(goldclone_cache_has_golden(cache, a, &has));
+    CHECK(!has);
+    CHECK_RC(goldclone_cache_has_golden(cache, "../x", &has), GOLDCLONE_RESULT_INVALID_NAME);
+    CHECK_RC(goldclone_cache_has_golden(cache, a, NULL), GOLDCLONE_RESULT_NULL_PARAMETER);
+    CHECK_OK(goldclone_cache_import(cache, b, golden, NULL));
+    CHECK_OK(goldclone_cache_import(cache, a, golden, NULL));
+    CHECK_OK(goldclone_cache_has_golden(cache, a, &has));
+    CHECK(has);
+
+    /* both listed, sorted, one per line (the ZFS root may hold other suites' projects) */
+    CHECK_OK(goldclone_cache_projects(cache, list, sizeof list, &len));
+    CHECK(len == strlen(list));
+    {
+        char want[200];
+        snprintf(want, sizeof want, "%s\n%s", a, b);
+        CHECK(strstr(list, want) != NULL);
+    }
+    CHECK_RC(goldclone_cache_projects(cache, tiny, sizeof tiny, &need), GOLDCLONE_RESULT_BUFFER_TOO_SMALL);
+    CHECK(need == len && strlen(tiny) == sizeof tiny - 1);
+
+    CHECK_OK(goldclone_cache_setup(cache, a, "s1", path, sizeof path, NULL));
+    CHECK_OK(goldclone_cache_session_info(cache, a, "s1", &gen, &created, &in_use, got, sizeof got, &len));
+    CHECK(gen == 1 && created > 1600000000u && !in_use && strcmp(got, path) == 0 && len == strlen(path));
+    need = 0;
+    CHECK_OK(goldclone_cache_session_info(cache, a, "s1", NULL, NULL, NULL, NULL, 0, &need));
+    CHECK(need == strlen(path));
+    CHECK_RC(goldclone_cache_session_info(cache, a, "s2", &gen, NULL, NULL, NULL, 0, NULL), GOLDCLONE_RESULT_NOT_FOUND);
+    CHECK_RC(goldclone_cache_session_info(cache, "nope", "s1", &gen, NULL, NULL, NULL, 0, NULL), GOLDCLONE_RESULT_NOT_FOUND);
+    CHECK_OK(goldclone_cache_cleanup(cache, a, "s1"));
+
+out:
+    goldclone_cache_free(cache);
+    free(golden);
+    place_free(&pl);
+}
+
+static void test_queries(void) { on_every_fs(queries_on); }
+
 static void test_bad_names(void) {
     struct place pl;
     place_init(&pl, &fs[0]);
@@ -532,6 +585,7 @@ int main(void) {
     }
     RUN(test_lifecycle);
     RUN(test_progress_and_cancel);
+    RUN(test_queries);
     RUN(test_bad_names);
     RUN(test_threads_share_a_cache);
     RUN(test_non_utf8_paths);
