@@ -303,7 +303,9 @@ func (c *Cache) SetupSession(projectID, sessionID string) (string, error) {
 // SetupSessionContext is SetupSession with progress and cancellation: onProgress (may be nil)
 // gets the bytes copied and the total (-1 until known; a snapshot or clone reports only its
 // start and end); cancelling ctx stops the setup with an error matching ErrCancelled and ctx's
-// error, and then no session exists.
+// error, and then no session exists. onProgress must not call the cache for the same project
+// (the setup's commit waits for it). If it panics on its last report, made after the setup
+// succeeded, the panic goes on in this goroutine and the session exists: clean it up.
 func (c *Cache) SetupSessionContext(ctx context.Context, projectID, sessionID string, onProgress func(copied, total int64)) (string, error) {
 	const op = "SetupSession"
 	if ctx == nil {

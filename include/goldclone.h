@@ -373,7 +373,8 @@ typedef struct goldclone_progress {
 } goldclone_progress;
 
 /**
- * A progress callback. Called on the thread that called `goldclone_copy_tree`: once before
+ * A progress callback. Called on the thread that called `goldclone_copy_tree` (or a
+ * `goldclone_cache_*_with` call; "the copy" below is then the operation): once before
  * the copy starts, every `progress_interval_ms` while it runs, and once after it succeeded
  * (`finished` set; its return value is ignored). Return 0 to go on, anything else to cancel the copy (which then fails with
  * CANCELLED); once the copy is cancelled (by the callback or a cancel handle) the callback is
@@ -389,9 +390,11 @@ typedef int32_t (*goldclone_progress_fn)(void *user_data,
  */
 typedef struct goldclone_op_options {
     /**
-     * Progress callback, or NULL; as for `goldclone_copy_tree`. Tree copies (the copy
-     * backend's setups, every import) report entries and bytes with the totals known from the
-     * start; a snapshot or clone reports only before and after.
+     * Progress callback, or NULL; as for `goldclone_copy_tree`. Tree copies (every import, the
+     * copy backend's setups and promotes) report entries and bytes, with the totals counted
+     * alongside (`totals_known` once the count is done); a snapshot or clone reports only
+     * before and after. The callback must not call the cache for the same project: the
+     * operation's commit waits for the callback to return, and the project's lock is held.
      */
     goldclone_progress_fn progress;
     /**
@@ -707,8 +710,10 @@ goldclone_result goldclone_cache_has_golden(const struct goldclone_cache *cache,
 /**
  * One session of `project`: the generation it was made from, when it was set up (seconds
  * since the Unix epoch), whether anything (a process or a mount, in any mount namespace)
- * holds it now, and its path into a caller buffer. Every output may be NULL (`path_buf` only
- * with `path_buf_len` 0). NOT_FOUND for an unknown project or session. No walk of its tree.
+ * holds it now, and its path into a caller buffer. Every output may be NULL; with `path_buf`
+ * NULL (and `path_buf_len` 0) the call succeeds and `*path_len_out` gets the path's length.
+ * NOT_FOUND for an unknown project or session. No walk of its tree; it waits while an
+ * import, promote or gc of the project runs.
  */
 goldclone_result goldclone_cache_session_info(const struct goldclone_cache *cache,
                                               const char *project,

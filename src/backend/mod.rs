@@ -92,8 +92,8 @@ impl BackendKind {
 }
 
 /// How a caller follows and stops one long operation (import, setup, promote): live counters
-/// and a cancel token, both optional. Tree copies report every entry and count the totals up
-/// front; a backend that makes its tree in one step (a snapshot, a clone) reports nothing
+/// and a cancel token, both optional. Tree copies report every entry and count the totals
+/// alongside; a backend that makes its tree in one step (a snapshot, a clone) reports nothing
 /// until it is done. A cancelled operation leaves nothing behind and fails with
 /// [`Error::Cancelled`]; one cancelled after its commit point has taken effect and succeeds.
 ///

@@ -182,9 +182,11 @@ pub unsafe extern "C" fn goldclone_cache_root(
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct goldclone_op_options {
-    /// Progress callback, or NULL; as for `goldclone_copy_tree`. Tree copies (the copy
-    /// backend's setups, every import) report entries and bytes with the totals known from the
-    /// start; a snapshot or clone reports only before and after.
+    /// Progress callback, or NULL; as for `goldclone_copy_tree`. Tree copies (every import, the
+    /// copy backend's setups and promotes) report entries and bytes, with the totals counted
+    /// alongside (`totals_known` once the count is done); a snapshot or clone reports only
+    /// before and after. The callback must not call the cache for the same project: the
+    /// operation's commit waits for the callback to return, and the project's lock is held.
     pub progress: goldclone_progress_fn,
     /// Passed to `progress` unchanged.
     pub progress_user_data: *mut c_void,
@@ -273,7 +275,7 @@ pub unsafe extern "C" fn goldclone_cache_import_with(
     opts: *const goldclone_op_options,
     generation: *mut u64,
 ) -> goldclone_result {
-    ffi_body!("goldclone_cache_import", {
+    ffi_body!("goldclone_cache_import_with", {
         // SAFETY: the caller passes NUL-terminated strings or NULL.
         let project = unsafe { args::name(project, "project") }?;
         // SAFETY: as above.
@@ -330,7 +332,7 @@ pub unsafe extern "C" fn goldclone_cache_setup_with(
     path_buf_len: usize,
     path_len_out: *mut usize,
 ) -> goldclone_result {
-    ffi_body!("goldclone_cache_setup", {
+    ffi_body!("goldclone_cache_setup_with", {
         // SAFETY: the caller passes NUL-terminated strings or NULL.
         let project = unsafe { args::name(project, "project") }?;
         // SAFETY: as above.
@@ -378,7 +380,7 @@ pub unsafe extern "C" fn goldclone_cache_promote_with(
     opts: *const goldclone_op_options,
     generation: *mut u64,
 ) -> goldclone_result {
-    ffi_body!("goldclone_cache_promote", {
+    ffi_body!("goldclone_cache_promote_with", {
         // SAFETY: the caller passes NUL-terminated strings or NULL.
         let project = unsafe { args::name(project, "project") }?;
         // SAFETY: as above.
@@ -576,8 +578,10 @@ pub unsafe extern "C" fn goldclone_cache_has_golden(
 
 /// One session of `project`: the generation it was made from, when it was set up (seconds
 /// since the Unix epoch), whether anything (a process or a mount, in any mount namespace)
-/// holds it now, and its path into a caller buffer. Every output may be NULL (`path_buf` only
-/// with `path_buf_len` 0). NOT_FOUND for an unknown project or session. No walk of its tree.
+/// holds it now, and its path into a caller buffer. Every output may be NULL; with `path_buf`
+/// NULL (and `path_buf_len` 0) the call succeeds and `*path_len_out` gets the path's length.
+/// NOT_FOUND for an unknown project or session. No walk of its tree; it waits while an
+/// import, promote or gc of the project runs.
 #[no_mangle]
 pub unsafe extern "C" fn goldclone_cache_session_info(
     cache: *const goldclone_cache,

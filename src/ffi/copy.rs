@@ -33,7 +33,8 @@ pub struct goldclone_progress {
     pub finished: bool,
 }
 
-/// A progress callback. Called on the thread that called `goldclone_copy_tree`: once before
+/// A progress callback. Called on the thread that called `goldclone_copy_tree` (or a
+/// `goldclone_cache_*_with` call; "the copy" below is then the operation): once before
 /// the copy starts, every `progress_interval_ms` while it runs, and once after it succeeded
 /// (`finished` set; its return value is ignored). Return 0 to go on, anything else to cancel the copy (which then fails with
 /// CANCELLED); once the copy is cancelled (by the callback or a cancel handle) the callback is

@@ -587,7 +587,8 @@ impl Cache {
     }
 
     /// One session: where it is, the generation it was made from, when, and what holds it now
-    /// (in any mount namespace; empty when nothing does). No walk of its tree.
+    /// (in any mount namespace; empty when nothing does). No walk of its tree; it waits while
+    /// an import, promote or gc of the project holds the project's lock.
     pub fn session_info(&self, project: &str, session: &str) -> Result<SessionInfo> {
         validate_name(project)?;
         validate_name(session)?;

@@ -290,6 +290,26 @@ static void watched_on(const struct harness_fs *f) {
     CHECK_OK(goldclone_cache_setup_with(cache, P, "s1", NULL, s1, sizeof s1, &len));
     CHECK(file_is(s1, "version.txt", "gen1\n"));
 
+    /* a callback's stop ends its own call only: the caller's handle stays as it was */
+    {
+        goldclone_cancel *shared = NULL;
+        bool cancelled = true;
+        char s2[GOLDCLONE_PATH_BUF_SIZE];
+        CHECK_OK(goldclone_cancel_new(&shared));
+        o.cancel = shared;
+        o.progress = count_calls;
+        memset(&c, 0, sizeof c);
+        c.stop_at = 1;
+        CHECK_RC(goldclone_cache_setup_with(cache, P, "s2", &o, s2, sizeof s2, NULL), GOLDCLONE_RESULT_CANCELLED);
+        CHECK_OK(goldclone_cancel_is_cancelled(shared, &cancelled));
+        CHECK(!cancelled);
+        c.stop_at = 0;
+        CHECK_OK(goldclone_cache_setup_with(cache, P, "s2", &o, s2, sizeof s2, NULL));
+        CHECK(c.last.finished);
+        CHECK_OK(goldclone_cache_cleanup(cache, P, "s2"));
+        goldclone_cancel_free(shared);
+    }
+
     /* a stopped promote changes nothing; the handle shared by two calls stops both */
     {
         char *p = harness_join(s1, "version.txt");
