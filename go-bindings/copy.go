@@ -112,14 +112,12 @@ func CopyTreeWithOptions(ctx context.Context, src, dst string, opts CopyOptions)
 
 func copyTree(ctx context.Context, src, dst string, opts *CopyOptions, countTotals bool) (*CopyStats, error) {
 	const op = "CopyTree"
-	if ctx == nil {
-		ctx = context.Background()
-	}
 	if opts.Threads < 0 || opts.Threads > maxThreads {
 		return nil, goError(op, ResultInvalidArgument, fmt.Sprintf("%d threads (at most %d)", opts.Threads, maxThreads))
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, &Error{Code: ResultCancelled, Op: op, Message: "cancelled: " + err.Error(), ctxErr: err}
+	ctx, err := liveContext(op, ctx)
+	if err != nil {
+		return nil, err
 	}
 	csrc, err := cString(op, "src", src, ResultInvalidArgument)
 	if err != nil {
@@ -170,6 +168,17 @@ func copyTree(ctx context.Context, src, dst string, opts *CopyOptions, countTota
 		Threads:       int(stats.threads),
 		Elapsed:       time.Duration(stats.elapsed_ns),
 	}, nil
+}
+
+// liveContext is ctx (Background for nil), or the error of a call whose ctx has ended already.
+func liveContext(op string, ctx context.Context) (context.Context, error) {
+	if ctx == nil {
+		return context.Background(), nil
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, &Error{Code: ResultCancelled, Op: op, Message: "cancelled: " + err.Error(), ctxErr: err}
+	}
+	return ctx, nil
 }
 
 // watcher connects a ctx and a progress func to one C call: a cancel handle that a goroutine

@@ -249,11 +249,9 @@ func (c *Cache) Import(projectID, dir string) (uint64, error) {
 // matching ErrCancelled and ctx's error, and then no project was made.
 func (c *Cache) ImportContext(ctx context.Context, projectID, dir string, onProgress func(copied, total int64)) (uint64, error) {
 	const op = "Import"
-	if ctx == nil {
-		ctx = context.Background()
-	}
-	if err := ctx.Err(); err != nil {
-		return 0, &Error{Code: ResultCancelled, Op: op, Message: "cancelled: " + err.Error(), ctxErr: err}
+	ctx, err := liveContext(op, ctx)
+	if err != nil {
+		return 0, err
 	}
 	p, err := c.handle(op)
 	if err != nil {
@@ -308,11 +306,9 @@ func (c *Cache) SetupSession(projectID, sessionID string) (string, error) {
 // succeeded, the panic goes on in this goroutine and the session exists: clean it up.
 func (c *Cache) SetupSessionContext(ctx context.Context, projectID, sessionID string, onProgress func(copied, total int64)) (string, error) {
 	const op = "SetupSession"
-	if ctx == nil {
-		ctx = context.Background()
-	}
-	if err := ctx.Err(); err != nil {
-		return "", &Error{Code: ResultCancelled, Op: op, Message: "cancelled: " + err.Error(), ctxErr: err}
+	ctx, err := liveContext(op, ctx)
+	if err != nil {
+		return "", err
 	}
 	p, err := c.handle(op)
 	if err != nil {
@@ -348,11 +344,9 @@ func (c *Cache) PromoteSession(projectID, sessionID string) (generation uint64, 
 // forward: it finishes and succeeds.
 func (c *Cache) PromoteSessionContext(ctx context.Context, projectID, sessionID string, onProgress func(copied, total int64)) (generation uint64, err error) {
 	const op = "PromoteSession"
-	if ctx == nil {
-		ctx = context.Background()
-	}
-	if err := ctx.Err(); err != nil {
-		return 0, &Error{Code: ResultCancelled, Op: op, Message: "cancelled: " + err.Error(), ctxErr: err}
+	ctx, err = liveContext(op, ctx)
+	if err != nil {
+		return 0, err
 	}
 	p, err := c.handle(op)
 	if err != nil {

@@ -33,10 +33,7 @@ fn size_for(src: &Path, configured: u64) -> u64 {
     let want = if configured > 0 {
         configured
     } else {
-        use rustix::fs::OFlags;
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        let used = crate::sys::fs::openat_noatime(rustix::fs::CWD, src, flags)
-            .map_or(0, |fd| super::disk_usage(fd, src));
+        let used = super::open_source(src).map_or(0, |fd| super::disk_usage(fd, src));
         used.saturating_mul(4).max(1 << 30)
     };
     want.div_ceil(1 << 20) << 20
