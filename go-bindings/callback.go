@@ -27,3 +27,13 @@ func progressFromC(p *C.goldclone_progress) Progress {
 		Finished:     bool(p.finished),
 	}
 }
+
+// goldcloneGoEdit is called by the library on the goroutine's own thread during
+// goldclone_cache_promote_with_options (through the trampoline in shim.c). Nonzero fails the
+// promote.
+//
+//export goldcloneGoEdit
+func goldcloneGoEdit(h C.uintptr_t, tree *C.char, generation C.uint64_t) C.int32_t {
+	st := cgo.Handle(h).Value().(*editState)
+	return C.int32_t(st.edit(C.GoString(tree), uint64(generation)))
+}

@@ -63,34 +63,42 @@ type copyState struct {
 	goexited bool
 }
 
-// report runs the Go callback on a goroutine of its own and waits for it: a panic there is
-// caught (it must not unwind through C), and a runtime.Goexit ends only that goroutine (ending
-// the thread that is inside the C call would crash the process while the copy's threads still
-// run). Either cancels the copy; copyTree re-raises it when the C call has returned.
+// report runs the Go callback (guarded); a panic or Goexit cancels the copy, and copyTree
+// re-raises it when the C call has returned.
 func (st *copyState) report(p Progress) (cancel int) {
 	if st.onProgress != nil && st.panicked == nil && !st.goexited {
-		done := make(chan struct{})
-		go func() {
-			normal := false
-			defer func() {
-				if !normal {
-					if r := recover(); r != nil {
-						st.panicked = r
-					} else {
-						st.goexited = true
-					}
-				}
-				close(done)
-			}()
-			st.onProgress(p)
-			normal = true
-		}()
-		<-done
+		st.panicked, st.goexited = guarded(func() { st.onProgress(p) })
 	}
 	if st.panicked != nil || st.goexited || st.ctx.Err() != nil {
 		return 1
 	}
 	return 0
+}
+
+// guarded runs a caller's func for a C callback on a goroutine of its own and waits for it:
+// a panic there is caught and returned (it must not unwind through C), and a runtime.Goexit
+// ends only that goroutine (ending the thread that is inside the C call would crash the process
+// while the library's threads still run). The caller re-raises either once the C call has
+// returned.
+func guarded(f func()) (panicked interface{}, goexited bool) {
+	done := make(chan struct{})
+	go func() {
+		normal := false
+		defer func() {
+			if !normal {
+				if r := recover(); r != nil {
+					panicked = r
+				} else {
+					goexited = true
+				}
+			}
+			close(done)
+		}()
+		f()
+		normal = true
+	}()
+	<-done
+	return panicked, goexited
 }
 
 // CopyTree copies the directory tree src to dst exactly (cp -a semantics, file data reflinked

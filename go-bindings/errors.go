@@ -7,6 +7,7 @@ import "C"
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"syscall"
@@ -37,6 +38,7 @@ const (
 	ResultDamaged           = Result(C.GOLDCLONE_RESULT_DAMAGED)
 	ResultIncomplete        = Result(C.GOLDCLONE_RESULT_INCOMPLETE)
 	ResultParse             = Result(C.GOLDCLONE_RESULT_PARSE)
+	ResultEditFailed        = Result(C.GOLDCLONE_RESULT_EDIT_FAILED)
 	ResultOther             = Result(C.GOLDCLONE_RESULT_OTHER)
 	ResultNullParameter     = Result(C.GOLDCLONE_RESULT_NULL_PARAMETER)
 	ResultInvalidHandle     = Result(C.GOLDCLONE_RESULT_INVALID_HANDLE)
@@ -59,6 +61,8 @@ type Error struct {
 	Op string
 	// ctxErr is the context's error when a context ended the call.
 	ctxErr error
+	// cause is the caller's own error behind the call's failure (an edit func's).
+	cause error
 }
 
 func (e *Error) Error() string {
@@ -76,6 +80,9 @@ func (e *Error) Is(target error) bool {
 		return t.Code == e.Code
 	}
 	if e.ctxErr != nil && target == e.ctxErr {
+		return true
+	}
+	if e.cause != nil && errors.Is(e.cause, target) {
 		return true
 	}
 	switch target {
@@ -121,6 +128,7 @@ var (
 	ErrDamaged           = &Error{Code: ResultDamaged, Op: "sentinel"}
 	ErrIncomplete        = &Error{Code: ResultIncomplete, Op: "sentinel"}
 	ErrParse             = &Error{Code: ResultParse, Op: "sentinel"}
+	ErrEditFailed        = &Error{Code: ResultEditFailed, Op: "sentinel"}
 	ErrOther             = &Error{Code: ResultOther, Op: "sentinel"}
 	ErrNullParameter     = &Error{Code: ResultNullParameter, Op: "sentinel"}
 	ErrInvalidHandle     = &Error{Code: ResultInvalidHandle, Op: "sentinel"}
@@ -133,6 +141,6 @@ var allSentinels = []*Error{
 	ErrNotFound, ErrAlreadyExists, ErrNotADirectory, ErrInvalidArgument, ErrInvalidName,
 	ErrNameTooLong, ErrNoSpace, ErrBusy, ErrPermissionDenied, ErrUnsupported, ErrCrossDevice,
 	ErrCancelled, ErrZFSUnavailable, ErrIO, ErrSnapshotHasClones, ErrSnapshotHeld, ErrDamaged,
-	ErrIncomplete, ErrParse, ErrOther, ErrNullParameter, ErrInvalidHandle, ErrBufferTooSmall,
+	ErrIncomplete, ErrParse, ErrEditFailed, ErrOther, ErrNullParameter, ErrInvalidHandle, ErrBufferTooSmall,
 	ErrPanic,
 }

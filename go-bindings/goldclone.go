@@ -13,6 +13,7 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"runtime/cgo"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -343,7 +344,60 @@ func (c *Cache) PromoteSession(projectID, sessionID string) (generation uint64, 
 // SetupSessionContext. On ZFS a promote stopped after its first lzc_promote can only go
 // forward: it finishes and succeeds.
 func (c *Cache) PromoteSessionContext(ctx context.Context, projectID, sessionID string, onProgress func(copied, total int64)) (generation uint64, err error) {
-	const op = "PromoteSession"
+	return c.promote("PromoteSession", ctx, projectID, sessionID, PromoteOptions{OnProgress: onProgress})
+}
+
+// PromoteOptions says what PromoteSessionWithOptions does besides making the session's tree
+// the project's next generation. The zero value is PromoteSessionContext without progress.
+type PromoteOptions struct {
+	// Consume takes the session itself: it is gone once the promote has succeeded. On the copy
+	// backend its tree becomes the generation by a rename, whatever its size; btrfs and ZFS make
+	// the generation as always, then remove the session (one that something has started using
+	// meanwhile stays). A promote that fails gives the session back, its dropped paths restored
+	// (what Edit changed stays changed).
+	Consume bool
+	// Drop lists paths relative to the tree's top ("containers", "overlay2/<id>") to leave out
+	// of the new generation. Plain relative paths only (no "..", ".", leading "/"):
+	// ErrInvalidArgument otherwise. A missing path is skipped; a symlink at a path is removed,
+	// never followed; a path through a symlink fails the promote.
+	Drop []string
+	// Edit, if set, is called once with the writable tree that becomes the new generation and
+	// its number, after Drop and before anything is committed, on a goroutine of its own while
+	// the calling goroutine waits. An error fails the promote with an error matching
+	// ErrEditFailed and the returned error; a panic or runtime.Goexit fails it too and goes on
+	// in the calling goroutine once the promote has returned. On ZFS and zvol the tree is the
+	// session's own, so Edit and Drop need Consume (ErrUnsupported otherwise). Edit must not
+	// call the cache for the same project (its lock is held).
+	Edit func(tree string, generation uint64) error
+	// OnProgress is as for PromoteSessionContext.
+	OnProgress func(copied, total int64)
+}
+
+// editState is what the C edit callback reaches through a cgo.Handle.
+type editState struct {
+	fn       func(tree string, generation uint64) error
+	err      error
+	panicked interface{}
+	goexited bool
+}
+
+// edit runs the Go func (guarded); an error, panic or Goexit fails the promote.
+func (st *editState) edit(tree string, generation uint64) int {
+	st.panicked, st.goexited = guarded(func() { st.err = st.fn(tree, generation) })
+	if st.err != nil || st.panicked != nil || st.goexited {
+		return 1
+	}
+	return 0
+}
+
+// PromoteSessionWithOptions is PromoteSessionContext with edits of the new generation before
+// it is committed and the session consumed if asked (see PromoteOptions). A failed, cancelled
+// or edit-failed promote commits nothing.
+func (c *Cache) PromoteSessionWithOptions(ctx context.Context, projectID, sessionID string, opts PromoteOptions) (generation uint64, err error) {
+	return c.promote("PromoteSessionWithOptions", ctx, projectID, sessionID, opts)
+}
+
+func (c *Cache) promote(op string, ctx context.Context, projectID, sessionID string, opts PromoteOptions) (generation uint64, err error) {
 	ctx, err = liveContext(op, ctx)
 	if err != nil {
 		return 0, err
@@ -358,10 +412,48 @@ func (c *Cache) PromoteSessionContext(ctx context.Context, projectID, sessionID 
 	}
 	defer free(cp)
 	defer free(cs)
+	var po C.goldclone_promote_options
+	C.goldclone_promote_options_init(&po)
+	po.consume = C.bool(opts.Consume)
+	if n := len(opts.Drop); n > 0 {
+		// A C array of C strings, in C memory: no Go pointer is passed to C.
+		arr := (*[1 << 28]*C.char)(C.calloc(C.size_t(n), C.size_t(unsafe.Sizeof((*C.char)(nil)))))[:n:n]
+		defer C.free(unsafe.Pointer(&arr[0]))
+		for i, d := range opts.Drop {
+			s, err := cString(op, "drop path", d, ResultInvalidArgument)
+			if err != nil {
+				return 0, err
+			}
+			defer free(s)
+			arr[i] = s
+		}
+		po.drop = &arr[0]
+		po.drop_len = C.size_t(n)
+	}
+	var st *editState
+	if opts.Edit != nil {
+		st = &editState{fn: opts.Edit}
+		h := cgo.NewHandle(st)
+		defer h.Delete()
+		C.goldclone_go_set_promote_edit(&po, C.uintptr_t(h))
+	}
 	var g C.uint64_t
-	err = c.watched(op, ctx, onProgress, func(o *C.goldclone_op_options) C.goldclone_result {
-		return C.goldclone_cache_promote_with(p, cp, cs, o, &g)
+	err = c.watched(op, ctx, opts.OnProgress, func(o *C.goldclone_op_options) C.goldclone_result {
+		return C.goldclone_cache_promote_with_options(p, cp, cs, &po, o, &g)
 	})
+	if st != nil {
+		runtime.KeepAlive(st)
+		if st.panicked != nil {
+			panic(st.panicked)
+		}
+		if st.goexited {
+			runtime.Goexit()
+		}
+		if e, ok := err.(*Error); ok && e.Code == ResultEditFailed && st.err != nil {
+			e.Message = e.Message + ": " + st.err.Error()
+			e.cause = st.err
+		}
+	}
 	return uint64(g), err
 }
 

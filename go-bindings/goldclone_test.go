@@ -700,3 +700,119 @@ func TestQueries(t *testing.T) {
 		})
 	}
 }
+
+// PromoteSessionWithOptions drops paths, runs the edit func and consumes the session on every
+// backend; an edit func's error (matched by errors.Is), panic or runtime.Goexit commits nothing
+// and gives the session back whole.
+func TestPromoteWithOptions(t *testing.T) {
+	for _, f := range filesystems(t) {
+		t.Run(f.name, func(t *testing.T) {
+			root, srcDir := cacheRoot(t, f)
+			project := "go-edit-" + time.Now().Format("150405.000000")
+			golden := filepath.Join(srcDir, "golden")
+			writeFile(t, filepath.Join(golden, "version"), "1")
+			writeFile(t, filepath.Join(golden, "image", "layer"), "layer")
+			c, err := Open(root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if _, err := c.Import(project, golden); err != nil {
+				t.Fatal(err)
+			}
+			s1, err := c.SetupSession(project, "s1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			writeFile(t, filepath.Join(s1, "version"), "2")
+			writeFile(t, filepath.Join(s1, "containers", "c1", "config.v2.json"), "{}")
+			writeFile(t, filepath.Join(s1, "network", "files", "local-kv.db"), "kv")
+			drop := []string{"containers", "network", "buildx"}
+			generationIs := func(want uint64) {
+				t.Helper()
+				if info, err := c.Info(project); err != nil || info.Generation != want {
+					t.Fatalf("generation: %+v, %v (want %d)", info, err, want)
+				}
+			}
+			sessionWhole := func() {
+				t.Helper()
+				if readFile(t, filepath.Join(s1, "version")) != "2" || !exists(filepath.Join(s1, "containers", "c1", "config.v2.json")) || !exists(filepath.Join(s1, "network", "files", "local-kv.db")) {
+					t.Fatal("the session did not come back whole")
+				}
+			}
+
+			if _, err := c.PromoteSessionWithOptions(context.Background(), project, "s1", PromoteOptions{Consume: true, Drop: []string{"../x"}}); !errors.Is(err, ErrInvalidArgument) {
+				t.Fatalf("drop ../x: %v", err)
+			}
+			if _, err := c.PromoteSessionWithOptions(context.Background(), project, "s1", PromoteOptions{Consume: true, Drop: []string{"a\x00b"}}); !errors.Is(err, ErrInvalidArgument) {
+				t.Fatalf("drop with NUL: %v", err)
+			}
+			versionCheck := errors.New("version check failed")
+			var sawContainers bool
+			_, err = c.PromoteSessionWithOptions(context.Background(), project, "s1", PromoteOptions{
+				Consume: true, Drop: drop,
+				Edit: func(tree string, g uint64) error {
+					sawContainers = exists(filepath.Join(tree, "containers"))
+					return versionCheck
+				},
+			})
+			if !errors.Is(err, ErrEditFailed) || !errors.Is(err, versionCheck) || !strings.Contains(err.Error(), "version check") {
+				t.Fatalf("failing edit: %v", err)
+			}
+			if sawContainers {
+				t.Error("the edit func ran before the drops")
+			}
+			generationIs(1)
+			sessionWhole()
+			// A panic and a Goexit in the edit func go on in the caller; nothing is committed.
+			func() {
+				defer func() {
+					if r := recover(); r != "edit boom" {
+						t.Fatalf("recovered %v", r)
+					}
+				}()
+				_, _ = c.PromoteSessionWithOptions(context.Background(), project, "s1", PromoteOptions{Consume: true, Drop: drop, Edit: func(string, uint64) error { panic("edit boom") }})
+				t.Error("returned after its edit func panicked")
+			}()
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				_, _ = c.PromoteSessionWithOptions(context.Background(), project, "s1", PromoteOptions{Consume: true, Drop: drop, Edit: func(string, uint64) error { runtime.Goexit(); return nil }})
+				t.Error("returned after its edit func called Goexit")
+			}()
+			<-done
+			generationIs(1)
+			sessionWhole()
+
+			calls := 0
+			var editedGen uint64
+			g, err := c.PromoteSessionWithOptions(context.Background(), project, "s1", PromoteOptions{
+				Consume: true, Drop: drop,
+				Edit: func(tree string, g uint64) error {
+					editedGen = g
+					return os.WriteFile(filepath.Join(tree, "golden-version"), []byte("v2"), 0o644)
+				},
+				OnProgress: func(int64, int64) { calls++ },
+			})
+			if err != nil || g != 2 || editedGen != 2 || calls < 1 {
+				t.Fatalf("promote: %d, %v (edit saw %d, %d progress calls)", g, err, editedGen, calls)
+			}
+			if _, err := c.SessionInfo(project, "s1"); !errors.Is(err, ErrNotFound) || exists(s1) {
+				t.Fatalf("the consumed session is left: %v", err)
+			}
+			s2, err := c.SetupSession(project, "s2")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if readFile(t, filepath.Join(s2, "version")) != "2" || readFile(t, filepath.Join(s2, "golden-version")) != "v2" || !exists(filepath.Join(s2, "image", "layer")) {
+				t.Fatal("the new generation lacks the session's tree or the edit")
+			}
+			if exists(filepath.Join(s2, "containers")) || exists(filepath.Join(s2, "network")) {
+				t.Fatal("dropped paths are in the new generation")
+			}
+			if err := c.CleanupSession(project, "s2"); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}

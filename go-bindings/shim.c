@@ -14,3 +14,12 @@ void goldclone_go_set_op_progress(goldclone_op_options *opts, uintptr_t handle) 
     opts->progress = goldclone_go_trampoline;
     opts->progress_user_data = (void *)handle;
 }
+
+static int32_t goldclone_go_edit_trampoline(void *user_data, const char *tree, uint64_t generation) {
+    return goldcloneGoEdit((uintptr_t)user_data, (char *)tree, generation);
+}
+
+void goldclone_go_set_promote_edit(goldclone_promote_options *opts, uintptr_t handle) {
+    opts->edit = goldclone_go_edit_trampoline;
+    opts->edit_user_data = (void *)handle;
+}

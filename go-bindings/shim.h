@@ -1,4 +1,4 @@
-/* C side of the progress callbacks (CopyTree, the lifecycle's *Context calls): a trampoline into the exported Go function, so no
+/* C side of the callbacks (progress of CopyTree and the lifecycle's *Context calls, a promote's edit): a trampoline into the exported Go function, so no
  * Go pointer is ever stored in C memory (user data is a runtime/cgo.Handle value). */
 #ifndef GOLDCLONE_GO_SHIM_H
 #define GOLDCLONE_GO_SHIM_H
@@ -10,5 +10,8 @@ void goldclone_go_set_progress(goldclone_copy_options *opts, uintptr_t handle);
 
 /* The same for a lifecycle operation's options. */
 void goldclone_go_set_op_progress(goldclone_op_options *opts, uintptr_t handle);
+
+/* Point a promote's options at the Go edit callback with `handle` as its user data. */
+void goldclone_go_set_promote_edit(goldclone_promote_options *opts, uintptr_t handle);
 
 #endif

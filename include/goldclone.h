@@ -125,6 +125,10 @@ enum goldclone_result
      */
     GOLDCLONE_RESULT_PARSE = 19,
     /**
+     * A promote's edit callback failed (returned nonzero); nothing was committed.
+     */
+    GOLDCLONE_RESULT_EDIT_FAILED = 20,
+    /**
      * An error without a more specific code (a newer library error class).
      */
     GOLDCLONE_RESULT_OTHER = 99,
@@ -414,6 +418,53 @@ typedef struct goldclone_op_options {
 } goldclone_op_options;
 
 /**
+ * A promote's edit callback: called once, on the thread that called
+ * `goldclone_cache_promote_with_options`, with the writable tree that becomes the new
+ * generation (`tree`, NUL-terminated, valid only during the call) and the generation's number,
+ * after the `drop` paths are gone from it and before anything is committed. Return 0 to go on;
+ * anything else fails the promote with EDIT_FAILED and commits nothing. It must not call the
+ * cache for the same project (the project's lock is held) and must not unwind.
+ */
+typedef int32_t (*goldclone_edit_fn)(void *user_data,
+                                     const char *tree,
+                                     uint64_t generation);
+
+/**
+ * What a promote does besides making the session's tree the next generation. Fill with
+ * `goldclone_promote_options_init` first, then change fields.
+ */
+typedef struct goldclone_promote_options {
+    /**
+     * Take the session itself: it is gone once the promote has succeeded. On the copy backend
+     * its tree becomes the generation by a rename, whatever its size; btrfs and ZFS make the
+     * generation as always, then remove the session (one that something has started using
+     * meanwhile stays). A promote that fails gives the session back, its dropped paths
+     * restored (what `edit` changed stays changed).
+     */
+    bool consume;
+    /**
+     * `drop_len` paths relative to the tree's top (NUL-terminated bytes, UTF-8) to leave out
+     * of the new generation; NULL when `drop_len` is 0. Plain relative paths only (no `..`,
+     * `.`, leading `/`): INVALID_ARGUMENT otherwise. A missing path is skipped; a symlink at a
+     * path is removed, never followed; a path through a symlink fails the promote.
+     */
+    const char *const *drop;
+    /**
+     * The number of entries in `drop`.
+     */
+    size_t drop_len;
+    /**
+     * Edit callback, or NULL. On ZFS and zvol the tree it edits is the session's own, so it
+     * (and `drop`) needs `consume`: UNSUPPORTED otherwise.
+     */
+    goldclone_edit_fn edit;
+    /**
+     * Passed to `edit` unchanged.
+     */
+    void *edit_user_data;
+} goldclone_promote_options;
+
+/**
  * How to copy. Fill with `goldclone_copy_options_init` first, then change fields.
  */
 typedef struct goldclone_copy_options {
@@ -636,6 +687,23 @@ goldclone_result goldclone_cache_promote_with(const struct goldclone_cache *cach
                                               const char *session,
                                               const struct goldclone_op_options *opts,
                                               uint64_t *generation);
+
+/**
+ * Fill `*opts` with the defaults: keep the session, drop nothing, no callback.
+ */
+goldclone_result goldclone_promote_options_init(struct goldclone_promote_options *opts);
+
+/**
+ * `goldclone_cache_promote_with` with edits and consumption (`promote` and `opts` may be
+ * NULL: the defaults). EDIT_FAILED if the edit callback returned nonzero; nothing is committed
+ * then, nor on any other failure.
+ */
+goldclone_result goldclone_cache_promote_with_options(const struct goldclone_cache *cache,
+                                                      const char *project,
+                                                      const char *session,
+                                                      const struct goldclone_promote_options *promote,
+                                                      const struct goldclone_op_options *opts,
+                                                      uint64_t *generation);
 
 /**
  * Remove session `session` of `project`. BUSY if processes still use it.

@@ -161,6 +161,16 @@ pub enum Error {
     /// The operation was cancelled from another thread.
     #[error("cancelled")]
     Cancelled,
+    /// The caller's edit of a new generation (a promote's edit hook) failed; the generation
+    /// was not committed.
+    #[error("edit of generation {generation} failed: {source}")]
+    EditFailed {
+        /// The generation being made.
+        generation: u64,
+        /// What the hook returned.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The filesystem (or the pair of filesystems) cannot do what was asked.
     #[error("unsupported: {what}")]
     Unsupported {
@@ -244,6 +254,8 @@ pub enum ErrorKind {
     CrossDevice,
     /// The operation was cancelled.
     Cancelled,
+    /// The caller's edit of a new generation failed; nothing was committed.
+    EditFailed,
     /// ZFS is not available on this host.
     ZfsUnavailable,
     /// A ZFS snapshot cannot be destroyed because clones depend on it.
@@ -323,6 +335,7 @@ impl Error {
             Error::InvalidName { .. } => ErrorKind::InvalidName,
             Error::NameTooLong { .. } => ErrorKind::NameTooLong,
             Error::Cancelled => ErrorKind::Cancelled,
+            Error::EditFailed { .. } => ErrorKind::EditFailed,
             Error::UnknownProject { .. } | Error::UnknownSession { .. } => ErrorKind::NotFound,
             Error::SessionBusy { .. } | Error::MountPoint { .. } => ErrorKind::Busy,
             Error::Damaged { .. } => ErrorKind::Damaged,

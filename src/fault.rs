@@ -16,6 +16,8 @@ pub const POINTS: &[&str] = &[
     "setup:tree-created",
     "setup:meta-written",
     "promote:intent-recorded",
+    "promote:session-taken",
+    "promote:edited",
     "promote:snapshot-taken",
     "promote:head-promoted",
     "promote:tree-created",

@@ -523,3 +523,164 @@ fn projects_has_golden_and_session_info() {
     }
     let _ = fs::remove_dir_all(&src);
 }
+
+/// A promote that drops paths, runs an edit hook and consumes its session, on every backend:
+/// the new generation has the edits, the session is gone (on the copy backend its very
+/// directory became the generation), other sessions are untouched; a failed or cancelled edit
+/// commits nothing and gives the session back whole; a drop path through a symlink fails
+/// without touching what the symlink points at.
+#[test]
+fn promote_with_edits_and_consume() {
+    use goldclone::copy::CancelToken;
+    use goldclone::golden::{PromoteOptions, Watch};
+    use std::os::unix::fs::MetadataExt;
+    let src = scratch_tree("edit", "1", 10);
+    for d in ["containers/c1", "network/files", "overlay2/l1", "overlay2/l2", "image"] {
+        fs::create_dir_all(src.join(d)).unwrap();
+        fs::write(src.join(d).join("data"), d).unwrap();
+    }
+    std::os::unix::fs::symlink("/etc", src.join("etc-link")).unwrap();
+    let outside = PathBuf::from(format!("/var/tmp/goldclone-edit-outside-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&outside);
+    fs::create_dir_all(outside.join("sub")).unwrap();
+    fs::write(outside.join("sub/keep"), "host data").unwrap();
+    let drops: Vec<PathBuf> =
+        ["containers", "network", "overlay2/l2", "etc-link", "not/there"].map(PathBuf::from).into();
+    for (root, name) in roots("edit") {
+        let on_zfs = matches!(root.backend, BackendKind::Zfs | BackendKind::Zvol);
+        let cache = open(&root);
+        cache.import("proj", &src).unwrap();
+        let bystander = cache.setup("proj", "bystander").unwrap();
+        let s1 = cache.setup("proj", "s1").unwrap();
+        fs::write(s1.join("generation"), "2").unwrap();
+        for i in 0..10 {
+            fs::write(s1.join("sub").join(format!("f{i:03}")), "2").unwrap();
+        }
+        let s1_ino = fs::metadata(&s1).unwrap().ino();
+
+        // Bad drop paths change nothing.
+        for bad in ["../outside", "/etc", "a/../b", ""] {
+            let opts =
+                PromoteOptions { drop: vec![bad.into()], consume: true, ..Default::default() };
+            let err =
+                cache.promote_with_options("proj", "s1", &opts, &Watch::default()).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{name}: {bad:?}: {err}");
+        }
+        // ZFS promotes the session itself: edits without consume would change it.
+        if on_zfs {
+            let opts = PromoteOptions { drop: drops.clone(), ..Default::default() };
+            let err =
+                cache.promote_with_options("proj", "s1", &opts, &Watch::default()).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Unsupported, "{name}: {err}");
+        }
+
+        // A failing hook commits nothing; the session comes back with its dropped paths.
+        let seen = std::sync::Mutex::new(Vec::new());
+        let failing = |tree: &Path,
+                       generation: u64|
+         -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+            seen.lock().unwrap().push((tree.join("containers").exists(), generation));
+            Err("the service's version check failed".into())
+        };
+        let opts = PromoteOptions { consume: true, drop: drops.clone(), edit: Some(&failing) };
+        let err = cache.promote_with_options("proj", "s1", &opts, &Watch::default()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::EditFailed, "{name}: {err}");
+        assert!(err.to_string().contains("version check"), "{name}: {err}");
+        assert_eq!(*seen.lock().unwrap(), vec![(false, 2)], "{name}: the hook ran after the drops");
+        // A cancelled one too.
+        let token = CancelToken::new();
+        token.cancel();
+        let cancelled = Watch { progress: None, cancel: Some(token) };
+        let opts = PromoteOptions { consume: true, drop: drops.clone(), edit: None };
+        let err = cache.promote_with_options("proj", "s1", &opts, &cancelled).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Cancelled, "{name}: {err}");
+        // A drop path through a symlink to the host fails and leaves the host alone.
+        fs::remove_dir_all(s1.join("image")).unwrap();
+        std::os::unix::fs::symlink(&outside, s1.join("image")).unwrap();
+        let opts = PromoteOptions { consume: true, drop: vec!["image/sub".into()], edit: None };
+        let err = cache.promote_with_options("proj", "s1", &opts, &Watch::default()).unwrap_err();
+        assert_ne!(err.kind(), ErrorKind::EditFailed, "{name}: {err}");
+        assert_eq!(fs::read_to_string(outside.join("sub/keep")).unwrap(), "host data", "{name}");
+        assert_eq!(cache.info("proj").unwrap().generation, 1, "{name}");
+        assert_eq!(cache.generations("proj").unwrap(), vec![1], "{name}");
+        assert_eq!(whole_generation(&s1, 10), "2", "{name}: the session after failed promotes");
+        for d in ["containers/c1", "network/files", "overlay2/l2"] {
+            assert_eq!(fs::read_to_string(s1.join(d).join("data")).unwrap(), d, "{name}: {d}");
+        }
+        assert_eq!(fs::read_link(s1.join("etc-link")).unwrap(), Path::new("/etc"), "{name}");
+        assert!(list(&s1).iter().all(|n| !n.starts_with(".goldclone")), "{name}: {:?}", list(&s1));
+        assert_eq!(cache.session_info("proj", "s1").unwrap().generation, 1, "{name}");
+        let report = cache.gc().unwrap();
+        assert!(report.is_empty(), "{name}: failed promotes left {report:?}");
+
+        // Now it works: drops, a hook that writes a version file, the session consumed.
+        fs::remove_file(s1.join("image")).unwrap();
+        fs::create_dir(s1.join("image")).unwrap();
+        fs::write(s1.join("image/data"), "image").unwrap();
+        let hook = |tree: &Path,
+                    generation: u64|
+         -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+            fs::write(tree.join("version"), format!("gen {generation}"))?;
+            Ok(())
+        };
+        let opts = PromoteOptions { consume: true, drop: drops.clone(), edit: Some(&hook) };
+        assert_eq!(
+            cache.promote_with_options("proj", "s1", &opts, &Watch::default()).unwrap(),
+            2,
+            "{name}"
+        );
+        assert!(!s1.exists(), "{name}: a consumed session is still at its place");
+        let err = cache.session_info("proj", "s1").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{name}: {err}");
+        assert_eq!(
+            cache.info("proj").unwrap().sessions,
+            vec![("bystander".to_string(), 1)],
+            "{name}"
+        );
+        if root.backend == BackendKind::Copy {
+            // Consumed by a rename: the generation is the session's own directory.
+            let g = root.path.join("proj/gen/2");
+            assert_eq!(fs::metadata(&g).unwrap().ino(), s1_ino, "{name}: the promote copied");
+        }
+        let s3 = cache.setup("proj", "s3").unwrap();
+        assert_eq!(whole_generation(&s3, 10), "2", "{name}");
+        assert_eq!(fs::read_to_string(s3.join("version")).unwrap(), "gen 2", "{name}");
+        for gone in ["containers", "network", "overlay2/l2", "etc-link"] {
+            assert!(fs::symlink_metadata(s3.join(gone)).is_err(), "{name}: {gone} was kept");
+        }
+        assert!(s3.join("overlay2/l1/data").exists() && s3.join("image/data").exists(), "{name}");
+        assert!(list(&s3).iter().all(|n| !n.starts_with(".goldclone")), "{name}: {:?}", list(&s3));
+        // The bystander still has everything, on generation 1.
+        assert_eq!(whole_generation(&bystander, 10), "1", "{name}");
+        assert!(bystander.join("containers/c1/data").exists(), "{name}");
+        assert!(!bystander.join("version").exists(), "{name}");
+
+        // Without consume (copy, btrfs): the session stays as it was.
+        if !on_zfs {
+            fs::write(s3.join("generation"), "3").unwrap();
+            for i in 0..10 {
+                fs::write(s3.join("sub").join(format!("f{i:03}")), "3").unwrap();
+            }
+            let opts = PromoteOptions { drop: vec!["image".into()], ..Default::default() };
+            assert_eq!(
+                cache.promote_with_options("proj", "s3", &opts, &Watch::default()).unwrap(),
+                3,
+                "{name}"
+            );
+            assert!(s3.join("image/data").exists(), "{name}: the promoted session was edited");
+            let s4 = cache.setup("proj", "s4").unwrap();
+            assert_eq!(whole_generation(&s4, 10), "3", "{name}");
+            assert!(!s4.join("image").exists(), "{name}");
+            cache.cleanup("proj", "s4").unwrap();
+        }
+        for (s, _) in cache.info("proj").unwrap().sessions {
+            cache.cleanup("proj", &s).unwrap();
+        }
+        let report = cache.gc().unwrap();
+        assert!(report.is_empty(), "{name}: {report:?}");
+        assert_eq!(cache.generations("proj").unwrap().len(), 1, "{name}: retired generations left");
+    }
+    assert_eq!(fs::read_to_string(outside.join("sub/keep")).unwrap(), "host data");
+    let _ = fs::remove_dir_all(&outside);
+    let _ = fs::remove_dir_all(&src);
+}

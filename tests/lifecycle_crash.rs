@@ -153,24 +153,31 @@ fn cli(root: &Path, backend: BackendKind, args: &[&str]) -> Command {
     c
 }
 
-/// The four operations a case crashes.
+/// The operations a case crashes: `Consume` is a promote that drops a path and consumes its
+/// session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
     Import,
     Setup,
     Promote,
+    Consume,
     Cleanup,
 }
 
 impl Op {
-    const ALL: [Op; 4] = [Op::Import, Op::Setup, Op::Promote, Op::Cleanup];
+    const ALL: [Op; 5] = [Op::Import, Op::Setup, Op::Promote, Op::Consume, Op::Cleanup];
 
-    fn of(point: &str) -> Op {
+    /// The operations that reach fault point `point`.
+    fn of(point: &str) -> &'static [Op] {
+        match point {
+            "promote:session-taken" | "promote:edited" => return &[Op::Consume],
+            _ => {}
+        }
         match point.split(':').next().unwrap() {
-            "import" => Op::Import,
-            "setup" => Op::Setup,
-            "promote" => Op::Promote,
-            "cleanup" => Op::Cleanup,
+            "import" => &[Op::Import],
+            "setup" => &[Op::Setup],
+            "promote" => &[Op::Promote, Op::Consume],
+            "cleanup" => &[Op::Cleanup],
             other => panic!("fault point of unknown operation {other}"),
         }
     }
@@ -180,6 +187,9 @@ impl Op {
             Op::Import => vec!["golden", "import", "proj", src],
             Op::Setup => vec!["session", "setup", "proj", "fresh"],
             Op::Promote => vec!["session", "promote", "proj", "target"],
+            Op::Consume => {
+                vec!["session", "promote", "--consume", "--drop", "dropme", "proj", "target"]
+            }
             Op::Cleanup => vec!["session", "cleanup", "proj", "target"],
         }
     }
@@ -196,6 +206,10 @@ fn prepare(root: &Path, backend: BackendKind, op: Op, src: &Path) {
     cache.setup("proj", "bystander").unwrap();
     let target = cache.setup("proj", "target").unwrap();
     mark(&target, "2");
+    if op == Op::Consume {
+        fs::create_dir_all(target.join("dropme/sub")).unwrap();
+        fs::write(target.join("dropme/sub/file"), "dropped").unwrap();
+    }
 }
 
 /// Check that the cache at `root` is exactly in the state before or after `op` (`expect`
@@ -264,6 +278,39 @@ fn verify(
             assert_eq!(marker_of(&root.join("proj/sessions/target")), "2", "{what}: session lost");
             after
         }
+        Op::Consume => {
+            let info = cache.info("proj").unwrap();
+            let after = info.generation == 2;
+            let target = root.join("proj/sessions/target");
+            let listed = info.sessions.iter().any(|(s, _)| s == "target");
+            if after {
+                assert_eq!(info.source_session.as_deref(), Some("target"), "{what}");
+                assert_eq!(current_marker(&cache), "2", "{what}");
+                let probe = cache.setup("proj", "probe").unwrap();
+                assert!(!probe.join("dropme").exists(), "{what}: the drop was not applied");
+                cache.cleanup("proj", "probe").unwrap();
+                assert!(!listed && !target.exists(), "{what}: the consumed session is left");
+            } else {
+                assert_eq!(info.generation, 1, "{what}");
+                assert_eq!(cache.generations("proj").unwrap(), vec![1], "{what}");
+                assert_eq!(current_marker(&cache), "1", "{what}");
+                assert!(listed, "{what}: the session's record is gone");
+                assert_eq!(marker_of(&target), "2", "{what}: session lost");
+                assert_eq!(
+                    fs::read_to_string(target.join("dropme/sub/file"))
+                        .unwrap_or_else(|e| panic!("{what}: dropme/sub/file: {e}")),
+                    "dropped",
+                    "{what}: the dropped path was not given back"
+                );
+                let names: Vec<_> = fs::read_dir(&target)
+                    .unwrap()
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect();
+                assert!(names.iter().all(|n| !n.starts_with(".goldclone")), "{what}: {names:?}");
+            }
+            after
+        }
         Op::Cleanup => {
             let info = cache.info("proj").unwrap();
             let listed = info.sessions.iter().any(|(s, _)| s == "target");
@@ -301,6 +348,15 @@ fn verify(
             Op::Import => assert_eq!(cache.import("proj", src).unwrap(), 1, "{what}"),
             Op::Setup => drop(cache.setup("proj", "fresh").unwrap()),
             Op::Promote => assert_eq!(cache.promote("proj", "target").unwrap(), 2, "{what}"),
+            Op::Consume => {
+                let opts = goldclone::golden::PromoteOptions {
+                    consume: true,
+                    drop: vec!["dropme".into()],
+                    edit: None,
+                };
+                let g = cache.promote_with_options("proj", "target", &opts, &Default::default());
+                assert_eq!(g.unwrap(), 2, "{what}");
+            }
             Op::Cleanup => cache.cleanup("proj", "target").unwrap(),
         }
     }
@@ -399,11 +455,17 @@ fn kill_at_every_named_step_then_reopen() {
     let src = scratch_source("named");
     let mut checked = 0;
     for (name, mnt, backend) in backends() {
-        for point in fault::POINTS.iter().filter(|p| backend.reaches(p)) {
-            let what = format!("{name} {point}");
-            let root =
-                CaseRoot::new(&mnt, backend, &format!("crash-{name}-{}", point.replace(':', "-")));
-            let op = Op::of(point);
+        for (point, &op) in fault::POINTS
+            .iter()
+            .filter(|p| backend.reaches(p))
+            .flat_map(|p| Op::of(p).iter().map(move |op| (p, op)))
+        {
+            let what = format!("{name} {op:?} {point}");
+            let root = CaseRoot::new(
+                &mnt,
+                backend,
+                &format!("crash-{name}-{op:?}-{}", point.replace(':', "-")),
+            );
             prepare(&root.path, backend, op, &src);
             let out = cli(&root.path, backend, &op.args(src.to_str().unwrap()))
                 .env("GOLDCLONE_FAULT", point)
@@ -680,12 +742,13 @@ fn soak_random_operations_with_kills() {
                                     {
                                         mark(&path, &format!("{session}-{}", dice.roll(1 << 30)));
                                     }
-                                    vec![
-                                        "session".into(),
-                                        "promote".into(),
-                                        "proj".into(),
-                                        session.clone(),
-                                    ]
+                                    let mut a: Vec<String> =
+                                        vec!["session".into(), "promote".into()];
+                                    if dice.roll(2) == 0 {
+                                        a.push("--consume".into());
+                                    }
+                                    a.extend(["proj".into(), session.clone()]);
+                                    a
                                 }
                                 8 => vec!["gc".into()],
                                 _ => vec!["info".into(), "proj".into()],
@@ -717,7 +780,14 @@ fn soak_random_operations_with_kills() {
                                 "cleanup" => {
                                     alive.lock().unwrap().insert(session.clone(), false);
                                 }
+                                // A consuming promote tried may have taken the session.
+                                "promote" if args.iter().any(|a| a == "--consume") && !ok => {
+                                    alive.lock().unwrap().insert(session.clone(), false);
+                                }
                                 "promote" if ok => {
+                                    if args.iter().any(|a| a == "--consume") {
+                                        alive.lock().unwrap().insert(session.clone(), false);
+                                    }
                                     let text = String::from_utf8_lossy(&out.stdout);
                                     let g = text
                                         .split_whitespace()

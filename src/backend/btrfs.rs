@@ -164,7 +164,16 @@ impl Backend for BtrfsBackend {
         watch: &Watch,
     ) -> Result<Identity> {
         watch.check()?;
-        self.snapshot(root, &session.place, staging, true)
+        // Writable until `seal`, after the lifecycle's edits.
+        self.snapshot(root, &session.place, staging, false)
+    }
+
+    fn seal(&self, root: &RootDir, staging: &Path) -> Result<()> {
+        let fd = root.dir(staging)?;
+        sys::btrfs::set_read_only(fd.as_fd(), true)
+            .at_with("btrfs set read-only", || root.join(staging))?;
+        // The snapshot is committed with a btrfs transaction: before `current` may name it.
+        rustix::fs::syncfs(&fd).at_with("syncfs", || root.join(staging))
     }
 
     fn presence(&self, root: &RootDir, place: &Path, id: &Identity) -> Result<Presence> {

@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 use crate::copy::{self, CopyOptions};
 use crate::{Context, Result};
 
+/// Fault points only this backend reaches: a promote that consumes its session renames it.
+pub(crate) const FAULT_POINTS: &[&str] = &["promote:session-taken"];
+
 /// A tree of this backend: a directory, by its inode on the cache root's filesystem and its
 /// birth time in nanoseconds where the filesystem records one (an inode number alone is reused
 /// by the next directory made).
@@ -114,7 +117,35 @@ impl Backend for CopyBackend {
         watch: &Watch,
     ) -> Result<Identity> {
         let src = root.dir(&session.place)?;
-        self.copy(root, src, &root.join(&session.place), staging, true, watch)
+        // Synced by `seal`, after the lifecycle's edits.
+        self.copy(root, src, &root.join(&session.place), staging, false, watch)
+    }
+
+    fn can_adopt_session(&self) -> bool {
+        true
+    }
+
+    fn adopt_session(
+        &self,
+        root: &RootDir,
+        session: &Session,
+        recorded: &Identity,
+        staging: &Path,
+    ) -> Result<Identity> {
+        // The same directory: its identity as a generation is its identity as a session.
+        root.rename_noreplace(&session.place, staging)?;
+        Ok(recorded.clone())
+    }
+
+    fn return_session(&self, root: &RootDir, from: &Path, session: &Session) -> Result<()> {
+        root.rename_noreplace(from, &session.place)
+    }
+
+    fn seal(&self, root: &RootDir, staging: &Path) -> Result<()> {
+        // Before `current` may name it: after a power loss a committed generation must have its
+        // data (see `opts`). One syncfs for the copy and the edits.
+        let fd = root.dir(staging)?;
+        rustix::fs::syncfs(&fd).at_with("syncfs", || root.join(staging))
     }
 
     fn presence(&self, root: &RootDir, place: &Path, id: &Identity) -> Result<Presence> {

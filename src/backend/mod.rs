@@ -79,7 +79,8 @@ impl BackendKind {
     fn own_fault_points(self) -> &'static [&'static str] {
         match self {
             BackendKind::Zfs | BackendKind::Zvol => zfs::FAULT_POINTS,
-            BackendKind::Btrfs | BackendKind::Copy => &[],
+            BackendKind::Copy => copy::FAULT_POINTS,
+            BackendKind::Btrfs => &[],
         }
     }
 
@@ -337,7 +338,8 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
     ) -> Result<Identity>;
 
     /// Generation `generation` from the quiesced `session` (recorded as `recorded`);
-    /// `previous` is the current generation.
+    /// `previous` is the current generation. Built at `staging` writable (the lifecycle edits
+    /// it, then calls [`Backend::seal`]), or in place where [`Backend::promotes_session_itself`].
     #[allow(clippy::too_many_arguments)] // each is a distinct typed thing the trait names
     fn promote(
         &self,
@@ -349,6 +351,51 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
         staging: &Path,
         watch: &Watch,
     ) -> Result<Identity>;
+
+    /// Whether `promote` makes the generation from the session's own tree in place (ZFS: the
+    /// session's dataset becomes the head), so that edits of the generation are edits of the
+    /// session.
+    fn promotes_session_itself(&self) -> bool {
+        false
+    }
+
+    /// Whether [`Backend::adopt_session`] can take a session's tree as a generation.
+    fn can_adopt_session(&self) -> bool {
+        false
+    }
+
+    /// Move the quiesced session's tree (recorded as `recorded`, checked at its place by the
+    /// lifecycle under the project's exclusive lock) to `staging`, to become a generation as it
+    /// is: O(1), the session is consumed. Its identity as a generation.
+    fn adopt_session(
+        &self,
+        root: &RootDir,
+        session: &Session,
+        recorded: &Identity,
+        staging: &Path,
+    ) -> Result<Identity> {
+        let _ = (root, recorded, staging);
+        Err(Error::Unsupported {
+            what: format!(
+                "the {} backend cannot take session {:?} as a generation",
+                self.kind().name(),
+                session.name
+            ),
+        })
+    }
+
+    /// Undo [`Backend::adopt_session`]: move the session's tree from `from` back to its place,
+    /// never replacing anything there.
+    fn return_session(&self, root: &RootDir, from: &Path, session: &Session) -> Result<()> {
+        root.rename_noreplace(from, &session.place)
+    }
+
+    /// Make the tree `promote` (or `adopt_session`) left at `staging` ready to be committed,
+    /// after the lifecycle's edits: durable, and read-only where the backend can.
+    fn seal(&self, root: &RootDir, staging: &Path) -> Result<()> {
+        let _ = (root, staging);
+        Ok(())
+    }
 
     /// After a crash or an error inside `promote`: finish it (`Some`: `generation` is complete
     /// and may be committed) or undo it (`None`). By default, undo.

@@ -570,6 +570,10 @@ impl Backend for ZfsBackend {
         self.identify(self.generation_snapshot(&g.project, g.number, g.number)?.as_str())
     }
 
+    fn promotes_session_itself(&self) -> bool {
+        true
+    }
+
     fn recover_promote(
         &self,
         root: &RootDir,

@@ -52,7 +52,7 @@ pub enum SessionCommand {
     /// Give a session its private writable copy of the project's current generation.
     Setup(SessionArgs),
     /// Make a (quiesced) session the project's next generation.
-    Promote(SessionArgs),
+    Promote(PromoteArgs),
     /// Remove a session.
     Cleanup(SessionArgs),
     /// Show a session: its path, generation, creation time and whether anything holds it.
@@ -68,6 +68,20 @@ pub struct SessionArgs {
     project: String,
     /// Session id.
     session: String,
+}
+
+/// `goldclone session promote`
+#[derive(Debug, Clone, Args)]
+pub struct PromoteArgs {
+    #[command(flatten)]
+    session: SessionArgs,
+    /// Take the session itself as the generation (it is gone afterwards): a rename on the copy
+    /// backend, whatever the tree's size.
+    #[arg(long)]
+    consume: bool,
+    /// A path (relative to the tree's top) to leave out of the new generation; repeatable.
+    #[arg(long = "drop", value_name = "PATH")]
+    drop: Vec<std::path::PathBuf>,
 }
 
 /// `goldclone info`
@@ -129,8 +143,19 @@ pub fn session(cmd: &SessionCommand) -> Result<()> {
                 outln!("{}", path.display())?;
             }
         }
-        SessionCommand::Promote(a) => {
-            let generation = a.root.open()?.promote(&a.project, &a.session)?;
+        SessionCommand::Promote(p) => {
+            let a = &p.session;
+            let opts = goldclone::golden::PromoteOptions {
+                consume: p.consume,
+                drop: p.drop.clone(),
+                edit: None,
+            };
+            let generation = a.root.open()?.promote_with_options(
+                &a.project,
+                &a.session,
+                &opts,
+                &Default::default(),
+            )?;
             if a.root.json {
                 print_json(
                     &serde_json::json!({ "project": a.project, "session": a.session, "generation": generation }),

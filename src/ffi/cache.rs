@@ -2,14 +2,15 @@
 
 use std::ffi::{c_char, c_void};
 use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::sync::Arc;
 
 use super::args;
-use super::copy::{goldclone_cancel, goldclone_progress_fn, Reporter};
+use super::copy::{goldclone_cancel, goldclone_progress_fn, OnCaller, Reporter};
 use super::error::{goldclone_result, Failure};
 use super::handle::{self, Object};
 use crate::copy::{CancelToken, Progress};
-use crate::golden::{BackendKind, Cache, GcReport, GoldenInfo, OpenOptions, Watch};
+use crate::golden::{BackendKind, Cache, GcReport, GoldenInfo, OpenOptions, PromoteOptions, Watch};
 
 /// A golden-tree cache rooted at a directory. Opaque; free with `goldclone_cache_free`. One
 /// handle may be used from many threads at once.
@@ -229,7 +230,7 @@ pub unsafe extern "C" fn goldclone_op_options_init(
 /// `opts` is NULL or points to an initialized `goldclone_op_options`.
 unsafe fn watched<T: Send>(
     opts: *const goldclone_op_options,
-    work: impl FnOnce(&Watch) -> crate::Result<T> + Send,
+    work: impl FnOnce(&Watch, &OnCaller<'_>) -> crate::Result<T> + Send,
 ) -> Result<T, Failure> {
     let o = if opts.is_null() {
         goldclone_op_options::default()
@@ -243,12 +244,12 @@ unsafe fn watched<T: Send>(
         super::copy::cancel_token(o.cancel)?.child()
     };
     Ok(match o.progress {
-        None => work(&Watch { progress: None, cancel: Some(token) })?,
+        None => work(&Watch { progress: None, cancel: Some(token) }, &OnCaller::HERE)?,
         Some(callback) => {
             let reporter = Reporter::new(callback, o.progress_user_data, o.progress_interval_ms);
             let progress = Progress::new();
             let watch = Watch { progress: Some(progress.clone()), cancel: Some(token.clone()) };
-            reporter.run(&progress, &token, || work(&watch))?
+            reporter.run(&progress, &token, |on_caller| work(&watch, on_caller))?
         }
     })
 }
@@ -282,7 +283,7 @@ pub unsafe extern "C" fn goldclone_cache_import_with(
         let dir = unsafe { args::path(dir, "dir") }?;
         let c = self::cache(cache)?;
         // SAFETY: the caller's promise on `opts`.
-        let g = unsafe { watched(opts, |w| c.import_with(project, dir, w)) }?;
+        let g = unsafe { watched(opts, |w, _| c.import_with(project, dir, w)) }?;
         // SAFETY: NULL or writable by the caller's promise.
         unsafe { args::store(generation, g) };
         Ok(())
@@ -340,7 +341,7 @@ pub unsafe extern "C" fn goldclone_cache_setup_with(
         args::require_buf(path_buf, path_buf_len)?;
         let c = self::cache(cache)?;
         // SAFETY: the caller's promise on `opts`.
-        let path = unsafe { watched(opts, |w| c.setup_with(project, session, w)) }?;
+        let path = unsafe { watched(opts, |w, _| c.setup_with(project, session, w)) }?;
         // SAFETY: the caller's promise on the buffer arguments.
         let written = unsafe {
             args::write_string(path_buf, path_buf_len, path_len_out, path.as_os_str().as_bytes())
@@ -387,7 +388,164 @@ pub unsafe extern "C" fn goldclone_cache_promote_with(
         let session = unsafe { args::name(session, "session") }?;
         let c = self::cache(cache)?;
         // SAFETY: the caller's promise on `opts`.
-        let g = unsafe { watched(opts, |w| c.promote_with(project, session, w)) }?;
+        let g = unsafe { watched(opts, |w, _| c.promote_with(project, session, w)) }?;
+        // SAFETY: NULL or writable by the caller's promise.
+        unsafe { args::store(generation, g) };
+        Ok(())
+    })
+}
+
+/// A promote's edit callback: called once, on the thread that called
+/// `goldclone_cache_promote_with_options`, with the writable tree that becomes the new
+/// generation (`tree`, NUL-terminated, valid only during the call) and the generation's number,
+/// after the `drop` paths are gone from it and before anything is committed. Return 0 to go on;
+/// anything else fails the promote with EDIT_FAILED and commits nothing. It must not call the
+/// cache for the same project (the project's lock is held) and must not unwind.
+pub type goldclone_edit_fn = Option<
+    unsafe extern "C" fn(user_data: *mut c_void, tree: *const c_char, generation: u64) -> i32,
+>;
+
+/// What a promote does besides making the session's tree the next generation. Fill with
+/// `goldclone_promote_options_init` first, then change fields.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct goldclone_promote_options {
+    /// Take the session itself: it is gone once the promote has succeeded. On the copy backend
+    /// its tree becomes the generation by a rename, whatever its size; btrfs and ZFS make the
+    /// generation as always, then remove the session (one that something has started using
+    /// meanwhile stays). A promote that fails gives the session back, its dropped paths
+    /// restored (what `edit` changed stays changed).
+    pub consume: bool,
+    /// `drop_len` paths relative to the tree's top (NUL-terminated bytes, UTF-8) to leave out
+    /// of the new generation; NULL when `drop_len` is 0. Plain relative paths only (no `..`,
+    /// `.`, leading `/`): INVALID_ARGUMENT otherwise. A missing path is skipped; a symlink at a
+    /// path is removed, never followed; a path through a symlink fails the promote.
+    pub drop: *const *const c_char,
+    /// The number of entries in `drop`.
+    pub drop_len: usize,
+    /// Edit callback, or NULL. On ZFS and zvol the tree it edits is the session's own, so it
+    /// (and `drop`) needs `consume`: UNSUPPORTED otherwise.
+    pub edit: goldclone_edit_fn,
+    /// Passed to `edit` unchanged.
+    pub edit_user_data: *mut c_void,
+}
+
+impl Default for goldclone_promote_options {
+    fn default() -> Self {
+        goldclone_promote_options {
+            consume: false,
+            drop: std::ptr::null(),
+            drop_len: 0,
+            edit: None,
+            edit_user_data: std::ptr::null_mut(),
+        }
+    }
+}
+
+/// Fill `*opts` with the defaults: keep the session, drop nothing, no callback.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_promote_options_init(
+    opts: *mut goldclone_promote_options,
+) -> goldclone_result {
+    ffi_body!("goldclone_promote_options_init", {
+        args::require(opts, "opts")?;
+        // SAFETY: non-NULL (checked), writable by the caller's promise.
+        unsafe { args::store(opts, goldclone_promote_options::default()) };
+        Ok(())
+    })
+}
+
+/// The caller's user data, carried to the caller's thread, where the callback runs.
+#[derive(Clone, Copy)]
+struct UserData(*mut c_void);
+
+// SAFETY: the pointer is only dereferenced by the caller's own callback, on the caller's own
+// thread (`OnCaller`); this library only copies it there.
+unsafe impl Send for UserData {}
+// SAFETY: as above: shared only to be copied, never dereferenced here.
+unsafe impl Sync for UserData {}
+
+impl UserData {
+    fn get(self) -> *mut c_void {
+        self.0
+    }
+}
+
+/// A caller's edit callback, run on the caller's thread.
+struct Edit<'a> {
+    edit: goldclone_edit_fn,
+    user: UserData,
+    on_caller: &'a OnCaller<'a>,
+}
+
+impl Edit<'_> {
+    fn call(
+        &self,
+        tree: &Path,
+        number: u64,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let Some(edit) = self.edit else { return Ok(()) };
+        let tree = std::ffi::CString::new(tree.as_os_str().as_bytes())?;
+        let user = self.user;
+        let rc = self
+            .on_caller
+            // SAFETY: the caller supplied this function and user data for exactly this call;
+            // `tree` lives until it returns.
+            .run(move || unsafe { edit(user.get(), tree.as_ptr(), number) })
+            .ok_or("the calling thread stopped listening")?;
+        match rc {
+            0 => Ok(()),
+            rc => Err(format!("the edit callback returned {rc}").into()),
+        }
+    }
+}
+
+/// `goldclone_cache_promote_with` with edits and consumption (`promote` and `opts` may be
+/// NULL: the defaults). EDIT_FAILED if the edit callback returned nonzero; nothing is committed
+/// then, nor on any other failure.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_cache_promote_with_options(
+    cache: *const goldclone_cache,
+    project: *const c_char,
+    session: *const c_char,
+    promote: *const goldclone_promote_options,
+    opts: *const goldclone_op_options,
+    generation: *mut u64,
+) -> goldclone_result {
+    ffi_body!("goldclone_cache_promote_with_options", {
+        // SAFETY: the caller passes NUL-terminated strings or NULL.
+        let project = unsafe { args::name(project, "project") }?;
+        // SAFETY: as above.
+        let session = unsafe { args::name(session, "session") }?;
+        let p = if promote.is_null() {
+            goldclone_promote_options::default()
+        } else {
+            // SAFETY: non-NULL, and the caller promises an initialized
+            // goldclone_promote_options (POD).
+            unsafe { promote.read() }
+        };
+        if p.drop.is_null() && p.drop_len > 0 {
+            return Err(Failure::null("promote->drop"));
+        }
+        let mut drop = Vec::with_capacity(p.drop_len);
+        for i in 0..p.drop_len {
+            // SAFETY: the caller promises `drop_len` readable entries at `drop`.
+            let entry = unsafe { *p.drop.add(i) };
+            // SAFETY: the caller promises each entry is a NUL-terminated string.
+            drop.push(unsafe { args::path(entry, "promote->drop[i]") }?.to_path_buf());
+        }
+        let c = self::cache(cache)?;
+        let (consume, edit, user) = (p.consume, p.edit, UserData(p.edit_user_data));
+        // SAFETY: the caller's promise on `opts`.
+        let g = unsafe {
+            watched(opts, |w, on_caller| {
+                let hook = Edit { edit, user, on_caller };
+                let hook = |tree: &Path, number| hook.call(tree, number);
+                let options =
+                    PromoteOptions { consume, drop, edit: edit.is_some().then_some(&hook as _) };
+                c.promote_with_options(project, session, &options, w)
+            })
+        }?;
         // SAFETY: NULL or writable by the caller's promise.
         unsafe { args::store(generation, g) };
         Ok(())

@@ -180,21 +180,25 @@ impl Reporter {
     /// Run `work` on a thread of its own while this thread reports `progress`: once before,
     /// every interval while it runs, and once after it succeeded (`finished`). A nonzero answer
     /// cancels `token`, decided under its commit lock: a stop is never answered by finished
-    /// work. Once `token` is cancelled the callback is not called again.
+    /// work. Once `token` is cancelled the callback is not called again. What `work` hands to
+    /// its [`OnCaller`] runs on this thread too, between reports.
     pub(crate) fn run<T: Send>(
         &self,
         progress: &Progress,
         token: &CancelToken,
-        work: impl FnOnce() -> crate::Result<T> + Send,
+        work: impl FnOnce(&OnCaller<'_>) -> crate::Result<T> + Send,
     ) -> crate::Result<T> {
         token.decide(|| self.report(progress, false) != 0);
         let result = std::thread::scope(|scope| {
             let (tx, rx) = mpsc::channel();
+            let jobs = tx.clone();
             let spawned = std::thread::Builder::new().name("goldclone-work".into()).spawn_scoped(
                 scope,
                 move || {
+                    let send = move |job: CallerJob| jobs.send(Message::Call(job)).is_ok();
+                    let on_caller = OnCaller { send: Some(&send) };
                     // The receiver lives until a result arrives.
-                    let _ = tx.send(work());
+                    let _ = tx.send(Message::Done(work(&on_caller)));
                 },
             );
             if let Err(e) = spawned {
@@ -202,7 +206,8 @@ impl Reporter {
             }
             loop {
                 match rx.recv_timeout(self.interval) {
-                    Ok(r) => break r,
+                    Ok(Message::Done(r)) => break r,
+                    Ok(Message::Call(job)) => job(),
                     Err(mpsc::RecvTimeoutError::Timeout) => {
                         // Once cancelled, the caller hears nothing more from this work.
                         if !token.is_cancelled() {
@@ -220,6 +225,43 @@ impl Reporter {
             self.report(progress, true);
         }
         result
+    }
+}
+
+/// Something to run on the caller's thread.
+pub(crate) type CallerJob = Box<dyn FnOnce() + Send>;
+
+enum Message<T> {
+    Done(crate::Result<T>),
+    Call(CallerJob),
+}
+
+/// Runs the caller's callbacks (a promote's edit) on the caller's thread: the thread a C
+/// caller's thread-local state and a Go caller's goroutine belong to. With a [`Reporter`] the
+/// work runs on a thread of its own and hands them over; without one it runs on the caller's
+/// thread already.
+pub(crate) struct OnCaller<'a> {
+    send: Option<&'a (dyn Fn(CallerJob) -> bool + Sync)>,
+}
+
+impl OnCaller<'_> {
+    /// Work that runs on the caller's thread itself.
+    pub(crate) const HERE: OnCaller<'static> = OnCaller { send: None };
+
+    /// Run `f` on the caller's thread and wait for its value; `None` if that thread no longer
+    /// listens (it cannot happen while the work runs).
+    pub(crate) fn run<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Option<R> {
+        let Some(send) = self.send else { return Some(f()) };
+        let (tx, rx) = mpsc::sync_channel(1);
+        if !send(Box::new(move || {
+            let _ = tx.send(f());
+        })) {
+            return None;
+        }
+        rx.recv().ok()
     }
 }
 
@@ -282,7 +324,7 @@ pub unsafe extern "C" fn goldclone_copy_tree(
                 copy_opts.cancel = Some(token.clone());
                 copy_opts.progress = Some(progress.clone());
                 let copy_opts = &copy_opts;
-                reporter.run(&progress, &token, || copy_tree(src, dst, copy_opts))
+                reporter.run(&progress, &token, |_| copy_tree(src, dst, copy_opts))
             }
         };
         let s = result?;

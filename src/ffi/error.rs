@@ -73,6 +73,8 @@ pub enum goldclone_result {
     Incomplete = 18,
     /// A file the library reads (a mount table, a tool's output) could not be parsed.
     Parse = 19,
+    /// A promote's edit callback failed (returned nonzero); nothing was committed.
+    EditFailed = 20,
     /// An error without a more specific code (a newer library error class).
     Other = 99,
     /// A required pointer argument was NULL.

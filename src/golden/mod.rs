@@ -17,6 +17,7 @@
 //! * One stuck project or session is reported and skipped; `open` never waits for another
 //!   process's operations.
 
+mod edit;
 mod holders;
 mod state;
 
@@ -91,6 +92,45 @@ impl SessionInfo {
     /// Whether anything holds the session now.
     pub fn in_use(&self) -> bool {
         !self.holders.is_empty()
+    }
+}
+
+/// The hook of a promote ([`PromoteOptions::edit`]): called with the new generation's writable
+/// tree and its number; an error commits nothing.
+pub type EditHook<'a> = dyn Fn(&Path, u64) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>>
+    + Sync
+    + 'a;
+
+/// What a promote does besides making the session's tree the next generation
+/// ([`Cache::promote_with_options`]).
+#[derive(Default)]
+pub struct PromoteOptions<'a> {
+    /// Take the session itself: the session is gone once the promote has succeeded (its record
+    /// too), for a caller that would discard it anyway. On the copy backend its tree becomes the
+    /// generation by a rename, whatever its size; btrfs and ZFS make the generation as always
+    /// and then remove the session. If something has started using the session meanwhile it
+    /// is kept, as an ordinary session. A promote that fails or is cancelled gives the session
+    /// back at its place, its dropped paths restored; what `edit` changed stays changed.
+    pub consume: bool,
+    /// Paths relative to the tree's top (`containers`, `overlay2/<id>`) removed from the new
+    /// generation before it is committed; one that is not there is skipped. Plain relative
+    /// paths only (no `..`, `.`, leading `/`): InvalidArgument otherwise. A symlink at a path
+    /// is removed, never followed; a path that leads through a symlink or a mount fails the
+    /// promote. Until the commit they are only moved aside, so a failed promote restores them.
+    pub drop: Vec<PathBuf>,
+    /// Called once, after `drop`, with the writable tree that becomes the generation and its
+    /// number. On ZFS and zvol that tree is the session's own (the backend promotes the session
+    /// itself), so edits there need `consume`.
+    pub edit: Option<&'a EditHook<'a>>,
+}
+
+impl std::fmt::Debug for PromoteOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PromoteOptions")
+            .field("consume", &self.consume)
+            .field("drop", &self.drop)
+            .field("edit", &self.edit.map(|_| "<hook>"))
+            .finish()
     }
 }
 
@@ -370,8 +410,34 @@ impl Cache {
     /// [`Cache::promote`], reporting to and stopped by `watch`. On ZFS a promote stopped after
     /// its first `lzc_promote` can only go forward: it finishes and succeeds.
     pub fn promote_with(&self, project: &str, session: &str, watch: &Watch) -> Result<u64> {
+        self.promote_with_options(project, session, &PromoteOptions::default(), watch)
+    }
+
+    /// [`Cache::promote_with`], with edits of the new generation before it is committed and
+    /// the session consumed if asked ([`PromoteOptions`]). A failed edit is
+    /// [`Error::EditFailed`]; a failed, cancelled or killed promote commits nothing.
+    pub fn promote_with_options(
+        &self,
+        project: &str,
+        session: &str,
+        opts: &PromoteOptions<'_>,
+        watch: &Watch,
+    ) -> Result<u64> {
         validate_name(project)?;
         validate_name(session)?;
+        let drops = edit::check_drops(&opts.drop)?;
+        let edits = !drops.is_empty() || opts.edit.is_some();
+        let edits_session = edits && self.store.promotes_session_itself();
+        if edits_session && !opts.consume {
+            return Err(Error::Unsupported {
+                what: format!(
+                    "the {} backend promotes the session itself: edits of the generation \
+                     change the session, so they need consume",
+                    self.backend().name()
+                ),
+            });
+        }
+        let adopt = opts.consume && self.store.can_adopt_session();
         let lock = self.lock_exclusive(project)?;
         self.recover_or_fail(project, &lock)?;
         let (previous, _) = self.current_generation(project)?;
@@ -394,11 +460,41 @@ impl Cache {
             });
         }
         self.store.generation_free(&g, Some(&s))?;
+        let staging_name = &state::own_name("promote", &number.to_string());
         let intent = Intent::Promote {
             project: project.to_string(),
             session: session.to_string(),
             generation: number,
-            staging: state::own_name("promote", &number.to_string()),
+            staging: staging_name.clone(),
+            consume: opts.consume,
+            drop: drops.clone(),
+            edits_session,
+        };
+        // Dropped paths wait in the project's trash where trees are directories of the root's
+        // filesystem (removed after the commit: until then a kill gives them back); elsewhere in
+        // the tree itself, removed before it is sealed.
+        let aside_in_trash = self.store.can_adopt_session();
+        let edit_tree = |tree: &Path| -> Result<()> {
+            if !edits {
+                return Ok(());
+            }
+            let fd = edit::open_tree(&self.root, tree)?;
+            let shown = self.root.join(tree);
+            let aside = self.aside(project, tree, staging_name)?;
+            aside.move_from(&fd, &shown, &drops)?;
+            watch.check()?;
+            if let Some(hook) = opts.edit {
+                hook(&shown, number)
+                    .map_err(|source| Error::EditFailed { generation: number, source })?;
+            }
+            fault::point("promote:edited");
+            watch.check()?;
+            if aside_in_trash {
+                Ok(())
+            } else {
+                // From here the drops cannot be put back: the last step before the seal.
+                aside.remove()
+            }
         };
         // The exclusive lock keeps everything checked above as it is.
         self.run(
@@ -408,20 +504,48 @@ impl Cache {
             |()| {
                 watch.check()?;
                 let staging = self.staging_of(&intent);
-                let identity = self.store.promote(
-                    &self.root,
-                    &s,
-                    &meta.identity,
-                    &g,
-                    &previous,
-                    &staging,
-                    watch,
-                )?;
+                let identity = if adopt {
+                    let id = self.store.adopt_session(&self.root, &s, &meta.identity, &staging)?;
+                    fault::point("promote:session-taken");
+                    edit_tree(&staging)?;
+                    id
+                } else {
+                    if edits_session {
+                        edit_tree(&s.place)?;
+                    }
+                    let id = self.store.promote(
+                        &self.root,
+                        &s,
+                        &meta.identity,
+                        &g,
+                        &previous,
+                        &staging,
+                        watch,
+                    )?;
+                    if !edits_session {
+                        edit_tree(&staging)?;
+                    }
+                    id
+                };
                 fault::point("promote:tree-created");
+                self.store.seal(&self.root, &staging)?;
                 self.commit_generation(&g, Some(session), identity, &staging, watch)?;
+                if opts.consume {
+                    // Under the intent: a kill from here on is finished by recovery.
+                    self.finish_consume(&s, adopt)?;
+                }
+                if edits && aside_in_trash {
+                    // What is left, gc removes with the trash.
+                    let _ = self.aside(project, &staging, staging_name).and_then(|a| a.remove());
+                }
                 Ok(number)
             },
-        )
+        )?;
+        if opts.consume {
+            let _ = self.reclaim_if_unused(project, meta.generation);
+        }
+        drop(lock);
+        Ok(number)
     }
 
     /// Remove a session. Once the last session of a retired generation is gone, that generation
@@ -432,6 +556,11 @@ impl Cache {
         validate_name(project)?;
         validate_name(session)?;
         let _lock = self.lock_shared(project)?;
+        self.remove_session(project, session)
+    }
+
+    /// [`Cache::cleanup`]; the caller holds the project's lock (shared or exclusive).
+    fn remove_session(&self, project: &str, session: &str) -> Result<()> {
         self.known_project(project)?;
         let s = self.session(project, session);
         // What is to be removed, and that nothing holds it: checked before the intent is
@@ -1052,18 +1181,51 @@ impl Cache {
                 root.remove_file(&Layout::session_meta(project, session))?;
                 Ok(Outcome::RolledBack(what("rolled back")))
             }
-            Intent::Promote { project, session, generation, .. } => {
+            Intent::Promote {
+                project,
+                session,
+                generation,
+                staging: name,
+                consume,
+                drop,
+                edits_session,
+            } => {
                 let current = read_current(root, project)?
                     .ok_or_else(|| Error::UnknownProject { project: project.clone() })?;
+                let s = self.session(project, session);
+                let adopt = *consume && self.store.can_adopt_session();
+                let finished = |what: String| -> Result<Outcome> {
+                    if *consume {
+                        self.finish_consume(&s, adopt)?;
+                    }
+                    if !drop.is_empty() && self.store.can_adopt_session() {
+                        let _ = self.aside(project, &staging, name).and_then(|a| a.remove());
+                    }
+                    Ok(Outcome::Finished(what))
+                };
                 if current == *generation {
                     self.ensure_published(&self.generation(project, current, current), &staging)?;
-                    return Ok(Outcome::Finished(format!(
-                        "{project}: finished promote of {session}"
-                    )));
+                    return finished(format!("{project}: finished promote of {session}"));
                 }
                 let g = self.generation(project, *generation, current);
                 let previous = self.generation(project, current, current);
-                let s = self.session(project, session);
+                // Before anything is discarded: a session taken as the generation goes back to
+                // its place, and paths dropped from the session's own tree go back into it.
+                if adopt {
+                    if let Some(m) = read_session(root, project, session)? {
+                        for from in [&staging, &g.place] {
+                            if self.store.presence(root, from, &m.identity)? == Presence::Here {
+                                self.restore_drops(project, from, name, drop)?;
+                                self.store.return_session(root, from, &s)?;
+                            }
+                        }
+                    }
+                } else if *edits_session && root.entry(&s.place)?.is_some() {
+                    self.restore_drops(project, &s.place, name, drop)?;
+                } else if !drop.is_empty() && self.store.can_adopt_session() {
+                    // Dropped from a copy that is discarded now: nobody's data.
+                    self.aside(project, &staging, name)?.remove()?;
+                }
                 if let Some(identity) =
                     self.store.recover_promote(root, &s, &g, &previous, &staging)?
                 {
@@ -1074,9 +1236,9 @@ impl Cache {
                         &staging,
                         &Watch::default(),
                     )?;
-                    return Ok(Outcome::Finished(format!(
+                    return finished(format!(
                         "{project}: finished promote of {session} to generation {generation}"
-                    )));
+                    ));
                 }
                 self.undo_generation(&g, &staging)?;
                 Ok(Outcome::RolledBack(format!("{project}: rolled back generation {generation}")))
@@ -1120,6 +1282,48 @@ impl Cache {
             recorded.as_ref().map(|m| &m.identity),
         )?;
         self.root.remove_file(&Layout::generation_meta(&g.project, g.number))
+    }
+
+    /// Where a promote of `project` with staging name `staging` keeps the paths it drops from
+    /// the tree at `tree`: the project's trash where trees are directories of the root's
+    /// filesystem, else the tree itself (see `edit`).
+    fn aside(&self, project: &str, tree: &Path, staging: &str) -> Result<edit::Aside> {
+        let place =
+            if self.store.can_adopt_session() { Layout::trash(project) } else { tree.into() };
+        let dir = edit::open_tree(&self.root, &place)?;
+        Ok(edit::Aside::new(dir, self.root.join(&place), staging))
+    }
+
+    /// Put back into the tree at `tree` what a promote (staging name `staging`) dropped.
+    fn restore_drops(
+        &self,
+        project: &str,
+        tree: &Path,
+        staging: &str,
+        drops: &[String],
+    ) -> Result<()> {
+        if drops.is_empty() {
+            return Ok(());
+        }
+        let fd = edit::open_tree(&self.root, tree)?;
+        let aside = self.aside(project, tree, staging)?;
+        aside.restore_into(&fd, &self.root.join(tree), drops)
+    }
+
+    /// After a committed promote that consumes its session: the session goes. Taken as the
+    /// generation (`adopted`), only its record is left to remove; otherwise it is removed as a
+    /// cleanup would, unless something uses it now (then it stays, an ordinary session). The
+    /// caller holds the project's exclusive lock.
+    fn finish_consume(&self, s: &Session, adopted: bool) -> Result<()> {
+        let Some(meta) = read_session(&self.root, &s.project, &s.name)? else { return Ok(()) };
+        if adopted {
+            if self.store.session_presence(&self.root, s, &meta.identity)? == Presence::Absent {
+                self.root.remove_file(&Layout::session_meta(&s.project, &s.name))?;
+            }
+            return Ok(());
+        }
+        let _ = self.remove_session(&s.project, &s.name);
+        Ok(())
     }
 
     /// A committed generation is at its place: if a crash came between `current` and the

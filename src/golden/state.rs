@@ -110,10 +110,38 @@ struct CacheMeta {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub(crate) enum Intent {
-    Import { project: String, generation: u64, staging: String },
-    Setup { project: String, session: String, generation: u64, staging: String },
-    Promote { project: String, session: String, generation: u64, staging: String },
-    Cleanup { project: String, session: String, trash: String },
+    Import {
+        project: String,
+        generation: u64,
+        staging: String,
+    },
+    Setup {
+        project: String,
+        session: String,
+        generation: u64,
+        staging: String,
+    },
+    Promote {
+        project: String,
+        session: String,
+        generation: u64,
+        staging: String,
+        /// The session's tree itself becomes the generation (`PromoteOptions::consume`).
+        #[serde(default)]
+        consume: bool,
+        /// Paths dropped from the new generation: until the commit, moved aside in the tree
+        /// being edited (see `edit`).
+        #[serde(default)]
+        drop: Vec<String>,
+        /// The tree being edited is the session's own (ZFS promotes the session itself).
+        #[serde(default)]
+        edits_session: bool,
+    },
+    Cleanup {
+        project: String,
+        session: String,
+        trash: String,
+    },
 }
 
 impl Intent {
@@ -176,6 +204,11 @@ impl Intent {
         }
         if !is_own_name(name) {
             return Err(format!("names {name:?}, not a name goldclone makes"));
+        }
+        if let Intent::Promote { drop, .. } = self {
+            for d in drop {
+                super::edit::check_drop_path(d)?;
+            }
         }
         Ok(())
     }
@@ -628,13 +661,17 @@ fn open_intent(root: &RootDir, project: &str, name: &OsStr) -> Found {
 
 /// Every journal entry of `project` (temporary files of intents being recorded are skipped).
 pub(crate) fn intents(root: &RootDir, project: &str) -> Result<Vec<Found>> {
-    Ok(root
+    let mut found = root
         .list(&Layout::journal(project))?
         .into_iter()
         .filter(|n| !is_temp_name(n))
         .map(|n| open_intent(root, project, &n))
         .filter(|f| !matches!(f, Found::Gone))
-        .collect())
+        .collect::<Vec<_>>();
+    // Sessions' intents first: resolving a promote that consumed its session may clean that
+    // session up, which needs the session's own dead intent resolved (and its lock let go).
+    found.sort_by_key(|f| matches!(f, Found::Dead(d) if d.intent.is_exclusive()));
+    Ok(found)
 }
 
 /// The journal entry `intent` would be filed under, if one exists.
@@ -820,8 +857,27 @@ mod tests {
             session: "s".into(),
             generation: 0,
             staging: own_name("promote", "s"),
+            consume: false,
+            drop: Vec::new(),
+            edits_session: false,
         };
         assert!(zero.validate("p").is_err());
+        let escape = Intent::Promote {
+            project: "p".into(),
+            session: "s".into(),
+            generation: 2,
+            staging: own_name("promote", "2"),
+            consume: true,
+            drop: vec!["containers".into(), "../../etc".into()],
+            edits_session: false,
+        };
+        assert!(escape.validate("p").is_err(), "a drop path outside the tree");
+        // Intents recorded before promotes had options still read.
+        let old: Intent = serde_json::from_str(
+            r#"{"op":"promote","project":"p","session":"s","generation":2,"staging":".goldclone-promote.2.x"}"#,
+        )
+        .unwrap();
+        assert!(matches!(old, Intent::Promote { consume: false, ref drop, .. } if drop.is_empty()));
     }
 
     #[test]

@@ -339,6 +339,128 @@ out:
 
 static void test_progress_and_cancel(void) { on_every_fs(watched_on); }
 
+/* A promote with drops, an edit callback and consume: the callback runs on the calling thread
+ * (also while a progress callback makes the work run on another), after the drops; its failure
+ * commits nothing and gives the session back whole. */
+struct edit_calls {
+    int n;
+    int32_t rc;
+    uint64_t generation;
+    int saw_dropped;
+    pthread_t caller;
+    int on_caller;
+};
+
+static int32_t edit_tree(void *user_data, const char *tree, uint64_t generation) {
+    struct edit_calls *e = user_data;
+    char *p = harness_join(tree, "containers");
+    e->n++;
+    e->generation = generation;
+    e->saw_dropped = harness_exists(p);
+    e->on_caller = pthread_equal(pthread_self(), e->caller);
+    free(p);
+    p = harness_join(tree, "edited");
+    if (harness_write(p, "yes\n") != 0) e->rc = 99;
+    free(p);
+    return e->rc;
+}
+
+static void promote_edit_on(const struct harness_fs *f) {
+    struct place pl;
+    place_init(&pl, f);
+    const char *P = pl.project;
+    char *golden = make_golden(pl.scratch);
+    goldclone_cache *cache = NULL;
+    goldclone_backend backend = 0;
+    goldclone_promote_options po;
+    goldclone_op_options o;
+    struct calls c = {0};
+    struct edit_calls e = {0};
+    const char *drops[] = {"containers", "lib/gone", "not/there"};
+    const char *bad[] = {"../outside"};
+    uint64_t gen = 0;
+    char s1[GOLDCLONE_PATH_BUF_SIZE], s2[GOLDCLONE_PATH_BUF_SIZE];
+    goldclone_info *info = NULL;
+
+    CHECK_OK(goldclone_cache_open(pl.cache_root, NULL, &cache));
+    if (!cache) goto out;
+    CHECK_OK(goldclone_cache_backend(cache, &backend));
+    CHECK_OK(goldclone_cache_import(cache, P, golden, NULL));
+    CHECK_OK(goldclone_cache_setup(cache, P, "s1", s1, sizeof s1, NULL));
+    {
+        char *p = harness_join(s1, "containers");
+        CHECK(mkdir(p, 0755) == 0);
+        free(p);
+        p = harness_join(s1, "containers/c1");
+        CHECK(harness_write(p, "container\n") == 0);
+        free(p);
+        p = harness_join(s1, "lib/gone");
+        CHECK(harness_write(p, "gone\n") == 0);
+        free(p);
+        p = harness_join(s1, "version.txt");
+        CHECK(harness_write(p, "gen2\n") == 0);
+        free(p);
+    }
+    CHECK_OK(goldclone_promote_options_init(&po));
+    CHECK_OK(goldclone_op_options_init(&o));
+
+    /* bad input changes nothing */
+    po.drop = bad;
+    po.drop_len = 1;
+    CHECK_RC(goldclone_cache_promote_with_options(cache, P, "s1", &po, NULL, &gen), GOLDCLONE_RESULT_INVALID_ARGUMENT);
+    po.drop = NULL;
+    CHECK_RC(goldclone_cache_promote_with_options(cache, P, "s1", &po, NULL, &gen), GOLDCLONE_RESULT_NULL_PARAMETER);
+    po.drop = drops;
+    po.drop_len = 3;
+    if (backend == GOLDCLONE_BACKEND_ZFS || backend == GOLDCLONE_BACKEND_ZVOL) {
+        CHECK_RC(goldclone_cache_promote_with_options(cache, P, "s1", &po, NULL, &gen), GOLDCLONE_RESULT_UNSUPPORTED);
+    }
+
+    /* a failing callback, with progress reports (the work on another thread) */
+    po.consume = true;
+    po.edit = edit_tree;
+    po.edit_user_data = &e;
+    e.rc = 7;
+    e.caller = pthread_self();
+    o.progress = count_calls;
+    o.progress_user_data = &c;
+    o.progress_interval_ms = 1;
+    CHECK_RC(goldclone_cache_promote_with_options(cache, P, "s1", &po, &o, &gen), GOLDCLONE_RESULT_EDIT_FAILED);
+    CHECK(strstr(harness_last_error(), "returned 7") != NULL);
+    CHECK(e.n == 1 && e.generation == 2 && !e.saw_dropped && e.on_caller);
+    CHECK_OK(goldclone_cache_info(cache, P, &info));
+    CHECK_OK(goldclone_info_get(info, &gen, NULL, NULL, NULL, NULL));
+    CHECK(gen == 1);
+    CHECK(info_session(info, "s1", NULL));
+    goldclone_info_free(info);
+    info = NULL;
+    CHECK(file_is(s1, "containers/c1", "container\n"));
+    CHECK(file_is(s1, "lib/gone", "gone\n"));
+    CHECK(file_is(s1, "version.txt", "gen2\n"));
+
+    /* now it goes through: the session is consumed */
+    e.rc = 0;
+    e.n = 0;
+    CHECK_OK(goldclone_cache_promote_with_options(cache, P, "s1", &po, &o, &gen));
+    CHECK(gen == 2 && e.n == 1 && e.on_caller);
+    CHECK(c.last.finished);
+    CHECK_RC(goldclone_cache_session_info(cache, P, "s1", NULL, NULL, NULL, NULL, 0, NULL), GOLDCLONE_RESULT_NOT_FOUND);
+    CHECK(!harness_exists(s1));
+    CHECK_OK(goldclone_cache_setup(cache, P, "s2", s2, sizeof s2, NULL));
+    CHECK(file_is(s2, "version.txt", "gen2\n"));
+    CHECK(file_is(s2, "edited", "yes\n"));
+    CHECK(file_is(s2, "lib/data", "data\n"));
+    CHECK(!has(s2, "containers") && !has(s2, "lib/gone"));
+    CHECK_OK(goldclone_cache_cleanup(cache, P, "s2"));
+
+out:
+    goldclone_cache_free(cache);
+    free(golden);
+    place_free(&pl);
+}
+
+static void test_promote_with_edits(void) { on_every_fs(promote_edit_on); }
+
 /* The cheap queries: projects, has_golden, session_info. */
 static void queries_on(const struct harness_fs *f) {
     struct place pl;
@@ -605,6 +727,7 @@ int main(void) {
     }
     RUN(test_lifecycle);
     RUN(test_progress_and_cancel);
+    RUN(test_promote_with_edits);
     RUN(test_queries);
     RUN(test_bad_names);
     RUN(test_threads_share_a_cache);
