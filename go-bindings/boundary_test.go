@@ -109,8 +109,16 @@ func TestThreadCountsOverTheLimit(t *testing.T) {
 			t.Errorf("CopyTree with %d threads: %v", n, err)
 		}
 	}
+	for _, b := range []uint64{1000, 2048, 3 << 12, 256 << 10} {
+		if c, err := Open(root, WithZvolBlockSize(b)); !errors.Is(err, ErrInvalidArgument) {
+			t.Errorf("Open with zvol block size %d: %v", b, err)
+			if c != nil {
+				c.Close()
+			}
+		}
+	}
 	// The copy backend works anywhere (in the ZFS guest this is a directory inside a dataset).
-	c, err := Open(root, WithCopyThreads(1024), WithBackend(BackendCopy))
+	c, err := Open(root, WithCopyThreads(1024), WithBackend(BackendCopy), WithZvolSize(1<<30), WithZvolBlockSize(8192))
 	if err != nil {
 		t.Fatal(err)
 	}

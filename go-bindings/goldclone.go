@@ -119,8 +119,10 @@ func (b Backend) String() string {
 }
 
 type openOptions struct {
-	backend     Backend
-	copyThreads int
+	backend       Backend
+	copyThreads   int
+	zvolSize      uint64
+	zvolBlockSize uint64
 }
 
 // Option configures Open.
@@ -137,6 +139,19 @@ const maxThreads = 1024
 // WithCopyThreads sets the worker threads of the copy backend (0 = default, at most 1024).
 func WithCopyThreads(n int) Option {
 	return func(o *openOptions) { o.copyThreads = n }
+}
+
+// WithZvolSize sets the size in bytes of a project's first volume on the zvol backend, which
+// every session of the project gets too (0 = four times the imported tree, at least 16 GiB;
+// volumes are sparse, only written blocks use space).
+func WithZvolSize(bytes uint64) Option {
+	return func(o *openOptions) { o.zvolSize = bytes }
+}
+
+// WithZvolBlockSize sets the volblocksize of new volumes on the zvol backend: a power of two
+// from 4096 to 131072 (ErrInvalidArgument otherwise); 0 = 8192.
+func WithZvolBlockSize(bytes uint64) Option {
+	return func(o *openOptions) { o.zvolBlockSize = bytes }
 }
 
 // Cache is a golden-tree cache rooted at a directory. Safe for concurrent use.
@@ -160,6 +175,8 @@ func Open(root string, opts ...Option) (*Cache, error) {
 	C.goldclone_open_options_init(&o)
 	o.backend = C.uint32_t(oo.backend)
 	o.copy_threads = C.uint32_t(oo.copyThreads)
+	o.zvol_size = C.uint64_t(oo.zvolSize)
+	o.zvol_block_size = C.uint64_t(oo.zvolBlockSize)
 	croot, err := cString(op, "root", root, ResultInvalidArgument)
 	if err != nil {
 		return nil, err
@@ -455,6 +472,27 @@ func (c *Cache) promote(op string, ctx context.Context, projectID, sessionID str
 		}
 	}
 	return uint64(g), err
+}
+
+// DeleteProject deletes the project: every session, every generation, its records and
+// directories (the service's DeleteGolden). ErrBusy, with nothing changed, while a session of
+// it is in use; ErrDamaged, with nothing changed, where its directories hold anything goldclone
+// did not record; ErrNotFound for an unknown project. Once begun, a delete that fails later is
+// finished by the next Open or GC.
+func (c *Cache) DeleteProject(projectID string) error {
+	const op = "DeleteProject"
+	p, err := c.handle(op)
+	if err != nil {
+		return err
+	}
+	cp, err := cString(op, "project id", projectID, ResultInvalidName)
+	if err != nil {
+		return err
+	}
+	defer free(cp)
+	err = call(op, func() C.goldclone_result { return C.goldclone_cache_delete_project(p, cp) })
+	runtime.KeepAlive(c)
+	return err
 }
 
 // CleanupSession removes the session. ErrBusy if processes still use it.

@@ -816,3 +816,88 @@ func TestPromoteWithOptions(t *testing.T) {
 		})
 	}
 }
+
+// DeleteProject on every backend: ErrBusy while this process works in a session (nothing
+// changed), then the project is gone and its name can be imported again.
+func TestDeleteProject(t *testing.T) {
+	for _, f := range filesystems(t) {
+		t.Run(f.name, func(t *testing.T) {
+			root, srcDir := cacheRoot(t, f)
+			project := "go-del-" + time.Now().Format("150405.000000")
+			golden := filepath.Join(srcDir, "golden")
+			writeFile(t, filepath.Join(golden, "v"), "1")
+			c, err := Open(root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if err := c.DeleteProject(project); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("delete of an unknown project: %v", err)
+			}
+			if _, err := c.Import(project, golden); err != nil {
+				t.Fatal(err)
+			}
+			s1, err := c.SetupSession(project, "s1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			user := exec.Command("sleep", "600")
+			user.Dir = s1
+			if err := user.Start(); err != nil {
+				t.Fatal(err)
+			}
+			err = c.DeleteProject(project)
+			_ = user.Process.Kill()
+			_ = user.Wait()
+			if !errors.Is(err, ErrBusy) || readFile(t, filepath.Join(s1, "v")) != "1" {
+				t.Fatalf("delete while in use: %v", err)
+			}
+			if err := c.DeleteProject(project); err != nil {
+				t.Fatal(err)
+			}
+			if has, err := c.HasGolden(project); err != nil || has || exists(s1) {
+				t.Fatalf("after delete: has %v, %v, session left %v", has, err, exists(s1))
+			}
+			if g, err := c.Import(project, golden); err != nil || g != 1 {
+				t.Fatalf("import again: %d, %v", g, err)
+			}
+			if err := c.DeleteProject(project); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// The example program (example/devcache), shaped like the service, runs on every backend.
+func TestExampleProgram(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "devcache")
+	build := exec.Command("go", "build", "-o", bin, "./example/devcache")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./example/devcache: %v\n%s", err, out)
+	}
+	for _, f := range filesystems(t) {
+		t.Run(f.name, func(t *testing.T) {
+			root, srcDir := cacheRoot(t, f)
+			source := filepath.Join(srcDir, "docker")
+			writeFile(t, filepath.Join(source, "image", "overlay2", "repositories.json"), "{}")
+			writeFile(t, filepath.Join(source, "network", "files", "local-kv.db"), "kv")
+			project := "go-example-" + time.Now().Format("150405.000000")
+			out, err := exec.Command(bin, "-root", root, "-source", source, "-project", project).CombinedOutput()
+			if err != nil {
+				t.Fatalf("devcache: %v\n%s", err, out)
+			}
+			for _, want := range []string{
+				"imported generation 1",
+				"Unpacking build cache (",
+				"promoted build-1 to generation 2",
+				"session dev-1: golden-version 2, new layer true, containers/ false",
+				"session dev-1: generation 2, in use false",
+				"deleted " + project,
+			} {
+				if !strings.Contains(string(out), want) {
+					t.Errorf("output lacks %q:\n%s", want, out)
+				}
+			}
+		})
+	}
+}

@@ -24,7 +24,7 @@
 #include <stdint.h>
 
 /* Version of the C ABI in this header; compare with goldclone_abi_version() at run time. */
-#define GOLDCLONE_ABI_VERSION 1
+#define GOLDCLONE_ABI_VERSION 2
 
 /* goldclone_open_options.backend: detect the backend from the cache root. */
 #define GOLDCLONE_BACKEND_AUTO 0
@@ -344,6 +344,16 @@ typedef struct goldclone_open_options {
      * Worker threads of the copy backend (0 = default).
      */
     uint32_t copy_threads;
+    /**
+     * zvol backend: size in bytes of a project's first volume, which its sessions get too;
+     * 0 = four times the imported tree, at least 16 GiB (volumes are sparse).
+     */
+    uint64_t zvol_size;
+    /**
+     * zvol backend: `volblocksize` of new volumes, a power of two from 4096 to 131072;
+     * 0 = 8192. INVALID_ARGUMENT otherwise.
+     */
+    uint64_t zvol_block_size;
 } goldclone_open_options;
 
 /**
@@ -711,6 +721,15 @@ goldclone_result goldclone_cache_promote_with_options(const struct goldclone_cac
 goldclone_result goldclone_cache_cleanup(const struct goldclone_cache *cache,
                                          const char *project,
                                          const char *session);
+
+/**
+ * Delete project `project`: every session, every generation, its records and directories.
+ * BUSY (nothing changed) while a session of it is in use; DAMAGED (nothing changed) where its
+ * directories hold anything goldclone did not record; NOT_FOUND for an unknown project. Once
+ * begun it is finished, if this call fails later on, by the next open or gc.
+ */
+goldclone_result goldclone_cache_delete_project(const struct goldclone_cache *cache,
+                                                const char *project);
 
 /**
  * Remove orphans, retired generations without sessions and staging leftovers. `*report` (may

@@ -26,6 +26,9 @@ pub const POINTS: &[&str] = &[
     "cleanup:intent-recorded",
     "cleanup:tree-moved",
     "cleanup:meta-removed",
+    "delete:intent-recorded",
+    "delete:current-removed",
+    "delete:sessions-removed",
 ];
 
 #[cfg(feature = "fault-injection")]

@@ -684,3 +684,159 @@ fn promote_with_edits_and_consume() {
     let _ = fs::remove_dir_all(&outside);
     let _ = fs::remove_dir_all(&src);
 }
+
+/// Deleting a project on every backend: refused with nothing changed while a session is in use
+/// or where its directories hold what no record names; then everything of it goes (sessions of
+/// two generations, records, directories, on ZFS its datasets), other projects stay, and the
+/// name can be imported again.
+#[test]
+fn delete_project_on_every_backend() {
+    let src = scratch_tree("delete", "1", 5);
+    for (root, name) in roots("delete") {
+        let cache = open(&root);
+        cache.import("proj", &src).unwrap();
+        cache.import("other", &src).unwrap();
+        let kept = cache.setup("other", "keep").unwrap();
+        let old = cache.setup("proj", "old").unwrap();
+        let s1 = cache.setup("proj", "s1").unwrap();
+        fs::write(s1.join("generation"), "2").unwrap();
+        for i in 0..5 {
+            fs::write(s1.join("sub").join(format!("f{i:03}")), "2").unwrap();
+        }
+        assert_eq!(cache.promote("proj", "s1").unwrap(), 2, "{name}");
+        let s3 = cache.setup("proj", "s3").unwrap();
+        assert_eq!(cache.generations("proj").unwrap(), vec![1, 2], "{name}");
+
+        assert_eq!(cache.delete_project("ghost").unwrap_err().kind(), ErrorKind::NotFound);
+        assert_eq!(cache.delete_project("../x").unwrap_err().kind(), ErrorKind::InvalidName);
+        let before = snapshot_tree(&root.path);
+        // In use: refused, nothing changed.
+        let mut user = Command::new("sleep")
+            .arg("600")
+            .current_dir(&old)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let err = cache.delete_project("proj").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Busy, "{name}: {err}");
+        user.kill().unwrap();
+        user.wait().unwrap();
+        assert_eq!(snapshot_tree(&root.path), before, "{name}: a refused delete changed things");
+        assert_eq!(whole_generation(&old, 5), "1", "{name}");
+        // Something that is not goldclone's in its directories: refused, left alone.
+        let stray = root.path.join("proj/sessions/users-notes");
+        fs::create_dir(&stray).unwrap();
+        fs::write(stray.join("notes.txt"), "mine").unwrap();
+        let err = cache.delete_project("proj").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Damaged, "{name}: {err}");
+        assert!(err.to_string().contains("users-notes"), "{name}: {err}");
+        assert_eq!(fs::read_to_string(stray.join("notes.txt")).unwrap(), "mine", "{name}");
+        fs::remove_dir_all(&stray).unwrap();
+        assert_eq!(snapshot_tree(&root.path), before, "{name}");
+        assert_eq!(cache.info("proj").unwrap().sessions.len(), 3, "{name}");
+
+        cache.delete_project("proj").unwrap();
+        assert_eq!(cache.info("proj").unwrap_err().kind(), ErrorKind::NotFound, "{name}");
+        assert!(!cache.has_golden("proj").unwrap(), "{name}");
+        assert_eq!(cache.projects().unwrap(), vec!["other".to_string()], "{name}");
+        for p in [&old, &s1, &s3] {
+            assert!(!p.exists(), "{name}: {} is left", p.display());
+        }
+        assert!(!root.path.join("proj").exists(), "{name}: the project's directory is left");
+        assert!(
+            !root.path.join(".goldclone/projects/proj").exists(),
+            "{name}: the project's state is left"
+        );
+        assert!(!root.path.join(".goldclone/trash/proj").exists(), "{name}: trash is left");
+        if let Some(zfs) = &root._zfs {
+            let listed = Command::new("zfs")
+                .args(["list", "-H", "-r", "-t", "all", "-o", "name"])
+                .arg(zfs.dataset.as_str())
+                .output()
+                .unwrap();
+            let listed = String::from_utf8_lossy(&listed.stdout);
+            assert!(
+                !listed.contains("/proj"),
+                "{name}: datasets of the project are left: {listed}"
+            );
+        }
+        let report = cache.gc().unwrap();
+        assert!(report.is_empty(), "{name}: gc after a delete found {report:?}");
+        // The other project is as it was, and the name can be imported again.
+        assert_eq!(whole_generation(&kept, 5), "1", "{name}");
+        assert_eq!(cache.import("proj", &src).unwrap(), 1, "{name}");
+        assert_eq!(whole_generation(&cache.setup("proj", "again").unwrap(), 5), "1", "{name}");
+    }
+    let _ = fs::remove_dir_all(&src);
+}
+
+/// zvol settings: volumes get the configured (or 8 KiB) volblocksize and size, sessions are
+/// mounted with `discard`; a block size that is not a power of two from 4 KiB to 128 KiB is
+/// refused at open. Runs its zvol part in the ZFS guest (and fails there if it did not).
+#[test]
+fn zvol_block_size_size_and_discard() {
+    let src = scratch_tree("zvolopts", "1", 3);
+    let mut ran = false;
+    for (root, name) in roots("zvolopts") {
+        for bad in [1000, 2048, 3 << 12, 256 << 10] {
+            let opts = OpenOptions {
+                backend: Some(root.backend),
+                zvol_block_size: bad,
+                ..Default::default()
+            };
+            let err = Cache::open(&root.path, &opts).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{name}: {bad}: {err}");
+        }
+        if root.backend != BackendKind::Zvol {
+            continue;
+        }
+        ran = true;
+        let zfs = root._zfs.as_ref().unwrap();
+        let get = |prop: &str, dataset: &str| -> String {
+            let out = Command::new("zfs")
+                .args(["get", "-Hp", "-o", "value", prop, dataset])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        let volumes = || -> Vec<String> {
+            let out = Command::new("zfs")
+                .args(["list", "-H", "-r", "-t", "volume", "-o", "name"])
+                .arg(zfs.dataset.as_str())
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+        };
+        // The defaults: 8 KiB blocks, at least 16 GiB.
+        let cache = open(&root);
+        cache.import("dflt", &src).unwrap();
+        let s = cache.setup("dflt", "s1").unwrap();
+        let head = volumes().into_iter().find(|v| v.contains("/dflt/g")).expect("a head volume");
+        assert_eq!(get("volblocksize", &head), "8192", "{name}: {head}");
+        assert!(get("volsize", &head).parse::<u64>().unwrap() >= 16 << 30, "{name}");
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let line = mountinfo
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some(s.to_str().unwrap()))
+            .unwrap_or_else(|| panic!("{name}: {} is not mounted", s.display()));
+        assert!(line.contains("discard"), "{name}: session mounted without discard: {line}");
+        cache.cleanup("dflt", "s1").unwrap();
+        drop(cache);
+        // Configured.
+        let opts = OpenOptions {
+            backend: Some(root.backend),
+            zvol_size: 2 << 30,
+            zvol_block_size: 16 << 10,
+            ..Default::default()
+        };
+        let cache = Cache::open(&root.path, &opts).unwrap();
+        cache.import("set", &src).unwrap();
+        let head = volumes().into_iter().find(|v| v.contains("/set/g")).expect("a head volume");
+        assert_eq!(get("volblocksize", &head), "16384", "{name}");
+        assert_eq!(get("volsize", &head), (2u64 << 30).to_string(), "{name}");
+    }
+    if std::env::var_os("GOLDCLONE_TEST_ZFS_PARENT").is_some() {
+        assert!(ran, "the zvol root did not run");
+    }
+    let _ = fs::remove_dir_all(&src);
+}

@@ -162,10 +162,11 @@ enum Op {
     Promote,
     Consume,
     Cleanup,
+    Delete,
 }
 
 impl Op {
-    const ALL: [Op; 5] = [Op::Import, Op::Setup, Op::Promote, Op::Consume, Op::Cleanup];
+    const ALL: [Op; 6] = [Op::Import, Op::Setup, Op::Promote, Op::Consume, Op::Cleanup, Op::Delete];
 
     /// The operations that reach fault point `point`.
     fn of(point: &str) -> &'static [Op] {
@@ -178,6 +179,7 @@ impl Op {
             "setup" => &[Op::Setup],
             "promote" => &[Op::Promote, Op::Consume],
             "cleanup" => &[Op::Cleanup],
+            "delete" => &[Op::Delete],
             other => panic!("fault point of unknown operation {other}"),
         }
     }
@@ -191,6 +193,7 @@ impl Op {
                 vec!["session", "promote", "--consume", "--drop", "dropme", "proj", "target"]
             }
             Op::Cleanup => vec!["session", "cleanup", "proj", "target"],
+            Op::Delete => vec!["golden", "delete", "proj"],
         }
     }
 }
@@ -311,6 +314,23 @@ fn verify(
             }
             after
         }
+        Op::Delete => match cache.info("proj") {
+            Ok(info) => {
+                assert_eq!(info.generation, 1, "{what}");
+                assert_eq!(info.sessions.len(), 2, "{what}: {:?}", info.sessions);
+                assert_eq!(marker_of(&root.join("proj/sessions/target")), "2", "{what}");
+                false
+            }
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::NotFound, "{what}: {e}");
+                assert!(!root.join("proj").exists(), "{what}: the project's directory is left");
+                assert!(
+                    !root.join(".goldclone/projects/proj").exists(),
+                    "{what}: the project's state is left"
+                );
+                true
+            }
+        },
         Op::Cleanup => {
             let info = cache.info("proj").unwrap();
             let listed = info.sessions.iter().any(|(s, _)| s == "target");
@@ -325,7 +345,7 @@ fn verify(
     if let Some(want) = expect {
         assert_eq!(after, want, "{what}: state after recovery (true = the operation took effect)");
     }
-    if op != Op::Import {
+    if op != Op::Import && !(op == Op::Delete && after) {
         // Nothing else was lost.
         assert_eq!(
             marker_of(&root.join("proj/sessions/bystander")),
@@ -358,6 +378,7 @@ fn verify(
                 assert_eq!(g.unwrap(), 2, "{what}");
             }
             Op::Cleanup => cache.cleanup("proj", "target").unwrap(),
+            Op::Delete => cache.delete_project("proj").unwrap(),
         }
     }
     after
@@ -444,6 +465,7 @@ fn committed_at(point: &str, backend: BackendKind) -> bool {
         p if p.ends_with("current-written") => true,
         "setup:meta-written" => true,
         "cleanup:tree-moved" | "cleanup:meta-removed" => true,
+        "delete:current-removed" | "delete:sessions-removed" => true,
         // A ZFS promote is finished once its first lzc_promote may have moved snapshots.
         "promote:head-promoted" | "promote:tree-created" | "promote:meta-written" => zfs,
         _ => false,

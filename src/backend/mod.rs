@@ -145,6 +145,8 @@ pub(crate) struct Settings {
     pub copy_threads: usize,
     /// zvol: size of a project's first volume (0 = from the imported tree).
     pub zvol_size: u64,
+    /// zvol: `volblocksize` of new volumes (0 = 8 KiB).
+    pub zvol_block_size: u64,
 }
 
 /// A backend chosen for a cache root and checked against it, before anything is written.
@@ -500,6 +502,13 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
         Err(Error::Unsupported {
             what: format!("the {} backend owes no removal of {id}", self.kind().name()),
         })
+    }
+
+    /// Remove what this backend holds of `project` apart from its trees (ZFS: the project's
+    /// container dataset), once every session and generation is gone: the end of a delete.
+    fn remove_project(&self, project: &str) -> Result<()> {
+        let _ = project;
+        Ok(())
     }
 
     /// Bytes the generation occupies, as this backend counts them.

@@ -102,8 +102,10 @@ pub(crate) struct ZfsBackend {
     /// Volumes with XFS instead of filesystems.
     volumes: bool,
     copy_threads: usize,
-    /// Size of a new generation-1 volume; 0 picks four times the imported tree, at least 1 GiB.
+    /// Size of a new generation-1 volume; 0 picks four times the imported tree, at least 16 GiB.
     volume_size: u64,
+    /// `volblocksize` of new volumes; 0 picks 8 KiB.
+    volume_block_size: u64,
     /// This cache's id (`cache.json`).
     cache_id: String,
     /// Containers already checked to carry our id.
@@ -138,6 +140,7 @@ impl ZfsBackend {
             volumes,
             copy_threads: settings.copy_threads,
             volume_size: settings.zvol_size,
+            volume_block_size: settings.zvol_block_size,
             cache_id: cache_id.to_string(),
             owned: Mutex::new(HashSet::new()),
         })
@@ -421,7 +424,7 @@ return out"#;
     /// Make the import's head: a filesystem, or a volume formatted with XFS.
     fn create_head(&self, head: &DatasetName, src: &Path) -> Result<()> {
         if self.volumes {
-            zvol::create(&self.zfs, head, src, self.volume_size)
+            zvol::create(&self.zfs, head, src, self.volume_size, self.volume_block_size)
         } else {
             self.zfs.create_filesystem(head, &Props::new())
         }
@@ -763,6 +766,18 @@ impl Backend for ZfsBackend {
             Err(_) if !self.exists(&name)? => Ok(()),
             Err(what) => Err(Error::Damaged { path: PathBuf::from(&name), what }),
         }
+    }
+
+    fn remove_project(&self, project: &str) -> Result<()> {
+        // Ours only (our mark, set on the container itself): with its sessions gone, what is
+        // left under it is the heads of its generations, which go with it.
+        if !self.check_owned(project)? {
+            return Ok(());
+        }
+        let container = self.container(project)?;
+        self.destroy_if_exists(&container)?;
+        self.owned.lock().unwrap_or_else(|p| p.into_inner()).remove(container.as_str());
+        Ok(())
     }
 
     fn size(&self, _root: &RootDir, g: &Generation) -> u64 {

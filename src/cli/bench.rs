@@ -20,6 +20,27 @@ pub enum BenchCommand {
     Zfs(super::zfs::BenchZfsArgs),
     /// Lifecycle setups on a cache: one alone vs N at once (shared transaction groups on ZFS).
     Lifecycle(BenchLifecycleArgs),
+    /// Promote against tree size: copying, consuming the session, and `cp -a` + sync; setup
+    /// with and without progress.
+    Promote(BenchPromoteArgs),
+}
+
+/// Arguments of `goldclone bench promote`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchPromoteArgs {
+    /// The cache root (its backend is detected, or forced with --backend). The `cp -a`
+    /// baseline copies into a directory beside it, on the same filesystem.
+    #[arg(long)]
+    pub root: PathBuf,
+    /// Force a backend.
+    #[arg(long, value_enum)]
+    pub backend: Option<goldclone::golden::BackendKind>,
+    /// Tree sizes (entries), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "2000,20000,100000")]
+    pub entries: Vec<usize>,
+    /// Rounds per size (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
 }
 
 /// Arguments of `goldclone bench lifecycle`.
@@ -78,6 +99,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
         BenchCommand::Copy(args) => bench_copy(args),
         BenchCommand::Zfs(args) => super::zfs::bench_zfs(args.clone()),
         BenchCommand::Lifecycle(args) => bench_lifecycle(args),
+        BenchCommand::Promote(args) => bench_promote(args),
     }
 }
 
@@ -282,6 +304,123 @@ fn bench_lifecycle(args: &BenchLifecycleArgs) -> Result<()> {
         many / args.sessions as f64
     )?;
     cache.gc()?;
+    Ok(())
+}
+
+/// Per tree size: a promote that copies the session, one that consumes it, and the service's
+/// way today (`cp -a --reflink=auto` of the session into a new directory, then `sync -f`), all
+/// of a session whose files were rewritten; and a setup with and without progress reports.
+fn bench_promote(args: &BenchPromoteArgs) -> Result<()> {
+    use goldclone::copy::{CancelToken, Progress};
+    use goldclone::golden::{Cache, OpenOptions, PromoteOptions, Watch};
+    if args.rounds == 0 || args.entries.is_empty() {
+        return Err(Error::InvalidArgument { what: "--rounds and --entries must be given".into() });
+    }
+    let cache =
+        Cache::open(&args.root, &OpenOptions { backend: args.backend, ..OpenOptions::default() })?;
+    let beside = args.root.with_file_name(format!(".goldclone-bench-cp-{}", std::process::id()));
+    let mut rows: Vec<(u64, u64, [f64; 4], [f64; 2])> = Vec::new();
+    for &entries in &args.entries {
+        let project = format!("bench-promote-{}-{entries}", std::process::id());
+        let sample =
+            args.root.with_file_name(format!(".goldclone-bench-src-{}", std::process::id()));
+        let spec = FixtureSpec { files_per_dir: 20, ..FixtureSpec::demo() };
+        let built =
+            fixture::build(&sample, &FixtureSpec { layers: (entries / 1200).max(1), ..spec })?;
+        cache.import(&project, &sample)?;
+        copy::remove_tree(&sample)?;
+        let (mut copied, mut consumed, mut reclaimed, mut cp) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut setup, mut watched) = (Vec::new(), Vec::new());
+        for round in 0..args.rounds {
+            let edited = |name: &str| -> Result<PathBuf> {
+                let s = cache.setup(&project, name)?;
+                std::fs::write(s.join(format!("round-{round}")), "x").at("write", &s)?;
+                settle(false);
+                Ok(s)
+            };
+            edited("copied")?;
+            let t = Instant::now();
+            cache.promote(&project, "copied")?;
+            copied.push(t.elapsed());
+            cache.cleanup(&project, "copied")?;
+
+            // As in the service: other sessions still run on the previous generation.
+            cache.setup(&project, "bystander")?;
+            edited("consumed")?;
+            let opts = PromoteOptions { consume: true, ..PromoteOptions::default() };
+            let t = Instant::now();
+            cache.promote_with_options(&project, "consumed", &opts, &Watch::default())?;
+            consumed.push(t.elapsed());
+            cache.cleanup(&project, "bystander")?;
+            // The consumed session was the previous generation's last: the call removes it too.
+            edited("last")?;
+            let t = Instant::now();
+            cache.promote_with_options(&project, "last", &opts, &Watch::default())?;
+            reclaimed.push(t.elapsed());
+
+            let s2 = edited("baseline")?;
+            let t = Instant::now();
+            let status = cp_command(&["--reflink=auto"], &s2, &beside).status().at("cp", &s2)?;
+            let synced =
+                Command::new("sync").arg("-f").arg(&beside).status().at("sync", &beside)?;
+            cp.push(t.elapsed());
+            if !status.success() || !synced.success() {
+                return Err(Error::InvalidArgument {
+                    what: format!("cp -a {} failed", s2.display()),
+                });
+            }
+            copy::remove_tree(&beside)?;
+            cache.cleanup(&project, "baseline")?;
+
+            settle(false);
+            let t = Instant::now();
+            cache.setup(&project, "plain")?;
+            setup.push(t.elapsed());
+            cache.cleanup(&project, "plain")?;
+            settle(false);
+            let progress = Progress::new();
+            let watch =
+                Watch { progress: Some(progress.clone()), cancel: Some(CancelToken::new()) };
+            let t = Instant::now();
+            cache.setup_with(&project, "watched", &watch)?;
+            watched.push(t.elapsed());
+            cache.cleanup(&project, "watched")?;
+            errln!(
+                "{entries} entries, round {}: promote copying {:.3} s, consuming {:.3} s (reclaiming the old generation {:.3} s), cp -a + sync {:.3} s; setup {:.3} s, with progress {:.3} s ({} entries reported)",
+                round + 1,
+                copied[round].as_secs_f64(),
+                consumed[round].as_secs_f64(),
+                reclaimed[round].as_secs_f64(),
+                cp[round].as_secs_f64(),
+                setup[round].as_secs_f64(),
+                watched[round].as_secs_f64(),
+                progress.entries()
+            );
+        }
+        rows.push((
+            built.entries,
+            built.bytes,
+            [median(&copied), median(&consumed), median(&reclaimed), median(&cp)],
+            [median(&setup), median(&watched)],
+        ));
+        cache.gc()?;
+    }
+    outln!("backend {:?}, {} rounds, medians:", cache.backend(), args.rounds)?;
+    outln!(
+        "| entries | MB | promote, copying (s) | promote, consuming (s) | consuming, old generation \
+         removed in the call (s) | `cp -a --reflink=auto` + `sync -f` (s) | cp / consuming | setup \
+         (s) | setup with progress (s) |"
+    )?;
+    outln!("|---|---|---|---|---|---|---|---|---|")?;
+    for (entries, bytes, [copied, consumed, reclaimed, cp], [setup, watched]) in rows {
+        outln!(
+            "| {entries} | {:.0} | {copied:.3} | **{consumed:.4}** | {reclaimed:.3} | {cp:.3} | \
+             **{:.0}x** | {setup:.3} | {watched:.3} |",
+            bytes as f64 / 1e6,
+            cp / consumed
+        )?;
+    }
     Ok(())
 }
 

@@ -44,6 +44,14 @@ pub enum GoldenCommand {
         #[command(flatten)]
         root: RootArgs,
     },
+    /// Delete a project: its sessions, generations and records. Refused while a session is in
+    /// use.
+    Delete {
+        #[command(flatten)]
+        root: RootArgs,
+        /// Project id.
+        project: String,
+    },
 }
 
 /// `goldclone session ...`
@@ -108,6 +116,15 @@ pub fn golden(cmd: &GoldenCommand) -> Result<()> {
                 for p in projects {
                     outln!("{p}")?;
                 }
+            }
+            Ok(())
+        }
+        GoldenCommand::Delete { root, project } => {
+            root.open()?.delete_project(project)?;
+            if root.json {
+                print_json(&serde_json::json!({ "project": project, "deleted": true }))?;
+            } else {
+                outln!("project {project} deleted")?;
             }
             Ok(())
         }

@@ -53,6 +53,12 @@ pub struct goldclone_open_options {
     pub backend: u32,
     /// Worker threads of the copy backend (0 = default).
     pub copy_threads: u32,
+    /// zvol backend: size in bytes of a project's first volume, which its sessions get too;
+    /// 0 = four times the imported tree, at least 16 GiB (volumes are sparse).
+    pub zvol_size: u64,
+    /// zvol backend: `volblocksize` of new volumes, a power of two from 4096 to 131072;
+    /// 0 = 8192. INVALID_ARGUMENT otherwise.
+    pub zvol_block_size: u64,
 }
 
 fn cache(c: *const goldclone_cache) -> Result<Arc<Cache>, Failure> {
@@ -129,7 +135,8 @@ pub unsafe extern "C" fn goldclone_cache_open(
             &OpenOptions {
                 backend,
                 copy_threads: o.copy_threads as usize,
-                ..OpenOptions::default()
+                zvol_size: o.zvol_size,
+                zvol_block_size: o.zvol_block_size,
             },
         )?;
         let h = handle::register(Object::Cache(Arc::new(c)));
@@ -565,6 +572,23 @@ pub unsafe extern "C" fn goldclone_cache_cleanup(
         // SAFETY: as above.
         let session = unsafe { args::name(session, "session") }?;
         self::cache(cache)?.cleanup(project, session)?;
+        Ok(())
+    })
+}
+
+/// Delete project `project`: every session, every generation, its records and directories.
+/// BUSY (nothing changed) while a session of it is in use; DAMAGED (nothing changed) where its
+/// directories hold anything goldclone did not record; NOT_FOUND for an unknown project. Once
+/// begun it is finished, if this call fails later on, by the next open or gc.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_cache_delete_project(
+    cache: *const goldclone_cache,
+    project: *const c_char,
+) -> goldclone_result {
+    ffi_body!("goldclone_cache_delete_project", {
+        // SAFETY: the caller passes a NUL-terminated string or NULL.
+        let project = unsafe { args::name(project, "project") }?;
+        self::cache(cache)?.delete_project(project)?;
         Ok(())
     })
 }

@@ -46,10 +46,15 @@ pub struct OpenOptions {
     pub backend: Option<BackendKind>,
     /// Worker threads of the copy backend (0 = default, at most 1024).
     pub copy_threads: usize,
-    /// Backend setting passed through (zvol): size of a project's first volume; 0 picks four
-    /// times the imported tree (at least 1 GiB). Volumes are sparse: only written blocks use
-    /// space.
+    /// Backend setting passed through (zvol): size of a project's first volume, which every
+    /// session of the project gets too; 0 picks four times the imported tree, at least 16 GiB
+    /// (a session writes far more than the tree it starts from). Volumes are sparse: only
+    /// written blocks use space.
     pub zvol_size: u64,
+    /// Backend setting passed through (zvol): `volblocksize` of new volumes, a power of two
+    /// from 4 KiB to 128 KiB; 0 picks 8 KiB (16 KiB costs XFS metadata writes a 4x
+    /// read-modify-write).
+    pub zvol_block_size: u64,
 }
 
 /// What a project's golden tree is now.
@@ -214,8 +219,22 @@ impl Cache {
         let plan = backend::plan(&canonical, opts.backend)?;
         let dir = RootDir::open(&canonical)?;
         let cache_id = state::open_state(&dir, plan.kind())?;
-        let settings =
-            backend::Settings { copy_threads: opts.copy_threads, zvol_size: opts.zvol_size };
+        if opts.zvol_block_size != 0
+            && !(opts.zvol_block_size.is_power_of_two()
+                && (4096..=128 << 10).contains(&opts.zvol_block_size))
+        {
+            return Err(Error::InvalidArgument {
+                what: format!(
+                    "zvol block size {} is not a power of two from 4 KiB to 128 KiB",
+                    opts.zvol_block_size
+                ),
+            });
+        }
+        let settings = backend::Settings {
+            copy_threads: opts.copy_threads,
+            zvol_size: opts.zvol_size,
+            zvol_block_size: opts.zvol_block_size,
+        };
         let store = plan.build(&cache_id, settings)?;
         let mut cache = Cache { root: dir, store, opened: GcReport::default() };
         cache.opened = cache.recover_idle_projects();
@@ -534,17 +553,23 @@ impl Cache {
                     // Under the intent: a kill from here on is finished by recovery.
                     self.finish_consume(&s, adopt)?;
                 }
-                if edits && aside_in_trash {
-                    // What is left, gc removes with the trash.
-                    let _ = self.aside(project, &staging, staging_name).and_then(|a| a.remove());
-                }
                 Ok(number)
             },
         )?;
-        if opts.consume {
-            let _ = self.reclaim_if_unused(project, meta.generation);
-        }
         drop(lock);
+        // Removals that may take long, after the exclusive lock is let go so that setups do not
+        // wait for them: the dropped paths, and the previous generation if the consumed session
+        // was its last. What a kill leaves here, open and gc remove with the trash.
+        if (edits && aside_in_trash) || opts.consume {
+            let Ok(_lock) = self.lock_shared(project) else { return Ok(number) };
+            if edits && aside_in_trash {
+                let staging = Layout::generations(project).join(staging_name);
+                let _ = self.aside(project, &staging, staging_name).and_then(|a| a.remove());
+            }
+            if opts.consume {
+                let _ = self.reclaim_if_unused(project, meta.generation);
+            }
+        }
         Ok(number)
     }
 
@@ -671,6 +696,139 @@ impl Cache {
         Ok(report)
     }
 
+    /// Delete a project: every session, every generation, its records and its directories.
+    /// Refused before anything is touched while a session of it is in use
+    /// ([`Error::SessionBusy`]), or where its directories hold anything no record names or a
+    /// record does not match its tree ([`Error::Damaged`]: never removed, reported). The commit
+    /// is the removal of its `current` record: from then on the project is gone for every
+    /// caller, and a delete that fails or is killed after it is finished by the next open or gc
+    /// (a session that something starts using meanwhile stays until it is free).
+    pub fn delete_project(&self, project: &str) -> Result<()> {
+        validate_name(project)?;
+        let lock = self.lock_exclusive(project)?;
+        self.recover_or_fail(project, &lock)?;
+        let current = self.known_project(project)?;
+        self.check_deletable(project, current)?;
+        let intent = Intent::Delete {
+            project: project.to_string(),
+            generation: current,
+            trash: state::own_name("delete", project),
+        };
+        self.run(
+            &intent,
+            || self.check_deletable(project, current),
+            || (),
+            |()| {
+                // The commit point.
+                self.root.remove_file(&Layout::current(project))?;
+                fault::point("delete:current-removed");
+                self.finish_delete(project, current)
+            },
+        )?;
+        let _ = self.forget_if_empty(project, &lock);
+        Ok(())
+    }
+
+    /// Everything of `project` is ours and free: each session's tree is the recorded one and
+    /// nothing holds it, every entry of its directories is a recorded tree, and the backend
+    /// holds nothing unrecorded. Changes nothing.
+    fn check_deletable(&self, project: &str, current: u64) -> Result<()> {
+        let sessions = state::session_names(&self.root, project)?;
+        for name in &sessions {
+            let meta = self.session_meta(project, name)?;
+            let s = self.session(project, name);
+            match self.store.session_presence(&self.root, &s, &meta.identity)? {
+                Presence::Here | Presence::Elsewhere(_) => self.ensure_unused(&s)?,
+                Presence::Absent => {}
+                Presence::Other(what) => {
+                    return Err(Error::Damaged { path: self.root.join(&s.place), what })
+                }
+            }
+        }
+        let generations = state::generation_numbers(&self.root, project)?;
+        let foreign = |dir: PathBuf, known: &dyn Fn(&str) -> bool| -> Result<()> {
+            for name in self.root.list(&dir)? {
+                if !name.to_str().is_some_and(known) {
+                    return Err(Error::Damaged {
+                        path: self.root.join(&dir.join(&name)),
+                        what: "no record names it: not goldclone's to delete".into(),
+                    });
+                }
+            }
+            Ok(())
+        };
+        foreign(Layout::project(project), &|n| n == "gen" || n == "sessions")?;
+        foreign(Layout::sessions(project), &|n| sessions.iter().any(|s| s == n))?;
+        foreign(Layout::generations(project), &|n| {
+            n.parse::<u64>().is_ok_and(|g| generations.contains(&g))
+        })?;
+        if let Some(d) = self.store.unrecorded(project, &sessions, &[current])?.into_iter().next() {
+            return Err(Error::Damaged {
+                path: self.root.join(&Layout::project(project)),
+                what: format!("{d} has no record: not goldclone's to delete"),
+            });
+        }
+        Ok(())
+    }
+
+    /// After a delete's commit: remove every session (unless something holds it now: then the
+    /// delete stays unfinished, for gc), every generation, what is owed, the backend's own
+    /// things of the project, and its directories. The exclusive lock is held.
+    fn finish_delete(&self, project: &str, head: u64) -> Result<()> {
+        let root = &self.root;
+        let trash = |what: &str| Layout::trash(project).join(state::own_name(what, project));
+        for name in state::session_names(root, project)? {
+            let s = self.session(project, &name);
+            let Some(meta) = read_session(root, project, &name)? else { continue };
+            match self.store.session_presence(root, &s, &meta.identity)? {
+                Presence::Here | Presence::Elsewhere(_) => self.ensure_unused(&s)?,
+                Presence::Absent => {}
+                Presence::Other(what) => {
+                    return Err(Error::Damaged { path: root.join(&s.place), what })
+                }
+            }
+            let retired = self.store.retire_session(root, &s, &meta.identity, &trash("cleanup"))?;
+            self.owe(project, &retired)?;
+            root.remove_file(&Layout::session_meta(project, &name))?;
+            if let Retired::Moved(t) = &retired {
+                self.store.remove_trash(root, t)?;
+            }
+        }
+        fault::point("delete:sessions-removed");
+        for n in state::generation_numbers(root, project)? {
+            let Some(meta) = read_generation(root, project, n)? else { continue };
+            let g = self.generation(project, n, head);
+            let retired = self.store.retire_generation(root, &g, &meta.identity, &trash("gen"))?;
+            self.owe(project, &retired)?;
+            root.remove_file(&Layout::generation_meta(project, n))?;
+            if let Retired::Moved(t) = &retired {
+                self.store.remove_trash(root, t)?;
+            }
+        }
+        let (owed, _) = state::record_names(root, &Layout::owed(project))?;
+        for o in owed {
+            let path = Layout::owed(project).join(format!("{o}.json"));
+            if let Some(id) = state::read_json::<Identity>(root, &path)? {
+                self.store.remove_owed(root, &id)?;
+            }
+            root.remove_file(&path)?;
+        }
+        self.store.remove_project(project)?;
+        for t in root.list(&Layout::trash(project))? {
+            self.store.remove_trash(root, &Layout::trash(project).join(t))?;
+        }
+        for d in [Layout::sessions(project), Layout::generations(project), Layout::project(project)]
+        {
+            if !root.rmdir(&d)? && root.entry(&d)?.is_some() {
+                return Err(Error::Damaged {
+                    path: root.join(&d),
+                    what: "holds something no record names: left alone".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The project's current generation and its sessions.
     pub fn info(&self, project: &str) -> Result<GoldenInfo> {
         validate_name(project)?;
@@ -787,7 +945,9 @@ impl Cache {
                 Layout::generations(project).join(staging)
             }
             Intent::Setup { project, staging, .. } => Layout::sessions(project).join(staging),
-            Intent::Cleanup { project, trash, .. } => Layout::trash(project).join(trash),
+            Intent::Cleanup { project, trash, .. } | Intent::Delete { project, trash, .. } => {
+                Layout::trash(project).join(trash)
+            }
         }
     }
 
@@ -1072,6 +1232,7 @@ impl Cache {
             Intent::Setup { .. } => "setup:intent-recorded",
             Intent::Promote { .. } => "promote:intent-recorded",
             Intent::Cleanup { .. } => "cleanup:intent-recorded",
+            Intent::Delete { .. } => "delete:intent-recorded",
         });
         let checked = match check() {
             Ok(c) => c,
@@ -1242,6 +1403,13 @@ impl Cache {
                 }
                 self.undo_generation(&g, &staging)?;
                 Ok(Outcome::RolledBack(format!("{project}: rolled back generation {generation}")))
+            }
+            Intent::Delete { project, generation, .. } => {
+                if read_current(root, project)?.is_some() {
+                    return Ok(Outcome::RolledBack(format!("{project}: delete had not begun")));
+                }
+                self.finish_delete(project, *generation)?;
+                Ok(Outcome::Finished(format!("{project}: finished delete")))
             }
             Intent::Cleanup { project, session, .. } => {
                 let s = self.session(project, session);

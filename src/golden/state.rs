@@ -142,6 +142,13 @@ pub(crate) enum Intent {
         session: String,
         trash: String,
     },
+    /// Delete the whole project; `generation` is its current one when the delete began (ZFS
+    /// keeps every generation on that one's head), `trash` the name trees are retired under.
+    Delete {
+        project: String,
+        generation: u64,
+        trash: String,
+    },
 }
 
 impl Intent {
@@ -150,14 +157,15 @@ impl Intent {
             Intent::Import { project, .. }
             | Intent::Setup { project, .. }
             | Intent::Promote { project, .. }
-            | Intent::Cleanup { project, .. } => project,
+            | Intent::Cleanup { project, .. }
+            | Intent::Delete { project, .. } => project,
         }
     }
 
     /// Whether resolving it needs the project's exclusive lock: it may change `current` or the
     /// generations every setup reads.
     pub fn is_exclusive(&self) -> bool {
-        matches!(self, Intent::Import { .. } | Intent::Promote { .. })
+        matches!(self, Intent::Import { .. } | Intent::Promote { .. } | Intent::Delete { .. })
     }
 
     /// The session it is about, if any.
@@ -166,7 +174,7 @@ impl Intent {
             Intent::Setup { session, .. }
             | Intent::Promote { session, .. }
             | Intent::Cleanup { session, .. } => Some(session),
-            Intent::Import { .. } => None,
+            Intent::Import { .. } | Intent::Delete { .. } => None,
         }
     }
 
@@ -180,6 +188,7 @@ impl Intent {
             Intent::Setup { session, .. } | Intent::Cleanup { session, .. } => {
                 format!("session-{session}.json")
             }
+            Intent::Delete { .. } => "delete.json".into(),
         }
     }
 
@@ -198,6 +207,7 @@ impl Intent {
             | Intent::Setup { generation, staging, .. }
             | Intent::Promote { generation, staging, .. } => (*generation, staging),
             Intent::Cleanup { trash, .. } => (1, trash),
+            Intent::Delete { generation, trash, .. } => (*generation, trash),
         };
         if generation == 0 {
             return Err("names generation 0".into());

@@ -62,10 +62,11 @@ pub fn unmount(dir: &Path) -> Result<(), Error> {
     umount(dir, UnmountFlags::empty()).at("umount", dir)
 }
 
-/// Mount the XFS filesystem on block device `dev` at `dir`. `nouuid` is needed for a clone
-/// whose origin (or sibling clone) is mounted too: XFS refuses a second mount of one UUID.
+/// Mount the XFS filesystem on block device `dev` at `dir`, with `discard` (freed blocks are
+/// trimmed, so a sparse zvol gives them back to its pool). `nouuid` is needed for a clone whose
+/// origin (or sibling clone) is mounted too: XFS refuses a second mount of one UUID.
 pub fn mount_xfs(dev: &Path, dir: &Path, nouuid: bool) -> Result<(), Error> {
-    let data: &std::ffi::CStr = if nouuid { c"nouuid" } else { c"" };
+    let data: &std::ffi::CStr = if nouuid { c"nouuid,discard" } else { c"discard" };
     mount(dev, dir, c"xfs", MountFlags::empty(), data).at("mount xfs", dir)
 }
 

@@ -461,6 +461,47 @@ out:
 
 static void test_promote_with_edits(void) { on_every_fs(promote_edit_on); }
 
+/* Deleting a project: BUSY while this very process has its working directory in a session
+ * (nothing changed), then everything of it goes and the name can be imported again. */
+static void delete_on(const struct harness_fs *f) {
+    struct place pl;
+    place_init(&pl, f);
+    const char *P = pl.project;
+    char *golden = make_golden(pl.scratch);
+    goldclone_cache *cache = NULL;
+    char s1[GOLDCLONE_PATH_BUF_SIZE], cwd[GOLDCLONE_PATH_BUF_SIZE];
+    bool has = true;
+
+    CHECK_OK(goldclone_cache_open(pl.cache_root, NULL, &cache));
+    if (!cache) goto out;
+    CHECK_OK(goldclone_cache_import(cache, P, golden, NULL));
+    CHECK_OK(goldclone_cache_setup(cache, P, "s1", s1, sizeof s1, NULL));
+    CHECK(getcwd(cwd, sizeof cwd) != NULL);
+    CHECK(chdir(s1) == 0);
+    CHECK_RC(goldclone_cache_delete_project(cache, P), GOLDCLONE_RESULT_BUSY);
+    CHECK(chdir(cwd) == 0);
+    CHECK(file_is(s1, "version.txt", "gen1\n"));
+    CHECK_OK(goldclone_cache_has_golden(cache, P, &has));
+    CHECK(has);
+    CHECK_RC(goldclone_cache_delete_project(cache, NULL), GOLDCLONE_RESULT_NULL_PARAMETER);
+    CHECK_RC(goldclone_cache_delete_project(cache, "../x"), GOLDCLONE_RESULT_INVALID_NAME);
+    CHECK_OK(goldclone_cache_delete_project(cache, P));
+    CHECK(!harness_exists(s1));
+    CHECK_OK(goldclone_cache_has_golden(cache, P, &has));
+    CHECK(!has);
+    CHECK_RC(goldclone_cache_session_info(cache, P, "s1", NULL, NULL, NULL, NULL, 0, NULL), GOLDCLONE_RESULT_NOT_FOUND);
+    CHECK_RC(goldclone_cache_delete_project(cache, P), GOLDCLONE_RESULT_NOT_FOUND);
+    CHECK_OK(goldclone_cache_import(cache, P, golden, NULL));
+    CHECK_OK(goldclone_cache_delete_project(cache, P));
+
+out:
+    goldclone_cache_free(cache);
+    free(golden);
+    place_free(&pl);
+}
+
+static void test_delete_project(void) { on_every_fs(delete_on); }
+
 /* The cheap queries: projects, has_golden, session_info. */
 static void queries_on(const struct harness_fs *f) {
     struct place pl;
@@ -728,6 +769,7 @@ int main(void) {
     RUN(test_lifecycle);
     RUN(test_progress_and_cancel);
     RUN(test_promote_with_edits);
+    RUN(test_delete_project);
     RUN(test_queries);
     RUN(test_bad_names);
     RUN(test_threads_share_a_cache);
