@@ -10,6 +10,18 @@ host_only=0
 log() { printf '[install-deps] %s\n' "$*" >&2; }
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed'; }
 
+# contrib + backports sources: OpenZFS for the guest, and Go >= 1.21 (the Go package uses
+# log/slog; Debian 12's golang-go is 1.19).
+if [ ! -f /etc/apt/sources.list.d/zfs.sources ]; then
+  uri=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources)
+  printf '%s\n' 'Types: deb' "URIs: $uri" 'Suites: bookworm bookworm-updates' \
+    'Components: contrib' 'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' '' \
+    'Types: deb' "URIs: $uri" 'Suites: bookworm-backports' 'Components: main contrib' \
+    'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' \
+    >/etc/apt/sources.list.d/zfs.sources
+  apt-get update -qq
+fi
+
 # strace: the crash suite kills operations at sampled system calls (strace -e inject);
 # util-linux: unshare for the other-mount-namespace holders of the safety suite.
 host_pkgs=(xfsprogs btrfs-progs e2fsprogs acl attr clang libclang-dev pkg-config golang-go
@@ -21,6 +33,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+if ! have_pkg golang-1.22-go; then
+  log "apt-get install golang-1.22-go (bookworm-backports)"
+  apt-get install -y -qq --no-install-recommends -t bookworm-backports golang-1.22-go >/dev/null
+fi
 
 if ! command -v cbindgen >/dev/null 2>&1 || ! cbindgen --version | grep -q '0\.29'; then
   log "cargo install cbindgen"
@@ -28,17 +44,6 @@ if ! command -v cbindgen >/dev/null 2>&1 || ! cbindgen --version | grep -q '0\.2
 fi
 
 [ "$host_only" = 1 ] && exit 0
-
-# --- ZFS guest: contrib + backports sources, one guest kernel, OpenZFS by DKMS, QEMU, virtme-ng ---
-if [ ! -f /etc/apt/sources.list.d/zfs.sources ]; then
-  uri=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources)
-  printf '%s\n' 'Types: deb' "URIs: $uri" 'Suites: bookworm bookworm-updates' \
-    'Components: contrib' 'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' '' \
-    'Types: deb' "URIs: $uri" 'Suites: bookworm-backports' 'Components: main contrib' \
-    'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' \
-    >/etc/apt/sources.list.d/zfs.sources
-  apt-get update -qq
-fi
 
 kver=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{sub("linux-image-","",$2); print $2; exit}')
 [ -n "$kver" ] || { log "cannot tell the guest kernel version"; exit 1; }

@@ -1,3 +1,3 @@
 module goldclone.dev/goldclone
 
-go 1.19
+go 1.21

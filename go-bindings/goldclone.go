@@ -156,9 +156,12 @@ func WithZvolBlockSize(bytes uint64) Option {
 
 // Cache is a golden-tree cache rooted at a directory. Safe for concurrent use.
 type Cache struct {
-	ptr  atomic.Pointer[C.goldclone_cache]
+	ptr  atomic.Pointer[cacheRef]
 	root string
 }
+
+// cacheRef holds the C handle: an incomplete C type cannot be atomic.Pointer's type argument.
+type cacheRef struct{ p *C.goldclone_cache }
 
 // Open opens (creating its state if needed) the cache at root, an existing directory, and
 // finishes or rolls back what a crashed process left half done.
@@ -187,7 +190,7 @@ func Open(root string, opts ...Option) (*Cache, error) {
 		return nil, err
 	}
 	c := &Cache{root: root}
-	c.ptr.Store(p)
+	c.ptr.Store(&cacheRef{p})
 	runtime.SetFinalizer(c, func(c *Cache) { _ = c.Close() })
 	return c, nil
 }
@@ -201,11 +204,11 @@ func (c *Cache) handle(op string) (*C.goldclone_cache, error) {
 	if c == nil {
 		return nil, &Error{Code: ResultNullParameter, Op: op, Message: "nil *Cache"}
 	}
-	p := c.ptr.Load()
-	if p == nil {
+	ref := c.ptr.Load()
+	if ref == nil {
 		return nil, errClosed(op)
 	}
-	return p, nil
+	return ref.p, nil
 }
 
 // Close releases the cache. Calls running on it in other goroutines finish first; later
@@ -214,12 +217,12 @@ func (c *Cache) Close() error {
 	if c == nil {
 		return nil
 	}
-	p := c.ptr.Swap(nil)
-	if p == nil {
+	ref := c.ptr.Swap(nil)
+	if ref == nil {
 		return nil
 	}
 	runtime.SetFinalizer(c, nil)
-	return call("Close", func() C.goldclone_result { return C.goldclone_cache_free(p) })
+	return call("Close", func() C.goldclone_result { return C.goldclone_cache_free(ref.p) })
 }
 
 // Root is the root directory the cache was opened with ("" for a nil *Cache).
@@ -323,18 +326,29 @@ func (c *Cache) SetupSession(projectID, sessionID string) (string, error) {
 // (the setup's commit waits for it). If it panics on its last report, made after the setup
 // succeeded, the panic goes on in this goroutine and the session exists: clean it up.
 func (c *Cache) SetupSessionContext(ctx context.Context, projectID, sessionID string, onProgress func(copied, total int64)) (string, error) {
-	const op = "SetupSession"
+	path, _, err := c.setup("SetupSession", ctx, projectID, sessionID, onProgress, false)
+	return path, err
+}
+
+// SetupOrReuseSession is SetupSessionContext, but a session that exists already is returned
+// as it is (reused true) instead of ErrAlreadyExists; ErrDamaged if its tree is not the one
+// recorded. A reused session keeps the generation it was made from (SessionInfo tells).
+func (c *Cache) SetupOrReuseSession(ctx context.Context, projectID, sessionID string, onProgress func(copied, total int64)) (path string, reused bool, err error) {
+	return c.setup("SetupOrReuseSession", ctx, projectID, sessionID, onProgress, true)
+}
+
+func (c *Cache) setup(op string, ctx context.Context, projectID, sessionID string, onProgress func(copied, total int64), reuse bool) (string, bool, error) {
 	ctx, err := liveContext(op, ctx)
 	if err != nil {
-		return "", err
+		return "", false, err
 	}
 	p, err := c.handle(op)
 	if err != nil {
-		return "", err
+		return "", false, err
 	}
 	cp, cs, err := names(op, projectID, sessionID)
 	if err != nil {
-		return "", err
+		return "", false, err
 	}
 	defer free(cp)
 	defer free(cs)
@@ -342,13 +356,18 @@ func (c *Cache) SetupSessionContext(ctx context.Context, projectID, sessionID st
 	// of room.
 	buf := make([]byte, pathBufSize)
 	var n C.size_t
+	var reused C.bool
 	err = c.watched(op, ctx, onProgress, func(o *C.goldclone_op_options) C.goldclone_result {
-		return C.goldclone_cache_setup_with(p, cp, cs, o, (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)), &n)
+		out := (*C.char)(unsafe.Pointer(&buf[0]))
+		if reuse {
+			return C.goldclone_cache_setup_or_reuse(p, cp, cs, o, out, C.size_t(len(buf)), &n, &reused)
+		}
+		return C.goldclone_cache_setup_with(p, cp, cs, o, out, C.size_t(len(buf)), &n)
 	})
 	if err != nil {
-		return "", err
+		return "", false, err
 	}
-	return string(buf[:int(n)]), nil
+	return string(buf[:int(n)]), bool(reused), nil
 }
 
 // PromoteSession makes the session's tree the project's next generation and returns it.
@@ -368,10 +387,11 @@ func (c *Cache) PromoteSessionContext(ctx context.Context, projectID, sessionID 
 // the project's next generation. The zero value is PromoteSessionContext without progress.
 type PromoteOptions struct {
 	// Consume takes the session itself: it is gone once the promote has succeeded. On the copy
-	// backend its tree becomes the generation by a rename, whatever its size; btrfs and ZFS make
-	// the generation as always, then remove the session (one that something has started using
-	// meanwhile stays). A promote that fails gives the session back, its dropped paths restored
-	// (what Edit changed stays changed).
+	// backend its tree becomes the generation by a rename, whatever its size (ErrBusy if
+	// something got into it meanwhile); btrfs and ZFS make the generation as always, then remove
+	// the session (one that something has started using meanwhile stays). A promote that fails
+	// gives the session back, its dropped paths restored (what Edit changed stays changed; on ZFS
+	// and zvol the drops are final once Edit has returned).
 	Consume bool
 	// Drop lists paths relative to the tree's top ("containers", "overlay2/<id>") to leave out
 	// of the new generation. Plain relative paths only (no "..", ".", leading "/"):

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -870,10 +871,14 @@ func TestDeleteProject(t *testing.T) {
 
 // The example program (example/devcache), shaped like the service, runs on every backend.
 func TestExampleProgram(t *testing.T) {
-	bin := filepath.Join(t.TempDir(), "devcache")
-	build := exec.Command("go", "build", "-o", bin, "./example/devcache")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./example/devcache: %v\n%s", err, out)
+	// Built here, or (in the ZFS guest, which has no Go toolchain) by tests/zfs-vm.sh.
+	bin := os.Getenv("GOLDCLONE_EXAMPLE_BIN")
+	if bin == "" {
+		bin = filepath.Join(t.TempDir(), "devcache")
+		build := exec.Command("go", "build", "-o", bin, "./example/devcache")
+		if out, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("go build ./example/devcache: %v\n%s", err, out)
+		}
 	}
 	for _, f := range filesystems(t) {
 		t.Run(f.name, func(t *testing.T) {
@@ -899,5 +904,84 @@ func TestExampleProgram(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// SetLogger: the backend decision reaches the slog logger with its target; a handler that
+// panics loses its record but not the process; nil makes the library silent again.
+func TestSetLogger(t *testing.T) {
+	var mu sync.Mutex
+	var buf strings.Builder
+	h := slog.NewTextHandler(&lockedWriter{mu: &mu, w: &buf}, &slog.HandlerOptions{Level: slog.LevelInfo})
+	SetLogger(slog.New(h))
+	defer SetLogger(nil)
+	root := scratch(t, fsPath(t, "ext4"), "log")
+	c, err := Open(root, WithBackend(BackendCopy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	mu.Lock()
+	got := buf.String()
+	mu.Unlock()
+	if !strings.Contains(got, "copy backend") || !strings.Contains(got, "target=goldclone::backend") || !strings.Contains(got, "level=INFO") {
+		t.Fatalf("log lacks the backend decision:\n%s", got)
+	}
+	SetLogger(slog.New(panicking{}))
+	if c, err := Open(root, WithBackend(BackendCopy)); err != nil {
+		t.Fatalf("open with a panicking log handler: %v", err)
+	} else {
+		c.Close()
+	}
+	SetLogger(nil)
+	mu.Lock()
+	buf.Reset()
+	mu.Unlock()
+	if c, err := Open(root, WithBackend(BackendCopy)); err == nil {
+		c.Close()
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if buf.Len() != 0 {
+		t.Fatalf("logged after SetLogger(nil):\n%s", buf.String())
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  *strings.Builder
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+type panicking struct{}
+
+func (panicking) Enabled(context.Context, slog.Level) bool  { return true }
+func (panicking) Handle(context.Context, slog.Record) error { panic("log handler boom") }
+func (p panicking) WithAttrs([]slog.Attr) slog.Handler      { return p }
+func (p panicking) WithGroup(string) slog.Handler           { return p }
+
+// SetupOrReuseSession makes a session once and gives the same one back afterwards.
+func TestSetupOrReuseSession(t *testing.T) {
+	c, project, _ := importedCache(t, "go-reuse-")
+	defer c.Close()
+	path, reused, err := c.SetupOrReuseSession(context.Background(), project, "s1", nil)
+	if err != nil || reused {
+		t.Fatalf("first: %q %v %v", path, reused, err)
+	}
+	writeFile(t, filepath.Join(path, "work"), "kept")
+	again, reused, err := c.SetupOrReuseSession(context.Background(), project, "s1", nil)
+	if err != nil || !reused || again != path || readFile(t, filepath.Join(again, "work")) != "kept" {
+		t.Fatalf("again: %q %v %v", again, reused, err)
+	}
+	if _, err := c.SetupSession(project, "s1"); !errors.Is(err, ErrAlreadyExists) {
+		t.Fatalf("plain setup of an existing session: %v", err)
+	}
+	if err := c.CleanupSession(project, "s1"); err != nil {
+		t.Fatal(err)
 	}
 }

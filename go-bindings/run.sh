@@ -25,6 +25,10 @@ fi
 lib="$root/target/$profile/libgoldclone.a"
 [ -f "$lib" ] || { echo "$lib missing" >&2; summary 0 1; exit 1; }
 
+# Go >= 1.21 (log/slog): Debian 12's is 1.19, so .ci/install-deps.sh installs golang-1.22-go
+# from bookworm-backports; prefer it where it is.
+for d in /usr/lib/go-1.22/bin /usr/lib/go-1.23/bin; do [ -x "$d/go" ] && PATH=$d:$PATH; done
+export PATH
 export GOPROXY=off GOFLAGS=-mod=mod GOTOOLCHAIN=local CGO_ENABLED=1
 export GOCACHE=${GOCACHE:-/var/tmp/goldclone-go/cache} GOPATH=${GOPATH:-/var/tmp/goldclone-go/path}
 # Put the chosen build's directory before the cgo default (target/release).

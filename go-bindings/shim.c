@@ -23,3 +23,13 @@ void goldclone_go_set_promote_edit(goldclone_promote_options *opts, uintptr_t ha
     opts->edit = goldclone_go_edit_trampoline;
     opts->edit_user_data = (void *)handle;
 }
+
+static void goldclone_go_log_trampoline(void *user_data, goldclone_log_level level, const char *target,
+                                        const char *message) {
+    (void)user_data;
+    goldcloneGoLog((uint32_t)level, (char *)target, (char *)message);
+}
+
+void goldclone_go_set_log(uint32_t max_level) {
+    goldclone_set_log_callback(goldclone_go_log_trampoline, NULL, max_level);
+}

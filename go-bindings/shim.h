@@ -14,4 +14,7 @@ void goldclone_go_set_op_progress(goldclone_op_options *opts, uintptr_t handle);
 /* Point a promote's options at the Go edit callback with `handle` as its user data. */
 void goldclone_go_set_promote_edit(goldclone_promote_options *opts, uintptr_t handle);
 
+/* Set the library's log callback to the Go one, passing on messages up to max_level. */
+void goldclone_go_set_log(uint32_t max_level);
+
 #endif

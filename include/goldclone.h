@@ -228,6 +228,48 @@ typedef uint32_t goldclone_detect_kind;
 #endif // __cplusplus
 
 /**
+ * How much a log message matters. The numbers are fixed.
+ */
+enum goldclone_log_level
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+    /**
+     * Nothing: with `max_level` `OFF` the callback is never called.
+     */
+    GOLDCLONE_LOG_LEVEL_OFF = 0,
+    /**
+     * Something failed and was not handled.
+     */
+    GOLDCLONE_LOG_LEVEL_ERROR = 1,
+    /**
+     * Something was left alone or could not be done now (gc's kept and failed items).
+     */
+    GOLDCLONE_LOG_LEVEL_WARN = 2,
+    /**
+     * A decision or a repair: the backend chosen and why, recovery done at open, what gc
+     * removed, a long wait for a project's lock.
+     */
+    GOLDCLONE_LOG_LEVEL_INFO = 3,
+    /**
+     * Details: fallbacks of the tree copy (reflink refused), each operation's duration.
+     */
+    GOLDCLONE_LOG_LEVEL_DEBUG = 4,
+    /**
+     * Everything.
+     */
+    GOLDCLONE_LOG_LEVEL_TRACE = 5,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum goldclone_log_level goldclone_log_level;
+#else
+typedef uint32_t goldclone_log_level;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * A string property of a detection, for `goldclone_detection_string`.
  */
 enum goldclone_detection_field
@@ -446,10 +488,11 @@ typedef int32_t (*goldclone_edit_fn)(void *user_data,
 typedef struct goldclone_promote_options {
     /**
      * Take the session itself: it is gone once the promote has succeeded. On the copy backend
-     * its tree becomes the generation by a rename, whatever its size; btrfs and ZFS make the
-     * generation as always, then remove the session (one that something has started using
-     * meanwhile stays). A promote that fails gives the session back, its dropped paths
-     * restored (what `edit` changed stays changed).
+     * its tree becomes the generation by a rename, whatever its size (BUSY if something got
+     * into it meanwhile); btrfs and ZFS make the generation as always, then remove the session
+     * (one that something has started using meanwhile stays). A promote that fails gives the
+     * session back, its dropped paths restored (what `edit` changed stays changed; on ZFS and
+     * zvol the drops are final once `edit` has returned).
      */
     bool consume;
     /**
@@ -571,6 +614,17 @@ typedef struct goldclone_copy_stats {
     uint64_t elapsed_ns;
 } goldclone_copy_stats;
 
+/**
+ * A log callback: called from any thread of the library (also several at once) with the
+ * message's level, its target (`"goldclone::gc"`, `"goldclone::backend"`, ...) and text, both
+ * NUL-terminated and valid only during the call. It must return quickly, must not call this
+ * library, and must not unwind.
+ */
+typedef void (*goldclone_log_fn)(void *user_data,
+                                 goldclone_log_level level,
+                                 const char *target,
+                                 const char *message);
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -678,6 +732,21 @@ goldclone_result goldclone_cache_setup_with(const struct goldclone_cache *cache,
                                             char *path_buf,
                                             size_t path_buf_len,
                                             size_t *path_len_out);
+
+/**
+ * `goldclone_cache_setup_with`, but an existing session `session` is returned as it is
+ * (`*reused` true; may be NULL) instead of ALREADY_EXISTS; DAMAGED if its tree is not the one
+ * recorded. A reused session keeps the generation it was made from. With BUFFER_TOO_SMALL the
+ * session exists (also one this call made): call again with a larger buffer to get its path.
+ */
+goldclone_result goldclone_cache_setup_or_reuse(const struct goldclone_cache *cache,
+                                                const char *project,
+                                                const char *session,
+                                                const struct goldclone_op_options *opts,
+                                                char *path_buf,
+                                                size_t path_buf_len,
+                                                size_t *path_len_out,
+                                                bool *reused);
 
 /**
  * Make session `session`'s tree the next generation of `project`. `*generation` (may be NULL)
@@ -992,6 +1061,16 @@ goldclone_result goldclone_last_error_message(char *buf,
  * Number of live handles of all types: a leak check for tests (0 once everything is freed).
  */
 size_t goldclone_debug_live_handles(void);
+
+/**
+ * Set (or with NULL clear) the log callback, passing on messages up to `max_level`
+ * (`GOLDCLONE_LOG_LEVEL_INFO` is a good default). Silent until called; the library never
+ * writes to stderr. Returns once calls of the previous callback in flight have finished.
+ * INVALID_ARGUMENT for a `max_level` that is not a `goldclone_log_level`.
+ */
+goldclone_result goldclone_set_log_callback(goldclone_log_fn callback,
+                                            void *user_data,
+                                            uint32_t max_level);
 
 #ifdef __cplusplus
 }  // extern "C"

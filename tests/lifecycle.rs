@@ -840,3 +840,233 @@ fn zvol_block_size_size_and_discard() {
     }
     let _ = fs::remove_dir_all(&src);
 }
+
+/// What the library decided, through the `tracing` facade: the backend chosen and why (for the
+/// copy backend, why no faster one), what gc left alone, each operation's duration. Nothing is
+/// said without a subscriber (the library never prints).
+#[test]
+fn the_library_says_what_it_decided() {
+    use std::sync::{Arc, Mutex};
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::{Event, Metadata};
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<(tracing::Level, String, String)>>>);
+    struct Text(String);
+    impl Visit for Text {
+        fn record_debug(&mut self, _: &Field, value: &dyn std::fmt::Debug) {
+            self.0.push_str(&format!("{value:?}"));
+        }
+    }
+    impl tracing::Subscriber for Capture {
+        // Asked each time: other tests' threads run without a subscriber meanwhile, and a
+        // callsite's cached interest must not be theirs.
+        fn register_callsite(
+            &self,
+            _: &'static Metadata<'static>,
+        ) -> tracing::subscriber::Interest {
+            tracing::subscriber::Interest::sometimes()
+        }
+        fn enabled(&self, _: &Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &Attributes<'_>) -> Id {
+            Id::from_u64(1)
+        }
+        fn record(&self, _: &Id, _: &Record<'_>) {}
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+        fn event(&self, e: &Event<'_>) {
+            let mut t = Text(String::new());
+            e.record(&mut t);
+            let m = e.metadata();
+            self.0.lock().unwrap().push((*m.level(), m.target().to_string(), t.0));
+        }
+        fn enter(&self, _: &Id) {}
+        fn exit(&self, _: &Id) {}
+    }
+
+    let src = scratch_tree("log", "1", 3);
+    for (root, name) in roots("log") {
+        let capture = Capture::default();
+        tracing::subscriber::with_default(capture.clone(), || {
+            tracing::callsite::rebuild_interest_cache();
+            fs::create_dir(root.path.join("stray")).unwrap();
+            let cache = open(&root);
+            cache.import("proj", &src).unwrap();
+            cache.setup("proj", "s1").unwrap();
+            cache.gc().unwrap();
+            cache.cleanup("proj", "s1").unwrap();
+            fs::remove_dir(root.path.join("stray")).unwrap();
+        });
+        let lines = capture.0.lock().unwrap().clone();
+        let has = |level: tracing::Level, target: &str, text: &str| {
+            lines.iter().any(|(l, t, m)| *l == level && t == target && m.contains(text))
+        };
+        let backend = root.backend.name();
+        assert!(
+            has(tracing::Level::INFO, "goldclone::backend", &format!("{backend} backend")),
+            "{name}: no word on the backend: {lines:?}"
+        );
+        match name {
+            "copy-ext4" => assert!(
+                has(tracing::Level::INFO, "goldclone::backend", "neither snapshots nor reflink"),
+                "{name}: {lines:?}"
+            ),
+            "copy-xfs" => assert!(
+                has(tracing::Level::INFO, "goldclone::backend", "reflink"),
+                "{name}: {lines:?}"
+            ),
+            _ => {}
+        }
+        assert!(
+            has(tracing::Level::WARN, "goldclone::gc", "stray"),
+            "{name}: gc's kept item: {lines:?}"
+        );
+        assert!(has(tracing::Level::DEBUG, "goldclone::lifecycle", "Setup"), "{name}: {lines:?}");
+    }
+    let _ = fs::remove_dir_all(&src);
+}
+
+/// `setup_or_reuse`: a new session the first time, the same one (with what was written into
+/// it, on the generation it was made from) afterwards; a session whose place was replaced is
+/// Damaged, not reused.
+#[test]
+fn setup_or_reuse_gives_back_the_session_that_is_there() {
+    use goldclone::golden::Watch;
+    let src = scratch_tree("reuse", "1", 3);
+    for (root, name) in roots("reuse") {
+        let cache = open(&root);
+        let err = cache.setup_or_reuse("proj", "s1", &Watch::default()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{name}: {err}");
+        cache.import("proj", &src).unwrap();
+        let (s1, reused) = cache.setup_or_reuse("proj", "s1", &Watch::default()).unwrap();
+        assert!(!reused, "{name}");
+        fs::write(s1.join("work"), "kept").unwrap();
+        let s2 = cache.setup("proj", "s2").unwrap();
+        fs::write(s2.join("generation"), "2").unwrap();
+        for i in 0..3 {
+            fs::write(s2.join("sub").join(format!("f{i:03}")), "2").unwrap();
+        }
+        assert_eq!(cache.promote("proj", "s2").unwrap(), 2, "{name}");
+        let (again, reused) = cache.setup_or_reuse("proj", "s1", &Watch::default()).unwrap();
+        assert!(reused, "{name}");
+        assert_eq!(again, s1, "{name}");
+        assert_eq!(fs::read_to_string(again.join("work")).unwrap(), "kept", "{name}");
+        assert_eq!(cache.session_info("proj", "s1").unwrap().generation, 1, "{name}");
+        assert_eq!(whole_generation(&again, 3), "1", "{name}");
+        let err = cache.setup("proj", "s1").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{name}: plain setup: {err}");
+        if root.backend == BackendKind::Copy {
+            let moved = root.path.join("moved-away");
+            fs::rename(&s1, &moved).unwrap();
+            std::os::unix::fs::symlink(&moved, &s1).unwrap();
+            let err = cache.setup_or_reuse("proj", "s1", &Watch::default()).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Damaged, "{name}: {err}");
+            fs::remove_file(&s1).unwrap();
+            fs::rename(&moved, &s1).unwrap();
+        }
+        for s in ["s1", "s2"] {
+            cache.cleanup("proj", s).unwrap();
+        }
+    }
+    let _ = fs::remove_dir_all(&src);
+}
+
+/// Rollbacks of a promote that dropped paths, where putting them back is not simple: a drop
+/// inside another drop, a hook that recreates a dropped path before failing, and (copy) a
+/// process that got into the session's tree during the promote. The session comes back each
+/// time and no data is lost: what cannot go back is kept aside and reported.
+#[test]
+fn failed_promotes_give_everything_back() {
+    use goldclone::golden::{PromoteOptions, Watch};
+    type HookResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+    let src = scratch_tree("giveback", "1", 3);
+    for d in ["containers/c1", "overlay2/l1", "overlay2/l2"] {
+        fs::create_dir_all(src.join(d)).unwrap();
+        fs::write(src.join(d).join("data"), d).unwrap();
+    }
+    for (root, name) in roots("giveback") {
+        let cache = open(&root);
+        cache.import("proj", &src).unwrap();
+        let s1 = cache.setup("proj", "s1").unwrap();
+        let promote = |drop: &[&str], hook: &(dyn Fn(&Path, u64) -> HookResult + Sync)| {
+            let opts = PromoteOptions {
+                consume: true,
+                drop: drop.iter().map(PathBuf::from).collect(),
+                edit: Some(hook),
+            };
+            cache.promote_with_options("proj", "s1", &opts, &Watch::default())
+        };
+        let fail = |_: &Path, _: u64| -> HookResult { Err("no".into()) };
+
+        // A drop inside another: both go back.
+        let err = promote(&["overlay2/l2", "overlay2"], &fail).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::EditFailed, "{name}: {err}");
+        for d in ["overlay2/l1", "overlay2/l2"] {
+            assert_eq!(fs::read_to_string(s1.join(d).join("data")).unwrap(), d, "{name}: {d}");
+        }
+        assert!(cache.gc().unwrap().is_empty(), "{name}");
+
+        // The hook takes a dropped path's place, then fails: the session is back, the original
+        // is kept (aside, reported by gc) or was never touched (btrfs edits a snapshot).
+        let retake = |tree: &Path, _: u64| -> HookResult {
+            fs::create_dir(tree.join("containers"))?;
+            fs::write(tree.join("containers/new"), "hook")?;
+            Err("no".into())
+        };
+        let err = promote(&["containers"], &retake).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::EditFailed, "{name}: {err}");
+        assert_eq!(cache.info("proj").unwrap().generation, 1, "{name}");
+        let original = "containers/c1";
+        match root.backend {
+            BackendKind::Btrfs => {
+                assert_eq!(fs::read_to_string(s1.join(original).join("data")).unwrap(), original)
+            }
+            _ => {
+                assert_eq!(
+                    fs::read_to_string(s1.join("containers/new")).unwrap(),
+                    "hook",
+                    "{name}"
+                );
+                let kept_in = if root.backend == BackendKind::Copy {
+                    root.path.join(".goldclone/projects/proj")
+                } else {
+                    s1.clone()
+                };
+                let aside = list(&kept_in).into_iter().find(|n| n.ends_with(".dropped"));
+                let aside = aside.unwrap_or_else(|| panic!("{name}: the original is gone"));
+                let data = kept_in.join(aside).join("0/c1/data");
+                assert_eq!(fs::read_to_string(&data).unwrap(), original, "{name}");
+                if root.backend == BackendKind::Copy {
+                    let report = cache.gc().unwrap();
+                    assert!(
+                        report.kept.iter().any(|k| k.contains(".dropped")),
+                        "{name}: gc does not report what was kept aside: {report:?}"
+                    );
+                }
+            }
+        }
+
+        // Copy: something gets into the session's tree while the promote runs: Busy, and the
+        // session goes back to its place.
+        if root.backend == BackendKind::Copy {
+            let child = std::sync::Mutex::new(None);
+            let enter = |tree: &Path, _: u64| -> HookResult {
+                let c = Command::new("sleep").arg("600").current_dir(tree).spawn()?;
+                *child.lock().unwrap() = Some(c);
+                Ok(())
+            };
+            let err = promote(&[], &enter).unwrap_err();
+            let mut c = child.lock().unwrap().take().unwrap();
+            c.kill().unwrap();
+            c.wait().unwrap();
+            assert_eq!(err.kind(), ErrorKind::Busy, "{name}: {err}");
+            assert_eq!(cache.info("proj").unwrap().generation, 1, "{name}");
+            assert_eq!(whole_generation(&s1, 3), "1", "{name}: the session is not back");
+            assert_eq!(cache.session_info("proj", "s1").unwrap().generation, 1, "{name}");
+        }
+        cache.cleanup("proj", "s1").unwrap();
+    }
+    let _ = fs::remove_dir_all(&src);
+}

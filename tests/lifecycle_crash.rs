@@ -299,12 +299,15 @@ fn verify(
                 assert_eq!(current_marker(&cache), "1", "{what}");
                 assert!(listed, "{what}: the session's record is gone");
                 assert_eq!(marker_of(&target), "2", "{what}: session lost");
-                assert_eq!(
-                    fs::read_to_string(target.join("dropme/sub/file"))
-                        .unwrap_or_else(|e| panic!("{what}: dropme/sub/file: {e}")),
-                    "dropped",
-                    "{what}: the dropped path was not given back"
-                );
+                // On ZFS the session itself is edited: a kill between removing the dropped
+                // paths and the snapshot rolls back without them (documented). Elsewhere they
+                // come back.
+                let zfs = matches!(backend, BackendKind::Zfs | BackendKind::Zvol);
+                match fs::read_to_string(target.join("dropme/sub/file")) {
+                    Ok(text) => assert_eq!(text, "dropped", "{what}"),
+                    Err(_) if zfs => {}
+                    Err(e) => panic!("{what}: the dropped path was not given back: {e}"),
+                }
                 let names: Vec<_> = fs::read_dir(&target)
                     .unwrap()
                     .flatten()
@@ -459,9 +462,11 @@ fn scratch_source(tag: &str) -> PathBuf {
 }
 
 /// What recovery must make of a kill at a named point: `true` if the operation took effect.
-fn committed_at(point: &str, backend: BackendKind) -> bool {
+fn committed_at(point: &str, backend: BackendKind, op: Op) -> bool {
     let zfs = matches!(backend, BackendKind::Zfs | BackendKind::Zvol);
     match point {
+        // A ZFS promote that edited the session itself goes forward once its snapshot exists.
+        "promote:snapshot-taken" => zfs && op == Op::Consume,
         p if p.ends_with("current-written") => true,
         "setup:meta-written" => true,
         "cleanup:tree-moved" | "cleanup:meta-removed" => true,
@@ -500,7 +505,7 @@ fn kill_at_every_named_step_then_reopen() {
                 out.status,
                 String::from_utf8_lossy(&out.stderr)
             );
-            verify(&root.path, backend, op, &src, Some(committed_at(point, backend)), &what);
+            verify(&root.path, backend, op, &src, Some(committed_at(point, backend, op)), &what);
             checked += 1;
         }
     }

@@ -79,8 +79,11 @@ cargo build --release --no-default-features --features fault-injection --lib >&2
 GOLDCLONE_C_MODE=build GOLDCLONE_C_DIR="$results/c" GOLDCLONE_NO_BUILD=1 GOLDCLONE_PROFILE=release \
   GOLDCLONE_SKIP_HEADER_CHECK=1 tests/c/run.sh >"$host_results/c-build.log" 2>&1 ||
   { tail -20 "$host_results/c-build.log" >&2; log "building the C harnesses failed"; exit 1; }
-(cd go-bindings && GOFLAGS=-mod=mod GOCACHE=${GOCACHE:-/var/tmp/goldclone-go/cache} GOPATH=${GOPATH:-/var/tmp/goldclone-go/path} \
-  go test -c -race -o "$host_results/go-bindings.test" .) >&2
+# Go >= 1.21 (log/slog), as go-bindings/run.sh picks it.
+for d in /usr/lib/go-1.22/bin /usr/lib/go-1.23/bin; do [ -x "$d/go" ] && PATH=$d:$PATH; done
+(cd go-bindings && export GOFLAGS=-mod=mod GOCACHE=${GOCACHE:-/var/tmp/goldclone-go/cache} GOPATH=${GOPATH:-/var/tmp/goldclone-go/path} &&
+  go test -c -race -o "$host_results/go-bindings.test" . &&
+  go build -o "$host_results/devcache" ./example/devcache) >&2
 goldclone_bin="$repo/target/release/goldclone"
 cat >"$results/guest.sh" <<EOF
 #!/bin/bash
@@ -137,7 +140,7 @@ zfs create -o mountpoint=legacy gcta/capi >>"$results/modprobe.log" 2>&1
 mkdir -p /tmp/gc-capi && mount -t zfs gcta/capi /tmp/gc-capi
 GOLDCLONE_C_MODE=run GOLDCLONE_C_DIR="$results/c" GOLDCLONE_TEST_ROOT=/tmp/gc-capi \
   timeout 900 "$repo/tests/c/run.sh" >"$results/zfs-c.log" 2>&1
-GODEBUG=cgocheck=1 GOLDCLONE_TEST_ROOT=/tmp/gc-capi \
+GODEBUG=cgocheck=1 GOLDCLONE_TEST_ROOT=/tmp/gc-capi GOLDCLONE_EXAMPLE_BIN="$host_results/devcache" \
   timeout 900 "$host_results/go-bindings.test" -test.v >"$results/zfs-go.log" 2>&1
 
 # 4. The host tests again, now with /dev/zfs present (the other branch of the availability test).

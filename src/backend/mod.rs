@@ -173,6 +173,7 @@ pub(crate) fn plan(root: &Path, requested: Option<BackendKind>) -> Result<Plan> 
         detect::Backend::Btrfs { .. } => BackendKind::Btrfs,
         detect::Backend::Reflink { .. } | detect::Backend::Plain { .. } => BackendKind::Copy,
     });
+    log_choice(root, &found, kind, requested.is_some());
     let build = match kind {
         BackendKind::Copy => Build::Copy,
         BackendKind::Btrfs => btrfs::check(root, &found).map(|()| Build::Btrfs)?,
@@ -181,6 +182,33 @@ pub(crate) fn plan(root: &Path, requested: Option<BackendKind>) -> Result<Plan> 
         }
     };
     Ok(Plan { kind, build })
+}
+
+/// Say which backend a root gets, what that means there, and for the copy backend why no
+/// faster one.
+fn log_choice(root: &Path, found: &Detection, kind: BackendKind, requested: bool) {
+    let fs = &found.mount.fs_type;
+    let what = match (&found.backend, kind) {
+        (detect::Backend::Reflink { .. }, BackendKind::Copy) => format!(
+            "{fs} shares extents (reflink) but has no snapshots: sessions are copies whose \
+             file data is shared, O(files)"
+        ),
+        (_, BackendKind::Copy) => format!(
+            "{fs} has neither snapshots nor reflink here: sessions are full copies, O(files) \
+             and O(bytes); btrfs, ZFS or XFS with reflink would be faster"
+        ),
+        (_, BackendKind::Btrfs) => "btrfs: sessions are writable snapshots".into(),
+        (_, BackendKind::Zfs) => "a ZFS dataset: sessions are clones".into(),
+        (_, BackendKind::Zvol) => "an XFS on a zvol: sessions are volume clones".into(),
+    };
+    let how = if requested { "requested by the caller" } else { "detected" };
+    tracing::info!(
+        target: "goldclone::backend",
+        "{}: {} backend, {how} ({fs} at {}): {what}",
+        root.display(),
+        kind.name(),
+        found.mount.mount_point.display()
+    );
 }
 
 impl Plan {
@@ -400,7 +428,9 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
     }
 
     /// After a crash or an error inside `promote`: finish it (`Some`: `generation` is complete
-    /// and may be committed) or undo it (`None`). By default, undo.
+    /// and may be committed) or undo it (`None`). With `forward` (the session itself was edited
+    /// for the generation, and undoing cannot give the edits back) finish it wherever the
+    /// generation's tree is whole. By default, undo.
     fn recover_promote(
         &self,
         root: &RootDir,
@@ -408,8 +438,9 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
         generation: &Generation,
         previous: &Generation,
         staging: &Path,
+        forward: bool,
     ) -> Result<Option<Identity>> {
-        let _ = (session, previous);
+        let _ = (session, previous, forward);
         self.discard_generation(root, generation, staging, None)?;
         Ok(None)
     }

@@ -584,6 +584,7 @@ impl Backend for ZfsBackend {
         g: &Generation,
         previous: &Generation,
         _staging: &Path,
+        forward: bool,
     ) -> Result<Option<Identity>> {
         self.check_owned(&s.project)?;
         if self.volumes {
@@ -592,18 +593,19 @@ impl Backend for ZfsBackend {
         let on_session =
             self.session_dataset(&s.project, &s.name)?.snapshot(&format!("gen{}", g.number))?;
         let head = self.head(&s.project, g.number)?;
-        if self.exists(on_session.as_str())? {
+        if self.exists(on_session.as_str())? && !forward {
             // No lzc_promote has run (it would have moved this snapshot to the head): nothing
             // irreversible happened, so undo. The head, if cloned, depends on the snapshot.
             self.destroy_if_exists(&head)?;
             self.zfs.destroy_snapshots(&[on_session], false)?;
             return Ok(None);
         }
-        if !self.exists(head.as_str())? {
+        if !self.exists(head.as_str())? && !self.exists(on_session.as_str())? {
             return Ok(None); // nothing was done
         }
-        // The head holds the promoted snapshot and maybe the older generations' ones already:
-        // from here only forward is safe.
+        // The head holds the promoted snapshot and maybe the older generations' ones already
+        // (from here only forward is safe), or the session's snapshot holds edits of the session
+        // that undoing cannot give back (`forward`): finish it.
         self.finish_promote(&s.project, &s.name, g.number, previous.number)?;
         Ok(Some(self.identify(self.generation_snapshot(&g.project, g.number, g.number)?.as_str())?))
     }
@@ -769,13 +771,24 @@ impl Backend for ZfsBackend {
     }
 
     fn remove_project(&self, project: &str) -> Result<()> {
-        // Ours only (our mark, set on the container itself): with its sessions gone, what is
-        // left under it is the heads of its generations, which go with it.
+        // Ours only (our mark, set on the container itself). With its sessions gone, what is
+        // left under it is the heads of its generations (the lifecycle checked that nothing
+        // else is): each goes with its snapshots, then the container itself, alone.
         if !self.check_owned(project)? {
             return Ok(());
         }
         let container = self.container(project)?;
-        self.destroy_if_exists(&container)?;
+        for child in self.zfs.children(&container)? {
+            let leaf = child.as_str().rsplit('/').next().unwrap_or_default();
+            if !leaf.strip_prefix('g').is_some_and(|n| n.parse::<u64>().is_ok()) {
+                return Err(Error::Damaged {
+                    path: PathBuf::from(child.to_string()),
+                    what: "is not a generation's head: left alone".into(),
+                });
+            }
+            self.destroy_if_exists(&child)?;
+        }
+        self.zfs.destroy(&container)?;
         self.owned.lock().unwrap_or_else(|p| p.into_inner()).remove(container.as_str());
         Ok(())
     }

@@ -115,7 +115,14 @@ pub(super) fn copy_data(
         match sys::fs::ficlone(dst, src) {
             Ok(()) => return Ok(Method::Cloned),
             Err(e) => match verdict(&e) {
-                Verdict::FsCannot => caps.ficlone.store(CANNOT, Ordering::Relaxed),
+                Verdict::FsCannot => {
+                    if caps.ficlone.swap(CANNOT, Ordering::Relaxed) != CANNOT {
+                        tracing::debug!(
+                            target: "goldclone::copy",
+                            "FICLONE refused ({e}): the copy falls back to copy_file_range"
+                        );
+                    }
+                }
                 Verdict::FileCannot => {}
                 Verdict::Fatal => return Err(("FICLONE", Side::Both, e)),
             },
@@ -186,7 +193,13 @@ fn copy_range(
                     let e = io::Error::from(e);
                     match verdict(&e) {
                         Verdict::FsCannot => {
-                            caps.copy_file_range.store(CANNOT, Ordering::Relaxed);
+                            if caps.copy_file_range.swap(CANNOT, Ordering::Relaxed) != CANNOT {
+                                tracing::debug!(
+                                    target: "goldclone::copy",
+                                    "copy_file_range refused ({e}): the copy falls back to \
+                                     read/write"
+                                );
+                            }
                             break;
                         }
                         Verdict::FileCannot => break,

@@ -350,18 +350,77 @@ pub unsafe extern "C" fn goldclone_cache_setup_with(
         // SAFETY: the caller's promise on `opts`.
         let path = unsafe { watched(opts, |w, _| c.setup_with(project, session, w)) }?;
         // SAFETY: the caller's promise on the buffer arguments.
-        let written = unsafe {
-            args::write_string(path_buf, path_buf_len, path_len_out, path.as_os_str().as_bytes())
-        };
-        if let Err(mut f) = written {
+        unsafe {
+            give_path(&c, project, session, &path, true, path_buf, path_buf_len, path_len_out)
+        }
+    })
+}
+
+/// Write a session's path into the caller's buffer. A session this call made (`made`) whose
+/// path does not fit is removed again: either the caller has the session's path or it does not
+/// exist.
+///
+/// # Safety
+/// `buf`/`buf_len`/`out_len` as for `args::write_string`.
+#[allow(clippy::too_many_arguments)] // the buffer triple of the C call, passed on
+unsafe fn give_path(
+    c: &Cache,
+    project: &str,
+    session: &str,
+    path: &Path,
+    made: bool,
+    buf: *mut c_char,
+    buf_len: usize,
+    out_len: *mut usize,
+) -> Result<(), Failure> {
+    // SAFETY: the caller's promise on the buffer arguments.
+    let written = unsafe { args::write_string(buf, buf_len, out_len, path.as_os_str().as_bytes()) };
+    match written {
+        Err(mut f) if made => {
             if let Err(e) = c.cleanup(project, session) {
                 f.message = format!("{}; removing the session again failed: {e}", f.message);
             } else {
                 f.message = format!("{}; the session was removed again", f.message);
             }
-            return Err(f);
+            Err(f)
         }
-        Ok(())
+        other => other,
+    }
+}
+
+/// `goldclone_cache_setup_with`, but an existing session `session` is returned as it is
+/// (`*reused` true; may be NULL) instead of ALREADY_EXISTS; DAMAGED if its tree is not the one
+/// recorded. A reused session keeps the generation it was made from. With BUFFER_TOO_SMALL the
+/// session exists (also one this call made): call again with a larger buffer to get its path.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_cache_setup_or_reuse(
+    cache: *const goldclone_cache,
+    project: *const c_char,
+    session: *const c_char,
+    opts: *const goldclone_op_options,
+    path_buf: *mut c_char,
+    path_buf_len: usize,
+    path_len_out: *mut usize,
+    reused: *mut bool,
+) -> goldclone_result {
+    ffi_body!("goldclone_cache_setup_or_reuse", {
+        // SAFETY: the caller passes NUL-terminated strings or NULL.
+        let project = unsafe { args::name(project, "project") }?;
+        // SAFETY: as above.
+        let session = unsafe { args::name(session, "session") }?;
+        args::require_buf(path_buf, path_buf_len)?;
+        let c = self::cache(cache)?;
+        // SAFETY: the caller's promise on `opts`.
+        let (path, was_there) =
+            unsafe { watched(opts, |w, _| c.setup_or_reuse(project, session, w)) }?;
+        // SAFETY: NULL or writable by the caller's promise.
+        unsafe { args::store(reused, was_there) };
+        // SAFETY: the caller's promise on the buffer arguments.
+        // A session this call made stays too: another caller may have been given it as reused
+        // meanwhile, and calling again with a larger buffer hands it out.
+        unsafe {
+            give_path(&c, project, session, &path, false, path_buf, path_buf_len, path_len_out)
+        }
     })
 }
 
@@ -418,10 +477,11 @@ pub type goldclone_edit_fn = Option<
 #[derive(Debug, Clone, Copy)]
 pub struct goldclone_promote_options {
     /// Take the session itself: it is gone once the promote has succeeded. On the copy backend
-    /// its tree becomes the generation by a rename, whatever its size; btrfs and ZFS make the
-    /// generation as always, then remove the session (one that something has started using
-    /// meanwhile stays). A promote that fails gives the session back, its dropped paths
-    /// restored (what `edit` changed stays changed).
+    /// its tree becomes the generation by a rename, whatever its size (BUSY if something got
+    /// into it meanwhile); btrfs and ZFS make the generation as always, then remove the session
+    /// (one that something has started using meanwhile stays). A promote that fails gives the
+    /// session back, its dropped paths restored (what `edit` changed stays changed; on ZFS and
+    /// zvol the drops are final once `edit` has returned).
     pub consume: bool,
     /// `drop_len` paths relative to the tree's top (NUL-terminated bytes, UTF-8) to leave out
     /// of the new generation; NULL when `drop_len` is 0. Plain relative paths only (no `..`,

@@ -38,12 +38,14 @@ mod copy;
 mod detect;
 mod error;
 mod handle;
+mod log;
 
 pub use cache::*;
 pub use copy::*;
 pub use detect::*;
 pub use error::*;
 pub use handle::goldclone_debug_live_handles;
+pub use log::*;
 
 use std::ffi::c_char;
 

@@ -2,10 +2,11 @@
 //!
 //! Dropped paths are not removed at once: each is renamed into an aside directory
 //! (`<staging name>.dropped/<index>`), so that a promote that fails or is killed before its
-//! commit puts them back ([`restore`]). Where the tree is a directory of the root's filesystem
-//! (the copy backend) the aside directory is in the project's trash and is removed after the
-//! commit; elsewhere (a btrfs subvolume, a ZFS dataset: a rename out of them fails) it is at the
-//! top of the tree and is removed right before the tree is sealed ([`remove_aside`]). Every path is
+//! commit puts them back ([`Aside::restore_into`]). Where the tree is a directory of the root's
+//! filesystem (the copy backend) the aside directory is in the project's state directory (not
+//! its trash: gc never empties it) and is removed after the commit; elsewhere (a btrfs
+//! subvolume, a ZFS dataset: a rename out of them fails) it is at the top of the tree and is
+//! removed right before the tree is sealed ([`Aside::remove`]). Every path is
 //! resolved beneath the tree without following symlinks or crossing mounts: a drop path that
 //! leads through a symlink fails (and the promote with it) rather than touch what the symlink
 //! points at; a symlink *at* a drop path is itself dropped, never followed.
@@ -80,6 +81,11 @@ fn split(p: &str) -> (&Path, &OsStr) {
     (path.parent().unwrap_or(Path::new("")), path.file_name().unwrap_or_default())
 }
 
+/// The aside directory's name for the promote whose staging name is `staging`.
+pub(crate) fn aside_name(staging: &str) -> String {
+    format!("{staging}.dropped")
+}
+
 /// Where a promote's dropped paths wait for its commit: `<dir>/<staging name>.dropped/`, one
 /// entry per drop path, named by its index.
 pub(crate) struct Aside {
@@ -94,7 +100,7 @@ impl Aside {
     /// The aside directory of the promote whose staging name is `staging`, in `dir` (at
     /// `shown`).
     pub fn new(dir: OwnedFd, shown: PathBuf, staging: &str) -> Aside {
-        Aside { dir, shown, name: format!("{staging}.dropped") }
+        Aside { dir, shown, name: aside_name(staging) }
     }
 
     fn path(&self) -> PathBuf {
@@ -128,14 +134,21 @@ impl Aside {
         Ok(())
     }
 
-    /// Put back into `tree` (at `shown`) what [`Aside::move_from`] moved, then remove the empty
-    /// aside directory. What cannot go back (its place was taken meanwhile) is an error, and
-    /// stays where it is.
-    pub fn restore_into(&self, tree: &OwnedFd, shown: &Path, drops: &[String]) -> Result<()> {
+    /// Put back into `tree` (at `shown`) what [`Aside::move_from`] moved, last first (a drop
+    /// inside another goes back after its parent), then remove the aside directory if it is
+    /// empty. What cannot go back (its place was taken meanwhile, say by the edit hook) stays in
+    /// the aside directory: never removed, its paths returned.
+    pub fn restore_into(
+        &self,
+        tree: &OwnedFd,
+        shown: &Path,
+        drops: &[String],
+    ) -> Result<Vec<String>> {
         let Some(aside) = open_inside(self.dir.as_fd(), Path::new(&self.name), &self.shown)? else {
-            return Ok(());
+            return Ok(Vec::new());
         };
-        for (i, d) in drops.iter().enumerate() {
+        let mut kept = Vec::new();
+        for (i, d) in drops.iter().enumerate().rev() {
             // Only what was moved: a drop path that failed (through a symlink) moved nothing.
             let entry = i.to_string();
             match rustix::fs::statat(&aside, entry.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
@@ -144,19 +157,23 @@ impl Aside {
                 Err(e) => return Err(Error::io("stat", self.path().join(&entry), e)),
             }
             let (parent, name) = split(d);
-            let parent_fd = open_inside(tree.as_fd(), parent, shown)?
-                .ok_or_else(|| Error::from_errno("open", shown.join(parent), libc::ENOENT))?;
-            rustix::fs::renameat_with(
-                &aside,
-                entry.as_str(),
-                &parent_fd,
-                name,
-                RenameFlags::NOREPLACE,
-            )
-            .at_with("rename back", || shown.join(d))?;
+            let back = match open_inside(tree.as_fd(), parent, shown) {
+                Ok(Some(parent_fd)) => rustix::fs::renameat_with(
+                    &aside,
+                    entry.as_str(),
+                    &parent_fd,
+                    name,
+                    RenameFlags::NOREPLACE,
+                )
+                .is_ok(),
+                _ => false,
+            };
+            if !back {
+                kept.push(format!("{} (dropped {d})", self.path().join(&entry).display()));
+            }
         }
         match rustix::fs::unlinkat(&self.dir, self.name.as_str(), AtFlags::REMOVEDIR) {
-            Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+            Ok(()) | Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTEMPTY) => Ok(kept),
             Err(e) => Err(Error::io("rmdir", self.path(), e)),
         }
     }

@@ -113,9 +113,13 @@ pub struct PromoteOptions<'a> {
     /// Take the session itself: the session is gone once the promote has succeeded (its record
     /// too), for a caller that would discard it anyway. On the copy backend its tree becomes the
     /// generation by a rename, whatever its size; btrfs and ZFS make the generation as always
-    /// and then remove the session. If something has started using the session meanwhile it
-    /// is kept, as an ordinary session. A promote that fails or is cancelled gives the session
-    /// back at its place, its dropped paths restored; what `edit` changed stays changed.
+    /// and then remove the session. If something has started using the session meanwhile the
+    /// promote fails with [`Error::SessionBusy`] (copy) or the session is kept as an ordinary
+    /// one (btrfs, ZFS). A promote that fails or is cancelled gives the session back at its
+    /// place, its dropped paths restored (one whose place the edit hook took stays in an
+    /// aside directory, reported); what `edit` changed stays changed. On ZFS and zvol, where
+    /// the edits are made in the session itself, the drops are final once the hook has
+    /// returned: the promote is not stopped after that point.
     pub consume: bool,
     /// Paths relative to the tree's top (`containers`, `overlay2/<id>`) removed from the new
     /// generation before it is committed; one that is not there is skipped. Plain relative
@@ -160,6 +164,23 @@ impl GcReport {
             && self.recovered.is_empty()
             && self.kept.is_empty()
             && self.failed.is_empty()
+    }
+
+    /// Say what was done and found: what was removed or recovered as information, what was
+    /// left alone or could not be done as warnings.
+    fn log(&self, during: &str) {
+        for r in &self.removed {
+            tracing::info!(target: "goldclone::gc", "{during}: removed {r}");
+        }
+        for r in &self.recovered {
+            tracing::info!(target: "goldclone::recovery", "{during}: {r}");
+        }
+        for k in &self.kept {
+            tracing::warn!(target: "goldclone::gc", "{during}: kept {k}");
+        }
+        for f in &self.failed {
+            tracing::warn!(target: "goldclone::gc", "{during}: could not {f}");
+        }
     }
 
     fn merge(&mut self, other: GcReport) {
@@ -215,10 +236,6 @@ impl Cache {
                 what: format!("{} copy threads is more than 1024", opts.copy_threads),
             });
         }
-        let canonical = root.canonicalize().at("canonicalize", root)?;
-        let plan = backend::plan(&canonical, opts.backend)?;
-        let dir = RootDir::open(&canonical)?;
-        let cache_id = state::open_state(&dir, plan.kind())?;
         if opts.zvol_block_size != 0
             && !(opts.zvol_block_size.is_power_of_two()
                 && (4096..=128 << 10).contains(&opts.zvol_block_size))
@@ -230,6 +247,10 @@ impl Cache {
                 ),
             });
         }
+        let canonical = root.canonicalize().at("canonicalize", root)?;
+        let plan = backend::plan(&canonical, opts.backend)?;
+        let dir = RootDir::open(&canonical)?;
+        let cache_id = state::open_state(&dir, plan.kind())?;
         let settings = backend::Settings {
             copy_threads: opts.copy_threads,
             zvol_size: opts.zvol_size,
@@ -238,6 +259,7 @@ impl Cache {
         let store = plan.build(&cache_id, settings)?;
         let mut cache = Cache { root: dir, store, opened: GcReport::default() };
         cache.opened = cache.recover_idle_projects();
+        cache.opened.log("open");
         Ok(cache)
     }
 
@@ -418,6 +440,79 @@ impl Cache {
         )
     }
 
+    /// The session's path if it exists (and is whole: [`Error::Damaged`] otherwise), else a new
+    /// session as [`Cache::setup_with`] makes it; `true` with a session that was there already.
+    /// A reused session keeps the generation it was made from ([`Cache::session_info`] tells).
+    /// A setup or cleanup of the same session in flight is waited for; a dead one is finished
+    /// or undone first.
+    pub fn setup_or_reuse(
+        &self,
+        project: &str,
+        session: &str,
+        watch: &Watch,
+    ) -> Result<(PathBuf, bool)> {
+        validate_name(project)?;
+        validate_name(session)?;
+        let existing = || -> Result<Option<PathBuf>> {
+            let _lock = self.lock_shared(project)?;
+            self.known_project(project)?;
+            self.settle_session(project, session)?;
+            let Some(meta) = read_session(&self.root, project, session)? else { return Ok(None) };
+            let s = self.session(project, session);
+            self.check_session_place(&s, &meta)?;
+            Ok(Some(self.root.join(&s.place)))
+        };
+        if let Some(path) = existing()? {
+            return Ok((path, true));
+        }
+        match self.setup_with(project, session, watch) {
+            Ok(path) => Ok((path, false)),
+            // Another caller set it up meanwhile (or is at it: its intent made ours busy), or
+            // something that is no session is there.
+            Err(e)
+                if matches!(e, Error::AlreadyExists { .. }) || e.errno() == Some(libc::EBUSY) =>
+            {
+                match existing()? {
+                    Some(path) => Ok((path, true)),
+                    None => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Wait (up to a minute) while a setup or cleanup of the session is in flight; finish or
+    /// undo a dead one. The caller holds the project's shared lock.
+    fn settle_session(&self, project: &str, session: &str) -> Result<()> {
+        // Only the file name matters: one intent file per session.
+        let probe = Intent::Cleanup {
+            project: project.to_string(),
+            session: session.to_string(),
+            trash: String::new(),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match state::find_intent(&self.root, &probe) {
+                None | Some(Found::Gone) => return Ok(()),
+                Some(Found::Dead(dead)) => {
+                    self.resolve(&dead.intent)?;
+                    return dead.clear(&self.root);
+                }
+                Some(Found::Damaged(e)) => return Err(e),
+                Some(Found::Alive) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Some(Found::Alive) => {
+                    return Err(Error::from_errno(
+                        "wait for another operation on the session",
+                        self.root.join(&Layout::session(project, session)),
+                        libc::EBUSY,
+                    ))
+                }
+            }
+        }
+    }
+
     /// Make the session's tree the project's next generation; returns that generation. The
     /// session must be quiesced (in use by nothing: [`Error::SessionBusy`] otherwise) and keeps
     /// running unchanged afterwards; sessions of older generations are not touched. A backend
@@ -488,10 +583,11 @@ impl Cache {
             consume: opts.consume,
             drop: drops.clone(),
             edits_session,
+            session_identity: Some(meta.identity.clone()),
         };
-        // Dropped paths wait in the project's trash where trees are directories of the root's
-        // filesystem (removed after the commit: until then a kill gives them back); elsewhere in
-        // the tree itself, removed before it is sealed.
+        // Dropped paths wait in the project's state directory where trees are directories of
+        // the root's filesystem (removed after the commit: until then a kill gives them back);
+        // elsewhere in the tree itself, removed before it is sealed.
         let aside_in_trash = self.store.can_adopt_session();
         let edit_tree = |tree: &Path| -> Result<()> {
             if !edits {
@@ -527,11 +623,20 @@ impl Cache {
                     let id = self.store.adopt_session(&self.root, &s, &meta.identity, &staging)?;
                     fault::point("promote:session-taken");
                     edit_tree(&staging)?;
+                    // Whoever got into the session since it was checked is in the generation's
+                    // tree now: give the session back rather than commit a tree in use.
+                    self.ensure_unused_at(&s, &staging)?;
                     id
                 } else {
-                    if edits_session {
+                    // Edits of the session itself (ZFS) are final once made: from there the
+                    // promote is not stopped any more, so that a stop never rolls back a session
+                    // that has lost its dropped paths.
+                    let watch = if edits_session {
                         edit_tree(&s.place)?;
-                    }
+                        &Watch { progress: watch.progress.clone(), cancel: None }
+                    } else {
+                        watch
+                    };
                     let id = self.store.promote(
                         &self.root,
                         &s,
@@ -553,6 +658,11 @@ impl Cache {
                     // Under the intent: a kill from here on is finished by recovery.
                     self.finish_consume(&s, adopt)?;
                 }
+                if edits && aside_in_trash {
+                    // Committed: the dropped paths are trash now (a rename), for gc if a kill
+                    // comes before they are removed below.
+                    self.trash_aside(project, staging_name)?;
+                }
                 Ok(number)
             },
         )?;
@@ -563,8 +673,8 @@ impl Cache {
         if (edits && aside_in_trash) || opts.consume {
             let Ok(_lock) = self.lock_shared(project) else { return Ok(number) };
             if edits && aside_in_trash {
-                let staging = Layout::generations(project).join(staging_name);
-                let _ = self.aside(project, &staging, staging_name).and_then(|a| a.remove());
+                let trashed = Layout::trash(project).join(edit::aside_name(staging_name));
+                let _ = self.store.remove_trash(&self.root, &trashed);
             }
             if opts.consume {
                 let _ = self.reclaim_if_unused(project, meta.generation);
@@ -678,9 +788,18 @@ impl Cache {
             ) {
                 Ok(Some(lock)) => {
                     let mut r = GcReport::default();
-                    self.recover(&project, &lock, &mut r);
-                    if let Err(e) = self.collect(&project, &lock, &mut r) {
-                        r.failed.push(format!("{project}: {e}"));
+                    // A project whose import, promote or delete could not be finished or undone
+                    // is not collected: its records and trees are between two states, and what
+                    // looks orphaned may be what recovery still needs.
+                    if self.recover(&project, &lock, &mut r) {
+                        if let Err(e) = self.collect(&project, &lock, &mut r) {
+                            r.failed.push(format!("{project}: {e}"));
+                        }
+                    } else {
+                        r.kept.push(format!(
+                            "{project}: an interrupted operation could not be resolved; not \
+                             collected until it is"
+                        ));
                     }
                     report.merge(r);
                 }
@@ -693,6 +812,7 @@ impl Cache {
                 Err(e) => report.failed.push(format!("{project}: {e}")),
             }
         }
+        report.log("gc");
         Ok(report)
     }
 
@@ -813,9 +933,18 @@ impl Cache {
             }
             root.remove_file(&path)?;
         }
+        // Checked again: what someone made under the project since the delete began is theirs.
+        if let Some(d) = self.store.unrecorded(project, &[], &[head])?.into_iter().next() {
+            return Err(Error::Damaged {
+                path: root.join(&Layout::project(project)),
+                what: format!("{d} has no record: left alone, the delete stays unfinished"),
+            });
+        }
         self.store.remove_project(project)?;
         for t in root.list(&Layout::trash(project))? {
-            self.store.remove_trash(root, &Layout::trash(project).join(t))?;
+            if t.to_str().is_some_and(state::is_own_name) {
+                self.store.remove_trash(root, &Layout::trash(project).join(t))?;
+            }
         }
         for d in [Layout::sessions(project), Layout::generations(project), Layout::project(project)]
         {
@@ -995,10 +1124,16 @@ impl Cache {
 
     /// Nothing holds the session: no process, no mount, in any namespace.
     fn ensure_unused(&self, s: &Session) -> Result<()> {
-        if self.root.entry(&s.place)?.is_none() {
+        self.ensure_unused_at(s, &s.place)
+    }
+
+    /// Nothing holds the session's tree, which is at `at` (its place, or where a promote took
+    /// it).
+    fn ensure_unused_at(&self, s: &Session, at: &Path) -> Result<()> {
+        if self.root.entry(at)?.is_none() {
             return Ok(()); // nothing there to hold (a session not mounted, without its directory)
         }
-        let place = self.root.join(&s.place);
+        let place = self.root.join(at);
         let found = holders::holders(&place, self.store.sessions_are_mounts())?;
         if found.is_empty() {
             return Ok(());
@@ -1094,8 +1229,12 @@ impl Cache {
     // ---- locks and recovery ----
 
     fn lock_exclusive(&self, project: &str) -> Result<ProjectLock> {
-        Ok(lock_project(&self.root, project, Access::Exclusive, Missing::Refuse, Wait::Forever)?
-            .expect("waits for the lock"))
+        let started = std::time::Instant::now();
+        let lock =
+            lock_project(&self.root, project, Access::Exclusive, Missing::Refuse, Wait::Forever)?
+                .expect("waits for the lock");
+        log_wait(project, "exclusive", started);
+        Ok(lock)
     }
 
     /// Lock the project shared for an operation on one session, first resolving what dead
@@ -1103,9 +1242,11 @@ impl Cache {
     /// step); dead operations on other sessions are theirs to wait for gc.
     fn lock_shared(&self, project: &str) -> Result<ProjectLock> {
         loop {
+            let started = std::time::Instant::now();
             let lock =
                 lock_project(&self.root, project, Access::Shared, Missing::Refuse, Wait::Forever)?
                     .expect("waits for the lock");
+            log_wait(project, "shared", started);
             let dead_exclusive = state::intents(&self.root, project)?
                 .iter()
                 .any(|f| matches!(f, Found::Dead(d) if d.intent.is_exclusive()));
@@ -1162,7 +1303,9 @@ impl Cache {
             let missing = if unborn { Missing::Create } else { Missing::Refuse };
             match lock_project(&self.root, &project, Access::Exclusive, missing, Wait::No) {
                 Ok(Some(lock)) => {
-                    self.recover(&project, &lock, &mut report);
+                    if !self.recover(&project, &lock, &mut report) {
+                        continue; // not collected until its operation is resolved (see gc)
+                    }
                     self.empty_trash(&project, &mut report);
                     if let Err(e) = self.forget_if_empty(&project, &lock) {
                         report.failed.push(format!("{project}: {e}"));
@@ -1177,14 +1320,15 @@ impl Cache {
 
     /// Resolve every dead intent of `project` (exclusive lock held), reporting each, and remove
     /// temporary files of dead writers. Never stops at one failure.
-    fn recover(&self, project: &str, lock: &ProjectLock, report: &mut GcReport) {
+    fn recover(&self, project: &str, lock: &ProjectLock, report: &mut GcReport) -> bool {
         let found = match state::intents(&self.root, project) {
             Ok(f) => f,
             Err(e) => {
                 report.failed.push(format!("{project}: {e}"));
-                return;
+                return false;
             }
         };
+        let mut resolved = true;
         for f in found {
             match f {
                 Found::Dead(dead) => match self.resolve(&dead.intent) {
@@ -1198,7 +1342,10 @@ impl Cache {
                         }
                         report.recovered.push(outcome.describe());
                     }
-                    Err(e) => report.failed.push(format!("{project}: {:?}: {e}", dead.intent)),
+                    Err(e) => {
+                        resolved &= !dead.intent.is_exclusive();
+                        report.failed.push(format!("{project}: {:?}: {e}", dead.intent));
+                    }
                 },
                 // Under the exclusive lock only a live operation of this very process (none) or a
                 // race with another recoverer leaves one: its owner resolves it.
@@ -1210,6 +1357,7 @@ impl Cache {
             Ok(removed) => report.removed.extend(removed),
             Err(e) => report.failed.push(format!("{project}: {e}")),
         }
+        resolved
     }
 
     /// Record `intent`, `check` (again) that the operation may go on, and run `work` with
@@ -1220,6 +1368,27 @@ impl Cache {
     /// [`Error::Incomplete`] and the intent stays for recovery. After the commit, a failure to
     /// clear the intent does not make the operation fail: recovery finds it committed.
     fn run<C, T>(
+        &self,
+        intent: &Intent,
+        check: impl FnOnce() -> Result<C>,
+        finished: impl FnOnce() -> T,
+        work: impl FnOnce(C) -> Result<T>,
+    ) -> Result<T> {
+        let started = std::time::Instant::now();
+        let result = self.run_recorded(intent, check, finished, work);
+        let took = started.elapsed().as_secs_f64();
+        match &result {
+            Ok(_) => {
+                tracing::debug!(target: "goldclone::lifecycle", "{intent:?}: done in {took:.3} s")
+            }
+            Err(e) => {
+                tracing::debug!(target: "goldclone::lifecycle", "{intent:?}: failed after {took:.3} s: {e}")
+            }
+        }
+        result
+    }
+
+    fn run_recorded<C, T>(
         &self,
         intent: &Intent,
         check: impl FnOnce() -> Result<C>,
@@ -1350,6 +1519,7 @@ impl Cache {
                 consume,
                 drop,
                 edits_session,
+                session_identity,
             } => {
                 let current = read_current(root, project)?
                     .ok_or_else(|| Error::UnknownProject { project: project.clone() })?;
@@ -1360,7 +1530,9 @@ impl Cache {
                         self.finish_consume(&s, adopt)?;
                     }
                     if !drop.is_empty() && self.store.can_adopt_session() {
-                        let _ = self.aside(project, &staging, name).and_then(|a| a.remove());
+                        self.trash_aside(project, name)?;
+                        let trashed = Layout::trash(project).join(edit::aside_name(name));
+                        let _ = self.store.remove_trash(root, &trashed);
                     }
                     Ok(Outcome::Finished(what))
                 };
@@ -1373,12 +1545,25 @@ impl Cache {
                 // Before anything is discarded: a session taken as the generation goes back to
                 // its place, and paths dropped from the session's own tree go back into it.
                 if adopt {
-                    if let Some(m) = read_session(root, project, session)? {
+                    let id = match session_identity {
+                        Some(id) => Some(id.clone()),
+                        None => read_session(root, project, session)?.map(|m| m.identity),
+                    };
+                    if let Some(id) = id {
                         for from in [&staging, &g.place] {
-                            if self.store.presence(root, from, &m.identity)? == Presence::Here {
-                                self.restore_drops(project, from, name, drop)?;
+                            if self.store.presence(root, from, &id)? == Presence::Here {
                                 self.store.return_session(root, from, &s)?;
                             }
+                            // Whatever happened, never discard the session's tree.
+                            if self.store.presence(root, from, &id)? == Presence::Here {
+                                return Err(Error::Damaged {
+                                    path: root.join(from),
+                                    what: format!("holds session {session}'s tree, which could not go back to its place"),
+                                });
+                            }
+                        }
+                        if self.store.presence(root, &s.place, &id)? == Presence::Here {
+                            self.restore_drops(project, &s.place, name, drop)?;
                         }
                     }
                 } else if *edits_session && root.entry(&s.place)?.is_some() {
@@ -1388,7 +1573,7 @@ impl Cache {
                     self.aside(project, &staging, name)?.remove()?;
                 }
                 if let Some(identity) =
-                    self.store.recover_promote(root, &s, &g, &previous, &staging)?
+                    self.store.recover_promote(root, &s, &g, &previous, &staging, *edits_session)?
                 {
                     self.commit_generation(
                         &g,
@@ -1453,13 +1638,28 @@ impl Cache {
     }
 
     /// Where a promote of `project` with staging name `staging` keeps the paths it drops from
-    /// the tree at `tree`: the project's trash where trees are directories of the root's
-    /// filesystem, else the tree itself (see `edit`).
+    /// the tree at `tree`: the project's state directory where trees are directories of the
+    /// root's filesystem (never emptied by gc), else the tree itself (see `edit`).
     fn aside(&self, project: &str, tree: &Path, staging: &str) -> Result<edit::Aside> {
-        let place =
-            if self.store.can_adopt_session() { Layout::trash(project) } else { tree.into() };
+        let place = if self.store.can_adopt_session() {
+            Layout::project_state(project)
+        } else {
+            tree.into()
+        };
         let dir = edit::open_tree(&self.root, &place)?;
         Ok(edit::Aside::new(dir, self.root.join(&place), staging))
+    }
+
+    /// After the commit of a promote (staging name `staging`) whose dropped paths wait in the
+    /// project's state directory: move them to the project's trash.
+    fn trash_aside(&self, project: &str, staging: &str) -> Result<()> {
+        let name = edit::aside_name(staging);
+        let from = Layout::project_state(project).join(&name);
+        if self.root.entry(&from)?.is_none() {
+            return Ok(());
+        }
+        self.root.mkdir_all(&Layout::trash(project))?;
+        self.root.rename_noreplace(&from, &Layout::trash(project).join(&name))
     }
 
     /// Put back into the tree at `tree` what a promote (staging name `staging`) dropped.
@@ -1475,7 +1675,13 @@ impl Cache {
         }
         let fd = edit::open_tree(&self.root, tree)?;
         let aside = self.aside(project, tree, staging)?;
-        aside.restore_into(&fd, &self.root.join(tree), drops)
+        for kept in aside.restore_into(&fd, &self.root.join(tree), drops)? {
+            tracing::warn!(
+                target: "goldclone::recovery",
+                "{project}: could not put back {kept}: its place is taken; left there"
+            );
+        }
+        Ok(())
     }
 
     /// After a committed promote that consumes its session: the session goes. Taken as the
@@ -1672,6 +1878,15 @@ impl Cache {
                 ));
             }
         }
+        for name in root.list(&Layout::project_state(project))? {
+            if name.to_str().is_some_and(|n| n.ends_with(".dropped")) {
+                report.kept.push(format!(
+                    "{}: paths a rolled-back promote dropped and could not put back (their \
+                     places were taken); left alone",
+                    self.at(&Layout::project_state(project).join(&name))
+                ));
+            }
+        }
         for dir in [Layout::generation_records(project), Layout::session_records(project)] {
             let (_, other) = state::record_names(root, &dir)?;
             for o in other {
@@ -1682,5 +1897,18 @@ impl Cache {
             report.kept.push(format!("{project}: {d} has no record; left alone"));
         }
         Ok(())
+    }
+}
+
+/// A wait for a project's lock that took a second or more: someone's promote, import, delete
+/// or gc held it.
+fn log_wait(project: &str, access: &str, started: std::time::Instant) {
+    let waited = started.elapsed();
+    if waited >= Duration::from_secs(1) {
+        tracing::info!(
+            target: "goldclone::lifecycle",
+            "waited {:.1} s for project {project}'s lock ({access})",
+            waited.as_secs_f64()
+        );
     }
 }

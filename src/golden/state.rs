@@ -136,6 +136,10 @@ pub(crate) enum Intent {
         /// The tree being edited is the session's own (ZFS promotes the session itself).
         #[serde(default)]
         edits_session: bool,
+        /// The session's identity when the promote began: a consumed session is recognised by
+        /// it wherever it is, whatever its record says meanwhile.
+        #[serde(default)]
+        session_identity: Option<crate::backend::Identity>,
     },
     Cleanup {
         project: String,
@@ -870,6 +874,7 @@ mod tests {
             consume: false,
             drop: Vec::new(),
             edits_session: false,
+            session_identity: None,
         };
         assert!(zero.validate("p").is_err());
         let escape = Intent::Promote {
@@ -880,6 +885,7 @@ mod tests {
             consume: true,
             drop: vec!["containers".into(), "../../etc".into()],
             edits_session: false,
+            session_identity: None,
         };
         assert!(escape.validate("p").is_err(), "a drop path outside the tree");
         // Intents recorded before promotes had options still read.

@@ -470,25 +470,37 @@ static void delete_on(const struct harness_fs *f) {
     char *golden = make_golden(pl.scratch);
     goldclone_cache *cache = NULL;
     char s1[GOLDCLONE_PATH_BUF_SIZE], cwd[GOLDCLONE_PATH_BUF_SIZE];
-    bool has = true;
+    bool golden_there = true;
 
     CHECK_OK(goldclone_cache_open(pl.cache_root, NULL, &cache));
     if (!cache) goto out;
     CHECK_OK(goldclone_cache_import(cache, P, golden, NULL));
     CHECK_OK(goldclone_cache_setup(cache, P, "s1", s1, sizeof s1, NULL));
+    {
+        char again[GOLDCLONE_PATH_BUF_SIZE];
+        bool reused = false;
+        CHECK_OK(goldclone_cache_setup_or_reuse(cache, P, "s1", NULL, again, sizeof again, NULL, &reused));
+        CHECK(reused && strcmp(again, s1) == 0);
+        CHECK_OK(goldclone_cache_setup_or_reuse(cache, P, "s9", NULL, again, sizeof again, NULL, &reused));
+        CHECK(!reused && has(again, "version.txt"));
+        /* a path that does not fit: the session stays, and a second call hands it out */
+        CHECK_RC(goldclone_cache_setup_or_reuse(cache, P, "s8", NULL, again, 4, NULL, &reused), GOLDCLONE_RESULT_BUFFER_TOO_SMALL);
+        CHECK_OK(goldclone_cache_setup_or_reuse(cache, P, "s8", NULL, again, sizeof again, NULL, &reused));
+        CHECK(reused);
+    }
     CHECK(getcwd(cwd, sizeof cwd) != NULL);
     CHECK(chdir(s1) == 0);
     CHECK_RC(goldclone_cache_delete_project(cache, P), GOLDCLONE_RESULT_BUSY);
     CHECK(chdir(cwd) == 0);
     CHECK(file_is(s1, "version.txt", "gen1\n"));
-    CHECK_OK(goldclone_cache_has_golden(cache, P, &has));
-    CHECK(has);
+    CHECK_OK(goldclone_cache_has_golden(cache, P, &golden_there));
+    CHECK(golden_there);
     CHECK_RC(goldclone_cache_delete_project(cache, NULL), GOLDCLONE_RESULT_NULL_PARAMETER);
     CHECK_RC(goldclone_cache_delete_project(cache, "../x"), GOLDCLONE_RESULT_INVALID_NAME);
     CHECK_OK(goldclone_cache_delete_project(cache, P));
     CHECK(!harness_exists(s1));
-    CHECK_OK(goldclone_cache_has_golden(cache, P, &has));
-    CHECK(!has);
+    CHECK_OK(goldclone_cache_has_golden(cache, P, &golden_there));
+    CHECK(!golden_there);
     CHECK_RC(goldclone_cache_session_info(cache, P, "s1", NULL, NULL, NULL, NULL, 0, NULL), GOLDCLONE_RESULT_NOT_FOUND);
     CHECK_RC(goldclone_cache_delete_project(cache, P), GOLDCLONE_RESULT_NOT_FOUND);
     CHECK_OK(goldclone_cache_import(cache, P, golden, NULL));
@@ -501,6 +513,57 @@ out:
 }
 
 static void test_delete_project(void) { on_every_fs(delete_on); }
+
+/* The log callback: what open decided (backend and why) and what gc left alone reach it, with
+ * levels and targets; nothing after it is cleared; a bad level is refused. */
+struct log_lines {
+    pthread_mutex_t mu;
+    int n, backend_info, gc_warn;
+    char first[512];
+};
+
+static void collect_log(void *user_data, goldclone_log_level level, const char *target, const char *message) {
+    struct log_lines *l = user_data;
+    pthread_mutex_lock(&l->mu);
+    if (l->n++ == 0) snprintf(l->first, sizeof l->first, "%s: %s", target, message);
+    if (level == GOLDCLONE_LOG_LEVEL_INFO && strcmp(target, "goldclone::backend") == 0 &&
+        strstr(message, " backend, ") != NULL)
+        l->backend_info++;
+    if (level == GOLDCLONE_LOG_LEVEL_WARN && strcmp(target, "goldclone::gc") == 0 &&
+        strstr(message, "stray") != NULL)
+        l->gc_warn++;
+    pthread_mutex_unlock(&l->mu);
+}
+
+static void test_log_callback(void) {
+    const struct harness_fs *f = &fs[0];
+    struct place pl;
+    struct log_lines l = {PTHREAD_MUTEX_INITIALIZER, 0, 0, 0, ""};
+    goldclone_cache *cache = NULL;
+    int seen;
+    place_init(&pl, f);
+    if (pl.own_root) { /* (in the guest the root is shared with other suites: no stray there) */
+        char *stray = harness_join(pl.cache_root, "stray");
+        CHECK(mkdir(stray, 0755) == 0);
+        free(stray);
+    }
+    CHECK_RC(goldclone_set_log_callback(collect_log, &l, 6), GOLDCLONE_RESULT_INVALID_ARGUMENT);
+    CHECK_OK(goldclone_set_log_callback(collect_log, &l, GOLDCLONE_LOG_LEVEL_INFO));
+    CHECK_OK(goldclone_cache_open(pl.cache_root, NULL, &cache));
+    if (cache) CHECK_OK(goldclone_cache_gc(cache, NULL));
+    CHECK(l.backend_info == 1);
+    if (pl.own_root) CHECK(l.gc_warn == 1);
+    fprintf(stderr, "  first line: %s\n", l.first);
+    goldclone_cache_free(cache);
+    cache = NULL;
+    CHECK_OK(goldclone_set_log_callback(NULL, NULL, GOLDCLONE_LOG_LEVEL_INFO));
+    seen = l.n;
+    CHECK_OK(goldclone_cache_open(pl.cache_root, NULL, &cache));
+    if (cache) CHECK_OK(goldclone_cache_gc(cache, NULL));
+    CHECK(l.n == seen);
+    goldclone_cache_free(cache);
+    place_free(&pl);
+}
 
 /* The cheap queries: projects, has_golden, session_info. */
 static void queries_on(const struct harness_fs *f) {
@@ -770,6 +833,7 @@ int main(void) {
     RUN(test_progress_and_cancel);
     RUN(test_promote_with_edits);
     RUN(test_delete_project);
+    RUN(test_log_callback);
     RUN(test_queries);
     RUN(test_bad_names);
     RUN(test_threads_share_a_cache);
