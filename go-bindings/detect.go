@@ -5,6 +5,8 @@ package goldclone
 */
 import "C"
 
+import "strings"
+
 // DetectKind is what backs a detected path.
 type DetectKind uint32
 
@@ -108,4 +110,26 @@ func DetectZFSPool(path string) (pool string, ok bool) {
 		return C.goldclone_zfs_pool(cpath, b, n, o)
 	})
 	return pool, err == nil
+}
+
+// DetectZFSParent returns the dataset goldclone puts its datasets under for a cache root at
+// path: for a ZFS filesystem, the dataset mounted there; for an XFS on a zvol, the zvol's
+// parent dataset (the volumes go beside it, under <parent>/<zvol>.goldclone). That is what the
+// service's DetectZFSPool result was used for: the parent of its zvols. ok is false off ZFS.
+func DetectZFSParent(path string) (dataset string, ok bool) {
+	d, err := Detect(path)
+	if err != nil || d.Dataset == "" {
+		return "", false
+	}
+	switch d.Kind {
+	case KindZFSDataset:
+		return d.Dataset, true
+	case KindZvol:
+		i := strings.LastIndexByte(d.Dataset, '/')
+		if i <= 0 {
+			return "", false
+		}
+		return d.Dataset[:i], true
+	}
+	return "", false
 }

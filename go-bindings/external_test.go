@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"goldclone.dev/goldclone"
@@ -30,8 +31,18 @@ func TestServiceCallSites(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if pool, ok := goldclone.DetectZFSPool(root); ok != (os.Getenv("GOLDCLONE_TEST_ROOT") != "") {
+	onZFS := os.Getenv("GOLDCLONE_TEST_ROOT") != ""
+	if pool, ok := goldclone.DetectZFSPool(root); ok != onZFS {
 		t.Errorf("DetectZFSPool(%s) = %q, %v", root, pool, ok)
+	}
+	if parent, ok := goldclone.DetectZFSParent(root); ok != onZFS {
+		t.Errorf("DetectZFSParent(%s) = %q, %v", root, parent, ok)
+	} else if ok {
+		d, err := goldclone.Detect(root)
+		pool, _ := goldclone.DetectZFSPool(root)
+		if err != nil || parent != d.Dataset || !strings.HasPrefix(parent, pool) {
+			t.Errorf("DetectZFSParent(%s) = %q; Detect: %+v, %v", root, parent, d, err)
+		}
 	}
 	tree := filepath.Join(work, "tree")
 	for _, d := range []string{"etc", "var/lib/app"} {
@@ -82,5 +93,14 @@ func TestServiceCallSites(t *testing.T) {
 	}
 	if err := cache.CleanupSession(project, "sess-1"); !errors.Is(err, goldclone.ErrNotFound) {
 		t.Errorf("cleanup twice: %v", err)
+	}
+	// DeleteGolden: nothing of the project is left (on btrfs its read-only generation too).
+	if err := cache.DeleteProject(project); err != nil {
+		t.Fatal(err)
+	}
+	if entries, err := os.ReadDir(root); err != nil || len(entries) != 1 || entries[0].Name() != ".goldclone" {
+		if os.Getenv("GOLDCLONE_TEST_ROOT") == "" { // (the guest's root is shared with other tests)
+			t.Errorf("left in the cache root after DeleteProject: %v %v", entries, err)
+		}
 	}
 }

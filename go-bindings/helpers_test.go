@@ -3,6 +3,7 @@ package goldclone
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -52,8 +53,16 @@ func scratch(t *testing.T, base, tag string) string {
 	if err := os.Mkdir(d, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(d) })
+	t.Cleanup(func() { removeTree(d) })
 	return d
+}
+
+// removeTree removes dir, first deleting the btrfs subvolumes the library left in it
+// (read-only generations, whose files cannot be unlinked), deepest first.
+func removeTree(dir string) {
+	_ = exec.Command("find", dir, "-depth", "-mindepth", "1", "-type", "d", "-inum", "256",
+		"-exec", "sh", "-c", `btrfs property set -ts "$1" ro false; btrfs subvolume delete "$1"`, "_", "{}", ";").Run()
+	os.RemoveAll(dir)
 }
 
 func writeFile(t *testing.T, path, content string) {

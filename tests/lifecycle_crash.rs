@@ -461,6 +461,12 @@ fn scratch_source(tag: &str) -> PathBuf {
     src
 }
 
+/// The named points a consuming promote is killed at in the ZFS guest: where its outcome
+/// differs from a plain promote's (the edits, forward recovery from the session's snapshot) and
+/// its commit. The host runs every point.
+const GUEST_CONSUME: &[&str] =
+    &["promote:edited", "promote:snapshot-taken", "promote:current-written"];
+
 /// What recovery must make of a kill at a named point: `true` if the operation took effect.
 fn committed_at(point: &str, backend: BackendKind, op: Op) -> bool {
     let zfs = matches!(backend, BackendKind::Zfs | BackendKind::Zvol);
@@ -486,6 +492,7 @@ fn kill_at_every_named_step_then_reopen() {
             .iter()
             .filter(|p| backend.reaches(p))
             .flat_map(|p| Op::of(p).iter().map(move |op| (p, op)))
+            .filter(|(p, op)| !in_zfs_guest() || **op != Op::Consume || GUEST_CONSUME.contains(p))
         {
             let what = format!("{name} {op:?} {point}");
             let root = CaseRoot::new(
@@ -641,7 +648,13 @@ fn kill_at_sampled_system_calls_then_reopen() {
     let mut killed = 0;
     let mut outcomes = BTreeMap::new();
     for (name, mnt, backend) in backends() {
-        for op in Op::ALL {
+        // In the emulated guest (slow: the whole suite must stay within CI's time) the sweep
+        // leaves out the consuming promote and the delete: their named points run there, and
+        // the host sweeps them 40 times each.
+        for op in Op::ALL
+            .into_iter()
+            .filter(|op| !in_zfs_guest() || !matches!(op, Op::Consume | Op::Delete))
+        {
             let counts = {
                 let root = CaseRoot::new(&mnt, backend, &format!("count-{name}-{op:?}"));
                 prepare(&root.path, backend, op, &src);
