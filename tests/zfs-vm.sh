@@ -20,7 +20,7 @@
 #
 # Exits non-zero when any test fails, when fewer than MIN_ZFS_TESTS ZFS tests ran, or when the
 # guest did not run at all, so CI cannot mistake "skipped" for "passed".
-# Env: SKIP_INSTALL=1 (deps already there), VM_TIMEOUT (seconds, default 1500), BENCH_ITERS.
+# Env: SKIP_INSTALL=1 (deps already there), VM_TIMEOUT (seconds, default 2400), BENCH_ITERS.
 set -euo pipefail
 
 MIN_ZFS_TESTS=30
@@ -177,7 +177,7 @@ EOF
 log "booting guest kernel $kver (TCG; takes a few minutes), results in $results"
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 vm_rc=0
-timeout "${VM_TIMEOUT:-1500}" vng -r "/boot/vmlinuz-$kver" --disable-kvm --memory 2G --cpus 2 \
+timeout "${VM_TIMEOUT:-2400}" vng -r "/boot/vmlinuz-$kver" --disable-kvm --memory 2G --cpus 2 \
   --rwdir "$results" --exec "bash $results/guest.sh" >"$results/vng.log" 2>&1 || vm_rc=$?
 
 # --- parse libtest summaries ---
