@@ -588,7 +588,7 @@ impl Cache {
         // Dropped paths wait in the project's state directory where trees are directories of
         // the root's filesystem (removed after the commit: until then a kill gives them back);
         // elsewhere in the tree itself, removed before it is sealed.
-        let aside_in_trash = self.store.can_adopt_session();
+        let aside_outside_tree = self.store.can_adopt_session();
         let edit_tree = |tree: &Path| -> Result<()> {
             if !edits {
                 return Ok(());
@@ -604,7 +604,7 @@ impl Cache {
             }
             fault::point("promote:edited");
             watch.check()?;
-            if aside_in_trash {
+            if aside_outside_tree {
                 Ok(())
             } else {
                 // From here the drops cannot be put back: the last step before the seal.
@@ -658,7 +658,7 @@ impl Cache {
                     // Under the intent: a kill from here on is finished by recovery.
                     self.finish_consume(&s, adopt)?;
                 }
-                if edits && aside_in_trash {
+                if edits && aside_outside_tree {
                     // Committed: the dropped paths are trash now (a rename), for gc if a kill
                     // comes before they are removed below.
                     self.trash_aside(project, staging_name)?;
@@ -670,9 +670,9 @@ impl Cache {
         // Removals that may take long, after the exclusive lock is let go so that setups do not
         // wait for them: the dropped paths, and the previous generation if the consumed session
         // was its last. What a kill leaves here, open and gc remove with the trash.
-        if (edits && aside_in_trash) || opts.consume {
+        if (edits && aside_outside_tree) || opts.consume {
             let Ok(_lock) = self.lock_shared(project) else { return Ok(number) };
-            if edits && aside_in_trash {
+            if edits && aside_outside_tree {
                 let trashed = Layout::trash(project).join(edit::aside_name(staging_name));
                 let _ = self.store.remove_trash(&self.root, &trashed);
             }
