@@ -137,10 +137,6 @@ impl Backend for CopyBackend {
         Ok(recorded.clone())
     }
 
-    fn return_session(&self, root: &RootDir, from: &Path, session: &Session) -> Result<()> {
-        root.rename_noreplace(from, &session.place)
-    }
-
     fn seal(&self, root: &RootDir, staging: &Path) -> Result<()> {
         // Before `current` may name it: after a power loss a committed generation must have its
         // data (see `opts`). One syncfs for the copy and the edits.
