@@ -24,8 +24,10 @@ fi
 
 # strace: the crash suite kills operations at sampled system calls (strace -e inject);
 # util-linux: unshare for the other-mount-namespace holders of the safety suite.
+# docker.io and busybox-static: the real-dockerd suite (tests/dockerd.sh) builds its images from
+# a busybox root filesystem, without a registry.
 host_pkgs=(xfsprogs btrfs-progs e2fsprogs acl attr clang libclang-dev pkg-config golang-go
-           python3-matplotlib strace util-linux)
+           python3-matplotlib strace util-linux docker.io busybox-static)
 missing=()
 for p in "${host_pkgs[@]}"; do have_pkg "$p" || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -326,7 +326,7 @@ func (c *Cache) SetupSession(projectID, sessionID string) (string, error) {
 // (the setup's commit waits for it). If it panics on its last report, made after the setup
 // succeeded, the panic goes on in this goroutine and the session exists: clean it up.
 func (c *Cache) SetupSessionContext(ctx context.Context, projectID, sessionID string, onProgress func(copied, total int64)) (string, error) {
-	path, _, err := c.setup("SetupSession", ctx, projectID, sessionID, onProgress, false)
+	path, _, err := c.setup("SetupSession", ctx, projectID, sessionID, SetupOptions{OnProgress: onProgress})
 	return path, err
 }
 
@@ -334,10 +334,35 @@ func (c *Cache) SetupSessionContext(ctx context.Context, projectID, sessionID st
 // as it is (reused true) instead of ErrAlreadyExists; ErrDamaged if its tree is not the one
 // recorded. A reused session keeps the generation it was made from (SessionInfo tells).
 func (c *Cache) SetupOrReuseSession(ctx context.Context, projectID, sessionID string, onProgress func(copied, total int64)) (path string, reused bool, err error) {
-	return c.setup("SetupOrReuseSession", ctx, projectID, sessionID, onProgress, true)
+	return c.setup("SetupOrReuseSession", ctx, projectID, sessionID, SetupOptions{Reuse: true, OnProgress: onProgress})
 }
 
-func (c *Cache) setup(op string, ctx context.Context, projectID, sessionID string, onProgress func(copied, total int64), reuse bool) (string, bool, error) {
+// SetupOptions says how SetupSessionWithOptions sets a session up.
+type SetupOptions struct {
+	// At shows the session at this absolute path instead of ROOT/<project>/sessions/<id>.
+	// Nothing may be there yet; its parent must be an existing directory reached without
+	// symlinks, outside the cache root and outside other sessions (ErrInvalidArgument,
+	// ErrAlreadyExists, ErrNotFound or ErrNotADirectory otherwise, with nothing changed).
+	// goldclone makes the directory and bind-mounts the session there (any filesystem; needs
+	// CAP_SYS_ADMIN); CleanupSession, a consuming promote, DeleteProject and recovery take
+	// both away again. Empty: the session's place in the cache root.
+	At string
+	// Reuse returns an existing session of this name as it is (reused true) instead of
+	// ErrAlreadyExists. With At, it must be the session's recorded path (ErrInvalidArgument
+	// otherwise); a bind a reboot took is made again there.
+	Reuse bool
+	// OnProgress (may be nil) gets the bytes copied and the total, as for SetupSessionContext.
+	OnProgress func(copied, total int64)
+}
+
+// SetupSessionWithOptions sets a session up as opts says (at a path of the caller's
+// choosing, or reusing an existing one) and returns its path and whether it was there
+// already; progress and cancellation as for SetupSessionContext.
+func (c *Cache) SetupSessionWithOptions(ctx context.Context, projectID, sessionID string, opts SetupOptions) (path string, reused bool, err error) {
+	return c.setup("SetupSessionWithOptions", ctx, projectID, sessionID, opts)
+}
+
+func (c *Cache) setup(op string, ctx context.Context, projectID, sessionID string, opts SetupOptions) (string, bool, error) {
 	ctx, err := liveContext(op, ctx)
 	if err != nil {
 		return "", false, err
@@ -352,17 +377,25 @@ func (c *Cache) setup(op string, ctx context.Context, projectID, sessionID strin
 	}
 	defer free(cp)
 	defer free(cs)
+	var so C.goldclone_setup_options
+	C.goldclone_setup_options_init(&so)
+	so.reuse = C.bool(opts.Reuse)
+	if opts.At != "" {
+		at, err := cString(op, "At", opts.At, ResultInvalidArgument)
+		if err != nil {
+			return "", false, err
+		}
+		defer free(at)
+		so.at = at
+	}
 	// A buffer of GOLDCLONE_PATH_BUF_SIZE always suffices, so setup is never undone for lack
 	// of room.
 	buf := make([]byte, pathBufSize)
 	var n C.size_t
 	var reused C.bool
-	err = c.watched(op, ctx, onProgress, func(o *C.goldclone_op_options) C.goldclone_result {
+	err = c.watched(op, ctx, opts.OnProgress, func(o *C.goldclone_op_options) C.goldclone_result {
 		out := (*C.char)(unsafe.Pointer(&buf[0]))
-		if reuse {
-			return C.goldclone_cache_setup_or_reuse(p, cp, cs, o, out, C.size_t(len(buf)), &n, &reused)
-		}
-		return C.goldclone_cache_setup_with(p, cp, cs, o, out, C.size_t(len(buf)), &n)
+		return C.goldclone_cache_setup_with_options(p, cp, cs, &so, o, out, C.size_t(len(buf)), &n, &reused)
 	})
 	if err != nil {
 		return "", false, err
@@ -513,6 +546,39 @@ func (c *Cache) DeleteProject(projectID string) error {
 	err = call(op, func() C.goldclone_result { return C.goldclone_cache_delete_project(p, cp) })
 	runtime.KeepAlive(c)
 	return err
+}
+
+// CleanupOptions says how CleanupSessionWithOptions removes a session.
+type CleanupOptions struct {
+	// Lazy: a session something still uses (a container that has not let go) is taken from
+	// every path it is shown at at once (unmounted lazily), its tree is left to the processes
+	// and mounts that have it, and GC removes it once nothing holds it (reporting it in Kept
+	// until then). The session's record is gone at once. Without Lazy such a session is
+	// ErrBusy and nothing changes.
+	Lazy bool
+}
+
+// CleanupSessionWithOptions removes the session as opts says; detached is true when the
+// session was in use and was detached lazily instead (see CleanupOptions.Lazy).
+func (c *Cache) CleanupSessionWithOptions(projectID, sessionID string, opts CleanupOptions) (detached bool, err error) {
+	const op = "CleanupSessionWithOptions"
+	p, err := c.handle(op)
+	if err != nil {
+		return false, err
+	}
+	cp, cs, err := names(op, projectID, sessionID)
+	if err != nil {
+		return false, err
+	}
+	defer free(cp)
+	defer free(cs)
+	var o C.goldclone_cleanup_options
+	C.goldclone_cleanup_options_init(&o)
+	o.lazy = C.bool(opts.Lazy)
+	var d C.bool
+	err = call(op, func() C.goldclone_result { return C.goldclone_cache_cleanup_with_options(p, cp, cs, &o, &d) })
+	runtime.KeepAlive(c)
+	return bool(d), err
 }
 
 // CleanupSession removes the session. ErrBusy if processes still use it.
@@ -705,6 +771,10 @@ type SessionInfo struct {
 	CreatedAt  time.Time
 	// InUse: a process or a mount (in any mount namespace) holds the session now.
 	InUse bool
+	// Shown: the session is shown at Path now. False when the bind at the caller's path it was
+	// set up at (SetupOptions.At) is gone (a reboot, an interrupted operation);
+	// SetupSessionWithOptions with Reuse and the same At shows it there again.
+	Shown bool
 }
 
 // SessionInfo looks up one session without walking its tree. ErrNotFound for an unknown
@@ -726,13 +796,17 @@ func (c *Cache) SessionInfo(projectID, sessionID string) (*SessionInfo, error) {
 	path, err := readString(op, pathBufSize, func(b *C.char, n C.size_t, out *C.size_t) C.goldclone_result {
 		return C.goldclone_cache_session_info(p, cp, cs, &gen, &created, &inUse, b, n, out)
 	})
+	var shown C.bool
+	if err == nil {
+		err = call(op, func() C.goldclone_result { return C.goldclone_cache_session_shown(p, cp, cs, &shown) })
+	}
 	runtime.KeepAlive(c)
 	if err != nil {
 		return nil, err
 	}
 	return &SessionInfo{
 		Project: projectID, ID: sessionID, Path: path, Generation: uint64(gen),
-		CreatedAt: time.Unix(int64(created), 0), InUse: bool(inUse),
+		CreatedAt: time.Unix(int64(created), 0), InUse: bool(inUse), Shown: bool(shown),
 	}, nil
 }
 

@@ -985,3 +985,105 @@ func TestSetupOrReuseSession(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A session at a path the caller chose: shown there, reused there, refused where the path is
+// bad (nothing made), and taken away with its directory by CleanupSession.
+func TestSetupSessionAt(t *testing.T) {
+	c, project, root := importedCache(t, "go-at-")
+	defer c.Close()
+	ctx := context.Background()
+	at := filepath.Join(t.TempDir(), "docker-data-1", "docker")
+	if err := os.Mkdir(filepath.Dir(at), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path, reused, err := c.SetupSessionWithOptions(ctx, project, "s1", SetupOptions{At: at})
+	if err != nil || reused || path != at {
+		t.Fatalf("setup at %s: %q %v %v", at, path, reused, err)
+	}
+	if readFile(t, filepath.Join(at, "x")) != "x" {
+		t.Fatal("the session's tree is not shown at its path")
+	}
+	info, err := c.SessionInfo(project, "s1")
+	if err != nil || info.Path != at || !info.Shown || info.InUse {
+		t.Fatalf("info: %+v %v", info, err)
+	}
+	again, reused, err := c.SetupSessionWithOptions(ctx, project, "s1", SetupOptions{At: at, Reuse: true})
+	if err != nil || !reused || again != at {
+		t.Fatalf("reuse: %q %v %v", again, reused, err)
+	}
+	bad := map[string]error{
+		"relative/s2":                 ErrInvalidArgument,
+		filepath.Join(root, "s2"):     ErrInvalidArgument,
+		filepath.Join(at, "s2"):       ErrInvalidArgument,
+		at:                            ErrAlreadyExists,
+		filepath.Join(at+"-no", "s2"): ErrNotFound,
+		"/x\x00y":                     ErrInvalidArgument,
+	}
+	for p, want := range bad {
+		if _, _, err := c.SetupSessionWithOptions(ctx, project, "s2", SetupOptions{At: p}); !errors.Is(err, want) {
+			t.Errorf("setup at %q: %v, want %v", p, err, want)
+		}
+	}
+	if _, err := c.SessionInfo(project, "s2"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a refused setup left a session: %v", err)
+	}
+	if err := c.CleanupSession(project, "s1"); err != nil {
+		t.Fatal(err)
+	}
+	if exists(at) {
+		t.Fatal("cleanup left the session's path")
+	}
+}
+
+// A lazy cleanup of a session in use: detached at once, its user keeps it, GC removes it
+// once the user is gone.
+func TestCleanupSessionLazily(t *testing.T) {
+	c, project, _ := importedCache(t, "go-lazy-")
+	defer c.Close()
+	path, err := c.SetupSession(project, "s1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	user := exec.Command("sleep", "600")
+	user.Dir = path
+	if err := user.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = user.Process.Kill(); _, _ = user.Process.Wait() }()
+	if err := c.CleanupSession(project, "s1"); !errors.Is(err, ErrBusy) {
+		t.Fatalf("plain cleanup of a session in use: %v", err)
+	}
+	detached, err := c.CleanupSessionWithOptions(project, "s1", CleanupOptions{Lazy: true})
+	if err != nil || !detached {
+		t.Fatalf("lazy cleanup: %v %v", detached, err)
+	}
+	if _, err := c.SessionInfo(project, "s1"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a detached session is still listed: %v", err)
+	}
+	cwd := fmt.Sprintf("/proc/%d/cwd/x", user.Process.Pid)
+	if readFile(t, cwd) != "x" {
+		t.Fatal("the user lost its tree")
+	}
+	r, err := c.GC()
+	if err != nil || len(r.Kept) == 0 {
+		t.Fatalf("gc while the detached session is in use: %+v %v", r, err)
+	}
+	_ = user.Process.Kill()
+	_, _ = user.Process.Wait()
+	for i := 0; ; i++ {
+		r, err := c.GC()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(r.Kept) == 0 && len(r.Failed) == 0 {
+			break
+		}
+		if i == 100 {
+			t.Fatalf("gc keeps the freed session: %+v", r)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if detached, err := c.CleanupSessionWithOptions(project, "s1", CleanupOptions{Lazy: true}); !errors.Is(err, ErrNotFound) || detached {
+		t.Fatalf("cleanup of a session that is gone: %v %v", detached, err)
+	}
+}

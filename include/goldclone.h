@@ -470,6 +470,29 @@ typedef struct goldclone_op_options {
 } goldclone_op_options;
 
 /**
+ * How `goldclone_cache_setup_with_options` sets a session up. Fill with
+ * `goldclone_setup_options_init` first, then change fields.
+ */
+typedef struct goldclone_setup_options {
+    /**
+     * Show the session at this absolute path (NUL-terminated) instead of
+     * `ROOT/<project>/sessions/<id>`, or NULL. Nothing may be there yet; its parent must be an
+     * existing directory reached without symlinks, outside the cache root and outside other
+     * sessions (INVALID_ARGUMENT, ALREADY_EXISTS, NOT_FOUND or NOT_A_DIRECTORY
+     * otherwise, nothing changed). goldclone makes the directory and bind-mounts the session
+     * there (any filesystem; needs CAP_SYS_ADMIN); cleanup, a consuming promote, delete and
+     * recovery take both away again. The path is copied: it need not outlive the call.
+     */
+    const char *at;
+    /**
+     * Return an existing session of this name as it is instead of ALREADY_EXISTS (as
+     * `goldclone_cache_setup_or_reuse`); with `at`, it must be the session's recorded path
+     * (INVALID_ARGUMENT otherwise), where a bind a reboot took is made again.
+     */
+    bool reuse;
+} goldclone_setup_options;
+
+/**
  * A promote's edit callback: called once, on the thread that called
  * `goldclone_cache_promote_with_options`, with the writable tree that becomes the new
  * generation (`tree`, NUL-terminated, valid only during the call) and the generation's number,
@@ -516,6 +539,20 @@ typedef struct goldclone_promote_options {
      */
     void *edit_user_data;
 } goldclone_promote_options;
+
+/**
+ * How `goldclone_cache_cleanup_with_options` removes a session. Fill with
+ * `goldclone_cleanup_options_init` first, then change fields.
+ */
+typedef struct goldclone_cleanup_options {
+    /**
+     * A session something still uses is taken from every path it is shown at at once
+     * (unmounted lazily), its tree left to the processes and mounts that have it, and removed
+     * by gc once nothing holds it (gc reports it as kept until then); its record is gone at
+     * once. Without it such a session is BUSY and nothing changes.
+     */
+    bool lazy;
+} goldclone_cleanup_options;
 
 /**
  * How to copy. Fill with `goldclone_copy_options_init` first, then change fields.
@@ -749,6 +786,40 @@ goldclone_result goldclone_cache_setup_or_reuse(const struct goldclone_cache *ca
                                                 bool *reused);
 
 /**
+ * Fill `*opts` with the defaults: the session at its place in the cache root, no reuse.
+ */
+goldclone_result goldclone_setup_options_init(struct goldclone_setup_options *opts);
+
+/**
+ * `goldclone_cache_setup_or_reuse` with `setup` choosing the session's path and whether an
+ * existing session is reused (`setup` may be NULL: the defaults). `*reused` (may be NULL) says
+ * whether the session was there already. The path (the caller's `at`, or the session's place)
+ * goes into the caller buffer as with `goldclone_cache_setup_with`; a session this call made
+ * is removed again when the buffer is too small, unless `reuse` is set.
+ */
+goldclone_result goldclone_cache_setup_with_options(const struct goldclone_cache *cache,
+                                                    const char *project,
+                                                    const char *session,
+                                                    const struct goldclone_setup_options *setup,
+                                                    const struct goldclone_op_options *opts,
+                                                    char *path_buf,
+                                                    size_t path_buf_len,
+                                                    size_t *path_len_out,
+                                                    bool *reused);
+
+/**
+ * Whether session `session` is shown at its path now (`*shown`): false when the bind at the
+ * caller's path it was set up at is gone (a reboot, an interrupted operation);
+ * `goldclone_cache_setup_with_options` with `reuse` and the same path shows it there again.
+ * Always true for a session at its place in the cache root. NOT_FOUND for an unknown project
+ * or session.
+ */
+goldclone_result goldclone_cache_session_shown(const struct goldclone_cache *cache,
+                                               const char *project,
+                                               const char *session,
+                                               bool *shown);
+
+/**
  * Make session `session`'s tree the next generation of `project`. `*generation` (may be NULL)
  * receives it. Sessions made from older generations keep running.
  */
@@ -790,6 +861,22 @@ goldclone_result goldclone_cache_promote_with_options(const struct goldclone_cac
 goldclone_result goldclone_cache_cleanup(const struct goldclone_cache *cache,
                                          const char *project,
                                          const char *session);
+
+/**
+ * Fill `*opts` with the defaults: not lazy.
+ */
+goldclone_result goldclone_cleanup_options_init(struct goldclone_cleanup_options *opts);
+
+/**
+ * `goldclone_cache_cleanup` as `opts` says (`opts` may be NULL: the defaults). `*detached`
+ * (may be NULL) is true when the session was in use and detached lazily: it is gone for every
+ * caller, and its tree waits for its users (see `goldclone_cleanup_options`).
+ */
+goldclone_result goldclone_cache_cleanup_with_options(const struct goldclone_cache *cache,
+                                                      const char *project,
+                                                      const char *session,
+                                                      const struct goldclone_cleanup_options *opts,
+                                                      bool *detached);
 
 /**
  * Delete project `project`: every session, every generation, its records and directories.

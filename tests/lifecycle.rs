@@ -1070,3 +1070,291 @@ fn failed_promotes_give_everything_back() {
     }
     let _ = fs::remove_dir_all(&src);
 }
+
+/// Sessions shown at paths their caller chose, on this filesystem and on another: validated
+/// before anything is made, the same tree as the session's place, busy through the path,
+/// shown again after a reboot took the bind, and taken away (bind and directory, nothing
+/// else) by cleanup, a consuming promote and delete.
+#[test]
+fn sessions_at_callers_paths() {
+    use goldclone::golden::{PromoteOptions, SetupOptions, Watch};
+    let src = scratch_tree("at", "1", 3);
+    let at = |p: &Path, reuse: bool| SetupOptions { at: Some(p.to_path_buf()), reuse };
+    for (root, name) in roots("at") {
+        let cache = open(&root);
+        cache.import("proj", &src).unwrap();
+        let base = PathBuf::from(format!("{}-shown", root.path.display()));
+        let other_fs =
+            PathBuf::from(format!("/dev/shm/goldclone-at-{name}-{}", std::process::id()));
+        for d in [&base, &other_fs] {
+            let _ = fs::remove_dir_all(d);
+            fs::create_dir_all(d).unwrap();
+        }
+        let p1 = base.join("s1");
+        let (got, reused) =
+            cache.setup_with_options("proj", "s1", &at(&p1, false), &Watch::default()).unwrap();
+        assert_eq!((got.as_path(), reused), (p1.as_path(), false), "{name}");
+        assert!(common::is_mount_point(&p1), "{name}: not a mount");
+        assert_eq!(whole_generation(&p1, 3), "1", "{name}");
+        fs::write(p1.join("work"), "through the path").unwrap();
+        let place = root.path.join("proj/sessions/s1");
+        assert_eq!(fs::read_to_string(place.join("work")).unwrap(), "through the path", "{name}");
+        let info = cache.session_info("proj", "s1").unwrap();
+        assert_eq!((info.path.as_path(), info.attached), (p1.as_path(), true), "{name}");
+        assert!(!info.in_use(), "{name}: our own bind counts as a holder: {:?}", info.holders);
+
+        // Bad paths: a typed error, and neither a session nor anything at the path.
+        fs::write(base.join("file"), "x").unwrap();
+        fs::create_dir_all(base.join("real")).unwrap();
+        std::os::unix::fs::symlink(base.join("real"), base.join("link")).unwrap();
+        fs::create_dir_all(base.join("empty")).unwrap();
+        let bad: Vec<(PathBuf, ErrorKind)> = vec![
+            ("relative/s2".into(), ErrorKind::InvalidArgument),
+            (base.join("real/../s2"), ErrorKind::InvalidArgument),
+            (PathBuf::from(format!("{}/", base.join("s2").display())), ErrorKind::InvalidArgument),
+            (p1.clone(), ErrorKind::AlreadyExists),
+            (base.join("empty"), ErrorKind::AlreadyExists),
+            (base.join("file"), ErrorKind::AlreadyExists),
+            (base.join("missing/s2"), ErrorKind::NotFound),
+            (base.join("file/s2"), ErrorKind::NotADirectory),
+            (base.join("link/s2"), ErrorKind::InvalidArgument),
+            (root.path.join("s2"), ErrorKind::InvalidArgument),
+            (root.path.join("proj/sessions/s1/s2"), ErrorKind::InvalidArgument),
+            (p1.join("s2"), ErrorKind::InvalidArgument),
+            (p1.join("sub/s2"), ErrorKind::InvalidArgument),
+        ];
+        for (p, kind) in bad {
+            let err = cache.setup_with_options("proj", "s2", &at(&p, false), &Watch::default());
+            let err = err.expect_err(&format!("{name}: {} was taken", p.display()));
+            assert_eq!(err.kind(), kind, "{name}: {}: {err}", p.display());
+            assert_eq!(
+                cache.session_info("proj", "s2").unwrap_err().kind(),
+                ErrorKind::NotFound,
+                "{name}: {}",
+                p.display()
+            );
+            assert!(!root.path.join("proj/sessions/s2").exists(), "{name}: {}", p.display());
+        }
+        assert!(!base.join("real/s2").exists() && !p1.join("s2").exists(), "{name}");
+        assert_eq!(fs::read_to_string(base.join("file")).unwrap(), "x", "{name}");
+        let mut left = list(&base);
+        left.sort();
+        assert_eq!(left, ["empty", "file", "link", "real", "s1"].map(String::from), "{name}");
+
+        // In use through the path: busy, nothing changes.
+        let mut user = Command::new("sleep")
+            .arg("600")
+            .current_dir(&p1)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        match cache.cleanup("proj", "s1") {
+            Err(Error::SessionBusy { pids, .. }) => assert!(pids.contains(&user.id()), "{name}"),
+            other => panic!("{name}: cleanup of a session in use through its path: {other:?}"),
+        }
+        assert!(cache.session_info("proj", "s1").unwrap().in_use(), "{name}");
+        assert!(common::is_mount_point(&p1), "{name}");
+        user.kill().unwrap();
+        user.wait().unwrap();
+
+        // Reuse: the same path gives the session back, another path is refused.
+        let (again, reused) =
+            cache.setup_with_options("proj", "s1", &at(&p1, true), &Watch::default()).unwrap();
+        assert_eq!((again.as_path(), reused), (p1.as_path(), true), "{name}");
+        let err = cache
+            .setup_with_options("proj", "s1", &at(&base.join("elsewhere"), true), &Watch::default())
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{name}: {err}");
+        assert!(!base.join("elsewhere").exists(), "{name}");
+        // A reboot takes the bind: the record stays, reuse shows the session there again.
+        rustix::mount::unmount(&p1, rustix::mount::UnmountFlags::empty()).unwrap();
+        assert!(!cache.session_info("proj", "s1").unwrap().attached, "{name}");
+        let (again, reused) =
+            cache.setup_with_options("proj", "s1", &at(&p1, true), &Watch::default()).unwrap();
+        assert!(reused && common::is_mount_point(&again), "{name}");
+        assert_eq!(fs::read_to_string(p1.join("work")).unwrap(), "through the path", "{name}");
+
+        // A promote keeps the session where it is shown; a consuming one takes it from there.
+        assert_eq!(cache.promote("proj", "s1").unwrap(), 2, "{name}");
+        assert!(common::is_mount_point(&p1), "{name}");
+        let p3 = other_fs.join("s3");
+        cache.setup_with_options("proj", "s3", &at(&p3, false), &Watch::default()).unwrap();
+        fs::write(p3.join("from-s3"), "3").unwrap();
+        let consume = PromoteOptions { consume: true, ..Default::default() };
+        assert_eq!(
+            cache.promote_with_options("proj", "s3", &consume, &Watch::default()).unwrap(),
+            3
+        );
+        assert!(!p3.exists(), "{name}: a consumed session's path is left");
+        let probe = cache.setup("proj", "probe").unwrap();
+        assert_eq!(fs::read_to_string(probe.join("from-s3")).unwrap(), "3", "{name}");
+        cache.cleanup("proj", "probe").unwrap();
+
+        // Cleanup takes the bind and the directory away, and nothing that is not ours.
+        cache.cleanup("proj", "s1").unwrap();
+        assert!(!p1.exists() && !place.exists(), "{name}: cleanup left the path or the tree");
+        let p4 = base.join("s4");
+        cache.setup_with_options("proj", "s4", &at(&p4, false), &Watch::default()).unwrap();
+        rustix::mount::unmount(&p4, rustix::mount::UnmountFlags::empty()).unwrap();
+        fs::write(p4.join("users-file"), "mine").unwrap();
+        cache.cleanup("proj", "s4").unwrap();
+        assert_eq!(fs::read_to_string(p4.join("users-file")).unwrap(), "mine", "{name}");
+        fs::remove_dir_all(&p4).unwrap();
+
+        // Delete takes every session's path away.
+        let p5 = other_fs.join("s5");
+        cache.setup_with_options("proj", "s5", &at(&p5, false), &Watch::default()).unwrap();
+        cache.delete_project("proj").unwrap();
+        assert!(!p5.exists(), "{name}: delete left a session's path");
+        let report = cache.gc().unwrap();
+        assert!(report.is_empty(), "{name}: {report:?}");
+        for d in [&base, &other_fs] {
+            fs::remove_dir_all(d).unwrap();
+        }
+    }
+    let _ = fs::remove_dir_all(&src);
+}
+
+/// Info's size: counted by a walk once per generation where the backend keeps no count (the
+/// count is kept beside the records), read from ZFS where it does; a promote's new content is
+/// in the next generation's size, and the kept count follows the current generation.
+#[test]
+fn info_size_is_counted_once_per_generation() {
+    let src = scratch_tree("size", "1", 3);
+    for (root, name) in roots("size") {
+        let cache = open(&root);
+        cache.import("proj", &src).unwrap();
+        let first = cache.info("proj").unwrap().size_bytes;
+        assert!(first > 0, "{name}");
+        let kept = root.path.join(".goldclone/projects/proj/size.json");
+        let walks = !matches!(root.backend, BackendKind::Zfs | BackendKind::Zvol);
+        assert_eq!(kept.exists(), walks, "{name}: a kept count only where a walk made it");
+        assert_eq!(cache.info("proj").unwrap().size_bytes, first, "{name}");
+        let s = cache.setup("proj", "s").unwrap();
+        // Not compressible (ZFS compresses by default).
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: Vec<u8> = (0..4 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        fs::write(s.join("big"), noise).unwrap();
+        assert_eq!(cache.promote("proj", "s").unwrap(), 2, "{name}");
+        let second = cache.info("proj").unwrap().size_bytes;
+        assert!(second >= first + (4 << 20) - (64 << 10), "{name}: {first} -> {second}");
+        if walks {
+            let text = fs::read_to_string(&kept).unwrap();
+            assert!(
+                text.contains("\"generation\": 2") || text.contains("\"generation\":2"),
+                "{name}: {text}"
+            );
+        }
+        cache.cleanup("proj", "s").unwrap();
+        cache.delete_project("proj").unwrap();
+        assert!(!root.path.join(".goldclone/projects/proj").exists(), "{name}: state left");
+    }
+    let _ = fs::remove_dir_all(&src);
+}
+
+/// A lazy cleanup of a session in use (the service's stop of a container that is still
+/// busy): the session is gone for the API and from its paths at once, its user keeps working
+/// in it, gc keeps its tree while it is held and removes it after, and delete waits for it.
+#[test]
+fn lazy_cleanup_of_a_session_in_use() {
+    use goldclone::golden::{Cleaned, CleanupOptions, SetupOptions, Watch};
+    let src = scratch_tree("lazy", "1", 3);
+    let lazy = CleanupOptions { lazy: true };
+    for (root, name) in roots("lazy") {
+        let cache = open(&root);
+        cache.import("proj", &src).unwrap();
+        // Free: a lazy cleanup is a cleanup.
+        cache.setup("proj", "free").unwrap();
+        assert_eq!(cache.cleanup_with_options("proj", "free", &lazy).unwrap(), Cleaned::Removed);
+        assert!(!root.path.join("proj/sessions/free").exists(), "{name}");
+
+        let base = PathBuf::from(format!("{}-shown", root.path.display()));
+        let _ = fs::remove_dir_all(&base);
+        fs::create_dir_all(&base).unwrap();
+        // s1 at a caller's path, used from a mount namespace of its own (as a container
+        // uses it); s2 at its place, used from ours.
+        let p1 = base.join("s1");
+        let opts = SetupOptions { at: Some(p1.clone()), reuse: false };
+        cache.setup_with_options("proj", "s1", &opts, &Watch::default()).unwrap();
+        let s2 = cache.setup("proj", "s2").unwrap();
+        let mut users = vec![
+            Command::new("unshare")
+                .args(["-m", "sh", "-c"])
+                .arg(format!("cd {} && exec sleep 600", p1.display()))
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+            Command::new("sleep")
+                .arg("600")
+                .current_dir(&s2)
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        ];
+        let cwd = |u: &std::process::Child| PathBuf::from(format!("/proc/{}/cwd", u.id()));
+        while !cwd(&users[0]).join("generation").exists() {
+            std::thread::sleep(Duration::from_millis(20)); // until the shell is in the session
+        }
+        for (session, user) in ["s1", "s2"].iter().zip(&users) {
+            match cache.cleanup_with_options("proj", session, &lazy).unwrap() {
+                Cleaned::Detached { holders } => assert!(
+                    holders.iter().any(|h| h.contains(&user.id().to_string())),
+                    "{name} {session}: {holders:?}"
+                ),
+                other => panic!("{name} {session}: a lazy cleanup of a session in use: {other:?}"),
+            }
+            // Gone for everyone new; still there for its user.
+            let err = cache.session_info("proj", session).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::NotFound, "{name} {session}");
+            assert!(!root.path.join("proj/sessions").join(session).exists(), "{name} {session}");
+            assert_eq!(whole_generation(&cwd(user), 3), "1", "{name} {session}: tree lost");
+            fs::write(cwd(user).join("still-writing"), "yes").unwrap();
+        }
+        assert!(!p1.exists(), "{name}: the caller's path is left");
+        let report = cache.gc().unwrap();
+        for session in ["s1", "s2"] {
+            assert!(
+                report.kept.iter().any(|k| k.contains(session) && k.contains("removed once free")),
+                "{name} {session}: {report:?}"
+            );
+        }
+        assert!(report.failed.is_empty() && report.removed.is_empty(), "{name}: {report:?}");
+        for user in &users {
+            assert_eq!(whole_generation(&cwd(user), 3), "1", "{name}: gc removed a tree in use");
+        }
+        match cache.delete_project("proj") {
+            Err(Error::SessionBusy { .. }) => {}
+            other => panic!("{name}: delete while a detached session is in use gave {other:?}"),
+        }
+        assert!(cache.has_golden("proj").unwrap(), "{name}");
+        for user in &mut users {
+            user.kill().unwrap();
+            user.wait().unwrap();
+        }
+        // Freed: gc removes them (a zvol's block device is let go a moment after its XFS).
+        let mut removed = false;
+        for _ in 0..100 {
+            let report = cache.gc().unwrap();
+            assert!(report.failed.is_empty(), "{name}: {report:?}");
+            if report.kept.is_empty() {
+                removed = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(removed, "{name}: gc kept the freed sessions' trees");
+        assert!(cache.gc().unwrap().is_empty(), "{name}");
+        cache.setup("proj", "s1").unwrap();
+        cache.cleanup("proj", "s1").unwrap();
+        cache.delete_project("proj").unwrap();
+        fs::remove_dir_all(&base).unwrap();
+    }
+    let _ = fs::remove_dir_all(&src);
+}

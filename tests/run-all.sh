@@ -86,9 +86,12 @@ require_ran "$host_log" lifecycle_safety 11 || host_rc=1
 require_ran "$host_log" limits 2 || host_rc=1
 require_ran "$host_log" layers 2 || host_rc=1
 
-c_rc=0; go_rc=0; zfs_rc=0
+c_rc=0; go_rc=0; dockerd_rc=0; zfs_rc=0
 suite c env GOLDCLONE_PROFILE=release tests/c/run.sh || c_rc=1
 suite go env GOLDCLONE_PROFILE=release go-bindings/run.sh || go_rc=1
+# A real dockerd (Debian's docker.io) on sessions of every host backend; the guest runs it on
+# ZFS and zvol.
+suite dockerd env GOLDCLONE_BIN="$root/target/release/goldclone" tests/dockerd.sh || dockerd_rc=1
 
 if [ "${GOLDCLONE_NO_ZFS_VM:-0}" = 1 ]; then
   # A developer's loop may leave the guest out, loudly; CI may not.
@@ -103,4 +106,4 @@ step "summary"
 failed=$((failed + ${#missing[@]}))
 echo "logs: $results"
 echo "$passed passed, $failed failed"
-[ "$host_rc" = 0 ] && [ "$c_rc" = 0 ] && [ "$go_rc" = 0 ] && [ "$zfs_rc" = 0 ] && [ "$failed" = 0 ]
+[ "$host_rc" = 0 ] && [ "$c_rc" = 0 ] && [ "$go_rc" = 0 ] && [ "$dockerd_rc" = 0 ] && [ "$zfs_rc" = 0 ] && [ "$failed" = 0 ]

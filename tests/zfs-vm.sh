@@ -9,8 +9,8 @@
 #   3. runs tests/zfs_host.rs again with /dev/zfs present, and once more with libzfs_core made
 #      unloadable (the "missing library" condition);
 #   3b. runs the lifecycle suites (tests/lifecycle.rs, lifecycle_crash.rs, lifecycle_safety.rs) on the ZFS and
-#      zvol backends, each test on a dataset of its own, and the C and Go API suites on a ZFS
-#      cache root;
+#      zvol backends, each test on a dataset of its own, the C and Go API suites on a ZFS
+#      cache root, and the real-dockerd suite (tests/dockerd.sh) on both backends;
 #   4. with BENCH=1, runs the ZFS benchmark on a third pool, copies its CSV/JSON to benches/ and
 #      draws benches/zfs-latency.png on the host;
 # and prints a closing "N passed, N failed" line.
@@ -93,6 +93,9 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export RUST_BACKTRACE=1
 cd /tmp
 echo "guest kernel \$(uname -r)" >"$results/guest-info.txt"
+# Seconds each step took, printed on the host: the guest is the longest part of CI.
+t0=\$(date +%s)
+stamp() { local t=\$(date +%s); echo "\$1 \$((t - t0)) s" >>"$results/guest-times.txt"; t0=\$t; }
 
 # 1. ZFS absent: module not loaded, so no /dev/zfs (the libraries are installed and must not be
 #    needed). Every other test binary of the crate runs here, plus the release binary.
@@ -111,6 +114,7 @@ export TMPDIR=/tmp/gc-scratch
 echo "rc=\$?" >>"$results/absent-demo.log"
 "$goldclone_bin" --help >"$results/goldclone-help.log" 2>&1
 echo "rc=\$?" >>"$results/goldclone-help.log"
+stamp no-zfs
 
 # 2. Load the module and make two small file-backed pools (nothing mounts automatically).
 if ! modprobe zfs >"$results/modprobe.log" 2>&1; then echo "modprobe zfs failed" >>"$results/modprobe.log"; exit 1; fi
@@ -122,6 +126,7 @@ zpool create -f -m none -O canmount=off gctb /tmp/gc-pool-b.img >>"$results/modp
 # 3. The real-ZFS suite.
 GOLDCLONE_TEST_POOL_A=gcta GOLDCLONE_TEST_POOL_B=gctb \
   "$zfs_bin" --include-ignored --test-threads=2 >"$results/zfs.log" 2>&1
+stamp zfs-suite
 # Each test destroys its own tree; anything left is a cleanup bug.
 zfs list -H -o name -r -t all gcta gctb | grep -vx -e gcta -e gctb >"$results/leftovers.txt"
 
@@ -131,17 +136,34 @@ zfs create -o mountpoint=none gcta/lc >>"$results/modprobe.log" 2>&1
 mkdir -p /tmp/gc-roots
 GOLDCLONE_TEST_ZFS_PARENT=gcta/lc GOLDCLONE_TEST_ZFS_MNT=/tmp/gc-roots \
   timeout 900 "$lifecycle_bin" --test-threads=1 >"$results/zfs-lifecycle.log" 2>&1
+stamp lifecycle
 GOLDCLONE_TEST_ZFS_PARENT=gcta/lc GOLDCLONE_TEST_ZFS_MNT=/tmp/gc-roots \
   timeout 1500 "$crash_bin" --test-threads=1 >"$results/zfs-lifecycle-crash.log" 2>&1
+stamp lifecycle-crash
 GOLDCLONE_TEST_ZFS_PARENT=gcta/lc GOLDCLONE_TEST_ZFS_MNT=/tmp/gc-roots \
   timeout 900 "$safety_bin" --test-threads=1 >"$results/zfs-lifecycle-safety.log" 2>&1
+stamp lifecycle-safety
 zfs list -H -o name -r -t all gcta/lc | grep -vx gcta/lc >"$results/lc-leftovers.txt"
 zfs create -o mountpoint=legacy gcta/capi >>"$results/modprobe.log" 2>&1
 mkdir -p /tmp/gc-capi && mount -t zfs gcta/capi /tmp/gc-capi
 GOLDCLONE_C_MODE=run GOLDCLONE_C_DIR="$results/c" GOLDCLONE_TEST_ROOT=/tmp/gc-capi \
   timeout 900 "$repo/tests/c/run.sh" >"$results/zfs-c.log" 2>&1
+stamp c-api
 GODEBUG=cgocheck=1 GOLDCLONE_TEST_ROOT=/tmp/gc-capi GOLDCLONE_EXAMPLE_BIN="$host_results/devcache" \
   timeout 900 "$host_results/go-bindings.test" -test.v >"$results/zfs-go.log" 2>&1
+stamp go
+# The real-dockerd suite on the ZFS and zvol backends: each on a dataset of its own, the
+# golden's data root built on a third (the guest's overlaid /tmp cannot hold overlay2).
+for b in zfs zvol; do
+  zfs create -o mountpoint=legacy gcta/dk-\$b >>"$results/modprobe.log" 2>&1
+  mkdir -p /tmp/gc-dk-\$b && mount -t zfs gcta/dk-\$b /tmp/gc-dk-\$b
+done
+zfs create -o mountpoint=legacy gcta/dk-scratch >>"$results/modprobe.log" 2>&1
+mkdir -p /tmp/gc-dk-scratch && mount -t zfs gcta/dk-scratch /tmp/gc-dk-scratch
+GOLDCLONE_BIN="$goldclone_bin" GOLDCLONE_DOCKERD_SCRATCH=/tmp/gc-dk-scratch \
+  GOLDCLONE_DOCKERD_ROOTS="zfs:/tmp/gc-dk-zfs zvol:/tmp/gc-dk-zvol" \
+  timeout 900 bash "$repo/tests/dockerd.sh" >"$results/zfs-dockerd.log" 2>&1
+stamp dockerd
 
 # 4. The host tests again, now with /dev/zfs present (the other branch of the availability test).
 "$host_bin" --include-ignored --test-threads=1 >"$results/host-after-modprobe.log" 2>&1
@@ -236,6 +258,16 @@ if grep -qx 'PASS' "$results/zfs-go.log" 2>/dev/null || [ "${gf:-0}" -gt 0 ]; th
 else
   problems+=("Go suite on ZFS did not finish (see $results/zfs-go.log)"); tail -20 "$results/zfs-go.log" >&2 || true
 fi
+line=$(grep -E '^dockerd: [0-9]+ passed, [0-9]+ failed' "$results/zfs-dockerd.log" 2>/dev/null | tail -1 || true)
+if [ -n "$line" ]; then
+  p=$(sed -E 's/^dockerd: ([0-9]+) passed.*/\1/' <<<"$line"); f=$(sed -E 's/.* ([0-9]+) failed.*/\1/' <<<"$line")
+  total_pass=$((total_pass + p)); total_fail=$((total_fail + f))
+  printf '%-34s %3d passed, %3d failed\n' "zfs:dockerd" "$p" "$f"
+  [ "$f" -eq 0 ] || grep -E 'FAILED' "$results/zfs-dockerd.log" | head -30 >&2
+  [ "$p" -gt 0 ] || problems+=("the dockerd suite passed nothing on ZFS")
+else
+  problems+=("dockerd suite on ZFS printed no result (see $results/zfs-dockerd.log)"); tail -20 "$results/zfs-dockerd.log" >&2 || true
+fi
 summarize no-libzfs_core:test-zfs_host "$results/broken-lib.log"
 if [ -s "$results/leftovers.txt" ]; then
   problems+=("datasets left behind by the ZFS tests: $(tr '\n' ' ' <"$results/leftovers.txt")")
@@ -257,6 +289,7 @@ if [ "${BENCH:-0}" = 1 ]; then
   fi
 fi
 [ -f "$results/guest-info.txt" ] && sed 's/^/[guest] /' "$results/guest-info.txt" >&2
+[ -f "$results/guest-times.txt" ] && sed 's/^/[guest time] /' "$results/guest-times.txt" >&2
 # Guest timings are only as quiet as the host: TCG runs on the host's cores.
 log "host load average before/after the guest run: $load_before / $(cut -d' ' -f1-3 /proc/loadavg)"
 for p in "${problems[@]}"; do log "PROBLEM: $p"; done

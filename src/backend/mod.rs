@@ -451,6 +451,13 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
         root.rename_noreplace(staging, place)
     }
 
+    /// Where a tree just built for `place` is until [`Backend::publish`]: `staging`, or
+    /// `place` for backends that build in place.
+    fn built_at<'p>(&self, staging: &'p Path, place: &'p Path) -> &'p Path {
+        let _ = place;
+        staging
+    }
+
     /// Where the tree recorded as `id` is, for a tree whose place is `place`.
     fn presence(&self, root: &RootDir, place: &Path, id: &Identity) -> Result<Presence>;
 
@@ -510,6 +517,22 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
         move_to_trash(root, presence, &session.place, trash)
     }
 
+    /// Take a session that is still in use (recorded as `id`) away from its place without
+    /// disturbing its users (a lazy cleanup): nothing new reaches it, what has it keeps it, and
+    /// its removal waits until nothing holds it. By default it moves to `trash` (a rename: open
+    /// files, working directories and bind mounts of it follow the tree); the caller removes
+    /// that trash only once nothing holds it.
+    fn detach_session(
+        &self,
+        root: &RootDir,
+        session: &Session,
+        id: &Identity,
+        trash: &Path,
+    ) -> Result<Retired> {
+        let presence = self.session_presence(root, session, id)?;
+        move_to_trash(root, presence, &session.place, trash)
+    }
+
     /// Take a retired generation (recorded as `id`) away; as [`Backend::retire_session`].
     fn retire_generation(
         &self,
@@ -542,20 +565,27 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
+    /// Whether [`Backend::size`] reads a count the backend keeps (ZFS's `referenced`) rather
+    /// than walking the tree.
+    fn counts_size(&self) -> bool {
+        false
+    }
+
     /// Bytes the generation occupies, as this backend counts them.
     fn size(&self, root: &RootDir, generation: &Generation) -> u64 {
         root.dir(&generation.place).map_or(0, |fd| disk_usage(fd, &root.join(&generation.place)))
     }
 
     /// Things of `project` this backend holds apart from the root's directories (ZFS datasets)
-    /// that no record names: reported by gc, never removed.
+    /// that no record names and that are not `owed` removals: reported by gc, never removed.
     fn unrecorded(
         &self,
         project: &str,
         sessions: &[String],
         generations: &[u64],
+        owed: &[Identity],
     ) -> Result<Vec<String>> {
-        let _ = (project, sessions, generations);
+        let _ = (project, sessions, generations, owed);
         Ok(Vec::new())
     }
 }

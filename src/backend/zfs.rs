@@ -614,6 +614,10 @@ impl Backend for ZfsBackend {
         Ok(()) // built in place
     }
 
+    fn built_at<'p>(&self, _staging: &'p Path, place: &'p Path) -> &'p Path {
+        place
+    }
+
     fn presence(&self, root: &RootDir, place: &Path, id: &Identity) -> Result<Presence> {
         let Some(DatasetIdentity::Dataset { name, .. }) = id.get() else {
             return Ok(id.foreign());
@@ -756,6 +760,29 @@ impl Backend for ZfsBackend {
         remove_beneath(root, trash)
     }
 
+    fn detach_session(
+        &self,
+        root: &RootDir,
+        s: &Session,
+        id: &Identity,
+        _t: &Path,
+    ) -> Result<Retired> {
+        match self.presence(root, &s.place, id)? {
+            Presence::Here => mount::detach_lazily(&root.join(&s.place))?,
+            Presence::Elsewhere(_) => {}
+            Presence::Absent => {
+                root.rmdir(&s.place)?;
+                return Ok(Retired::Absent);
+            }
+            Presence::Other(what) => {
+                return Err(Error::Damaged { path: root.join(&s.place), what })
+            }
+        }
+        root.rmdir(&s.place)?;
+        // Mounted still, for its users: destroyed by gc once they are gone.
+        Ok(Retired::Owed(id.clone()))
+    }
+
     fn remove_owed(&self, _root: &RootDir, id: &Identity) -> Result<()> {
         let Some(DatasetIdentity::Dataset { name, .. }) = id.get() else {
             return Err(Error::Damaged {
@@ -764,7 +791,9 @@ impl Backend for ZfsBackend {
             });
         };
         match self.is_recorded(&name, id)? {
-            Ok(()) => self.destroy_if_exists(&DatasetName::new(&name)?).map(drop),
+            // One attempt, no waiting out EBUSY: gc comes again, and a session detached lazily
+            // stays busy for as long as its users keep it.
+            Ok(()) => self.zfs.destroy_tree(&DatasetName::new(&name)?),
             Err(_) if !self.exists(&name)? => Ok(()),
             Err(what) => Err(Error::Damaged { path: PathBuf::from(&name), what }),
         }
@@ -793,6 +822,10 @@ impl Backend for ZfsBackend {
         Ok(())
     }
 
+    fn counts_size(&self) -> bool {
+        true
+    }
+
     fn size(&self, _root: &RootDir, g: &Generation) -> u64 {
         let Ok(snap) = self.generation_snapshot(&g.project, g.head, g.number) else { return 0 };
         match self.props(snap.as_str(), &["referenced"]) {
@@ -809,8 +842,16 @@ impl Backend for ZfsBackend {
         project: &str,
         sessions: &[String],
         generations: &[u64],
+        owed: &[Identity],
     ) -> Result<Vec<String>> {
         let container = self.container(project)?;
+        let owed: Vec<String> = owed
+            .iter()
+            .filter_map(|id| match id.get() {
+                Some(DatasetIdentity::Dataset { name, .. }) => Some(name),
+                _ => None,
+            })
+            .collect();
         if !self.check_owned(project)? {
             return Ok(Vec::new());
         }
@@ -827,7 +868,7 @@ impl Backend for ZfsBackend {
                 (None, Some(n)) => n.parse::<u64>().is_ok_and(|n| generations.contains(&n)),
                 _ => false,
             };
-            if !known {
+            if !known && !owed.iter().any(|o| o == c.as_str()) {
                 out.push(format!("dataset {c}"));
             }
         }

@@ -58,11 +58,11 @@ pub enum GoldenCommand {
 #[derive(Debug, Clone, Subcommand)]
 pub enum SessionCommand {
     /// Give a session its private writable copy of the project's current generation.
-    Setup(SessionArgs),
+    Setup(SetupArgs),
     /// Make a (quiesced) session the project's next generation.
     Promote(PromoteArgs),
     /// Remove a session.
-    Cleanup(SessionArgs),
+    Cleanup(CleanupArgs),
     /// Show a session: its path, generation, creation time and whether anything holds it.
     Info(SessionArgs),
 }
@@ -76,6 +76,31 @@ pub struct SessionArgs {
     project: String,
     /// Session id.
     session: String,
+}
+
+/// `goldclone session setup`
+#[derive(Debug, Clone, Args)]
+pub struct SetupArgs {
+    #[command(flatten)]
+    session: SessionArgs,
+    /// Show the session at this absolute path (made by goldclone; nothing may be there yet)
+    /// instead of ROOT/PROJECT/sessions/SESSION.
+    #[arg(long, value_name = "PATH")]
+    at: Option<PathBuf>,
+    /// Return an existing session of this name as it is instead of failing.
+    #[arg(long)]
+    reuse: bool,
+}
+
+/// `goldclone session cleanup`
+#[derive(Debug, Clone, Args)]
+pub struct CleanupArgs {
+    #[command(flatten)]
+    session: SessionArgs,
+    /// If something still uses the session, take it from its paths now and leave its tree to
+    /// its users; gc removes it once nothing holds it.
+    #[arg(long)]
+    lazy: bool,
 }
 
 /// `goldclone session promote`
@@ -150,11 +175,18 @@ pub fn golden(cmd: &GoldenCommand) -> Result<()> {
 /// Run `goldclone session ...`.
 pub fn session(cmd: &SessionCommand) -> Result<()> {
     match cmd {
-        SessionCommand::Setup(a) => {
-            let path = a.root.open()?.setup(&a.project, &a.session)?;
+        SessionCommand::Setup(s) => {
+            let a = &s.session;
+            let opts = goldclone::golden::SetupOptions { at: s.at.clone(), reuse: s.reuse };
+            let (path, reused) = a.root.open()?.setup_with_options(
+                &a.project,
+                &a.session,
+                &opts,
+                &Default::default(),
+            )?;
             if a.root.json {
                 print_json(
-                    &serde_json::json!({ "project": a.project, "session": a.session, "path": path }),
+                    &serde_json::json!({ "project": a.project, "session": a.session, "path": path, "reused": reused }),
                 )?;
             } else {
                 outln!("{}", path.display())?;
@@ -187,7 +219,8 @@ pub fn session(cmd: &SessionCommand) -> Result<()> {
                 print_json(&serde_json::to_value(&info).unwrap_or_default())?;
             } else {
                 outln!("session {} of {}", info.session, info.project)?;
-                outln!("  path:        {}", info.path.display())?;
+                let shown = if info.attached { "" } else { " (not shown there now)" };
+                outln!("  path:        {}{shown}", info.path.display())?;
                 outln!("  generation:  {}", info.generation)?;
                 outln!("  created at:  {} (unix seconds)", info.created_at)?;
                 if info.holders.is_empty() {
@@ -197,11 +230,24 @@ pub fn session(cmd: &SessionCommand) -> Result<()> {
                 }
             }
         }
-        SessionCommand::Cleanup(a) => {
-            a.root.open()?.cleanup(&a.project, &a.session)?;
+        SessionCommand::Cleanup(c) => {
+            let a = &c.session;
+            let opts = goldclone::golden::CleanupOptions { lazy: c.lazy };
+            let cleaned = a.root.open()?.cleanup_with_options(&a.project, &a.session, &opts)?;
+            let holders = match &cleaned {
+                goldclone::golden::Cleaned::Removed => None,
+                goldclone::golden::Cleaned::Detached { holders } => Some(holders),
+            };
             if a.root.json {
                 print_json(
-                    &serde_json::json!({ "project": a.project, "session": a.session, "removed": true }),
+                    &serde_json::json!({ "project": a.project, "session": a.session, "removed": holders.is_none(), "detached_from": holders }),
+                )?;
+            } else if let Some(h) = holders {
+                outln!(
+                    "detached session {} of {} (in use by {}); gc removes it once free",
+                    a.session,
+                    a.project,
+                    h.join("; ")
                 )?;
             } else {
                 outln!("removed session {} of {}", a.session, a.project)?;

@@ -424,6 +424,115 @@ pub unsafe extern "C" fn goldclone_cache_setup_or_reuse(
     })
 }
 
+/// How `goldclone_cache_setup_with_options` sets a session up. Fill with
+/// `goldclone_setup_options_init` first, then change fields.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct goldclone_setup_options {
+    /// Show the session at this absolute path (NUL-terminated) instead of
+    /// `ROOT/<project>/sessions/<id>`, or NULL. Nothing may be there yet; its parent must be an
+    /// existing directory reached without symlinks, outside the cache root and outside other
+    /// sessions (INVALID_ARGUMENT, ALREADY_EXISTS, NOT_FOUND or NOT_A_DIRECTORY
+    /// otherwise, nothing changed). goldclone makes the directory and bind-mounts the session
+    /// there (any filesystem; needs CAP_SYS_ADMIN); cleanup, a consuming promote, delete and
+    /// recovery take both away again. The path is copied: it need not outlive the call.
+    pub at: *const c_char,
+    /// Return an existing session of this name as it is instead of ALREADY_EXISTS (as
+    /// `goldclone_cache_setup_or_reuse`); with `at`, it must be the session's recorded path
+    /// (INVALID_ARGUMENT otherwise), where a bind a reboot took is made again.
+    pub reuse: bool,
+}
+
+impl Default for goldclone_setup_options {
+    fn default() -> Self {
+        goldclone_setup_options { at: std::ptr::null(), reuse: false }
+    }
+}
+
+/// Fill `*opts` with the defaults: the session at its place in the cache root, no reuse.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_setup_options_init(
+    opts: *mut goldclone_setup_options,
+) -> goldclone_result {
+    ffi_body!("goldclone_setup_options_init", {
+        args::require(opts, "opts")?;
+        // SAFETY: non-NULL (checked), writable by the caller's promise.
+        unsafe { args::store(opts, goldclone_setup_options::default()) };
+        Ok(())
+    })
+}
+
+/// `goldclone_cache_setup_or_reuse` with `setup` choosing the session's path and whether an
+/// existing session is reused (`setup` may be NULL: the defaults). `*reused` (may be NULL) says
+/// whether the session was there already. The path (the caller's `at`, or the session's place)
+/// goes into the caller buffer as with `goldclone_cache_setup_with`; a session this call made
+/// is removed again when the buffer is too small, unless `reuse` is set.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_cache_setup_with_options(
+    cache: *const goldclone_cache,
+    project: *const c_char,
+    session: *const c_char,
+    setup: *const goldclone_setup_options,
+    opts: *const goldclone_op_options,
+    path_buf: *mut c_char,
+    path_buf_len: usize,
+    path_len_out: *mut usize,
+    reused: *mut bool,
+) -> goldclone_result {
+    ffi_body!("goldclone_cache_setup_with_options", {
+        // SAFETY: the caller passes NUL-terminated strings or NULL.
+        let project = unsafe { args::name(project, "project") }?;
+        // SAFETY: as above.
+        let session = unsafe { args::name(session, "session") }?;
+        args::require_buf(path_buf, path_buf_len)?;
+        // SAFETY: NULL or a valid, initialised struct by the caller's promise.
+        let setup = unsafe { setup.as_ref() }.copied().unwrap_or_default();
+        let at = if setup.at.is_null() {
+            None
+        } else {
+            // SAFETY: non-NULL, NUL-terminated by the caller's promise.
+            Some(unsafe { args::path(setup.at, "setup.at") }?.to_path_buf())
+        };
+        let options = crate::golden::SetupOptions { at, reuse: setup.reuse };
+        let c = self::cache(cache)?;
+        // SAFETY: the caller's promise on `opts`.
+        let (path, was_there) =
+            unsafe { watched(opts, |w, _| c.setup_with_options(project, session, &options, w)) }?;
+        // SAFETY: NULL or writable by the caller's promise.
+        unsafe { args::store(reused, was_there) };
+        let made = !was_there && !setup.reuse;
+        // SAFETY: the caller's promise on the buffer arguments.
+        unsafe {
+            give_path(&c, project, session, &path, made, path_buf, path_buf_len, path_len_out)
+        }
+    })
+}
+
+/// Whether session `session` is shown at its path now (`*shown`): false when the bind at the
+/// caller's path it was set up at is gone (a reboot, an interrupted operation);
+/// `goldclone_cache_setup_with_options` with `reuse` and the same path shows it there again.
+/// Always true for a session at its place in the cache root. NOT_FOUND for an unknown project
+/// or session.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_cache_session_shown(
+    cache: *const goldclone_cache,
+    project: *const c_char,
+    session: *const c_char,
+    shown: *mut bool,
+) -> goldclone_result {
+    ffi_body!("goldclone_cache_session_shown", {
+        // SAFETY: the caller passes NUL-terminated strings or NULL.
+        let project = unsafe { args::name(project, "project") }?;
+        // SAFETY: as above.
+        let session = unsafe { args::name(session, "session") }?;
+        args::require(shown, "shown")?;
+        let i = self::cache(cache)?.session_info(project, session)?;
+        // SAFETY: non-NULL (checked), writable by the caller's promise.
+        unsafe { args::store(shown, i.attached) };
+        Ok(())
+    })
+}
+
 /// Make session `session`'s tree the next generation of `project`. `*generation` (may be NULL)
 /// receives it. Sessions made from older generations keep running.
 #[no_mangle]
@@ -632,6 +741,58 @@ pub unsafe extern "C" fn goldclone_cache_cleanup(
         // SAFETY: as above.
         let session = unsafe { args::name(session, "session") }?;
         self::cache(cache)?.cleanup(project, session)?;
+        Ok(())
+    })
+}
+
+/// How `goldclone_cache_cleanup_with_options` removes a session. Fill with
+/// `goldclone_cleanup_options_init` first, then change fields.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct goldclone_cleanup_options {
+    /// A session something still uses is taken from every path it is shown at at once
+    /// (unmounted lazily), its tree left to the processes and mounts that have it, and removed
+    /// by gc once nothing holds it (gc reports it as kept until then); its record is gone at
+    /// once. Without it such a session is BUSY and nothing changes.
+    pub lazy: bool,
+}
+
+/// Fill `*opts` with the defaults: not lazy.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_cleanup_options_init(
+    opts: *mut goldclone_cleanup_options,
+) -> goldclone_result {
+    ffi_body!("goldclone_cleanup_options_init", {
+        args::require(opts, "opts")?;
+        // SAFETY: non-NULL (checked), writable by the caller's promise.
+        unsafe { args::store(opts, goldclone_cleanup_options::default()) };
+        Ok(())
+    })
+}
+
+/// `goldclone_cache_cleanup` as `opts` says (`opts` may be NULL: the defaults). `*detached`
+/// (may be NULL) is true when the session was in use and detached lazily: it is gone for every
+/// caller, and its tree waits for its users (see `goldclone_cleanup_options`).
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_cache_cleanup_with_options(
+    cache: *const goldclone_cache,
+    project: *const c_char,
+    session: *const c_char,
+    opts: *const goldclone_cleanup_options,
+    detached: *mut bool,
+) -> goldclone_result {
+    ffi_body!("goldclone_cache_cleanup_with_options", {
+        // SAFETY: the caller passes NUL-terminated strings or NULL.
+        let project = unsafe { args::name(project, "project") }?;
+        // SAFETY: as above.
+        let session = unsafe { args::name(session, "session") }?;
+        // SAFETY: NULL or a valid, initialised struct by the caller's promise.
+        let o = unsafe { opts.as_ref() }.copied().unwrap_or_default();
+        let options = crate::golden::CleanupOptions { lazy: o.lazy };
+        let cleaned = self::cache(cache)?.cleanup_with_options(project, session, &options)?;
+        let was_detached = matches!(cleaned, crate::golden::Cleaned::Detached { .. });
+        // SAFETY: NULL or writable by the caller's promise.
+        unsafe { args::store(detached, was_detached) };
         Ok(())
     })
 }

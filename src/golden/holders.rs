@@ -83,7 +83,7 @@ fn peer_group(m: &Mount, prefix: &str) -> Option<String> {
 /// `is_mount`: the tree is itself a mount we made (a ZFS or zvol session); that mount and the
 /// copies of it that its unmount takes along (its peers and slaves) are not holders. Otherwise
 /// a mount at `tree` itself is one.
-pub(crate) fn holders(tree: &Path, is_mount: bool) -> Result<Vec<Holder>> {
+pub(crate) fn holders(tree: &Path, is_mount: bool, also_ours: &[&Path]) -> Result<Vec<Holder>> {
     let scan = Scan::new()?;
     let own = scan
         .own_frame()
@@ -115,37 +115,55 @@ pub(crate) fn holders(tree: &Path, is_mount: bool) -> Result<Vec<Holder>> {
         dev: dev_of(mount),
         path: fs_path(mount, tree).expect("the mount holding a path is a prefix of it"),
     };
-    // The mount we made, and the copies its unmount takes along: mounts that propagation made
-    // of it (peers, or slaves of its group) on the same directory, seen through any mount of
-    // the parent filesystem. A bind mount of the session elsewhere shares the peer group but
-    // sits somewhere else, and stays a holder.
-    let own = if is_mount && at_mount_point {
-        let place = own.get(mount.parent_id).and_then(|p| {
-            fs_path(p, &mount.mount_point).map(|path| Location { dev: dev_of(p), path })
-        });
-        Some((mount.mount_id, peer_group(mount, "shared:"), place))
-    } else {
-        None
+    // The mounts we made, and the copies their unmount takes along: mounts that propagation
+    // made of them (peers, or slaves of their group) on the same directory, seen through any
+    // mount of the parent filesystem. A bind mount of the session elsewhere shares the peer
+    // group but sits somewhere else, and stays a holder.
+    let ours_at = |m: &Mount| {
+        let place = own
+            .get(m.parent_id)
+            .and_then(|p| fs_path(p, &m.mount_point).map(|path| Location { dev: dev_of(p), path }));
+        (m.mount_id, peer_group(m, "shared:"), place)
     };
-    let goes_with_ours = |m: &Mount, frame: &Frame| {
-        let Some((id, group, place)) = &own else { return false };
-        if m.mount_id == *id {
-            return true;
-        }
-        let related = group.as_ref().is_some_and(|g| {
-            peer_group(m, "shared:").as_ref() == Some(g)
-                || peer_group(m, "master:").as_ref() == Some(g)
-        });
-        let same_place = || {
-            frame.get(m.parent_id).is_some_and(|p| {
-                fs_path(p, &m.mount_point)
-                    .is_some_and(|path| place.as_ref() == Some(&Location { dev: dev_of(p), path }))
-            })
+    let mut ours = Vec::new();
+    if is_mount && at_mount_point {
+        ours.push(ours_at(mount));
+    }
+    // Our bind mounts of the tree at callers' paths, in this namespace: each must be the
+    // mount at exactly that path and show exactly this tree.
+    for path in also_ours {
+        let Ok(c) = CString::new(path.as_os_str().as_bytes()) else { continue };
+        let Some(m) = statx_follow(&c, MntId::Listed).ok().and_then(|st| own.get(st.mnt_id?))
+        else {
+            continue;
         };
-        related && same_place()
+        if m.mount_point == *path && dev_of(m) == location.dev && m.root == location.path {
+            ours.push(ours_at(m));
+        }
+    }
+    let goes_with_ours = |m: &Mount, frame: &Frame| {
+        ours.iter().any(|(id, group, place)| {
+            if m.mount_id == *id {
+                return true;
+            }
+            let related = group.as_ref().is_some_and(|g| {
+                peer_group(m, "shared:").as_ref() == Some(g)
+                    || peer_group(m, "master:").as_ref() == Some(g)
+            });
+            let same_place = || {
+                frame.get(m.parent_id).is_some_and(|p| {
+                    fs_path(p, &m.mount_point).is_some_and(|path| {
+                        place.as_ref() == Some(&Location { dev: dev_of(p), path })
+                    })
+                })
+            };
+            related && same_place()
+        })
     };
     scan.mount_holders(&location, &goes_with_ours, &mut out);
-    scan.process_holders(&location, &mut out);
+    // The device statx gives for the tree's own files: mountinfo names one device per
+    // filesystem, but a btrfs subvolume's files have a device of their own.
+    scan.process_holders(&location, (st.dev_major, st.dev_minor), &mut out);
     Ok(out)
 }
 
@@ -265,9 +283,9 @@ impl Scan {
     }
 
     /// Processes with something inside the location: one holder per process.
-    fn process_holders(&self, loc: &Location, out: &mut Vec<Holder>) {
+    fn process_holders(&self, loc: &Location, tree_dev: (u32, u32), out: &mut Vec<Holder>) {
         for &(pid, frame) in &self.procs {
-            if let Some(what) = self.process_holds(pid, &self.frames[frame], loc) {
+            if let Some(what) = self.process_holds(pid, &self.frames[frame], loc, tree_dev) {
                 out.push(Holder {
                     pid: Some(pid),
                     what: format!("pid {pid} ({}): {what}", comm(pid)),
@@ -277,7 +295,13 @@ impl Scan {
     }
 
     /// What of process `pid` lies inside `loc`, if anything.
-    fn process_holds(&self, pid: u32, frame: &Frame, loc: &Location) -> Option<String> {
+    fn process_holds(
+        &self,
+        pid: u32,
+        frame: &Frame,
+        loc: &Location,
+        tree_dev: (u32, u32),
+    ) -> Option<String> {
         let base = PathBuf::from(format!("/proc/{pid}"));
         let mut links: Vec<(String, PathBuf)> =
             ["cwd", "root", "exe"].iter().map(|l| (l.to_string(), base.join(l))).collect();
@@ -307,7 +331,7 @@ impl Scan {
             if !seen.insert(path.clone()) && label.starts_with("map_files") {
                 continue;
             }
-            if self.object_inside(frame, &link, &path, loc) {
+            if self.object_inside(frame, &link, &path, loc, tree_dev) {
                 return Some(format!("{label} {}", path.display()));
             }
         }
@@ -315,8 +339,15 @@ impl Scan {
     }
 
     /// Whether the object behind the /proc link `link`, which the kernel names `path`, lies
-    /// inside `loc`.
-    fn object_inside(&self, frame: &Frame, link: &Path, path: &Path, loc: &Location) -> bool {
+    /// inside `loc`, whose own files statx puts on device `tree_dev`.
+    fn object_inside(
+        &self,
+        frame: &Frame,
+        link: &Path,
+        path: &Path,
+        loc: &Location,
+        tree_dev: (u32, u32),
+    ) -> bool {
         let Ok(c) = CString::new(link.as_os_str().as_bytes()) else { return false };
         let Ok(st) = statx_follow(&c, MntId::Listed) else { return false };
         let Some(id) = st.mnt_id else {
@@ -345,8 +376,12 @@ impl Scan {
                     && (m.root.starts_with(&loc.path) || loc.path.starts_with(&m.root))
             }
             // A mount no frame lists (detached with umount -l, or of a namespace without
-            // processes): busy if the object is on the location's filesystem at all.
-            None => (st.dev_major, st.dev_minor) == loc.dev,
+            // processes): busy if the object is on the location's filesystem at all, by
+            // mountinfo's device or by the one the tree's own files have (a btrfs subvolume).
+            None => {
+                let dev = (st.dev_major, st.dev_minor);
+                dev == loc.dev || dev == tree_dev
+            }
         }
     }
 }

@@ -17,6 +17,7 @@
 //! * One stuck project or session is reported and skipped; `open` never waits for another
 //!   process's operations.
 
+mod attach;
 mod edit;
 mod holders;
 mod state;
@@ -83,8 +84,12 @@ pub struct SessionInfo {
     pub project: String,
     /// The session id.
     pub session: String,
-    /// Where the session's tree is.
+    /// Where the session is shown: the caller's path it was set up at
+    /// ([`SetupOptions::at`]), else its place in the cache root.
     pub path: PathBuf,
+    /// Whether the session is shown at `path` now: false after a reboot or an interrupted
+    /// operation took the bind at a caller's path away (setup with reuse shows it again).
+    pub attached: bool,
     /// The generation it was made from.
     pub generation: u64,
     /// When it was set up, seconds since the Unix epoch.
@@ -98,6 +103,49 @@ impl SessionInfo {
     pub fn in_use(&self) -> bool {
         !self.holders.is_empty()
     }
+}
+
+/// How [`Cache::setup_with_options`] sets a session up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetupOptions {
+    /// Show the session at this path instead of `ROOT/<project>/sessions/<id>`: an absolute,
+    /// plain path where nothing is yet, whose parent is an existing directory reached without
+    /// symlinks, outside the cache root and outside other sessions (InvalidArgument,
+    /// AlreadyExists, NotFound or NotADirectory otherwise, with nothing changed). goldclone
+    /// makes the directory and bind-mounts the session there (any filesystem; needs
+    /// CAP_SYS_ADMIN); cleanup, a consuming promote, delete and recovery take both away again.
+    /// The session's tree stays in the root. After a reboot the bind is gone and the directory
+    /// is empty: [`SetupOptions::reuse`] with the same path shows the session there again.
+    pub at: Option<PathBuf>,
+    /// An existing session of this name is returned as it is (see [`Cache::setup_or_reuse`])
+    /// instead of AlreadyExists. With `at`, it must be the session's recorded path
+    /// (InvalidArgument otherwise).
+    pub reuse: bool,
+}
+
+/// How [`Cache::cleanup_with_options`] removes a session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CleanupOptions {
+    /// A session something still uses is taken from every path it is shown at (its place, a
+    /// caller's path: unmounted lazily), so nothing new reaches it, and its tree is left to the
+    /// processes and mounts that have it; gc removes it once nothing holds it, and until then
+    /// reports it in [`GcReport::kept`]. Its record is gone at once (the name can be set up
+    /// again; on ZFS and zvol only once gc has destroyed the old dataset). Without `lazy`, such
+    /// a session is [`Error::SessionBusy`] and nothing changes.
+    pub lazy: bool,
+}
+
+/// What [`Cache::cleanup_with_options`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cleaned {
+    /// The session and its tree are gone.
+    Removed,
+    /// The session is gone; its tree waits for these holders (described) to let go, and gc
+    /// removes it then.
+    Detached {
+        /// What held the session when it was detached.
+        holders: Vec<String>,
+    },
 }
 
 /// The hook of a promote ([`PromoteOptions::edit`]): called with the new generation's writable
@@ -376,68 +424,7 @@ impl Cache {
 
     /// [`Cache::setup`], reporting to and stopped by `watch`.
     pub fn setup_with(&self, project: &str, session: &str, watch: &Watch) -> Result<PathBuf> {
-        validate_name(project)?;
-        validate_name(session)?;
-        let _lock = self.lock_shared(project)?;
-        let (generation, gen_meta) = self.current_generation(project)?;
-        let s = self.session(project, session);
-        // Refused at once if taken; checked again once the intent holds the session's name, so
-        // that a setup that raced this one to the same name is never taken for this one.
-        let free = || -> Result<()> {
-            if read_session(&self.root, project, session)?.is_some()
-                || self.root.entry(&s.place)?.is_some()
-            {
-                return Err(Error::AlreadyExists { path: self.root.join(&s.place) });
-            }
-            self.store.session_free(&s)
-        };
-        free()?;
-        let staging_name = state::own_name("setup", session);
-        let intent = Intent::Setup {
-            project: project.to_string(),
-            session: session.to_string(),
-            generation: generation.number,
-            staging: staging_name.clone(),
-        };
-        let path = self.root.join(&s.place);
-        self.run(
-            &intent,
-            free,
-            || path.clone(),
-            |()| {
-                watch.check()?;
-                let staging = self.staging_of(&intent);
-                let identity = self.store.create_session(
-                    &self.root,
-                    &generation,
-                    &gen_meta.identity,
-                    &s,
-                    &staging,
-                    watch,
-                )?;
-                fault::point("setup:tree-created");
-                // The commit point: a stop asked for before it undoes the setup, none after.
-                watch.commit(|| {
-                    state::write_json(
-                        &self.root,
-                        &Layout::session_meta(project, session),
-                        &SessionMeta {
-                            project: project.to_string(),
-                            session: session.to_string(),
-                            generation: generation.number,
-                            created_at: state::now(),
-                            identity,
-                            made_by: staging_name.clone(),
-                        },
-                    )
-                })?;
-                fault::point("setup:meta-written");
-                // Failing here (even after the rename, on its fsync), recovery decides from what is
-                // where: the record stays for it.
-                self.store.publish(&self.root, &staging, &s.place)?;
-                Ok(path.clone())
-            },
-        )
+        self.setup_with_options(project, session, &SetupOptions::default(), watch).map(|(p, _)| p)
     }
 
     /// The session's path if it exists (and is whole: [`Error::Damaged`] otherwise), else a new
@@ -451,8 +438,25 @@ impl Cache {
         session: &str,
         watch: &Watch,
     ) -> Result<(PathBuf, bool)> {
+        let opts = SetupOptions { reuse: true, ..SetupOptions::default() };
+        self.setup_with_options(project, session, &opts, watch)
+    }
+
+    /// A session set up as `opts` says: at a path of the caller's choosing, or an existing one
+    /// reused; returns its path and whether it was there already.
+    pub fn setup_with_options(
+        &self,
+        project: &str,
+        session: &str,
+        opts: &SetupOptions,
+        watch: &Watch,
+    ) -> Result<(PathBuf, bool)> {
         validate_name(project)?;
         validate_name(session)?;
+        let at = opts.at.as_deref();
+        if !opts.reuse {
+            return self.setup_new(project, session, at, watch).map(|p| (p, false));
+        }
         let existing = || -> Result<Option<PathBuf>> {
             let _lock = self.lock_shared(project)?;
             self.known_project(project)?;
@@ -460,12 +464,22 @@ impl Cache {
             let Some(meta) = read_session(&self.root, project, session)? else { return Ok(None) };
             let s = self.session(project, session);
             self.check_session_place(&s, &meta)?;
-            Ok(Some(self.root.join(&s.place)))
+            if at.is_some() && meta.at.as_deref() != at {
+                return Err(Error::InvalidArgument {
+                    what: format!(
+                        "session {session} of project {project} exists at {}, not at {}",
+                        self.shown_path(&s, &meta).display(),
+                        at.map_or_else(|| self.root.join(&s.place), Path::to_path_buf).display()
+                    ),
+                });
+            }
+            self.reattach(&s, &meta)?;
+            Ok(Some(self.shown_path(&s, &meta)))
         };
         if let Some(path) = existing()? {
             return Ok((path, true));
         }
-        match self.setup_with(project, session, watch) {
+        match self.setup_new(project, session, at, watch) {
             Ok(path) => Ok((path, false)),
             // Another caller set it up meanwhile (or is at it: its intent made ours busy), or
             // something that is no session is there.
@@ -479,6 +493,181 @@ impl Cache {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// A new session, shown at `at` if given.
+    fn setup_new(
+        &self,
+        project: &str,
+        session: &str,
+        at: Option<&Path>,
+        watch: &Watch,
+    ) -> Result<PathBuf> {
+        let _lock = self.lock_shared(project)?;
+        let (generation, gen_meta) = self.current_generation(project)?;
+        let s = self.session(project, session);
+        // Refused at once if taken; checked again once the intent holds the session's name, so
+        // that a setup that raced this one to the same name is never taken for this one.
+        let free = || -> Result<Option<attach::Target>> {
+            if read_session(&self.root, project, session)?.is_some()
+                || self.root.entry(&s.place)?.is_some()
+            {
+                return Err(Error::AlreadyExists { path: self.root.join(&s.place) });
+            }
+            self.store.session_free(&s)?;
+            at.map(|at| attach::Target::check(at, &self.cache_trees()?)).transpose()
+        };
+        free()?;
+        let staging_name = state::own_name("setup", session);
+        let intent = Intent::Setup {
+            project: project.to_string(),
+            session: session.to_string(),
+            generation: generation.number,
+            staging: staging_name.clone(),
+            at: at.map(Path::to_path_buf),
+        };
+        let path = at.map_or_else(|| self.root.join(&s.place), Path::to_path_buf);
+        self.run(
+            &intent,
+            free,
+            || path.clone(),
+            |target| {
+                watch.check()?;
+                let staging = self.staging_of(&intent);
+                let identity = self.store.create_session(
+                    &self.root,
+                    &generation,
+                    &gen_meta.identity,
+                    &s,
+                    &staging,
+                    watch,
+                )?;
+                fault::point("setup:tree-created");
+                if let Some(target) = &target {
+                    // Before the commit: a setup that cannot show the session where asked
+                    // has not happened. The bind follows the tree when it is published.
+                    let tree = self.store.built_at(&staging, &s.place);
+                    target.attach(&self.root, tree, &staging_name)?;
+                    fault::point("setup:attached");
+                }
+                // The commit point: a stop asked for before it undoes the setup, none after.
+                watch.commit(|| {
+                    state::write_json(
+                        &self.root,
+                        &Layout::session_meta(project, session),
+                        &SessionMeta {
+                            project: project.to_string(),
+                            session: session.to_string(),
+                            generation: generation.number,
+                            created_at: state::now(),
+                            identity,
+                            made_by: staging_name.clone(),
+                            at: at.map(Path::to_path_buf),
+                        },
+                    )
+                })?;
+                fault::point("setup:meta-written");
+                // Failing here (even after the rename, on its fsync), recovery decides from what is
+                // where: the record stays for it.
+                self.store.publish(&self.root, &staging, &s.place)?;
+                Ok(path.clone())
+            },
+        )
+    }
+
+    /// Where the session is shown to its users: the caller's path, else its place.
+    fn shown_path(&self, s: &Session, meta: &SessionMeta) -> PathBuf {
+        meta.at.clone().unwrap_or_else(|| self.root.join(&s.place))
+    }
+
+    /// Device and inode of every directory whose inside is the cache's, for
+    /// [`attach::Target::check`]: the root, and the trees of sessions and generations (which a
+    /// bind mount may show elsewhere).
+    fn cache_trees(&self) -> Result<Vec<(u64, u64)>> {
+        let mut out = Vec::new();
+        let root = crate::backend::rootdir::statx_entry(self.root.fd(), std::ffi::OsStr::new(""))
+            .at_with("statx", || self.root.path().to_path_buf())?;
+        out.push((root.dev, root.ino));
+        // Every directory of the root's own (a bind mount of one elsewhere is inside the cache
+        // too), and every tree in them.
+        for top in self.root.list(Path::new(""))? {
+            if let Ok(Some(e)) = self.root.entry(Path::new(&top)) {
+                out.push((e.dev, e.ino));
+            }
+        }
+        for project in state::projects(&self.root)?.0 {
+            for dir in [Layout::sessions(&project), Layout::generations(&project)] {
+                if let Ok(Some(e)) = self.root.entry(&dir) {
+                    out.push((e.dev, e.ino));
+                }
+                let Ok(names) = self.root.list(&dir) else { continue };
+                for name in names {
+                    if let Ok(Some(e)) = self.root.entry(&dir.join(name)) {
+                        out.push((e.dev, e.ino));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Show session `s` (recorded as `meta`) at its recorded path again where the bind is gone
+    /// (a reboot, a promote that gave the session back): the path empty and ours, or absent;
+    /// anything else there is left alone (Damaged). Under the session's intent, so that no
+    /// cleanup of it runs meanwhile.
+    fn reattach(&self, s: &Session, meta: &SessionMeta) -> Result<()> {
+        let Some(at) = meta.at.as_deref() else { return Ok(()) };
+        if attach::state_of(&self.root, &s.place, at, &meta.made_by)? == attach::State::Attached {
+            return Ok(());
+        }
+        // The setup's own intent again: a kill leaves it for recovery, which finds the
+        // session whole (shown or not) and keeps it.
+        let intent = Intent::Setup {
+            project: s.project.clone(),
+            session: s.name.clone(),
+            generation: meta.generation,
+            staging: meta.made_by.clone(),
+            at: meta.at.clone(),
+        };
+        let record = self.record(&intent)?;
+        let shown = (|| {
+            if read_session(&self.root, &s.project, &s.name)?.as_ref() != Some(meta) {
+                return Err(Error::UnknownSession {
+                    project: s.project.clone(),
+                    session: s.name.clone(),
+                });
+            }
+            match attach::state_of(&self.root, &s.place, at, &meta.made_by)? {
+                attach::State::Attached => Ok(()),
+                attach::State::Other(what) => Err(Error::Damaged { path: at.to_path_buf(), what }),
+                state => {
+                    if state == attach::State::Empty {
+                        attach::detach(&self.root, &s.place, at, &meta.made_by)?;
+                    }
+                    attach::Target::check(at, &self.cache_trees()?)?.attach(
+                        &self.root,
+                        &s.place,
+                        &meta.made_by,
+                    )
+                }
+            }
+        })();
+        let _ = record.clear(&self.root);
+        shown
+    }
+
+    /// Take session `s`'s bind at its recorded path `at` away, with the directory setup
+    /// `made_by` made for it; what is there and not goldclone's stays, logged.
+    fn detach(&self, s: &Session, at: &Path, made_by: &str) -> Result<()> {
+        if let attach::State::Other(what) = attach::detach(&self.root, &s.place, at, made_by)? {
+            tracing::warn!(
+                target: "goldclone::lifecycle",
+                "session {} of project {}: {what}; left alone",
+                s.name,
+                s.project
+            );
+        }
+        Ok(())
     }
 
     /// Wait (up to a minute) while a setup or cleanup of the session is in flight; finish or
@@ -559,7 +748,7 @@ impl Cache {
         let s = self.session(project, session);
         self.check_session_place(&s, &meta)?;
         self.store.can_promote(&s, meta.generation, previous.number)?;
-        self.ensure_unused(&s)?;
+        self.ensure_unused(&s, meta.at.as_deref())?;
         let number = state::generation_numbers(&self.root, project)?
             .last()
             .copied()
@@ -611,8 +800,14 @@ impl Cache {
                 aside.remove()
             }
         };
+        // A consumed session is shown at its caller's path no more: its users must not reach
+        // what becomes the generation. A promote that fails shows it there again.
+        let shown_at = meta.at.as_deref().filter(|_| opts.consume);
+        if let Some(at) = shown_at {
+            self.detach(&s, at, &meta.made_by)?;
+        }
         // The exclusive lock keeps everything checked above as it is.
-        self.run(
+        let promoted = self.run(
             &intent,
             || Ok(()),
             || number,
@@ -625,7 +820,7 @@ impl Cache {
                     edit_tree(&staging)?;
                     // Whoever got into the session since it was checked is in the generation's
                     // tree now: give the session back rather than commit a tree in use.
-                    self.ensure_unused_at(&s, &staging)?;
+                    self.ensure_unused_at(&s, &staging, None)?;
                     id
                 } else {
                     // Edits of the session itself (ZFS) are final once made: from there the
@@ -665,7 +860,20 @@ impl Cache {
                 }
                 Ok(number)
             },
-        )?;
+        );
+        if let (Err(_), Some(at)) = (&promoted, shown_at) {
+            if let Some(m) = read_session(&self.root, project, session)? {
+                if let Err(e) = self.reattach(&s, &m) {
+                    tracing::warn!(
+                        target: "goldclone::lifecycle",
+                        "session {session} of project {project}: given back, but not shown at \
+                         {} again: {e}",
+                        at.display()
+                    );
+                }
+            }
+        }
+        let number = promoted?;
         drop(lock);
         // Removals that may take long, after the exclusive lock is let go so that setups do not
         // wait for them: the dropped paths, and the previous generation if the consumed session
@@ -688,21 +896,34 @@ impl Cache {
     /// one with a mount inside it. Once the session is taken from its place the cleanup has
     /// happened: if reclaiming its space fails then, gc retries and reports it.
     pub fn cleanup(&self, project: &str, session: &str) -> Result<()> {
+        self.cleanup_with_options(project, session, &CleanupOptions::default()).map(drop)
+    }
+
+    /// [`Cache::cleanup`], or with [`CleanupOptions::lazy`] a cleanup that does not wait for
+    /// a session's users: see [`Cleaned`].
+    pub fn cleanup_with_options(
+        &self,
+        project: &str,
+        session: &str,
+        opts: &CleanupOptions,
+    ) -> Result<Cleaned> {
         validate_name(project)?;
         validate_name(session)?;
         let _lock = self.lock_shared(project)?;
-        self.remove_session(project, session)
+        self.remove_session(project, session, opts.lazy)
     }
 
-    /// [`Cache::cleanup`]; the caller holds the project's lock (shared or exclusive).
-    fn remove_session(&self, project: &str, session: &str) -> Result<()> {
+    /// [`Cache::cleanup_with_options`]; the caller holds the project's lock (shared or
+    /// exclusive).
+    fn remove_session(&self, project: &str, session: &str, lazy: bool) -> Result<Cleaned> {
         self.known_project(project)?;
         let s = self.session(project, session);
         // What is to be removed, and that nothing holds it: checked before the intent is
         // recorded (bad input changes nothing), and again once the intent holds the session's
         // name, against the record first seen, so that what is removed is what was checked.
         let seen = self.session_meta(project, session)?;
-        let check = || -> Result<SessionMeta> {
+        // With `lazy`, who holds it (empty: nobody) instead of Busy.
+        let check = || -> Result<(SessionMeta, Vec<String>)> {
             let meta = self.session_meta(project, session)?;
             if meta != seen {
                 return Err(Error::UnknownSession {
@@ -716,27 +937,66 @@ impl Cache {
                     what: "is not the session's directory (a symlink or a file)".into(),
                 });
             }
+            let mut holders = Vec::new();
             match self.store.session_presence(&self.root, &s, &meta.identity)? {
-                Presence::Here | Presence::Elsewhere(_) => self.ensure_unused(&s)?,
+                Presence::Here | Presence::Elsewhere(_) => {
+                    match self.ensure_unused(&s, meta.at.as_deref()) {
+                        Err(Error::SessionBusy { holders: h, .. }) if lazy => holders = h,
+                        other => other?,
+                    }
+                }
                 Presence::Absent => {}
                 Presence::Other(what) => {
                     return Err(Error::Damaged { path: self.root.join(&s.place), what })
                 }
             }
-            Ok(meta)
+            Ok((meta, holders))
         };
-        check()?;
+        let (_, held) = check()?;
+        // A lazy cleanup's trash name says so, whether or not the session was free when
+        // checked (someone may get in before it moves): recovery and gc remove such a tree
+        // only once nothing holds it.
+        let op = if lazy { "detached" } else { "cleanup" };
         let intent = Intent::Cleanup {
             project: project.to_string(),
             session: session.to_string(),
-            trash: state::own_name("cleanup", session),
+            trash: state::own_name(op, session),
         };
         let trash = self.staging_of(&intent);
-        self.run(
+        let detaching = !held.is_empty();
+        let cleaned = self.run(
             &intent,
-            check,
-            || (),
-            |meta| {
+            || {
+                let (meta, holders) = check()?;
+                if !detaching && !holders.is_empty() {
+                    // Taken meanwhile: refused as by a cleanup that is not lazy (a plain
+                    // cleanup's trash is removed without asking who holds it).
+                    let pids = Vec::new();
+                    let (project, session) = (project.to_string(), session.to_string());
+                    return Err(Error::SessionBusy { project, session, pids, holders });
+                }
+                Ok((meta, holders))
+            },
+            || {
+                if detaching {
+                    Cleaned::Detached { holders: held.clone() }
+                } else {
+                    Cleaned::Removed
+                }
+            },
+            |(meta, holders)| {
+                if detaching {
+                    return self
+                        .detach_session(&s, &meta, &trash)
+                        .map(|()| Cleaned::Detached { holders });
+                }
+                // First the caller's path: once nothing shows the session there, its users
+                // cannot reach it any more. A kill right after leaves the session, unshown
+                // (setup with reuse shows it again).
+                if let Some(at) = &meta.at {
+                    self.detach(&s, at, &meta.made_by)?;
+                    fault::point("cleanup:detached");
+                }
                 let retired = self.store.retire_session(&self.root, &s, &meta.identity, &trash)?;
                 fault::point("cleanup:tree-moved");
                 self.owe(project, &retired)?;
@@ -746,13 +1006,167 @@ impl Cache {
                 // here, under the intent (a kill leaves it to recovery); what it cannot do now, gc
                 // retries and reports.
                 if let Retired::Moved(t) = &retired {
+                    if lazy {
+                        // Free when checked; whoever got in before the move keeps it.
+                        let found = holders::holders(&self.root.join(t), false, &[])?;
+                        if !found.is_empty() {
+                            self.record_detached(&s, &meta, t)?;
+                            let holders = found.into_iter().map(|h| h.what).collect();
+                            return Ok(Cleaned::Detached { holders });
+                        }
+                    }
                     let _ = self.store.remove_trash(&self.root, t);
                 }
-                Ok(())
+                Ok(Cleaned::Removed)
             },
         )?;
         let _ = self.reclaim_if_unused(project, seen.generation);
+        Ok(cleaned)
+    }
+
+    /// A lazy cleanup of session `s` (recorded as `meta`), which something holds: out of its
+    /// caller's path and its place, a record of what waits (the commit is the removal of the
+    /// session's record after it). Also what recovery does to finish one.
+    fn detach_session(&self, s: &Session, meta: &SessionMeta, trash: &Path) -> Result<()> {
+        if let Some(at) = &meta.at {
+            if attach::detach_lazily(&self.root, &s.place, at, &meta.made_by)?
+                != attach::State::Absent
+            {
+                tracing::warn!(
+                    target: "goldclone::lifecycle",
+                    "session {} of project {}: {} is not its bind; left alone",
+                    s.name,
+                    s.project,
+                    at.display()
+                );
+            }
+        }
+        let retired = self.store.detach_session(&self.root, s, &meta.identity, trash)?;
+        let (trash_kept, owed) = match retired {
+            Retired::Moved(t) => (Some(t), None),
+            Retired::Owed(id) => (None, Some(id)),
+            // Moved by an earlier attempt (recovery), or gone.
+            Retired::Absent | Retired::Removed => {
+                (self.root.entry(trash)?.map(|_| trash.to_path_buf()), None)
+            }
+        };
+        if trash_kept.is_some() || owed.is_some() {
+            self.write_detached(s, meta, trash, trash_kept, owed)?;
+        }
+        fault::point("cleanup:tree-moved");
+        self.root.remove_file(&Layout::session_meta(&s.project, &s.name))?;
+        fault::point("cleanup:meta-removed");
+        tracing::info!(
+            target: "goldclone::lifecycle",
+            "session {} of project {} detached while in use; gc removes it once free",
+            s.name,
+            s.project
+        );
         Ok(())
+    }
+
+    /// Everything the backend still owes removing for `project`: owed records, and the trees of
+    /// sessions cleaned up while in use. Not "unrecorded".
+    fn owed_ids(&self, project: &str) -> Result<Vec<Identity>> {
+        let mut out: Vec<Identity> =
+            self.detached(project)?.into_iter().filter_map(|(_, d)| d.owed).collect();
+        let (owed, _) = state::record_names(&self.root, &Layout::owed(project))?;
+        for o in owed {
+            let path = Layout::owed(project).join(format!("{o}.json"));
+            if let Some(id) = state::read_json::<Identity>(&self.root, &path)? {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Record that session `s` (recorded as `meta`) waits in `trash` for its users.
+    fn record_detached(&self, s: &Session, meta: &SessionMeta, trash: &Path) -> Result<()> {
+        self.write_detached(s, meta, trash, Some(trash.to_path_buf()), None)
+    }
+
+    fn write_detached(
+        &self,
+        s: &Session,
+        meta: &SessionMeta,
+        trash: &Path,
+        trash_kept: Option<PathBuf>,
+        owed: Option<Identity>,
+    ) -> Result<()> {
+        let name = trash.file_name().expect("an own name").to_string_lossy();
+        self.root.mkdir(&Layout::detached_records(&s.project))?;
+        state::write_json(
+            &self.root,
+            &Layout::detached_records(&s.project).join(format!("{name}.json")),
+            &state::DetachedMeta {
+                session: s.name.clone(),
+                generation: meta.generation,
+                trash: trash_kept,
+                owed,
+            },
+        )
+    }
+
+    /// The records of lazily cleaned-up sessions of `project`, with their paths.
+    fn detached(&self, project: &str) -> Result<Vec<(PathBuf, state::DetachedMeta)>> {
+        let dir = Layout::detached_records(project);
+        let mut out = Vec::new();
+        for name in self.root.list(&dir)? {
+            let path = dir.join(&name);
+            if !name.to_str().is_some_and(|n| {
+                n.ends_with(".json") && state::is_detached_name(n.trim_end_matches(".json"))
+            }) {
+                continue; // temporary files of dead writers: removed with the records' temps
+            }
+            if let Some(m) = state::read_json::<state::DetachedMeta>(&self.root, &path)? {
+                out.push((path, m));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Remove the trees of lazily cleaned-up sessions that nothing holds any more; what is
+    /// still held is returned (described).
+    fn finish_detached(
+        &self,
+        project: &str,
+        report: &mut GcReport,
+    ) -> Result<Vec<(String, String)>> {
+        let mut held = Vec::new();
+        for (record, d) in self.detached(project)? {
+            let what = format!("{project}: session {} (cleaned up while in use)", d.session);
+            if let Some(t) = &d.trash {
+                if self.root.entry(t)?.is_some() {
+                    let found = holders::holders(&self.root.join(t), false, &[])?;
+                    if !found.is_empty() {
+                        let by: Vec<String> = found.into_iter().map(|h| h.what).collect();
+                        held.push((
+                            d.session.clone(),
+                            format!("{what}: held by {}", by.join("; ")),
+                        ));
+                        continue;
+                    }
+                    self.store.remove_trash(&self.root, t)?;
+                }
+            }
+            if let Some(id) = &d.owed {
+                match self.store.remove_owed(&self.root, id) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == crate::ErrorKind::Busy => {
+                        held.push((d.session.clone(), format!("{what}: still in use ({e})")));
+                        continue;
+                    }
+                    Err(e) => {
+                        report.failed.push(format!("{what}: {e}"));
+                        held.push((d.session.clone(), format!("{what}: {e}")));
+                        continue;
+                    }
+                }
+            }
+            self.root.remove_file(&record)?;
+            report.removed.push(format!("{what}: its tree, now that nothing holds it"));
+        }
+        Ok(held)
     }
 
     /// Finish interrupted operations, then remove what records say is no longer needed:
@@ -828,6 +1242,18 @@ impl Cache {
         let lock = self.lock_exclusive(project)?;
         self.recover_or_fail(project, &lock)?;
         let current = self.known_project(project)?;
+        // Sessions cleaned up while in use: removed now if free, else the delete waits.
+        let mut finished = GcReport::default();
+        let held = self.finish_detached(project, &mut finished)?;
+        finished.log("delete");
+        if let Some((session, _)) = held.first() {
+            return Err(Error::SessionBusy {
+                project: project.to_string(),
+                session: session.clone(),
+                pids: Vec::new(),
+                holders: held.into_iter().map(|(_, h)| h).collect(),
+            });
+        }
         self.check_deletable(project, current)?;
         let intent = Intent::Delete {
             project: project.to_string(),
@@ -858,7 +1284,9 @@ impl Cache {
             let meta = self.session_meta(project, name)?;
             let s = self.session(project, name);
             match self.store.session_presence(&self.root, &s, &meta.identity)? {
-                Presence::Here | Presence::Elsewhere(_) => self.ensure_unused(&s)?,
+                Presence::Here | Presence::Elsewhere(_) => {
+                    self.ensure_unused(&s, meta.at.as_deref())?
+                }
                 Presence::Absent => {}
                 Presence::Other(what) => {
                     return Err(Error::Damaged { path: self.root.join(&s.place), what })
@@ -882,7 +1310,10 @@ impl Cache {
         foreign(Layout::generations(project), &|n| {
             n.parse::<u64>().is_ok_and(|g| generations.contains(&g))
         })?;
-        if let Some(d) = self.store.unrecorded(project, &sessions, &[current])?.into_iter().next() {
+        let owed = self.owed_ids(project)?;
+        if let Some(d) =
+            self.store.unrecorded(project, &sessions, &[current], &owed)?.into_iter().next()
+        {
             return Err(Error::Damaged {
                 path: self.root.join(&Layout::project(project)),
                 what: format!("{d} has no record: not goldclone's to delete"),
@@ -901,11 +1332,16 @@ impl Cache {
             let s = self.session(project, &name);
             let Some(meta) = read_session(root, project, &name)? else { continue };
             match self.store.session_presence(root, &s, &meta.identity)? {
-                Presence::Here | Presence::Elsewhere(_) => self.ensure_unused(&s)?,
+                Presence::Here | Presence::Elsewhere(_) => {
+                    self.ensure_unused(&s, meta.at.as_deref())?
+                }
                 Presence::Absent => {}
                 Presence::Other(what) => {
                     return Err(Error::Damaged { path: root.join(&s.place), what })
                 }
+            }
+            if let Some(at) = &meta.at {
+                self.detach(&s, at, &meta.made_by)?;
             }
             let retired = self.store.retire_session(root, &s, &meta.identity, &trash("cleanup"))?;
             self.owe(project, &retired)?;
@@ -934,7 +1370,8 @@ impl Cache {
             root.remove_file(&path)?;
         }
         // Checked again: what someone made under the project since the delete began is theirs.
-        if let Some(d) = self.store.unrecorded(project, &[], &[head])?.into_iter().next() {
+        let owed = self.owed_ids(project)?;
+        if let Some(d) = self.store.unrecorded(project, &[], &[head], &owed)?.into_iter().next() {
             return Err(Error::Damaged {
                 path: root.join(&Layout::project(project)),
                 what: format!("{d} has no record: left alone, the delete stays unfinished"),
@@ -942,8 +1379,16 @@ impl Cache {
         }
         self.store.remove_project(project)?;
         for t in root.list(&Layout::trash(project))? {
+            let path = Layout::trash(project).join(&t);
+            if t.to_str().is_some_and(state::is_detached_name)
+                && !holders::holders(&root.join(&path), false, &[])?.is_empty()
+            {
+                // A lazily cleaned-up session's tree with no record (its cleanup was killed
+                // and not finished): in use, so the delete stays unfinished, for gc.
+                return Err(Error::from_errno("remove trash", root.join(&path), libc::EBUSY));
+            }
             if t.to_str().is_some_and(state::is_own_name) {
-                self.store.remove_trash(root, &Layout::trash(project).join(t))?;
+                self.store.remove_trash(root, &path)?;
             }
         }
         for d in [Layout::sessions(project), Layout::generations(project), Layout::project(project)]
@@ -975,9 +1420,29 @@ impl Cache {
             created_at: meta.created_at,
             source_session: meta.source_session,
             backend: self.backend(),
-            size_bytes: self.store.size(&self.root, &g),
+            size_bytes: self.golden_size(project, &g),
             sessions,
         })
+    }
+
+    /// The size of generation `g`: the backend's own count where it keeps one (ZFS), else a
+    /// walk of the tree, made once per generation (a committed generation never changes) and
+    /// kept in the project's `size.json`. The caller holds the project's lock.
+    fn golden_size(&self, project: &str, g: &Generation) -> u64 {
+        if self.store.counts_size() {
+            return self.store.size(&self.root, g);
+        }
+        let cache = Layout::size_cache(project);
+        if let Ok(Some(c)) = state::read_json::<state::SizeCache>(&self.root, &cache) {
+            if c.generation == g.number {
+                return c.bytes;
+            }
+        }
+        let bytes = self.store.size(&self.root, g);
+        let counted = state::SizeCache { generation: g.number, bytes };
+        // Only a saving: a count that cannot be kept is made again next time.
+        let _ = state::write_json(&self.root, &cache, &counted);
+        bytes
     }
 
     /// Projects that have a golden (a current generation), sorted. Reads records only: a
@@ -1013,15 +1478,23 @@ impl Cache {
         let meta = self.session_meta(project, session)?;
         let s = self.session(project, session);
         self.check_session_place(&s, &meta)?;
-        let holders = match self.ensure_unused(&s) {
+        let holders = match self.ensure_unused(&s, meta.at.as_deref()) {
             Ok(()) => Vec::new(),
             Err(Error::SessionBusy { holders, .. }) => holders,
             Err(e) => return Err(e),
         };
+        let attached = match &meta.at {
+            Some(at) => {
+                attach::state_of(&self.root, &s.place, at, &meta.made_by)?
+                    == attach::State::Attached
+            }
+            None => true,
+        };
         Ok(SessionInfo {
             project: project.to_string(),
             session: session.to_string(),
-            path: self.root.join(&s.place),
+            path: self.shown_path(&s, &meta),
+            attached,
             generation: meta.generation,
             created_at: meta.created_at,
             holders,
@@ -1122,19 +1595,21 @@ impl Cache {
         }
     }
 
-    /// Nothing holds the session: no process, no mount, in any namespace.
-    fn ensure_unused(&self, s: &Session) -> Result<()> {
-        self.ensure_unused_at(s, &s.place)
+    /// Nothing holds the session: no process, no mount, in any namespace; its bind at its
+    /// caller's path `shown_at` (if any) is not a holder, what uses the session through it is.
+    fn ensure_unused(&self, s: &Session, shown_at: Option<&Path>) -> Result<()> {
+        self.ensure_unused_at(s, &s.place, shown_at)
     }
 
     /// Nothing holds the session's tree, which is at `at` (its place, or where a promote took
     /// it).
-    fn ensure_unused_at(&self, s: &Session, at: &Path) -> Result<()> {
+    fn ensure_unused_at(&self, s: &Session, at: &Path, shown_at: Option<&Path>) -> Result<()> {
         if self.root.entry(at)?.is_none() {
             return Ok(()); // nothing there to hold (a session not mounted, without its directory)
         }
         let place = self.root.join(at);
-        let found = holders::holders(&place, self.store.sessions_are_mounts())?;
+        let ours: Vec<&Path> = shown_at.into_iter().collect();
+        let found = holders::holders(&place, self.store.sessions_are_mounts(), &ours)?;
         if found.is_empty() {
             return Ok(());
         }
@@ -1213,6 +1688,11 @@ impl Cache {
                 Ok(None) => {}
                 _ => return Ok(false),
             }
+        }
+        // A session cleaned up lazily still uses it (on ZFS its clone depends on it).
+        match self.detached(project) {
+            Ok(d) if d.iter().all(|(_, m)| m.generation != number) => {}
+            _ => return Ok(false),
         }
         let Some(meta) = read_generation(&self.root, project, number)? else { return Ok(false) };
         let g = self.generation(project, number, current);
@@ -1479,7 +1959,7 @@ impl Cache {
                 }
                 Ok(Outcome::RolledBack(format!("{project}: rolled back import")))
             }
-            Intent::Setup { project, session, staging: made_by, .. } => {
+            Intent::Setup { project, session, staging: made_by, at, .. } => {
                 let s = self.session(project, session);
                 let what = |done: &str| format!("{project}: {done} setup of session {session}");
                 let meta = read_session(root, project, session)?;
@@ -1506,6 +1986,11 @@ impl Cache {
                             }
                         }
                     }
+                }
+                if let Some(at) = at {
+                    let built = self.store.built_at(&staging, &s.place).into();
+                    self.detach(&Session { place: built, ..s.clone() }, at, made_by)?;
+                    attach::remove_unfinished(at, made_by)?;
                 }
                 self.store.discard_session(root, &s, &staging, true)?;
                 root.remove_file(&Layout::session_meta(project, session))?;
@@ -1596,13 +2081,34 @@ impl Cache {
                 self.finish_delete(project, *generation)?;
                 Ok(Outcome::Finished(format!("{project}: finished delete")))
             }
-            Intent::Cleanup { project, session, .. } => {
+            Intent::Cleanup { project, session, trash } => {
                 let s = self.session(project, session);
                 let finished = format!("{project}: finished cleanup of session {session}");
+                let lazy = state::is_detached_name(trash);
                 let Some(meta) = read_session(root, project, session)? else {
-                    let _ = self.store.remove_trash(root, &staging);
+                    // A lazy cleanup's tree waits (recorded) for its users: gc removes it.
+                    if !lazy {
+                        let _ = self.store.remove_trash(root, &staging);
+                    }
                     return Ok(Outcome::Finished(finished));
                 };
+                if lazy {
+                    // Its users are not asked again: the tree goes out of every path, and
+                    // waits. Only a session never touched is kept as it is.
+                    let untouched = self.store.session_presence(root, &s, &meta.identity)?
+                        == Presence::Here
+                        && meta.at.as_ref().map_or(true, |at| {
+                            attach::state_of(root, &s.place, at, &meta.made_by).ok()
+                                == Some(attach::State::Attached)
+                        });
+                    if untouched {
+                        return Ok(Outcome::RolledBack(format!(
+                            "{project}: lazy cleanup of session {session} had not begun"
+                        )));
+                    }
+                    self.detach_session(&s, &meta, &staging)?;
+                    return Ok(Outcome::Finished(finished));
+                }
                 match self.store.session_presence(root, &s, &meta.identity)? {
                     // Nothing was taken away: the cleanup never happened.
                     Presence::Here => Ok(Outcome::RolledBack(format!(
@@ -1612,6 +2118,9 @@ impl Cache {
                         Err(Error::Damaged { path: root.join(&s.place), what })
                     }
                     Presence::Absent | Presence::Elsewhere(_) => {
+                        if let Some(at) = &meta.at {
+                            self.detach(&s, at, &meta.made_by)?;
+                        }
                         let retired =
                             self.store.retire_session(root, &s, &meta.identity, &staging)?;
                         self.owe(project, &retired)?;
@@ -1696,7 +2205,7 @@ impl Cache {
             }
             return Ok(());
         }
-        let _ = self.remove_session(&s.project, &s.name);
+        let _ = self.remove_session(&s.project, &s.name, false);
         Ok(())
     }
 
@@ -1727,6 +2236,7 @@ impl Cache {
             || !state::generation_numbers(root, project)?.is_empty()
             || !state::session_names(root, project)?.is_empty()
             || !root.list(&Layout::journal(project))?.is_empty()
+            || !self.detached(project)?.is_empty()
         {
             return Ok(());
         }
@@ -1734,7 +2244,7 @@ impl Cache {
         // project (and its locks) where it is.
         state::remove_record_temps(root, project)?;
         let state_dir = Layout::project_state(project);
-        for d in ["journal", "gen", "sessions", "trash"]
+        for d in ["journal", "gen", "sessions", "trash", "detached"]
             .iter()
             .map(|d| state_dir.join(d))
             .chain(std::iter::once(Layout::trash(project)))
@@ -1743,7 +2253,7 @@ impl Cache {
                 return Ok(());
             }
         }
-        for f in ["gate", "lock"] {
+        for f in ["size.json", "gate", "lock"] {
             root.remove_file(&state_dir.join(f))?;
         }
         root.rmdir(&state_dir)?;
@@ -1764,6 +2274,24 @@ impl Cache {
                     .kept
                     .push(format!("{}: not a name goldclone gives trash; left alone", self.at(&t)));
                 continue;
+            }
+            if name.to_str().is_some_and(state::is_detached_name) {
+                // A lazily cleaned-up session's tree: removed with its record once free
+                // (finish_detached); one without a record only if nothing holds it.
+                let recorded = self
+                    .root
+                    .entry(
+                        &Layout::detached_records(project)
+                            .join(format!("{}.json", name.to_string_lossy())),
+                    )
+                    .ok()
+                    .flatten()
+                    .is_some();
+                let free =
+                    holders::holders(&self.root.join(&t), false, &[]).is_ok_and(|h| h.is_empty());
+                if recorded || !free {
+                    continue;
+                }
             }
             match self.store.remove_trash(&self.root, &t) {
                 Ok(()) => report.removed.push(format!("trash {}", self.at(&t))),
@@ -1822,13 +2350,42 @@ impl Cache {
             ));
             return Ok(());
         }
+        match self.finish_detached(project, report) {
+            Ok(held) => {
+                report.kept.extend(held.into_iter().map(|(_, h)| format!("{h}; removed once free")))
+            }
+            Err(e) => {
+                report.failed.push(format!("{project}: sessions cleaned up while in use: {e}"))
+            }
+        }
         let sessions = state::session_names(root, project)?;
         for name in &sessions {
             let s = self.session(project, name);
             match read_session(root, project, name) {
                 Ok(Some(meta)) => match self.store.session_presence(root, &s, &meta.identity)? {
-                    Presence::Here => {}
+                    Presence::Here => {
+                        if let Some(at) = meta.at.as_deref() {
+                            match attach::state_of(root, &s.place, at, &meta.made_by) {
+                                Ok(attach::State::Other(what)) => report.kept.push(format!(
+                                    "{project}: session {name}: {what} (its recorded path); \
+                                     left alone"
+                                )),
+                                Ok(_) => {}
+                                Err(e) => report.kept.push(format!(
+                                    "{project}: session {name}: its recorded path: {e}; left alone"
+                                )),
+                            }
+                        }
+                    }
                     Presence::Absent => {
+                        if let Some(at) = &meta.at {
+                            if let Err(e) = self.detach(&s, at, &meta.made_by) {
+                                report.kept.push(format!(
+                                    "{project}: session {name}: its recorded path: {e}; left alone"
+                                ));
+                                continue;
+                            }
+                        }
                         root.remove_file(&Layout::session_meta(project, name))?;
                         report.removed.push(format!(
                             "{project}: record of session {name}, whose tree is gone"
@@ -1893,7 +2450,7 @@ impl Cache {
                 report.kept.push(format!("{}: not a record; left alone", self.at(&dir.join(o))));
             }
         }
-        for d in self.store.unrecorded(project, &sessions, &[current])? {
+        for d in self.store.unrecorded(project, &sessions, &[current], &self.owed_ids(project)?)? {
             report.kept.push(format!("{project}: {d} has no record; left alone"));
         }
         Ok(())

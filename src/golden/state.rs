@@ -93,6 +93,31 @@ pub(crate) struct SessionMeta {
     pub identity: Identity,
     /// The staging name of the setup that made it (see [`GenerationMeta::made_by`]).
     pub made_by: String,
+    /// The caller's path the session is shown at (bind-mounted there), if it chose one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<PathBuf>,
+}
+
+/// A session cleaned up lazily while still in use (`CleanupOptions::lazy`): out of every path,
+/// its tree waits for its last user; gc removes it then, and this record with it. Named after
+/// the cleanup's trash name.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct DetachedMeta {
+    pub session: String,
+    /// The generation it was made from: not reclaimed while this waits.
+    pub generation: u64,
+    /// Where its tree waits (relative to the root), for backends whose trees are directories.
+    pub trash: Option<PathBuf>,
+    /// What the backend still has to remove (a ZFS dataset, mounted for its users).
+    pub owed: Option<crate::backend::Identity>,
+}
+
+/// `size.json`: what a walk of a generation's tree counted. A generation never changes once
+/// committed, so the count stays true; only the current generation's is kept.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct SizeCache {
+    pub generation: u64,
+    pub bytes: u64,
 }
 
 /// `cache.json`.
@@ -120,6 +145,10 @@ pub(crate) enum Intent {
         session: String,
         generation: u64,
         staging: String,
+        /// The caller's path the session is to be shown at: a rollback takes the bind and
+        /// the directory made there away.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at: Option<PathBuf>,
     },
     Promote {
         project: String,
@@ -206,6 +235,13 @@ impl Intent {
         if let Some(s) = self.session() {
             validate_name(s).map_err(|e| e.to_string())?;
         }
+        if let Intent::Setup { at: Some(at), .. } = self {
+            if !at.is_absolute()
+                || at.components().skip(1).any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(format!("session path {} is not absolute and plain", at.display()));
+            }
+        }
         let (generation, name) = match self {
             Intent::Import { generation, staging, .. }
             | Intent::Setup { generation, staging, .. }
@@ -230,6 +266,12 @@ impl Intent {
 
 /// Prefix of every staging and trash name the lifecycle makes.
 pub(crate) const OWN_PREFIX: &str = ".goldclone-";
+
+/// Whether `name` is the trash name of a lazy cleanup (`own_name("detached", ..)`): a tree
+/// that may still be in use, removed only once nothing holds it.
+pub(crate) fn is_detached_name(name: &str) -> bool {
+    is_own_name(name) && name.starts_with(&format!("{OWN_PREFIX}detached."))
+}
 
 /// `.goldclone-<op>.<id>.<nonce>`: one path component of safe characters.
 pub(crate) fn is_own_name(name: &str) -> bool {
@@ -300,6 +342,14 @@ impl Layout {
     }
     pub fn session_meta(project: &str, session: &str) -> PathBuf {
         Self::session_records(project).join(format!("{session}.json"))
+    }
+    /// Records of sessions cleaned up lazily, waiting for their last user.
+    pub fn detached_records(project: &str) -> PathBuf {
+        Self::project_state(project).join("detached")
+    }
+    /// The current generation's size, where it takes a walk to know (see `SizeCache`).
+    pub fn size_cache(project: &str) -> PathBuf {
+        Self::project_state(project).join("size.json")
     }
     pub fn journal(project: &str) -> PathBuf {
         Self::project_state(project).join("journal")
@@ -503,6 +553,7 @@ pub(crate) fn remove_record_temps(root: &RootDir, project: &str) -> Result<Vec<S
         Layout::session_records(project),
         Layout::journal(project),
         Layout::owed(project),
+        Layout::detached_records(project),
     ] {
         for name in root.list(&dir)? {
             if is_temp_name(&name) {
@@ -854,9 +905,20 @@ mod tests {
             session: "s".into(),
             generation: 1,
             staging: own_name("setup", "s"),
+            at: Some("/srv/sessions/s".into()),
         };
         assert!(ok.validate("p").is_ok());
         assert!(ok.validate("q").is_err(), "filed under another project");
+        for at in ["relative/s", "/srv/../etc"] {
+            let bad = Intent::Setup {
+                project: "p".into(),
+                session: "s".into(),
+                generation: 1,
+                staging: own_name("setup", "s"),
+                at: Some(at.into()),
+            };
+            assert!(bad.validate("p").is_err(), "{at}");
+        }
         let outside = Intent::Import {
             project: "../outside".into(),
             generation: 1,

@@ -62,6 +62,13 @@ pub fn unmount(dir: &Path) -> Result<(), Error> {
     umount(dir, UnmountFlags::empty()).at("umount", dir)
 }
 
+/// Detach whatever is mounted on `dir` lazily (`MNT_DETACH`): it is gone from every path at
+/// once, and the filesystem stays alive for those still using it until the last one lets go.
+/// A dataset detached so cannot be destroyed before then (EBUSY).
+pub fn detach_lazily(dir: &Path) -> Result<(), Error> {
+    umount(dir, UnmountFlags::DETACH).at("umount -l", dir)
+}
+
 /// Mount the XFS filesystem on block device `dev` at `dir`, with `discard` (freed blocks are
 /// trimmed, so a sparse zvol gives them back to its pool). `nouuid` is needed for a clone whose
 /// origin (or sibling clone) is mounted too: XFS refuses a second mount of one UUID.

@@ -514,6 +514,107 @@ out:
 
 static void test_delete_project(void) { on_every_fs(delete_on); }
 
+/* A session at a path of the caller's choosing: shown there (the same tree), reused at the
+ * same path, refused where the path is bad (nothing made), removed again when the path buffer
+ * is too small, and taken away with its directory by cleanup. */
+static void setup_at_on(const struct harness_fs *f) {
+    struct place pl;
+    place_init(&pl, f);
+    const char *P = pl.project;
+    char *golden = make_golden(pl.scratch);
+    char *at = harness_join(pl.scratch, "shown-s1");
+    char *inside = harness_join(pl.cache_root, "s2");
+    char *small_at = harness_join(pl.scratch, "shown-s3");
+    goldclone_cache *cache = NULL;
+    goldclone_setup_options so;
+    char got[GOLDCLONE_PATH_BUF_SIZE];
+    bool reused = true, shown = false;
+
+    CHECK_OK(goldclone_cache_open(pl.cache_root, NULL, &cache));
+    if (!cache) goto out;
+    CHECK_OK(goldclone_cache_import(cache, P, golden, NULL));
+    CHECK_RC(goldclone_setup_options_init(NULL), GOLDCLONE_RESULT_NULL_PARAMETER);
+    CHECK_OK(goldclone_setup_options_init(&so));
+    CHECK(so.at == NULL && !so.reuse);
+    so.at = at;
+    CHECK_OK(goldclone_cache_setup_with_options(cache, P, "s1", &so, NULL, got, sizeof got, NULL, &reused));
+    CHECK(!reused && strcmp(got, at) == 0);
+    CHECK(file_is(at, "version.txt", "gen1\n"));
+    CHECK_OK(goldclone_cache_session_info(cache, P, "s1", NULL, NULL, NULL, got, sizeof got, NULL));
+    CHECK(strcmp(got, at) == 0);
+    CHECK_OK(goldclone_cache_session_shown(cache, P, "s1", &shown));
+    CHECK(shown);
+    CHECK_RC(goldclone_cache_setup_with_options(cache, P, "s1", &so, NULL, got, sizeof got, NULL, NULL), GOLDCLONE_RESULT_ALREADY_EXISTS);
+    so.reuse = true;
+    CHECK_OK(goldclone_cache_setup_with_options(cache, P, "s1", &so, NULL, got, sizeof got, NULL, &reused));
+    CHECK(reused && strcmp(got, at) == 0);
+    so.reuse = false;
+
+    /* bad paths: a typed error and no session */
+    so.at = "relative/s2";
+    CHECK_RC(goldclone_cache_setup_with_options(cache, P, "s2", &so, NULL, got, sizeof got, NULL, NULL), GOLDCLONE_RESULT_INVALID_ARGUMENT);
+    so.at = inside;
+    CHECK_RC(goldclone_cache_setup_with_options(cache, P, "s2", &so, NULL, got, sizeof got, NULL, NULL), GOLDCLONE_RESULT_INVALID_ARGUMENT);
+    CHECK(!harness_exists(inside));
+    CHECK_RC(goldclone_cache_session_info(cache, P, "s2", NULL, NULL, NULL, NULL, 0, NULL), GOLDCLONE_RESULT_NOT_FOUND);
+    /* NULL options: the session at its place */
+    CHECK_OK(goldclone_cache_setup_with_options(cache, P, "s2", NULL, NULL, got, sizeof got, NULL, NULL));
+    CHECK(strstr(got, "/sessions/s2") != NULL);
+    /* a buffer too small: the session made is removed again, and its path with it */
+    so.at = small_at;
+    CHECK_RC(goldclone_cache_setup_with_options(cache, P, "s3", &so, NULL, got, 4, NULL, NULL), GOLDCLONE_RESULT_BUFFER_TOO_SMALL);
+    CHECK(!harness_exists(small_at));
+    CHECK_RC(goldclone_cache_session_info(cache, P, "s3", NULL, NULL, NULL, NULL, 0, NULL), GOLDCLONE_RESULT_NOT_FOUND);
+
+    CHECK_OK(goldclone_cache_cleanup(cache, P, "s1"));
+    CHECK(!harness_exists(at));
+
+    /* a lazy cleanup of a session this process is in: detached at once, removed by gc once
+     * the process has left it */
+    {
+        goldclone_cleanup_options co;
+        goldclone_gc_report *r = NULL;
+        char cwd[GOLDCLONE_PATH_BUF_SIZE], s2[GOLDCLONE_PATH_BUF_SIZE];
+        bool detached = false;
+        CHECK_OK(goldclone_cache_session_info(cache, P, "s2", NULL, NULL, NULL, s2, sizeof s2, NULL));
+        CHECK_RC(goldclone_cleanup_options_init(NULL), GOLDCLONE_RESULT_NULL_PARAMETER);
+        CHECK_OK(goldclone_cleanup_options_init(&co));
+        CHECK(!co.lazy);
+        CHECK(getcwd(cwd, sizeof cwd) != NULL);
+        CHECK(chdir(s2) == 0);
+        CHECK_RC(goldclone_cache_cleanup_with_options(cache, P, "s2", &co, &detached), GOLDCLONE_RESULT_BUSY);
+        co.lazy = true;
+        CHECK_OK(goldclone_cache_cleanup_with_options(cache, P, "s2", &co, &detached));
+        CHECK(detached);
+        CHECK(file_is(".", "version.txt", "gen1\n"));
+        CHECK_RC(goldclone_cache_session_info(cache, P, "s2", NULL, NULL, NULL, NULL, 0, NULL), GOLDCLONE_RESULT_NOT_FOUND);
+        size_t n = 0;
+        CHECK_OK(goldclone_cache_gc(cache, &r));
+        CHECK_OK(goldclone_gc_report_list_count(r, GOLDCLONE_GC_LIST_KEPT, &n));
+        CHECK(n >= 1);
+        goldclone_gc_report_free(r);
+        r = NULL;
+        CHECK(file_is(".", "version.txt", "gen1\n"));
+        CHECK(chdir(cwd) == 0);
+        CHECK_OK(goldclone_cache_gc(cache, &r));
+        CHECK_OK(goldclone_gc_report_list_count(r, GOLDCLONE_GC_LIST_KEPT, &n));
+        CHECK(n == 0);
+        CHECK_OK(goldclone_gc_report_list_count(r, GOLDCLONE_GC_LIST_REMOVED, &n));
+        CHECK(n >= 1);
+        goldclone_gc_report_free(r);
+    }
+
+out:
+    goldclone_cache_free(cache);
+    free(golden);
+    free(at);
+    free(inside);
+    free(small_at);
+    place_free(&pl);
+}
+
+static void test_setup_at(void) { on_every_fs(setup_at_on); }
+
 /* The log callback: what open decided (backend and why) and what gc left alone reach it, with
  * levels and targets; nothing after it is cleared; a bad level is refused. */
 struct log_lines {
@@ -833,6 +934,7 @@ int main(void) {
     RUN(test_progress_and_cancel);
     RUN(test_promote_with_edits);
     RUN(test_delete_project);
+    RUN(test_setup_at);
     RUN(test_log_callback);
     RUN(test_queries);
     RUN(test_bad_names);

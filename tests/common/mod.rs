@@ -233,3 +233,12 @@ impl Drop for ZfsRoot {
         let _ = std::fs::remove_dir(&self.path);
     }
 }
+
+/// Whether `path` is a mount point in this namespace.
+pub fn is_mount_point(path: &Path) -> bool {
+    let want = path.to_str().unwrap();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(want))
+}
