@@ -315,31 +315,32 @@ fn state_in(
     Ok(State::Other(format!("{} is not a directory", path.display())))
 }
 
-/// As [`detach`], but the bind is unmounted lazily (`MNT_DETACH`): gone from the path at once,
-/// it stays for whoever still uses it.
-pub(crate) fn detach_lazily(
+/// Unmount the bind at `path` lazily (`MNT_DETACH`): gone from the path in this mount
+/// namespace at once, it stays for whoever still uses it. The directory stays too: removing a
+/// directory detaches every mount on it in every other namespace (Linux 3.18+), so a process
+/// that sees the session at `path` in a namespace of its own would lose its path to it; it is
+/// removed with [`detach`] once nothing holds the session. Returns what is at `path` now.
+pub(crate) fn unmount_lazily(
     root: &RootDir,
     tree: &Path,
     path: &Path,
     made_by: &str,
 ) -> Result<State> {
-    take_away(root, tree, path, made_by, UnmountFlags::DETACH)
+    let Some(parent) = parent_of(path)? else { return Ok(State::Absent) };
+    if state_in(root, tree, &parent, path, made_by)? == State::Attached {
+        let mut at = PathBuf::from(format!("/proc/self/fd/{}", parent.as_raw_fd()));
+        at.push(path.file_name().expect("checked plain"));
+        rustix::mount::unmount(&at, UnmountFlags::NOFOLLOW | UnmountFlags::DETACH)
+            .at("umount -l", path)?;
+    }
+    state_in(root, tree, &parent, path, made_by)
 }
 
 /// Take the session away from its recorded `path`: unmount the bind (not lazily: Busy while
 /// anything still uses it) and remove the empty directory made for it. Something else at the
 /// path is left alone and returned as `Other`.
 pub(crate) fn detach(root: &RootDir, tree: &Path, path: &Path, made_by: &str) -> Result<State> {
-    take_away(root, tree, path, made_by, UnmountFlags::empty())
-}
-
-fn take_away(
-    root: &RootDir,
-    tree: &Path,
-    path: &Path,
-    made_by: &str,
-    how: UnmountFlags,
-) -> Result<State> {
+    let how = UnmountFlags::empty();
     let Some(parent) = parent_of(path)? else { return Ok(State::Absent) };
     let name = path.file_name().expect("checked plain");
     if state_in(root, tree, &parent, path, made_by)? == State::Attached {

@@ -1029,8 +1029,8 @@ impl Cache {
     /// session's record after it). Also what recovery does to finish one.
     fn detach_session(&self, s: &Session, meta: &SessionMeta, trash: &Path) -> Result<()> {
         if let Some(at) = &meta.at {
-            if attach::detach_lazily(&self.root, &s.place, at, &meta.made_by)?
-                != attach::State::Absent
+            if let attach::State::Other(_) =
+                attach::unmount_lazily(&self.root, &s.place, at, &meta.made_by)?
             {
                 tracing::warn!(
                     target: "goldclone::lifecycle",
@@ -1103,6 +1103,8 @@ impl Cache {
                 generation: meta.generation,
                 trash: trash_kept,
                 owed,
+                at: meta.at.clone(),
+                made_by: meta.made_by.clone(),
             },
         )
     }
@@ -1161,6 +1163,15 @@ impl Cache {
                         held.push((d.session.clone(), format!("{what}: {e}")));
                         continue;
                     }
+                }
+            }
+            if let Some(at) = &d.at {
+                // The directory it was shown at, kept while it was in use; nothing is mounted
+                // there now that nothing holds the tree.
+                let s = self.session(project, &d.session);
+                if let Err(e) = self.detach(&s, at, &d.made_by) {
+                    report.failed.push(format!("{what}: its path {}: {e}", at.display()));
+                    continue;
                 }
             }
             self.root.remove_file(&record)?;

@@ -110,6 +110,12 @@ pub(crate) struct DetachedMeta {
     pub trash: Option<PathBuf>,
     /// What the backend still has to remove (a ZFS dataset, mounted for its users).
     pub owed: Option<crate::backend::Identity>,
+    /// The caller's path it was shown at, and the setup that made the directory there: the
+    /// directory is removed once the tree is (see `attach::unmount_lazily`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<PathBuf>,
+    #[serde(default)]
+    pub made_by: String,
 }
 
 /// `size.json`: what a walk of a generation's tree counted. A generation never changes once
