@@ -127,8 +127,9 @@ pub struct SetupOptions {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CleanupOptions {
     /// A session something still uses is taken from every path it is shown at (its place, a
-    /// caller's path: unmounted lazily), so nothing new reaches it, and its tree is left to the
-    /// processes and mounts that have it; gc removes it once nothing holds it, and until then
+    /// caller's path: unmounted lazily in this mount namespace, its empty directory kept until
+    /// gc), so nothing new reaches it, and its tree is left to the processes and mounts that
+    /// have it; gc removes it once nothing holds it, and until then
     /// reports it in [`GcReport::kept`]. Its record is gone at once (the name can be set up
     /// again; on ZFS and zvol only once gc has destroyed the old dataset). Without `lazy`, such
     /// a session is [`Error::SessionBusy`] and nothing changes.
