@@ -888,18 +888,6 @@ fn the_library_says_what_it_decided() {
 
     let src = scratch_tree("log", "1", 3);
     for (root, name) in roots("log") {
-        // Every callsite these operations reach, registered before the capture begins: a
-        // callsite's first use on another test's thread while the capture's dispatcher comes
-        // into being can cache "never" for it (tracing-core's registration race), and the
-        // rebuild below then recomputes only registered callsites.
-        {
-            let warm = open(&root);
-            warm.import("warm", &src).unwrap();
-            warm.setup("warm", "w").unwrap();
-            warm.cleanup("warm", "w").unwrap();
-            warm.gc().unwrap();
-            warm.delete_project("warm").unwrap();
-        }
         let capture = Capture::default();
         tracing::subscriber::with_default(capture.clone(), || {
             tracing::callsite::rebuild_interest_cache();
@@ -1297,9 +1285,15 @@ fn lazy_cleanup_of_a_session_in_use() {
         cache.setup_with_options("proj", "s1", &opts, &Watch::default()).unwrap();
         let s2 = cache.setup("proj", "s2").unwrap();
         let mut users = vec![
+            // The namespace starts as a copy of ours: other tests' sessions at callers' paths
+            // (their binds) are let go there first, or they would be held by it.
             Command::new("unshare")
                 .args(["-m", "sh", "-c"])
-                .arg(format!("cd {} && exec sleep 600", p1.display()))
+                .arg(format!(
+                    "awk '$5 ~ /-shown\\// && $5 != \"{0}\" {{print $5}}' /proc/self/mountinfo \
+                     | while read -r m; do umount -l \"$m\"; done; cd {0} && exec sleep 600",
+                    p1.display()
+                ))
                 .stdout(Stdio::null())
                 .spawn()
                 .unwrap(),

@@ -68,30 +68,10 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 
 step "loop filesystems"
-zfs_pid=""
-cleanup() {
-  [ -z "$zfs_pid" ] || kill -- "-$zfs_pid" 2>/dev/null || true
-  tests/loopfs.sh down || true
-}
+cleanup() { tests/loopfs.sh down || true; }
 trap cleanup EXIT
 tests/loopfs.sh up
 set -a; . "${GOLDCLONE_LOOP_DIR:-/var/tmp/goldclone-loop}/env"; set +a
-
-step "test binaries"
-# Built once, before the guest starts: the guest runs them from the host's target directory.
-cargo test --release --features fault-injection --no-run 2>&1 | tail -3
-
-# The ZFS guest is most of the run's time, emulated on the host's cores; it runs beside the host
-# suites, which mostly wait on system calls, instead of after them. Its output is shown when it
-# is done.
-zfs_log=$results/zfs.log
-if [ "${GOLDCLONE_NO_ZFS_VM:-0}" != 1 ]; then
-  step "ZFS guest started in the background (log: $zfs_log)"
-  set -m
-  ( SKIP_INSTALL=1 tests/zfs-vm.sh >"$zfs_log" 2>&1; echo $? >"$results/zfs.rc" ) &
-  zfs_pid=$!
-  set +m
-fi
 
 step "host test suites (unit, detection, copy, lifecycle on xfs/btrfs/ext4/tmpfs, crash recovery)"
 host_log=$results/host.log
@@ -123,11 +103,9 @@ if [ "${GOLDCLONE_NO_ZFS_VM:-0}" = 1 ]; then
   echo "ZFS guest suite NOT run (GOLDCLONE_NO_ZFS_VM=1)" >&2
   if [ "${CI:-}" = true ]; then missing+=("zfs"); zfs_rc=1; fi
 else
-  step "zfs suite (the guest, started before the host suites)"
-  wait "$zfs_pid" || true
-  zfs_pid=""
-  cat "$zfs_log"
-  tally zfs "$zfs_log" "$(cat "$results/zfs.rc" 2>/dev/null || echo 1)" || zfs_rc=1
+  # After the host suites, not beside them: the guest is emulated on the host's two cores, and
+  # under that load tests that capture the library's log lost events (see the issue's note).
+  suite zfs env SKIP_INSTALL=1 tests/zfs-vm.sh || zfs_rc=1
 fi
 
 step "summary"

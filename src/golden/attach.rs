@@ -232,6 +232,15 @@ pub(crate) fn remove_unfinished(path: &Path, made_by: &str) -> Result<()> {
     }
 }
 
+/// Unmount what is mounted on `path`, whose parent is open as `parent`: through the parent held
+/// open, so that the unmount is of what was just checked there, never of what a symlink
+/// swapped into the path since leads to.
+fn unmount_in(parent: &OwnedFd, path: &Path, how: UnmountFlags) -> Result<()> {
+    let mut at = PathBuf::from(format!("/proc/self/fd/{}", parent.as_raw_fd()));
+    at.push(path.file_name().expect("checked plain"));
+    rustix::mount::unmount(&at, UnmountFlags::NOFOLLOW | how).at("umount", path)
+}
+
 /// The parent of `path` opened without symlinks, or `None` where it is gone.
 fn parent_of(path: &Path) -> Result<Option<OwnedFd>> {
     check_plain(path)?;
@@ -328,10 +337,7 @@ pub(crate) fn unmount_lazily(
 ) -> Result<State> {
     let Some(parent) = parent_of(path)? else { return Ok(State::Absent) };
     if state_in(root, tree, &parent, path, made_by)? == State::Attached {
-        let mut at = PathBuf::from(format!("/proc/self/fd/{}", parent.as_raw_fd()));
-        at.push(path.file_name().expect("checked plain"));
-        rustix::mount::unmount(&at, UnmountFlags::NOFOLLOW | UnmountFlags::DETACH)
-            .at("umount -l", path)?;
+        unmount_in(&parent, path, UnmountFlags::DETACH)?;
     }
     state_in(root, tree, &parent, path, made_by)
 }
@@ -340,14 +346,10 @@ pub(crate) fn unmount_lazily(
 /// anything still uses it) and remove the empty directory made for it. Something else at the
 /// path is left alone and returned as `Other`.
 pub(crate) fn detach(root: &RootDir, tree: &Path, path: &Path, made_by: &str) -> Result<State> {
-    let how = UnmountFlags::empty();
     let Some(parent) = parent_of(path)? else { return Ok(State::Absent) };
     let name = path.file_name().expect("checked plain");
     if state_in(root, tree, &parent, path, made_by)? == State::Attached {
-        // Through the parent held open: the unmount is of what was just checked.
-        let mut at = PathBuf::from(format!("/proc/self/fd/{}", parent.as_raw_fd()));
-        at.push(name);
-        rustix::mount::unmount(&at, UnmountFlags::NOFOLLOW | how).at("umount", path)?;
+        unmount_in(&parent, path, UnmountFlags::empty())?;
     }
     match state_in(root, tree, &parent, path, made_by)? {
         State::Empty => match rustix::fs::unlinkat(&parent, name, AtFlags::REMOVEDIR) {
