@@ -86,6 +86,7 @@ require_ran "$host_log" copy_fidelity 8 || host_rc=1
 require_ran "$host_log" detect 5 || host_rc=1
 require_ran "$host_log" copy_engine 8 || host_rc=1
 require_ran "$host_log" lifecycle 11 || host_rc=1
+require_ran "$host_log" logging 1 || host_rc=1
 require_ran "$host_log" lifecycle_crash 3 || host_rc=1
 require_ran "$host_log" lifecycle_safety 11 || host_rc=1
 require_ran "$host_log" limits 2 || host_rc=1

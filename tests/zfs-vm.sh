@@ -58,12 +58,13 @@ for line in sys.stdin:
 zfs_bin="" host_bin=""
 results=$(mktemp -d /tmp/goldclone-zfs-vm.XXXXXX)
 chmod 755 "$results"
-lifecycle_bin="" crash_bin="" safety_bin=""
+lifecycle_bin="" crash_bin="" safety_bin="" logging_bin=""
 for b in "${bins[@]}"; do
   case "$b" in
     "test-lifecycle "*) lifecycle_bin=${b#test-lifecycle } ;;
     "test-lifecycle_crash "*) crash_bin=${b#test-lifecycle_crash } ;;
     "test-lifecycle_safety "*) safety_bin=${b#test-lifecycle_safety } ;;
+    "test-logging "*) logging_bin=${b#test-logging } ;;
   esac
   case "$b" in
     "test-zfs "*) zfs_bin=${b#test-zfs } ;;
@@ -71,7 +72,8 @@ for b in "${bins[@]}"; do
        echo "$b" >>"$results/absent-bins.txt" ;;
   esac
 done
-[ -x "$zfs_bin" ] && [ -x "$host_bin" ] && [ -x "$lifecycle_bin" ] && [ -x "$crash_bin" ] && [ -x "$safety_bin" ] ||
+[ -x "$zfs_bin" ] && [ -x "$host_bin" ] && [ -x "$lifecycle_bin" ] && [ -x "$crash_bin" ] && [ -x "$safety_bin" ] &&
+  [ -x "$logging_bin" ] ||
   { log "test binaries not found: ${bins[*]:-none}"; exit 1; }
 # The C and Go API suites: the static library and the Go test binary are built here; the guest
 # compiles only the small C harnesses.
@@ -143,6 +145,8 @@ stamp lifecycle-crash
 GOLDCLONE_TEST_ZFS_PARENT=gcta/lc GOLDCLONE_TEST_ZFS_MNT=/tmp/gc-roots \
   timeout 900 "$safety_bin" --test-threads=1 >"$results/zfs-lifecycle-safety.log" 2>&1
 stamp lifecycle-safety
+GOLDCLONE_TEST_ZFS_PARENT=gcta/lc GOLDCLONE_TEST_ZFS_MNT=/tmp/gc-roots \
+  timeout 300 "$logging_bin" --test-threads=1 >"$results/zfs-logging.log" 2>&1
 zfs list -H -o name -r -t all gcta/lc | grep -vx gcta/lc >"$results/lc-leftovers.txt"
 zfs create -o mountpoint=legacy gcta/capi >>"$results/modprobe.log" 2>&1
 mkdir -p /tmp/gc-capi && mount -t zfs gcta/capi /tmp/gc-capi
@@ -237,6 +241,7 @@ summarize with-zfs:test-zfs_host "$results/host-after-modprobe.log"
 summarize zfs:lifecycle "$results/zfs-lifecycle.log"
 summarize zfs:lifecycle_crash "$results/zfs-lifecycle-crash.log"
 summarize zfs:lifecycle_safety "$results/zfs-lifecycle-safety.log"
+summarize zfs:logging "$results/zfs-logging.log"
 # The ZFS-only safety test must have run in the guest, not returned early.
 grep -q '^test two_zvol_roots_on_one_parent_share_nothing ... ok' "$results/zfs-lifecycle-safety.log" ||
   problems+=("two_zvol_roots_on_one_parent_share_nothing did not pass in the guest")
