@@ -69,6 +69,23 @@ pub(crate) unsafe fn store<T>(p: *mut T, v: T) {
     }
 }
 
+/// The whole of every `goldclone_*_options_init` export, `name`: `*opts` gets `T`'s defaults;
+/// NULL_PARAMETER for a NULL `opts`.
+///
+/// # Safety
+/// `opts` is NULL or valid for writing a `T`.
+pub(crate) unsafe fn init_defaults<T: Default>(
+    name: &'static str,
+    opts: *mut T,
+) -> crate::ffi::error::goldclone_result {
+    crate::ffi::error::boundary(name, move || {
+        require(opts, "opts")?;
+        // SAFETY: non-NULL (checked), writable by the caller's promise.
+        unsafe { store(opts, T::default()) };
+        Ok(())
+    })
+}
+
 /// Check an output string buffer's arguments before the work that produces the string.
 pub(crate) fn require_buf(buf: *mut c_char, buf_len: usize) -> Result<(), Failure> {
     if buf.is_null() && buf_len > 0 {

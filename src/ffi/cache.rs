@@ -94,12 +94,8 @@ fn index_error(what: &str, index: usize, len: usize) -> Failure {
 pub unsafe extern "C" fn goldclone_open_options_init(
     opts: *mut goldclone_open_options,
 ) -> goldclone_result {
-    ffi_body!("goldclone_open_options_init", {
-        args::require(opts, "opts")?;
-        // SAFETY: non-NULL (checked), writable by the caller's promise.
-        unsafe { args::store(opts, goldclone_open_options::default()) };
-        Ok(())
-    })
+    // SAFETY: the caller's promise on `opts`, passed on.
+    unsafe { args::init_defaults("goldclone_open_options_init", opts) }
 }
 
 /// Open (creating if needed) the cache at `root` (NUL-terminated bytes), finishing or rolling
@@ -222,12 +218,8 @@ impl Default for goldclone_op_options {
 pub unsafe extern "C" fn goldclone_op_options_init(
     opts: *mut goldclone_op_options,
 ) -> goldclone_result {
-    ffi_body!("goldclone_op_options_init", {
-        args::require(opts, "opts")?;
-        // SAFETY: non-NULL (checked), writable by the caller's promise.
-        unsafe { args::store(opts, goldclone_op_options::default()) };
-        Ok(())
-    })
+    // SAFETY: the caller's promise on `opts`, passed on.
+    unsafe { args::init_defaults("goldclone_op_options_init", opts) }
 }
 
 /// Run `work` under the caller's options: a token of its own (a child of the caller's handle,
@@ -454,12 +446,8 @@ impl Default for goldclone_setup_options {
 pub unsafe extern "C" fn goldclone_setup_options_init(
     opts: *mut goldclone_setup_options,
 ) -> goldclone_result {
-    ffi_body!("goldclone_setup_options_init", {
-        args::require(opts, "opts")?;
-        // SAFETY: non-NULL (checked), writable by the caller's promise.
-        unsafe { args::store(opts, goldclone_setup_options::default()) };
-        Ok(())
-    })
+    // SAFETY: the caller's promise on `opts`, passed on.
+    unsafe { args::init_defaults("goldclone_setup_options_init", opts) }
 }
 
 /// `goldclone_cache_setup_or_reuse` with `setup` choosing the session's path and whether an
@@ -623,12 +611,8 @@ impl Default for goldclone_promote_options {
 pub unsafe extern "C" fn goldclone_promote_options_init(
     opts: *mut goldclone_promote_options,
 ) -> goldclone_result {
-    ffi_body!("goldclone_promote_options_init", {
-        args::require(opts, "opts")?;
-        // SAFETY: non-NULL (checked), writable by the caller's promise.
-        unsafe { args::store(opts, goldclone_promote_options::default()) };
-        Ok(())
-    })
+    // SAFETY: the caller's promise on `opts`, passed on.
+    unsafe { args::init_defaults("goldclone_promote_options_init", opts) }
 }
 
 /// The caller's user data, carried to the caller's thread, where the callback runs.
@@ -762,12 +746,8 @@ pub struct goldclone_cleanup_options {
 pub unsafe extern "C" fn goldclone_cleanup_options_init(
     opts: *mut goldclone_cleanup_options,
 ) -> goldclone_result {
-    ffi_body!("goldclone_cleanup_options_init", {
-        args::require(opts, "opts")?;
-        // SAFETY: non-NULL (checked), writable by the caller's promise.
-        unsafe { args::store(opts, goldclone_cleanup_options::default()) };
-        Ok(())
-    })
+    // SAFETY: the caller's promise on `opts`, passed on.
+    unsafe { args::init_defaults("goldclone_cleanup_options_init", opts) }
 }
 
 /// `goldclone_cache_cleanup` as `opts` says (`opts` may be NULL: the defaults). `*detached`

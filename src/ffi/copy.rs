@@ -142,12 +142,8 @@ pub unsafe extern "C" fn goldclone_cancel_free(cancel: *mut goldclone_cancel) ->
 pub unsafe extern "C" fn goldclone_copy_options_init(
     opts: *mut goldclone_copy_options,
 ) -> goldclone_result {
-    ffi_body!("goldclone_copy_options_init", {
-        args::require(opts, "opts")?;
-        // SAFETY: non-NULL (checked), writable by the caller's promise.
-        unsafe { args::store(opts, goldclone_copy_options::default()) };
-        Ok(())
-    })
+    // SAFETY: the caller's promise on `opts`, passed on.
+    unsafe { args::init_defaults("goldclone_copy_options_init", opts) }
 }
 
 /// A caller's progress callback, called on the caller's thread while the work runs on another.
