@@ -1094,11 +1094,11 @@ impl Cache {
         trash_kept: Option<PathBuf>,
         owed: Option<Identity>,
     ) -> Result<()> {
-        let name = trash.file_name().expect("an own name").to_string_lossy();
+        let name = trash.file_name().expect("an own name");
         self.root.mkdir(&Layout::detached_records(&s.project))?;
         state::write_json(
             &self.root,
-            &Layout::detached_records(&s.project).join(format!("{name}.json")),
+            &Layout::detached_record(&s.project, name),
             &state::DetachedMeta {
                 session: s.name.clone(),
                 generation: meta.generation,
@@ -2290,15 +2290,8 @@ impl Cache {
             if name.to_str().is_some_and(state::is_detached_name) {
                 // A lazily cleaned-up session's tree: removed with its record once free
                 // (finish_detached); one without a record only if nothing holds it.
-                let recorded = self
-                    .root
-                    .entry(
-                        &Layout::detached_records(project)
-                            .join(format!("{}.json", name.to_string_lossy())),
-                    )
-                    .ok()
-                    .flatten()
-                    .is_some();
+                let record = Layout::detached_record(project, &name);
+                let recorded = self.root.entry(&record).ok().flatten().is_some();
                 let free =
                     holders::holders(&self.root.join(&t), false, &[]).is_ok_and(|h| h.is_empty());
                 if recorded || !free {

@@ -353,6 +353,12 @@ impl Layout {
     pub fn detached_records(project: &str) -> PathBuf {
         Self::project_state(project).join("detached")
     }
+    /// The record of the session cleaned up lazily into trash name `trash`.
+    pub fn detached_record(project: &str, trash: &OsStr) -> PathBuf {
+        let mut name = trash.to_os_string();
+        name.push(".json");
+        Self::detached_records(project).join(name)
+    }
     /// The current generation's size, where it takes a walk to know (see `SizeCache`).
     pub fn size_cache(project: &str) -> PathBuf {
         Self::project_state(project).join("size.json")
