@@ -514,9 +514,9 @@ pub unsafe extern "C" fn goldclone_cache_session_shown(
         // SAFETY: as above.
         let session = unsafe { args::name(session, "session") }?;
         args::require(shown, "shown")?;
-        let i = self::cache(cache)?.session_info(project, session)?;
+        let is_shown = self::cache(cache)?.session_shown(project, session)?;
         // SAFETY: non-NULL (checked), writable by the caller's promise.
-        unsafe { args::store(shown, i.attached) };
+        unsafe { args::store(shown, is_shown) };
         Ok(())
     })
 }

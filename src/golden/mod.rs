@@ -1495,13 +1495,7 @@ impl Cache {
             Err(Error::SessionBusy { holders, .. }) => holders,
             Err(e) => return Err(e),
         };
-        let attached = match &meta.at {
-            Some(at) => {
-                attach::state_of(&self.root, &s.place, at, &meta.made_by)?
-                    == attach::State::Attached
-            }
-            None => true,
-        };
+        let attached = self.is_shown(&s, &meta)?;
         Ok(SessionInfo {
             project: project.to_string(),
             session: session.to_string(),
@@ -1511,6 +1505,29 @@ impl Cache {
             created_at: meta.created_at,
             holders,
         })
+    }
+
+    /// [`SessionInfo::attached`] alone, without asking who holds the session (a scan of every
+    /// process and mount).
+    pub fn session_shown(&self, project: &str, session: &str) -> Result<bool> {
+        validate_name(project)?;
+        validate_name(session)?;
+        let _lock = self.lock_shared(project)?;
+        self.known_project(project)?;
+        let meta = self.session_meta(project, session)?;
+        let s = self.session(project, session);
+        self.check_session_place(&s, &meta)?;
+        self.is_shown(&s, &meta)
+    }
+
+    /// Whether session `s` (recorded as `meta`) is shown at its path now: always at its place,
+    /// and at a caller's path while the bind is there.
+    fn is_shown(&self, s: &Session, meta: &SessionMeta) -> Result<bool> {
+        match &meta.at {
+            Some(at) => Ok(attach::state_of(&self.root, &s.place, at, &meta.made_by)?
+                == attach::State::Attached),
+            None => Ok(true),
+        }
     }
 
     /// Generations of the project that still exist (the current one and retired ones that
