@@ -7,6 +7,7 @@ mod common;
 
 use std::fs;
 use std::io::{BufRead, BufReader};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -635,6 +636,65 @@ fn a_failed_operation_has_no_effect() {
             let _ = fs::remove_dir_all(&big);
             let _ = goldclone::copy::remove_tree(&root);
         }
+    }
+    let _ = fs::remove_dir_all(&src);
+}
+
+/// Class 1 under churn: a descriptor that a busy process closes and reuses while goldclone looks
+/// at it is judged by what it names at one moment, never by one file's name and another file's
+/// mount. A thread of this process flips one descriptor between a file beside the sessions (on
+/// the cache's filesystem) and `/proc/self/status`; nothing holds session `x`, so every cleanup
+/// of it succeeds, and a file held open inside it still makes it busy.
+#[test]
+fn a_descriptor_reused_while_examined_holds_nothing() {
+    let src = scratch_tree("churn", "1", FILES);
+    for (root, name) in roots("churn") {
+        let cache = open(&root);
+        cache.import("proj", &src).unwrap();
+        let beside = root.path.join("churn-beside");
+        fs::write(&beside, "not a session").unwrap();
+        let stop = AtomicBool::new(false);
+        let rounds = if std::env::var_os("GOLDCLONE_TEST_ZFS_PARENT").is_some() { 10 } else { 40 };
+        let failures: Vec<String> = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let mut slot = OwnedFd::from(fs::File::open(&beside).unwrap());
+                while !stop.load(Ordering::Relaxed) {
+                    for p in [beside.as_path(), Path::new("/proc/self/status")] {
+                        let f = fs::File::open(p).unwrap();
+                        rustix::io::dup2(&f, &mut slot).unwrap();
+                    }
+                }
+            });
+            let mut failures = Vec::new();
+            for i in 0..rounds {
+                // No panic while the thread runs: the scope would wait for it forever.
+                if let Err(e) = cache.setup("proj", "x").map(drop).and_then(|()| {
+                    cache.cleanup("proj", "x").or_else(|e| {
+                        failures.push(format!("round {i}: {e}"));
+                        cache.cleanup("proj", "x")
+                    })
+                }) {
+                    failures.push(format!("round {i}: {e}"));
+                    break;
+                }
+            }
+            // And a file that is held open inside the session still holds it.
+            if let Ok(session) = cache.setup("proj", "x") {
+                let held = fs::File::open(session.join("generation")).ok();
+                match cache.cleanup("proj", "x") {
+                    Err(e) if e.kind() == ErrorKind::Busy => {}
+                    other => failures.push(format!("held: {other:?}")),
+                }
+                drop(held);
+                if let Err(e) = cache.cleanup("proj", "x") {
+                    failures.push(format!("after: {e}"));
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            failures
+        });
+        assert!(failures.is_empty(), "{name}: {failures:#?}");
+        assert!(!root.path.join("proj/sessions/x").exists(), "{name}");
     }
     let _ = fs::remove_dir_all(&src);
 }

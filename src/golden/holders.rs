@@ -20,12 +20,15 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use rustix::fs::{Mode, OFlags};
+
 use crate::detect::{find_mount, parse_line_bytes, Mount};
-use crate::sys::detect::{statx_follow, MntId};
+use crate::sys::detect::{fstatx, statx_follow, MntId};
 use crate::{Context, Error, Result};
 
 /// One process or mount holding a tree.
@@ -328,34 +331,58 @@ impl Scan {
             let Some(target) = read_link(&link) else { continue };
             let Some(path) = link_path(&target) else { continue };
             // One check per object: a library is mapped many times.
-            if !seen.insert(path.clone()) && label.starts_with("map_files") {
+            if !seen.insert(path) && label.starts_with("map_files") {
                 continue;
             }
-            if self.object_inside(frame, &link, &path, loc, tree_dev) {
+            if let Some(path) = self.object_inside(frame, &link, loc, tree_dev) {
                 return Some(format!("{label} {}", path.display()));
             }
         }
         None
     }
 
-    /// Whether the object behind the /proc link `link`, which the kernel names `path`, lies
-    /// inside `loc`, whose own files statx puts on device `tree_dev`.
+    /// The name of the object behind the /proc link `link` if it lies inside `loc`, whose own
+    /// files statx puts on device `tree_dev`.
+    ///
+    /// The object is pinned first (an `O_PATH` descriptor of ours, which neither opens nor
+    /// blocks on it), and its name and mount are both read from that descriptor: a busy
+    /// process (or this one) closes and reuses descriptors all the time, and a name read from
+    /// its link with a mount read a moment later may belong to two different files.
     fn object_inside(
         &self,
         frame: &Frame,
         link: &Path,
+        loc: &Location,
+        tree_dev: (u32, u32),
+    ) -> Option<PathBuf> {
+        // Gone (closed, the process exited) or not ours to follow: it holds nothing we can see.
+        let pinned = rustix::fs::open(link, OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).ok()?;
+        let path =
+            link_path(&read_link(Path::new(&format!("/proc/self/fd/{}", pinned.as_raw_fd())))?)?;
+        let st = fstatx(pinned.as_fd(), MntId::Listed).ok()?;
+        let inside = match st.mnt_id {
+            Some(id) => {
+                self.mount_holds(frame, id, &path, (st.dev_major, st.dev_minor), loc, tree_dev)
+            }
+            // A kernel without STATX_MNT_ID (before 5.8): the mount the path names in the
+            // holder's own view.
+            None => find_mount(&frame.mounts, &path)
+                .is_some_and(|m| fs_path(m, &path).is_some_and(|p| loc.contains(dev_of(m), &p))),
+        };
+        inside.then_some(path)
+    }
+
+    /// Whether an object the kernel names `path`, on mount `id` and device `dev`, lies inside
+    /// `loc`.
+    fn mount_holds(
+        &self,
+        frame: &Frame,
+        id: u64,
         path: &Path,
+        dev: (u32, u32),
         loc: &Location,
         tree_dev: (u32, u32),
     ) -> bool {
-        let Ok(c) = CString::new(link.as_os_str().as_bytes()) else { return false };
-        let Ok(st) = statx_follow(&c, MntId::Listed) else { return false };
-        let Some(id) = st.mnt_id else {
-            // A kernel without STATX_MNT_ID (before 5.8): the mount the path names in the
-            // holder's own view.
-            return find_mount(&frame.mounts, path)
-                .is_some_and(|m| fs_path(m, path).is_some_and(|p| loc.contains(dev_of(m), &p)));
-        };
         // The kernel names an object relative to our root where it can, else relative to its
         // own namespace's root: try the holder's frame, then ours, then any frame with it.
         let own = self.own_frame();
@@ -378,10 +405,7 @@ impl Scan {
             // A mount no frame lists (detached with umount -l, or of a namespace without
             // processes): busy if the object is on the location's filesystem at all, by
             // mountinfo's device or by the one the tree's own files have (a btrfs subvolume).
-            None => {
-                let dev = (st.dev_major, st.dev_minor);
-                dev == loc.dev || dev == tree_dev
-            }
+            None => dev == loc.dev || dev == tree_dev,
         }
     }
 }
