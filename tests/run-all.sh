@@ -19,7 +19,7 @@ unset GOLDCLONE_SKIP_LOOPFS   # the explicit dev opt-out never applies here
 results=$(mktemp -d /tmp/goldclone-results.XXXXXX)
 passed=0; failed=0; missing=()
 
-step() { printf '\n==== %s\n' "$*"; }
+step() { printf '\n==== %s (at %d s)\n' "$*" "$SECONDS"; }
 # Sum libtest summary lines of a log into passed/failed.
 count_libtest() {
   local log=$1 p f
@@ -85,7 +85,7 @@ count_libtest "$host_log"
 require_ran "$host_log" copy_fidelity 8 || host_rc=1
 require_ran "$host_log" detect 5 || host_rc=1
 require_ran "$host_log" copy_engine 8 || host_rc=1
-require_ran "$host_log" lifecycle 11 || host_rc=1
+require_ran "$host_log" lifecycle 19 || host_rc=1
 require_ran "$host_log" logging 1 || host_rc=1
 require_ran "$host_log" lifecycle_crash 3 || host_rc=1
 require_ran "$host_log" lifecycle_safety 12 || host_rc=1

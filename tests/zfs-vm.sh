@@ -78,13 +78,15 @@ done
 # The C and Go API suites: the static library and the Go test binary are built here; the guest
 # compiles only the small C harnesses.
 cargo build --release --no-default-features --features fault-injection --lib >&2
-GOLDCLONE_C_MODE=build GOLDCLONE_C_DIR="$results/c" GOLDCLONE_NO_BUILD=1 GOLDCLONE_PROFILE=release \
+# Without sanitizers and the race detector: under emulation they multiply the suites' time, and
+# the host runs both suites with them.
+GOLDCLONE_C_SANITIZE=0 GOLDCLONE_C_MODE=build GOLDCLONE_C_DIR="$results/c" GOLDCLONE_NO_BUILD=1 GOLDCLONE_PROFILE=release \
   GOLDCLONE_SKIP_HEADER_CHECK=1 tests/c/run.sh >"$host_results/c-build.log" 2>&1 ||
   { tail -20 "$host_results/c-build.log" >&2; log "building the C harnesses failed"; exit 1; }
 # Go >= 1.21 (log/slog), as go-bindings/run.sh picks it.
 for d in /usr/lib/go-1.22/bin /usr/lib/go-1.23/bin; do [ -x "$d/go" ] && PATH=$d:$PATH; done
 (cd go-bindings && export GOFLAGS=-mod=mod GOCACHE=${GOCACHE:-/var/tmp/goldclone-go/cache} GOPATH=${GOPATH:-/var/tmp/goldclone-go/path} &&
-  go test -c -race -o "$host_results/go-bindings.test" . &&
+  go test -c -o "$host_results/go-bindings.test" . &&
   go build -o "$host_results/devcache" ./example/devcache) >&2
 goldclone_bin="$repo/target/release/goldclone"
 cat >"$results/guest.sh" <<EOF
@@ -132,30 +134,49 @@ stamp zfs-suite
 # Each test destroys its own tree; anything left is a cleanup bug.
 zfs list -H -o name -r -t all gcta gctb | grep -vx -e gcta -e gctb >"$results/leftovers.txt"
 
-# 3b. The lifecycle on the ZFS and zvol backends (each test on its own dataset under gcta/lc),
-#     crash recovery included, then the C and Go API suites on a ZFS cache root.
+# 3b. The lifecycle on the ZFS and zvol backends (each test on its own dataset), crash recovery
+#     included, the C and Go API suites on a ZFS cache root, and the real-dockerd suite, in two
+#     lanes at once (each is mostly one thread; the guest has two CPUs):
+#       A. lifecycle, logging and the dockerd suite, on gcta;
+#       B. the crash and safety suites, then C and Go, on gctb, in a mount namespace of its own
+#          (private). A mount namespace that a test makes copies the mounts it sees, and a copy
+#          of the other lane's session would hold that session: each lane sees only its own
+#          mounts (lane B unshares before lane A starts anything), and within a lane one suite
+#          runs at a time, as everywhere.
+lane_b() {
+  stamp() { local t=\$(date +%s); echo "\$1 \$((t - t0)) s (lane B)" >>"$results/guest-times.txt"; t0=\$t; }
+  t0=\$(date +%s)
+  : >"$results/lane-b-ready"
+  zfs create -o mountpoint=none gctb/lc >>"$results/modprobe.log" 2>&1
+  mkdir -p /tmp/gc-roots-b
+  GOLDCLONE_TEST_ZFS_PARENT=gctb/lc GOLDCLONE_TEST_ZFS_MNT=/tmp/gc-roots-b \
+    timeout 1500 "$crash_bin" --test-threads=1 >"$results/zfs-lifecycle-crash.log" 2>&1
+  stamp lifecycle-crash
+  GOLDCLONE_TEST_ZFS_PARENT=gctb/lc GOLDCLONE_TEST_ZFS_MNT=/tmp/gc-roots-b \
+    timeout 900 "$safety_bin" --test-threads=1 >"$results/zfs-lifecycle-safety.log" 2>&1
+  stamp lifecycle-safety
+  zfs create -o mountpoint=legacy gctb/capi >>"$results/modprobe.log" 2>&1
+  mkdir -p /tmp/gc-capi && mount -t zfs gctb/capi /tmp/gc-capi
+  GOLDCLONE_C_MODE=run GOLDCLONE_C_DIR="$results/c" GOLDCLONE_TEST_ROOT=/tmp/gc-capi \
+    timeout 900 "$repo/tests/c/run.sh" >"$results/zfs-c.log" 2>&1
+  stamp c-api
+  GODEBUG=cgocheck=1 GOLDCLONE_TEST_ROOT=/tmp/gc-capi GOLDCLONE_EXAMPLE_BIN="$host_results/devcache" \
+    timeout 900 "$host_results/go-bindings.test" -test.v >"$results/zfs-go.log" 2>&1
+  stamp go
+}
+export -f lane_b
+unshare -m --propagation private bash -c lane_b &
+lane_b_pid=\$!
+for _ in \$(seq 600); do [ -e "$results/lane-b-ready" ] && break; sleep 0.1; done
+
 zfs create -o mountpoint=none gcta/lc >>"$results/modprobe.log" 2>&1
 mkdir -p /tmp/gc-roots
 GOLDCLONE_TEST_ZFS_PARENT=gcta/lc GOLDCLONE_TEST_ZFS_MNT=/tmp/gc-roots \
   timeout 900 "$lifecycle_bin" --test-threads=1 >"$results/zfs-lifecycle.log" 2>&1
 stamp lifecycle
 GOLDCLONE_TEST_ZFS_PARENT=gcta/lc GOLDCLONE_TEST_ZFS_MNT=/tmp/gc-roots \
-  timeout 1500 "$crash_bin" --test-threads=1 >"$results/zfs-lifecycle-crash.log" 2>&1
-stamp lifecycle-crash
-GOLDCLONE_TEST_ZFS_PARENT=gcta/lc GOLDCLONE_TEST_ZFS_MNT=/tmp/gc-roots \
-  timeout 900 "$safety_bin" --test-threads=1 >"$results/zfs-lifecycle-safety.log" 2>&1
-stamp lifecycle-safety
-GOLDCLONE_TEST_ZFS_PARENT=gcta/lc GOLDCLONE_TEST_ZFS_MNT=/tmp/gc-roots \
   timeout 300 "$logging_bin" --test-threads=1 >"$results/zfs-logging.log" 2>&1
-zfs list -H -o name -r -t all gcta/lc | grep -vx gcta/lc >"$results/lc-leftovers.txt"
-zfs create -o mountpoint=legacy gcta/capi >>"$results/modprobe.log" 2>&1
-mkdir -p /tmp/gc-capi && mount -t zfs gcta/capi /tmp/gc-capi
-GOLDCLONE_C_MODE=run GOLDCLONE_C_DIR="$results/c" GOLDCLONE_TEST_ROOT=/tmp/gc-capi \
-  timeout 900 "$repo/tests/c/run.sh" >"$results/zfs-c.log" 2>&1
-stamp c-api
-GODEBUG=cgocheck=1 GOLDCLONE_TEST_ROOT=/tmp/gc-capi GOLDCLONE_EXAMPLE_BIN="$host_results/devcache" \
-  timeout 900 "$host_results/go-bindings.test" -test.v >"$results/zfs-go.log" 2>&1
-stamp go
+stamp logging
 # The real-dockerd suite on the ZFS and zvol backends: each on a dataset of its own, the
 # golden's data root built on a third (the guest's overlaid /tmp cannot hold overlay2).
 for b in zfs zvol; do
@@ -168,6 +189,9 @@ GOLDCLONE_BIN="$goldclone_bin" GOLDCLONE_DOCKERD_SCRATCH=/tmp/gc-dk-scratch \
   GOLDCLONE_DOCKERD_ROOTS="zfs:/tmp/gc-dk-zfs zvol:/tmp/gc-dk-zvol" \
   timeout 900 bash "$repo/tests/dockerd.sh" >"$results/zfs-dockerd.log" 2>&1
 stamp dockerd
+wait \$lane_b_pid
+stamp "lane B done, lane A waited"
+zfs list -H -o name -r -t all gcta/lc gctb/lc | grep -vx -e gcta/lc -e gctb/lc >"$results/lc-leftovers.txt"
 
 # 4. The host tests again, now with /dev/zfs present (the other branch of the availability test).
 "$host_bin" --include-ignored --test-threads=1 >"$results/host-after-modprobe.log" 2>&1
@@ -205,7 +229,7 @@ load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 vm_rc=0
 # apparmor=0: Debian's kernel enables AppArmor, and dockerd (the dockerd suite) then wants to load
 # its docker-default profile with apparmor_parser, which the host does not have.
-timeout "${VM_TIMEOUT:-2400}" vng -r "/boot/vmlinuz-$kver" --disable-kvm --memory 2G --cpus 2 \
+timeout "${VM_TIMEOUT:-2400}" vng -r "/boot/vmlinuz-$kver" --disable-kvm --memory 4G --cpus 2 \
   --append apparmor=0 --rwdir "$results" --exec "bash $results/guest.sh" >"$results/vng.log" 2>&1 ||
   vm_rc=$?
 

@@ -18,6 +18,7 @@
 #   GOLDCLONE_C_MODE=build|run      build the harnesses into GOLDCLONE_C_DIR and stop, or only run
 #                                   the ones built there (the ZFS guest runs what the host built:
 #                                   compiling under TCG takes minutes per file)
+#   GOLDCLONE_C_SANITIZE=0          build the harnesses without ASan/UBSan (the ZFS guest)
 #   CC                              compiler (default gcc)
 # Ends with `c: N passed, N failed`; exits non-zero on any failure or if nothing ran.
 set -uo pipefail
@@ -107,6 +108,9 @@ fi
 
 # 5. the harnesses
 sanitize=(-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer)
+# The ZFS guest runs them without sanitizers: under emulation ASan's shadow memory makes every
+# process start slow, and the host run has them.
+[ "${GOLDCLONE_C_SANITIZE:-1}" = 1 ] || sanitize=()
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
 tests=("$@")
