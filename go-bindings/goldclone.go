@@ -269,7 +269,19 @@ func (c *Cache) Import(projectID, dir string) (uint64, error) {
 // bytes copied and the total (-1 until known); cancelling ctx stops the import with an error
 // matching ErrCancelled and ctx's error, and then no project was made.
 func (c *Cache) ImportContext(ctx context.Context, projectID, dir string, onProgress func(copied, total int64)) (uint64, error) {
-	const op = "Import"
+	return c.importDir("Import", ctx, projectID, dir, onProgress, false)
+}
+
+// ImportNext makes dir the next generation of the existing project projectID, as a promote
+// makes a session one: sessions keep the generation they were made from, new sessions get this
+// one, and the previous generation goes once no session uses it. Progress and cancellation as
+// ImportContext (a cancelled import changes nothing); ErrNotFound if the project does not exist.
+func (c *Cache) ImportNext(ctx context.Context, projectID, dir string, onProgress func(copied, total int64)) (uint64, error) {
+	return c.importDir("ImportNext", ctx, projectID, dir, onProgress, true)
+}
+
+// importDir is Import (next false) and ImportNext (next true).
+func (c *Cache) importDir(op string, ctx context.Context, projectID, dir string, onProgress func(copied, total int64), next bool) (uint64, error) {
 	ctx, err := liveContext(op, ctx)
 	if err != nil {
 		return 0, err
@@ -290,6 +302,9 @@ func (c *Cache) ImportContext(ctx context.Context, projectID, dir string, onProg
 	defer free(cd)
 	var g C.uint64_t
 	err = c.watched(op, ctx, onProgress, func(o *C.goldclone_op_options) C.goldclone_result {
+		if next {
+			return C.goldclone_cache_import_next(p, cp, cd, o, &g)
+		}
 		return C.goldclone_cache_import_with(p, cp, cd, o, &g)
 	})
 	return uint64(g), err

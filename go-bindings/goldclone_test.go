@@ -1087,3 +1087,64 @@ func TestCleanupSessionLazily(t *testing.T) {
 		t.Fatalf("cleanup of a session that is gone: %v %v", detached, err)
 	}
 }
+
+// ImportNext makes a directory the next generation: ErrNotFound for an unknown project, a
+// cancelled import changes nothing, the old session keeps its tree, a new one sees exactly the
+// new tree, and progress is reported.
+func TestImportNext(t *testing.T) {
+	for _, f := range filesystems(t) {
+		t.Run(f.name, func(t *testing.T) {
+			root, srcDir := cacheRoot(t, f)
+			project := "go-next-" + time.Now().Format("150405.000000")
+			first := filepath.Join(srcDir, "first")
+			writeFile(t, filepath.Join(first, "v"), "1")
+			writeFile(t, filepath.Join(first, "only-in-1"), "old")
+			second := filepath.Join(srcDir, "second")
+			writeFile(t, filepath.Join(second, "v"), "2")
+			c, err := Open(root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if _, err := c.ImportNext(context.Background(), project, second, nil); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("import next of an unknown project: %v", err)
+			}
+			if _, err := c.Import(project, first); err != nil {
+				t.Fatal(err)
+			}
+			s1, err := c.SetupSession(project, "s1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel()
+			if _, err := c.ImportNext(ctx, project, second, nil); err == nil {
+				t.Fatal("a cancelled import next succeeded")
+			}
+			if info, err := c.Info(project); err != nil || info.Generation != 1 {
+				t.Fatalf("after a cancelled import: %+v, %v", info, err)
+			}
+			var reports int
+			g, err := c.ImportNext(context.Background(), project, second, func(copied, total int64) { reports++ })
+			if err != nil || g != 2 {
+				t.Fatalf("import next: %d, %v", g, err)
+			}
+			if readFile(t, filepath.Join(s1, "v")) != "1" || !exists(filepath.Join(s1, "only-in-1")) {
+				t.Fatal("the old session changed")
+			}
+			s2, err := c.SetupSession(project, "s2")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if readFile(t, filepath.Join(s2, "v")) != "2" || exists(filepath.Join(s2, "only-in-1")) {
+				t.Fatal("the new session is not exactly the new tree")
+			}
+			if reports == 0 {
+				t.Error("no progress reported")
+			}
+			if err := c.DeleteProject(project); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}

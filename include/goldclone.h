@@ -742,6 +742,20 @@ goldclone_result goldclone_cache_import_with(const struct goldclone_cache *cache
                                              uint64_t *generation);
 
 /**
+ * Make the directory `dir` (NUL-terminated bytes) the next generation of the existing
+ * project `project` (UTF-8), as a promote makes a session one: sessions keep their generation,
+ * new sessions get this one. `*generation` (may be NULL) receives it. Progress and
+ * cancellation as `goldclone_cache_import_with` (`opts` may be NULL).
+ *
+ * Errors: NOT_FOUND (project, dir), NOT_A_DIRECTORY, INVALID_NAME, CANCELLED, NO_SPACE, IO.
+ */
+goldclone_result goldclone_cache_import_next(const struct goldclone_cache *cache,
+                                             const char *project,
+                                             const char *dir,
+                                             const struct goldclone_op_options *opts,
+                                             uint64_t *generation);
+
+/**
  * Set up session `session` of `project` (both UTF-8): a private writable copy of the
  * project's current generation. Its path goes into the caller buffer `path_buf` (a buffer of
  * `GOLDCLONE_PATH_BUF_SIZE` bytes always suffices). If the path does not fit, the session is

@@ -9,6 +9,8 @@
 /// operation, and only that backend reaches them (see `BackendKind::reaches`).
 pub const POINTS: &[&str] = &[
     "import:intent-recorded",
+    "import:snapshot-taken",
+    "import:head-promoted",
     "import:tree-created",
     "import:meta-written",
     "import:current-written",

@@ -1281,3 +1281,81 @@ fn lazy_cleanup_of_a_session_in_use() {
     }
     let _ = fs::remove_dir_all(&src);
 }
+
+/// A directory imported as the next generation of an existing project: older sessions keep
+/// theirs, new sessions see exactly the new tree (nothing of the old one), the previous
+/// generation goes with its last session, promotes and further imports continue the chain, and
+/// bad input or a stop changes nothing.
+#[test]
+fn import_next_makes_a_directory_the_next_generation() {
+    use goldclone::copy::CancelToken;
+    use goldclone::golden::Watch;
+    const FILES: usize = 20;
+    let first = scratch_tree("next-1", "1", FILES);
+    fs::write(first.join("only-in-1"), "old").unwrap();
+    let second = scratch_tree("next-3", "3", FILES);
+    fs::create_dir_all(second.join("new/deeper")).unwrap();
+    fs::write(second.join("new/deeper/only-in-3"), "new").unwrap();
+    for (root, name) in roots("next") {
+        let cache = open(&root);
+        let err = cache.import_next("proj", &second).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{name}: {err}");
+        assert!(!root.path.join("proj").exists(), "{name}: made a project");
+        cache.import("proj", &first).unwrap();
+        let old = cache.setup("proj", "old").unwrap();
+        fs::write(old.join("written"), "by the session").unwrap();
+
+        // Bad input and a stopped import: typed errors, nothing changed.
+        let before = snapshot_tree(&root.path);
+        for (project, dir, kind) in [
+            ("proj", root.path.join("missing"), ErrorKind::NotFound),
+            ("proj", first.join("generation"), ErrorKind::NotADirectory),
+            ("proj", root.path.parent().unwrap().to_path_buf(), ErrorKind::InvalidArgument),
+            ("../proj", second.clone(), ErrorKind::InvalidName),
+            ("other", second.clone(), ErrorKind::NotFound),
+        ] {
+            let err = cache.import_next(project, &dir).unwrap_err();
+            assert_eq!(err.kind(), kind, "{name}: {project} {}: {err}", dir.display());
+        }
+        let stop = CancelToken::new();
+        stop.cancel();
+        let err = cache
+            .import_next_with("proj", &second, &Watch { progress: None, cancel: Some(stop) })
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Cancelled, "{name}: {err}");
+        assert_eq!(snapshot_tree(&root.path), before, "{name}: a failed import changed the root");
+        assert_eq!(cache.generations("proj").unwrap(), vec![1], "{name}");
+
+        assert_eq!(cache.import_next("proj", &second).unwrap(), 2, "{name}");
+        assert_eq!(cache.info("proj").unwrap().generation, 2, "{name}");
+        assert_eq!(whole_generation(&old, FILES), "1", "{name}: the old session changed");
+        assert_eq!(fs::read_to_string(old.join("written")).unwrap(), "by the session", "{name}");
+        assert!(old.join("only-in-1").exists(), "{name}");
+        let new = cache.setup("proj", "new").unwrap();
+        assert_eq!(whole_generation(&new, FILES), "3", "{name}");
+        assert!(!new.join("only-in-1").exists(), "{name}: the old tree shows through");
+        assert_eq!(fs::read_to_string(new.join("new/deeper/only-in-3")).unwrap(), "new");
+        assert_eq!(cache.generations("proj").unwrap(), vec![1, 2], "{name}: 1 has a session");
+
+        // The chain goes on: a promote, then an import with no session of the current
+        // generation, whose predecessor goes at once.
+        golden_tree(&new, "4", FILES);
+        assert_eq!(cache.promote("proj", "new").unwrap(), 3, "{name}");
+        cache.cleanup("proj", "new").unwrap();
+        assert_eq!(cache.generations("proj").unwrap(), vec![1, 3], "{name}");
+        assert_eq!(current_marker(&cache, FILES), "4", "{name}");
+        assert_eq!(cache.import_next("proj", &first).unwrap(), 4, "{name}");
+        assert_eq!(cache.generations("proj").unwrap(), vec![1, 4], "{name}");
+        assert_eq!(current_marker(&cache, FILES), "1", "{name}");
+
+        // The oldest session still works, and its generation goes with it.
+        assert_eq!(whole_generation(&old, FILES), "1", "{name}");
+        cache.cleanup("proj", "old").unwrap();
+        assert_eq!(cache.generations("proj").unwrap(), vec![4], "{name}");
+        let report = cache.gc().unwrap();
+        assert!(report.is_empty(), "{name}: {report:?}");
+        cache.delete_project("proj").unwrap();
+    }
+    let _ = fs::remove_dir_all(&first);
+    let _ = fs::remove_dir_all(&second);
+}

@@ -163,6 +163,8 @@ fn cli(root: &Path, backend: BackendKind, args: &[impl AsRef<std::ffi::OsStr>]) 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
     Import,
+    /// An import of the next generation (`--next`) of a project with sessions.
+    ImportNext,
     Setup,
     /// A setup at a caller's path (`--at`).
     SetupAt,
@@ -175,8 +177,9 @@ enum Op {
 }
 
 impl Op {
-    const ALL: [Op; 8] = [
+    const ALL: [Op; 9] = [
         Op::Import,
+        Op::ImportNext,
         Op::Setup,
         Op::SetupAt,
         Op::Promote,
@@ -190,12 +193,13 @@ impl Op {
     fn of(point: &str) -> &'static [Op] {
         match point {
             "promote:session-taken" | "promote:edited" => return &[Op::Consume],
+            "import:snapshot-taken" | "import:head-promoted" => return &[Op::ImportNext],
             "setup:attached" => return &[Op::SetupAt],
             "cleanup:detached" => return &[Op::CleanupAt],
             _ => {}
         }
         match point.split(':').next().unwrap() {
-            "import" => &[Op::Import],
+            "import" => &[Op::Import, Op::ImportNext],
             "setup" => &[Op::Setup, Op::SetupAt],
             "promote" => &[Op::Promote, Op::Consume],
             "cleanup" => &[Op::Cleanup, Op::CleanupAt],
@@ -206,8 +210,10 @@ impl Op {
 
     fn args(self, src: &str, shown: &str) -> Vec<String> {
         let fresh_at = format!("{shown}/fresh");
+        let next = next_source(Path::new(src));
         let v = match self {
             Op::Import => vec!["golden", "import", "proj", src],
+            Op::ImportNext => vec!["golden", "import", "--next", "proj", next.to_str().unwrap()],
             Op::Setup => vec!["session", "setup", "proj", "fresh"],
             Op::SetupAt => vec!["session", "setup", "--at", &fresh_at, "proj", "fresh"],
             Op::Promote => vec!["session", "promote", "proj", "target"],
@@ -426,6 +432,20 @@ fn verify(
             }
             !listed
         }
+        Op::ImportNext => {
+            let info = cache.info("proj").unwrap();
+            let after = info.generation == 2;
+            assert_eq!(info.source_session, None, "{what}");
+            // Generation 1 stays either way: the sessions are made from it.
+            let want = if after { vec![1, 2] } else { vec![1] };
+            assert_eq!(cache.generations("proj").unwrap(), want, "{what}");
+            let probe = cache.setup("proj", "probe").unwrap();
+            assert_eq!(marker_of(&probe), if after { "3" } else { "1" }, "{what}");
+            assert_eq!(probe.join("only-in-1").exists(), !after, "{what}: mixed trees");
+            cache.cleanup("proj", "probe").unwrap();
+            assert_eq!(marker_of(&root.join("proj/sessions/target")), "2", "{what}: session lost");
+            after
+        }
     };
     if let Some(want) = expect {
         assert_eq!(after, want, "{what}: state after recovery (true = the operation took effect)");
@@ -451,6 +471,10 @@ fn verify(
     if !after {
         match op {
             Op::Import => assert_eq!(cache.import("proj", src).unwrap(), 1, "{what}"),
+            Op::ImportNext => {
+                assert_eq!(cache.import_next("proj", &next_source(src)).unwrap(), 2, "{what}");
+                assert_eq!(current_marker(&cache), "3", "{what}");
+            }
             Op::Setup => drop(cache.setup("proj", "fresh").unwrap()),
             Op::SetupAt => {
                 let opts = SetupOptions { at: Some(shown_dir(root).join("fresh")), reuse: false };
@@ -550,11 +574,21 @@ fn assert_nothing_leaked(root: &Path, what: &str) {
     }
 }
 
+/// The source trees of a case: `src` (marker 1, with a file only it has) and beside it the
+/// one an import of the next generation takes (marker 3).
 fn scratch_source(tag: &str) -> PathBuf {
     let src = PathBuf::from(format!("/var/tmp/goldclone-crash-{tag}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&src);
     tree(&src, "1");
+    fs::write(src.join("only-in-1"), "1").unwrap();
+    let next = next_source(&src);
+    let _ = fs::remove_dir_all(&next);
+    tree(&next, "3");
     src
+}
+
+fn next_source(src: &Path) -> PathBuf {
+    src.with_extension("next")
 }
 
 /// The named points a consuming promote is killed at in the ZFS guest: where its outcome
@@ -591,6 +625,9 @@ fn committed_at(point: &str, backend: BackendKind, op: Op) -> bool {
     match point {
         // A ZFS promote that edited the session itself goes forward once its snapshot exists.
         "promote:snapshot-taken" => zfs && op == Op::Consume,
+        // A ZFS import of the next generation goes forward once its head exists.
+        "import:head-promoted" => true,
+        "import:tree-created" | "import:meta-written" => zfs && op == Op::ImportNext,
         p if p.ends_with("current-written") => true,
         "setup:meta-written" => true,
         "cleanup:tree-moved" | "cleanup:meta-removed" => true,
@@ -641,6 +678,7 @@ fn kill_at_every_named_step_then_reopen() {
         }
     }
     let _ = fs::remove_dir_all(&src);
+    let _ = fs::remove_dir_all(next_source(&src));
     assert!(checked >= fault::POINTS.len() - 2, "only {checked} crash cases ran");
 }
 
@@ -811,6 +849,7 @@ fn kill_at_sampled_system_calls_then_reopen() {
         }
     }
     let _ = fs::remove_dir_all(&src);
+    let _ = fs::remove_dir_all(next_source(&src));
     eprintln!("sweep outcomes (backend, op, took effect): {outcomes:?}");
     let least = if in_zfs_guest() { 4 } else { 8 };
     assert!(killed >= least, "only {killed} runs were killed: the sweep did not sweep");
@@ -1019,4 +1058,5 @@ fn soak_random_operations_with_kills() {
         assert!(cache.gc().unwrap().failed.is_empty(), "{what}");
     }
     let _ = fs::remove_dir_all(&src);
+    let _ = fs::remove_dir_all(next_source(&src));
 }

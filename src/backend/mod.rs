@@ -356,6 +356,36 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
         watch: &Watch,
     ) -> Result<Identity>;
 
+    /// Generation `generation` of an existing project with the contents of the directory
+    /// `src`, after `previous` (the current generation), built at `staging`. By default an
+    /// import like the first one: the generations are trees of their own.
+    fn import_next(
+        &self,
+        root: &RootDir,
+        src: &Path,
+        generation: &Generation,
+        previous: &Generation,
+        staging: &Path,
+        watch: &Watch,
+    ) -> Result<Identity> {
+        let _ = previous;
+        self.import(root, src, generation, staging, watch)
+    }
+
+    /// After a crash or an error inside `import_next`: finish it (`Some`: `generation` is
+    /// complete and may be committed) where only forward is safe, else `None`, and the
+    /// lifecycle undoes it ([`Backend::discard_generation`]). By default, undo.
+    fn recover_import_next(
+        &self,
+        root: &RootDir,
+        generation: &Generation,
+        previous: &Generation,
+        staging: &Path,
+    ) -> Result<Option<Identity>> {
+        let _ = (root, generation, previous, staging);
+        Ok(None)
+    }
+
     /// A writable `session` from `generation` (recorded as `recorded`), built at `staging`.
     fn create_session(
         &self,

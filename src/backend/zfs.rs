@@ -29,13 +29,15 @@
 //! its last clone goes, never `destroy -R`.
 
 use std::collections::HashSet;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use rustix::fs::Mode;
 use serde::{Deserialize, Serialize};
 
-use super::rootdir::RootDir;
+use super::rootdir::{self, RootDir};
 use super::{
     cannot_serve, remove_beneath, zvol, Backend, BackendKind, Generation, Identity, Presence,
     Retired, Session, Settings, Watch,
@@ -47,7 +49,12 @@ use crate::zfs::{CanMount, DatasetName, Props, SnapshotName, ZcpValue, Zfs, ZfsE
 use crate::{Context, Error, Result};
 
 /// Fault points only the ZFS backends reach (between their promote's steps).
-pub(crate) const FAULT_POINTS: &[&str] = &["promote:snapshot-taken", "promote:head-promoted"];
+pub(crate) const FAULT_POINTS: &[&str] = &[
+    "promote:snapshot-taken",
+    "promote:head-promoted",
+    "import:snapshot-taken",
+    "import:head-promoted",
+];
 
 /// A tree of this backend: a dataset or snapshot, by its name when recorded and its guid
 /// (a snapshot keeps its guid when promote moves it to another head).
@@ -156,6 +163,12 @@ impl ZfsBackend {
 
     fn session_dataset(&self, project: &str, session: &str) -> Result<DatasetName> {
         self.container(project)?.child(&format!("s-{session}"))
+    }
+
+    /// Where an import of generation `generation` of an existing project builds its tree: a
+    /// clone of the current generation, emptied and filled (see `import_next`).
+    fn import_dataset(&self, project: &str, generation: u64) -> Result<DatasetName> {
+        self.container(project)?.child(&format!("i{generation}"))
     }
 
     /// Generation `generation`'s snapshot, on head `head`.
@@ -398,17 +411,32 @@ return out"#;
         generation: u64,
         previous: u64,
     ) -> Result<()> {
+        let source = self.session_dataset(project, session)?;
+        self.make_head(&source, project, generation, previous, "promote:head-promoted")
+    }
+
+    /// Make generation `generation`'s snapshot on `source` the project's head, holding every
+    /// generation's snapshot (the previous head's move to it), and destroy the previous head.
+    /// Each step is skipped when already done. From the first `lzc_promote` (fault point
+    /// `promoted`) only forward is safe: the head holds the older generations' snapshots.
+    fn make_head(
+        &self,
+        source: &DatasetName,
+        project: &str,
+        generation: u64,
+        previous: u64,
+        promoted: &str,
+    ) -> Result<()> {
         let head = self.head(project, generation)?;
-        let on_session =
-            self.session_dataset(project, session)?.snapshot(&format!("gen{generation}"))?;
+        let on_source = source.snapshot(&format!("gen{generation}"))?;
         if !self.exists(head.as_str())? {
-            self.zfs.clone_snapshot(&head, &on_session, &Props::new())?;
+            self.zfs.clone_snapshot(&head, &on_source, &Props::new())?;
         }
-        // Until the new head is nobody's clone: at most twice (the session's snapshot, then the
+        // Until the new head is nobody's clone: at most twice (the source's snapshot, then the
         // previous head's snapshots).
         for round in 0..3 {
             match self.zfs.promote(&head) {
-                Ok(()) if round == 0 => crate::fault::point("promote:head-promoted"),
+                Ok(()) if round == 0 => crate::fault::point(promoted),
                 Ok(()) => {}
                 Err(e) if zfs_kind(&e) == Some(ZfsErrorKind::NotAClone) => break,
                 Err(e) => return Err(e),
@@ -419,6 +447,56 @@ return out"#;
             self.zfs.destroy(&old_head)?;
         }
         Ok(())
+    }
+
+    /// The import's ZFS steps after its snapshot exists: its head made, the clone it was built
+    /// in destroyed (after the promotes it is a clone of the head's snapshot with nothing of
+    /// its own). Each step is skipped when already done.
+    fn finish_import_next(&self, g: &Generation, previous: &Generation) -> Result<()> {
+        let tree = self.import_dataset(&g.project, g.number)?;
+        self.make_head(&tree, &g.project, g.number, previous.number, "import:head-promoted")?;
+        self.destroy_if_exists(&tree)?;
+        Ok(())
+    }
+
+    /// Mount `dataset` at the new directory `staging`, copy the directory `src` into it
+    /// (removing what it holds first if `empty_first`: a clone), and take it away again.
+    fn fill(
+        &self,
+        root: &RootDir,
+        dataset: &DatasetName,
+        staging: &Path,
+        src: &Path,
+        empty_first: bool,
+        watch: &Watch,
+    ) -> Result<()> {
+        root.mkdir(staging)?;
+        let dir = root.join(staging);
+        self.mount(dataset, &dir)?;
+        let filled = (|| {
+            if empty_first {
+                // The clone's own root, opened through its parent (RootDir does not cross
+                // mounts).
+                let (parent, name) = root.parent(staging)?;
+                let fd = rustix::fs::openat(&parent, name, crate::sys::fs::READ_DIR, Mode::empty())
+                    .at("open", &dir)?;
+                for name in rootdir::list_fd(fd.as_fd(), &dir)? {
+                    watch.check()?;
+                    copy::remove_at(fd.as_fd(), &name, &dir.join(&name))?;
+                }
+            }
+            copy::copy_into(
+                src,
+                &dir,
+                &watch.copy_options(CopyOptions {
+                    threads: self.copy_threads,
+                    ..CopyOptions::default()
+                }),
+            )
+        })();
+        let unmounted = self.unmount_and_rmdir(root, dataset, staging);
+        filled?;
+        unmounted
     }
 
     /// Make the import's head: a filesystem, or a volume formatted with XFS.
@@ -451,6 +529,10 @@ impl Backend for ZfsBackend {
     fn generation_free(&self, g: &Generation, source: Option<&Session>) -> Result<()> {
         if self.check_owned(&g.project)? {
             self.absent(&self.head(&g.project, g.number)?)?;
+            if source.is_none() {
+                // Where an import of the next generation builds: undoing it destroys that.
+                self.absent(&self.import_dataset(&g.project, g.number)?)?;
+            }
         }
         if let Some(s) = source {
             // The promote's snapshot of the session: undoing it destroys it.
@@ -494,20 +576,7 @@ impl Backend for ZfsBackend {
         let head = self.head(&g.project, g.number)?;
         let result = (|| {
             self.create_head(&head, src)?;
-            root.mkdir(staging)?;
-            let dir = root.join(staging);
-            self.mount(&head, &dir)?;
-            let copied = copy::copy_into(
-                src,
-                &dir,
-                &watch.copy_options(CopyOptions {
-                    threads: self.copy_threads,
-                    ..CopyOptions::default()
-                }),
-            );
-            let unmounted = self.unmount_and_rmdir(root, &head, staging);
-            copied?;
-            unmounted?;
+            self.fill(root, &head, staging, src, false, watch)?;
             let snap = self.generation_snapshot(&g.project, g.number, g.number)?;
             self.snapshot_generation(&snap, &g.project, g.number, None)?;
             self.identify(snap.as_str())
@@ -516,6 +585,75 @@ impl Backend for ZfsBackend {
             let _ = self.discard_generation(root, g, staging, None);
         }
         result
+    }
+
+    /// The next generation from `src`: a clone of the current generation's snapshot, emptied
+    /// and filled with `src`, snapshotted, and made the head as a promote makes a session's
+    /// snapshot one, so that every generation stays on the one head (sessions of the older ones
+    /// are clones of their snapshots there). Failures are undone or finished by
+    /// `recover_import_next`, which the lifecycle runs.
+    fn import_next(
+        &self,
+        root: &RootDir,
+        src: &Path,
+        g: &Generation,
+        previous: &Generation,
+        staging: &Path,
+        watch: &Watch,
+    ) -> Result<Identity> {
+        let meta = std::fs::metadata(src).at("stat", src)?;
+        if !meta.is_dir() {
+            return Err(Error::NotADirectory { path: src.to_path_buf() });
+        }
+        self.check_owned(&g.project)?;
+        let tree = self.import_dataset(&g.project, g.number)?;
+        self.absent(&tree)?;
+        let origin = self.generation_snapshot(&g.project, previous.number, previous.number)?;
+        self.zfs.clone_snapshot(&tree, &origin, &Props::new())?;
+        self.fill(root, &tree, staging, src, true, watch)?;
+        // The last point a stop is asked for: from the head's first lzc_promote only forward.
+        watch.check()?;
+        let snap = tree.snapshot(&format!("gen{}", g.number))?;
+        self.snapshot_generation(&snap, &g.project, g.number, None)?;
+        crate::fault::point("import:snapshot-taken");
+        self.finish_import_next(g, previous)?;
+        self.identify(self.generation_snapshot(&g.project, g.number, g.number)?.as_str())
+    }
+
+    fn recover_import_next(
+        &self,
+        root: &RootDir,
+        g: &Generation,
+        previous: &Generation,
+        staging: &Path,
+    ) -> Result<Option<Identity>> {
+        if !self.check_owned(&g.project)? {
+            return Ok(None);
+        }
+        let tree = self.import_dataset(&g.project, g.number)?;
+        if self.volumes {
+            zvol::thaw_if_frozen(&root.join(staging));
+        }
+        self.unmount_and_rmdir(root, &tree, staging)?;
+        let snap = tree.snapshot(&format!("gen{}", g.number))?;
+        let head = self.head(&g.project, g.number)?;
+        if self.exists(snap.as_str())? {
+            // No lzc_promote has run (it would have moved this snapshot to the head): undo.
+            // A head cloned from it has no snapshots of its own yet.
+            self.destroy_if_exists(&head)?;
+            self.destroy_if_exists(&tree)?;
+            return Ok(None);
+        }
+        if self.exists(head.as_str())? {
+            // The head holds the new generation and maybe the older ones' snapshots already:
+            // only forward is safe.
+            self.finish_import_next(g, previous)?;
+            let snap = self.generation_snapshot(&g.project, g.number, g.number)?;
+            return Ok(Some(self.identify(snap.as_str())?));
+        }
+        // Never snapshotted: the clone is nothing but a half-filled copy.
+        self.destroy_if_exists(&tree)?;
+        Ok(None)
     }
 
     fn create_session(

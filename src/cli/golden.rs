@@ -30,10 +30,15 @@ impl RootArgs {
 /// `goldclone golden ...`
 #[derive(Debug, Clone, Subcommand)]
 pub enum GoldenCommand {
-    /// Make an existing directory generation 1 of a new project.
+    /// Make an existing directory generation 1 of a new project, or with `--next` the next
+    /// generation of an existing one.
     Import {
         #[command(flatten)]
         root: RootArgs,
+        /// The project exists: the directory becomes its next generation (sessions keep
+        /// theirs).
+        #[arg(long)]
+        next: bool,
         /// Project id.
         project: String,
         /// The directory to import.
@@ -153,9 +158,13 @@ pub fn golden(cmd: &GoldenCommand) -> Result<()> {
             }
             Ok(())
         }
-        GoldenCommand::Import { root, project, dir } => {
+        GoldenCommand::Import { root, next, project, dir } => {
             let cache = root.open()?;
-            let generation = cache.import(project, dir)?;
+            let generation = if *next {
+                cache.import_next(project, dir)?
+            } else {
+                cache.import(project, dir)?
+            };
             if root.json {
                 print_json(
                     &serde_json::json!({ "project": project, "generation": generation, "backend": cache.backend() }),

@@ -276,16 +276,52 @@ pub unsafe extern "C" fn goldclone_cache_import_with(
     generation: *mut u64,
 ) -> goldclone_result {
     ffi_body!("goldclone_cache_import_with", {
-        // SAFETY: the caller passes NUL-terminated strings or NULL.
-        let project = unsafe { args::name(project, "project") }?;
-        // SAFETY: as above.
-        let dir = unsafe { args::path(dir, "dir") }?;
-        let c = self::cache(cache)?;
-        // SAFETY: the caller's promise on `opts`.
-        let g = unsafe { watched(opts, |w, _| c.import_with(project, dir, w)) }?;
-        // SAFETY: NULL or writable by the caller's promise.
-        unsafe { args::store(generation, g) };
-        Ok(())
+        // SAFETY: the caller's promises, passed on.
+        unsafe { import(cache, project, dir, opts, generation, Cache::import_with) }
+    })
+}
+
+/// The body of both imports: `how` is `Cache::import_with` or `Cache::import_next_with`.
+///
+/// # Safety
+/// As `goldclone_cache_import_with`.
+unsafe fn import(
+    cache: *const goldclone_cache,
+    project: *const c_char,
+    dir: *const c_char,
+    opts: *const goldclone_op_options,
+    generation: *mut u64,
+    how: fn(&Cache, &str, &Path, &Watch) -> crate::Result<u64>,
+) -> super::error::FfiResult {
+    // SAFETY: the caller passes NUL-terminated strings or NULL.
+    let project = unsafe { args::name(project, "project") }?;
+    // SAFETY: as above.
+    let dir = unsafe { args::path(dir, "dir") }?;
+    let c = self::cache(cache)?;
+    // SAFETY: the caller's promise on `opts`.
+    let g = unsafe { watched(opts, |w, _| how(&c, project, dir, w)) }?;
+    // SAFETY: NULL or writable by the caller's promise.
+    unsafe { args::store(generation, g) };
+    Ok(())
+}
+
+/// Make the directory `dir` (NUL-terminated bytes) the next generation of the existing
+/// project `project` (UTF-8), as a promote makes a session one: sessions keep their generation,
+/// new sessions get this one. `*generation` (may be NULL) receives it. Progress and
+/// cancellation as `goldclone_cache_import_with` (`opts` may be NULL).
+///
+/// Errors: NOT_FOUND (project, dir), NOT_A_DIRECTORY, INVALID_NAME, CANCELLED, NO_SPACE, IO.
+#[no_mangle]
+pub unsafe extern "C" fn goldclone_cache_import_next(
+    cache: *const goldclone_cache,
+    project: *const c_char,
+    dir: *const c_char,
+    opts: *const goldclone_op_options,
+    generation: *mut u64,
+) -> goldclone_result {
+    ffi_body!("goldclone_cache_import_next", {
+        // SAFETY: the caller's promises, passed on.
+        unsafe { import(cache, project, dir, opts, generation, Cache::import_next_with) }
     })
 }
 

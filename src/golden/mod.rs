@@ -337,20 +337,7 @@ impl Cache {
     /// [`Cache::import`], reporting to and stopped by `watch`.
     pub fn import_with(&self, project: &str, dir: &Path, watch: &Watch) -> Result<u64> {
         validate_name(project)?;
-        let meta = std::fs::metadata(dir).at("stat", dir)?;
-        if !meta.is_dir() {
-            return Err(Error::NotADirectory { path: dir.to_path_buf() });
-        }
-        // The root inside the tree would be copied into itself (the cache, every project and
-        // the staging copy) until the filesystem fills. A tree inside the root (a session) is
-        // fine.
-        let src = dir.canonicalize().at("canonicalize", dir)?;
-        if self.root.path().starts_with(&src) {
-            return Err(Error::DestinationInsideSource {
-                src: dir.to_path_buf(),
-                dst: self.root.path().to_path_buf(),
-            });
-        }
+        self.check_import_source(dir)?;
         if self.root.entry(&Layout::project(project))?.is_some()
             && self.root.entry(&Layout::project_state(project))?.is_none()
         {
@@ -383,7 +370,12 @@ impl Cache {
             let generation = 1;
             self.store.generation_free(&self.generation(project, generation, generation), None)?;
             let staging = state::own_name("import", "1");
-            let intent = Intent::Import { project: project.to_string(), generation, staging };
+            let intent = Intent::Import {
+                project: project.to_string(),
+                generation,
+                staging,
+                previous: None,
+            };
             self.run(
                 &intent,
                 || Ok(()),
@@ -415,6 +407,93 @@ impl Cache {
         }
         drop(lock);
         imported
+    }
+
+    /// Make `dir` the next generation of the existing project `project`, as a promote makes a
+    /// session one: sessions keep the generation they were made from, new sessions get this
+    /// one, and the previous generation goes once no session uses it. `dir` is copied (on ZFS
+    /// into a clone of the current generation, emptied first, so that the generations stay one
+    /// chain of snapshots) and not changed. NotFound if the project does not exist.
+    pub fn import_next(&self, project: &str, dir: &Path) -> Result<u64> {
+        self.import_next_with(project, dir, &Watch::default())
+    }
+
+    /// [`Cache::import_next`], reporting to and stopped by `watch`. On ZFS an import stopped
+    /// after its first `lzc_promote` can only go forward: it finishes and succeeds.
+    pub fn import_next_with(&self, project: &str, dir: &Path, watch: &Watch) -> Result<u64> {
+        validate_name(project)?;
+        self.check_import_source(dir)?;
+        let lock = self.lock_exclusive(project)?;
+        self.recover_or_fail(project, &lock)?;
+        let (previous, _) = self.current_generation(project)?;
+        let g = self.next_generation(project, &previous)?;
+        self.store.generation_free(&g, None)?;
+        let number = g.number;
+        let intent = Intent::Import {
+            project: project.to_string(),
+            generation: number,
+            staging: state::own_name("import", &number.to_string()),
+            previous: Some(previous.number),
+        };
+        // The exclusive lock keeps everything checked above as it is.
+        let imported = self.run(
+            &intent,
+            || Ok(()),
+            || number,
+            |()| {
+                watch.check()?;
+                let staging = self.staging_of(&intent);
+                let identity =
+                    self.store.import_next(&self.root, dir, &g, &previous, &staging, watch)?;
+                fault::point("import:tree-created");
+                self.commit_generation(&g, None, identity, &staging, watch)?;
+                Ok(number)
+            },
+        )?;
+        drop(lock);
+        // The previous generation is retired now: gone at once if no session uses it, else
+        // with its last session. A failure here leaves it for gc.
+        if let Ok(_lock) = self.lock_shared(project) {
+            let _ = self.reclaim_if_unused(project, previous.number);
+        }
+        Ok(imported)
+    }
+
+    /// `dir` can be imported: a directory, and not one the cache root is inside (the root
+    /// would be copied into itself, the staging copy too, until the filesystem fills). A tree
+    /// inside the root (a session) is fine.
+    fn check_import_source(&self, dir: &Path) -> Result<()> {
+        let meta = std::fs::metadata(dir).at("stat", dir)?;
+        if !meta.is_dir() {
+            return Err(Error::NotADirectory { path: dir.to_path_buf() });
+        }
+        let src = dir.canonicalize().at("canonicalize", dir)?;
+        if self.root.path().starts_with(&src) {
+            return Err(Error::DestinationInsideSource {
+                src: dir.to_path_buf(),
+                dst: self.root.path().to_path_buf(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The generation after every one the project has had (numbers are never reused), with
+    /// `current` as its head; Damaged if something without a record is at its place.
+    fn next_generation(&self, project: &str, current: &Generation) -> Result<Generation> {
+        let number = state::generation_numbers(&self.root, project)?
+            .last()
+            .copied()
+            .unwrap_or(0)
+            .max(current.number)
+            + 1;
+        let g = self.generation(project, number, current.number);
+        if self.root.entry(&g.place)?.is_some() {
+            return Err(Error::Damaged {
+                path: self.root.join(&g.place),
+                what: "is in the way of the next generation and has no record".into(),
+            });
+        }
+        Ok(g)
     }
 
     /// A writable private copy of the project's current generation; returns its path. Sessions
@@ -750,19 +829,8 @@ impl Cache {
         self.check_session_place(&s, &meta)?;
         self.store.can_promote(&s, meta.generation, previous.number)?;
         self.ensure_unused(&s, meta.at.as_deref())?;
-        let number = state::generation_numbers(&self.root, project)?
-            .last()
-            .copied()
-            .unwrap_or(0)
-            .max(previous.number)
-            + 1;
-        let g = self.generation(project, number, previous.number);
-        if self.root.entry(&g.place)?.is_some() {
-            return Err(Error::Damaged {
-                path: self.root.join(&g.place),
-                what: "is in the way of the next generation and has no record".into(),
-            });
-        }
+        let g = self.next_generation(project, &previous)?;
+        let number = g.number;
         self.store.generation_free(&g, Some(&s))?;
         let staging_name = &state::own_name("promote", &number.to_string());
         let intent = Intent::Promote {
@@ -1972,7 +2040,33 @@ impl Cache {
         let root = &self.root;
         let staging = self.staging_of(intent);
         match intent {
-            Intent::Import { project, generation, .. } => {
+            Intent::Import { project, generation, previous: Some(previous), .. } => {
+                let current = read_current(root, project)?;
+                if current == Some(*generation) {
+                    let g = self.generation(project, *generation, *generation);
+                    self.ensure_published(&g, &staging)?;
+                    return Ok(Outcome::Finished(format!(
+                        "{project}: finished import of generation {generation}"
+                    )));
+                }
+                // Under the exclusive lock nothing else moved `current` meanwhile.
+                let head = current.unwrap_or(*previous);
+                let g = self.generation(project, *generation, head);
+                let previous = self.generation(project, head, head);
+                if let Some(identity) =
+                    self.store.recover_import_next(root, &g, &previous, &staging)?
+                {
+                    self.commit_generation(&g, None, identity, &staging, &Watch::default())?;
+                    return Ok(Outcome::Finished(format!(
+                        "{project}: finished import of generation {generation}"
+                    )));
+                }
+                self.undo_generation(&g, &staging)?;
+                Ok(Outcome::RolledBack(format!(
+                    "{project}: rolled back import of generation {generation}"
+                )))
+            }
+            Intent::Import { project, generation, previous: None, .. } => {
                 let g = self.generation(project, *generation, *generation);
                 if read_current(root, project)? == Some(*generation) {
                     self.ensure_published(&g, &staging)?;

@@ -145,6 +145,10 @@ pub(crate) enum Intent {
         project: String,
         generation: u64,
         staging: String,
+        /// The current generation when an import of the project's next generation began
+        /// (`Cache::import_next`); none for a project's first.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous: Option<u64>,
     },
     Setup {
         project: String,
@@ -260,6 +264,11 @@ impl Intent {
         }
         if !is_own_name(name) {
             return Err(format!("names {name:?}, not a name goldclone makes"));
+        }
+        if let Intent::Import { previous: Some(previous), .. } = self {
+            if *previous == 0 || *previous >= generation {
+                return Err(format!("imports generation {generation} after {previous}"));
+            }
         }
         if let Intent::Promote { drop, .. } = self {
             for d in drop {
@@ -935,8 +944,18 @@ mod tests {
             project: "../outside".into(),
             generation: 1,
             staging: own_name("import", "x"),
+            previous: None,
         };
         assert!(outside.validate("../outside").is_err());
+        for previous in [0, 3, 4] {
+            let after = Intent::Import {
+                project: "p".into(),
+                generation: 3,
+                staging: own_name("import", "3"),
+                previous: Some(previous),
+            };
+            assert!(after.validate("p").is_err(), "{previous}");
+        }
         let staging =
             Intent::Cleanup { project: "p".into(), session: "s".into(), trash: "../../etc".into() };
         assert!(staging.validate("p").is_err());

@@ -514,6 +514,56 @@ out:
 
 static void test_delete_project(void) { on_every_fs(delete_on); }
 
+/* A directory imported as the next generation: NOT_FOUND for a project that does not exist,
+ * CANCELLED with nothing changed when stopped, then the old session keeps its tree and a new
+ * session sees exactly the new one. */
+static void import_next_on(const struct harness_fs *f) {
+    struct place pl;
+    place_init(&pl, f);
+    const char *P = pl.project;
+    char *golden = make_golden(pl.scratch);
+    char *next = harness_join(pl.scratch, "next-src");
+    char *p;
+    goldclone_cache *cache = NULL;
+    goldclone_cancel *cancel = NULL;
+    goldclone_op_options o;
+    uint64_t gen = 0;
+    char s1[GOLDCLONE_PATH_BUF_SIZE], s2[GOLDCLONE_PATH_BUF_SIZE];
+
+    CHECK(mkdir(next, 0755) == 0);
+    p = harness_join(next, "version.txt"); CHECK(harness_write(p, "gen2\n") == 0); free(p);
+    CHECK_OK(goldclone_cache_open(pl.cache_root, NULL, &cache));
+    if (!cache) goto out;
+    CHECK_RC(goldclone_cache_import_next(cache, P, next, NULL, &gen), GOLDCLONE_RESULT_NOT_FOUND);
+    CHECK_OK(goldclone_cache_import(cache, P, golden, NULL));
+    CHECK_OK(goldclone_cache_setup(cache, P, "s1", s1, sizeof s1, NULL));
+    CHECK_RC(goldclone_cache_import_next(cache, NULL, next, NULL, &gen), GOLDCLONE_RESULT_NULL_PARAMETER);
+    CHECK_RC(goldclone_cache_import_next(cache, "../x", next, NULL, &gen), GOLDCLONE_RESULT_INVALID_NAME);
+    p = harness_join(pl.scratch, "missing");
+    CHECK_RC(goldclone_cache_import_next(cache, P, p, NULL, &gen), GOLDCLONE_RESULT_NOT_FOUND);
+    free(p);
+    CHECK_OK(goldclone_cancel_new(&cancel));
+    CHECK_OK(goldclone_cancel_cancel(cancel));
+    goldclone_op_options_init(&o);
+    o.cancel = cancel;
+    CHECK_RC(goldclone_cache_import_next(cache, P, next, &o, &gen), GOLDCLONE_RESULT_CANCELLED);
+    CHECK_OK(goldclone_cache_import_next(cache, P, next, NULL, &gen));
+    CHECK(gen == 2);
+    CHECK(file_is(s1, "version.txt", "gen1\n") && has(s1, "lib/data"));
+    CHECK_OK(goldclone_cache_setup(cache, P, "s2", s2, sizeof s2, NULL));
+    CHECK(file_is(s2, "version.txt", "gen2\n") && !has(s2, "lib"));
+    CHECK_OK(goldclone_cache_delete_project(cache, P));
+
+out:
+    goldclone_cancel_free(cancel);
+    goldclone_cache_free(cache);
+    free(next);
+    free(golden);
+    place_free(&pl);
+}
+
+static void test_import_next(void) { on_every_fs(import_next_on); }
+
 /* A session at a path of the caller's choosing: shown there (the same tree), reused at the
  * same path, refused where the path is bad (nothing made), removed again when the path buffer
  * is too small, and taken away with its directory by cleanup. */
@@ -934,6 +984,7 @@ int main(void) {
     RUN(test_progress_and_cancel);
     RUN(test_promote_with_edits);
     RUN(test_delete_project);
+    RUN(test_import_next);
     RUN(test_setup_at);
     RUN(test_log_callback);
     RUN(test_queries);

@@ -79,8 +79,10 @@ pub fn list(dir: &Path) -> Vec<String> {
 /// test the lifecycle's own logic, the same code on both, and run on ZFS only there, for the
 /// guest's time (emulated, it is most of CI's). `GOLDCLONE_TEST_ALL_ZVOL=1` runs every test on
 /// zvol as well.
-const ZVOL_TAGS: &[&str] =
-    &["full", "busy", "lost", "watch", "edit", "delete", "zvolopts", "at", "lazy", "ns", "mnt"];
+const ZVOL_TAGS: &[&str] = &[
+    "full", "busy", "lost", "watch", "edit", "delete", "zvolopts", "at", "lazy", "ns", "mnt",
+    "next",
+];
 
 /// One cache root per backend this machine has: in the ZFS guest the ZFS filesystem and zvol
 /// backends (each on a dataset of its own), elsewhere the copy backend on XFS and ext4 and the
