@@ -275,7 +275,9 @@ func (c *Cache) ImportContext(ctx context.Context, projectID, dir string, onProg
 // ImportNext makes dir the next generation of the existing project projectID, as a promote
 // makes a session one: sessions keep the generation they were made from, new sessions get this
 // one, and the previous generation goes once no session uses it. Progress and cancellation as
-// ImportContext (a cancelled import changes nothing); ErrNotFound if the project does not exist.
+// ImportContext (a cancelled import changes nothing; on ZFS and zvol a cancel that comes after
+// the new head's first lzc_promote is too late, and the import succeeds); ErrNotFound if the
+// project does not exist.
 func (c *Cache) ImportNext(ctx context.Context, projectID, dir string, onProgress func(copied, total int64)) (uint64, error) {
 	return c.importDir("ImportNext", ctx, projectID, dir, onProgress, true)
 }

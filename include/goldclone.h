@@ -747,7 +747,13 @@ goldclone_result goldclone_cache_import_with(const struct goldclone_cache *cache
  * new sessions get this one. `*generation` (may be NULL) receives it. Progress and
  * cancellation as `goldclone_cache_import_with` (`opts` may be NULL).
  *
- * Errors: NOT_FOUND (project, dir), NOT_A_DIRECTORY, INVALID_NAME, CANCELLED, NO_SPACE, IO.
+ * On ZFS and zvol a stop that comes after the new head's first `lzc_promote` is too late: the
+ * import finishes and succeeds.
+ *
+ * Errors: NOT_FOUND (project, dir), NOT_A_DIRECTORY, INVALID_NAME, INVALID_ARGUMENT (`dir`
+ * holds the cache root), ALREADY_EXISTS or DAMAGED (something without a record is where the
+ * generation goes), BUSY, CANCELLED, NO_SPACE, INCOMPLETE (undoing a failure failed too:
+ * recovery finishes it), IO.
  */
 goldclone_result goldclone_cache_import_next(const struct goldclone_cache *cache,
                                              const char *project,

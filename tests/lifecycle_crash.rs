@@ -606,6 +606,8 @@ const GUEST_AT: &[&str] =
 /// code with volumes, so these are where it does something else (makes an XFS, mounts one,
 /// freezes one for a snapshot) and each operation's commit. ZFS runs every point there.
 const GUEST_ZVOL: &[&str] = &[
+    "import:snapshot-taken",
+    "import:head-promoted",
     "import:tree-created",
     "import:current-written",
     "setup:tree-created",

@@ -193,6 +193,38 @@ f=open(sys.argv[1]); m=mmap.mmap(f.fileno(),0,prot=mmap.PROT_READ); f.close(); p
     let _ = fs::remove_dir_all(&src);
 }
 
+/// Class 1 at the kernel's limit: a process whose working directory is deeper inside the
+/// session than a path can name (over PATH_MAX, so its /proc link cannot be read) still holds
+/// it; cleanup is Busy, names it, and removes nothing.
+#[test]
+fn a_holder_deeper_than_path_max_still_holds() {
+    let src = scratch_tree("deep", "1", FILES);
+    let component = "d".repeat(200);
+    // 24 directories of 200 bytes: about 4.8 KiB below the session, past PATH_MAX (4096).
+    // Each step relative to the last (a shell's cd builds the whole path, and fails there).
+    let script = format!(
+        r#"exec python3 -c 'import os,sys,time
+os.chdir(sys.argv[1])
+for _ in range(24):
+    os.mkdir("{component}"); os.chdir("{component}")
+print("ready",flush=True); time.sleep(600)' "$1""#
+    );
+    for (root, name) in roots("deep") {
+        let cache = open(&root);
+        cache.import("proj", &src).unwrap();
+        let session = cache.setup("proj", "s1").unwrap();
+        let holder = Outsider::start(&script, &session);
+        let (pids, holders) = busy_holders(cache.cleanup("proj", "s1"), name);
+        assert!(pids.contains(&holder.pid()), "{name}: {holders:?} lacks pid {}", holder.pid());
+        assert_eq!(whole_generation(&session, FILES), "1", "{name}: the session was touched");
+        assert!(session.join(&component).is_dir(), "{name}: the deep tree was removed");
+        drop(holder);
+        cache.cleanup("proj", "s1").unwrap();
+        assert!(!session.exists(), "{name}");
+    }
+    let _ = fs::remove_dir_all(&src);
+}
+
 /// Class 2: removal never crosses a mount point. A host directory bind-mounted inside a
 /// session makes cleanup and promote Busy, naming the mount, and nothing on the other side is
 /// touched; removing such a tree directly stops at the mount.
@@ -679,15 +711,18 @@ fn a_descriptor_reused_while_examined_holds_nothing() {
                 }
             }
             // And a file that is held open inside the session still holds it.
-            if let Ok(session) = cache.setup("proj", "x") {
-                let held = fs::File::open(session.join("generation")).ok();
-                match cache.cleanup("proj", "x") {
-                    Err(e) if e.kind() == ErrorKind::Busy => {}
-                    other => failures.push(format!("held: {other:?}")),
-                }
-                drop(held);
-                if let Err(e) = cache.cleanup("proj", "x") {
-                    failures.push(format!("after: {e}"));
+            match cache.setup("proj", "x") {
+                Err(e) => failures.push(format!("held: setup: {e}")),
+                Ok(session) => {
+                    let held = fs::File::open(session.join("generation")).ok();
+                    match cache.cleanup("proj", "x") {
+                        Err(e) if e.kind() == ErrorKind::Busy => {}
+                        other => failures.push(format!("held: {other:?}")),
+                    }
+                    drop(held);
+                    if let Err(e) = cache.cleanup("proj", "x") {
+                        failures.push(format!("after: {e}"));
+                    }
                 }
             }
             stop.store(true, Ordering::Relaxed);

@@ -168,6 +168,7 @@ export -f lane_b
 unshare -m --propagation private bash -c lane_b &
 lane_b_pid=\$!
 for _ in \$(seq 600); do [ -e "$results/lane-b-ready" ] && break; sleep 0.1; done
+[ -e "$results/lane-b-ready" ] || echo "lane B did not start within 60 s" >>"$results/lane-problems.txt"
 
 zfs create -o mountpoint=none gcta/lc >>"$results/modprobe.log" 2>&1
 mkdir -p /tmp/gc-roots
@@ -189,7 +190,7 @@ GOLDCLONE_BIN="$goldclone_bin" GOLDCLONE_DOCKERD_SCRATCH=/tmp/gc-dk-scratch \
   GOLDCLONE_DOCKERD_ROOTS="zfs:/tmp/gc-dk-zfs zvol:/tmp/gc-dk-zvol" \
   timeout 900 bash "$repo/tests/dockerd.sh" >"$results/zfs-dockerd.log" 2>&1
 stamp dockerd
-wait \$lane_b_pid
+wait \$lane_b_pid || echo "lane B exited \$?" >>"$results/lane-problems.txt"
 stamp "lane B done, lane A waited"
 zfs list -H -o name -r -t all gcta/lc gctb/lc | grep -vx -e gcta/lc -e gctb/lc >"$results/lc-leftovers.txt"
 
@@ -303,6 +304,9 @@ fi
 summarize no-libzfs_core:test-zfs_host "$results/broken-lib.log"
 if [ -s "$results/leftovers.txt" ]; then
   problems+=("datasets left behind by the ZFS tests: $(tr '\n' ' ' <"$results/leftovers.txt")")
+fi
+if [ -s "$results/lane-problems.txt" ]; then
+  problems+=("$(tr '\n' ' ' <"$results/lane-problems.txt")")
 fi
 [ -f "$results/guest-done" ] || problems+=("guest did not finish (vng exit $vm_rc; see $results/vng.log)")
 [ "$zfs_ran" -ge "$MIN_ZFS_TESTS" ] || problems+=("only $zfs_ran ZFS tests ran (need >= $MIN_ZFS_TESTS)")

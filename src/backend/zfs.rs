@@ -14,6 +14,9 @@
 //!                             All live snapshots sit on the current head H.
 //! R/<project>/s-<session>     a session: clone of the current generation's snapshot, mounted
 //!                             at ROOT/<project>/sessions/<session>
+//! R/<project>/i<M>            while generation M is imported from a directory after N: a clone
+//!                             of `gN@genN`, emptied and filled, snapshotted as `i<M>@genM`, then
+//!                             made the head `gM` as a promote does with a session's snapshot
 //! ```
 //!
 //! Records name datasets and snapshots by guid: a dataset is destroyed only when its guid is the
@@ -48,7 +51,8 @@ use crate::zfs::mount::{self, MountOptions};
 use crate::zfs::{CanMount, DatasetName, Props, SnapshotName, ZcpValue, Zfs, ZfsErrorKind};
 use crate::{Context, Error, Result};
 
-/// Fault points only the ZFS backends reach (between their promote's steps).
+/// Fault points only the ZFS backends reach (between the steps that make a new head: a
+/// promote's, and an import's of the next generation).
 pub(crate) const FAULT_POINTS: &[&str] = &[
     "promote:snapshot-taken",
     "promote:head-promoted",
@@ -481,6 +485,10 @@ return out"#;
                 let fd = rustix::fs::openat(&parent, name, crate::sys::fs::READ_DIR, Mode::empty())
                     .at("open", &dir)?;
                 for name in rootdir::list_fd(fd.as_fd(), &dir)? {
+                    // The snapshot directory, where the user's dataset shows it.
+                    if !self.volumes && name == ".zfs" {
+                        continue;
+                    }
                     watch.check()?;
                     copy::remove_at(fd.as_fd(), &name, &dir.join(&name))?;
                 }
@@ -631,16 +639,16 @@ impl Backend for ZfsBackend {
             return Ok(None);
         }
         let tree = self.import_dataset(&g.project, g.number)?;
-        if self.volumes {
-            zvol::thaw_if_frozen(&root.join(staging));
-        }
         self.unmount_and_rmdir(root, &tree, staging)?;
         let snap = tree.snapshot(&format!("gen{}", g.number))?;
         let head = self.head(&g.project, g.number)?;
         if self.exists(snap.as_str())? {
             // No lzc_promote has run (it would have moved this snapshot to the head): undo.
-            // A head cloned from it has no snapshots of its own yet.
-            self.destroy_if_exists(&head)?;
+            // A head cloned from it has no snapshots of its own yet: destroyed alone, never as
+            // a tree, so that if it had some the destroy fails rather than take them along.
+            if self.exists(head.as_str())? {
+                self.zfs.destroy(&head)?;
+            }
             self.destroy_if_exists(&tree)?;
             return Ok(None);
         }

@@ -193,6 +193,18 @@ fn link_path(target: &OsStr) -> Option<PathBuf> {
     Some(PathBuf::from(OsStr::from_bytes(b)))
 }
 
+/// The mounts process `pid` sees; `None` if it is gone. A line that does not parse is
+/// skipped, never the whole namespace.
+fn read_mounts(pid: u32) -> Option<Vec<Mount>> {
+    let text = std::fs::read(format!("/proc/{pid}/mountinfo")).ok()?;
+    Some(
+        text.split(|&c| c == b'\n')
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| parse_line_bytes(l).ok())
+            .collect(),
+    )
+}
+
 fn comm(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|s| s.trim().to_string())
@@ -220,14 +232,8 @@ impl Scan {
             let index = match keys.get(&key) {
                 Some(&i) => i,
                 None => {
-                    // Unreadable (the process is gone): its links are gone too. A line that
-                    // does not parse is skipped, never the whole namespace.
-                    let Ok(text) = std::fs::read(base.join("mountinfo")) else { continue };
-                    let mounts: Vec<Mount> = text
-                        .split(|&c| c == b'\n')
-                        .filter(|l| !l.is_empty())
-                        .filter_map(|l| parse_line_bytes(l).ok())
-                        .collect();
+                    // Unreadable (the process is gone): its links are gone too.
+                    let Some(mounts) = read_mounts(pid) else { continue };
                     let by_id = mounts.iter().enumerate().map(|(i, m)| (m.mount_id, i)).collect();
                     frames.push(Frame { mounts, by_id, pid, ns });
                     keys.insert(key, frames.len() - 1);
@@ -328,13 +334,19 @@ impl Scan {
         }
         let mut seen = BTreeSet::new();
         for (label, link) in links {
-            let Some(target) = read_link(&link) else { continue };
-            let Some(path) = link_path(&target) else { continue };
-            // One check per object: a library is mapped many times.
-            if !seen.insert(path) && label.starts_with("map_files") {
-                continue;
+            match std::fs::read_link(&link) {
+                Ok(target) => {
+                    let Some(path) = link_path(target.as_os_str()) else { continue };
+                    // One check per object: a library is mapped many times.
+                    if !seen.insert(path) && label.starts_with("map_files") {
+                        continue;
+                    }
+                }
+                // Deeper than PATH_MAX: the object is still there to look at.
+                Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => {}
+                Err(_) => continue,
             }
-            if let Some(path) = self.object_inside(frame, &link, loc, tree_dev) {
+            if let Some(path) = self.object_inside(pid, frame, &link, loc, tree_dev) {
                 return Some(format!("{label} {}", path.display()));
             }
         }
@@ -350,6 +362,7 @@ impl Scan {
     /// its link with a mount read a moment later may belong to two different files.
     fn object_inside(
         &self,
+        pid: u32,
         frame: &Frame,
         link: &Path,
         loc: &Location,
@@ -357,13 +370,22 @@ impl Scan {
     ) -> Option<PathBuf> {
         // Gone (closed, the process exited) or not ours to follow: it holds nothing we can see.
         let pinned = rustix::fs::open(link, OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).ok()?;
-        let path =
-            link_path(&read_link(Path::new(&format!("/proc/self/fd/{}", pinned.as_raw_fd())))?)?;
+        // thread-self: this thread's descriptor table, which may not be the process's.
+        let own = format!("/proc/thread-self/fd/{}", pinned.as_raw_fd());
         let st = fstatx(pinned.as_fd(), MntId::Listed).ok()?;
-        let inside = match st.mnt_id {
-            Some(id) => {
-                self.mount_holds(frame, id, &path, (st.dev_major, st.dev_minor), loc, tree_dev)
+        let dev = (st.dev_major, st.dev_minor);
+        let path = match std::fs::read_link(&own) {
+            Ok(target) => link_path(target.as_os_str())?,
+            // A path too long for the kernel to name: busy if it is on the location's
+            // filesystem at all (when in doubt, busy).
+            Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => {
+                return (dev == loc.dev || dev == tree_dev)
+                    .then(|| PathBuf::from("(a path longer than PATH_MAX)"));
             }
+            Err(_) => return None,
+        };
+        let inside = match st.mnt_id {
+            Some(id) => self.mount_holds(pid, frame, id, &path, dev, loc, tree_dev),
             // A kernel without STATX_MNT_ID (before 5.8): the mount the path names in the
             // holder's own view.
             None => find_mount(&frame.mounts, &path)
@@ -374,8 +396,10 @@ impl Scan {
 
     /// Whether an object the kernel names `path`, on mount `id` and device `dev`, lies inside
     /// `loc`.
+    #[allow(clippy::too_many_arguments)] // the object, its process, and what it is judged by
     fn mount_holds(
         &self,
+        pid: u32,
         frame: &Frame,
         id: u64,
         path: &Path,
@@ -391,6 +415,15 @@ impl Scan {
         let mut any = None;
         for m in candidates {
             any.get_or_insert(m);
+            if let Some(p) = fs_path(m, path) {
+                return loc.contains(dev_of(m), &p);
+            }
+        }
+        // A mount no frame of the scan lists may be younger than the scan: the process made
+        // it, or moved to a new mount namespace, since. Its mounts as they are now.
+        let fresh = if any.is_none() { read_mounts(pid) } else { None };
+        if let Some(m) = fresh.as_ref().and_then(|ms| ms.iter().find(|m| m.mount_id == id)) {
+            any = Some(m);
             if let Some(p) = fs_path(m, path) {
                 return loc.contains(dev_of(m), &p);
             }

@@ -370,12 +370,7 @@ impl Cache {
             let generation = 1;
             self.store.generation_free(&self.generation(project, generation, generation), None)?;
             let staging = state::own_name("import", "1");
-            let intent = Intent::Import {
-                project: project.to_string(),
-                generation,
-                staging,
-                previous: None,
-            };
+            let intent = Intent::Import { project: project.to_string(), generation, staging };
             self.run(
                 &intent,
                 || Ok(()),
@@ -429,11 +424,11 @@ impl Cache {
         let g = self.next_generation(project, &previous)?;
         self.store.generation_free(&g, None)?;
         let number = g.number;
-        let intent = Intent::Import {
+        let intent = Intent::ImportNext {
             project: project.to_string(),
             generation: number,
+            previous: previous.number,
             staging: state::own_name("import", &number.to_string()),
-            previous: Some(previous.number),
         };
         // The exclusive lock keeps everything checked above as it is.
         let imported = self.run(
@@ -1640,7 +1635,9 @@ impl Cache {
     /// Where an intent's staging (or trash) name lives.
     fn staging_of(&self, intent: &Intent) -> PathBuf {
         match intent {
-            Intent::Import { project, staging, .. } | Intent::Promote { project, staging, .. } => {
+            Intent::Import { project, staging, .. }
+            | Intent::ImportNext { project, staging, .. }
+            | Intent::Promote { project, staging, .. } => {
                 Layout::generations(project).join(staging)
             }
             Intent::Setup { project, staging, .. } => Layout::sessions(project).join(staging),
@@ -1974,7 +1971,7 @@ impl Cache {
     ) -> Result<T> {
         let record = self.record(intent)?;
         fault::point(match intent {
-            Intent::Import { .. } => "import:intent-recorded",
+            Intent::Import { .. } | Intent::ImportNext { .. } => "import:intent-recorded",
             Intent::Setup { .. } => "setup:intent-recorded",
             Intent::Promote { .. } => "promote:intent-recorded",
             Intent::Cleanup { .. } => "cleanup:intent-recorded",
@@ -2040,7 +2037,7 @@ impl Cache {
         let root = &self.root;
         let staging = self.staging_of(intent);
         match intent {
-            Intent::Import { project, generation, previous: Some(previous), .. } => {
+            Intent::ImportNext { project, generation, previous, .. } => {
                 let current = read_current(root, project)?;
                 if current == Some(*generation) {
                     let g = self.generation(project, *generation, *generation);
@@ -2049,10 +2046,19 @@ impl Cache {
                         "{project}: finished import of generation {generation}"
                     )));
                 }
-                // Under the exclusive lock nothing else moved `current` meanwhile.
-                let head = current.unwrap_or(*previous);
-                let g = self.generation(project, *generation, head);
-                let previous = self.generation(project, head, head);
+                // Under the exclusive lock nothing else moves `current`: anything but the
+                // generation it began from is state not to act on.
+                if current != Some(*previous) {
+                    return Err(Error::Damaged {
+                        path: root.join(&Layout::current(project)),
+                        what: format!(
+                            "names generation {current:?}, but an import of generation \
+                             {generation} began from {previous}"
+                        ),
+                    });
+                }
+                let g = self.generation(project, *generation, *previous);
+                let previous = self.generation(project, *previous, *previous);
                 if let Some(identity) =
                     self.store.recover_import_next(root, &g, &previous, &staging)?
                 {
@@ -2066,7 +2072,7 @@ impl Cache {
                     "{project}: rolled back import of generation {generation}"
                 )))
             }
-            Intent::Import { project, generation, previous: None, .. } => {
+            Intent::Import { project, generation, .. } => {
                 let g = self.generation(project, *generation, *generation);
                 if read_current(root, project)? == Some(*generation) {
                     self.ensure_published(&g, &staging)?;

@@ -145,10 +145,16 @@ pub(crate) enum Intent {
         project: String,
         generation: u64,
         staging: String,
-        /// The current generation when an import of the project's next generation began
-        /// (`Cache::import_next`); none for a project's first.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        previous: Option<u64>,
+    },
+    /// `Cache::import_next`: a directory as generation `generation` after `previous` (the
+    /// current generation when it began). An operation of its own, not an `Import` with one
+    /// more field: a goldclone that does not know it must leave it alone (damaged state),
+    /// never undo it as a first import, which would remove the project's generations.
+    ImportNext {
+        project: String,
+        generation: u64,
+        previous: u64,
+        staging: String,
     },
     Setup {
         project: String,
@@ -198,6 +204,7 @@ impl Intent {
     pub fn project(&self) -> &str {
         match self {
             Intent::Import { project, .. }
+            | Intent::ImportNext { project, .. }
             | Intent::Setup { project, .. }
             | Intent::Promote { project, .. }
             | Intent::Cleanup { project, .. }
@@ -208,7 +215,13 @@ impl Intent {
     /// Whether resolving it needs the project's exclusive lock: it may change `current` or the
     /// generations every setup reads.
     pub fn is_exclusive(&self) -> bool {
-        matches!(self, Intent::Import { .. } | Intent::Promote { .. } | Intent::Delete { .. })
+        matches!(
+            self,
+            Intent::Import { .. }
+                | Intent::ImportNext { .. }
+                | Intent::Promote { .. }
+                | Intent::Delete { .. }
+        )
     }
 
     /// The session it is about, if any.
@@ -217,7 +230,7 @@ impl Intent {
             Intent::Setup { session, .. }
             | Intent::Promote { session, .. }
             | Intent::Cleanup { session, .. } => Some(session),
-            Intent::Import { .. } | Intent::Delete { .. } => None,
+            Intent::Import { .. } | Intent::ImportNext { .. } | Intent::Delete { .. } => None,
         }
     }
 
@@ -225,7 +238,9 @@ impl Intent {
     /// generation (import and promote hold the exclusive lock anyway).
     fn file_name(&self) -> String {
         match self {
-            Intent::Import { generation, .. } | Intent::Promote { generation, .. } => {
+            Intent::Import { generation, .. }
+            | Intent::ImportNext { generation, .. }
+            | Intent::Promote { generation, .. } => {
                 format!("generation-{generation}.json")
             }
             Intent::Setup { session, .. } | Intent::Cleanup { session, .. } => {
@@ -254,6 +269,7 @@ impl Intent {
         }
         let (generation, name) = match self {
             Intent::Import { generation, staging, .. }
+            | Intent::ImportNext { generation, staging, .. }
             | Intent::Setup { generation, staging, .. }
             | Intent::Promote { generation, staging, .. } => (*generation, staging),
             Intent::Cleanup { trash, .. } => (1, trash),
@@ -265,7 +281,7 @@ impl Intent {
         if !is_own_name(name) {
             return Err(format!("names {name:?}, not a name goldclone makes"));
         }
-        if let Intent::Import { previous: Some(previous), .. } = self {
+        if let Intent::ImportNext { previous, .. } = self {
             if *previous == 0 || *previous >= generation {
                 return Err(format!("imports generation {generation} after {previous}"));
             }
@@ -944,17 +960,16 @@ mod tests {
             project: "../outside".into(),
             generation: 1,
             staging: own_name("import", "x"),
-            previous: None,
         };
         assert!(outside.validate("../outside").is_err());
-        for previous in [0, 3, 4] {
-            let after = Intent::Import {
+        for previous in [0, 1, 2, 3, 4] {
+            let after = Intent::ImportNext {
                 project: "p".into(),
                 generation: 3,
+                previous,
                 staging: own_name("import", "3"),
-                previous: Some(previous),
             };
-            assert!(after.validate("p").is_err(), "{previous}");
+            assert_eq!(after.validate("p").is_ok(), (1..3).contains(&previous), "{previous}");
         }
         let staging =
             Intent::Cleanup { project: "p".into(), session: "s".into(), trash: "../../etc".into() };
