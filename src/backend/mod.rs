@@ -708,12 +708,18 @@ pub(crate) fn describe(e: &rootdir::Entry, wanted: &str) -> String {
     format!("holds {kind} (device {}, inode {}), not the recorded {wanted}", e.dev, e.ino)
 }
 
-/// The open source directory `src` (the caller's path: a symlink at its end is followed).
-pub(crate) fn open_source(src: &Path) -> Result<OwnedFd> {
+/// The source directory `src` is a directory (a symlink at its end is followed).
+pub(crate) fn check_source(src: &Path) -> Result<()> {
     let meta = std::fs::metadata(src).at("stat", src)?;
     if !meta.is_dir() {
         return Err(Error::NotADirectory { path: src.to_path_buf() });
     }
+    Ok(())
+}
+
+/// The open source directory `src` (the caller's path: a symlink at its end is followed).
+pub(crate) fn open_source(src: &Path) -> Result<OwnedFd> {
+    check_source(src)?;
     // Following a final symlink (the caller's path), but not moving the source's atime.
     let flags =
         rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC;

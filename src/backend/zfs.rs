@@ -576,10 +576,7 @@ impl Backend for ZfsBackend {
         staging: &Path,
         watch: &Watch,
     ) -> Result<Identity> {
-        let meta = std::fs::metadata(src).at("stat", src)?;
-        if !meta.is_dir() {
-            return Err(Error::NotADirectory { path: src.to_path_buf() });
-        }
+        super::check_source(src)?;
         self.ensure_container(&g.project)?;
         let head = self.head(&g.project, g.number)?;
         let result = (|| {
@@ -609,10 +606,7 @@ impl Backend for ZfsBackend {
         staging: &Path,
         watch: &Watch,
     ) -> Result<Identity> {
-        let meta = std::fs::metadata(src).at("stat", src)?;
-        if !meta.is_dir() {
-            return Err(Error::NotADirectory { path: src.to_path_buf() });
-        }
+        super::check_source(src)?;
         self.check_owned(&g.project)?;
         let tree = self.import_dataset(&g.project, g.number)?;
         self.absent(&tree)?;
