@@ -1144,17 +1144,7 @@ fn info_size_is_counted_once_per_generation() {
         assert_eq!(kept.exists(), walks, "{name}: a kept count only where a walk made it");
         assert_eq!(cache.info("proj").unwrap().size_bytes, first, "{name}");
         let s = cache.setup("proj", "s").unwrap();
-        // Not compressible (ZFS compresses by default).
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let noise: Vec<u8> = (0..4 << 20)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        fs::write(s.join("big"), noise).unwrap();
+        fs::write(s.join("big"), noise(4 << 20, 0)).unwrap();
         assert_eq!(cache.promote("proj", "s").unwrap(), 2, "{name}");
         let second = cache.info("proj").unwrap().size_bytes;
         assert!(second >= first + (4 << 20) - (64 << 10), "{name}: {first} -> {second}");
@@ -1170,6 +1160,80 @@ fn info_size_is_counted_once_per_generation() {
         assert!(!root.path.join(".goldclone/projects/proj").exists(), "{name}: state left");
     }
     let _ = fs::remove_dir_all(&src);
+}
+
+/// `btrfs` as the test filesystem's tools print it, checked.
+fn btrfs_cli(args: &[&str]) -> String {
+    let out = Command::new("btrfs").args(args).output().expect("btrfs (btrfs-progs) runs");
+    assert!(out.status.success(), "btrfs {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The `rfer` of qgroup `0/<subvolume of path>`, as `btrfs qgroup show` prints it.
+fn qgroup_rfer(mnt: &Path, path: &Path) -> u64 {
+    let id = btrfs_cli(&["inspect-internal", "rootid", path.to_str().unwrap()]);
+    let want = format!("0/{}", id.trim());
+    let table = btrfs_cli(&["qgroup", "show", "--raw", "--sync", mnt.to_str().unwrap()]);
+    let row = table.lines().find(|l| l.split_whitespace().next() == Some(want.as_str()));
+    let row = row.unwrap_or_else(|| panic!("no qgroup {want} in\n{table}"));
+    row.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// On btrfs with quotas on, a generation's size is its subvolume's qgroup count, read (no walk,
+/// nothing kept beside the records); with quotas off the tree is walked once, as elsewhere.
+#[test]
+fn btrfs_sizes_come_from_qgroups_where_quotas_are_on() {
+    if std::env::var_os("GOLDCLONE_TEST_ZFS_PARENT").is_some() {
+        return; // the ZFS guest has no btrfs; the host's run of this suite has this test
+    }
+    let Some(mnt) = common::mount(common::Fs::BtrfsQuota) else { return };
+    // Quotas on and the counts consistent, also after an earlier run of this test.
+    btrfs_cli(&["quota", "enable", mnt.to_str().unwrap()]);
+    btrfs_cli(&["quota", "rescan", "-w", mnt.to_str().unwrap()]);
+    let root = common::Scratch::new(&mnt, "qgroup");
+    let src = scratch_tree("qgroup", "1", 3);
+    fs::write(src.join("big"), noise(4 << 20, 1)).unwrap();
+    let opts = OpenOptions { backend: Some(BackendKind::Btrfs), ..Default::default() };
+    let cache = Cache::open(&root.path, &opts).unwrap();
+    cache.import("proj", &src).unwrap();
+    let kept = root.join(".goldclone/projects/proj/size.json");
+
+    let first = cache.info("proj").unwrap().size_bytes;
+    assert_eq!(first, qgroup_rfer(&mnt, &root.join("proj/gen/1")), "the qgroup's count");
+    assert!(first >= 4 << 20, "{first}: the 4 MiB file is counted");
+    assert!(!kept.exists(), "a count read from the qgroup is not kept");
+
+    let s = cache.setup("proj", "s").unwrap();
+    fs::write(s.join("big2"), noise(8 << 20, 2)).unwrap();
+    assert_eq!(cache.promote("proj", "s").unwrap(), 2);
+    let second = cache.info("proj").unwrap().size_bytes;
+    assert_eq!(second, qgroup_rfer(&mnt, &root.join("proj/gen/2")));
+    // Shared extents are referenced by both generations: counted in each.
+    assert!(second >= first + (8 << 20), "{first} -> {second}");
+    assert!(!kept.exists());
+
+    // Without quotas there is no count to read: a walk, kept for the generation.
+    btrfs_cli(&["quota", "disable", mnt.to_str().unwrap()]);
+    let walked = cache.info("proj").unwrap().size_bytes;
+    assert!(walked >= 12 << 20, "{walked}");
+    assert!(kept.exists(), "the walk's count is kept");
+    cache.cleanup("proj", "s").unwrap();
+    cache.delete_project("proj").unwrap();
+    btrfs_cli(&["quota", "enable", mnt.to_str().unwrap()]);
+    let _ = fs::remove_dir_all(&src);
+}
+
+/// `len` bytes that do not compress (ZFS compresses by default), different for each `seed`.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ seed.wrapping_mul(0x2545_f491_4f6c_dd1d);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }
 
 /// A lazy cleanup of a session in use (the service's stop of a container that is still

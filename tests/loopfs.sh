@@ -9,17 +9,18 @@
 #
 # Needs root and mkfs.xfs / mkfs.btrfs / mkfs.ext4 (.ci/install-deps.sh installs them).
 # Layout, under DIR=${GOLDCLONE_LOOP_DIR:-/var/tmp/goldclone-loop}:
-#   img/{xfs,btrfs,ext4,small}.img   sparse image files
+#   img/{xfs,btrfs,btrfsq,ext4,small}.img   sparse image files
 #   mnt/xfs    XFS, 4 GiB, reflink=1         (FICLONE)
 #   mnt/btrfs  btrfs, 4 GiB                  (FICLONE)
+#   mnt/btrfsq btrfs, 1 GiB, quotas enabled  (sizes from qgroups)
 #   mnt/ext4   ext4, 4 GiB, -i 8192          (copy_file_range, no FICLONE)
 #   mnt/tmpfs  tmpfs, size=2G                (no FICLONE; cross-fs copy)
 #   mnt/small  ext4, 64 MiB                  (ENOSPC test)
-#   env        GOLDCLONE_TEST_{XFS,BTRFS,EXT4,TMPFS,SMALL}=<mount point>, sourceable
+#   env        GOLDCLONE_TEST_{XFS,BTRFS,BTRFSQ,EXT4,TMPFS,SMALL}=<mount point>, sourceable
 set -euo pipefail
 
 DIR=${GOLDCLONE_LOOP_DIR:-/var/tmp/goldclone-loop}
-NAMES=(xfs btrfs ext4 tmpfs small)
+NAMES=(xfs btrfs btrfsq ext4 tmpfs small)
 
 log() { printf '[loopfs] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -27,6 +28,7 @@ die() { log "error: $*"; exit 1; }
 size_of() {
   case $1 in
     xfs|btrfs) echo 4G ;;
+    btrfsq) echo 1G ;;
     ext4) echo 4G ;;
     small) echo 64M ;;
     tmpfs) echo 2G ;;
@@ -36,7 +38,7 @@ size_of() {
 fstype_of() {
   case $1 in
     xfs) echo xfs ;;
-    btrfs) echo btrfs ;;
+    btrfs|btrfsq) echo btrfs ;;
     ext4|small) echo ext4 ;;
     tmpfs) echo tmpfs ;;
   esac
@@ -48,7 +50,7 @@ mkfs_one() {
   local name=$1 img=$2
   case $name in
     xfs) mkfs.xfs -q -f -m reflink=1 "$img" ;;
-    btrfs) mkfs.btrfs -q -f "$img" >/dev/null ;;
+    btrfs|btrfsq) mkfs.btrfs -q -f "$img" >/dev/null ;;
     # one inode per 8 KiB: a 100K-entry benchmark tree and its copy need 200K inodes
     ext4) mkfs.ext4 -q -F -i 8192 -E lazy_itable_init=0,lazy_journal_init=0 "$img" ;;
     # no journal on the small one: more of its 64 MiB is usable and ENOSPC comes predictably
@@ -79,6 +81,9 @@ up_one() {
       *) mount -o loop "$img" "$mnt" ;;
     esac
   fi
+  if [ "$name" = btrfsq ]; then
+    btrfs quota enable "$mnt"
+  fi
   chmod 0755 "$mnt"
   log "$name: $(findmnt -rn -o SOURCE,FSTYPE,SIZE --mountpoint "$mnt" 2>/dev/null || df -h "$mnt" | tail -1)"
 }
@@ -96,7 +101,7 @@ write_env() {
 
 cmd_up() {
   [ "$(id -u)" = 0 ] || die "must run as root (mount, mkfs)"
-  for t in mkfs.xfs mkfs.btrfs mkfs.ext4 findmnt losetup; do
+  for t in mkfs.xfs mkfs.btrfs btrfs mkfs.ext4 findmnt losetup; do
     command -v "$t" >/dev/null 2>&1 || die "$t not found (run .ci/install-deps.sh)"
   done
   mkdir -p "$DIR/mnt"

@@ -241,4 +241,22 @@ impl Backend for BtrfsBackend {
     fn remove_trash(&self, root: &RootDir, trash: &Path) -> Result<()> {
         self.remove(root, trash)
     }
+
+    /// The generation's qgroup `rfer` where quotas are on and exact (see
+    /// [`sys::btrfs::qgroup_referenced`]); else `None`, and the lifecycle walks the tree.
+    fn counted_size(&self, root: &RootDir, g: &Generation) -> Option<u64> {
+        let fd = root.dir(&g.place).ok()?;
+        let id = sys::btrfs::btrfs_subvolume_id(fd.as_fd()).ok()?;
+        match sys::btrfs::qgroup_referenced(fd.as_fd(), id) {
+            Ok(count) => count,
+            Err(e) => {
+                tracing::debug!(
+                    target: "goldclone::backend",
+                    "{}: no qgroup count ({e}), walking the tree",
+                    root.join(&g.place).display()
+                );
+                None
+            }
+        }
+    }
 }

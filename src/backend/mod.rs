@@ -595,15 +595,12 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
-    /// Whether [`Backend::size`] reads a count the backend keeps (ZFS's `referenced`) rather
-    /// than walking the tree.
-    fn counts_size(&self) -> bool {
-        false
-    }
-
-    /// Bytes the generation occupies, as this backend counts them.
-    fn size(&self, root: &RootDir, generation: &Generation) -> u64 {
-        root.dir(&generation.place).map_or(0, |fd| disk_usage(fd, &root.join(&generation.place)))
+    /// Bytes the generation occupies, where this backend keeps that count (ZFS's `referenced`,
+    /// a btrfs qgroup): read, not walked. `None` where it keeps none, and the lifecycle walks
+    /// the tree once ([`disk_usage`]).
+    fn counted_size(&self, root: &RootDir, generation: &Generation) -> Option<u64> {
+        let _ = (root, generation);
+        None
     }
 
     /// Things of `project` this backend holds apart from the root's directories (ZFS datasets)

@@ -962,18 +962,16 @@ impl Backend for ZfsBackend {
         Ok(())
     }
 
-    fn counts_size(&self) -> bool {
-        true
-    }
-
-    fn size(&self, _root: &RootDir, g: &Generation) -> u64 {
-        let Ok(snap) = self.generation_snapshot(&g.project, g.head, g.number) else { return 0 };
+    fn counted_size(&self, _root: &RootDir, g: &Generation) -> Option<u64> {
+        let Ok(snap) = self.generation_snapshot(&g.project, g.head, g.number) else {
+            return Some(0);
+        };
         match self.props(snap.as_str(), &["referenced"]) {
             Ok(Some(t)) => match t.get("referenced") {
-                Some(ZcpValue::Int(i)) => *i as u64,
-                _ => 0,
+                Some(ZcpValue::Int(i)) => Some(*i as u64),
+                _ => Some(0),
             },
-            _ => 0,
+            _ => Some(0),
         }
     }
 

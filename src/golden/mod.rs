@@ -71,7 +71,9 @@ pub struct GoldenInfo {
     pub source_session: Option<String>,
     /// The backend holding it.
     pub backend: BackendKind,
-    /// Bytes used by the golden tree (as the backend counts them).
+    /// Bytes used by the golden tree: ZFS's `referenced`, on btrfs with quotas on the
+    /// subvolume's qgroup `rfer` (both read, not walked), else the allocated bytes of a walk
+    /// made once per generation.
     pub size_bytes: u64,
     /// Sessions of this project that exist now, with the generation each was made from.
     pub sessions: Vec<(String, u64)>,
@@ -1500,12 +1502,13 @@ impl Cache {
         })
     }
 
-    /// The size of generation `g`: the backend's own count where it keeps one (ZFS), else a
-    /// walk of the tree, made once per generation (a committed generation never changes) and
-    /// kept in the project's `size.json`. The caller holds the project's lock.
+    /// The size of generation `g`: the backend's own count where it keeps one (ZFS, btrfs
+    /// with quotas), else a walk of the tree, made once per generation (a committed generation
+    /// never changes) and kept in the project's `size.json`. The caller holds the project's
+    /// lock.
     fn golden_size(&self, project: &str, g: &Generation) -> u64 {
-        if self.store.counts_size() {
-            return self.store.size(&self.root, g);
+        if let Some(bytes) = self.store.counted_size(&self.root, g) {
+            return bytes;
         }
         let cache = Layout::size_cache(project);
         if let Ok(Some(c)) = state::read_json::<state::SizeCache>(&self.root, &cache) {
@@ -1513,7 +1516,10 @@ impl Cache {
                 return c.bytes;
             }
         }
-        let bytes = self.store.size(&self.root, g);
+        let bytes = self
+            .root
+            .dir(&g.place)
+            .map_or(0, |fd| crate::backend::disk_usage(fd, &self.root.join(&g.place)));
         let counted = state::SizeCache { generation: g.number, bytes };
         // Only a saving: a count that cannot be kept is made again next time.
         let _ = state::write_json(&self.root, &cache, &counted);

@@ -119,3 +119,111 @@ pub fn btrfs_subvolume_id(fd: BorrowedFd<'_>) -> io::Result<u64> {
 }
 
 const _: () = assert!(std::mem::size_of::<BtrfsInoLookupArgs>() == 4096);
+
+// linux/btrfs_tree.h: the quota tree and its items.
+const BTRFS_QUOTA_TREE_OBJECTID: u64 = 8;
+const BTRFS_QGROUP_STATUS_KEY: u32 = 240;
+const BTRFS_QGROUP_INFO_KEY: u32 = 242;
+const BTRFS_QGROUP_STATUS_FLAG_ON: u64 = 1 << 0;
+const BTRFS_QGROUP_STATUS_FLAG_INCONSISTENT: u64 = 1 << 1;
+const BTRFS_QGROUP_STATUS_FLAG_RESCAN: u64 = 1 << 2;
+const BTRFS_QGROUP_STATUS_FLAG_SIMPLE_MODE: u64 = 1 << 3;
+
+/// `struct btrfs_ioctl_search_key`.
+#[repr(C)]
+struct SearchKey {
+    tree_id: u64,
+    min_objectid: u64,
+    max_objectid: u64,
+    min_offset: u64,
+    max_offset: u64,
+    min_transid: u64,
+    max_transid: u64,
+    min_type: u32,
+    max_type: u32,
+    nr_items: u32,
+    unused: u32,
+    unused1: [u64; 4],
+}
+
+/// `struct btrfs_ioctl_search_args`: the key, then items as (`struct
+/// btrfs_ioctl_search_header`, item) pairs.
+#[repr(C)]
+struct SearchArgs {
+    key: SearchKey,
+    buf: [u8; 4096 - std::mem::size_of::<SearchKey>()],
+}
+
+const _: () = assert!(std::mem::size_of::<SearchKey>() == 104);
+const _: () = assert!(std::mem::size_of::<SearchArgs>() == 4096);
+/// `struct btrfs_ioctl_search_header`: transid, objectid, offset (u64), type, len (u32).
+const SEARCH_HEADER_LEN: usize = 32;
+
+nix::ioctl_readwrite!(ioctl_tree_search, 0x94, 17, SearchArgs);
+
+/// The item of the quota tree with key (0, `key_type`, `offset`), if there is one.
+fn quota_item(fd: BorrowedFd<'_>, key_type: u32, offset: u64) -> io::Result<Option<Vec<u8>>> {
+    let mut args = SearchArgs {
+        key: SearchKey {
+            tree_id: BTRFS_QUOTA_TREE_OBJECTID,
+            min_objectid: 0,
+            max_objectid: 0,
+            min_offset: offset,
+            max_offset: offset,
+            min_transid: 0,
+            max_transid: u64::MAX,
+            min_type: key_type,
+            max_type: key_type,
+            nr_items: 1,
+            unused: 0,
+            unused1: [0; 4],
+        },
+        buf: [0; 4096 - std::mem::size_of::<SearchKey>()],
+    };
+    // SAFETY: `fd` is open; `args` is a live, fully initialised btrfs_ioctl_search_args that the
+    // kernel reads and writes within its 4096 bytes.
+    match unsafe { ioctl_tree_search(fd.as_raw_fd(), &mut args) } {
+        Ok(_) => {}
+        // No quota tree: quotas were never enabled.
+        Err(nix::errno::Errno::ENOENT) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    if args.key.nr_items == 0 {
+        return Ok(None);
+    }
+    let u32_at = |at: usize| u32::from_ne_bytes(args.buf[at..at + 4].try_into().unwrap());
+    let u64_at = |at: usize| u64::from_ne_bytes(args.buf[at..at + 8].try_into().unwrap());
+    // The search is bounded to one key, but check what came back rather than trust it.
+    let (objectid, item_offset, item_type, len) = (u64_at(8), u64_at(16), u32_at(24), u32_at(28));
+    let len = len as usize;
+    if objectid != 0 || item_offset != offset || item_type != key_type {
+        return Ok(None);
+    }
+    let item = args.buf.get(SEARCH_HEADER_LEN..SEARCH_HEADER_LEN + len);
+    Ok(item.map(<[u8]>::to_vec))
+}
+
+/// The bytes the subvolume `subvol_id` references, as its level-0 qgroup counts them, where
+/// that count is kept and exact: quotas on, neither inconsistent nor being rescanned, and not
+/// simple quotas (which charge shared extents to the subvolume that wrote them, not to every
+/// snapshot that references them). `None` where there is no such count.
+///
+/// Reads the quota tree with `BTRFS_IOC_TREE_SEARCH` (CAP_SYS_ADMIN; EPERM without it). The
+/// counts are those of the last committed transaction.
+pub fn qgroup_referenced(fd: BorrowedFd<'_>, subvol_id: u64) -> io::Result<Option<u64>> {
+    // struct btrfs_qgroup_status_item: version, generation, flags, rescan (le64 each).
+    let Some(status) = quota_item(fd, BTRFS_QGROUP_STATUS_KEY, 0)? else { return Ok(None) };
+    let le64 =
+        |b: &[u8], at: usize| b.get(at..at + 8).map(|s| u64::from_le_bytes(s.try_into().unwrap()));
+    let Some(flags) = le64(&status, 16) else { return Ok(None) };
+    let unusable = BTRFS_QGROUP_STATUS_FLAG_INCONSISTENT
+        | BTRFS_QGROUP_STATUS_FLAG_RESCAN
+        | BTRFS_QGROUP_STATUS_FLAG_SIMPLE_MODE;
+    if flags & BTRFS_QGROUP_STATUS_FLAG_ON == 0 || flags & unusable != 0 {
+        return Ok(None);
+    }
+    // struct btrfs_qgroup_info_item: generation, rfer, rfer_cmpr, excl, excl_cmpr (le64 each);
+    // a level-0 qgroup's id is its subvolume's id.
+    let Some(info) = quota_item(fd, BTRFS_QGROUP_INFO_KEY, subvol_id)? else { return Ok(None) };
+    Ok(le64(&info, 8))
+}

@@ -1,7 +1,7 @@
 //! Helpers for the integration tests that run on real, loop-mounted filesystems.
 //!
 //! `tests/loopfs.sh up` mounts them and writes their mount points to an env file; the tests read
-//! `GOLDCLONE_TEST_{XFS,BTRFS,EXT4,TMPFS,SMALL}`. A missing variable fails the test, unless
+//! `GOLDCLONE_TEST_{XFS,BTRFS,BTRFSQ,EXT4,TMPFS,SMALL}`. A missing variable fails the test, unless
 //! `GOLDCLONE_SKIP_LOOPFS=1` says to skip (a developer's explicit opt-out): these tests must never
 //! pass without having run.
 #![allow(dead_code)]
@@ -23,6 +23,8 @@ pub enum Fs {
     Xfs,
     /// btrfs.
     Btrfs,
+    /// btrfs with quotas enabled.
+    BtrfsQuota,
     /// ext4 (no FICLONE).
     Ext4,
     /// tmpfs (no FICLONE, no block device).
@@ -37,6 +39,7 @@ impl Fs {
         match self {
             Fs::Xfs => "GOLDCLONE_TEST_XFS",
             Fs::Btrfs => "GOLDCLONE_TEST_BTRFS",
+            Fs::BtrfsQuota => "GOLDCLONE_TEST_BTRFSQ",
             Fs::Ext4 => "GOLDCLONE_TEST_EXT4",
             Fs::Tmpfs => "GOLDCLONE_TEST_TMPFS",
             Fs::Small => "GOLDCLONE_TEST_SMALL",
@@ -47,7 +50,7 @@ impl Fs {
         use nix::sys::statfs::*;
         match self {
             Fs::Xfs => XFS_SUPER_MAGIC,
-            Fs::Btrfs => BTRFS_SUPER_MAGIC,
+            Fs::Btrfs | Fs::BtrfsQuota => BTRFS_SUPER_MAGIC,
             Fs::Ext4 | Fs::Small => EXT4_SUPER_MAGIC,
             Fs::Tmpfs => TMPFS_MAGIC,
         }
@@ -55,7 +58,7 @@ impl Fs {
 
     /// Whether FICLONE works on it.
     pub fn reflinks(self) -> bool {
-        matches!(self, Fs::Xfs | Fs::Btrfs)
+        matches!(self, Fs::Xfs | Fs::Btrfs | Fs::BtrfsQuota)
     }
 }
 
