@@ -181,6 +181,11 @@ enum goldclone_backend
      * The exact parallel tree copy (reflinked where the filesystem can).
      */
     GOLDCLONE_BACKEND_COPY = 4,
+    /**
+     * A filesystem image (XFS) per generation; sessions are reflinked copies of it on loop
+     * devices, mounted `nouuid`.
+     */
+    GOLDCLONE_BACKEND_IMAGE = 5,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -396,6 +401,12 @@ typedef struct goldclone_open_options {
      * 0 = 8192. INVALID_ARGUMENT otherwise.
      */
     uint64_t zvol_block_size;
+    /**
+     * image backend: size in bytes of a new generation's image, which its sessions get too;
+     * 0 = four times the imported tree, at least 16 GiB, at most the root's filesystem
+     * (images are sparse). At least 512 MiB: INVALID_ARGUMENT otherwise.
+     */
+    uint64_t image_size;
 } goldclone_open_options;
 
 /**

@@ -76,8 +76,9 @@ fn setup_promote_cleanup_gc_on_every_backend() {
         assert!(report.is_empty(), "{name}: gc found leftovers of clean operations: {report:?}");
         let left = snapshot_tree(&root.path.join("proj"));
         let mut want: BTreeSet<PathBuf> = ["gen", "sessions"].iter().map(PathBuf::from).collect();
-        if matches!(root.backend, BackendKind::Copy | BackendKind::Btrfs) {
-            want.insert(PathBuf::from("gen/2")); // a directory or subvolume; on ZFS a snapshot
+        if matches!(root.backend, BackendKind::Copy | BackendKind::Btrfs | BackendKind::Image) {
+            // a directory, subvolume or image file; on ZFS a snapshot
+            want.insert(PathBuf::from("gen/2"));
         }
         let top: BTreeSet<PathBuf> =
             left.into_iter().filter(|p| p.components().count() <= 2).collect();
@@ -258,7 +259,8 @@ fn gc_reports_a_session_whose_directory_and_record_are_gone() {
         let lost = cache.setup("proj", "lost").unwrap();
         fs::write(lost.join("private"), "x").unwrap();
         let on_zfs = matches!(root.backend, BackendKind::Zfs | BackendKind::Zvol);
-        if on_zfs {
+        let image = root.backend == BackendKind::Image;
+        if on_zfs || image {
             nix::mount::umount2(&lost, nix::mount::MntFlags::empty()).unwrap();
         }
         goldclone::copy::remove_tree(&lost).unwrap();
@@ -266,8 +268,12 @@ fn gc_reports_a_session_whose_directory_and_record_are_gone() {
 
         let report = cache.gc().unwrap();
         assert!(report.removed.is_empty() && report.failed.is_empty(), "{name}: {report:?}");
-        let reported: Vec<&String> = report.kept.iter().filter(|r| r.contains("s-lost")).collect();
-        assert_eq!(reported.len(), usize::from(on_zfs), "{name}: {report:?}");
+        let reported: Vec<&String> = report
+            .kept
+            .iter()
+            .filter(|r| r.contains("s-lost") || r.contains(".goldclone/images/proj/lost "))
+            .collect();
+        assert_eq!(reported.len(), usize::from(on_zfs || image), "{name}: {report:?}");
         assert_eq!(report.kept.len(), reported.len(), "{name}: {report:?}");
         // The other session is untouched.
         assert_eq!(whole_generation(&kept, 5), "1", "{name}");
@@ -278,6 +284,21 @@ fn gc_reports_a_session_whose_directory_and_record_are_gone() {
                 "{name}: setup over an unrecorded dataset"
             );
             assert!(!root.path.join("proj/sessions/lost").exists(), "{name}");
+        }
+        if image {
+            // The lost session's image is kept, and its name not reused over it.
+            let img = root.path.join(".goldclone/images/proj/lost");
+            assert!(img.is_file(), "{name}: the unrecorded image is gone");
+            assert_eq!(
+                cache.setup("proj", "lost").unwrap_err().kind(),
+                ErrorKind::AlreadyExists,
+                "{name}: setup over an unrecorded image"
+            );
+            assert!(img.is_file(), "{name}: a refused setup removed the image");
+            assert!(!root.path.join("proj/sessions/lost").exists(), "{name}");
+            fs::remove_file(&img).unwrap(); // the operator's own cleanup frees the name
+        }
+        if on_zfs {
             // The operator's own cleanup of the dataset frees the name.
             let zfs = goldclone::zfs::Zfs::open().unwrap();
             let ds = report.kept[0].split_whitespace().find(|w| w.ends_with("s-lost")).unwrap();
@@ -547,7 +568,9 @@ fn promote_with_edits_and_consume() {
     let drops: Vec<PathBuf> =
         ["containers", "network", "overlay2/l2", "etc-link", "not/there"].map(PathBuf::from).into();
     for (root, name) in roots("edit") {
-        let on_zfs = matches!(root.backend, BackendKind::Zfs | BackendKind::Zvol);
+        // The backend promotes the session itself (ZFS, images): edits need consume.
+        let on_zfs =
+            matches!(root.backend, BackendKind::Zfs | BackendKind::Zvol | BackendKind::Image);
         let cache = open(&root);
         cache.import("proj", &src).unwrap();
         let bystander = cache.setup("proj", "bystander").unwrap();
@@ -914,7 +937,7 @@ fn failed_promotes_give_everything_back() {
         let fail = |_: &Path, _: u64| -> HookResult { Err("no".into()) };
 
         // A drop inside another: both go back.
-        let err = promote(&["overlay2/l2", "overlay2"], &fail).unwrap_err();
+        let err = promote(&["overlay2/l2", "overlay2"], &fail).expect_err(name);
         assert_eq!(err.kind(), ErrorKind::EditFailed, "{name}: {err}");
         for d in ["overlay2/l1", "overlay2/l2"] {
             assert_eq!(fs::read_to_string(s1.join(d).join("data")).unwrap(), d, "{name}: {d}");
@@ -1140,7 +1163,8 @@ fn info_size_is_counted_once_per_generation() {
         let first = cache.info("proj").unwrap().size_bytes;
         assert!(first > 0, "{name}");
         let kept = root.path.join(".goldclone/projects/proj/size.json");
-        let walks = !matches!(root.backend, BackendKind::Zfs | BackendKind::Zvol);
+        let walks =
+            !matches!(root.backend, BackendKind::Zfs | BackendKind::Zvol | BackendKind::Image);
         assert_eq!(kept.exists(), walks, "{name}: a kept count only where a walk made it");
         assert_eq!(cache.info("proj").unwrap().size_bytes, first, "{name}");
         let s = cache.setup("proj", "s").unwrap();
@@ -1263,13 +1287,16 @@ fn lazy_cleanup_of_a_session_in_use() {
         let s2 = cache.setup("proj", "s2").unwrap();
         let mut users = vec![
             // The namespace starts as a copy of ours: other tests' sessions at callers' paths
-            // (their binds) are let go there first, or they would be held by it.
+            // (their binds) and their mounted sessions (images) are let go there first, or
+            // they would be held by it.
             Command::new("unshare")
                 .args(["-m", "sh", "-c"])
                 .arg(format!(
-                    "awk '$5 ~ /-shown\\// && $5 != \"{0}\" {{print $5}}' /proc/self/mountinfo \
+                    "awk '($5 ~ /-shown\\// || $5 ~ /\\/sessions\\//) && $5 != \"{0}\" && \
+                     index($5, \"{1}/\") != 1 {{print $5}}' /proc/self/mountinfo \
                      | while read -r m; do umount -l \"$m\"; done; cd {0} && exec sleep 600",
-                    p1.display()
+                    p1.display(),
+                    root.path.display()
                 ))
                 .stdout(Stdio::null())
                 .spawn()
@@ -1422,4 +1449,68 @@ fn import_next_makes_a_directory_the_next_generation() {
     }
     let _ = fs::remove_dir_all(&first);
     let _ = fs::remove_dir_all(&second);
+}
+
+/// The extents of file `path`, as `filefrag` (e2fsprogs, FIEMAP) counts them.
+fn extents(path: &Path) -> u64 {
+    let out = Command::new("filefrag").arg(path).output().expect("filefrag (e2fsprogs)");
+    assert!(out.status.success(), "filefrag {}", path.display());
+    let text = String::from_utf8(out.stdout).unwrap();
+    // "<path>: N extents found"
+    let n = text.rsplit(": ").next().unwrap().split_whitespace().next().unwrap();
+    n.parse().unwrap_or_else(|_| panic!("filefrag said {text:?}"))
+}
+
+/// Image backend: promoting a session whose image is fragmented (its blocks written one in two
+/// after they were shared with a generation) gives a generation whose image is rewritten
+/// sequentially, so that sessions from it clone in bounded time; its content is the session's.
+#[test]
+fn a_fragmented_image_is_rewritten_at_promote() {
+    let src = scratch_tree("frag", "1", 3);
+    let mut ran = 0;
+    for (root, name) in roots("frag") {
+        if root.backend != BackendKind::Image {
+            continue;
+        }
+        ran += 1;
+        let cache = open(&root);
+        cache.import("proj", &src).unwrap();
+        let s = cache.setup("proj", "s").unwrap();
+        let big = s.join("big");
+        fs::write(&big, noise(48 << 20, 3)).unwrap();
+        assert_eq!(cache.promote("proj", "s").unwrap(), 2, "{name}");
+        // Its blocks are shared with generation 2 now: each one overwritten is copied on write,
+        // one extent apart from the next.
+        let mut want = noise(48 << 20, 3);
+        {
+            use std::os::unix::fs::FileExt;
+            let f = fs::OpenOptions::new().write(true).open(&big).unwrap();
+            for block in (0..(48 << 20) / 4096).step_by(2) {
+                let at = block * 4096;
+                want[at..at + 4096].fill(0x5a);
+                f.write_all_at(&want[at..at + 4096], at as u64).unwrap();
+            }
+            f.sync_all().unwrap();
+        }
+        let session_image = root.path.join(".goldclone/images/proj/s");
+        // The inner XFS's writes reach the image once it is frozen (as promote does).
+        assert_eq!(cache.promote("proj", "s").unwrap(), 3, "{name}");
+        let fragmented = extents(&session_image);
+        assert!(fragmented > 4096, "{name}: the session's image has only {fragmented} extents");
+        let generation = extents(&root.path.join("proj/gen/3"));
+        assert!(generation <= 4096, "{name}: generation 3 kept {generation} extents");
+        let s2 = cache.setup("proj", "s2").unwrap();
+        assert!(fs::read(s2.join("big")).unwrap() == want, "{name}: the rewrite changed the data");
+        for session in ["s", "s2"] {
+            cache.cleanup("proj", session).unwrap();
+        }
+        // Generation 2 went with its last session's promote; nothing else is left.
+        let report = cache.gc().unwrap();
+        assert!(report.kept.is_empty() && report.failed.is_empty(), "{name}: {report:?}");
+        assert!(cache.gc().unwrap().is_empty(), "{name}");
+    }
+    if std::env::var_os("GOLDCLONE_TEST_ZFS_PARENT").is_none() {
+        assert_eq!(ran, 2, "the image roots did not run");
+    }
+    let _ = fs::remove_dir_all(&src);
 }

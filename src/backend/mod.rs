@@ -19,6 +19,7 @@
 
 pub(crate) mod btrfs;
 pub(crate) mod copy;
+pub(crate) mod image;
 pub(crate) mod rootdir;
 pub(crate) mod zfs;
 pub(crate) mod zvol;
@@ -67,6 +68,9 @@ pub enum BackendKind {
     Btrfs = 3,
     /// The exact parallel tree copy (reflinked where the filesystem can).
     Copy = 4,
+    /// A filesystem image (XFS) per generation; sessions are reflinked copies of it on loop
+    /// devices, mounted `nouuid`.
+    Image = 5,
 }
 
 impl BackendKind {
@@ -80,6 +84,7 @@ impl BackendKind {
         match self {
             BackendKind::Zfs | BackendKind::Zvol => zfs::FAULT_POINTS,
             BackendKind::Copy => copy::FAULT_POINTS,
+            BackendKind::Image => image::FAULT_POINTS,
             BackendKind::Btrfs => &[],
         }
     }
@@ -147,6 +152,8 @@ pub(crate) struct Settings {
     pub zvol_size: u64,
     /// zvol: `volblocksize` of new volumes (0 = 8 KiB).
     pub zvol_block_size: u64,
+    /// image: size of a new generation's image (0 = from the tree and the filesystem).
+    pub image_size: u64,
 }
 
 /// A backend chosen for a cache root and checked against it, before anything is written.
@@ -159,6 +166,7 @@ pub(crate) struct Plan {
 #[derive(Debug)]
 enum Build {
     Copy,
+    Image,
     Btrfs,
     Zfs(zfs::Placement, bool),
 }
@@ -176,6 +184,7 @@ pub(crate) fn plan(root: &Path, requested: Option<BackendKind>) -> Result<Plan> 
     log_choice(root, &found, kind, requested.is_some());
     let build = match kind {
         BackendKind::Copy => Build::Copy,
+        BackendKind::Image => image::check(root, &found).map(|()| Build::Image)?,
         BackendKind::Btrfs => btrfs::check(root, &found).map(|()| Build::Btrfs)?,
         BackendKind::Zfs | BackendKind::Zvol => {
             Build::Zfs(zfs::placement(root, &found, kind)?, kind == BackendKind::Zvol)
@@ -198,6 +207,14 @@ fn log_choice(root: &Path, found: &Detection, kind: BackendKind, requested: bool
              and O(bytes); btrfs, ZFS or XFS with reflink would be faster"
         ),
         (_, BackendKind::Btrfs) => "btrfs: sessions are writable snapshots".into(),
+        (detect::Backend::Reflink { .. }, BackendKind::Image) => format!(
+            "{fs} shares extents: a generation is an XFS image, a session a reflink of it on a \
+             loop device, O(extents)"
+        ),
+        (_, BackendKind::Image) => format!(
+            "{fs} cannot share extents: a generation is an XFS image, a session a sparse copy \
+             of it on a loop device, O(bytes)"
+        ),
         (_, BackendKind::Zfs) => "a ZFS dataset: sessions are clones".into(),
         (_, BackendKind::Zvol) => "an XFS on a zvol: sessions are volume clones".into(),
     };
@@ -220,6 +237,10 @@ impl Plan {
     pub fn build(self, cache_id: &str, settings: Settings) -> Result<Box<dyn Backend>> {
         Ok(match self.build {
             Build::Copy => Box::new(copy::CopyBackend { threads: settings.copy_threads }),
+            Build::Image => Box::new(image::ImageBackend {
+                threads: settings.copy_threads,
+                image_size: settings.image_size,
+            }),
             Build::Btrfs => Box::new(btrfs::BtrfsBackend { threads: settings.copy_threads }),
             Build::Zfs(place, volumes) => {
                 Box::new(zfs::ZfsBackend::new(place, volumes, settings, cache_id)?)
@@ -332,8 +353,8 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Nothing of this backend's is where `session` would be made. Checked before the setup's
     /// intent is recorded, so that undoing the setup never removes what was there before.
-    fn session_free(&self, session: &Session) -> Result<()> {
-        let _ = session;
+    fn session_free(&self, root: &RootDir, session: &Session) -> Result<()> {
+        let _ = (root, session);
         Ok(())
     }
 
@@ -488,6 +509,17 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
         staging
     }
 
+    /// [`Backend::publish`] for a session: backends whose sessions are mounts made at their
+    /// place (images) build sessions in place even where generations move from staging.
+    fn publish_session(&self, root: &RootDir, staging: &Path, place: &Path) -> Result<()> {
+        self.publish(root, staging, place)
+    }
+
+    /// [`Backend::built_at`] for a session (see [`Backend::publish_session`]).
+    fn session_built_at<'p>(&self, staging: &'p Path, place: &'p Path) -> &'p Path {
+        self.built_at(staging, place)
+    }
+
     /// Where the tree recorded as `id` is, for a tree whose place is `place`.
     fn presence(&self, root: &RootDir, place: &Path, id: &Identity) -> Result<Presence>;
 
@@ -590,8 +622,8 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Remove what this backend holds of `project` apart from its trees (ZFS: the project's
     /// container dataset), once every session and generation is gone: the end of a delete.
-    fn remove_project(&self, project: &str) -> Result<()> {
-        let _ = project;
+    fn remove_project(&self, root: &RootDir, project: &str) -> Result<()> {
+        let _ = (root, project);
         Ok(())
     }
 
@@ -607,12 +639,13 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
     /// that no record names and that are not `owed` removals: reported by gc, never removed.
     fn unrecorded(
         &self,
+        root: &RootDir,
         project: &str,
         sessions: &[String],
         generations: &[u64],
         owed: &[Identity],
     ) -> Result<Vec<String>> {
-        let _ = (project, sessions, generations, owed);
+        let _ = (root, project, sessions, generations, owed);
         Ok(Vec::new())
     }
 }

@@ -530,7 +530,7 @@ impl Backend for ZfsBackend {
         true
     }
 
-    fn session_free(&self, s: &Session) -> Result<()> {
+    fn session_free(&self, _root: &RootDir, s: &Session) -> Result<()> {
         self.absent(&self.session_dataset(&s.project, &s.name)?)
     }
 
@@ -939,7 +939,7 @@ impl Backend for ZfsBackend {
         }
     }
 
-    fn remove_project(&self, project: &str) -> Result<()> {
+    fn remove_project(&self, _root: &RootDir, project: &str) -> Result<()> {
         // Ours only (our mark, set on the container itself). With its sessions gone, what is
         // left under it is the heads of its generations (the lifecycle checked that nothing
         // else is): each goes with its snapshots, then the container itself, alone.
@@ -977,6 +977,7 @@ impl Backend for ZfsBackend {
 
     fn unrecorded(
         &self,
+        _root: &RootDir,
         project: &str,
         sessions: &[String],
         generations: &[u64],

@@ -59,6 +59,10 @@ pub struct goldclone_open_options {
     /// zvol backend: `volblocksize` of new volumes, a power of two from 4096 to 131072;
     /// 0 = 8192. INVALID_ARGUMENT otherwise.
     pub zvol_block_size: u64,
+    /// image backend: size in bytes of a new generation's image, which its sessions get too;
+    /// 0 = four times the imported tree, at least 16 GiB, at most the root's filesystem
+    /// (images are sparse). At least 512 MiB: INVALID_ARGUMENT otherwise.
+    pub image_size: u64,
 }
 
 fn cache(c: *const goldclone_cache) -> Result<Arc<Cache>, Failure> {
@@ -133,6 +137,7 @@ pub unsafe extern "C" fn goldclone_cache_open(
                 copy_threads: o.copy_threads as usize,
                 zvol_size: o.zvol_size,
                 zvol_block_size: o.zvol_block_size,
+                image_size: o.image_size,
             },
         )?;
         let h = handle::register(Object::Cache(Arc::new(c)));

@@ -56,6 +56,11 @@ pub struct OpenOptions {
     /// from 4 KiB to 128 KiB; 0 picks 8 KiB (16 KiB costs XFS metadata writes a 4x
     /// read-modify-write).
     pub zvol_block_size: u64,
+    /// Backend setting passed through (image): size of a new generation's image, which every
+    /// session made from it gets too; 0 picks four times the imported tree, at least 16 GiB,
+    /// at most the cache root's filesystem. Images are sparse: only written blocks use space.
+    /// At least 512 MiB (an XFS needs 300 MiB).
+    pub image_size: u64,
 }
 
 /// What a project's golden tree is now.
@@ -298,6 +303,11 @@ impl Cache {
                 ),
             });
         }
+        if opts.image_size != 0 && opts.image_size < 512 << 20 {
+            return Err(Error::InvalidArgument {
+                what: format!("image size {} is less than 512 MiB", opts.image_size),
+            });
+        }
         let canonical = root.canonicalize().at("canonicalize", root)?;
         let plan = backend::plan(&canonical, opts.backend)?;
         let dir = RootDir::open(&canonical)?;
@@ -306,6 +316,7 @@ impl Cache {
             copy_threads: opts.copy_threads,
             zvol_size: opts.zvol_size,
             zvol_block_size: opts.zvol_block_size,
+            image_size: opts.image_size,
         };
         let store = plan.build(&cache_id, settings)?;
         let mut cache = Cache { root: dir, store, opened: GcReport::default() };
@@ -591,7 +602,7 @@ impl Cache {
             {
                 return Err(Error::AlreadyExists { path: self.root.join(&s.place) });
             }
-            self.store.session_free(&s)?;
+            self.store.session_free(&self.root, &s)?;
             at.map(|at| attach::Target::check(at, &self.cache_trees()?)).transpose()
         };
         free()?;
@@ -623,7 +634,7 @@ impl Cache {
                 if let Some(target) = &target {
                     // Before the commit: a setup that cannot show the session where asked
                     // has not happened. The bind follows the tree when it is published.
-                    let tree = self.store.built_at(&staging, &s.place);
+                    let tree = self.store.session_built_at(&staging, &s.place);
                     target.attach(&self.root, tree, &staging_name)?;
                     fault::point("setup:attached");
                 }
@@ -646,7 +657,7 @@ impl Cache {
                 fault::point("setup:meta-written");
                 // Failing here (even after the rename, on its fsync), recovery decides from what is
                 // where: the record stays for it.
-                self.store.publish(&self.root, &staging, &s.place)?;
+                self.store.publish_session(&self.root, &staging, &s.place)?;
                 Ok(path.clone())
             },
         )
@@ -1388,8 +1399,11 @@ impl Cache {
             n.parse::<u64>().is_ok_and(|g| generations.contains(&g))
         })?;
         let owed = self.owed_ids(project)?;
-        if let Some(d) =
-            self.store.unrecorded(project, &sessions, &[current], &owed)?.into_iter().next()
+        if let Some(d) = self
+            .store
+            .unrecorded(&self.root, project, &sessions, &[current], &owed)?
+            .into_iter()
+            .next()
         {
             return Err(Error::Damaged {
                 path: self.root.join(&Layout::project(project)),
@@ -1448,13 +1462,15 @@ impl Cache {
         }
         // Checked again: what someone made under the project since the delete began is theirs.
         let owed = self.owed_ids(project)?;
-        if let Some(d) = self.store.unrecorded(project, &[], &[head], &owed)?.into_iter().next() {
+        if let Some(d) =
+            self.store.unrecorded(&self.root, project, &[], &[head], &owed)?.into_iter().next()
+        {
             return Err(Error::Damaged {
                 path: root.join(&Layout::project(project)),
                 what: format!("{d} has no record: left alone, the delete stays unfinished"),
             });
         }
-        self.store.remove_project(project)?;
+        self.store.remove_project(&self.root, project)?;
         for t in root.list(&Layout::trash(project))? {
             let path = Layout::trash(project).join(&t);
             if t.to_str().is_some_and(state::is_detached_name)
@@ -2115,7 +2131,7 @@ impl Cache {
                         Presence::Absent => {
                             if self.store.presence(root, &staging, &meta.identity)?
                                 == Presence::Here
-                                && self.store.publish(root, &staging, &s.place).is_ok()
+                                && self.store.publish_session(root, &staging, &s.place).is_ok()
                             {
                                 return Ok(Outcome::Finished(what("finished")));
                             }
@@ -2123,7 +2139,7 @@ impl Cache {
                     }
                 }
                 if let Some(at) = at {
-                    let built = self.store.built_at(&staging, &s.place).into();
+                    let built = self.store.session_built_at(&staging, &s.place).into();
                     self.detach(&Session { place: built, ..s.clone() }, at, made_by)?;
                     attach::remove_unfinished(at, made_by)?;
                 }
@@ -2578,7 +2594,13 @@ impl Cache {
                 report.kept.push(format!("{}: not a record; left alone", self.at(&dir.join(o))));
             }
         }
-        for d in self.store.unrecorded(project, &sessions, &[current], &self.owed_ids(project)?)? {
+        for d in self.store.unrecorded(
+            &self.root,
+            project,
+            &sessions,
+            &[current],
+            &self.owed_ids(project)?,
+        )? {
             report.kept.push(format!("{project}: {d} has no record; left alone"));
         }
         Ok(())

@@ -12,6 +12,7 @@ pub mod block;
 pub mod btrfs;
 pub mod detect;
 pub mod fs;
+pub mod loopdev;
 pub mod xattr;
 
 /// A name part nobody else has made in this boot: the process id, the clock in nanoseconds and

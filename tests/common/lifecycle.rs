@@ -105,9 +105,11 @@ pub fn roots(tag: &str) -> Vec<(Root, &'static str)> {
         ("copy-xfs", super::Fs::Xfs, BackendKind::Copy),
         ("copy-ext4", super::Fs::Ext4, BackendKind::Copy),
         ("btrfs", super::Fs::Btrfs, BackendKind::Btrfs),
+        ("image-xfs", super::Fs::Xfs, BackendKind::Image),
+        ("image-btrfs", super::Fs::Btrfs, BackendKind::Image),
     ] {
         let Some(mnt) = super::mount(fs_kind) else { continue }; // skipping was asked for
-        let path = mnt.join(format!("lifecycle-{tag}-{}", std::process::id()));
+        let path = mnt.join(format!("lifecycle-{tag}-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&path);
         fs::create_dir_all(&path).unwrap();
         out.push((Root { path, backend, _zfs: None }, name));

@@ -1,0 +1,836 @@
+//! The image backend: a generation is a sparse file holding an XFS, a session a reflink
+//! (FICLONE) of that file attached to a loop device and mounted `nouuid,discard` at the
+//! session's place. A session costs one clone of one file, in time proportional to the image's
+//! extents, not to the files inside it. Where the cache root's filesystem cannot reflink, the
+//! image is copied sparsely instead (only its data ranges).
+//!
+//! Under the cache root:
+//!
+//! ```text
+//! <project>/gen/<N>                     generation N's image (published from its staging name)
+//! <project>/sessions/<S>/               session S: the mount point of its image's XFS
+//! .goldclone/images/<project>/<S>       session S's image, a clone of its generation's
+//! ```
+//!
+//! A tree is identified by its image file (inode and birth time). A session is "here" only when
+//! its place is the mount of a loop device whose backing file is the recorded image (asked with
+//! `LOOP_GET_STATUS64`), so nothing but our own mount is ever unmounted. Loop devices are set
+//! up with autoclear: unmounting a session frees its device, and a process killed between
+//! attaching and mounting leaves no device behind. Promote freezes the session's XFS and clones
+//! its image as the next generation; older sessions keep images of their own.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rustix::fs::{Mode, OFlags};
+use serde::{Deserialize, Serialize};
+
+use super::rootdir::{self, RootDir};
+use super::{
+    check_source, describe, disk_usage, Backend, BackendKind, Generation, Identity, Presence,
+    Retired, Session, Watch,
+};
+use crate::copy::{self, CopyOptions};
+use crate::sys::loopdev;
+use crate::zfs::mount;
+use crate::{sys, Context, Error, Result};
+
+/// Fault points only this backend reaches.
+pub(crate) const FAULT_POINTS: &[&str] = &["setup:image-cloned", "import:image-filled"];
+
+/// The inner XFS's sector size and the loop devices' block size: with direct I/O the loop
+/// device takes its backing filesystem's sector size, and an XFS made for 512-byte sectors does
+/// not mount on 4096-byte ones.
+const SECTOR: u32 = 4096;
+
+/// Above this many extents a new generation's image is rewritten sequentially before it is
+/// committed: every session's FICLONE costs time in proportion to its source's extents (about
+/// 14-15 µs each, measured on this project's machine: 1,000 in 14 ms, 10,000 in 142 ms), and
+/// promoting session after session fragments an image further each time. 4,096 keeps a setup's
+/// clone near 60 ms at worst; BENCHMARKS.md has the measured curve.
+pub(crate) const MAX_EXTENTS: u64 = 4096;
+
+/// A tree of this backend: an image file, by its inode on the cache root's filesystem and its
+/// birth time where the filesystem records one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub(crate) enum ImageIdentity {
+    Image {
+        ino: u64,
+        birth: Option<u64>,
+        /// Where a session's image is (relative to the root), for a removal owed after a lazy
+        /// cleanup; a generation's image moves when it is published, and has none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<PathBuf>,
+    },
+}
+
+/// Whether this machine can run the image backend: `/dev/loop-control` opens read-write (root,
+/// or CAP_SYS_ADMIN), and `mkfs.xfs` is there. The reason where it cannot.
+pub(crate) fn usable() -> std::result::Result<(), String> {
+    rustix::fs::open("/dev/loop-control", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| format!("/dev/loop-control: {e}"))?;
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .any(|d| d.join("mkfs.xfs").is_file());
+    if !found {
+        return Err("mkfs.xfs not found (xfsprogs)".into());
+    }
+    Ok(())
+}
+
+#[derive(Debug)]
+pub(crate) struct ImageBackend {
+    pub threads: usize,
+    /// Size of a new generation's image; 0 picks one from the tree and the filesystem.
+    pub image_size: u64,
+}
+
+/// Where the images of `project`'s sessions are: made with its first generation, removed
+/// with the project.
+fn images_dir(project: &str) -> PathBuf {
+    Path::new(".goldclone/images").join(project)
+}
+
+/// Where session `s`'s image is.
+fn session_image(s: &Session) -> PathBuf {
+    images_dir(&s.project).join(&s.name)
+}
+
+/// The kernel's `dev_t` encoding (`new_encode_dev`, as `loop_info64.lo_device` carries it),
+/// decoded.
+fn decode_dev(dev: u64) -> (u32, u32) {
+    let major = ((dev >> 8) & 0xfff) as u32;
+    let minor = ((dev & 0xff) | ((dev >> 12) & 0xfff00)) as u32;
+    (major, minor)
+}
+
+/// The open image file at `rel` (not through a symlink), read-only or read-write.
+fn open_image(root: &RootDir, rel: &Path, write: bool) -> Result<OwnedFd> {
+    let (parent, name) = root.parent(rel)?;
+    let access = if write { OFlags::RDWR } else { OFlags::RDONLY };
+    let fd = rustix::fs::openat(
+        &parent,
+        name,
+        access | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .at_with("open", || root.join(rel))?;
+    let st = rustix::fs::fstat(&fd).at_with("stat", || root.join(rel))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(Error::Damaged { path: root.join(rel), what: "is not an image file".into() });
+    }
+    Ok(fd)
+}
+
+/// Create the new, empty image file `rel` (mode 0600); AlreadyExists if something is there.
+fn create_image(root: &RootDir, rel: &Path) -> Result<OwnedFd> {
+    let (parent, name) = root.parent(rel)?;
+    let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    rustix::fs::openat(&parent, name, flags, Mode::from_raw_mode(0o600)).map_err(|e| {
+        if e == rustix::io::Errno::EXIST {
+            Error::AlreadyExists { path: root.join(rel) }
+        } else {
+            Error::io("create", root.join(rel), e)
+        }
+    })
+}
+
+fn file_identity(root: &RootDir, fd: BorrowedFd<'_>, rel: &Path) -> Result<Identity> {
+    let e =
+        rootdir::statx_entry(fd, std::ffi::OsStr::new("")).at_with("stat", || root.join(rel))?;
+    Ok(Identity::new(&ImageIdentity::Image { ino: e.ino, birth: e.birth, path: None }))
+}
+
+/// `id` with the place of the session image it names.
+fn with_path(id: Identity, rel: &Path) -> Identity {
+    match id.get() {
+        Some(ImageIdentity::Image { ino, birth, .. }) => {
+            Identity::new(&ImageIdentity::Image { ino, birth, path: Some(rel.to_path_buf()) })
+        }
+        None => id,
+    }
+}
+
+/// Copy the image `src` into the empty file `dst`: a reflink where the filesystem shares
+/// extents, else its data ranges only (SEEK_DATA / SEEK_HOLE and copy_file_range), so that the
+/// copy stays as sparse as the image.
+fn clone_image(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, path: &Path) -> Result<()> {
+    match sys::fs::ficlone(dst, src) {
+        Ok(()) => return Ok(()),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::EXDEV | libc::EINVAL | libc::ENOTTY)
+            ) =>
+        {
+            tracing::debug!(
+                target: "goldclone::backend",
+                "{}: no reflink here ({e}); copying the image's data ranges",
+                path.display()
+            );
+        }
+        Err(e) => return Err(Error::io("FICLONE", path, e)),
+    }
+    let len = rustix::fs::fstat(src).at("stat", path)?.st_size as u64;
+    rustix::fs::ftruncate(dst, len).at("ftruncate", path)?;
+    for (start, end) in data_ranges(src, path)? {
+        let mut from = start;
+        while from < end {
+            let (mut off_in, mut off_out) = (from, from);
+            let n = rustix::fs::copy_file_range(
+                src,
+                Some(&mut off_in),
+                dst,
+                Some(&mut off_out),
+                (end - from).min(1 << 30) as usize,
+            )
+            .at("copy_file_range", path)?;
+            if n == 0 {
+                return Err(Error::io(
+                    "copy_file_range",
+                    path,
+                    std::io::Error::other("short copy"),
+                ));
+            }
+            from += n as u64;
+        }
+    }
+    Ok(())
+}
+
+/// Give back the blocks of the image's ranges that read as zeros without holding data: what
+/// SEEK_HOLE reports as a hole that is still allocated (mkfs's zeroed log and the inner XFS's
+/// zeroed ranges are unwritten extents). Punching them changes no byte of the image; it keeps
+/// its allocation, the generation's size, and what every session clones down to its data.
+fn punch_holes(image: BorrowedFd<'_>, path: &Path) -> Result<()> {
+    use rustix::fs::{FallocateFlags, SeekFrom};
+    let len = rustix::fs::fstat(image).at("stat", path)?.st_size as u64;
+    let mut at = 0u64;
+    while at < len {
+        let hole = match rustix::fs::seek(image, SeekFrom::Hole(at)) {
+            Ok(h) => h,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(e) => return Err(Error::io("lseek SEEK_HOLE", path, e)),
+        };
+        let data = match rustix::fs::seek(image, SeekFrom::Data(hole)) {
+            Ok(d) => d,
+            Err(rustix::io::Errno::NXIO) => len,
+            Err(e) => return Err(Error::io("lseek SEEK_DATA", path, e)),
+        };
+        if data > hole {
+            let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+            rustix::fs::fallocate(image, flags, hole, data - hole).at("fallocate punch", path)?;
+        }
+        at = data;
+    }
+    Ok(())
+}
+
+/// The name beside `staging` that [`defragment`] writes its sequential copy to.
+fn rewrite_name(staging: &Path) -> PathBuf {
+    let mut name = staging.file_name().unwrap_or_default().to_os_string();
+    name.push(".rewrite");
+    staging.with_file_name(name)
+}
+
+/// Bound the extents of the new image at `staging`: above [`MAX_EXTENTS`], its data is
+/// written again sequentially (read and written, never reflinked: a reflink would keep the
+/// fragments) to a file beside it, which then replaces it. Its holes stay holes. Returns the
+/// image (the same or the rewritten one) and whether it was rewritten.
+fn defragment(root: &RootDir, image: OwnedFd, staging: &Path) -> Result<(OwnedFd, bool)> {
+    let shown = root.join(staging);
+    let extents = loopdev::extent_count(image.as_fd()).at("FIEMAP", &shown)?;
+    if extents <= MAX_EXTENTS {
+        return Ok((image, false));
+    }
+    let started = std::time::Instant::now();
+    let tmp = rewrite_name(staging);
+    let _ = root.remove_file(&tmp); // left by a killed rewrite: ours, and never committed
+    let copy = create_image(root, &tmp)?;
+    let written = (|| {
+        let len = rustix::fs::fstat(&image).at("stat", &shown)?.st_size as u64;
+        rustix::fs::ftruncate(&copy, len).at_with("ftruncate", || root.join(&tmp))?;
+        let mut buf = vec![0u8; 4 << 20];
+        for (start, end) in data_ranges(image.as_fd(), &shown)? {
+            let mut at = start;
+            while at < end {
+                let want = ((end - at) as usize).min(buf.len());
+                let n = rustix::io::pread(&image, &mut buf[..want], at).at("pread", &shown)?;
+                if n == 0 {
+                    return Err(Error::io("pread", &shown, std::io::Error::other("short read")));
+                }
+                let mut done = 0;
+                while done < n {
+                    done += rustix::io::pwrite(&copy, &buf[done..n], at + done as u64)
+                        .at_with("pwrite", || root.join(&tmp))?;
+                }
+                at += n as u64;
+            }
+        }
+        rustix::fs::fsync(&copy).at_with("fsync", || root.join(&tmp))?;
+        let (to_fd, to) = root.parent(staging)?;
+        let (from_fd, from) = root.parent(&tmp)?;
+        rustix::fs::renameat(&from_fd, from, &to_fd, to).at("rename", &shown)?;
+        rustix::fs::fsync(&to_fd).at("fsync", &shown)
+    })();
+    if let Err(e) = written {
+        let _ = root.remove_file(&tmp);
+        return Err(e);
+    }
+    let after = loopdev::extent_count(copy.as_fd()).unwrap_or(0);
+    tracing::info!(
+        target: "goldclone::backend",
+        "{}: image had {extents} extents (more than {MAX_EXTENTS}): rewritten sequentially to \
+         {after} in {:?}, so that sessions clone it quickly",
+        shown.display(),
+        started.elapsed()
+    );
+    Ok((copy, true))
+}
+
+/// The data ranges of the open file `fd` (SEEK_DATA / SEEK_HOLE), as (start, end).
+fn data_ranges(fd: BorrowedFd<'_>, path: &Path) -> Result<Vec<(u64, u64)>> {
+    use rustix::fs::SeekFrom;
+    let len = rustix::fs::fstat(fd).at("stat", path)?.st_size as u64;
+    let mut out = Vec::new();
+    let mut at = 0u64;
+    while at < len {
+        let data = match rustix::fs::seek(fd, SeekFrom::Data(at)) {
+            Ok(d) => d,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(e) => return Err(Error::io("lseek SEEK_DATA", path, e)),
+        };
+        let hole = rustix::fs::seek(fd, SeekFrom::Hole(data)).at("lseek SEEK_HOLE", path)?;
+        out.push((data, hole.min(len)));
+        at = hole;
+    }
+    Ok(out)
+}
+
+/// Make an XFS in the open image `image` (at `path`): reflink on (docker's overlay2 and later
+/// sessions' copies share extents inside it), 4096-byte sectors (see [`SECTOR`]). There is no
+/// library for making an XFS: mkfs.xfs is the one program the library runs. `-K`: the image is
+/// new and sparse, discarding it first only costs time.
+fn make_xfs(image: BorrowedFd<'_>, path: &Path) -> Result<()> {
+    // Our descriptor, by its /proc name: the file we made, whatever its path now holds.
+    let by_fd =
+        format!("/proc/{}/fd/{}", std::process::id(), std::os::fd::AsRawFd::as_raw_fd(&image));
+    let out = Command::new("mkfs.xfs")
+        .args(["-q", "-f", "-K", "-m", "reflink=1", "-s", "size=4096"])
+        .arg(&by_fd)
+        .output()
+        .at("spawn mkfs.xfs", path)?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(Error::io(
+            "mkfs.xfs",
+            path,
+            std::io::Error::other(format!("exited with {}: {}", out.status, stderr.trim())),
+        ));
+    }
+    Ok(())
+}
+
+/// Mount the XFS on block device `dev` detached (fsopen / fsmount): a mount that no path shows
+/// and that no mount namespace made meanwhile copies (a container started elsewhere would keep
+/// an attached one busy), reached only through the returned descriptor of its root directory.
+/// It goes away when that descriptor is closed, also when the process is killed.
+fn mount_detached(dev: &Path) -> std::io::Result<OwnedFd> {
+    use rustix::mount::{
+        fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, FsMountFlags,
+        FsOpenFlags, MountAttrFlags,
+    };
+    let fs = fsopen("xfs", FsOpenFlags::FSOPEN_CLOEXEC)?;
+    fsconfig_set_string(&fs, "source", dev)?;
+    // A fresh image has a UUID of its own, but its XFS is the origin of every session's.
+    fsconfig_set_flag(&fs, "nouuid")?;
+    fsconfig_set_flag(&fs, "discard")?;
+    fsconfig_create(&fs)?;
+    Ok(fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())?)
+}
+
+/// Attach the open image `image` to a loop device and mount its XFS at the existing directory
+/// `dir`. The device detaches itself once unmounted (autoclear), or right away if the mount
+/// fails (our descriptor is its last user).
+fn attach_and_mount(image: BorrowedFd<'_>, dir: &Path) -> Result<()> {
+    let dev = loopdev::attach(image, SECTOR).at("attach loop device", dir)?;
+    tracing::debug!(
+        target: "goldclone::backend",
+        "{}: {} attached{}",
+        dir.display(),
+        dev.path.display(),
+        if dev.direct_io { ", direct I/O" } else { ", buffered (no direct I/O on this filesystem)" }
+    );
+    // Every clone of an image carries its origin's UUID.
+    mount::mount_xfs(&dev.path, dir, true)
+}
+
+impl ImageBackend {
+    /// Size of a new image for the tree `src`: the configured size, else four times what the
+    /// tree occupies, at least 16 GiB, at most the cache root's filesystem (a session cannot
+    /// write more than that anyway), and never less than twice the tree plus 512 MiB. Sparse:
+    /// only written blocks use space.
+    fn size_for(&self, root: &RootDir, src: &Path) -> u64 {
+        if self.image_size > 0 {
+            return self.image_size.div_ceil(1 << 20) << 20;
+        }
+        let used = super::open_source(src).map_or(0, |fd| disk_usage(fd, src));
+        let fs_size = rustix::fs::fstatvfs(root.fd()).map_or(u64::MAX, |s| s.f_blocks * s.f_frsize);
+        let want = used.saturating_mul(4).max(16 << 30).min(fs_size);
+        want.max(used.saturating_mul(2) + (512 << 20)).div_ceil(1 << 20) << 20
+    }
+
+    /// The (device, inode) of the file behind the loop device mounted at `dir` (the topmost
+    /// mount there), if that is a loop device's XFS.
+    fn mounted_image(&self, dir: &Path) -> Result<Option<(u64, u64)>> {
+        let mounts = crate::detect::mounts()?;
+        let Some(m) = mounts.iter().rev().find(|m| m.mount_point == dir) else { return Ok(None) };
+        if m.fs_type != "xfs" || m.major != loopdev::LOOP_MAJOR {
+            return Ok(None);
+        }
+        loopdev::backing_of(m.minor).at("LOOP_GET_STATUS64", dir)
+    }
+
+    /// Whether the XFS mounted at `dir` is the one in the image file `image` (at `rel`).
+    fn is_mount_of(&self, root: &RootDir, dir: &Path, image: &Path) -> Result<bool> {
+        let Some((dev, ino)) = self.mounted_image(dir)? else { return Ok(false) };
+        let Some(e) = root.entry(image)? else { return Ok(false) };
+        let (major, minor) = decode_dev(dev);
+        Ok(e.ino == ino
+            && rustix::fs::major(e.dev) == major
+            && rustix::fs::minor(e.dev) == minor
+            && e.mode & libc::S_IFMT == libc::S_IFREG)
+    }
+
+    /// Unmount the image `image`'s XFS from `dir` (relative) if that is what is mounted there,
+    /// then remove the directory if it is empty.
+    fn unmount_and_rmdir(&self, root: &RootDir, dir: &Path, image: &Path) -> Result<()> {
+        if self.is_mount_of(root, &root.join(dir), image)? {
+            mount::unmount(&root.join(dir))?;
+        }
+        root.rmdir(dir).map(drop)
+    }
+
+    /// Presence of the image file at `rel` against identity `id`.
+    fn image_presence(&self, root: &RootDir, rel: &Path, id: &Identity) -> Result<Presence> {
+        let Some(ImageIdentity::Image { ino, birth, .. }) = id.get() else {
+            return Ok(id.foreign());
+        };
+        let root_dev = rustix::fs::fstat(root.fd()).map_or(0, |st| st.st_dev);
+        let same_birth = |b: Option<u64>| birth.is_none() || b.is_none() || b == birth;
+        Ok(match root.entry(rel)? {
+            None => Presence::Absent,
+            Some(e)
+                if e.mode & libc::S_IFMT == libc::S_IFREG
+                    && e.ino == ino
+                    && e.dev == root_dev
+                    && same_birth(e.birth) =>
+            {
+                Presence::Here
+            }
+            Some(e) => Presence::Other(describe(&e, &format!("image inode {ino}"))),
+        })
+    }
+
+    /// Fill the new image `image` (at `staging`) with the tree `src`: its XFS mounted detached
+    /// (see [`mount_detached`]), copied into, synced, and let go.
+    fn fill(
+        &self,
+        root: &RootDir,
+        image: BorrowedFd<'_>,
+        staging: &Path,
+        src: &Path,
+        watch: &Watch,
+    ) -> Result<()> {
+        let shown = root.join(staging);
+        let source = super::open_source(src)?;
+        let dev = loopdev::attach(image, SECTOR).at("attach loop device", &shown)?;
+        let mnt = mount_detached(&dev.path).at_with("mount the image's XFS", || shown.clone())?;
+        drop(dev); // the mount holds the device now; it detaches itself once that goes
+                   // fsmount's descriptor is an O_PATH one: its root opened for real, for the copy's
+                   // fchown and friends.
+        let mnt = rustix::fs::openat(&mnt, ".", sys::fs::READ_DIR, Mode::empty())
+            .at("open the image's root", &shown)?;
+        copy::copy_dir_into(
+            source.as_fd(),
+            src,
+            mnt.as_fd(),
+            &shown,
+            &watch.copy_options(CopyOptions { threads: self.threads, ..CopyOptions::default() }),
+        )?;
+        // The image's own XFS durable before it is let go and the image synced.
+        rustix::fs::syncfs(&mnt).at("syncfs", &shown)?;
+        crate::fault::point("import:image-filled");
+        Ok(())
+    }
+
+    /// Clone the image at `from` as the new file `to`, synced; its identity.
+    fn clone_to(&self, root: &RootDir, from: &Path, to: &Path) -> Result<(OwnedFd, Identity)> {
+        let src = open_image(root, from, false)?;
+        let dst = create_image(root, to)?;
+        let made = clone_image(src.as_fd(), dst.as_fd(), &root.join(to))
+            .and_then(|()| rustix::fs::fsync(&dst).at_with("fsync", || root.join(to)))
+            .and_then(|()| file_identity(root, dst.as_fd(), to));
+        match made {
+            Ok(id) => Ok((dst, id)),
+            Err(e) => {
+                let _ = root.remove_file(to);
+                Err(e)
+            }
+        }
+    }
+
+    /// Freeze the session's XFS (its dirty data and log reach the image), clone its image to
+    /// `staging`, thaw.
+    fn clone_session(&self, root: &RootDir, s: &Session, staging: &Path) -> Result<Identity> {
+        let image = session_image(s);
+        let frozen = mount::freeze(&root.join(&s.place))?;
+        let cloned = self.clone_to(root, &image, staging);
+        frozen.thaw()?;
+        let (fd, _) = cloned?;
+        // After the thaw: the session runs on while its copy is rewritten.
+        let (fd, _) = defragment(root, fd, staging)?;
+        file_identity(root, fd.as_fd(), staging)
+    }
+
+    /// Take away session `s` (recorded as `id`): its mount (if it is the session's), its mount
+    /// point and its image. `lazily`: the mount is detached rather than unmounted, and the
+    /// image is removed once its loop device has let go of it ([`Backend::remove_owed`]).
+    fn take_session(
+        &self,
+        root: &RootDir,
+        s: &Session,
+        id: &Identity,
+        lazily: bool,
+    ) -> Result<Retired> {
+        let image = session_image(s);
+        match self.session_presence(root, s, id)? {
+            Presence::Here => {
+                let dir = root.join(&s.place);
+                if lazily {
+                    mount::detach_lazily(&dir)?;
+                    root.rmdir(&s.place)?;
+                    // Mounted still, for its users: removed by gc once they are gone.
+                    return Ok(Retired::Owed(with_path(id.clone(), &image)));
+                }
+                mount::unmount(&dir)?;
+            }
+            Presence::Elsewhere(_) => {}
+            Presence::Absent => {
+                root.rmdir(&s.place)?;
+                return Ok(Retired::Absent);
+            }
+            Presence::Other(what) => {
+                return Err(Error::Damaged { path: root.join(&s.place), what })
+            }
+        }
+        root.rmdir(&s.place)?;
+        root.remove_file(&image)?;
+        Ok(Retired::Removed)
+    }
+}
+
+impl Backend for ImageBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Image
+    }
+
+    fn sessions_are_mounts(&self) -> bool {
+        true
+    }
+
+    fn session_free(&self, root: &RootDir, s: &Session) -> Result<()> {
+        // Undoing the setup removes the image at this name: it must be the setup's own.
+        let image = session_image(s);
+        if root.entry(&image)?.is_some() {
+            return Err(Error::AlreadyExists { path: root.join(&image) });
+        }
+        Ok(())
+    }
+
+    fn import(
+        &self,
+        root: &RootDir,
+        src: &Path,
+        g: &Generation,
+        staging: &Path,
+        watch: &Watch,
+    ) -> Result<Identity> {
+        check_source(src)?;
+        let size = self.size_for(root, src);
+        let images = images_dir(&g.project);
+        root.mkdir_all(images.parent().unwrap_or(Path::new("")))?;
+        // Made here, not at the first setup: setups run side by side, an import alone.
+        let made_images = root.mkdir(&images)?;
+        let image = create_image(root, staging);
+        if image.is_err() && made_images {
+            root.rmdir(&images)?;
+        }
+        let image = image?;
+        let made = (|| {
+            rustix::fs::ftruncate(&image, size).at_with("ftruncate", || root.join(staging))?;
+            watch.check()?;
+            make_xfs(image.as_fd(), &root.join(staging))?;
+            self.fill(root, image.as_fd(), staging, src, watch)?;
+            punch_holes(image.as_fd(), &root.join(staging))?;
+            rustix::fs::fsync(&image).at_with("fsync", || root.join(staging))?;
+            let (image, _) = defragment(root, image, staging)?;
+            file_identity(root, image.as_fd(), staging)
+        })();
+        if made.is_err() {
+            let _ = root.remove_file(staging);
+            if made_images {
+                let _ = root.rmdir(&images);
+            }
+        }
+        made
+    }
+
+    fn create_session(
+        &self,
+        root: &RootDir,
+        g: &Generation,
+        _recorded: &Identity,
+        s: &Session,
+        staging: &Path,
+        watch: &Watch,
+    ) -> Result<Identity> {
+        watch.check()?;
+        let image = session_image(s);
+        let made = (|| {
+            let (fd, id) = self.clone_to(root, &g.place, &image)?;
+            crate::fault::point("setup:image-cloned");
+            if !root.mkdir(&s.place)? {
+                return Err(Error::AlreadyExists { path: root.join(&s.place) });
+            }
+            attach_and_mount(fd.as_fd(), &root.join(&s.place))?;
+            Ok(with_path(id, &image))
+        })();
+        if made.is_err() {
+            let _ = self.discard_session(root, s, staging, true);
+        }
+        made
+    }
+
+    fn promote(
+        &self,
+        root: &RootDir,
+        s: &Session,
+        _recorded: &Identity,
+        _g: &Generation,
+        _previous: &Generation,
+        staging: &Path,
+        watch: &Watch,
+    ) -> Result<Identity> {
+        watch.check()?;
+        self.clone_session(root, s, staging)
+    }
+
+    fn promotes_session_itself(&self) -> bool {
+        // The new generation is an image: edits are made in the session, before it is cloned.
+        true
+    }
+
+    fn seal(&self, root: &RootDir, staging: &Path) -> Result<()> {
+        let fd = open_image(root, staging, false)?;
+        rustix::fs::fsync(&fd).at_with("fsync", || root.join(staging))
+    }
+
+    fn recover_promote(
+        &self,
+        root: &RootDir,
+        s: &Session,
+        _g: &Generation,
+        _previous: &Generation,
+        staging: &Path,
+        forward: bool,
+    ) -> Result<Option<Identity>> {
+        // FIFREEZE outlives its process: a promote killed while the session was frozen leaves it
+        // frozen. Thawed only where the session's own image is mounted.
+        let dir = root.join(&s.place);
+        if self.is_mount_of(root, &dir, &session_image(s))? {
+            if let Ok(f) = std::fs::File::open(&dir) {
+                let _ = sys::block::fithaw(f.as_fd());
+            }
+        }
+        // No clone begun: nothing was done (an edit that failed is given back by the caller).
+        if root.entry(staging)?.is_none() {
+            return Ok(None);
+        }
+        // A clone cut short is no generation.
+        root.remove_file(staging)?;
+        root.remove_file(&rewrite_name(staging))?;
+        if forward && self.is_mount_of(root, &dir, &session_image(s))? {
+            // The session was edited for the generation, completely (the clone comes after the
+            // edits), and undoing cannot give the edits back: clone it again.
+            return Ok(Some(self.clone_session(root, s, staging)?));
+        }
+        Ok(None)
+    }
+
+    fn publish_session(&self, _root: &RootDir, _staging: &Path, _place: &Path) -> Result<()> {
+        Ok(()) // mounted at its place; generations move from their staging name
+    }
+
+    fn session_built_at<'p>(&self, _staging: &'p Path, place: &'p Path) -> &'p Path {
+        place
+    }
+
+    fn presence(&self, root: &RootDir, place: &Path, id: &Identity) -> Result<Presence> {
+        self.image_presence(root, place, id)
+    }
+
+    fn session_presence(&self, root: &RootDir, s: &Session, id: &Identity) -> Result<Presence> {
+        let image = session_image(s);
+        let dir = root.join(&s.place);
+        match self.image_presence(root, &image, id)? {
+            Presence::Here if self.is_mount_of(root, &dir, &image)? => Ok(Presence::Here),
+            Presence::Here => Ok(Presence::Elsewhere(format!(
+                "its image {} is not mounted at its place",
+                image.display()
+            ))),
+            Presence::Absent if self.mounted_image(&dir)?.is_some() => Ok(Presence::Other(
+                "a loop device's XFS is mounted there, but the session's image is gone".into(),
+            )),
+            other => Ok(other),
+        }
+    }
+
+    fn discard_session(
+        &self,
+        root: &RootDir,
+        s: &Session,
+        _staging: &Path,
+        ours: bool,
+    ) -> Result<()> {
+        if !ours {
+            return Ok(()); // built in place: the place and the image are another setup's
+        }
+        let image = session_image(s);
+        self.unmount_and_rmdir(root, &s.place, &image)?;
+        root.remove_file(&image)
+    }
+
+    fn discard_generation(
+        &self,
+        root: &RootDir,
+        g: &Generation,
+        staging: &Path,
+        recorded: Option<&Identity>,
+    ) -> Result<()> {
+        root.remove_file(&rewrite_name(staging))?;
+        match root.entry(staging)? {
+            Some(e) if e.mode & libc::S_IFMT == libc::S_IFREG => root.remove_file(staging)?,
+            Some(_) => super::remove_beneath(root, staging)?,
+            None => {}
+        }
+        if let Some(id) = recorded {
+            if self.image_presence(root, &g.place, id)? == Presence::Here {
+                root.remove_file(&g.place)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn retire_session(
+        &self,
+        root: &RootDir,
+        s: &Session,
+        id: &Identity,
+        _t: &Path,
+    ) -> Result<Retired> {
+        self.take_session(root, s, id, false)
+    }
+
+    fn detach_session(
+        &self,
+        root: &RootDir,
+        s: &Session,
+        id: &Identity,
+        _t: &Path,
+    ) -> Result<Retired> {
+        self.take_session(root, s, id, true)
+    }
+
+    fn remove_trash(&self, root: &RootDir, trash: &Path) -> Result<()> {
+        match root.entry(trash)? {
+            Some(e) if e.mode & libc::S_IFMT == libc::S_IFREG => root.remove_file(trash),
+            _ => super::remove_beneath(root, trash),
+        }
+    }
+
+    fn remove_owed(&self, root: &RootDir, id: &Identity) -> Result<()> {
+        let Some(ImageIdentity::Image { ino, path: Some(rel), .. }) = id.get() else {
+            return Err(Error::Damaged {
+                path: PathBuf::from(id.to_string()),
+                what: "not a session's image".into(),
+            });
+        };
+        match self.image_presence(root, &rel, id)? {
+            Presence::Here => {}
+            Presence::Absent => return Ok(()),
+            Presence::Elsewhere(what) | Presence::Other(what) => {
+                return Err(Error::Damaged { path: root.join(&rel), what })
+            }
+        }
+        let dev = rustix::fs::fstat(root.fd()).at("stat", root.path())?.st_dev;
+        let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
+        // lo_device in the kernel's encoding (see decode_dev).
+        let encoded =
+            u64::from(minor & 0xff) | (u64::from(major) << 8) | (u64::from(minor & !0xff) << 12);
+        let devices = loopdev::attached_to((encoded, ino)).at("list loop devices", "/sys/block")?;
+        if !devices.is_empty() {
+            // Its users still have the session: the loop device lives as long as its mount.
+            return Err(Error::from_errno(
+                "remove image (its loop device is in use)",
+                root.join(&rel),
+                libc::EBUSY,
+            ));
+        }
+        root.remove_file(&rel)
+    }
+
+    fn remove_project(&self, root: &RootDir, project: &str) -> Result<()> {
+        let dir = images_dir(project);
+        if !root.list(&dir)?.is_empty() {
+            return Err(Error::Damaged {
+                path: root.join(&dir),
+                what: "holds images no session of the project names: left alone".into(),
+            });
+        }
+        root.rmdir(&dir).map(drop)
+    }
+
+    fn counted_size(&self, root: &RootDir, g: &Generation) -> Option<u64> {
+        let fd = open_image(root, &g.place, false).ok()?;
+        rustix::fs::fstat(&fd).ok().map(|st| st.st_blocks as u64 * 512)
+    }
+
+    fn unrecorded(
+        &self,
+        root: &RootDir,
+        project: &str,
+        sessions: &[String],
+        _generations: &[u64],
+        _owed: &[Identity],
+    ) -> Result<Vec<String>> {
+        let dir = images_dir(project);
+        Ok(root
+            .list(&dir)?
+            .into_iter()
+            .filter(|name| !sessions.iter().any(|s| std::ffi::OsStr::new(s) == name))
+            .map(|name| format!("image {}", root.join(&dir.join(name)).display()))
+            .collect())
+    }
+}
+/// Whether a cache root can be served by the image backend: this machine can make loop
+/// devices and XFS images ([`usable`]).
+pub(crate) fn check(root: &Path, found: &crate::detect::Detection) -> Result<()> {
+    usable().map_err(|why| {
+        super::cannot_serve(BackendKind::Image, root, found, &format!("cannot run here: {why}"))
+    })
+}
