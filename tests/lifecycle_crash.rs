@@ -28,7 +28,8 @@ fn in_zfs_guest() -> bool {
     std::env::var_os("GOLDCLONE_TEST_ZFS_PARENT").is_some()
 }
 
-/// The backends to crash: ZFS and zvol in the ZFS guest, else copy (ext4 and XFS) and btrfs.
+/// The backends to crash: ZFS and zvol in the ZFS guest, else copy (ext4 and XFS), btrfs and
+/// images (on XFS).
 fn backends() -> Vec<(&'static str, Option<PathBuf>, BackendKind)> {
     if in_zfs_guest() {
         return vec![("zfs", None, BackendKind::Zfs), ("zvol", None, BackendKind::Zvol)];
@@ -37,6 +38,7 @@ fn backends() -> Vec<(&'static str, Option<PathBuf>, BackendKind)> {
         ("copy-ext4", common::Fs::Ext4, BackendKind::Copy),
         ("copy-xfs", common::Fs::Xfs, BackendKind::Copy),
         ("btrfs", common::Fs::Btrfs, BackendKind::Btrfs),
+        ("image-xfs", common::Fs::Xfs, BackendKind::Image),
     ]
     .into_iter()
     .filter_map(|(n, fs, b)| common::mount(fs).map(|m| (n, Some(m), b)))
@@ -85,6 +87,17 @@ impl Drop for CaseRoot {
 fn teardown_dir(path: &Path, backend: BackendKind) {
     if !path.exists() {
         return;
+    }
+    // Sessions a killed process left mounted (images), deepest first.
+    let mut mounted: Vec<PathBuf> = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(PathBuf::from))
+        .filter(|m| m.starts_with(path) && m != path)
+        .collect();
+    mounted.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    for m in mounted {
+        let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
     }
     if backend == BackendKind::Btrfs {
         let _ = Command::new("sh")
@@ -148,6 +161,7 @@ fn backend_arg(backend: BackendKind) -> &'static str {
         BackendKind::Btrfs => "btrfs",
         BackendKind::Zfs => "zfs",
         BackendKind::Zvol => "zvol",
+        BackendKind::Image => "image",
     }
 }
 
@@ -390,7 +404,8 @@ fn verify(
                 // On ZFS the session itself is edited: a kill between removing the dropped
                 // paths and the snapshot rolls back without them (documented). Elsewhere they
                 // come back.
-                let zfs = matches!(backend, BackendKind::Zfs | BackendKind::Zvol);
+                let zfs =
+                    matches!(backend, BackendKind::Zfs | BackendKind::Zvol | BackendKind::Image);
                 match fs::read_to_string(target.join("dropme/sub/file")) {
                     Ok(text) => assert_eq!(text, "dropped", "{what}"),
                     Err(_) if zfs => {}
@@ -552,6 +567,16 @@ fn assert_nothing_leaked(root: &Path, what: &str) {
                 .collect()
         };
         assert_eq!(trees("sessions"), records("sessions"), "{what}: session trees and records");
+        // Images: one per recorded session, nothing else.
+        let images: BTreeSet<String> = fs::read_dir(state.join("images").join(&project))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        if !images.is_empty() {
+            assert_eq!(images, records("sessions"), "{what}: session images and records");
+        }
         let gens = trees("gen");
         if !gens.is_empty() {
             assert_eq!(gens, records("gen"), "{what}: generation trees and records");
@@ -565,10 +590,18 @@ fn assert_nothing_leaked(root: &Path, what: &str) {
             t.path().display()
         );
     }
+    // Image directories only of projects that exist.
+    for e in fs::read_dir(state.join("images")).into_iter().flatten().flatten() {
+        assert!(
+            state.join("projects").join(e.file_name()).exists(),
+            "{what}: images of a project that is gone: {}",
+            e.path().display()
+        );
+    }
     for e in fs::read_dir(&state).unwrap().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         assert!(
-            ["cache.json", "projects", "trash"].contains(&name.as_str()),
+            ["cache.json", "projects", "trash", "images"].contains(&name.as_str()),
             "{what}: unexpected {name}"
         );
     }
@@ -635,7 +668,12 @@ fn committed_at(point: &str, backend: BackendKind, op: Op) -> bool {
         "cleanup:tree-moved" | "cleanup:meta-removed" => true,
         "delete:current-removed" | "delete:sessions-removed" => true,
         // A ZFS promote is finished once its first lzc_promote may have moved snapshots.
-        "promote:head-promoted" | "promote:tree-created" | "promote:meta-written" => zfs,
+        "promote:head-promoted" => zfs,
+        "promote:tree-created" | "promote:meta-written" if zfs => true,
+        // An image promote that edited the session itself goes forward once its clone began.
+        "promote:tree-created" | "promote:meta-written" => {
+            backend == BackendKind::Image && op == Op::Consume
+        }
         _ => false,
     }
 }

@@ -103,6 +103,20 @@ fn intents_of(root: &Path, project: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// One test at a time: these tests make holders the kernel cannot tell apart from holders of
+/// other tests' sessions (a mount namespace copies every mount there is, a working directory
+/// deeper than PATH_MAX is judged by its device), and a holder of another test's session is a
+/// holder all the same.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether a session is a mount of its own (ZFS, zvol, images).
+fn sessions_are_mounts(b: BackendKind) -> bool {
+    matches!(b, BackendKind::Zfs | BackendKind::Zvol | BackendKind::Image)
+}
+
 fn is_zfs(b: BackendKind) -> bool {
     matches!(b, BackendKind::Zfs | BackendKind::Zvol)
 }
@@ -131,6 +145,7 @@ fn chattr(flag: &str, path: &Path) -> bool {
 /// bind mount alone. Cleanup and promote are Busy, name the holder, and change nothing.
 #[test]
 fn a_user_in_another_mount_namespace_holds_the_session() {
+    let _serial = serial();
     let src = scratch_tree("ns", "1", FILES);
     for (root, name) in roots("ns") {
         let cache = open(&root);
@@ -198,6 +213,7 @@ f=open(sys.argv[1]); m=mmap.mmap(f.fileno(),0,prot=mmap.PROT_READ); f.close(); p
 /// it; cleanup is Busy, names it, and removes nothing.
 #[test]
 fn a_holder_deeper_than_path_max_still_holds() {
+    let _serial = serial();
     let src = scratch_tree("deep", "1", FILES);
     let component = "d".repeat(200);
     // 24 directories of 200 bytes: about 4.8 KiB below the session, past PATH_MAX (4096).
@@ -230,6 +246,7 @@ print("ready",flush=True); time.sleep(600)' "$1""#
 /// touched; removing such a tree directly stops at the mount.
 #[test]
 fn a_mount_inside_a_session_is_never_crossed() {
+    let _serial = serial();
     let src = scratch_tree("mnt", "1", FILES);
     for (root, name) in roots("mnt") {
         let cache = open(&root);
@@ -262,6 +279,7 @@ fn a_mount_inside_a_session_is_never_crossed() {
 /// what is mounted there alone.
 #[test]
 fn remove_tree_stops_at_a_mount_point() {
+    let _serial = serial();
     let tree = outside_dir("rm-mount-tree");
     fs::create_dir_all(tree.join("a/b")).unwrap();
     fs::write(tree.join("a/file"), "x").unwrap();
@@ -282,6 +300,7 @@ fn remove_tree_stops_at_a_mount_point() {
 /// Class 3: no valid id collides with a record or with another id's tree.
 #[test]
 fn ids_that_look_like_records_are_just_ids() {
+    let _serial = serial();
     let src = scratch_tree("names", "1", FILES);
     for (root, name) in roots("names") {
         let cache = open(&root);
@@ -323,6 +342,7 @@ fn ids_that_look_like_records_are_just_ids() {
 /// the root, a project directory replaced by a symlink, a session tree replaced by a symlink.
 #[test]
 fn what_goldclone_did_not_make_is_reported_never_removed() {
+    let _serial = serial();
     let src = scratch_tree("foreign", "1", FILES);
     for (root, name) in roots("foreign") {
         // A directory that already holds user data, named like projects and their parts.
@@ -355,7 +375,7 @@ fn what_goldclone_did_not_make_is_reported_never_removed() {
         let elsewhere_files = user_files(&elsewhere);
         let s1 = root.path.join("proj/sessions/s1");
         let aside = root.path.join("proj/s1.aside");
-        if is_zfs(root.backend) {
+        if sessions_are_mounts(root.backend) {
             umount(&s1);
             fs::remove_dir(&s1).unwrap();
         } else {
@@ -378,7 +398,7 @@ fn what_goldclone_did_not_make_is_reported_never_removed() {
             "{name}: the symlink was touched"
         );
         fs::remove_file(&s1).unwrap();
-        if is_zfs(root.backend) {
+        if sessions_are_mounts(root.backend) {
             fs::create_dir(&s1).unwrap();
             // Remounting it by hand makes it the recorded session again.
             let ds = report.kept.iter().find(|k| k.contains("s1")).cloned().unwrap_or_default();
@@ -433,6 +453,7 @@ fn what_goldclone_did_not_make_is_reported_never_removed() {
 /// nothing outside the root is touched, nothing panics.
 #[test]
 fn damaged_state_keeps_every_generation() {
+    let _serial = serial();
     let src = scratch_tree("damaged", "1", FILES);
     for (root, name) in roots("damaged") {
         let cache = open(&root);
@@ -552,6 +573,7 @@ fn pathdiff(to: &Path, from: &Path) -> String {
 /// does not report failure.
 #[test]
 fn a_failed_operation_has_no_effect() {
+    let _serial = serial();
     let src = scratch_tree("atomic", "1", FILES);
     for (root, name) in roots("atomic") {
         let cache = open(&root);
@@ -679,6 +701,7 @@ fn a_failed_operation_has_no_effect() {
 /// of it succeeds, and a file held open inside it still makes it busy.
 #[test]
 fn a_descriptor_reused_while_examined_holds_nothing() {
+    let _serial = serial();
     let src = scratch_tree("churn", "1", FILES);
     for (root, name) in roots("churn") {
         let cache = open(&root);
@@ -739,6 +762,7 @@ fn a_descriptor_reused_while_examined_holds_nothing() {
 /// tree agree, and nothing was left behind.
 #[test]
 fn one_session_name_raced_by_setups_and_cleanups() {
+    let _serial = serial();
     let src = scratch_tree("race", "1", FILES);
     for (root, name) in roots("race") {
         let cache = open(&root);
@@ -796,6 +820,7 @@ fn one_session_name_raced_by_setups_and_cleanups() {
 /// Class 7: one stuck project never blocks the others: not gc, not open, not their operations.
 #[test]
 fn one_stuck_project_does_not_block_the_others() {
+    let _serial = serial();
     let src = scratch_tree("stuck", "1", FILES);
     for (root, name) in roots("stuck") {
         let cache = open(&root);
@@ -805,7 +830,7 @@ fn one_stuck_project_does_not_block_the_others() {
         // e: a dead cleanup whose recovery cannot finish (its session's place now holds a
         // file): reported at every open and gc, never a reason for either to fail.
         let e1 = cache.setup("e", "s1").unwrap();
-        if is_zfs(root.backend) {
+        if sessions_are_mounts(root.backend) {
             umount(&e1);
         }
         goldclone::copy::remove_tree(&e1).unwrap();
@@ -900,6 +925,7 @@ fn one_stuck_project_does_not_block_the_others() {
 /// finish while other threads keep setting up and cleaning up sessions of the same project.
 #[test]
 fn promote_and_gc_are_not_starved_by_setups() {
+    let _serial = serial();
     let src = scratch_tree("starve", "1", FILES);
     for (root, name) in roots("starve") {
         let cache = open(&root);
@@ -951,6 +977,7 @@ fn promote_and_gc_are_not_starved_by_setups() {
 /// it does not.
 #[test]
 fn two_zvol_roots_on_one_parent_share_nothing() {
+    let _serial = serial();
     let Ok(parent) = std::env::var("GOLDCLONE_TEST_ZFS_PARENT") else {
         eprintln!("not in the ZFS guest: tests/zfs-vm.sh runs this");
         return;

@@ -805,6 +805,11 @@ impl Backend for ImageBackend {
         root.rmdir(&dir).map(drop)
     }
 
+    fn forget_project(&self, root: &RootDir, project: &str) -> Result<bool> {
+        let dir = images_dir(project);
+        Ok(root.rmdir(&dir)? || root.entry(&dir)?.is_none())
+    }
+
     fn counted_size(&self, root: &RootDir, g: &Generation) -> Option<u64> {
         let fd = open_image(root, &g.place, false).ok()?;
         rustix::fs::fstat(&fd).ok().map(|st| st.st_blocks as u64 * 512)

@@ -627,6 +627,14 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
+    /// Remove what this backend keeps for `project` beside its trees (an empty directory of
+    /// its own) when a project that never came to be is forgotten; `false` keeps the project,
+    /// because something of it is still there.
+    fn forget_project(&self, root: &RootDir, project: &str) -> Result<bool> {
+        let _ = (root, project);
+        Ok(true)
+    }
+
     /// Bytes the generation occupies, where this backend keeps that count (ZFS's `referenced`,
     /// a btrfs qgroup): read, not walked. `None` where it keeps none, and the lifecycle walks
     /// the tree once ([`disk_usage`]).

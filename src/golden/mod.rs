@@ -2404,6 +2404,9 @@ impl Cache {
                 return Ok(());
             }
         }
+        if !self.store.forget_project(root, project)? {
+            return Ok(());
+        }
         for f in ["size.json", "gate", "lock"] {
             root.remove_file(&state_dir.join(f))?;
         }
