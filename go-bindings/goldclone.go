@@ -111,6 +111,7 @@ const (
 	BackendZvol  = Backend(C.GOLDCLONE_BACKEND_ZVOL)
 	BackendBtrfs = Backend(C.GOLDCLONE_BACKEND_BTRFS)
 	BackendCopy  = Backend(C.GOLDCLONE_BACKEND_COPY)
+	BackendImage = Backend(C.GOLDCLONE_BACKEND_IMAGE)
 )
 
 // String is the library's name for the backend ("zfs", "auto", ...), or "unknown".
@@ -123,6 +124,7 @@ type openOptions struct {
 	copyThreads   int
 	zvolSize      uint64
 	zvolBlockSize uint64
+	imageSize     uint64
 }
 
 // Option configures Open.
@@ -154,6 +156,14 @@ func WithZvolBlockSize(bytes uint64) Option {
 	return func(o *openOptions) { o.zvolBlockSize = bytes }
 }
 
+// WithImageSize sets the size in bytes of a new generation's image on the image backend, which
+// every session made from it gets too (0 = four times the imported tree, at least 16 GiB, at
+// most the root's filesystem; images are sparse). At least 512 MiB: ErrInvalidArgument
+// otherwise.
+func WithImageSize(bytes uint64) Option {
+	return func(o *openOptions) { o.imageSize = bytes }
+}
+
 // Cache is a golden-tree cache rooted at a directory. Safe for concurrent use.
 type Cache struct {
 	ptr  atomic.Pointer[cacheRef]
@@ -180,6 +190,7 @@ func Open(root string, opts ...Option) (*Cache, error) {
 	o.copy_threads = C.uint32_t(oo.copyThreads)
 	o.zvol_size = C.uint64_t(oo.zvolSize)
 	o.zvol_block_size = C.uint64_t(oo.zvolBlockSize)
+	o.image_size = C.uint64_t(oo.imageSize)
 	croot, err := cString(op, "root", root, ResultInvalidArgument)
 	if err != nil {
 		return nil, err

@@ -55,7 +55,7 @@ func TestConstantsMatchLibrary(t *testing.T) {
 		t.Errorf("the library names %d codes, Go has %d sentinels and OK", named, len(allSentinels))
 	}
 
-	backends := map[Backend]string{BackendAuto: "auto", BackendZFS: "zfs", BackendZvol: "zvol", BackendBtrfs: "btrfs", BackendCopy: "copy"}
+	backends := map[Backend]string{BackendAuto: "auto", BackendZFS: "zfs", BackendZvol: "zvol", BackendBtrfs: "btrfs", BackendCopy: "copy", BackendImage: "image"}
 	for n := Backend(0); n < 1024; n++ {
 		want, ours := backends[n]
 		if got := n.String(); ours != (got != "unknown") || (ours && got != want) {
@@ -308,7 +308,7 @@ func cacheRoot(t *testing.T, f testFS) (root, srcDir string) {
 }
 
 func TestLifecycle(t *testing.T) {
-	wantBackend := map[string]Backend{"xfs": BackendCopy, "btrfs": BackendBtrfs, "ext4": BackendCopy, "tmpfs": BackendCopy, "root": BackendZFS}
+	wantBackend := map[string]Backend{"xfs": BackendImage, "btrfs": BackendBtrfs, "ext4": BackendCopy, "tmpfs": BackendCopy, "root": BackendZFS}
 	for _, f := range filesystems(t) {
 		if f.name == "root" {
 			// a ZFS dataset, or a filesystem on a zvol

@@ -24,7 +24,7 @@
 #include <stdint.h>
 
 /* Version of the C ABI in this header; compare with goldclone_abi_version() at run time. */
-#define GOLDCLONE_ABI_VERSION 2
+#define GOLDCLONE_ABI_VERSION 3
 
 /* goldclone_open_options.backend: detect the backend from the cache root. */
 #define GOLDCLONE_BACKEND_AUTO 0

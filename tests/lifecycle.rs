@@ -1514,3 +1514,39 @@ fn a_fragmented_image_is_rewritten_at_promote() {
     }
     let _ = fs::remove_dir_all(&src);
 }
+
+/// The backend a cache gets without asking: images on a filesystem that reflinks (XFS), btrfs
+/// subvolumes on btrfs, the tree copy where nothing shares extents (ext4); detection says
+/// whether the image backend can run, and why not.
+#[test]
+fn the_default_backend_follows_the_filesystem() {
+    if std::env::var_os("GOLDCLONE_TEST_ZFS_PARENT").is_some() {
+        return; // the host's filesystems; the host's run of this suite has this test
+    }
+    for (fs_kind, want, image_ok) in [
+        (common::Fs::Xfs, BackendKind::Image, true),
+        (common::Fs::Btrfs, BackendKind::Btrfs, true),
+        (common::Fs::Ext4, BackendKind::Copy, false),
+    ] {
+        let Some(mnt) = common::mount(fs_kind) else { return };
+        let root = common::Scratch::new(&mnt, "default");
+        let found = goldclone::detect::detect(&root.path).unwrap();
+        assert_eq!(found.image_backend.is_none(), image_ok, "{fs_kind:?}: {found:?}");
+        let cache = Cache::open(&root.path, &OpenOptions::default()).unwrap();
+        assert_eq!(cache.backend(), want, "{fs_kind:?}");
+        // Asked for, the image backend serves ext4 too (images copied sparsely).
+        if fs_kind == common::Fs::Ext4 {
+            drop(cache);
+            let other = common::Scratch::new(&mnt, "default-image");
+            let opts = OpenOptions { backend: Some(BackendKind::Image), ..Default::default() };
+            let cache = Cache::open(&other.path, &opts).unwrap();
+            let src = scratch_tree("default", "1", 3);
+            cache.import("proj", &src).unwrap();
+            let s = cache.setup("proj", "s").unwrap();
+            assert_eq!(whole_generation(&s, 3), "1");
+            cache.cleanup("proj", "s").unwrap();
+            cache.delete_project("proj").unwrap();
+            let _ = fs::remove_dir_all(&src);
+        }
+    }
+}

@@ -66,20 +66,10 @@ pub(crate) enum ImageIdentity {
     },
 }
 
-/// Whether this machine can run the image backend: `/dev/loop-control` opens read-write (root,
-/// or CAP_SYS_ADMIN), and `mkfs.xfs` is there. The reason where it cannot.
+/// Whether this machine can run the image backend (see
+/// [`crate::detect::loop_devices_usable`]); the reason where it cannot.
 pub(crate) fn usable() -> std::result::Result<(), String> {
-    rustix::fs::open("/dev/loop-control", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| format!("/dev/loop-control: {e}"))?;
-    let found = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .chain(["/usr/sbin".into(), "/sbin".into()])
-        .any(|d| d.join("mkfs.xfs").is_file());
-    if !found {
-        return Err("mkfs.xfs not found (xfsprogs)".into());
-    }
-    Ok(())
+    crate::detect::loop_devices_usable()
 }
 
 #[derive(Debug)]

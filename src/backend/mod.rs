@@ -175,13 +175,23 @@ enum Build {
 /// detection finds, checked that it can serve this root.
 pub(crate) fn plan(root: &Path, requested: Option<BackendKind>) -> Result<Plan> {
     let found = detect::detect(root)?;
-    let kind = requested.unwrap_or(match &found.backend {
+    let mut no_image = None;
+    let kind = requested.unwrap_or_else(|| match &found.backend {
         detect::Backend::ZfsDataset { .. } => BackendKind::Zfs,
         detect::Backend::Zvol { .. } => BackendKind::Zvol,
         detect::Backend::Btrfs { .. } => BackendKind::Btrfs,
-        detect::Backend::Reflink { .. } | detect::Backend::Plain { .. } => BackendKind::Copy,
+        // Where files share extents, a session is one reflinked image: O(extents), not
+        // O(files). Without reflink an image would be copied byte for byte: the tree copy.
+        detect::Backend::Reflink { .. } => match image::usable() {
+            Ok(()) => BackendKind::Image,
+            Err(why) => {
+                no_image = Some(why);
+                BackendKind::Copy
+            }
+        },
+        detect::Backend::Plain { .. } => BackendKind::Copy,
     });
-    log_choice(root, &found, kind, requested.is_some());
+    log_choice(root, &found, kind, requested.is_some(), no_image.as_deref());
     let build = match kind {
         BackendKind::Copy => Build::Copy,
         BackendKind::Image => image::check(root, &found).map(|()| Build::Image)?,
@@ -195,12 +205,21 @@ pub(crate) fn plan(root: &Path, requested: Option<BackendKind>) -> Result<Plan> 
 
 /// Say which backend a root gets, what that means there, and for the copy backend why no
 /// faster one.
-fn log_choice(root: &Path, found: &Detection, kind: BackendKind, requested: bool) {
+fn log_choice(
+    root: &Path,
+    found: &Detection,
+    kind: BackendKind,
+    requested: bool,
+    no_image: Option<&str>,
+) {
     let fs = &found.mount.fs_type;
     let what = match (&found.backend, kind) {
         (detect::Backend::Reflink { .. }, BackendKind::Copy) => format!(
             "{fs} shares extents (reflink) but has no snapshots: sessions are copies whose \
-             file data is shared, O(files)"
+             file data is shared, O(files){}",
+            no_image.map_or(String::new(), |why| format!(
+                "; the image backend (O(extents)) cannot run here: {why}"
+            ))
         ),
         (_, BackendKind::Copy) => format!(
             "{fs} has neither snapshots nor reflink here: sessions are full copies, O(files) \

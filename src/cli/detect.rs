@@ -34,7 +34,7 @@ pub fn render(d: &Detection, json: bool) -> goldclone::Result<String> {
         return Ok(s);
     }
     let m = &d.mount;
-    let rows: [(&str, String); 10] = [
+    let rows: [(&str, String); 11] = [
         ("path", show(&d.path)),
         ("backend", backend_line(&d.backend)),
         (
@@ -43,6 +43,13 @@ pub fn render(d: &Detection, json: bool) -> goldclone::Result<String> {
                 Some(true) => "yes".into(),
                 Some(false) => "no".into(),
                 None => "unknown (could not probe)".into(),
+            },
+        ),
+        (
+            "image backend",
+            match &d.image_backend {
+                None => "yes (sessions as reflinked XFS images on loop devices)".into(),
+                Some(why) => format!("no: {why}"),
             },
         ),
         ("filesystem", m.fs_type.clone()),
@@ -83,7 +90,7 @@ fn backend_line(b: &Backend) -> String {
             format!("btrfs: inside subvolume {subvolume_id} (the path is not a subvolume root)")
         }
         Backend::Reflink { fs_type } => {
-            format!("reflink: {fs_type} with FICLONE (reflink tree copy)")
+            format!("reflink: {fs_type} with FICLONE (a cache uses the image backend where it can run, else the reflink tree copy)")
         }
         Backend::Plain { fs_type } => format!("plain: {fs_type} (byte copy)"),
     }

@@ -49,6 +49,30 @@ pub struct Detection {
     /// filesystem, no permission to create a file there, or the path is a non-directory mount
     /// point such as a bind-mounted file).
     pub reflink: Option<bool>,
+    /// Whether the image backend can serve the path (sessions as reflinked XFS images on loop
+    /// devices): its filesystem reflinks, and this process can make loop devices and XFS
+    /// images. `None` where it can, else why not.
+    pub image_backend: Option<String>,
+}
+
+/// Whether this process can run the image backend's machinery: `/dev/loop-control` opens
+/// read-write (root, or CAP_SYS_ADMIN and access to the device), and `mkfs.xfs` (xfsprogs) is on
+/// the PATH or in /usr/sbin or /sbin. Why not, where it cannot.
+pub fn loop_devices_usable() -> std::result::Result<(), String> {
+    use rustix::fs::{Mode, OFlags};
+    rustix::fs::open("/dev/loop-control", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| format!("/dev/loop-control: {e}"))?;
+    let dirs = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let found = dirs
+        .into_iter()
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .any(|d: PathBuf| d.join("mkfs.xfs").is_file());
+    if !found {
+        return Err("mkfs.xfs not found (xfsprogs)".into());
+    }
+    Ok(())
 }
 
 /// How a path's tree can be copied, as decided by [`detect`]. Serialized with a lower-case
@@ -260,7 +284,12 @@ pub fn detect(path: &Path) -> Result<Detection> {
             Backend::Plain { fs_type }
         }
     });
-    Ok(Detection { path: canonical, mount, backend, reflink })
+    let image_backend = match reflink {
+        Some(true) => loop_devices_usable().err(),
+        Some(false) => Some(format!("{} cannot reflink (FICLONE)", mount.fs_type)),
+        None => Some("reflink could not be probed here".into()),
+    };
+    Ok(Detection { path: canonical, mount, backend, reflink, image_backend })
 }
 
 /// The ZFS pool behind `path`, whether a ZFS dataset holds it or a filesystem on a zvol; `None`

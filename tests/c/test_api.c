@@ -64,7 +64,8 @@ static void test_enum_names(void) {
     CHECK(strcmp(goldclone_backend_name(GOLDCLONE_BACKEND_ZVOL), "zvol") == 0);
     CHECK(strcmp(goldclone_backend_name(GOLDCLONE_BACKEND_BTRFS), "btrfs") == 0);
     CHECK(strcmp(goldclone_backend_name(GOLDCLONE_BACKEND_COPY), "copy") == 0);
-    CHECK(strcmp(goldclone_backend_name(5), "unknown") == 0);
+    CHECK(strcmp(goldclone_backend_name(GOLDCLONE_BACKEND_IMAGE), "image") == 0);
+    CHECK(strcmp(goldclone_backend_name(6), "unknown") == 0);
     CHECK(strcmp(goldclone_backend_name(0xffffffffu), "unknown") == 0);
     CHECK(strcmp(goldclone_detect_kind_name(GOLDCLONE_DETECT_KIND_ZFS_DATASET), "zfs_dataset") == 0);
     CHECK(strcmp(goldclone_detect_kind_name(GOLDCLONE_DETECT_KIND_ZVOL), "zvol") == 0);

@@ -65,6 +65,8 @@ static int has(const char *dir, const char *name) {
 
 static goldclone_backend expected_backend(const char *fs_name) {
     if (strcmp(fs_name, "btrfs") == 0) return GOLDCLONE_BACKEND_BTRFS;
+    /* XFS reflinks: sessions are reflinked images on loop devices. */
+    if (strcmp(fs_name, "xfs") == 0) return GOLDCLONE_BACKEND_IMAGE;
     if (strcmp(fs_name, "root") == 0) return GOLDCLONE_BACKEND_ZFS;
     return GOLDCLONE_BACKEND_COPY;
 }
