@@ -44,11 +44,11 @@ pub(crate) const FAULT_POINTS: &[&str] = &["setup:image-cloned", "import:image-f
 /// not mount on 4096-byte ones.
 const SECTOR: u32 = 4096;
 
-/// Above this many extents a new generation's image is rewritten sequentially before it is
-/// committed: every session's FICLONE costs time in proportion to its source's extents (about
-/// 14-15 µs each, measured on this project's machine: 1,000 in 14 ms, 10,000 in 142 ms), and
-/// promoting session after session fragments an image further each time. 4,096 keeps a setup's
-/// clone near 60 ms at worst; BENCHMARKS.md has the measured curve.
+/// Above this many extents (FIEMAP's mappings) a new generation's image is rewritten
+/// sequentially before it is committed: every session's FICLONE takes time in proportion to its
+/// source's extents (about 8 µs each on this project's test machine, `benches/ficlone-extents.py`:
+/// 2,000 in 10 ms, 6,000 in 51 ms, 200,000 in 1.6 s), and promoting session after session
+/// fragments an image further each time. 4,096 keeps a setup's clone near 35 ms at worst.
 pub(crate) const MAX_EXTENTS: u64 = 4096;
 
 /// A tree of this backend: an image file, by its inode on the cache root's filesystem and its
@@ -347,7 +347,7 @@ fn mount_detached(dev: &Path) -> std::io::Result<OwnedFd> {
 /// `dir`. The device detaches itself once unmounted (autoclear), or right away if the mount
 /// fails (our descriptor is its last user).
 fn attach_and_mount(image: BorrowedFd<'_>, dir: &Path) -> Result<()> {
-    let dev = loopdev::attach(image, SECTOR).at("attach loop device", dir)?;
+    let dev = loopdev::attach(image, SECTOR, true).at("attach loop device", dir)?;
     tracing::debug!(
         target: "goldclone::backend",
         "{}: {} attached{}",
@@ -438,7 +438,10 @@ impl ImageBackend {
     ) -> Result<()> {
         let shown = root.join(staging);
         let source = super::open_source(src)?;
-        let dev = loopdev::attach(image, SECTOR).at("attach loop device", &shown)?;
+        // Buffered: the host's page cache gathers the inner XFS's scattered writes, and delayed
+        // allocation lays them out in file order at writeback, so that a new image has few
+        // extents (with direct I/O each write is allocated where it lands: tens of thousands).
+        let dev = loopdev::attach(image, SECTOR, false).at("attach loop device", &shown)?;
         let mnt = mount_detached(&dev.path).at_with("mount the image's XFS", || shown.clone())?;
         drop(dev); // the mount holds the device now; it detaches itself once that goes
                    // fsmount's descriptor is an O_PATH one: its root opened for real, for the copy's

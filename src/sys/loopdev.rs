@@ -74,11 +74,11 @@ pub struct Attached {
 const ATTEMPTS: usize = 64;
 
 /// Attach the open file `file` to a free loop device, with `block_size`-byte sectors, read-write,
-/// autoclear, and direct I/O where the file's filesystem takes it (else buffered).
+/// autoclear, and (`direct_io`) direct I/O where the file's filesystem takes it, else buffered.
 ///
 /// `LOOP_CTL_GET_FREE` names a free device (making one if none is); another process may take it
 /// before `LOOP_CONFIGURE` does, which fails with EBUSY, and the search starts again.
-pub fn attach(file: BorrowedFd<'_>, block_size: u32) -> io::Result<Attached> {
+pub fn attach(file: BorrowedFd<'_>, block_size: u32, direct_io: bool) -> io::Result<Attached> {
     let control =
         rustix::fs::open("/dev/loop-control", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())?;
     let mut last = io::Error::from_raw_os_error(libc::EBUSY);
@@ -94,7 +94,7 @@ pub fn attach(file: BorrowedFd<'_>, block_size: u32) -> io::Result<Attached> {
                 continue;
             }
         };
-        for direct_io in [true, false] {
+        for direct_io in [direct_io, false] {
             match configure(dev.as_fd(), file, block_size, direct_io) {
                 Ok(()) => return Ok(Attached { path, _open: dev, direct_io }),
                 // The file's filesystem cannot do O_DIRECT at this block size: buffered.
