@@ -18,6 +18,7 @@ use goldclone::{Error, ErrorKind};
 
 #[test]
 fn setup_promote_cleanup_gc_on_every_backend() {
+    let _shared = shared();
     let src = scratch_tree("full", "1", 20);
     for (root, name) in roots("full") {
         let cache = open(&root);
@@ -90,6 +91,7 @@ fn setup_promote_cleanup_gc_on_every_backend() {
 
 #[test]
 fn bad_input_gets_a_typed_error_and_changes_nothing() {
+    let _shared = shared();
     let src = scratch_tree("bad", "1", 3);
     for (root, name) in roots("bad") {
         let cache = open(&root);
@@ -137,6 +139,7 @@ fn bad_input_gets_a_typed_error_and_changes_nothing() {
 
 #[test]
 fn busy_session_is_neither_promoted_nor_removed() {
+    let _shared = shared();
     let src = scratch_tree("busy", "1", 3);
     for (root, name) in roots("busy") {
         let cache = open(&root);
@@ -171,6 +174,7 @@ fn busy_session_is_neither_promoted_nor_removed() {
 
 #[test]
 fn eight_setups_and_a_promote_at_once() {
+    let _shared = shared();
     const FILES: usize = 200;
     let src = scratch_tree("conc", "1", FILES);
     for (root, name) in roots("conc") {
@@ -217,6 +221,7 @@ fn eight_setups_and_a_promote_at_once() {
 
 #[test]
 fn different_projects_never_wait_for_each_other() {
+    let _shared = shared();
     let src = scratch_tree("indep", "1", 3);
     for (root, name) in roots("indep") {
         let cache = open(&root);
@@ -251,6 +256,7 @@ fn different_projects_never_wait_for_each_other() {
 /// its records name), and a setup of that name is refused rather than destroying it.
 #[test]
 fn gc_reports_a_session_whose_directory_and_record_are_gone() {
+    let _shared = shared();
     let src = scratch_tree("lost", "1", 5);
     for (root, name) in roots("lost") {
         let cache = open(&root);
@@ -328,6 +334,7 @@ fn gc_reports_a_session_whose_directory_and_record_are_gone() {
 /// with Unsupported (its clone's origin is an older snapshot) and nothing changes.
 #[test]
 fn promote_of_a_session_from_an_older_generation() {
+    let _shared = shared();
     let src = scratch_tree("older", "1", 5);
     for (root, name) in roots("older") {
         let cache = open(&root);
@@ -365,6 +372,7 @@ fn promote_of_a_session_from_an_older_generation() {
 /// only that backend can judge.
 #[test]
 fn a_cache_is_opened_with_the_backend_it_was_made_with() {
+    let _shared = shared();
     let src = scratch_tree("kind", "1", 2);
     for (root, name) in roots("kind") {
         open(&root).import("proj", &src).unwrap();
@@ -397,6 +405,7 @@ fn a_cache_is_opened_with_the_backend_it_was_made_with() {
 /// operation then succeeds.
 #[test]
 fn progress_and_cancel_of_import_setup_promote() {
+    let _shared = shared();
     use goldclone::copy::{CancelToken, Progress};
     use goldclone::golden::Watch;
     let src = scratch_tree("watch", "1", 200);
@@ -491,6 +500,7 @@ fn progress_and_cancel_of_import_setup_promote() {
 /// generation, place and holders; none walks a tree, none changes anything.
 #[test]
 fn projects_has_golden_and_session_info() {
+    let _shared = shared();
     use goldclone::copy::CancelToken;
     use goldclone::golden::Watch;
     let src = scratch_tree("queries", "1", 3);
@@ -552,6 +562,7 @@ fn projects_has_golden_and_session_info() {
 /// without touching what the symlink points at.
 #[test]
 fn promote_with_edits_and_consume() {
+    let _shared = shared();
     use goldclone::copy::CancelToken;
     use goldclone::golden::{PromoteOptions, Watch};
     use std::os::unix::fs::MetadataExt;
@@ -714,6 +725,7 @@ fn promote_with_edits_and_consume() {
 /// name can be imported again.
 #[test]
 fn delete_project_on_every_backend() {
+    let _shared = shared();
     let src = scratch_tree("delete", "1", 5);
     for (root, name) in roots("delete") {
         let cache = open(&root);
@@ -798,6 +810,7 @@ fn delete_project_on_every_backend() {
 /// refused at open. Runs its zvol part in the ZFS guest (and fails there if it did not).
 #[test]
 fn zvol_block_size_size_and_discard() {
+    let _shared = shared();
     let src = scratch_tree("zvolopts", "1", 3);
     let mut ran = false;
     for (root, name) in roots("zvolopts") {
@@ -869,6 +882,7 @@ fn zvol_block_size_size_and_discard() {
 /// Damaged, not reused.
 #[test]
 fn setup_or_reuse_gives_back_the_session_that_is_there() {
+    let _shared = shared();
     use goldclone::golden::Watch;
     let src = scratch_tree("reuse", "1", 3);
     for (root, name) in roots("reuse") {
@@ -915,6 +929,7 @@ fn setup_or_reuse_gives_back_the_session_that_is_there() {
 /// time and no data is lost: what cannot go back is kept aside and reported.
 #[test]
 fn failed_promotes_give_everything_back() {
+    let _shared = shared();
     use goldclone::golden::{PromoteOptions, Watch};
     type HookResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
     let src = scratch_tree("giveback", "1", 3);
@@ -1013,6 +1028,7 @@ fn failed_promotes_give_everything_back() {
 /// else) by cleanup, a consuming promote and delete.
 #[test]
 fn sessions_at_callers_paths() {
+    let _shared = shared();
     use goldclone::golden::{PromoteOptions, SetupOptions, Watch};
     let src = scratch_tree("at", "1", 3);
     let at = |p: &Path, reuse: bool| SetupOptions { at: Some(p.to_path_buf()), reuse };
@@ -1156,6 +1172,7 @@ fn sessions_at_callers_paths() {
 /// in the next generation's size, and the kept count follows the current generation.
 #[test]
 fn info_size_is_counted_once_per_generation() {
+    let _shared = shared();
     let src = scratch_tree("size", "1", 3);
     for (root, name) in roots("size") {
         let cache = open(&root);
@@ -1186,6 +1203,19 @@ fn info_size_is_counted_once_per_generation() {
     let _ = fs::remove_dir_all(&src);
 }
 
+/// The lazy-cleanup test makes a mount namespace, which starts as a copy of every mount there
+/// is, other tests' sessions among them, until it lets go of them: for that moment they are
+/// held (rightly). It runs alone; the others share.
+static NAMESPACES: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    NAMESPACES.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
+    NAMESPACES.write().unwrap_or_else(|p| p.into_inner())
+}
+
 /// `btrfs` as the test filesystem's tools print it, checked.
 fn btrfs_cli(args: &[&str]) -> String {
     let out = Command::new("btrfs").args(args).output().expect("btrfs (btrfs-progs) runs");
@@ -1207,6 +1237,7 @@ fn qgroup_rfer(mnt: &Path, path: &Path) -> u64 {
 /// nothing kept beside the records); with quotas off the tree is walked once, as elsewhere.
 #[test]
 fn btrfs_sizes_come_from_qgroups_where_quotas_are_on() {
+    let _shared = shared();
     if std::env::var_os("GOLDCLONE_TEST_ZFS_PARENT").is_some() {
         return; // the ZFS guest has no btrfs; the host's run of this suite has this test
     }
@@ -1265,6 +1296,7 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 /// in it, gc keeps its tree while it is held and removes it after, and delete waits for it.
 #[test]
 fn lazy_cleanup_of_a_session_in_use() {
+    let _alone = alone();
     use goldclone::golden::{Cleaned, CleanupOptions, SetupOptions, Watch};
     let src = scratch_tree("lazy", "1", 3);
     let lazy = CleanupOptions { lazy: true };
@@ -1379,6 +1411,7 @@ fn lazy_cleanup_of_a_session_in_use() {
 /// bad input or a stop changes nothing.
 #[test]
 fn import_next_makes_a_directory_the_next_generation() {
+    let _shared = shared();
     use goldclone::copy::CancelToken;
     use goldclone::golden::Watch;
     const FILES: usize = 20;
@@ -1479,6 +1512,7 @@ fn extents(path: &Path) -> u64 {
 /// sequentially, so that sessions from it clone in bounded time; its content is the session's.
 #[test]
 fn a_fragmented_image_is_rewritten_at_promote() {
+    let _shared = shared();
     let src = scratch_tree("frag", "1", 3);
     let mut ran = 0;
     for (root, name) in roots("frag") {
@@ -1533,6 +1567,7 @@ fn a_fragmented_image_is_rewritten_at_promote() {
 /// whether the image backend can run, and why not.
 #[test]
 fn the_default_backend_follows_the_filesystem() {
+    let _shared = shared();
     if std::env::var_os("GOLDCLONE_TEST_ZFS_PARENT").is_some() {
         return; // the host's filesystems; the host's run of this suite has this test
     }
@@ -1547,6 +1582,13 @@ fn the_default_backend_follows_the_filesystem() {
         assert_eq!(found.image_backend.is_none(), image_ok, "{fs_kind:?}: {found:?}");
         let cache = Cache::open(&root.path, &OpenOptions::default()).unwrap();
         assert_eq!(cache.backend(), want, "{fs_kind:?}");
+        // A cache made with another backend keeps it when opened without asking (a default
+        // that changed must not turn an existing cache away).
+        let made_as_copy = common::Scratch::new(&mnt, "default-copy");
+        let copy = OpenOptions { backend: Some(BackendKind::Copy), ..Default::default() };
+        drop(Cache::open(&made_as_copy.path, &copy).unwrap());
+        let reopened = Cache::open(&made_as_copy.path, &OpenOptions::default()).unwrap();
+        assert_eq!(reopened.backend(), BackendKind::Copy, "{fs_kind:?}: the recorded backend");
         // Asked for, the image backend serves ext4 too (images copied sparsely).
         if fs_kind == common::Fs::Ext4 {
             drop(cache);

@@ -1057,3 +1057,87 @@ fn two_zvol_roots_on_one_parent_share_nothing() {
     }
     let _ = fs::remove_dir_all(&src);
 }
+
+/// Image sessions whose mount someone else changed: goldclone acts only on the mount of the
+/// session's own image. (1) A foreign filesystem mounted at a session's place after its own
+/// was detached: promote refuses and freezes nothing (the foreign filesystem stays writable),
+/// cleanup refuses and unmounts nothing. (2) A session detached from its place by someone else
+/// while a mount namespace still uses it: its image is still on a loop device, so a cleanup is
+/// Busy, a lazy one waits, and gc removes the image only once the user is gone.
+#[test]
+fn image_sessions_changed_behind_goldclone() {
+    let _serial = serial();
+    let src = scratch_tree("imgchanged", "1", FILES);
+    let mut ran = 0;
+    for (root, name) in roots("imgchanged") {
+        if root.backend != BackendKind::Image {
+            continue;
+        }
+        ran += 1;
+        let cache = open(&root);
+        cache.import("proj", &src).unwrap();
+
+        // (1) a foreign tmpfs where the session was mounted
+        let s1 = cache.setup("proj", "s1").unwrap();
+        let st = Command::new("umount").arg("-l").arg(&s1).status().unwrap();
+        assert!(st.success());
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=8m", "foreign"])
+            .arg(&s1)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        fs::write(s1.join("user-data"), "keep").unwrap();
+        let err = cache.promote("proj", "s1").unwrap_err();
+        assert_ne!(err.kind(), ErrorKind::Io, "{name}: an untyped refusal: {err}");
+        assert_eq!(cache.info("proj").unwrap().generation, 1, "{name}: {err}");
+        // Not frozen: a write returns.
+        fs::write(s1.join("after-promote"), "written").unwrap();
+        let err = cache.cleanup("proj", "s1").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Damaged, "{name}: cleanup of a foreign mount: {err}");
+        assert!(common::is_mount_point(&s1), "{name}: the foreign mount was unmounted");
+        assert_eq!(fs::read_to_string(s1.join("user-data")).unwrap(), "keep", "{name}");
+        umount(&s1);
+        // Free of the foreign mount, the session goes (a cleanup, or the recovery of the one
+        // refused above).
+        let _ = cache.cleanup("proj", "s1");
+        let err = cache.session_info("proj", "s1").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{name}: {err}");
+        assert!(!root.path.join(".goldclone/images/proj/s1").exists(), "{name}");
+
+        // (2) detached by someone else, still used from another mount namespace
+        let s2 = cache.setup("proj", "s2").unwrap();
+        let user = Outsider::start(r#"cd "$1" && echo ready && exec sleep 600"#, &s2);
+        let st = Command::new("umount").arg("-l").arg(&s2).status().unwrap();
+        assert!(st.success());
+        let err = cache.cleanup("proj", "s2").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Busy, "{name}: {err}");
+        let image = root.path.join(".goldclone/images/proj/s2");
+        assert!(image.is_file(), "{name}: the image of a session in use was removed");
+        let lazy = goldclone::golden::CleanupOptions { lazy: true };
+        cache.cleanup_with_options("proj", "s2", &lazy).unwrap();
+        let report = cache.gc().unwrap();
+        assert!(report.failed.is_empty(), "{name}: {report:?}");
+        assert!(image.is_file(), "{name}: gc removed the image of a session in use");
+        assert!(
+            !report.kept.iter().any(|k| k.contains("has no record")),
+            "{name}: an owed image reported as unrecorded: {report:?}"
+        );
+        drop(user);
+        let mut gone = false;
+        for _ in 0..100 {
+            cache.gc().unwrap();
+            if !image.exists() {
+                gone = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(gone, "{name}: the freed image was not removed");
+        cache.delete_project("proj").unwrap();
+    }
+    if std::env::var_os("GOLDCLONE_TEST_ZFS_PARENT").is_none() {
+        assert_eq!(ran, 2, "the image roots did not run");
+    }
+    let _ = fs::remove_dir_all(&src);
+}

@@ -88,7 +88,7 @@ require_ran "$host_log" copy_engine 8 || host_rc=1
 require_ran "$host_log" lifecycle 22 || host_rc=1
 require_ran "$host_log" logging 1 || host_rc=1
 require_ran "$host_log" lifecycle_crash 3 || host_rc=1
-require_ran "$host_log" lifecycle_safety 13 || host_rc=1
+require_ran "$host_log" lifecycle_safety 14 || host_rc=1
 require_ran "$host_log" limits 2 || host_rc=1
 require_ran "$host_log" layers 2 || host_rc=1
 

@@ -90,12 +90,53 @@ fn session_image(s: &Session) -> PathBuf {
     images_dir(&s.project).join(&s.name)
 }
 
-/// The kernel's `dev_t` encoding (`new_encode_dev`, as `loop_info64.lo_device` carries it),
-/// decoded.
-fn decode_dev(dev: u64) -> (u32, u32) {
-    let major = ((dev >> 8) & 0xfff) as u32;
-    let minor = ((dev & 0xff) | ((dev >> 12) & 0xfff00)) as u32;
-    (major, minor)
+/// A device number in the kernel's `new_encode_dev` form, as `loop_info64.lo_device` carries
+/// it (the C library's `dev_t` lays major and minor out differently above 12 bits).
+fn encode_dev(dev: u64) -> u64 {
+    let (major, minor) = (u64::from(rustix::fs::major(dev)), u64::from(rustix::fs::minor(dev)));
+    (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
+}
+
+/// The image file at `rel` as a loop device names its backing file: (encoded device, inode).
+fn image_key(root: &RootDir, rel: &Path) -> Result<Option<(u64, u64)>> {
+    Ok(match root.entry(rel)? {
+        Some(e) if e.mode & libc::S_IFMT == libc::S_IFREG => Some((encode_dev(e.dev), e.ino)),
+        _ => None,
+    })
+}
+
+/// Whether the directory `rel` (beneath the root, never through a symlink) is the root of a
+/// mount: something is mounted there.
+fn is_mount_root(root: &RootDir, rel: &Path) -> Result<bool> {
+    use rustix::fs::{AtFlags, StatxAttributes, StatxFlags};
+    let (parent, name) = match root.parent(rel) {
+        Ok(p) => p,
+        Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let st = match rustix::fs::statx(
+        &parent,
+        name,
+        AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::BASIC_STATS,
+    ) {
+        Ok(st) => st,
+        Err(rustix::io::Errno::NOENT) => return Ok(false),
+        Err(e) => return Err(Error::io("statx", root.join(rel), e)),
+    };
+    Ok(st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT)
+        && st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT))
+}
+
+/// Unmount what is mounted at `dir` (the topmost mount; never through a symlink), or with
+/// `lazily` detach it (`MNT_DETACH`: gone from every path, alive for its users).
+fn unmount(dir: &Path, lazily: bool) -> Result<()> {
+    use rustix::mount::UnmountFlags;
+    let mut flags = UnmountFlags::NOFOLLOW;
+    if lazily {
+        flags |= UnmountFlags::DETACH;
+    }
+    rustix::mount::unmount(dir, flags).at(if lazily { "umount -l" } else { "umount" }, dir)
 }
 
 /// The open image file at `rel` (not through a symlink), read-only or read-write.
@@ -192,6 +233,23 @@ fn clone_image(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, path: &Path) -> Result<
     Ok(())
 }
 
+/// Wait until no loop device serves the open image `image` any more: the detached mount a fill
+/// used goes when its last descriptor does, and a process forked meanwhile elsewhere in this
+/// program holds a copy of that descriptor until it execs. The inner XFS's last writes are
+/// made before its device lets go.
+fn wait_detached(image: BorrowedFd<'_>, path: &Path) -> Result<()> {
+    let st = rustix::fs::fstat(image).at("stat", path)?;
+    let key = (encode_dev(st.st_dev), st.st_ino);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !loopdev::attached_to(key).at("list loop devices", "/sys/block")?.is_empty() {
+        if std::time::Instant::now() >= deadline {
+            return Err(Error::from_errno("wait for the loop device to let go", path, libc::EBUSY));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Ok(())
+}
+
 /// Give back the blocks of the image's ranges that read as zeros without holding data: what
 /// SEEK_HOLE reports as a hole that is still allocated (mkfs's zeroed log and the inner XFS's
 /// zeroed ranges are unwritten extents). Punching them changes no byte of the image; it keeps
@@ -233,7 +291,14 @@ fn rewrite_name(staging: &Path) -> PathBuf {
 /// image (the same or the rewritten one) and whether it was rewritten.
 fn defragment(root: &RootDir, image: OwnedFd, staging: &Path) -> Result<(OwnedFd, bool)> {
     let shown = root.join(staging);
-    let extents = loopdev::extent_count(image.as_fd()).at("FIEMAP", &shown)?;
+    let extents = match loopdev::extent_count(image.as_fd()) {
+        Ok(n) => n,
+        // No extent map to read (tmpfs): nothing a reflink would walk either.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOTTY)) => {
+            return Ok((image, false))
+        }
+        Err(e) => return Err(Error::io("FIEMAP", &shown, e)),
+    };
     if extents <= MAX_EXTENTS {
         return Ok((image, false));
     }
@@ -374,33 +439,58 @@ impl ImageBackend {
         want.max(used.saturating_mul(2) + (512 << 20)).div_ceil(1 << 20) << 20
     }
 
-    /// The (device, inode) of the file behind the loop device mounted at `dir` (the topmost
-    /// mount there), if that is a loop device's XFS.
-    fn mounted_image(&self, dir: &Path) -> Result<Option<(u64, u64)>> {
-        let mounts = crate::detect::mounts()?;
-        let Some(m) = mounts.iter().rev().find(|m| m.mount_point == dir) else { return Ok(None) };
-        if m.fs_type != "xfs" || m.major != loopdev::LOOP_MAJOR {
+    /// The directory `rel`, opened beneath the root (never through a symlink; a mount there is
+    /// entered, so it is the topmost one), if it is the root of a mount of a loop device's
+    /// filesystem; with the (device, inode) of the file behind that device.
+    fn open_mounted(&self, root: &RootDir, rel: &Path) -> Result<Option<(OwnedFd, (u64, u64))>> {
+        use rustix::fs::{AtFlags, StatxAttributes, StatxFlags};
+        let (parent, name) = match root.parent(rel) {
+            Ok(p) => p,
+            Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let fd = match rustix::fs::openat(&parent, name, sys::fs::READ_DIR, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP) => {
+                return Ok(None)
+            }
+            Err(e) => return Err(Error::io("open", root.join(rel), e)),
+        };
+        let st = rustix::fs::statx(&fd, "", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS)
+            .at_with("statx", || root.join(rel))?;
+        let root_of_mount = StatxAttributes::MOUNT_ROOT;
+        if !st.stx_attributes_mask.contains(root_of_mount)
+            || !st.stx_attributes.contains(root_of_mount)
+        {
             return Ok(None);
         }
-        loopdev::backing_of(m.minor).at("LOOP_GET_STATUS64", dir)
+        let backing = loopdev::backing_of(st.stx_dev_major, st.stx_dev_minor)
+            .at_with("LOOP_GET_STATUS64", || root.join(rel))?;
+        Ok(backing.map(|b| (fd, b)))
     }
 
-    /// Whether the XFS mounted at `dir` is the one in the image file `image` (at `rel`).
-    fn is_mount_of(&self, root: &RootDir, dir: &Path, image: &Path) -> Result<bool> {
-        let Some((dev, ino)) = self.mounted_image(dir)? else { return Ok(false) };
-        let Some(e) = root.entry(image)? else { return Ok(false) };
-        let (major, minor) = decode_dev(dev);
-        Ok(e.ino == ino
-            && rustix::fs::major(e.dev) == major
-            && rustix::fs::minor(e.dev) == minor
-            && e.mode & libc::S_IFMT == libc::S_IFREG)
+    /// The session's place, opened, if what is mounted there is the XFS in the image file
+    /// `image`: the one way to reach a session's filesystem to freeze or thaw it.
+    fn mounted_session(
+        &self,
+        root: &RootDir,
+        place: &Path,
+        image: &Path,
+    ) -> Result<Option<OwnedFd>> {
+        let Some((fd, backing)) = self.open_mounted(root, place)? else { return Ok(None) };
+        Ok((image_key(root, image)? == Some(backing)).then_some(fd))
+    }
+
+    /// Whether the XFS mounted at `place` is the one in the image file `image`.
+    fn is_mount_of(&self, root: &RootDir, place: &Path, image: &Path) -> Result<bool> {
+        Ok(self.mounted_session(root, place, image)?.is_some())
     }
 
     /// Unmount the image `image`'s XFS from `dir` (relative) if that is what is mounted there,
     /// then remove the directory if it is empty.
     fn unmount_and_rmdir(&self, root: &RootDir, dir: &Path, image: &Path) -> Result<()> {
-        if self.is_mount_of(root, &root.join(dir), image)? {
-            mount::unmount(&root.join(dir))?;
+        if self.is_mount_of(root, dir, image)? {
+            unmount(&root.join(dir), false)?;
         }
         root.rmdir(dir).map(drop)
     }
@@ -481,10 +571,20 @@ impl ImageBackend {
     /// `staging`, thaw.
     fn clone_session(&self, root: &RootDir, s: &Session, staging: &Path) -> Result<Identity> {
         let image = session_image(s);
-        let frozen = mount::freeze(&root.join(&s.place))?;
+        // Frozen through a descriptor checked to be the session's own filesystem: never the
+        // cache root's, or one mounted over the session since it was checked.
+        let Some(session_fs) = self.mounted_session(root, &s.place, &image)? else {
+            return Err(Error::Damaged {
+                path: root.join(&s.place),
+                what: format!("is not the mount of the session's image {}", image.display()),
+            });
+        };
+        sys::block::fifreeze(session_fs.as_fd()).at_with("FIFREEZE", || root.join(&s.place))?;
         let cloned = self.clone_to(root, &image, staging);
-        frozen.thaw()?;
+        let thawed =
+            sys::block::fithaw(session_fs.as_fd()).at_with("FITHAW", || root.join(&s.place));
         let (fd, _) = cloned?;
+        thawed?;
         // After the thaw: the session runs on while its copy is rewritten.
         let (fd, _) = defragment(root, fd, staging)?;
         file_identity(root, fd.as_fd(), staging)
@@ -505,14 +605,32 @@ impl ImageBackend {
             Presence::Here => {
                 let dir = root.join(&s.place);
                 if lazily {
-                    mount::detach_lazily(&dir)?;
+                    unmount(&dir, true)?;
                     root.rmdir(&s.place)?;
                     // Mounted still, for its users: removed by gc once they are gone.
                     return Ok(Retired::Owed(with_path(id.clone(), &image)));
                 }
-                mount::unmount(&dir)?;
+                unmount(&dir, false)?;
             }
-            Presence::Elsewhere(_) => {}
+            Presence::Elsewhere(_) => {
+                // Not at its place (detached there by someone, or a reboot), but a loop device
+                // may still serve it to a mount elsewhere (another mount namespace): then it
+                // is in use.
+                if let Some(key) = image_key(root, &image)? {
+                    if !loopdev::attached_to(key).at("list loop devices", "/sys/block")?.is_empty()
+                    {
+                        if lazily {
+                            root.rmdir(&s.place)?;
+                            return Ok(Retired::Owed(with_path(id.clone(), &image)));
+                        }
+                        return Err(Error::from_errno(
+                            "remove session: its image is still on a loop device",
+                            root.join(&image),
+                            libc::EBUSY,
+                        ));
+                    }
+                }
+            }
             Presence::Absent => {
                 root.rmdir(&s.place)?;
                 return Ok(Retired::Absent);
@@ -569,6 +687,7 @@ impl Backend for ImageBackend {
             watch.check()?;
             make_xfs(image.as_fd(), &root.join(staging))?;
             self.fill(root, image.as_fd(), staging, src, watch)?;
+            wait_detached(image.as_fd(), &root.join(staging))?;
             punch_holes(image.as_fd(), &root.join(staging))?;
             rustix::fs::fsync(&image).at_with("fsync", || root.join(staging))?;
             let (image, _) = defragment(root, image, staging)?;
@@ -603,8 +722,14 @@ impl Backend for ImageBackend {
             attach_and_mount(fd.as_fd(), &root.join(&s.place))?;
             Ok(with_path(id, &image))
         })();
-        if made.is_err() {
-            let _ = self.discard_session(root, s, staging, true);
+        match &made {
+            // Something was there already (never ours to remove; session_free checked the
+            // image, the lifecycle the place): this setup made nothing.
+            Err(Error::AlreadyExists { .. }) => {}
+            Err(_) => {
+                let _ = self.discard_session(root, s, staging, true);
+            }
+            Ok(_) => {}
         }
         made
     }
@@ -644,11 +769,8 @@ impl Backend for ImageBackend {
     ) -> Result<Option<Identity>> {
         // FIFREEZE outlives its process: a promote killed while the session was frozen leaves it
         // frozen. Thawed only where the session's own image is mounted.
-        let dir = root.join(&s.place);
-        if self.is_mount_of(root, &dir, &session_image(s))? {
-            if let Ok(f) = std::fs::File::open(&dir) {
-                let _ = sys::block::fithaw(f.as_fd());
-            }
+        if let Some(session_fs) = self.mounted_session(root, &s.place, &session_image(s))? {
+            let _ = sys::block::fithaw(session_fs.as_fd());
         }
         // No clone begun: nothing was done (an edit that failed is given back by the caller).
         if root.entry(staging)?.is_none() {
@@ -657,7 +779,7 @@ impl Backend for ImageBackend {
         // A clone cut short is no generation.
         root.remove_file(staging)?;
         root.remove_file(&rewrite_name(staging))?;
-        if forward && self.is_mount_of(root, &dir, &session_image(s))? {
+        if forward && self.is_mount_of(root, &s.place, &session_image(s))? {
             // The session was edited for the generation, completely (the clone comes after the
             // edits), and undoing cannot give the edits back: clone it again.
             return Ok(Some(self.clone_session(root, s, staging)?));
@@ -679,16 +801,20 @@ impl Backend for ImageBackend {
 
     fn session_presence(&self, root: &RootDir, s: &Session, id: &Identity) -> Result<Presence> {
         let image = session_image(s);
-        let dir = root.join(&s.place);
         match self.image_presence(root, &image, id)? {
-            Presence::Here if self.is_mount_of(root, &dir, &image)? => Ok(Presence::Here),
+            Presence::Here if self.is_mount_of(root, &s.place, &image)? => Ok(Presence::Here),
+            Presence::Here if is_mount_root(root, &s.place)? => Ok(Presence::Other(
+                "another filesystem is mounted there, not the session's image".into(),
+            )),
             Presence::Here => Ok(Presence::Elsewhere(format!(
                 "its image {} is not mounted at its place",
                 image.display()
             ))),
-            Presence::Absent if self.mounted_image(&dir)?.is_some() => Ok(Presence::Other(
-                "a loop device's XFS is mounted there, but the session's image is gone".into(),
-            )),
+            Presence::Absent if self.open_mounted(root, &s.place)?.is_some() => {
+                Ok(Presence::Other(
+                    "a loop device's XFS is mounted there, but the session's image is gone".into(),
+                ))
+            }
             other => Ok(other),
         }
     }
@@ -718,7 +844,13 @@ impl Backend for ImageBackend {
         root.remove_file(&rewrite_name(staging))?;
         match root.entry(staging)? {
             Some(e) if e.mode & libc::S_IFMT == libc::S_IFREG => root.remove_file(staging)?,
-            Some(_) => super::remove_beneath(root, staging)?,
+            Some(e) => {
+                // This backend makes only files there: not ours.
+                return Err(Error::Damaged {
+                    path: root.join(staging),
+                    what: describe(&e, "image file"),
+                });
+            }
             None => {}
         }
         if let Some(id) = recorded {
@@ -770,12 +902,9 @@ impl Backend for ImageBackend {
                 return Err(Error::Damaged { path: root.join(&rel), what })
             }
         }
-        let dev = rustix::fs::fstat(root.fd()).at("stat", root.path())?.st_dev;
-        let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
-        // lo_device in the kernel's encoding (see decode_dev).
-        let encoded =
-            u64::from(minor & 0xff) | (u64::from(major) << 8) | (u64::from(minor & !0xff) << 12);
-        let devices = loopdev::attached_to((encoded, ino)).at("list loop devices", "/sys/block")?;
+        let Some(key) = image_key(root, &rel)? else { return Ok(()) };
+        debug_assert_eq!(key.1, ino);
+        let devices = loopdev::attached_to(key).at("list loop devices", "/sys/block")?;
         if !devices.is_empty() {
             // Its users still have the session: the loop device lives as long as its mount.
             return Err(Error::from_errno(
@@ -814,13 +943,22 @@ impl Backend for ImageBackend {
         project: &str,
         sessions: &[String],
         _generations: &[u64],
-        _owed: &[Identity],
+        owed: &[Identity],
     ) -> Result<Vec<String>> {
         let dir = images_dir(project);
+        // Images of sessions cleaned up lazily wait for their users: owed, not unrecorded.
+        let owed: Vec<PathBuf> = owed
+            .iter()
+            .filter_map(|id| match id.get() {
+                Some(ImageIdentity::Image { path: Some(p), .. }) => Some(p),
+                _ => None,
+            })
+            .collect();
         Ok(root
             .list(&dir)?
             .into_iter()
             .filter(|name| !sessions.iter().any(|s| std::ffi::OsStr::new(s) == name))
+            .filter(|name| !owed.contains(&dir.join(name)))
             .map(|name| format!("image {}", root.join(&dir.join(name)).display()))
             .collect())
     }

@@ -173,10 +173,10 @@ enum Build {
 
 /// Choose the backend for the cache root `root` (canonical): `requested`, or the best one
 /// detection finds, checked that it can serve this root.
-pub(crate) fn plan(root: &Path, requested: Option<BackendKind>) -> Result<Plan> {
+pub(crate) fn plan(root: &Path, requested: Option<(BackendKind, &str)>) -> Result<Plan> {
     let found = detect::detect(root)?;
     let mut no_image = None;
-    let kind = requested.unwrap_or_else(|| match &found.backend {
+    let kind = requested.map(|(k, _)| k).unwrap_or_else(|| match &found.backend {
         detect::Backend::ZfsDataset { .. } => BackendKind::Zfs,
         detect::Backend::Zvol { .. } => BackendKind::Zvol,
         detect::Backend::Btrfs { .. } => BackendKind::Btrfs,
@@ -191,7 +191,7 @@ pub(crate) fn plan(root: &Path, requested: Option<BackendKind>) -> Result<Plan> 
         },
         detect::Backend::Plain { .. } => BackendKind::Copy,
     });
-    log_choice(root, &found, kind, requested.is_some(), no_image.as_deref());
+    log_choice(root, &found, kind, requested.map(|(_, why)| why), no_image.as_deref());
     let build = match kind {
         BackendKind::Copy => Build::Copy,
         BackendKind::Image => image::check(root, &found).map(|()| Build::Image)?,
@@ -209,7 +209,7 @@ fn log_choice(
     root: &Path,
     found: &Detection,
     kind: BackendKind,
-    requested: bool,
+    requested: Option<&str>,
     no_image: Option<&str>,
 ) {
     let fs = &found.mount.fs_type;
@@ -237,7 +237,7 @@ fn log_choice(
         (_, BackendKind::Zfs) => "a ZFS dataset: sessions are clones".into(),
         (_, BackendKind::Zvol) => "an XFS on a zvol: sessions are volume clones".into(),
     };
-    let how = if requested { "requested by the caller" } else { "detected" };
+    let how = requested.unwrap_or("detected");
     tracing::info!(
         target: "goldclone::backend",
         "{}: {} backend, {how} ({fs} at {}): {what}",

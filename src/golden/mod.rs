@@ -309,8 +309,14 @@ impl Cache {
             });
         }
         let canonical = root.canonicalize().at("canonicalize", root)?;
-        let plan = backend::plan(&canonical, opts.backend)?;
         let dir = RootDir::open(&canonical)?;
+        // An existing cache keeps its backend (a default that changed, or detection that sees
+        // another one for a less privileged process, must not turn its records away).
+        let requested = match opts.backend {
+            Some(b) => Some((b, "requested by the caller")),
+            None => state::recorded_backend(&dir).map(|b| (b, "recorded in the cache")),
+        };
+        let plan = backend::plan(&canonical, requested)?;
         let cache_id = state::open_state(&dir, plan.kind())?;
         let settings = backend::Settings {
             copy_threads: opts.copy_threads,

@@ -135,6 +135,12 @@ struct CacheMeta {
     backend: BackendKind,
 }
 
+/// The backend recorded in the cache at `root` (its `cache.json`), if it has one that reads.
+/// A cache keeps the backend it was made with, whatever detection would pick today.
+pub(crate) fn recorded_backend(root: &RootDir) -> Option<BackendKind> {
+    read_json::<CacheMeta>(root, &Layout::cache_meta()).ok().flatten().map(|m| m.backend)
+}
+
 /// What an operation in flight is about to do: enough to finish or undo it after a crash. The
 /// staging and trash names are chosen before anything is made, so recovery removes exactly what
 /// the operation made and nothing else.

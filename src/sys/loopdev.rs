@@ -18,8 +18,6 @@ pub const LO_FLAGS_AUTOCLEAR: u32 = 4;
 /// `LO_FLAGS_DIRECT_IO`: the device reads and writes its file with O_DIRECT, not through a
 /// second page cache.
 pub const LO_FLAGS_DIRECT_IO: u32 = 16;
-/// The major number of loop block devices.
-pub const LOOP_MAJOR: u32 = 7;
 
 /// `struct loop_info64`.
 #[repr(C)]
@@ -174,20 +172,32 @@ pub fn status(dev: BorrowedFd<'_>) -> io::Result<LoopInfo64> {
     Ok(info)
 }
 
-/// The (device, inode) of the file behind loop device number `minor`, if it is attached.
-/// Opened read-only and without O_EXCL: asking changes nothing (a device detached meanwhile
-/// answers ENXIO, which is `None`).
-pub fn backing_of(minor: u32) -> io::Result<Option<(u64, u64)>> {
-    let path = format!("/dev/loop{minor}");
+/// The (device, inode) of the file behind the loop device whose number is `major:minor`, if
+/// it is a loop device and attached. Its node is found by its number (`/sys/dev/block`): with
+/// `max_part` a device's minor is not its index. Opened read-only and without O_EXCL: asking
+/// changes nothing (a device detached meanwhile answers ENXIO, which is `None`).
+pub fn backing_of(major: u32, minor: u32) -> io::Result<Option<(u64, u64)>> {
+    let Ok(target) = std::fs::read_link(format!("/sys/dev/block/{major}:{minor}")) else {
+        return Ok(None);
+    };
+    let Some(name) = target.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+        return Ok(None);
+    };
+    // A whole loop device has a `loop` directory in sysfs (a partition of one does not).
+    if !name.starts_with("loop")
+        || !std::path::Path::new("/sys/block").join(&name).join("loop").is_dir()
+    {
+        return Ok(None);
+    }
+    let path = format!("/dev/{name}");
     let fd = match rustix::fs::open(&*path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) {
         Ok(fd) => fd,
         Err(rustix::io::Errno::NOENT | rustix::io::Errno::NXIO) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
     // The node must be the device it is named for (a stale or foreign node proves nothing).
-    let st = rustix::fs::fstat(&fd)?;
-    let rdev = st.st_rdev;
-    if rustix::fs::major(rdev) != LOOP_MAJOR || rustix::fs::minor(rdev) != minor {
+    let rdev = rustix::fs::fstat(&fd)?.st_rdev;
+    if rustix::fs::major(rdev) != major || rustix::fs::minor(rdev) != minor {
         return Ok(None);
     }
     match status(fd.as_fd()) {
@@ -197,16 +207,20 @@ pub fn backing_of(minor: u32) -> io::Result<Option<(u64, u64)>> {
     }
 }
 
-/// The loop devices attached now to the file with (device, inode) `file`, by minor number:
-/// each `/sys/block/loopN` asked (see [`backing_of`]).
-pub fn attached_to(file: (u64, u64)) -> io::Result<Vec<u32>> {
+/// The loop devices attached now to the file with (device, inode) `file` (in
+/// `loop_info64.lo_device`'s encoding), by name: each `/sys/block/loopN` asked by its number.
+pub fn attached_to(file: (u64, u64)) -> io::Result<Vec<String>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/sys/block")?.flatten() {
-        let name = entry.file_name();
-        let Some(n) = name.to_str().and_then(|n| n.strip_prefix("loop")) else { continue };
-        let Ok(minor) = n.parse::<u32>() else { continue };
-        if backing_of(minor)? == Some(file) {
-            out.push(minor);
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("loop") {
+            continue;
+        }
+        let Ok(dev) = std::fs::read_to_string(entry.path().join("dev")) else { continue };
+        let Some((major, minor)) = dev.trim().split_once(':') else { continue };
+        let (Ok(major), Ok(minor)) = (major.parse(), minor.parse()) else { continue };
+        if backing_of(major, minor)? == Some(file) {
+            out.push(name);
         }
     }
     Ok(out)
