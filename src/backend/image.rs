@@ -255,25 +255,16 @@ fn wait_detached(image: BorrowedFd<'_>, path: &Path) -> Result<()> {
 /// zeroed ranges are unwritten extents). Punching them changes no byte of the image; it keeps
 /// its allocation, the generation's size, and what every session clones down to its data.
 fn punch_holes(image: BorrowedFd<'_>, path: &Path) -> Result<()> {
-    use rustix::fs::{FallocateFlags, SeekFrom};
+    use rustix::fs::FallocateFlags;
     let len = rustix::fs::fstat(image).at("stat", path)?.st_size as u64;
+    // The holes are the gaps around the data ranges.
     let mut at = 0u64;
-    while at < len {
-        let hole = match rustix::fs::seek(image, SeekFrom::Hole(at)) {
-            Ok(h) => h,
-            Err(rustix::io::Errno::NXIO) => break,
-            Err(e) => return Err(Error::io("lseek SEEK_HOLE", path, e)),
-        };
-        let data = match rustix::fs::seek(image, SeekFrom::Data(hole)) {
-            Ok(d) => d,
-            Err(rustix::io::Errno::NXIO) => len,
-            Err(e) => return Err(Error::io("lseek SEEK_DATA", path, e)),
-        };
-        if data > hole {
+    for (start, end) in data_ranges(image, path)?.into_iter().chain(std::iter::once((len, len))) {
+        if start > at {
             let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
-            rustix::fs::fallocate(image, flags, hole, data - hole).at("fallocate punch", path)?;
+            rustix::fs::fallocate(image, flags, at, start - at).at("fallocate punch", path)?;
         }
-        at = data;
+        at = end;
     }
     Ok(())
 }
