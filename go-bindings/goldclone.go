@@ -360,7 +360,8 @@ func (c *Cache) SetupSessionContext(ctx context.Context, projectID, sessionID st
 
 // SetupOrReuseSession is SetupSessionContext, but a session that exists already is returned
 // as it is (reused true) instead of ErrAlreadyExists; ErrDamaged if its tree is not the one
-// recorded. A reused session keeps the generation it was made from (SessionInfo tells).
+// recorded. A reused session keeps the generation it was made from (SessionInfo tells); one
+// that a reboot unmounted (images, ZFS, zvol) is mounted at its place again.
 func (c *Cache) SetupOrReuseSession(ctx context.Context, projectID, sessionID string, onProgress func(copied, total int64)) (path string, reused bool, err error) {
 	return c.setup("SetupOrReuseSession", ctx, projectID, sessionID, SetupOptions{Reuse: true, OnProgress: onProgress})
 }

@@ -804,7 +804,8 @@ goldclone_result goldclone_cache_setup_with(const struct goldclone_cache *cache,
 /**
  * `goldclone_cache_setup_with`, but an existing session `session` is returned as it is
  * (`*reused` true; may be NULL) instead of ALREADY_EXISTS; DAMAGED if its tree is not the one
- * recorded. A reused session keeps the generation it was made from. With BUFFER_TOO_SMALL the
+ * recorded. A reused session keeps the generation it was made from; one that a reboot
+ * unmounted (images, ZFS, zvol) is mounted at its place again. With BUFFER_TOO_SMALL the
  * session exists (also one this call made): call again with a larger buffer to get its path.
  */
 goldclone_result goldclone_cache_setup_or_reuse(const struct goldclone_cache *cache,

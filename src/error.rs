@@ -158,6 +158,19 @@ pub enum Error {
         /// Every holder, described.
         holders: Vec<String>,
     },
+    /// A filesystem ran out of space (or quota): which one, and what needed the space. Told
+    /// apart where goldclone writes through one filesystem into another (an image's XFS on
+    /// the cache root's filesystem): the caller's remedy differs.
+    #[error("no space left on {}: {what}: {source}", path.display())]
+    NoSpace {
+        /// A directory on the filesystem that is full.
+        path: PathBuf,
+        /// What needed the space, what is free, what to do.
+        what: String,
+        /// The failed call.
+        #[source]
+        source: Box<Error>,
+    },
     /// The operation was cancelled from another thread.
     #[error("cancelled")]
     Cancelled,
@@ -295,7 +308,7 @@ impl Error {
             Error::Io { source, .. }
             | Error::Xattr { source, .. }
             | Error::Transfer { source, .. } => source.raw_os_error(),
-            Error::Incomplete { source, .. } => source.errno(),
+            Error::Incomplete { source, .. } | Error::NoSpace { source, .. } => source.errno(),
             Error::Component(c) => c.errno(),
             _ => None,
         }
@@ -310,7 +323,8 @@ impl Error {
             | Error::AlreadyExists { path }
             | Error::Damaged { path, .. }
             | Error::Parse { path, .. }
-            | Error::MountPoint { path } => Some(path),
+            | Error::MountPoint { path }
+            | Error::NoSpace { path, .. } => Some(path),
             Error::Transfer { src, .. } => Some(src),
             Error::Incomplete { source, .. } => source.path(),
             Error::DestinationInsideSource { dst, .. } => Some(dst),
@@ -334,6 +348,7 @@ impl Error {
             }
             Error::InvalidName { .. } => ErrorKind::InvalidName,
             Error::NameTooLong { .. } => ErrorKind::NameTooLong,
+            Error::NoSpace { .. } => ErrorKind::NoSpace,
             Error::Cancelled => ErrorKind::Cancelled,
             Error::EditFailed { .. } => ErrorKind::EditFailed,
             Error::UnknownProject { .. } | Error::UnknownSession { .. } => ErrorKind::NotFound,

@@ -1605,3 +1605,354 @@ fn the_default_backend_follows_the_filesystem() {
         }
     }
 }
+
+/// Loop devices whose backing file lies under `dir`.
+fn loop_devices_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in fs::read_dir("/sys/block").unwrap().flatten() {
+        let backing = e.path().join("loop/backing_file");
+        if let Ok(file) = fs::read_to_string(&backing) {
+            if Path::new(file.trim()).starts_with(dir) {
+                out.push(format!("{}: {}", e.file_name().to_string_lossy(), file.trim()));
+            }
+        }
+    }
+    out
+}
+
+fn syncfs(dir: &Path) {
+    let f = fs::File::open(dir).unwrap();
+    rustix::fs::syncfs(&f).unwrap();
+}
+
+/// Allocated bytes of a file.
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).unwrap().blocks() * 512
+}
+
+/// Fill the filesystem of `dir` with files of 1 MiB until it refuses one; the files.
+fn fill_up(dir: &Path) -> Vec<PathBuf> {
+    fs::create_dir_all(dir).unwrap();
+    let mut files = Vec::new();
+    for i in 0.. {
+        let f = dir.join(format!("filler{i}"));
+        let file = fs::File::create(&f).unwrap();
+        let r = rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, 1 << 20);
+        files.push(f);
+        if r.is_err() {
+            break;
+        }
+    }
+    files
+}
+
+/// A tree of `n` files of 100 MiB under `dir`, reflinked from one (cheap on the host).
+fn big_tree(dir: &Path, n: usize) {
+    fs::create_dir_all(dir).unwrap();
+    fs::write(dir.join("blob0"), noise(100 << 20, 9)).unwrap();
+    for i in 1..n {
+        let to = dir.join(format!("blob{i}"));
+        let status = Command::new("cp")
+            .args(["--reflink=always"])
+            .arg(dir.join("blob0"))
+            .arg(&to)
+            .status()
+            .unwrap();
+        assert!(status.success(), "cp --reflink {}", to.display());
+    }
+}
+
+/// Image backend, space: an image has the configured size (by default more, and room for the
+/// tree); blocks freed inside a session go back to the cache's filesystem (discard, which the
+/// loop device turns into a hole punched in the session's image); a session that fills its
+/// image gets ENOSPC and goes on; an import of a tree that does not fit in the image, and an
+/// import or a setup on a full cache filesystem, fail with NoSpace saying which filesystem is
+/// full and leave nothing behind (no file, no loop device).
+#[test]
+fn image_space_is_given_back_and_runs_out_clearly() {
+    let _shared = shared();
+    if std::env::var_os("GOLDCLONE_TEST_ZFS_PARENT").is_some() {
+        return; // the host's filesystems; the host's run of this suite has this test
+    }
+    let src = scratch_tree("space", "1", 3);
+    let sized = |root: &Path| {
+        let opts = OpenOptions {
+            backend: Some(BackendKind::Image),
+            image_size: 512 << 20,
+            ..Default::default()
+        };
+        Cache::open(root, &opts).unwrap()
+    };
+    let mut ran = 0;
+    for (root, name) in roots("space") {
+        if root.backend != BackendKind::Image {
+            continue;
+        }
+        ran += 1;
+        let cache = open(&root);
+        cache.import("dflt", &src).unwrap();
+        let default_size = fs::metadata(root.path.join("dflt/gen/1")).unwrap().len();
+        assert!(default_size > 512 << 20, "{name}: default image size {default_size}");
+        drop(cache);
+        let cache = sized(&root.path);
+        cache.import("proj", &src).unwrap();
+        assert_eq!(fs::metadata(root.path.join("proj/gen/1")).unwrap().len(), 512 << 20, "{name}");
+
+        // Freed blocks return: XFS discards them once its log checkpoint that frees them has
+        // committed (asynchronously, within seconds), the loop device punches them out.
+        let s = cache.setup("proj", "s").unwrap();
+        let image = root.path.join(".goldclone/images/proj/s");
+        let base = allocated(&image);
+        fs::write(s.join("big"), noise(64 << 20, 5)).unwrap();
+        syncfs(&s);
+        let grown = allocated(&image);
+        assert!(grown >= base + (60 << 20), "{name}: the image grew {base} -> {grown}");
+        fs::remove_file(s.join("big")).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(180);
+        while allocated(&image) > base + (8 << 20) && std::time::Instant::now() < deadline {
+            syncfs(&s);
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let after = allocated(&image);
+        assert!(
+            after <= base + (8 << 20),
+            "{name}: freed blocks stayed in the session's image: {base} -> {grown} -> {after}"
+        );
+
+        // A session that fills its image: ENOSPC to the writer, and the session goes on.
+        let err = (|| -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = fs::File::create(s.join("fill"))?;
+            let chunk = noise(1 << 20, 6);
+            for _ in 0..1024 {
+                f.write_all(&chunk)?;
+            }
+            f.sync_all()
+        })()
+        .expect_err("1 GiB fitted into a 512 MiB image");
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{name}: {err}");
+        fs::remove_file(s.join("fill")).unwrap();
+        fs::write(s.join("after"), "still here").unwrap();
+        syncfs(&s);
+        assert_eq!(fs::read_to_string(s.join("after")).unwrap(), "still here", "{name}");
+        assert_eq!(whole_generation(&s, 3), "1", "{name}");
+        cache.cleanup("proj", "s").unwrap();
+
+        // A tree that does not fit in the image's 512 MiB.
+        let big =
+            root.path.parent().unwrap().join(format!("space-big-{name}-{}", std::process::id()));
+        big_tree(&big, 6);
+        let before = snapshot_tree(&root.path);
+        let e = cache.import("large", &big).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NoSpace, "{name}: {e}");
+        assert!(matches!(e, Error::NoSpace { .. }), "{name}: {e:?}");
+        assert!(e.to_string().contains("image's own filesystem"), "{name}: {e}");
+        assert_eq!(snapshot_tree(&root.path), before, "{name}: the failed import left something");
+        assert_eq!(loop_devices_under(&root.path), Vec::<String>::new(), "{name}");
+        let _ = fs::remove_dir_all(&big);
+        assert!(cache.gc().unwrap().is_empty(), "{name}");
+    }
+    assert_eq!(ran, 2, "the image roots did not run");
+
+    // The cache's filesystem full (a 320 MiB XFS).
+    let Some([small, xfs]) = common::mounts([common::Fs::SmallXfs, common::Fs::Xfs]) else {
+        return;
+    };
+    let root = common::Scratch::new(&small, "space-host");
+    let fillers = small.join(format!("space-fillers-{}", std::process::id()));
+    let cache = sized(&root.path);
+    let host_full = |e: &Error, what: &str| {
+        assert_eq!(e.kind(), ErrorKind::NoSpace, "{what}: {e}");
+        assert!(e.to_string().contains("filesystem holding the cache's images"), "{what}: {e}");
+    };
+    // An import that the filesystem cannot hold.
+    let big = common::Scratch::new(&xfs, "space-big-src");
+    big_tree(&big.path, 4);
+    let before = snapshot_tree(&root.path);
+    let e = cache.import("large", &big.path).unwrap_err();
+    host_full(&e, "import");
+    assert_eq!(snapshot_tree(&root.path), before, "the failed import left something");
+    assert_eq!(loop_devices_under(&root.path), Vec::<String>::new());
+    // A setup while it is full: refused, nothing left; once there is room, it works.
+    cache.import("proj", &src).unwrap();
+    let filled = fill_up(&fillers);
+    let before = snapshot_tree(&root.path);
+    let e = cache.setup("proj", "s").unwrap_err();
+    host_full(&e, "setup");
+    assert_eq!(snapshot_tree(&root.path), before, "the failed setup left something");
+    assert_eq!(loop_devices_under(&root.path), Vec::<String>::new());
+    assert!(cache.info("proj").unwrap().sessions.is_empty());
+    for f in &filled {
+        fs::remove_file(f).unwrap();
+    }
+    let s = cache.setup("proj", "s").unwrap();
+    assert_eq!(whole_generation(&s, 3), "1");
+    // Full under a running session: its writer is told at sync (the image's blocks are
+    // allocated at writeback), never silently.
+    let filled = fill_up(&fillers);
+    let written = (|| -> std::io::Result<()> {
+        let mut f = fs::File::create(s.join("data"))?;
+        std::io::Write::write_all(&mut f, &noise(16 << 20, 7))?;
+        f.sync_all()
+    })();
+    let err = written.expect_err("16 MiB written to a full filesystem");
+    assert!(matches!(err.raw_os_error(), Some(libc::ENOSPC | libc::EIO)), "{err}");
+    for f in &filled {
+        fs::remove_file(f).unwrap();
+    }
+    cache.cleanup("proj", "s").unwrap();
+    assert!(cache.gc().unwrap().is_empty());
+    assert_eq!(loop_devices_under(&root.path), Vec::<String>::new());
+    let _ = fs::remove_dir_all(&fillers);
+
+    // Where images are copied (ext4, no reflink), the same on its small filesystem: the image's
+    // XFS cannot even be made there.
+    let Some(ext4) = common::mount(common::Fs::Small) else { return };
+    let root = common::Scratch::new(&ext4, "space-ext4");
+    let cache = sized(&root.path);
+    let before = snapshot_tree(&root.path);
+    host_full(&cache.import("proj", &src).unwrap_err(), "import on the small ext4");
+    assert_eq!(snapshot_tree(&root.path), before, "the failed import left something");
+    assert_eq!(loop_devices_under(&root.path), Vec::<String>::new());
+    let _ = fs::remove_dir_all(&src);
+}
+
+/// Fidelity through the lifecycle, on every backend: a session equals the tree its generation
+/// was imported from entry by entry (owners, modes, nanosecond times, xattrs of every
+/// namespace, ACLs, file capabilities, hardlinks, device nodes and overlay whiteouts, sparse
+/// files, content), and a session of a promoted generation equals the session it came from.
+#[test]
+fn a_session_equals_its_generation_entry_by_entry() {
+    use goldclone::fixture::{self, FixtureSpec};
+    use goldclone::treediff::{AtimeScope, CompareOptions};
+    let _shared = shared();
+    if std::env::var_os("GOLDCLONE_TEST_ZFS_PARENT").is_some() {
+        // The guest's overlaid /tmp takes neither the fixture's whiteouts nor its xattrs; the
+        // same lifecycle code runs here on every host backend.
+        return;
+    }
+    let mut ran = BTreeSet::new();
+    for (root, name) in roots("fidelity") {
+        ran.insert(name);
+        // The fixture on the root's own filesystem: every feature it uses is one that
+        // filesystem has, and the copy backend reflinks it there.
+        let base =
+            root.path.parent().unwrap().join(format!("fidelity-{name}-{}", std::process::id()));
+        let (src, reference) = (base.join("src"), base.join("ref"));
+        let spec = FixtureSpec::fidelity();
+        let made = fixture::build(&src, &spec).unwrap();
+        assert_eq!(fixture::build(&reference, &spec).unwrap(), made, "{name}");
+        let cache = open(&root);
+        cache.import("proj", &src).unwrap();
+        let s1 = cache.setup("proj", "s1").unwrap();
+        // The session's own root directory is the backend's (a mount's root, a subvolume's):
+        // its times are the setup's, so directory atimes are left out; every file's are in.
+        let opts = CompareOptions { atime: AtimeScope::Files, ..Default::default() };
+        common::assert_same(&reference, &s1, &opts);
+        assert_eq!(cache.promote("proj", "s1").unwrap(), 2, "{name}");
+        let s2 = cache.setup("proj", "s2").unwrap();
+        // Reading s1 above set its atimes.
+        let opts = CompareOptions { atime: AtimeScope::None, ..Default::default() };
+        common::assert_same(&s1, &s2, &opts);
+        common::assert_same(&reference, &s2, &opts);
+        for s in ["s1", "s2"] {
+            cache.cleanup("proj", s).unwrap();
+        }
+        drop(cache);
+        let _ = goldclone::copy::remove_tree(&base);
+    }
+    let want: BTreeSet<&str> =
+        ["copy-xfs", "copy-ext4", "btrfs", "image-xfs", "image-btrfs"].into();
+    assert_eq!(ran, want, "backends that ran");
+}
+
+fn run(cmd: &str, args: &[&std::ffi::OsStr]) {
+    let out = Command::new(cmd).args(args).output().unwrap();
+    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A reboot unmounts every session of the mount-based backends (images, ZFS, zvol) and leaves
+/// their trees: reusing such a session mounts it at its place again, with what was written in
+/// it. Never over files someone wrote into the bare mount point, never over another mount, and
+/// (images) never while a loop device elsewhere still serves the image.
+#[test]
+fn a_session_a_reboot_unmounted_is_mounted_again_on_reuse() {
+    use goldclone::golden::Watch;
+    use std::ffi::OsStr;
+    let _shared = shared();
+    let src = scratch_tree("remount", "1", 3);
+    let mut ran = 0;
+    for (root, name) in roots("remount") {
+        if !matches!(root.backend, BackendKind::Image | BackendKind::Zfs | BackendKind::Zvol) {
+            continue;
+        }
+        ran += 1;
+        let cache = open(&root);
+        cache.import("proj", &src).unwrap();
+        let (s1, _) = cache.setup_or_reuse("proj", "s1", &Watch::default()).unwrap();
+        fs::write(s1.join("work"), "kept").unwrap();
+        syncfs(&s1);
+        // The reboot: the session's mount (and with it an image's loop device) goes.
+        let reboot = || {
+            run("umount", &[s1.as_os_str()]);
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while !loop_devices_under(&root.path).is_empty() && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        reboot();
+        assert!(!s1.join("work").exists(), "{name}: still mounted");
+        let err = cache.setup("proj", "s1").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{name}: plain setup: {err}");
+        let (again, reused) = cache.setup_or_reuse("proj", "s1", &Watch::default()).unwrap();
+        assert!(reused, "{name}");
+        assert_eq!(again, s1, "{name}");
+        assert_eq!(fs::read_to_string(s1.join("work")).unwrap(), "kept", "{name}");
+        assert_eq!(whole_generation(&s1, 3), "1", "{name}");
+        // Mounted again, not just found: it is held by a file open in it, and it takes writes.
+        fs::write(s1.join("more"), "after").unwrap();
+
+        // Files in the bare mount point: kept, and the session is not mounted over them.
+        reboot();
+        fs::write(s1.join("stray"), "someone's").unwrap();
+        let err = cache.setup_or_reuse("proj", "s1", &Watch::default()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Damaged, "{name}: {err}");
+        assert_eq!(fs::read_to_string(s1.join("stray")).unwrap(), "someone's", "{name}");
+        fs::remove_file(s1.join("stray")).unwrap();
+
+        // Another filesystem mounted at the place: never mounted over.
+        let tmpfs = ["-t", "tmpfs", "remount-test"].map(OsStr::new);
+        run("mount", &[&tmpfs[..], &[s1.as_os_str()]].concat());
+        let err = cache.setup_or_reuse("proj", "s1", &Watch::default()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Damaged, "{name}: {err}");
+        run("umount", &[s1.as_os_str()]);
+
+        if root.backend == BackendKind::Image {
+            // The image still on a loop device (a mount elsewhere): a second device would be a
+            // second writer of its XFS.
+            let image = root.path.join(".goldclone/images/proj/s1");
+            let out = Command::new("losetup").args(["-f", "--show"]).arg(&image).output().unwrap();
+            assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
+            let dev = String::from_utf8(out.stdout).unwrap().trim().to_string();
+            let err = cache.setup_or_reuse("proj", "s1", &Watch::default()).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Busy, "{name}: {err}");
+            assert!(err.to_string().contains("loop"), "{name}: {err}");
+            run("losetup", &[OsStr::new("-d"), OsStr::new(&dev)]);
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while !loop_devices_under(&root.path).is_empty() && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let (again, reused) = cache.setup_or_reuse("proj", "s1", &Watch::default()).unwrap();
+        assert!(reused, "{name}");
+        assert_eq!(fs::read_to_string(again.join("more")).unwrap(), "after", "{name}");
+        cache.cleanup("proj", "s1").unwrap();
+        assert!(cache.gc().unwrap().is_empty(), "{name}");
+    }
+    // Images on XFS and btrfs here, ZFS and zvol in the guest.
+    assert_eq!(ran, 2, "the mount-based roots did not run");
+    let _ = fs::remove_dir_all(&src);
+}

@@ -9,18 +9,19 @@
 #
 # Needs root and mkfs.xfs / mkfs.btrfs / mkfs.ext4 (.ci/install-deps.sh installs them).
 # Layout, under DIR=${GOLDCLONE_LOOP_DIR:-/var/tmp/goldclone-loop}:
-#   img/{xfs,btrfs,btrfsq,ext4,small}.img   sparse image files
+#   img/{xfs,btrfs,btrfsq,ext4,small,smallxfs}.img   sparse image files
 #   mnt/xfs    XFS, 4 GiB, reflink=1         (FICLONE)
 #   mnt/btrfs  btrfs, 4 GiB                  (FICLONE)
 #   mnt/btrfsq btrfs, 1 GiB, quotas enabled  (sizes from qgroups)
 #   mnt/ext4   ext4, 4 GiB, -i 8192          (copy_file_range, no FICLONE)
 #   mnt/tmpfs  tmpfs, size=2G                (no FICLONE; cross-fs copy)
 #   mnt/small  ext4, 64 MiB                  (ENOSPC test)
-#   env        GOLDCLONE_TEST_{XFS,BTRFS,BTRFSQ,EXT4,TMPFS,SMALL}=<mount point>, sourceable
+#   mnt/smallxfs XFS, 320 MiB, reflink=1     (ENOSPC under the image backend's images)
+#   env        GOLDCLONE_TEST_{XFS,BTRFS,BTRFSQ,EXT4,TMPFS,SMALL,SMALLXFS}=<mount point>, sourceable
 set -euo pipefail
 
 DIR=${GOLDCLONE_LOOP_DIR:-/var/tmp/goldclone-loop}
-NAMES=(xfs btrfs btrfsq ext4 tmpfs small)
+NAMES=(xfs btrfs btrfsq ext4 tmpfs small smallxfs)
 
 log() { printf '[loopfs] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -31,13 +32,14 @@ size_of() {
     btrfsq) echo 1G ;;
     ext4) echo 4G ;;
     small) echo 64M ;;
+    smallxfs) echo 320M ;;  # mkfs.xfs makes nothing under 300 MB
     tmpfs) echo 2G ;;
   esac
 }
 
 fstype_of() {
   case $1 in
-    xfs) echo xfs ;;
+    xfs|smallxfs) echo xfs ;;
     btrfs|btrfsq) echo btrfs ;;
     ext4|small) echo ext4 ;;
     tmpfs) echo tmpfs ;;
@@ -49,7 +51,7 @@ is_mounted() { findmnt -rn --mountpoint "$1" >/dev/null 2>&1; }
 mkfs_one() {
   local name=$1 img=$2
   case $name in
-    xfs) mkfs.xfs -q -f -m reflink=1 "$img" ;;
+    xfs|smallxfs) mkfs.xfs -q -f -m reflink=1 "$img" ;;
     btrfs|btrfsq) mkfs.btrfs -q -f "$img" >/dev/null ;;
     # one inode per 8 KiB: a 100K-entry benchmark tree and its copy need 200K inodes
     ext4) mkfs.ext4 -q -F -i 8192 -E lazy_itable_init=0,lazy_journal_init=0 "$img" ;;

@@ -247,7 +247,7 @@ summarize() {  # name logfile
   f=$(sed -E 's/.* ([0-9]+) failed.*/\1/' <<<"$line")
   total_pass=$((total_pass + p)); total_fail=$((total_fail + f))
   printf '%-34s %3d passed, %3d failed\n' "$name" "$p" "$f"
-  if [ "$f" -gt 0 ]; then grep -E '^test .* FAILED$|panicked at' "$file" | head -40 >&2 || true; fi
+  if [ "$f" -gt 0 ]; then grep -E -A3 '^test .* FAILED$|panicked at' "$file" | head -60 >&2 || true; fi
   [ "$name" = test-zfs ] && zfs_ran=$((p + f))
   return 0
 }

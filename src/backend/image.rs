@@ -372,6 +372,10 @@ fn make_xfs(image: BorrowedFd<'_>, path: &Path) -> Result<()> {
         .at("spawn mkfs.xfs", path)?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
+        // mkfs zeroes the log through the image: that write is where a full filesystem shows.
+        if stderr.contains("No space left on device") {
+            return Err(Error::from_errno("mkfs.xfs", path, libc::ENOSPC));
+        }
         return Err(Error::io(
             "mkfs.xfs",
             path,
@@ -379,6 +383,78 @@ fn make_xfs(image: BorrowedFd<'_>, path: &Path) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Free bytes (for unprivileged users) of the filesystem of `fd`.
+fn free_bytes(fd: BorrowedFd<'_>) -> Option<u64> {
+    rustix::fs::fstatvfs(fd).ok().map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+}
+
+/// Whether a filesystem of `free` bytes available out of `total` has run out: what is left
+/// after an ENOSPC is the filesystem's own reserve and rounding, never a whole percent.
+fn is_full(free: u64, total: u64) -> bool {
+    free < (16 << 20).max(total / 100)
+}
+
+/// The error `e` of a step that writes an image, told apart where it comes from a lack of
+/// space, so that the caller knows which filesystem to grow. `image_fs`: a descriptor on the
+/// image's own XFS where the step wrote through it (only its presence is used). Two filesystems
+/// can be full:
+/// - the cache root's, which holds every image (the image is sparse, so its size promised
+///   nothing): the writes to it surface at the image's writeback, as ENOSPC, or as EIO once the
+///   image's XFS has shut down after its log could not be written;
+/// - the image's own, when the tree does not fit in the image's size.
+///
+/// Asked after the failure and before the step's image is removed, while what it wrote still
+/// holds the space.
+fn explain_no_space(
+    root: &RootDir,
+    image_fs: Option<BorrowedFd<'_>>,
+    image_size: u64,
+    e: Error,
+) -> Error {
+    if matches!(e, Error::NoSpace { .. }) {
+        return e;
+    }
+    let no_space = e.kind() == crate::ErrorKind::NoSpace;
+    let total = |fd| rustix::fs::fstatvfs(fd).map_or(0, |s| s.f_blocks.saturating_mul(s.f_frsize));
+    let host_free = free_bytes(root.fd());
+    if let Some(free) = host_free.filter(|&f| is_full(f, total(root.fd()))) {
+        if no_space || e.errno() == Some(libc::EIO) {
+            return Error::NoSpace {
+                path: root.path().to_path_buf(),
+                what: format!(
+                    "the filesystem holding the cache's images is full ({} MiB free)",
+                    free >> 20
+                ),
+                source: Box::new(e),
+            };
+        }
+    }
+    if !no_space {
+        return e;
+    }
+    // The cache's filesystem has room: writes into the image's XFS failed because that is full
+    // (the copy cleans up after itself, so its free space says nothing now).
+    if let Some(at) = image_fs.and(e.path()) {
+        return Error::NoSpace {
+            path: at.to_path_buf(),
+            what: format!(
+                "the image's own filesystem ({} MiB) is full: the tree does not fit; import \
+                 with a larger image size",
+                image_size >> 20
+            ),
+            source: Box::new(e),
+        };
+    }
+    Error::NoSpace {
+        path: root.path().to_path_buf(),
+        what: format!(
+            "writing an image ({} MiB free on the cache's filesystem)",
+            host_free.unwrap_or(0) >> 20
+        ),
+        source: Box::new(e),
+    }
 }
 
 /// Mount the XFS on block device `dev` detached (fsopen / fsmount): a mount that no path shows
@@ -529,15 +605,19 @@ impl ImageBackend {
                    // fchown and friends.
         let mnt = rustix::fs::openat(&mnt, ".", sys::fs::READ_DIR, Mode::empty())
             .at("open the image's root", &shown)?;
+        let size = rustix::fs::fstat(image).map_or(0, |st| st.st_size as u64);
         copy::copy_dir_into(
             source.as_fd(),
             src,
             mnt.as_fd(),
             &shown,
             &watch.copy_options(CopyOptions { threads: self.threads, ..CopyOptions::default() }),
-        )?;
+        )
+        .map_err(|e| explain_no_space(root, Some(mnt.as_fd()), size, e))?;
         // The image's own XFS durable before it is let go and the image synced.
-        rustix::fs::syncfs(&mnt).at("syncfs", &shown)?;
+        rustix::fs::syncfs(&mnt)
+            .at("syncfs", &shown)
+            .map_err(|e| explain_no_space(root, None, size, e))?;
         crate::fault::point("import:image-filled");
         Ok(())
     }
@@ -552,6 +632,8 @@ impl ImageBackend {
         match made {
             Ok(id) => Ok((dst, id)),
             Err(e) => {
+                let size = rustix::fs::fstat(&src).map_or(0, |st| st.st_size as u64);
+                let e = explain_no_space(root, None, size, e);
                 let _ = root.remove_file(to);
                 Err(e)
             }
@@ -577,7 +659,8 @@ impl ImageBackend {
         let (fd, _) = cloned?;
         thawed?;
         // After the thaw: the session runs on while its copy is rewritten.
-        let (fd, _) = defragment(root, fd, staging)?;
+        let (fd, _) =
+            defragment(root, fd, staging).map_err(|e| explain_no_space(root, None, 0, e))?;
         file_identity(root, fd.as_fd(), staging)
     }
 
@@ -665,12 +748,23 @@ impl Backend for ImageBackend {
         check_source(src)?;
         let size = self.size_for(root, src);
         let images = images_dir(&g.project);
-        root.mkdir_all(images.parent().unwrap_or(Path::new("")))?;
-        // Made here, not at the first setup: setups run side by side, an import alone.
+        let all_images = images.parent().unwrap_or(Path::new(""));
+        // Made here, not at the first setup: setups run side by side, an import alone. A
+        // failed import takes away what it made.
+        let made_all = root.mkdir(all_images)?;
         let made_images = root.mkdir(&images)?;
+        let undo_dirs = || -> Result<()> {
+            if made_images {
+                root.rmdir(&images)?;
+            }
+            if made_all {
+                root.rmdir(all_images)?;
+            }
+            Ok(())
+        };
         let image = create_image(root, staging);
-        if image.is_err() && made_images {
-            root.rmdir(&images)?;
+        if image.is_err() {
+            undo_dirs()?;
         }
         let image = image?;
         let made = (|| {
@@ -683,12 +777,11 @@ impl Backend for ImageBackend {
             rustix::fs::fsync(&image).at_with("fsync", || root.join(staging))?;
             let (image, _) = defragment(root, image, staging)?;
             file_identity(root, image.as_fd(), staging)
-        })();
+        })()
+        .map_err(|e| explain_no_space(root, None, size, e));
         if made.is_err() {
             let _ = root.remove_file(staging);
-            if made_images {
-                let _ = root.rmdir(&images);
-            }
+            let _ = undo_dirs();
         }
         made
     }
@@ -712,7 +805,9 @@ impl Backend for ImageBackend {
             }
             attach_and_mount(fd.as_fd(), &root.join(&s.place))?;
             Ok(with_path(id, &image))
-        })();
+        })()
+        // Mounting writes the clone's log: a full filesystem shows there too.
+        .map_err(|e| explain_no_space(root, None, 0, e));
         match &made {
             // Something was there already (never ours to remove; session_free checked the
             // image, the lifecycle the place): this setup made nothing.
@@ -788,6 +883,48 @@ impl Backend for ImageBackend {
 
     fn presence(&self, root: &RootDir, place: &Path, id: &Identity) -> Result<Presence> {
         self.image_presence(root, place, id)
+    }
+
+    fn remount_session(&self, root: &RootDir, s: &Session, id: &Identity) -> Result<bool> {
+        let image = session_image(s);
+        if !matches!(self.session_presence(root, s, id)?, Presence::Elsewhere(_)) {
+            return Ok(false);
+        }
+        // A loop device still on the image serves a mount somewhere (another namespace, a
+        // detached mount still in use): a second device would be a second writer of its XFS.
+        if let Some(key) = image_key(root, &image)? {
+            // An unmount just made frees its autoclear device a moment later: a short grace.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            let mut devices = loopdev::attached_to(key).at("list loop devices", "/sys/block")?;
+            while !devices.is_empty() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                devices = loopdev::attached_to(key).at("list loop devices", "/sys/block")?;
+            }
+            if !devices.is_empty() {
+                return Err(Error::from_errno(
+                    "mount session again: its image is still on a loop device",
+                    format!("{} ({})", root.join(&image).display(), devices.join(", ")),
+                    libc::EBUSY,
+                ));
+            }
+        }
+        super::empty_place_for_remount(root, &s.place)?;
+        let fd = open_image(root, &image, true)?;
+        // The file opened is the recorded one (checked by descriptor, not by name).
+        let Some(ImageIdentity::Image { ino, birth, .. }) = id.get() else {
+            return Ok(false);
+        };
+        let opened = rootdir::statx_entry(fd.as_fd(), std::ffi::OsStr::new(""))
+            .at_with("stat", || root.join(&image))?;
+        if opened.ino != ino || (birth.is_some() && opened.birth != birth) {
+            return Err(Error::Damaged {
+                path: root.join(&image),
+                what: "changed while the session was being mounted again".into(),
+            });
+        }
+        attach_and_mount(fd.as_fd(), &root.join(&s.place))
+            .map_err(|e| explain_no_space(root, None, 0, e))?;
+        Ok(true)
     }
 
     fn session_presence(&self, root: &RootDir, s: &Session, id: &Identity) -> Result<Presence> {

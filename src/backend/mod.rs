@@ -360,6 +360,33 @@ pub(crate) enum Retired {
     Absent,
 }
 
+/// Make the place of a session that is about to be mounted again: missing → made, an empty
+/// directory → kept; anything else is refused (see [`Backend::remount_session`]).
+pub(crate) fn empty_place_for_remount(root: &RootDir, place: &Path) -> Result<()> {
+    match root.entry(place)? {
+        None => {
+            root.mkdir(place)?;
+            Ok(())
+        }
+        Some(e) if e.mode & libc::S_IFMT == libc::S_IFDIR => {
+            if root.list(place)?.is_empty() {
+                Ok(())
+            } else {
+                Err(Error::Damaged {
+                    path: root.join(place),
+                    what: "the session is not mounted, and its mount point holds files that a \
+                           mount would hide: move them away first"
+                        .into(),
+                })
+            }
+        }
+        Some(_) => Err(Error::Damaged {
+            path: root.join(place),
+            what: "is no directory: the session cannot be mounted there".into(),
+        }),
+    }
+}
+
 /// What a backend does for the lifecycle.
 pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
     fn kind(&self) -> BackendKind;
@@ -541,6 +568,17 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Where the tree recorded as `id` is, for a tree whose place is `place`.
     fn presence(&self, root: &RootDir, place: &Path, id: &Identity) -> Result<Presence>;
+
+    /// Mount session `s` (recorded as `id`, and [`Presence::Elsewhere`]: whole, but not
+    /// mounted at its place, as after a reboot) at its place again; `false` for backends whose
+    /// sessions are no mounts. The place must be missing or an empty directory: files there
+    /// were written by someone into the bare mount point, and are never hidden. Refused while
+    /// anything else still serves the tree (an image on a loop device elsewhere: a second
+    /// device on it would be a second writer of one XFS).
+    fn remount_session(&self, root: &RootDir, s: &Session, id: &Identity) -> Result<bool> {
+        let _ = (root, s, id);
+        Ok(false)
+    }
 
     /// Where the session recorded as `id` is.
     fn session_presence(&self, root: &RootDir, s: &Session, id: &Identity) -> Result<Presence> {

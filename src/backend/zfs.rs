@@ -779,6 +779,26 @@ impl Backend for ZfsBackend {
         }
     }
 
+    fn remount_session(&self, root: &RootDir, s: &Session, id: &Identity) -> Result<bool> {
+        let Some(DatasetIdentity::Dataset { name, .. }) = id.get() else { return Ok(false) };
+        if !matches!(self.session_presence(root, s, id)?, Presence::Elsewhere(_)) {
+            return Ok(false);
+        }
+        let dir = root.join(&s.place);
+        // Not mounted there, but something else may be: never mounted over.
+        if crate::detect::mounts()?.iter().any(|m| m.mount_point == dir) {
+            return Err(Error::Damaged {
+                path: dir,
+                what: format!("another filesystem is mounted there, not {name}"),
+            });
+        }
+        super::empty_place_for_remount(root, &s.place)?;
+        // A second mount of one dataset (or of one volume's XFS) shares its superblock with
+        // the first: one writer, whatever else still shows it.
+        self.mount(&DatasetName::new(&name)?, &dir)?;
+        Ok(true)
+    }
+
     fn generation_presence(
         &self,
         _root: &RootDir,

@@ -23,8 +23,59 @@ pub struct RootArgs {
 
 impl RootArgs {
     fn open(&self) -> Result<Cache> {
-        Cache::open(&self.root, &OpenOptions { backend: self.backend, ..OpenOptions::default() })
+        self.open_with(&SizeArgs::default())
     }
+
+    fn open_with(&self, sizes: &SizeArgs) -> Result<Cache> {
+        Cache::open(
+            &self.root,
+            &OpenOptions {
+                backend: self.backend,
+                image_size: sizes.image_size.unwrap_or(0),
+                zvol_size: sizes.zvol_size.unwrap_or(0),
+                zvol_block_size: sizes.zvol_block_size.unwrap_or(0),
+                ..OpenOptions::default()
+            },
+        )
+    }
+}
+
+/// Sizes of what an import makes, where the backend has them (bytes, or with a K, M, G or T
+/// suffix, powers of 1024). Unset: the backend's default, chosen from the tree and the
+/// filesystem.
+#[derive(Debug, Clone, Default, Args)]
+pub struct SizeArgs {
+    /// Image backend: size of the generation's (sparse) image, which its sessions get too; at
+    /// least 512M.
+    #[arg(long, value_parser = parse_size)]
+    pub image_size: Option<u64>,
+    /// zvol backend: size of the project's (sparse) volume, which its sessions get too.
+    #[arg(long, value_parser = parse_size)]
+    pub zvol_size: Option<u64>,
+    /// zvol backend: volblocksize of new volumes, a power of two from 4K to 128K.
+    #[arg(long, value_parser = parse_size)]
+    pub zvol_block_size: Option<u64>,
+}
+
+/// `4096`, `512M`, `16G`, `1T` (binary units; an optional `iB`/`B` after the letter).
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("{s:?}: unknown unit {c:?} (K, M, G or T)")),
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a size (e.g. 512M, 16G)"))?;
+    n.checked_mul(1 << shift).filter(|&b| b > 0).ok_or_else(|| format!("{s:?}: out of range"))
 }
 
 /// `goldclone golden ...`
@@ -39,6 +90,8 @@ pub enum GoldenCommand {
         /// theirs).
         #[arg(long)]
         next: bool,
+        #[command(flatten)]
+        sizes: SizeArgs,
         /// Project id.
         project: String,
         /// The directory to import.
@@ -158,8 +211,8 @@ pub fn golden(cmd: &GoldenCommand) -> Result<()> {
             }
             Ok(())
         }
-        GoldenCommand::Import { root, next, project, dir } => {
-            let cache = root.open()?;
+        GoldenCommand::Import { root, next, sizes, project, dir } => {
+            let cache = root.open_with(sizes)?;
             let generation = if *next {
                 cache.import_next(project, dir)?
             } else {
@@ -305,4 +358,22 @@ pub fn info(a: &InfoArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_in_binary_units() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("16g"), Ok(16 << 30));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+        assert_eq!(parse_size("8K"), Ok(8192));
+        for bad in ["", "0", "M", "12X", "-1G", "1.5G", "99999999999T"] {
+            assert!(parse_size(bad).is_err(), "{bad:?} parsed");
+        }
+    }
 }

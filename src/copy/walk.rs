@@ -97,6 +97,24 @@ fn join_name(base: &Path, name: &CStr) -> PathBuf {
     base.join(OsStr::from_bytes(name.to_bytes()))
 }
 
+/// The path for a path-based call (xattrs of a symlink or device node, which cannot be opened
+/// for them) on entry `name` of the open directory `dir`: the name under the directory's
+/// `/proc/self/fd` link. Never a path from the tree's root, which a rename or a symlink could
+/// redirect meanwhile and which does not exist for a mount that no path shows (the image
+/// backend fills its images through detached ones). `full`, that path from the root, only
+/// where /proc is not mounted.
+fn entry_path(dir: BorrowedFd<'_>, name: &CStr, full: &Path) -> Result<CString> {
+    static PROC_FD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if !*PROC_FD.get_or_init(|| Path::new("/proc/self/fd").is_dir()) {
+        return cpath(full);
+    }
+    let mut p = format!("/proc/self/fd/{}/", std::os::fd::AsRawFd::as_raw_fd(&dir)).into_bytes();
+    p.extend_from_slice(name.to_bytes());
+    CString::new(p).map_err(|_| Error::InvalidArgument {
+        what: format!("path {} contains a NUL byte", full.display()),
+    })
+}
+
 fn cpath(p: &Path) -> Result<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| Error::InvalidArgument {
         what: format!("path {} contains a NUL byte", p.display()),
@@ -463,8 +481,8 @@ impl<'a> Walk<'a> {
         meta::apply_at(
             dir.dst.as_fd(),
             name,
-            &cpath(&src_path)?,
-            &cpath(&dst_path)?,
+            &entry_path(dir.src.as_fd(), name, &src_path)?,
+            &entry_path(dir.dst.as_fd(), name, &dst_path)?,
             st,
             self.privileged,
         )

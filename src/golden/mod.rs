@@ -524,6 +524,10 @@ impl Cache {
     /// The session's path if it exists (and is whole: [`Error::Damaged`] otherwise), else a new
     /// session as [`Cache::setup_with`] makes it; `true` with a session that was there already.
     /// A reused session keeps the generation it was made from ([`Cache::session_info`] tells).
+    /// A session of a mount-based backend (images, ZFS, zvol) that is whole but not mounted
+    /// (after a reboot) is mounted at its place again, with what was written in it; not over
+    /// files in its bare mount point or another mount ([`Error::Damaged`]), and not while a
+    /// loop device elsewhere still serves its image (Busy).
     /// A setup or cleanup of the same session in flight is waited for; a dead one is finished
     /// or undone first.
     pub fn setup_or_reuse(
@@ -557,6 +561,7 @@ impl Cache {
             self.settle_session(project, session)?;
             let Some(meta) = read_session(&self.root, project, session)? else { return Ok(None) };
             let s = self.session(project, session);
+            self.remount(&s, &meta)?;
             self.check_session_place(&s, &meta)?;
             if at.is_some() && meta.at.as_deref() != at {
                 return Err(Error::InvalidArgument {
@@ -705,17 +710,16 @@ impl Cache {
         Ok(out)
     }
 
-    /// Show session `s` (recorded as `meta`) at its recorded path again where the bind is gone
-    /// (a reboot, a promote that gave the session back): the path empty and ours, or absent;
-    /// anything else there is left alone (Damaged). Under the session's intent, so that no
-    /// cleanup of it runs meanwhile.
-    fn reattach(&self, s: &Session, meta: &SessionMeta) -> Result<()> {
-        let Some(at) = meta.at.as_deref() else { return Ok(()) };
-        if attach::state_of(&self.root, &s.place, at, &meta.made_by)? == attach::State::Attached {
-            return Ok(());
-        }
-        // The setup's own intent again: a kill leaves it for recovery, which finds the
-        // session whole (shown or not) and keeps it.
+    /// Run `f` on session `s` (recorded as `meta`) under the setup's own intent again, once the
+    /// record is seen unchanged under it: no cleanup of the session runs meanwhile, and no
+    /// second caller does the same. A kill leaves the intent for recovery, which finds the
+    /// session whole (shown, mounted or not) and keeps it.
+    fn under_setup_intent<T>(
+        &self,
+        s: &Session,
+        meta: &SessionMeta,
+        f: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
         let intent = Intent::Setup {
             project: s.project.clone(),
             session: s.name.clone(),
@@ -724,13 +728,55 @@ impl Cache {
             at: meta.at.clone(),
         };
         let record = self.record(&intent)?;
-        let shown = (|| {
+        let done = (|| {
             if read_session(&self.root, &s.project, &s.name)?.as_ref() != Some(meta) {
                 return Err(Error::UnknownSession {
                     project: s.project.clone(),
                     session: s.name.clone(),
                 });
             }
+            f()
+        })();
+        let _ = record.clear(&self.root);
+        done
+    }
+
+    /// Mount a session that is whole but not mounted at its place (a reboot unmounts every
+    /// session of the mount-based backends) there again: the reuse of a session after a
+    /// reboot.
+    fn remount(&self, s: &Session, meta: &SessionMeta) -> Result<()> {
+        if !self.store.sessions_are_mounts()
+            || !matches!(
+                self.store.session_presence(&self.root, s, &meta.identity)?,
+                Presence::Elsewhere(_)
+            )
+        {
+            return Ok(());
+        }
+        let mounted = self.under_setup_intent(s, meta, || {
+            self.store.remount_session(&self.root, s, &meta.identity)
+        })?;
+        if mounted {
+            tracing::info!(
+                target: "goldclone::lifecycle",
+                "session {} of project {} was not mounted (a reboot, or an unmount by someone): \
+                 mounted at its place again",
+                s.name,
+                s.project
+            );
+        }
+        Ok(())
+    }
+
+    /// Show session `s` (recorded as `meta`) at its recorded path again where the bind is gone
+    /// (a reboot, a promote that gave the session back): the path empty and ours, or absent;
+    /// anything else there is left alone (Damaged).
+    fn reattach(&self, s: &Session, meta: &SessionMeta) -> Result<()> {
+        let Some(at) = meta.at.as_deref() else { return Ok(()) };
+        if attach::state_of(&self.root, &s.place, at, &meta.made_by)? == attach::State::Attached {
+            return Ok(());
+        }
+        self.under_setup_intent(s, meta, || {
             match attach::state_of(&self.root, &s.place, at, &meta.made_by)? {
                 attach::State::Attached => Ok(()),
                 attach::State::Other(what) => Err(Error::Damaged { path: at.to_path_buf(), what }),
@@ -745,9 +791,7 @@ impl Cache {
                     )
                 }
             }
-        })();
-        let _ = record.clear(&self.root);
-        shown
+        })
     }
 
     /// Take session `s`'s bind at its recorded path `at` away, with the directory setup

@@ -81,7 +81,7 @@ pub fn list(dir: &Path) -> Vec<String> {
 /// zvol as well.
 const ZVOL_TAGS: &[&str] = &[
     "full", "busy", "lost", "watch", "edit", "delete", "zvolopts", "at", "lazy", "ns", "mnt",
-    "next",
+    "next", "remount",
 ];
 
 /// One cache root per backend this machine has: in the ZFS guest the ZFS filesystem and zvol

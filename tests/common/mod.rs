@@ -31,6 +31,8 @@ pub enum Fs {
     Tmpfs,
     /// A 64 MiB ext4 for ENOSPC.
     Small,
+    /// A 320 MiB XFS (reflink) for ENOSPC under the image backend.
+    SmallXfs,
 }
 
 impl Fs {
@@ -43,13 +45,14 @@ impl Fs {
             Fs::Ext4 => "GOLDCLONE_TEST_EXT4",
             Fs::Tmpfs => "GOLDCLONE_TEST_TMPFS",
             Fs::Small => "GOLDCLONE_TEST_SMALL",
+            Fs::SmallXfs => "GOLDCLONE_TEST_SMALLXFS",
         }
     }
 
     fn magic(self) -> nix::sys::statfs::FsType {
         use nix::sys::statfs::*;
         match self {
-            Fs::Xfs => XFS_SUPER_MAGIC,
+            Fs::Xfs | Fs::SmallXfs => XFS_SUPER_MAGIC,
             Fs::Btrfs | Fs::BtrfsQuota => BTRFS_SUPER_MAGIC,
             Fs::Ext4 | Fs::Small => EXT4_SUPER_MAGIC,
             Fs::Tmpfs => TMPFS_MAGIC,
@@ -58,7 +61,7 @@ impl Fs {
 
     /// Whether FICLONE works on it.
     pub fn reflinks(self) -> bool {
-        matches!(self, Fs::Xfs | Fs::Btrfs | Fs::BtrfsQuota)
+        matches!(self, Fs::Xfs | Fs::SmallXfs | Fs::Btrfs | Fs::BtrfsQuota)
     }
 }
 
