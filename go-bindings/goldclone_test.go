@@ -308,7 +308,7 @@ func cacheRoot(t *testing.T, f testFS) (root, srcDir string) {
 }
 
 func TestLifecycle(t *testing.T) {
-	wantBackend := map[string]Backend{"xfs": BackendImage, "btrfs": BackendBtrfs, "ext4": BackendCopy, "tmpfs": BackendCopy, "root": BackendZFS}
+	wantBackend := map[string]Backend{"xfs": BackendImage, "btrfs": BackendBtrfs, "ext4": BackendImage, "tmpfs": BackendCopy, "root": BackendZFS}
 	for _, f := range filesystems(t) {
 		if f.name == "root" {
 			// a ZFS dataset, or a filesystem on a zvol

@@ -534,8 +534,8 @@ fn cli_parses_and_renders() {
     assert!(table.contains("plain: tmpfs"), "{table}");
     assert!(table.lines().any(|l| l.starts_with("mount point") && l.ends_with("m n")), "{table}");
     assert_eq!(table.lines().count(), 11);
-    assert_eq!(v["image_backend"], "tmpfs cannot reflink (FICLONE)");
-    assert!(table.contains("image backend no: tmpfs cannot reflink"), "{table}");
+    assert_eq!(v["image_backend"], "tmpfs is held by no block device: its images would be memory");
+    assert!(table.contains("image backend no: tmpfs is held by no block device"), "{table}");
 
     // run() prints; it must succeed on a real path and fail typed on a missing one.
     cli_detect::run(&cli.args).unwrap();

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The real-dockerd suite: the service's flow with Debian's docker.io on every backend.
 #
-# For each backend (copy on XFS and on ext4, btrfs, images on XFS and on btrfs here; ZFS and
-# zvol in the ZFS guest):
+# For each backend (copy on XFS and on ext4, btrfs, images on XFS, btrfs and ext4 here; ZFS
+# and zvol in the ZFS guest):
 #   1. a dockerd builds a golden data root: an image imported from a busybox-static root
 #      filesystem, and a Dockerfile whose layer holds a whiteout (a deleted file), an opaque
 #      directory (removed and made again), a hardlink pair and a symlink (no network);
@@ -177,7 +177,7 @@ if [ -n "${GOLDCLONE_DOCKERD_ROOTS:-}" ]; then
   read -r -a roots <<<"$GOLDCLONE_DOCKERD_ROOTS"
 else
   for pair in "copy:${GOLDCLONE_TEST_XFS:-}" "copy:${GOLDCLONE_TEST_EXT4:-}" "btrfs:${GOLDCLONE_TEST_BTRFS:-}" \
-    "image:${GOLDCLONE_TEST_XFS:-}" "image:${GOLDCLONE_TEST_BTRFS:-}"; do
+    "image:${GOLDCLONE_TEST_XFS:-}" "image:${GOLDCLONE_TEST_BTRFS:-}" "image:${GOLDCLONE_TEST_EXT4:-}"; do
     mnt=${pair#*:}
     if [ -z "$mnt" ]; then note "a loop filesystem is missing (source tests/loopfs.sh's env)"; failed=$((failed + 1)); continue; fi
     r="$mnt/dockerd-root-${pair%%:*}-$$"; rm -rf "$r"; mkdir -p "$r"

@@ -66,12 +66,6 @@ pub(crate) enum ImageIdentity {
     },
 }
 
-/// Whether this machine can run the image backend (see
-/// [`crate::detect::loop_devices_usable`]); the reason where it cannot.
-pub(crate) fn usable() -> std::result::Result<(), String> {
-    crate::detect::loop_devices_usable()
-}
-
 #[derive(Debug)]
 pub(crate) struct ImageBackend {
     pub threads: usize,
@@ -1091,10 +1085,12 @@ impl Backend for ImageBackend {
             .collect())
     }
 }
+
 /// Whether a cache root can be served by the image backend: this machine can make loop
-/// devices and XFS images ([`usable`]).
+/// devices and XFS images ([`crate::detect::loop_devices_usable`]). Asked for, it serves any
+/// filesystem (tmpfs too: its images are memory, the caller's choice).
 pub(crate) fn check(root: &Path, found: &crate::detect::Detection) -> Result<()> {
-    usable().map_err(|why| {
+    crate::detect::loop_devices_usable().map_err(|why| {
         super::cannot_serve(BackendKind::Image, root, found, &format!("cannot run here: {why}"))
     })
 }

@@ -180,16 +180,18 @@ pub(crate) fn plan(root: &Path, requested: Option<(BackendKind, &str)>) -> Resul
         detect::Backend::ZfsDataset { .. } => BackendKind::Zfs,
         detect::Backend::Zvol { .. } => BackendKind::Zvol,
         detect::Backend::Btrfs { .. } => BackendKind::Btrfs,
-        // Where files share extents, a session is one reflinked image: O(extents), not
-        // O(files). Without reflink an image would be copied byte for byte: the tree copy.
-        detect::Backend::Reflink { .. } => match image::usable() {
-            Ok(()) => BackendKind::Image,
-            Err(why) => {
-                no_image = Some(why);
-                BackendKind::Copy
+        // A session is one image: reflinked where files share extents, O(extents), not
+        // O(files); copied sparsely elsewhere, O(bytes), which at a golden's size is still
+        // well ahead of the tree copy's O(files) (BENCHMARKS.md: 772K entries on ext4).
+        detect::Backend::Reflink { .. } | detect::Backend::Plain { .. } => {
+            match &found.image_backend {
+                None => BackendKind::Image,
+                Some(why) => {
+                    no_image = Some(why.clone());
+                    BackendKind::Copy
+                }
             }
-        },
-        detect::Backend::Plain { .. } => BackendKind::Copy,
+        }
     });
     log_choice(root, &found, kind, requested.map(|(_, why)| why), no_image.as_deref());
     let build = match kind {
@@ -223,7 +225,10 @@ fn log_choice(
         ),
         (_, BackendKind::Copy) => format!(
             "{fs} has neither snapshots nor reflink here: sessions are full copies, O(files) \
-             and O(bytes); btrfs, ZFS or XFS with reflink would be faster"
+             and O(bytes); btrfs, ZFS or XFS with reflink would be faster{}",
+            no_image.map_or(String::new(), |why| format!(
+                "; the image backend (O(bytes), not O(files)) cannot run here: {why}"
+            ))
         ),
         (_, BackendKind::Btrfs) => "btrfs: sessions are writable snapshots".into(),
         (detect::Backend::Reflink { .. }, BackendKind::Image) => format!(

@@ -61,6 +61,10 @@ pub struct BenchLifecycleArgs {
     /// Entries in the imported sample tree.
     #[arg(long, default_value_t = 2000)]
     pub entries: usize,
+    /// The copy benchmark's sample tree (12 layers, about 6 KB per entry: 772,000 entries hold
+    /// about 4.5 GB; at least 100,000 entries) instead of the demo's (about 29 KB per entry).
+    #[arg(long)]
+    pub bench_tree: bool,
 }
 
 /// Arguments of `goldclone bench copy`.
@@ -259,29 +263,48 @@ fn bench_lifecycle(args: &BenchLifecycleArgs) -> Result<()> {
     let project = format!("bench-{}", std::process::id());
     let sample =
         std::env::temp_dir().join(format!("goldclone-bench-sample-{}", std::process::id()));
-    let spec = FixtureSpec { files_per_dir: 20, ..FixtureSpec::demo() };
-    fixture::build(&sample, &FixtureSpec { layers: (args.entries / 400).max(1), ..spec })?;
+    let spec = if args.bench_tree {
+        FixtureSpec::bench(args.entries)
+    } else {
+        let demo = FixtureSpec { files_per_dir: 20, ..FixtureSpec::demo() };
+        FixtureSpec { layers: (args.entries / 400).max(1), ..demo }
+    };
+    let built = fixture::build(&sample, &spec)?;
+    errln!("sample tree: {} entries, {} bytes", built.entries, built.bytes);
+    let t = Instant::now();
     cache.import(&project, &sample)?;
+    errln!("import: {:.1} s", t.elapsed().as_secs_f64());
     copy::remove_tree(&sample)?;
-    let (mut alone, mut crowd) = (Vec::new(), Vec::new());
+    // `each`: every setup's own time among the ones at once (session ready under load).
+    let (mut alone, mut crowd, mut each) = (Vec::new(), Vec::new(), Vec::new());
+    // Machine-wide CPU time busy during each batch (kernel workers included), and all of it.
+    let mut busy: Vec<(f64, f64)> = Vec::new();
     for round in 0..args.rounds {
         let t = Instant::now();
         cache.setup(&project, &format!("a{round}"))?;
         alone.push(t.elapsed());
         cache.cleanup(&project, &format!("a{round}"))?;
+        let cpu_before = cpu_busy_and_total();
         let t = Instant::now();
-        let results: Vec<Result<PathBuf>> = std::thread::scope(|scope| {
+        let results: Vec<(Result<PathBuf>, Duration)> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..args.sessions)
                 .map(|i| {
                     let (cache, project) = (&cache, &project);
-                    scope.spawn(move || cache.setup(project, &format!("c{round}-{i}")))
+                    scope.spawn(move || {
+                        let t = Instant::now();
+                        (cache.setup(project, &format!("c{round}-{i}")), t.elapsed())
+                    })
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().expect("setup thread")).collect()
         });
         crowd.push(t.elapsed());
-        for r in results {
+        if let (Some(a), Some(b)) = (cpu_before, cpu_busy_and_total()) {
+            busy.push(((b.0 - a.0) as f64, (b.1 - a.1) as f64));
+        }
+        for (r, took) in results {
             r?;
+            each.push(took);
         }
         for i in 0..args.sessions {
             cache.cleanup(&project, &format!("c{round}-{i}"))?;
@@ -296,13 +319,28 @@ fn bench_lifecycle(args: &BenchLifecycleArgs) -> Result<()> {
     }
     let (one, many) = (median(&alone), median(&crowd));
     outln!("backend {:?}, {} rounds, medians:", cache.backend(), args.rounds)?;
-    outln!("  one setup alone:          {one:.3} s")?;
+    outln!("  one setup alone:          {one:.3} s (slowest {:.3} s)", percentile(&alone, 100.0))?;
     outln!(
         "  {} setups at once:        {many:.3} s ({:.2}x the time of one, {:.3} s per session)",
         args.sessions,
         many / one,
         many / args.sessions as f64
     )?;
+    outln!(
+        "  each setup among them:    p50 {:.3} s, p99 {:.3} s ({} setups)",
+        percentile(&each, 50.0),
+        percentile(&each, 99.0),
+        each.len()
+    )?;
+    let (used, all) = busy.iter().fold((0.0, 0.0), |(u, a), (bu, ba)| (u + bu, a + ba));
+    if all > 0.0 {
+        outln!(
+            "  CPUs busy during batches: {:.0}% ({:.1} ms of CPU per setup, kernel workers \
+             included)",
+            100.0 * used / all,
+            1000.0 * used / CLOCK_TICKS / (args.sessions * busy.len()) as f64
+        )?;
+    }
     cache.gc()?;
     Ok(())
 }
@@ -422,6 +460,28 @@ fn bench_promote(args: &BenchPromoteArgs) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// USER_HZ, the unit of /proc/stat (100 on every Linux architecture goldclone builds for).
+const CLOCK_TICKS: f64 = 100.0;
+
+/// Machine-wide (busy, total) CPU time from /proc/stat's first line, in ticks: busy is
+/// everything but idle and iowait.
+fn cpu_busy_and_total() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> =
+        stat.lines().next()?.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    let total: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3)? + fields.get(4)?;
+    Some((total - idle, total))
+}
+
+/// The `p`th percentile (nearest rank) of `samples`, in seconds.
+fn percentile(samples: &[Duration], p: f64) -> f64 {
+    let mut s: Vec<f64> = samples.iter().map(Duration::as_secs_f64).collect();
+    s.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * s.len() as f64).ceil() as usize;
+    s.get(rank.clamp(1, s.len().max(1)) - 1).copied().unwrap_or(0.0)
 }
 
 fn median(samples: &[Duration]) -> f64 {

@@ -92,7 +92,10 @@ fn backend_line(b: &Backend) -> String {
         Backend::Reflink { fs_type } => {
             format!("reflink: {fs_type} with FICLONE (a cache uses the image backend where it can run, else the reflink tree copy)")
         }
-        Backend::Plain { fs_type } => format!("plain: {fs_type} (byte copy)"),
+        Backend::Plain { fs_type } => format!(
+            "plain: {fs_type} (byte copy; a cache uses the image backend, images copied \
+             sparsely, where it can run, else the tree copy)"
+        ),
     }
 }
 

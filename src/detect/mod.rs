@@ -49,9 +49,10 @@ pub struct Detection {
     /// filesystem, no permission to create a file there, or the path is a non-directory mount
     /// point such as a bind-mounted file).
     pub reflink: Option<bool>,
-    /// Whether the image backend can serve the path (sessions as reflinked XFS images on loop
-    /// devices): its filesystem reflinks, and this process can make loop devices and XFS
-    /// images. `None` where it can, else why not.
+    /// Whether the image backend can serve the path (sessions as XFS images on loop devices,
+    /// reflinked where the filesystem can, else copied sparsely): a block device holds its
+    /// filesystem (or it reflinks), and this process can make loop devices and XFS images.
+    /// `None` where it can, else why not.
     pub image_backend: Option<String>,
 }
 
@@ -284,10 +285,16 @@ pub fn detect(path: &Path) -> Result<Detection> {
             Backend::Plain { fs_type }
         }
     });
+    // Images reflinked where the filesystem can (O(extents)), else copied sparsely (O(bytes):
+    // still ahead of the tree copy, O(files), at a golden's size; see BENCHMARKS.md). Not where
+    // no device holds the files (tmpfs): the images would be memory.
     let image_backend = match reflink {
         Some(true) => loop_devices_usable().err(),
-        Some(false) => Some(format!("{} cannot reflink (FICLONE)", mount.fs_type)),
-        None => Some("reflink could not be probed here".into()),
+        _ if mount.major == 0 => Some(format!(
+            "{} is held by no block device: its images would be memory",
+            mount.fs_type
+        )),
+        _ => loop_devices_usable().err(),
     };
     Ok(Detection { path: canonical, mount, backend, reflink, image_backend })
 }
