@@ -1137,7 +1137,7 @@ fn image_sessions_changed_behind_goldclone() {
         cache.delete_project("proj").unwrap();
     }
     if std::env::var_os("GOLDCLONE_TEST_ZFS_PARENT").is_none() {
-        assert_eq!(ran, 2, "the image roots did not run");
+        assert_eq!(ran, 3, "the image roots did not run");
     }
     let _ = fs::remove_dir_all(&src);
 }

@@ -73,10 +73,14 @@ pub(crate) struct ImageBackend {
     pub image_size: u64,
 }
 
+/// Where sessions' images are, one directory per project (made at open, see
+/// `prepare_root`).
+const IMAGES: &str = ".goldclone/images";
+
 /// Where the images of `project`'s sessions are: made with its first generation, removed
 /// with the project.
 fn images_dir(project: &str) -> PathBuf {
-    Path::new(".goldclone/images").join(project)
+    Path::new(IMAGES).join(project)
 }
 
 /// Where session `s`'s image is.
@@ -235,7 +239,7 @@ fn wait_detached(image: BorrowedFd<'_>, path: &Path) -> Result<()> {
     let st = rustix::fs::fstat(image).at("stat", path)?;
     let key = (encode_dev(st.st_dev), st.st_ino);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !loopdev::attached_to(key).at("list loop devices", "/sys/block")?.is_empty() {
+    while !loopdev::attached_to(key, path).at("list loop devices", "/sys/block")?.is_empty() {
         if std::time::Instant::now() >= deadline {
             return Err(Error::from_errno("wait for the loop device to let go", path, libc::EBUSY));
         }
@@ -360,6 +364,8 @@ fn make_xfs(image: BorrowedFd<'_>, path: &Path) -> Result<()> {
     let by_fd =
         format!("/proc/{}/fd/{}", std::process::id(), std::os::fd::AsRawFd::as_raw_fd(&image));
     let out = Command::new("mkfs.xfs")
+        // Its messages in English: a full filesystem is recognized by one.
+        .env("LC_ALL", "C")
         .args(["-q", "-f", "-K", "-m", "reflink=1", "-s", "size=4096"])
         .arg(&by_fd)
         .output()
@@ -384,26 +390,29 @@ fn free_bytes(fd: BorrowedFd<'_>) -> Option<u64> {
     rustix::fs::fstatvfs(fd).ok().map(|s| s.f_bavail.saturating_mul(s.f_frsize))
 }
 
-/// Whether a filesystem of `free` bytes available out of `total` has run out: what is left
-/// after an ENOSPC is the filesystem's own reserve and rounding, never a whole percent.
-fn is_full(free: u64, total: u64) -> bool {
-    free < (16 << 20).max(total / 100)
+/// Whether a filesystem with `free` bytes available has run out: what is left after an
+/// ENOSPC is the filesystem's own reserve and rounding.
+fn is_full(free: u64) -> bool {
+    free < 16 << 20
 }
 
-/// The error `e` of a step that writes an image, told apart where it comes from a lack of
-/// space, so that the caller knows which filesystem to grow. `image_fs`: a descriptor on the
-/// image's own XFS where the step wrote through it (only its presence is used). Two filesystems
-/// can be full:
+/// The error `e` of a step that writes an image (`image`, the path shown for it), told apart
+/// where it comes from a lack of space, so that the caller knows which filesystem to grow.
+/// Two filesystems can be full:
 /// - the cache root's, which holds every image (the image is sparse, so its size promised
-///   nothing): the writes to it surface at the image's writeback, as ENOSPC, or as EIO once the
-///   image's XFS has shut down after its log could not be written;
-/// - the image's own, when the tree does not fit in the image's size.
+///   nothing): the writes to it surface at the image's writeback, its mount, mkfs's log
+///   zeroing or a clone, as ENOSPC, or as EIO once the image's XFS has shut down because its
+///   log could not be written;
+/// - the image's own, when the tree does not fit in the image's size: only a step that writes
+///   into the image's XFS (`into_image`, the import's copy) meets that one, and it meets it
+///   while the cache's filesystem still has room.
 ///
 /// Asked after the failure and before the step's image is removed, while what it wrote still
 /// holds the space.
 fn explain_no_space(
     root: &RootDir,
-    image_fs: Option<BorrowedFd<'_>>,
+    image: &Path,
+    into_image: bool,
     image_size: u64,
     e: Error,
 ) -> Error {
@@ -411,28 +420,14 @@ fn explain_no_space(
         return e;
     }
     let no_space = e.kind() == crate::ErrorKind::NoSpace;
-    let total = |fd| rustix::fs::fstatvfs(fd).map_or(0, |s| s.f_blocks.saturating_mul(s.f_frsize));
     let host_free = free_bytes(root.fd());
-    if let Some(free) = host_free.filter(|&f| is_full(f, total(root.fd()))) {
-        if no_space || e.errno() == Some(libc::EIO) {
-            return Error::NoSpace {
-                path: root.path().to_path_buf(),
-                what: format!(
-                    "the filesystem holding the cache's images is full ({} MiB free)",
-                    free >> 20
-                ),
-                source: Box::new(e),
-            };
-        }
-    }
-    if !no_space {
+    let host_full = host_free.is_some_and(is_full);
+    if !(no_space || (host_full && e.errno() == Some(libc::EIO))) {
         return e;
     }
-    // The cache's filesystem has room: writes into the image's XFS failed because that is full
-    // (the copy cleans up after itself, so its free space says nothing now).
-    if let Some(at) = image_fs.and(e.path()) {
+    if into_image && !host_full {
         return Error::NoSpace {
-            path: at.to_path_buf(),
+            path: image.to_path_buf(),
             what: format!(
                 "the image's own filesystem ({} MiB) is full: the tree does not fit; import \
                  with a larger image size",
@@ -444,7 +439,7 @@ fn explain_no_space(
     Error::NoSpace {
         path: root.path().to_path_buf(),
         what: format!(
-            "writing an image ({} MiB free on the cache's filesystem)",
+            "the filesystem holding the cache's images is full ({} MiB free)",
             host_free.unwrap_or(0) >> 20
         ),
         source: Box::new(e),
@@ -607,11 +602,11 @@ impl ImageBackend {
             &shown,
             &watch.copy_options(CopyOptions { threads: self.threads, ..CopyOptions::default() }),
         )
-        .map_err(|e| explain_no_space(root, Some(mnt.as_fd()), size, e))?;
+        .map_err(|e| explain_no_space(root, &shown, true, size, e))?;
         // The image's own XFS durable before it is let go and the image synced.
         rustix::fs::syncfs(&mnt)
             .at("syncfs", &shown)
-            .map_err(|e| explain_no_space(root, None, size, e))?;
+            .map_err(|e| explain_no_space(root, &shown, false, size, e))?;
         crate::fault::point("import:image-filled");
         Ok(())
     }
@@ -627,7 +622,7 @@ impl ImageBackend {
             Ok(id) => Ok((dst, id)),
             Err(e) => {
                 let size = rustix::fs::fstat(&src).map_or(0, |st| st.st_size as u64);
-                let e = explain_no_space(root, None, size, e);
+                let e = explain_no_space(root, &root.join(to), false, size, e);
                 let _ = root.remove_file(to);
                 Err(e)
             }
@@ -653,8 +648,8 @@ impl ImageBackend {
         let (fd, _) = cloned?;
         thawed?;
         // After the thaw: the session runs on while its copy is rewritten.
-        let (fd, _) =
-            defragment(root, fd, staging).map_err(|e| explain_no_space(root, None, 0, e))?;
+        let (fd, _) = defragment(root, fd, staging)
+            .map_err(|e| explain_no_space(root, &root.join(staging), false, 0, e))?;
         file_identity(root, fd.as_fd(), staging)
     }
 
@@ -685,8 +680,9 @@ impl ImageBackend {
                 // may still serve it to a mount elsewhere (another mount namespace): then it
                 // is in use.
                 if let Some(key) = image_key(root, &image)? {
-                    if !loopdev::attached_to(key).at("list loop devices", "/sys/block")?.is_empty()
-                    {
+                    let devices = loopdev::attached_to(key, &root.join(&image))
+                        .at("list loop devices", "/sys/block")?;
+                    if !devices.is_empty() {
                         if lazily {
                             root.rmdir(&s.place)?;
                             return Ok(Retired::Owed(with_path(id.clone(), &image)));
@@ -718,6 +714,10 @@ impl Backend for ImageBackend {
         BackendKind::Image
     }
 
+    fn prepare_root(&self, root: &RootDir) -> Result<()> {
+        root.mkdir(Path::new(IMAGES)).map(drop)
+    }
+
     fn sessions_are_mounts(&self) -> bool {
         true
     }
@@ -742,23 +742,17 @@ impl Backend for ImageBackend {
         check_source(src)?;
         let size = self.size_for(root, src);
         let images = images_dir(&g.project);
-        let all_images = images.parent().unwrap_or(Path::new(""));
         // Made here, not at the first setup: setups run side by side, an import alone. A
         // failed import takes away what it made.
-        let made_all = root.mkdir(all_images)?;
         let made_images = root.mkdir(&images)?;
-        let undo_dirs = || -> Result<()> {
+        let undo_dir = || {
             if made_images {
-                root.rmdir(&images)?;
+                let _ = root.rmdir(&images);
             }
-            if made_all {
-                root.rmdir(all_images)?;
-            }
-            Ok(())
         };
         let image = create_image(root, staging);
         if image.is_err() {
-            undo_dirs()?;
+            undo_dir();
         }
         let image = image?;
         let made = (|| {
@@ -772,10 +766,10 @@ impl Backend for ImageBackend {
             let (image, _) = defragment(root, image, staging)?;
             file_identity(root, image.as_fd(), staging)
         })()
-        .map_err(|e| explain_no_space(root, None, size, e));
+        .map_err(|e| explain_no_space(root, &root.join(staging), false, size, e));
         if made.is_err() {
             let _ = root.remove_file(staging);
-            let _ = undo_dirs();
+            undo_dir();
         }
         made
     }
@@ -801,7 +795,7 @@ impl Backend for ImageBackend {
             Ok(with_path(id, &image))
         })()
         // Mounting writes the clone's log: a full filesystem shows there too.
-        .map_err(|e| explain_no_space(root, None, 0, e));
+        .map_err(|e| explain_no_space(root, &root.join(&image), false, 0, e));
         match &made {
             // Something was there already (never ours to remove; session_free checked the
             // image, the lifecycle the place): this setup made nothing.
@@ -889,10 +883,11 @@ impl Backend for ImageBackend {
         if let Some(key) = image_key(root, &image)? {
             // An unmount just made frees its autoclear device a moment later: a short grace.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-            let mut devices = loopdev::attached_to(key).at("list loop devices", "/sys/block")?;
+            let on = |key| loopdev::attached_to(key, &root.join(&image));
+            let mut devices = on(key).at("list loop devices", "/sys/block")?;
             while !devices.is_empty() && std::time::Instant::now() < deadline {
                 std::thread::sleep(std::time::Duration::from_millis(20));
-                devices = loopdev::attached_to(key).at("list loop devices", "/sys/block")?;
+                devices = on(key).at("list loop devices", "/sys/block")?;
             }
             if !devices.is_empty() {
                 return Err(Error::from_errno(
@@ -917,7 +912,7 @@ impl Backend for ImageBackend {
             });
         }
         attach_and_mount(fd.as_fd(), &root.join(&s.place))
-            .map_err(|e| explain_no_space(root, None, 0, e))?;
+            .map_err(|e| explain_no_space(root, &root.join(&image), false, 0, e))?;
         Ok(true)
     }
 
@@ -1026,7 +1021,8 @@ impl Backend for ImageBackend {
         }
         let Some(key) = image_key(root, &rel)? else { return Ok(()) };
         debug_assert_eq!(key.1, ino);
-        let devices = loopdev::attached_to(key).at("list loop devices", "/sys/block")?;
+        let devices =
+            loopdev::attached_to(key, &root.join(&rel)).at("list loop devices", "/sys/block")?;
         if !devices.is_empty() {
             // Its users still have the session: the loop device lives as long as its mount.
             return Err(Error::from_errno(

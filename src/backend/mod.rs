@@ -396,6 +396,14 @@ pub(crate) fn empty_place_for_remount(root: &RootDir, place: &Path) -> Result<()
 pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
     fn kind(&self) -> BackendKind;
 
+    /// Make what the backend keeps beside the lifecycle's state, at open (the image backend's
+    /// `.goldclone/images`, shared by every project: made once, never by one project's
+    /// import, which could not take it away again without racing another's).
+    fn prepare_root(&self, root: &RootDir) -> Result<()> {
+        let _ = root;
+        Ok(())
+    }
+
     /// Whether a session is a mount of its own (ZFS, zvol): that mount is the session, not a
     /// holder of it.
     fn sessions_are_mounts(&self) -> bool {

@@ -300,7 +300,7 @@ fn bench_lifecycle(args: &BenchLifecycleArgs) -> Result<()> {
         });
         crowd.push(t.elapsed());
         if let (Some(a), Some(b)) = (cpu_before, cpu_busy_and_total()) {
-            busy.push(((b.0 - a.0) as f64, (b.1 - a.1) as f64));
+            busy.push((b.0.saturating_sub(a.0) as f64, b.1.saturating_sub(a.1) as f64));
         }
         for (r, took) in results {
             r?;

@@ -286,12 +286,18 @@ pub fn detect(path: &Path) -> Result<Detection> {
         }
     });
     // Images reflinked where the filesystem can (O(extents)), else copied sparsely (O(bytes):
-    // still ahead of the tree copy, O(files), at a golden's size; see BENCHMARKS.md). Not where
-    // no device holds the files (tmpfs): the images would be memory.
+    // still ahead of the tree copy, O(files), at a golden's size; see BENCHMARKS.md) on the
+    // ext family, measured and known to hold large sparse files. Not where no device holds
+    // the files (tmpfs: the images would be memory), nor on filesystems without sparse or
+    // large files (vfat, exFAT) or not measured.
     let image_backend = match reflink {
         Some(true) => loop_devices_usable().err(),
         _ if mount.major == 0 => Some(format!(
             "{} is held by no block device: its images would be memory",
+            mount.fs_type
+        )),
+        _ if !matches!(mount.fs_type.as_str(), "ext2" | "ext3" | "ext4") => Some(format!(
+            "{} cannot reflink, and images are copied sparsely only on ext2/3/4",
             mount.fs_type
         )),
         _ => loop_devices_usable().err(),

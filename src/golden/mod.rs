@@ -325,6 +325,7 @@ impl Cache {
             image_size: opts.image_size,
         };
         let store = plan.build(&cache_id, settings)?;
+        store.prepare_root(&dir)?;
         let mut cache = Cache { root: dir, store, opened: GcReport::default() };
         cache.opened = cache.recover_idle_projects();
         cache.opened.log("open");
@@ -561,8 +562,6 @@ impl Cache {
             self.settle_session(project, session)?;
             let Some(meta) = read_session(&self.root, project, session)? else { return Ok(None) };
             let s = self.session(project, session);
-            self.remount(&s, &meta)?;
-            self.check_session_place(&s, &meta)?;
             if at.is_some() && meta.at.as_deref() != at {
                 return Err(Error::InvalidArgument {
                     what: format!(
@@ -572,6 +571,8 @@ impl Cache {
                     ),
                 });
             }
+            self.remount(&s, &meta)?;
+            self.check_session_place(&s, &meta)?;
             self.reattach(&s, &meta)?;
             Ok(Some(self.shown_path(&s, &meta)))
         };
@@ -727,7 +728,18 @@ impl Cache {
             staging: meta.made_by.clone(),
             at: meta.at.clone(),
         };
-        let record = self.record(&intent)?;
+        // Another caller at the same session (the reuse of one session by many after a
+        // reboot): waited for, then this one looks again under its own intent.
+        let mut tries = 0;
+        let record = loop {
+            match self.record(&intent) {
+                Err(e) if e.errno() == Some(libc::EBUSY) && tries < 3 => {
+                    tries += 1;
+                    self.settle_session(&s.project, &s.name)?;
+                }
+                other => break other?,
+            }
+        };
         let done = (|| {
             if read_session(&self.root, &s.project, &s.name)?.as_ref() != Some(meta) {
                 return Err(Error::UnknownSession {

@@ -208,8 +208,11 @@ pub fn backing_of(major: u32, minor: u32) -> io::Result<Option<(u64, u64)>> {
 }
 
 /// The loop devices attached now to the file with (device, inode) `file` (in
-/// `loop_info64.lo_device`'s encoding), by name: each `/sys/block/loopN` asked by its number.
-pub fn attached_to(file: (u64, u64)) -> io::Result<Vec<String>> {
+/// `loop_info64.lo_device`'s encoding), whose path is `path`, by name: each `/sys/block/loopN`
+/// asked by its number. A device that cannot be asked (no node for it in this /dev, as in a
+/// container) is counted when the backing file sysfs names for it is `path`: a device on the
+/// file must never go unseen.
+pub fn attached_to(file: (u64, u64), path: &std::path::Path) -> io::Result<Vec<String>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/sys/block")?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -219,8 +222,16 @@ pub fn attached_to(file: (u64, u64)) -> io::Result<Vec<String>> {
         let Ok(dev) = std::fs::read_to_string(entry.path().join("dev")) else { continue };
         let Some((major, minor)) = dev.trim().split_once(':') else { continue };
         let (Ok(major), Ok(minor)) = (major.parse(), minor.parse()) else { continue };
-        if backing_of(major, minor)? == Some(file) {
-            out.push(name);
+        match backing_of(major, minor)? {
+            Some(backing) if backing == file => out.push(name),
+            Some(_) => {}
+            None => {
+                // Detached (no backing file in sysfs), or attached but not askable here.
+                let named = std::fs::read(entry.path().join("loop/backing_file"));
+                if named.is_ok_and(|n| n.trim_ascii_end() == path.as_os_str().as_encoded_bytes()) {
+                    out.push(name);
+                }
+            }
         }
     }
     Ok(out)

@@ -85,8 +85,8 @@ const ZVOL_TAGS: &[&str] = &[
 ];
 
 /// One cache root per backend this machine has: in the ZFS guest the ZFS filesystem and zvol
-/// backends (each on a dataset of its own), elsewhere the copy backend on XFS and ext4 and the
-/// btrfs backend on their loop filesystems.
+/// backends (each on a dataset of its own), elsewhere the copy backend on XFS and ext4, the
+/// btrfs backend, and the image backend on XFS, btrfs and ext4, on their loop filesystems.
 pub fn roots(tag: &str) -> Vec<(Root, &'static str)> {
     if std::env::var_os("GOLDCLONE_TEST_ZFS_PARENT").is_some() {
         let zvol =
@@ -107,6 +107,8 @@ pub fn roots(tag: &str) -> Vec<(Root, &'static str)> {
         ("btrfs", super::Fs::Btrfs, BackendKind::Btrfs),
         ("image-xfs", super::Fs::Xfs, BackendKind::Image),
         ("image-btrfs", super::Fs::Btrfs, BackendKind::Image),
+        // No reflink: images copied sparsely (the default on ext4).
+        ("image-ext4", super::Fs::Ext4, BackendKind::Image),
     ] {
         let Some(mnt) = super::mount(fs_kind) else { continue }; // skipping was asked for
         let path = mnt.join(format!("lifecycle-{tag}-{name}-{}", std::process::id()));
