@@ -39,6 +39,7 @@ const (
 	ResultIncomplete        = Result(C.GOLDCLONE_RESULT_INCOMPLETE)
 	ResultParse             = Result(C.GOLDCLONE_RESULT_PARSE)
 	ResultEditFailed        = Result(C.GOLDCLONE_RESULT_EDIT_FAILED)
+	ResultBadStream         = Result(C.GOLDCLONE_RESULT_BAD_STREAM)
 	ResultOther             = Result(C.GOLDCLONE_RESULT_OTHER)
 	ResultNullParameter     = Result(C.GOLDCLONE_RESULT_NULL_PARAMETER)
 	ResultInvalidHandle     = Result(C.GOLDCLONE_RESULT_INVALID_HANDLE)
@@ -129,6 +130,7 @@ var (
 	ErrIncomplete        = &Error{Code: ResultIncomplete, Op: "sentinel"}
 	ErrParse             = &Error{Code: ResultParse, Op: "sentinel"}
 	ErrEditFailed        = &Error{Code: ResultEditFailed, Op: "sentinel"}
+	ErrBadStream         = &Error{Code: ResultBadStream, Op: "sentinel"}
 	ErrOther             = &Error{Code: ResultOther, Op: "sentinel"}
 	ErrNullParameter     = &Error{Code: ResultNullParameter, Op: "sentinel"}
 	ErrInvalidHandle     = &Error{Code: ResultInvalidHandle, Op: "sentinel"}
@@ -141,6 +143,6 @@ var allSentinels = []*Error{
 	ErrNotFound, ErrAlreadyExists, ErrNotADirectory, ErrInvalidArgument, ErrInvalidName,
 	ErrNameTooLong, ErrNoSpace, ErrBusy, ErrPermissionDenied, ErrUnsupported, ErrCrossDevice,
 	ErrCancelled, ErrZFSUnavailable, ErrIO, ErrSnapshotHasClones, ErrSnapshotHeld, ErrDamaged,
-	ErrIncomplete, ErrParse, ErrEditFailed, ErrOther, ErrNullParameter, ErrInvalidHandle, ErrBufferTooSmall,
+	ErrIncomplete, ErrParse, ErrEditFailed, ErrBadStream, ErrOther, ErrNullParameter, ErrInvalidHandle, ErrBufferTooSmall,
 	ErrPanic,
 }

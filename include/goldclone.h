@@ -129,6 +129,11 @@ enum goldclone_result
      */
     GOLDCLONE_RESULT_EDIT_FAILED = 20,
     /**
+     * A send/receive stream is truncated, corrupt, or of a newer format; nothing of it was
+     * committed.
+     */
+    GOLDCLONE_RESULT_BAD_STREAM = 21,
+    /**
      * An error without a more specific code (a newer library error class).
      */
     GOLDCLONE_RESULT_OTHER = 99,
@@ -673,6 +678,28 @@ typedef void (*goldclone_log_fn)(void *user_data,
                                  const char *target,
                                  const char *message);
 
+/**
+ * What a finished send wrote.
+ */
+typedef struct goldclone_sent {
+    /**
+     * The generation sent.
+     */
+    uint64_t generation;
+    /**
+     * Entries in the stream, the root included.
+     */
+    uint64_t entries;
+    /**
+     * Bytes of file data in it.
+     */
+    uint64_t bytes;
+    /**
+     * Bytes of stream written to the descriptor.
+     */
+    uint64_t stream_bytes;
+} goldclone_sent;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -1190,6 +1217,50 @@ size_t goldclone_debug_live_handles(void);
 goldclone_result goldclone_set_log_callback(goldclone_log_fn callback,
                                             void *user_data,
                                             uint32_t max_level);
+
+/**
+ * Write generation `generation` of `project` (0: the current one) to the open descriptor
+ * `fd` as a portable stream, which `goldclone_cache_receive` makes a generation of a cache of
+ * any backend. `fd` is not closed. Progress (totals known up front) and cancellation as
+ * `goldclone_cache_import_with` (`opts` may be NULL); `*sent` (may be NULL) receives what was
+ * written. The project's lock is held only while the send starts: setups and promotes go on,
+ * and a generation retired meanwhile stays until the send is done.
+ *
+ * SIGPIPE is blocked on the writing thread while it writes: a reader that goes away fails the
+ * send with IO (EPIPE) and does not kill the process.
+ *
+ * `fd` may be a pipe, socket or file, blocking or not; a cancel stops the send also while the
+ * reader stalls. On ZFS and zvol only the current generation can be sent (UNSUPPORTED for an
+ * older one): the send reads through a session it makes and removes.
+ *
+ * Errors: NOT_FOUND (project, generation), INVALID_NAME, INVALID_ARGUMENT (`fd`),
+ * UNSUPPORTED, CANCELLED, IO (EPIPE: the reader went away).
+ */
+goldclone_result goldclone_cache_send(const struct goldclone_cache *cache,
+                                      const char *project,
+                                      uint64_t generation,
+                                      int32_t fd,
+                                      const struct goldclone_op_options *opts,
+                                      struct goldclone_sent *sent);
+
+/**
+ * Read a stream that `goldclone_cache_send` wrote from the open descriptor `fd` and make it a
+ * generation of `project`: its first if the project does not exist here, else its next
+ * (sessions keep theirs). `*generation` (may be NULL) receives its number here. Nothing is
+ * committed unless the whole stream verifies; a stream of the project's current generation
+ * changes nothing and gives its number. `fd` is not closed; reads are buffered, so it may be
+ * read past the stream's end.
+ * Progress and cancellation as `goldclone_cache_import_with`.
+ *
+ * Errors: BAD_STREAM (not a stream, truncated, a failed checksum, a newer format),
+ * INVALID_ARGUMENT (a stream of another project; `fd`), UNSUPPORTED (an incremental stream),
+ * INVALID_NAME, CANCELLED, NO_SPACE, BUSY, DAMAGED, INCOMPLETE, IO.
+ */
+goldclone_result goldclone_cache_receive(const struct goldclone_cache *cache,
+                                         const char *project,
+                                         int32_t fd,
+                                         const struct goldclone_op_options *opts,
+                                         uint64_t *generation);
 
 #ifdef __cplusplus
 }  // extern "C"

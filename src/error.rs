@@ -158,6 +158,24 @@ pub enum Error {
         /// Every holder, described.
         holders: Vec<String>,
     },
+    /// A generation cannot be removed now: a send is reading it.
+    #[error("generation {generation} of project {project:?} is in use: {what}")]
+    GenerationBusy {
+        /// The project id.
+        project: String,
+        /// The generation.
+        generation: u64,
+        /// What uses it.
+        what: String,
+    },
+    /// The project has no such generation (never had, or it has been retired and removed).
+    #[error("project {project:?} has no generation {generation}")]
+    UnknownGeneration {
+        /// The project id.
+        project: String,
+        /// The generation asked for.
+        generation: u64,
+    },
     /// A filesystem ran out of space (or quota): which one, and what needed the space. Told
     /// apart where goldclone writes through one filesystem into another (an image's XFS on
     /// the cache root's filesystem): the caller's remedy differs.
@@ -170,6 +188,15 @@ pub enum Error {
         /// The failed call.
         #[source]
         source: Box<Error>,
+    },
+    /// A send/receive stream is not a goldclone stream, is of a newer version, breaks off
+    /// before its trailer, or fails a checksum. Nothing of it was committed.
+    #[error("bad stream at byte {at}: {what}")]
+    BadStream {
+        /// Where in the stream the problem is (bytes from its start).
+        at: u64,
+        /// What is wrong.
+        what: String,
     },
     /// The operation was cancelled from another thread.
     #[error("cancelled")]
@@ -281,6 +308,9 @@ pub enum ErrorKind {
     Incomplete,
     /// A file the library reads (a mount table, a tool's output) could not be parsed.
     Parse,
+    /// A send/receive stream is truncated, corrupt, or not one this library reads; nothing
+    /// of it was committed.
+    BadStream,
     /// Any other I/O error.
     Io,
 }
@@ -350,9 +380,14 @@ impl Error {
             Error::NameTooLong { .. } => ErrorKind::NameTooLong,
             Error::NoSpace { .. } => ErrorKind::NoSpace,
             Error::Cancelled => ErrorKind::Cancelled,
+            Error::BadStream { .. } => ErrorKind::BadStream,
             Error::EditFailed { .. } => ErrorKind::EditFailed,
-            Error::UnknownProject { .. } | Error::UnknownSession { .. } => ErrorKind::NotFound,
-            Error::SessionBusy { .. } | Error::MountPoint { .. } => ErrorKind::Busy,
+            Error::UnknownProject { .. }
+            | Error::UnknownSession { .. }
+            | Error::UnknownGeneration { .. } => ErrorKind::NotFound,
+            Error::SessionBusy { .. } | Error::MountPoint { .. } | Error::GenerationBusy { .. } => {
+                ErrorKind::Busy
+            }
             Error::Damaged { .. } => ErrorKind::Damaged,
             Error::Parse { .. } => ErrorKind::Parse,
             Error::Incomplete { .. } => ErrorKind::Incomplete,

@@ -6,6 +6,7 @@
 //! * [`error`], `sys`, [`fault`] — the error type, the syscall shims, the crash tests' points.
 //! * [`detect`] — what backs a path: ZFS dataset, zvol, btrfs, reflink-capable fs, or plain.
 //! * [`zfs`] (libzfs_core loaded at run time) and [`copy`] (the exact parallel tree copy).
+//! * [`stream`] — the portable send/receive stream: a tree as checksummed records.
 //! * [`backend`] — one module per backend: zfs, zvol, btrfs, copy.
 //! * [`golden`] — the lifecycle: projects, generations, sessions, gc, crash recovery.
 //! * [`ffi`] — the C ABI.
@@ -26,6 +27,7 @@ pub mod fault;
 pub mod ffi;
 pub mod fixture;
 pub mod golden;
+pub mod stream;
 pub mod treediff;
 pub mod zfs;
 

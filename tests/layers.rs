@@ -14,6 +14,8 @@ const LAYERS: &[&[&str]] = &[
     &["detect"],
     // The primitives backends are made of: libzfs_core, the exact tree copy.
     &["zfs", "copy"],
+    // The portable send/receive stream, made of the tree copy's pieces.
+    &["stream"],
     // One module per backend.
     &["backend"],
     // The golden lifecycle.

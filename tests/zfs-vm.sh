@@ -58,13 +58,14 @@ for line in sys.stdin:
 zfs_bin="" host_bin=""
 results=$(mktemp -d /tmp/goldclone-zfs-vm.XXXXXX)
 chmod 755 "$results"
-lifecycle_bin="" crash_bin="" safety_bin="" logging_bin=""
+lifecycle_bin="" crash_bin="" safety_bin="" logging_bin="" send_bin=""
 for b in "${bins[@]}"; do
   case "$b" in
     "test-lifecycle "*) lifecycle_bin=${b#test-lifecycle } ;;
     "test-lifecycle_crash "*) crash_bin=${b#test-lifecycle_crash } ;;
     "test-lifecycle_safety "*) safety_bin=${b#test-lifecycle_safety } ;;
     "test-logging "*) logging_bin=${b#test-logging } ;;
+    "test-send_receive "*) send_bin=${b#test-send_receive } ;;
   esac
   case "$b" in
     "test-zfs "*) zfs_bin=${b#test-zfs } ;;
@@ -73,7 +74,7 @@ for b in "${bins[@]}"; do
   esac
 done
 [ -x "$zfs_bin" ] && [ -x "$host_bin" ] && [ -x "$lifecycle_bin" ] && [ -x "$crash_bin" ] && [ -x "$safety_bin" ] &&
-  [ -x "$logging_bin" ] ||
+  [ -x "$logging_bin" ] && [ -x "$send_bin" ] ||
   { log "test binaries not found: ${bins[*]:-none}"; exit 1; }
 # The C and Go API suites: the static library and the Go test binary are built here; the guest
 # compiles only the small C harnesses.
@@ -175,6 +176,9 @@ stamp lifecycle
 GOLDCLONE_TEST_ZFS_PARENT=gcta/lc GOLDCLONE_TEST_ZFS_MNT=/tmp/gc-roots \
   timeout 300 "$logging_bin" --test-threads=1 >"$results/zfs-logging.log" 2>&1
 stamp logging
+GOLDCLONE_TEST_ZFS_PARENT=gcta/lc GOLDCLONE_TEST_ZFS_MNT=/tmp/gc-roots \
+  timeout 600 "$send_bin" --test-threads=1 >"$results/zfs-send-receive.log" 2>&1
+stamp send-receive
 # The real-dockerd suite on the ZFS and zvol backends: each on a dataset of its own, the
 # golden's data root built on a third (the guest's overlaid /tmp cannot hold overlay2).
 for b in zfs zvol; do
@@ -269,6 +273,7 @@ summarize zfs:lifecycle "$results/zfs-lifecycle.log"
 summarize zfs:lifecycle_crash "$results/zfs-lifecycle-crash.log"
 summarize zfs:lifecycle_safety "$results/zfs-lifecycle-safety.log"
 summarize zfs:logging "$results/zfs-logging.log"
+summarize zfs:send_receive "$results/zfs-send-receive.log"
 # The ZFS-only safety test must have run in the guest, not returned early.
 grep -q '^test two_zvol_roots_on_one_parent_share_nothing ... ok' "$results/zfs-lifecycle-safety.log" ||
   problems+=("two_zvol_roots_on_one_parent_share_nothing did not pass in the guest")

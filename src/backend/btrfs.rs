@@ -2,8 +2,9 @@
 //! them, promotion a read-only snapshot of the session, all by ioctl. Only `import` copies (into a
 //! new subvolume). A tree is identified by its subvolume id.
 
+use super::Source;
 use std::ffi::CString;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -11,10 +12,10 @@ use super::rootdir::RootDir;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    cannot_serve, describe, open_source, remove_beneath, Backend, BackendKind, Generation,
-    Identity, Presence, Retired, Session, Watch,
+    cannot_serve, describe, remove_beneath, Backend, BackendKind, Generation, Identity, Presence,
+    Retired, Session, Watch,
 };
-use crate::copy::{self, CopyOptions};
+use crate::copy::CopyOptions;
 use crate::detect::Detection;
 use crate::sys::btrfs::BTRFS_FIRST_FREE_OBJECTID;
 use crate::{sys, Context, Error, Result};
@@ -108,20 +109,18 @@ impl Backend for BtrfsBackend {
     fn import(
         &self,
         root: &RootDir,
-        src: &Path,
+        src: &Source<'_, '_>,
         _g: &Generation,
         staging: &Path,
         watch: &Watch,
     ) -> Result<Identity> {
-        let source = open_source(src)?;
+        src.check()?;
         let (parent, name) = root.parent(staging)?;
         sys::btrfs::subvol_create(parent.as_fd(), &cname(name)?)
             .at_with("btrfs subvolume create", || root.join(staging))?;
         // Synced before it is made read-only and published (see CopyStore::opts).
         let filled = root.dir(staging).and_then(|dst| {
-            copy::copy_dir_into(
-                source.as_fd(),
-                src,
+            src.fill(
                 dst.as_fd(),
                 &root.join(staging),
                 &watch.copy_options(CopyOptions {
@@ -138,6 +137,11 @@ impl Backend for BtrfsBackend {
             return Err(e);
         }
         self.identity(root, staging)
+    }
+
+    fn open_generation(&self, root: &RootDir, g: &Generation, _id: &Identity) -> Result<OwnedFd> {
+        // A generation is a directory (a read-only subvolume on btrfs) that nothing changes.
+        root.dir(&g.place)
     }
 
     fn create_session(

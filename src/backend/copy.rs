@@ -1,13 +1,14 @@
 //! The tree-copy backend: every tree is an exact copy, reflinked where the filesystem can
 //! (`crate::copy`). Works on any filesystem; the fallback of every other backend.
 
-use std::os::fd::{AsFd, OwnedFd};
+use super::Source;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use super::rootdir::{self, RootDir};
 use super::{
-    describe, make_dir, open_source, remove_beneath, Backend, BackendKind, Generation, Identity,
-    Presence, Session, Watch,
+    describe, make_dir, remove_beneath, Backend, BackendKind, Generation, Identity, Presence,
+    Session, Watch,
 };
 use serde::{Deserialize, Serialize};
 
@@ -55,14 +56,22 @@ impl CopyBackend {
         durable: bool,
         watch: &Watch,
     ) -> Result<Identity> {
+        self.make(root, staging, watch, |dst, dst_path| {
+            copy::copy_dir_into(src.as_fd(), src_path, dst, dst_path, &self.opts(durable, watch))
+                .map(|_| ())
+        })
+    }
+
+    /// A new directory at `staging`, filled by `fill`; its identity.
+    fn make(
+        &self,
+        root: &RootDir,
+        staging: &Path,
+        _watch: &Watch,
+        fill: impl FnOnce(BorrowedFd<'_>, &Path) -> Result<()>,
+    ) -> Result<Identity> {
         let dst = make_dir(root, staging)?;
-        let copied = copy::copy_dir_into(
-            src.as_fd(),
-            src_path,
-            dst.as_fd(),
-            &root.join(staging),
-            &self.opts(durable, watch),
-        );
+        let copied = fill(dst.as_fd(), &root.join(staging));
         if let Err(e) = copied {
             let _ = remove_beneath(root, staging);
             return Err(e);
@@ -85,12 +94,20 @@ impl Backend for CopyBackend {
     fn import(
         &self,
         root: &RootDir,
-        src: &Path,
+        src: &Source<'_, '_>,
         _g: &Generation,
         staging: &Path,
         watch: &Watch,
     ) -> Result<Identity> {
-        self.copy(root, open_source(src)?, src, staging, true, watch)
+        src.check()?;
+        self.make(root, staging, watch, |dst, dst_path| {
+            src.fill(dst, dst_path, &self.opts(true, watch))
+        })
+    }
+
+    fn open_generation(&self, root: &RootDir, g: &Generation, _id: &Identity) -> Result<OwnedFd> {
+        // A generation is a directory (a read-only subvolume on btrfs) that nothing changes.
+        root.dir(&g.place)
     }
 
     fn create_session(

@@ -19,6 +19,7 @@
 //! attaching and mounting leaves no device behind. Promote freezes the session's XFS and clones
 //! its image as the next generation; older sessions keep images of their own.
 
+use super::Source;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,10 +29,9 @@ use serde::{Deserialize, Serialize};
 
 use super::rootdir::{self, RootDir};
 use super::{
-    check_source, describe, disk_usage, Backend, BackendKind, Generation, Identity, Presence,
-    Retired, Session, Watch,
+    describe, Backend, BackendKind, Generation, Identity, Presence, Retired, Session, Watch,
 };
-use crate::copy::{self, CopyOptions};
+use crate::copy::CopyOptions;
 use crate::sys::loopdev;
 use crate::zfs::mount;
 use crate::{sys, Context, Error, Result};
@@ -134,7 +134,8 @@ fn unmount(dir: &Path, lazily: bool) -> Result<()> {
     if lazily {
         flags |= UnmountFlags::DETACH;
     }
-    rustix::mount::unmount(dir, flags).at(if lazily { "umount -l" } else { "umount" }, dir)
+    crate::zfs::mount::unmount_waiting_out_forks(dir, flags)
+        .at(if lazily { "umount -l" } else { "umount" }, dir)
 }
 
 /// The open image file at `rel` (not through a symlink), read-only or read-write.
@@ -464,6 +465,22 @@ fn mount_detached(dev: &Path) -> std::io::Result<OwnedFd> {
     Ok(fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())?)
 }
 
+/// Mount the XFS on `dev` (a read-only loop device) read-only and detached: `norecovery`,
+/// because a generation's image was unmounted cleanly and nothing may write its log.
+fn mount_detached_read_only(dev: &Path) -> std::io::Result<OwnedFd> {
+    use rustix::mount::{
+        fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, FsMountFlags,
+        FsOpenFlags, MountAttrFlags,
+    };
+    let fs = fsopen("xfs", FsOpenFlags::FSOPEN_CLOEXEC)?;
+    fsconfig_set_string(&fs, "source", dev)?;
+    fsconfig_set_flag(&fs, "nouuid")?;
+    fsconfig_set_flag(&fs, "ro")?;
+    fsconfig_set_flag(&fs, "norecovery")?;
+    fsconfig_create(&fs)?;
+    Ok(fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::MOUNT_ATTR_RDONLY)?)
+}
+
 /// Attach the open image `image` to a loop device and mount its XFS at the existing directory
 /// `dir`. The device detaches itself once unmounted (autoclear), or right away if the mount
 /// fails (our descriptor is its last user).
@@ -485,11 +502,11 @@ impl ImageBackend {
     /// tree occupies, at least 16 GiB, at most the cache root's filesystem (a session cannot
     /// write more than that anyway), and never less than twice the tree plus 512 MiB. Sparse:
     /// only written blocks use space.
-    fn size_for(&self, root: &RootDir, src: &Path) -> u64 {
+    fn size_for(&self, root: &RootDir, src: &Source<'_, '_>) -> u64 {
         if self.image_size > 0 {
             return self.image_size.div_ceil(1 << 20) << 20;
         }
-        let used = super::open_source(src).map_or(0, |fd| disk_usage(fd, src));
+        let used = src.used();
         let fs_size = rustix::fs::fstatvfs(root.fd()).map_or(u64::MAX, |s| s.f_blocks * s.f_frsize);
         let want = used.saturating_mul(4).max(16 << 30).min(fs_size);
         want.max(used.saturating_mul(2) + (512 << 20)).div_ceil(1 << 20) << 20
@@ -579,11 +596,10 @@ impl ImageBackend {
         root: &RootDir,
         image: BorrowedFd<'_>,
         staging: &Path,
-        src: &Path,
+        src: &Source<'_, '_>,
         watch: &Watch,
     ) -> Result<()> {
         let shown = root.join(staging);
-        let source = super::open_source(src)?;
         // Buffered: the host's page cache gathers the inner XFS's scattered writes, and delayed
         // allocation lays them out in file order at writeback, so that a new image has few
         // extents (with direct I/O each write is allocated where it lands: tens of thousands).
@@ -595,9 +611,7 @@ impl ImageBackend {
         let mnt = rustix::fs::openat(&mnt, ".", sys::fs::READ_DIR, Mode::empty())
             .at("open the image's root", &shown)?;
         let size = rustix::fs::fstat(image).map_or(0, |st| st.st_size as u64);
-        copy::copy_dir_into(
-            source.as_fd(),
-            src,
+        src.fill(
             mnt.as_fd(),
             &shown,
             &watch.copy_options(CopyOptions { threads: self.threads, ..CopyOptions::default() }),
@@ -734,12 +748,12 @@ impl Backend for ImageBackend {
     fn import(
         &self,
         root: &RootDir,
-        src: &Path,
+        src: &Source<'_, '_>,
         g: &Generation,
         staging: &Path,
         watch: &Watch,
     ) -> Result<Identity> {
-        check_source(src)?;
+        src.check()?;
         let size = self.size_for(root, src);
         let images = images_dir(&g.project);
         // Made here, not at the first setup: setups run side by side, an import alone. A
@@ -772,6 +786,20 @@ impl Backend for ImageBackend {
             undo_dir();
         }
         made
+    }
+
+    /// The generation's image attached read-only (its file opened read-only, so the device
+    /// is too) and its XFS mounted detached, read-only: nothing can change the image, and the
+    /// mount (and with it the device) goes with the last descriptor of the tree.
+    fn open_generation(&self, root: &RootDir, g: &Generation, _id: &Identity) -> Result<OwnedFd> {
+        let shown = root.join(&g.place);
+        let image = open_image(root, &g.place, false)?;
+        let dev = loopdev::attach(image.as_fd(), SECTOR, false).at("attach loop device", &shown)?;
+        let mnt = mount_detached_read_only(&dev.path)
+            .at_with("mount the image's XFS read-only", || shown.clone())?;
+        drop(dev);
+        rustix::fs::openat(&mnt, ".", sys::fs::READ_DIR, Mode::empty())
+            .at("open the image's root", &shown)
     }
 
     fn create_session(

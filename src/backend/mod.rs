@@ -24,7 +24,7 @@ pub(crate) mod rootdir;
 pub(crate) mod zfs;
 pub(crate) mod zvol;
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -35,6 +35,7 @@ pub(crate) use rootdir::RootDir;
 
 use crate::copy::{CancelToken, CopyOptions, Progress};
 use crate::detect::{self, Detection};
+use crate::stream::StreamHeader;
 use crate::{Context, Error, Result};
 
 // The one list of backends: the C header's `goldclone_backend` is this enum (cbindgen.toml
@@ -430,7 +431,7 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
     fn import(
         &self,
         root: &RootDir,
-        src: &Path,
+        src: &Source<'_, '_>,
         generation: &Generation,
         staging: &Path,
         watch: &Watch,
@@ -442,7 +443,7 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
     fn import_next(
         &self,
         root: &RootDir,
-        src: &Path,
+        src: &Source<'_, '_>,
         generation: &Generation,
         previous: &Generation,
         staging: &Path,
@@ -464,6 +465,28 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
     ) -> Result<Option<Identity>> {
         let _ = (root, generation, previous, staging);
         Ok(None)
+    }
+
+    /// Generation `g`'s tree (recorded as `id`, checked present), read-only, for a send: an
+    /// open directory that stays readable while it is open (a detached mount goes with its last
+    /// descriptor). Unsupported where the backend cannot show a generation as a tree.
+    fn open_generation(&self, root: &RootDir, g: &Generation, id: &Identity) -> Result<OwnedFd> {
+        let _ = (root, id);
+        Err(Error::Unsupported {
+            what: format!(
+                "generation {} of {} cannot be sent from the {} backend yet",
+                g.number,
+                g.project,
+                self.kind().name()
+            ),
+        })
+    }
+
+    /// Whether a send reads the current generation through a session of it (made and removed
+    /// by the send) instead of [`Backend::open_generation`]: where a session is a cheap clone
+    /// and a generation has no tree of its own (ZFS, zvol).
+    fn sends_through_session(&self) -> bool {
+        false
     }
 
     /// A writable `session` from `generation` (recorded as `recorded`), built at `staging`.
@@ -814,6 +837,82 @@ pub(crate) fn describe(e: &rootdir::Entry, wanted: &str) -> String {
         _ => "a special file",
     };
     format!("holds {kind} (device {}, inode {}), not the recorded {wanted}", e.dev, e.ino)
+}
+
+/// What an import fills a new generation with: a directory of the caller's, copied, or a
+/// received stream, unpacked. The backends build the same tree either way, under the same
+/// intents, so a receive is recovered and rolled back exactly as an import is.
+pub(crate) enum Source<'a, 'r> {
+    /// A directory tree (the caller's path: a symlink at its end is followed).
+    Dir(&'a Path),
+    /// A stream whose header has been read; taken by the one fill that unpacks it.
+    Stream(&'a std::cell::RefCell<Option<crate::stream::StreamReader<'r>>>, &'a StreamHeader),
+}
+
+impl Source<'_, '_> {
+    /// Checked before anything is made: a directory must be one.
+    pub(crate) fn check(&self) -> Result<()> {
+        match self {
+            Source::Dir(src) => check_source(src),
+            Source::Stream(..) => Ok(()),
+        }
+    }
+
+    /// Bytes the tree occupies (to size a new image or volume): a walk of a directory, the
+    /// sender's count for a stream.
+    pub(crate) fn used(&self) -> u64 {
+        match self {
+            Source::Dir(src) => open_source(src).map_or(0, |fd| disk_usage(fd, src)),
+            // The sender's word, so bounded: at least the data (a compressing sender counts
+            // fewer blocks), at most 1 PiB (a hostile header must not size a volume to wrap).
+            Source::Stream(_, header) => header.used.max(header.bytes).min(1 << 50),
+        }
+    }
+
+    /// The source is not needed after all (the generation is there already): a stream is
+    /// still read to its end and checked.
+    pub(crate) fn verify(&self) -> Result<()> {
+        match self {
+            Source::Dir(_) => Ok(()),
+            Source::Stream(reader, _) => match reader.borrow_mut().take() {
+                Some(r) => r.verify_to_end(),
+                None => Ok(()),
+            },
+        }
+    }
+
+    /// Fill the empty open directory `dst` (at `dst_path`) with the tree, its root's metadata
+    /// on `dst`, with `opts` (progress, cancel, sync). On error `dst` is emptied again.
+    pub(crate) fn fill(
+        &self,
+        dst: BorrowedFd<'_>,
+        dst_path: &Path,
+        opts: &CopyOptions,
+    ) -> Result<()> {
+        match self {
+            Source::Dir(src) => {
+                let source = open_source(src)?;
+                crate::copy::copy_dir_into(source.as_fd(), src, dst, dst_path, opts).map(|_| ())
+            }
+            Source::Stream(reader, _) => {
+                let reader = reader.borrow_mut().take().ok_or_else(|| Error::InvalidArgument {
+                    what: "a received stream can fill one tree only".into(),
+                })?;
+                let filled = reader
+                    .unpack_into(dst, dst_path, opts.progress.as_deref(), opts.cancel.as_ref())
+                    .and_then(|()| {
+                        if opts.sync {
+                            rustix::fs::syncfs(dst).at("syncfs", dst_path)?;
+                        }
+                        Ok(())
+                    });
+                if filled.is_err() {
+                    let _ = crate::copy::remove_contents(dst, dst_path);
+                }
+                filled
+            }
+        }
+    }
 }
 
 /// The source directory `src` is a directory (a symlink at its end is followed).

@@ -31,6 +31,7 @@
 //! generation's snapshot is destroyed with `defer` once no session uses it: ZFS removes it when
 //! its last clone goes, never `destroy -R`.
 
+use super::Source;
 use std::collections::HashSet;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -470,7 +471,7 @@ return out"#;
         root: &RootDir,
         dataset: &DatasetName,
         staging: &Path,
-        src: &Path,
+        src: &Source<'_, '_>,
         empty_first: bool,
         watch: &Watch,
     ) -> Result<()> {
@@ -478,12 +479,12 @@ return out"#;
         let dir = root.join(staging);
         self.mount(dataset, &dir)?;
         let filled = (|| {
+            // The dataset's own root, opened through its parent (RootDir does not cross
+            // mounts).
+            let (parent, name) = root.parent(staging)?;
+            let fd = rustix::fs::openat(&parent, name, crate::sys::fs::READ_DIR, Mode::empty())
+                .at("open", &dir)?;
             if empty_first {
-                // The clone's own root, opened through its parent (RootDir does not cross
-                // mounts).
-                let (parent, name) = root.parent(staging)?;
-                let fd = rustix::fs::openat(&parent, name, crate::sys::fs::READ_DIR, Mode::empty())
-                    .at("open", &dir)?;
                 for name in rootdir::list_fd(fd.as_fd(), &dir)? {
                     // The snapshot directory, where the user's dataset shows it.
                     if !self.volumes && name == ".zfs" {
@@ -493,8 +494,8 @@ return out"#;
                     copy::remove_at(fd.as_fd(), &name, &dir.join(&name))?;
                 }
             }
-            copy::copy_into(
-                src,
+            src.fill(
+                fd.as_fd(),
                 &dir,
                 &watch.copy_options(CopyOptions {
                     threads: self.copy_threads,
@@ -508,7 +509,7 @@ return out"#;
     }
 
     /// Make the import's head: a filesystem, or a volume formatted with XFS.
-    fn create_head(&self, head: &DatasetName, src: &Path) -> Result<()> {
+    fn create_head(&self, head: &DatasetName, src: &Source<'_, '_>) -> Result<()> {
         if self.volumes {
             zvol::create(&self.zfs, head, src, self.volume_size, self.volume_block_size)
         } else {
@@ -571,12 +572,12 @@ impl Backend for ZfsBackend {
     fn import(
         &self,
         root: &RootDir,
-        src: &Path,
+        src: &Source<'_, '_>,
         g: &Generation,
         staging: &Path,
         watch: &Watch,
     ) -> Result<Identity> {
-        super::check_source(src)?;
+        src.check()?;
         self.ensure_container(&g.project)?;
         let head = self.head(&g.project, g.number)?;
         let result = (|| {
@@ -600,13 +601,13 @@ impl Backend for ZfsBackend {
     fn import_next(
         &self,
         root: &RootDir,
-        src: &Path,
+        src: &Source<'_, '_>,
         g: &Generation,
         previous: &Generation,
         staging: &Path,
         watch: &Watch,
     ) -> Result<Identity> {
-        super::check_source(src)?;
+        src.check()?;
         self.check_owned(&g.project)?;
         let tree = self.import_dataset(&g.project, g.number)?;
         self.absent(&tree)?;
@@ -797,6 +798,14 @@ impl Backend for ZfsBackend {
         // the first: one writer, whatever else still shows it.
         self.mount(&DatasetName::new(&name)?, &dir)?;
         Ok(true)
+    }
+
+    /// A generation is read through a session of it: a clone, mounted like every session.
+    /// Not a detached mount of its snapshot: an `lzc_promote` that moves a mounted snapshot
+    /// to the new head waits for it (seen hanging in the guest), so a promote would wait for
+    /// the whole send.
+    fn sends_through_session(&self) -> bool {
+        true
     }
 
     fn generation_presence(

@@ -3,6 +3,7 @@
 //! differs from ZFS filesystems lives here: where a root on a zvol puts its datasets, making a
 //! volume and its XFS, mounting one, and freezing a session for a consistent snapshot.
 
+use super::Source;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -30,11 +31,11 @@ pub(crate) fn datasets_beside(zvol: &DatasetName) -> Result<DatasetName> {
 /// Size of a project's first volume: `configured`, or four times what `src` occupies (at least
 /// 16 GiB: a session writes far more than the tree it starts from, and every session of the
 /// project gets this size), in whole MiB. Volumes are sparse: only written blocks use space.
-fn size_for(src: &Path, configured: u64) -> u64 {
+fn size_for(src: &Source<'_, '_>, configured: u64) -> u64 {
     let want = if configured > 0 {
         configured
     } else {
-        let used = super::open_source(src).map_or(0, |fd| super::disk_usage(fd, src));
+        let used = src.used();
         used.saturating_mul(4).max(16 << 30)
     };
     want.div_ceil(1 << 20) << 20
@@ -48,7 +49,7 @@ const DEFAULT_BLOCK_SIZE: u64 = 8 << 10;
 pub(crate) fn create(
     zfs: &Zfs,
     head: &DatasetName,
-    src: &Path,
+    src: &Source<'_, '_>,
     configured_size: u64,
     configured_block_size: u64,
 ) -> Result<()> {

@@ -23,6 +23,34 @@ pub enum BenchCommand {
     /// Promote against tree size: copying, consuming the session, and `cp -a` + sync; setup
     /// with and without progress.
     Promote(BenchPromoteArgs),
+    /// Send a generation and receive it into another cache, against `tar` over the same file.
+    Send(BenchSendArgs),
+}
+
+/// Arguments of `goldclone bench send`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchSendArgs {
+    /// The sending cache's root (its backend detected, or forced with --backend).
+    #[arg(long)]
+    pub root: PathBuf,
+    /// Force the sender's backend.
+    #[arg(long, value_enum)]
+    pub backend: Option<goldclone::golden::BackendKind>,
+    /// The receiving cache's root (another cache than the sender's).
+    #[arg(long)]
+    pub to: PathBuf,
+    /// Force the receiver's backend.
+    #[arg(long, value_enum)]
+    pub to_backend: Option<goldclone::golden::BackendKind>,
+    /// Where the stream (and tar's archive) is written: a directory.
+    #[arg(long, default_value = "/var/tmp")]
+    pub stream_dir: PathBuf,
+    /// Entries in the sample tree (the copy benchmark's).
+    #[arg(long, default_value_t = 100_000)]
+    pub entries: usize,
+    /// Rounds (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
 }
 
 /// Arguments of `goldclone bench promote`.
@@ -104,6 +132,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
         BenchCommand::Zfs(args) => super::zfs::bench_zfs(args.clone()),
         BenchCommand::Lifecycle(args) => bench_lifecycle(args),
         BenchCommand::Promote(args) => bench_promote(args),
+        BenchCommand::Send(args) => bench_send(args),
     }
 }
 
@@ -554,5 +583,138 @@ fn per_layer_cp(src: &Path, dst: &Path, jobs: usize) -> Result<()> {
     for (child, path) in running {
         wait_ok(child, &path)?;
     }
+    Ok(())
+}
+
+/// `goldclone bench send`: a full send of a generation to a file and its receive into another
+/// cache, against `tar` with xattrs and ACLs writing the same tree to a file and unpacking it
+/// (the usual way to ship a tree); sizes and medians.
+fn bench_send(args: &BenchSendArgs) -> Result<()> {
+    use goldclone::golden::{Cache, OpenOptions};
+    if args.rounds == 0 {
+        return Err(Error::InvalidArgument { what: "--rounds must be at least 1".into() });
+    }
+    let open = |root: &Path, backend| {
+        Cache::open(root, &OpenOptions { backend, ..OpenOptions::default() })
+    };
+    let to = args.to.clone();
+    if to.canonicalize().ok() == args.root.canonicalize().ok() {
+        return Err(Error::InvalidArgument {
+            what: "--to must be another cache than --root".into(),
+        });
+    }
+    let sender = open(&args.root, args.backend)?;
+    let receiver = open(&to, args.to_backend)?;
+    let id = std::process::id();
+    let project = format!("bench-send-{id}");
+    let sample = args.root.with_file_name(format!(".goldclone-bench-send-src-{id}"));
+    let built = fixture::build(&sample, &FixtureSpec::bench(args.entries))?;
+    sender.import(&project, &sample)?;
+    let stream_path = args.stream_dir.join(format!("goldclone-bench-{id}.stream"));
+    let tar_path = args.stream_dir.join(format!("goldclone-bench-{id}.tar"));
+    let unpacked = to.with_file_name(format!(".goldclone-bench-untar-{id}"));
+    let (mut send, mut recv, mut tar_c, mut tar_x) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut stream_bytes, mut tar_bytes) = (0, 0);
+    for round in 0..args.rounds {
+        settle(false);
+        let t = Instant::now();
+        let mut out = std::io::BufWriter::with_capacity(
+            1 << 20,
+            std::fs::File::create(&stream_path).at("create", &stream_path)?,
+        );
+        let sent = sender.send(&project, None, &mut out)?;
+        drop(out);
+        send.push(t.elapsed());
+        stream_bytes = sent.stream_bytes;
+        settle(false);
+        // Received whole into a project that does not exist there, deleted after.
+        let t = Instant::now();
+        let mut input = std::io::BufReader::with_capacity(
+            1 << 20,
+            std::fs::File::open(&stream_path).at("open", &stream_path)?,
+        );
+        let generation = receiver.receive(&project, &mut input)?;
+        recv.push(t.elapsed());
+        receiver.delete_project(&project)?;
+        if generation != 1 {
+            return Err(Error::InvalidArgument {
+                what: format!("received as generation {generation}"),
+            });
+        }
+        settle(false);
+        let t = Instant::now();
+        let tar = |args: &[&std::ffi::OsStr]| -> Result<()> {
+            let status = Command::new("tar").args(args).status().at("tar", &sample)?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(Error::io(
+                    "tar",
+                    &sample,
+                    std::io::Error::other(format!("tar exited with {status}")),
+                ))
+            }
+        };
+        tar(&[
+            "--xattrs".as_ref(),
+            "--acls".as_ref(),
+            "-C".as_ref(),
+            sample.as_os_str(),
+            "-cf".as_ref(),
+            tar_path.as_os_str(),
+            ".".as_ref(),
+        ])?;
+        tar_c.push(t.elapsed());
+        tar_bytes = std::fs::metadata(&tar_path).map_or(0, |m| m.len());
+        settle(false);
+        std::fs::create_dir_all(&unpacked).at("mkdir", &unpacked)?;
+        let t = Instant::now();
+        tar(&[
+            "--xattrs".as_ref(),
+            "--xattrs-include=*".as_ref(),
+            "--acls".as_ref(),
+            "-C".as_ref(),
+            unpacked.as_os_str(),
+            "-xpf".as_ref(),
+            tar_path.as_os_str(),
+        ])?;
+        tar_x.push(t.elapsed());
+        copy::remove_tree(&unpacked)?;
+        errln!(
+            "round {}: send {:.2} s, receive {:.2} s; tar -c {:.2} s, tar -x {:.2} s",
+            round + 1,
+            send[round].as_secs_f64(),
+            recv[round].as_secs_f64(),
+            tar_c[round].as_secs_f64(),
+            tar_x[round].as_secs_f64()
+        );
+    }
+    let _ = std::fs::remove_file(&stream_path);
+    let _ = std::fs::remove_file(&tar_path);
+    sender.delete_project(&project)?;
+    copy::remove_tree(&sample)?;
+    let (s, r, c, x) = (median(&send), median(&recv), median(&tar_c), median(&tar_x));
+    outln!(
+        "{} entries, {:.0} MB; {:?} -> {:?}; {} rounds, medians:",
+        built.entries,
+        built.bytes as f64 / 1e6,
+        sender.backend(),
+        receiver.backend(),
+        args.rounds
+    )?;
+    outln!("| | write (s) | read (s) | both (s) | stream (MB) |")?;
+    outln!("|---|---|---|---|---|")?;
+    outln!(
+        "| goldclone send / receive | {s:.2} | {r:.2} | **{:.2}** | {:.0} |",
+        s + r,
+        stream_bytes as f64 / 1e6
+    )?;
+    outln!(
+        "| `tar --xattrs --acls` -c / -x | {c:.2} | {x:.2} | {:.2} | {:.0} |",
+        c + x,
+        tar_bytes as f64 / 1e6
+    )?;
+    outln!("| tar / goldclone | | | **{:.2}x** | |", (c + x) / (s + r))?;
     Ok(())
 }

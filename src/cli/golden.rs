@@ -97,6 +97,28 @@ pub enum GoldenCommand {
         /// The directory to import.
         dir: PathBuf,
     },
+    /// Write a generation (default: the current one) to stdout as a portable stream, which
+    /// `golden receive` makes a generation of a cache of any backend, e.g.
+    /// `goldclone golden send --root R P | ssh host goldclone golden receive --root R P`.
+    Send {
+        #[command(flatten)]
+        root: RootArgs,
+        /// The generation to send (default: the current one).
+        #[arg(long)]
+        generation: Option<u64>,
+        /// Project id.
+        project: String,
+    },
+    /// Read a stream from stdin and make it a generation of the project: its first, or its
+    /// next (sessions keep theirs). Nothing is committed unless the whole stream verifies.
+    Receive {
+        #[command(flatten)]
+        root: RootArgs,
+        #[command(flatten)]
+        sizes: SizeArgs,
+        /// Project id (the stream's own).
+        project: String,
+    },
     /// List the projects that have a golden (reads records only).
     List {
         #[command(flatten)]
@@ -208,6 +230,51 @@ pub fn golden(cmd: &GoldenCommand) -> Result<()> {
                 print_json(&serde_json::json!({ "project": project, "deleted": true }))?;
             } else {
                 outln!("project {project} deleted")?;
+            }
+            Ok(())
+        }
+        GoldenCommand::Send { root, generation, project } => {
+            use std::io::IsTerminal;
+            if std::io::stdout().is_terminal() {
+                return Err(goldclone::Error::InvalidArgument {
+                    what: "the stream is binary: redirect stdout to a file or a pipe".into(),
+                });
+            }
+            let cache = root.open()?;
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+            let sent = cache.send(project, *generation, &mut out)?;
+            // stdout is the stream: what was sent goes to stderr.
+            let summary = serde_json::json!({
+                "project": project,
+                "generation": sent.generation,
+                "id": sent.id,
+                "entries": sent.entries,
+                "bytes": sent.bytes,
+                "stream_bytes": sent.stream_bytes,
+            });
+            if root.json {
+                eprintln!("{summary:#}");
+            } else {
+                eprintln!(
+                    "sent generation {} of {project}: {} entries, {} bytes of data, {} bytes of stream",
+                    sent.generation, sent.entries, sent.bytes, sent.stream_bytes
+                );
+            }
+            Ok(())
+        }
+        GoldenCommand::Receive { root, sizes, project } => {
+            let cache = root.open_with(sizes)?;
+            let mut input = std::io::BufReader::with_capacity(1 << 20, std::io::stdin().lock());
+            let generation = cache.receive(project, &mut input)?;
+            if root.json {
+                print_json(
+                    &serde_json::json!({ "project": project, "generation": generation, "backend": cache.backend() }),
+                )?;
+            } else {
+                outln!(
+                    "received project {project} as generation {generation} ({})",
+                    cache.backend().name()
+                )?;
             }
             Ok(())
         }

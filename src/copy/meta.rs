@@ -146,7 +146,7 @@ pub(super) fn apply_at(
 /// write; the same list coreutils keeps in /etc/xattr.conf. XFS, for one, lists every ACL a second
 /// time as `trusted.SGI_ACL_*` (its on-disk name) to a privileged caller: copied to another
 /// filesystem those would become ordinary attributes full of XFS's raw bytes.
-fn skipped_xattr(name: &[u8]) -> bool {
+pub(crate) fn skipped_xattr(name: &[u8]) -> bool {
     matches!(
         name,
         b"trusted.SGI_ACL_DEFAULT"

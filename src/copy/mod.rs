@@ -23,7 +23,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub(crate) use meta::skipped_xattr;
 pub use staging::{cleanup_staging, remove_at, remove_tree, STAGING_PREFIX};
+pub(crate) use staging::{list_entries, remove_contents};
+pub(crate) use walk::entry_path;
 
 use crate::{Context, Error, Result};
 use pool::Workers;
@@ -117,7 +120,12 @@ impl Progress {
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
-    fn set_totals(&self, entries: u64, bytes: u64) {
+    /// Count `entries` and `bytes` more done (for work that is not a tree copy: a stream).
+    pub(crate) fn add(&self, entries: u64, bytes: u64) {
+        self.entries.fetch_add(entries, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+    pub(crate) fn set_totals(&self, entries: u64, bytes: u64) {
         *self.totals.lock().unwrap_or_else(|p| p.into_inner()) = Some((entries, bytes));
     }
     /// Totals (entries, bytes) once the counting walk has finished, if

@@ -296,7 +296,7 @@ fn remove_entry(parent: BorrowedFd<'_>, name: &OsStr, path: &Path) -> Result<()>
 }
 
 /// Remove everything inside the open directory `dir` (at `path`), leaving the directory.
-pub(super) fn remove_contents(dir: BorrowedFd<'_>, path: &Path) -> Result<()> {
+pub(crate) fn remove_contents(dir: BorrowedFd<'_>, path: &Path) -> Result<()> {
     make_emptyable(dir, path)?;
     for (name, _) in list_entries(dir, path)? {
         let name = OsStr::from_bytes(name.as_bytes());
@@ -412,7 +412,7 @@ fn remove_dir(parent: BorrowedFd<'_>, name: &OsStr, path: &Path) -> Result<()> {
 
 /// Names and types of the entries of an open directory, without `.` and `..`. Read whole before
 /// anything is changed in the directory (unlinking while reading may skip entries).
-pub(super) fn list_entries(
+pub(crate) fn list_entries(
     dir: BorrowedFd<'_>,
     path: &Path,
 ) -> Result<Vec<(CString, Option<Type>)>> {

@@ -103,7 +103,7 @@ fn join_name(base: &Path, name: &CStr) -> PathBuf {
 /// redirect meanwhile and which does not exist for a mount that no path shows (the image
 /// backend fills its images through detached ones). `full`, that path from the root, only
 /// where /proc is not mounted.
-fn entry_path(dir: BorrowedFd<'_>, name: &CStr, full: &Path) -> Result<CString> {
+pub(crate) fn entry_path(dir: BorrowedFd<'_>, name: &CStr, full: &Path) -> Result<CString> {
     static PROC_FD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     if !*PROC_FD.get_or_init(|| Path::new("/proc/self/fd").is_dir()) {
         return cpath(full);

@@ -65,7 +65,7 @@ pub struct goldclone_open_options {
     pub image_size: u64,
 }
 
-fn cache(c: *const goldclone_cache) -> Result<Arc<Cache>, Failure> {
+pub(super) fn cache(c: *const goldclone_cache) -> Result<Arc<Cache>, Failure> {
     handle::get(c, "goldclone_cache", |o| match o {
         Object::Cache(c) => Some(Arc::clone(c)),
         _ => None,
@@ -232,7 +232,7 @@ pub unsafe extern "C" fn goldclone_op_options_init(
 ///
 /// # Safety
 /// `opts` is NULL or points to an initialized `goldclone_op_options`.
-unsafe fn watched<T: Send>(
+pub(super) unsafe fn watched<T: Send>(
     opts: *const goldclone_op_options,
     work: impl FnOnce(&Watch, &OnCaller<'_>) -> crate::Result<T> + Send,
 ) -> Result<T, Failure> {

@@ -75,6 +75,9 @@ pub enum goldclone_result {
     Parse = 19,
     /// A promote's edit callback failed (returned nonzero); nothing was committed.
     EditFailed = 20,
+    /// A send/receive stream is truncated, corrupt, or of a newer format; nothing of it was
+    /// committed.
+    BadStream = 21,
     /// An error without a more specific code (a newer library error class).
     Other = 99,
     /// A required pointer argument was NULL.

@@ -39,6 +39,7 @@ mod detect;
 mod error;
 mod handle;
 mod log;
+mod transfer;
 
 pub use cache::*;
 pub use copy::*;
@@ -46,6 +47,7 @@ pub use detect::*;
 pub use error::*;
 pub use handle::goldclone_debug_live_handles;
 pub use log::*;
+pub use transfer::*;
 
 use std::ffi::c_char;
 

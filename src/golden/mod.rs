@@ -21,11 +21,13 @@ mod attach;
 mod edit;
 mod holders;
 mod state;
+mod transfer;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use state::{validate_name, MAX_ID_LEN};
+pub use transfer::Sent;
 
 pub use crate::backend::{BackendKind, Watch};
 
@@ -255,6 +257,8 @@ impl GcReport {
 #[derive(Debug)]
 pub struct Cache {
     root: RootDir,
+    /// The cache's own id (`cache.json`): part of the stream id of every generation made here.
+    id: String,
     store: Box<dyn Backend>,
     opened: GcReport,
 }
@@ -326,7 +330,7 @@ impl Cache {
         };
         let store = plan.build(&cache_id, settings)?;
         store.prepare_root(&dir)?;
-        let mut cache = Cache { root: dir, store, opened: GcReport::default() };
+        let mut cache = Cache { root: dir, id: cache_id, store, opened: GcReport::default() };
         cache.opened = cache.recover_idle_projects();
         cache.opened.log("open");
         Ok(cache)
@@ -358,6 +362,18 @@ impl Cache {
     pub fn import_with(&self, project: &str, dir: &Path, watch: &Watch) -> Result<u64> {
         validate_name(project)?;
         self.check_import_source(dir)?;
+        self.import_from(project, &backend::Source::Dir(dir), None, watch)
+    }
+
+    /// Make generation 1 of the new project `project` from `src` (`origin`: its id, for a
+    /// received one).
+    fn import_from(
+        &self,
+        project: &str,
+        src: &backend::Source<'_, '_>,
+        origin: Option<&str>,
+        watch: &Watch,
+    ) -> Result<u64> {
         if self.root.entry(&Layout::project(project))?.is_some()
             && self.root.entry(&Layout::project_state(project))?.is_none()
         {
@@ -409,9 +425,9 @@ impl Cache {
                     let g = self.generation(project, generation, generation);
                     let staging = self.staging_of(&intent);
                     watch.check()?;
-                    let identity = self.store.import(&self.root, dir, &g, &staging, watch)?;
+                    let identity = self.store.import(&self.root, src, &g, &staging, watch)?;
                     fault::point("import:tree-created");
-                    self.commit_generation(&g, None, identity, &staging, watch)?;
+                    self.commit_generation(&g, None, origin, identity, &staging, watch)?;
                     Ok(generation)
                 },
             )
@@ -438,9 +454,30 @@ impl Cache {
     pub fn import_next_with(&self, project: &str, dir: &Path, watch: &Watch) -> Result<u64> {
         validate_name(project)?;
         self.check_import_source(dir)?;
+        self.import_next_from(project, &backend::Source::Dir(dir), None, watch)
+    }
+
+    /// Make `src` the next generation of the existing project `project` (`origin`: its id,
+    /// for a received one: if that is the current generation already, nothing is done).
+    fn import_next_from(
+        &self,
+        project: &str,
+        src: &backend::Source<'_, '_>,
+        origin: Option<&str>,
+        watch: &Watch,
+    ) -> Result<u64> {
         let lock = self.lock_exclusive(project)?;
         self.recover_or_fail(project, &lock)?;
-        let (previous, _) = self.current_generation(project)?;
+        let (previous, previous_meta) = self.current_generation(project)?;
+        if origin.is_some_and(|o| self.stream_id(&previous_meta) == o) {
+            src.verify()?;
+            tracing::info!(
+                target: "goldclone::golden",
+                "{project}: generation {} is the stream's generation already; nothing received",
+                previous.number
+            );
+            return Ok(previous.number);
+        }
         let g = self.next_generation(project, &previous)?;
         self.store.generation_free(&g, None)?;
         let number = g.number;
@@ -449,6 +486,7 @@ impl Cache {
             generation: number,
             previous: previous.number,
             staging: state::own_name("import", &number.to_string()),
+            origin: origin.map(str::to_string),
         };
         // The exclusive lock keeps everything checked above as it is.
         let imported = self.run(
@@ -459,9 +497,9 @@ impl Cache {
                 watch.check()?;
                 let staging = self.staging_of(&intent);
                 let identity =
-                    self.store.import_next(&self.root, dir, &g, &previous, &staging, watch)?;
+                    self.store.import_next(&self.root, src, &g, &previous, &staging, watch)?;
                 fault::point("import:tree-created");
-                self.commit_generation(&g, None, identity, &staging, watch)?;
+                self.commit_generation(&g, None, origin, identity, &staging, watch)?;
                 Ok(number)
             },
         )?;
@@ -987,7 +1025,7 @@ impl Cache {
                 };
                 fault::point("promote:tree-created");
                 self.store.seal(&self.root, &staging)?;
-                self.commit_generation(&g, Some(session), identity, &staging, watch)?;
+                self.commit_generation(&g, Some(session), None, identity, &staging, watch)?;
                 if opts.consume {
                     // Under the intent: a kill from here on is finished by recovery.
                     self.finish_consume(&s, adopt)?;
@@ -1444,6 +1482,18 @@ impl Cache {
             }
         }
         let generations = state::generation_numbers(&self.root, project)?;
+        for &n in &generations {
+            // Claimed only for this check: the delete's exclusive lock keeps new sends out.
+            if state::claim_generation(&self.root, project, n)?.is_none()
+                && read_generation(&self.root, project, n)?.is_some()
+            {
+                return Err(Error::GenerationBusy {
+                    project: project.to_string(),
+                    generation: n,
+                    what: "it is being sent".into(),
+                });
+            }
+        }
         let foreign = |dir: PathBuf, known: &dyn Fn(&str) -> bool| -> Result<()> {
             for name in self.root.list(&dir)? {
                 if !name.to_str().is_some_and(known) {
@@ -1808,6 +1858,7 @@ impl Cache {
         &self,
         g: &Generation,
         source: Option<&str>,
+        origin: Option<&str>,
         identity: Identity,
         staging: &Path,
         watch: &Watch,
@@ -1826,6 +1877,7 @@ impl Cache {
                 backend: self.backend(),
                 identity,
                 made_by,
+                origin: origin.map(str::to_string),
             },
         )?;
         fault::point(if source.is_some() { "promote:meta-written" } else { "import:meta-written" });
@@ -1872,6 +1924,10 @@ impl Cache {
             Ok(d) if d.iter().all(|(_, m)| m.generation != number) => {}
             _ => return Ok(false),
         }
+        // A send reading it keeps it: the send reclaims it when it is done.
+        let Some(_claim) = state::claim_generation(&self.root, project, number)? else {
+            return Ok(false);
+        };
         let Some(meta) = read_generation(&self.root, project, number)? else { return Ok(false) };
         let g = self.generation(project, number, current);
         let trash = Layout::trash(project).join(state::own_name("gen", &number.to_string()));
@@ -2121,7 +2177,7 @@ impl Cache {
         let root = &self.root;
         let staging = self.staging_of(intent);
         match intent {
-            Intent::ImportNext { project, generation, previous, .. } => {
+            Intent::ImportNext { project, generation, previous, origin, .. } => {
                 let current = read_current(root, project)?;
                 if current == Some(*generation) {
                     let g = self.generation(project, *generation, *generation);
@@ -2146,7 +2202,15 @@ impl Cache {
                 if let Some(identity) =
                     self.store.recover_import_next(root, &g, &previous, &staging)?
                 {
-                    self.commit_generation(&g, None, identity, &staging, &Watch::default())?;
+                    let origin = origin.as_deref();
+                    self.commit_generation(
+                        &g,
+                        None,
+                        origin,
+                        identity,
+                        &staging,
+                        &Watch::default(),
+                    )?;
                     return Ok(Outcome::Finished(format!(
                         "{project}: finished import of generation {generation}"
                     )));
@@ -2276,6 +2340,7 @@ impl Cache {
                     self.commit_generation(
                         &g,
                         Some(session),
+                        None,
                         identity,
                         &staging,
                         &Watch::default(),

@@ -81,6 +81,11 @@ pub(crate) struct GenerationMeta {
     /// The staging name of the operation that made it: recovery takes a record as its
     /// operation's commit only if it is this one.
     pub made_by: String,
+    /// For a generation received from another cache: its id there (the stream's), which it
+    /// keeps on every host it is sent on to. `None` for one made here (its id is then made
+    /// from the cache's id, its number and its creation time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 /// The record of one session.
@@ -161,6 +166,9 @@ pub(crate) enum Intent {
         generation: u64,
         previous: u64,
         staging: String,
+        /// The received generation's id (see [`GenerationMeta::origin`]), for a receive.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        origin: Option<String>,
     },
     Setup {
         project: String,
@@ -673,6 +681,43 @@ fn flock_wait(fd: impl AsFd, exclusive: bool) -> std::io::Result<()> {
     }
 }
 
+/// A generation being read (sent): a shared `flock` on its record, which a reclaim or a
+/// delete must take exclusively first ([`claim_generation`]), so a held generation stays. The
+/// kernel drops it with the process, so a killed send holds nothing.
+#[derive(Debug)]
+pub(crate) struct GenerationHold(#[allow(dead_code)] OwnedFd);
+
+/// Hold generation `generation` of `project`; `None` if it has no record (any more).
+pub(crate) fn hold_generation(
+    root: &RootDir,
+    project: &str,
+    generation: u64,
+) -> Result<Option<GenerationHold>> {
+    let path = Layout::generation_meta(project, generation);
+    let Some(fd) = open_rw(root, &path, false)? else { return Ok(None) };
+    // Waits out a reclaim that has it; that one removes the record, seen below.
+    crate::sys::fs::lock(fd.as_fd(), false).at_with("flock", || root.join(&path))?;
+    if !still_at(root, &path, &fd)? {
+        return Ok(None);
+    }
+    Ok(Some(GenerationHold(fd)))
+}
+
+/// Take generation `generation` of `project` from every holder, for removing it: `None` if a
+/// send holds it (or it has no record). Kept until the record is removed.
+pub(crate) fn claim_generation(
+    root: &RootDir,
+    project: &str,
+    generation: u64,
+) -> Result<Option<OwnedFd>> {
+    let path = Layout::generation_meta(project, generation);
+    let Some(fd) = open_rw(root, &path, false)? else { return Ok(None) };
+    if !crate::sys::fs::try_lock_exclusive(fd.as_fd()).at_with("flock", || root.join(&path))? {
+        return Ok(None);
+    }
+    Ok(Some(fd))
+}
+
 /// Whether the open file `fd` is still the one at `rel` (not unlinked or replaced since it was
 /// opened): after waiting for a lock, the file may have been removed by its previous holder.
 fn still_at(root: &RootDir, rel: &Path, fd: &OwnedFd) -> Result<bool> {
@@ -974,6 +1019,7 @@ mod tests {
                 generation: 3,
                 previous,
                 staging: own_name("import", "3"),
+                origin: None,
             };
             assert_eq!(after.validate("p").is_ok(), (1..3).contains(&previous), "{previous}");
         }

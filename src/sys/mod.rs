@@ -13,6 +13,7 @@ pub mod btrfs;
 pub mod detect;
 pub mod fs;
 pub mod loopdev;
+pub mod signal;
 pub mod xattr;
 
 /// A name part nobody else has made in this boot: the process id, the clock in nanoseconds and

@@ -59,7 +59,23 @@ pub fn mount_filesystem(
 /// [`crate::ErrorKind::Busy`] while files on it are open; it is not detached lazily, so that a
 /// destroy right after succeeds.
 pub fn unmount(dir: &Path) -> Result<(), Error> {
-    umount(dir, UnmountFlags::empty()).at("umount", dir)
+    unmount_waiting_out_forks(dir, UnmountFlags::empty()).at("umount", dir)
+}
+
+/// umount(2), with EBUSY retried for up to two seconds. Callers unmount only what they have
+/// found unused; a moment's EBUSY then is a process forked just now (any thread's `Command`
+/// spawn in the caller's process) that holds a copy of a descriptor beneath the mount until
+/// it execs. Still busy after that, it is busy: the error is returned.
+pub fn unmount_waiting_out_forks(dir: &Path, flags: UnmountFlags) -> rustix::io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match umount(dir, flags) {
+            Err(rustix::io::Errno::BUSY) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Detach whatever is mounted on `dir` lazily (`MNT_DETACH`): it is gone from every path at

@@ -567,6 +567,103 @@ out:
 
 static void test_import_next(void) { on_every_fs(import_next_on); }
 
+static int32_t stop_after_two(void *user_data, const goldclone_progress *p) {
+    (void)p;
+    return ++*(int *)user_data >= 2;
+}
+
+/* Send and receive on file descriptors: a generation sent to a file comes back as the next
+ * generation, whole; a truncated stream is BAD_STREAM and changes nothing; a stream of another
+ * project, a closed descriptor and a reader that went away (EPIPE, not a SIGPIPE death: this
+ * program does not ignore SIGPIPE) are typed errors. */
+static void send_receive_on(const struct harness_fs *f) {
+    struct place pl;
+    place_init(&pl, f);
+    const char *P = pl.project;
+    char *golden = make_golden(pl.scratch);
+    char *next = harness_join(pl.scratch, "next-src");
+    char *stream = harness_join(pl.scratch, "stream");
+    char *p;
+    goldclone_cache *cache = NULL;
+    goldclone_sent sent = {0};
+    uint64_t gen = 0;
+    int fd = -1, pipefd[2] = {-1, -1};
+    char s[GOLDCLONE_PATH_BUF_SIZE];
+    struct stat st;
+
+    CHECK(mkdir(next, 0755) == 0);
+    p = harness_join(next, "version.txt"); CHECK(harness_write(p, "gen2\n") == 0); free(p);
+    CHECK_OK(goldclone_cache_open(pl.cache_root, NULL, &cache));
+    if (!cache) goto out;
+    CHECK_OK(goldclone_cache_import(cache, P, golden, NULL));
+    /* A session keeps generation 1 after the next import: it can still be sent. */
+    CHECK_OK(goldclone_cache_setup(cache, P, "old", s, sizeof s, NULL));
+    CHECK_OK(goldclone_cache_import_next(cache, P, next, NULL, &gen));
+    CHECK(gen == 2);
+    fd = open(stream, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    CHECK(fd >= 0);
+    CHECK_RC(goldclone_cache_send(cache, P, 7, fd, NULL, &sent), GOLDCLONE_RESULT_NOT_FOUND);
+    CHECK_RC(goldclone_cache_send(cache, P, 0, -1, NULL, &sent), GOLDCLONE_RESULT_INVALID_ARGUMENT);
+    CHECK_RC(goldclone_cache_send(cache, "../x", 0, fd, NULL, &sent), GOLDCLONE_RESULT_INVALID_NAME);
+    CHECK_OK(goldclone_cache_send(cache, P, 1, fd, NULL, &sent));
+    CHECK(sent.generation == 1 && sent.entries == 4 && sent.bytes == 10);
+    CHECK(fstat(fd, &st) == 0 && (uint64_t)st.st_size == sent.stream_bytes);
+    /* Truncated by one byte: BAD_STREAM, nothing changes. */
+    CHECK(ftruncate(fd, st.st_size - 1) == 0 && lseek(fd, 0, SEEK_SET) == 0);
+    CHECK_RC(goldclone_cache_receive(cache, P, fd, NULL, &gen), GOLDCLONE_RESULT_BAD_STREAM);
+    CHECK(gen == 2);
+    /* Another project's name for it. */
+    CHECK(lseek(fd, 0, SEEK_SET) == 0);
+    CHECK_RC(goldclone_cache_receive(cache, "someone-else", fd, NULL, &gen), GOLDCLONE_RESULT_INVALID_ARGUMENT);
+    /* Whole: generation 3, with generation 1's tree. */
+    CHECK(ftruncate(fd, 0) == 0 && lseek(fd, 0, SEEK_SET) == 0);
+    CHECK_OK(goldclone_cache_send(cache, P, 1, fd, NULL, &sent));
+    CHECK(lseek(fd, 0, SEEK_SET) == 0);
+    CHECK_OK(goldclone_cache_receive(cache, P, fd, NULL, &gen));
+    CHECK(gen == 3);
+    CHECK_OK(goldclone_cache_cleanup(cache, P, "old"));
+    CHECK_OK(goldclone_cache_setup(cache, P, "s", s, sizeof s, NULL));
+    CHECK(file_is(s, "version.txt", "gen1\n") && has(s, "lib/data"));
+    CHECK_OK(goldclone_cache_cleanup(cache, P, "s"));
+    /* A peer that stalls halfway (the pipe's write end stays open, nothing more comes): the
+     * progress callback's stop ends the blocked read, CANCELLED, nothing committed. */
+    {
+        char buf[256];
+        int calls = 0;
+        goldclone_op_options o;
+        CHECK(pipe(pipefd) == 0);
+        CHECK(lseek(fd, 0, SEEK_SET) == 0);
+        CHECK(read(fd, buf, sizeof buf) == (ssize_t)sizeof buf);
+        CHECK(write(pipefd[1], buf, sizeof buf) == (ssize_t)sizeof buf);
+        goldclone_op_options_init(&o);
+        o.progress = stop_after_two;
+        o.progress_user_data = &calls;
+        o.progress_interval_ms = 20;
+        CHECK_RC(goldclone_cache_receive(cache, P, pipefd[0], &o, &gen), GOLDCLONE_RESULT_CANCELLED);
+        CHECK(calls >= 2);
+        close(pipefd[0]);
+        close(pipefd[1]);
+    }
+    /* A reader that went away. */
+    CHECK(pipe(pipefd) == 0);
+    close(pipefd[0]);
+    CHECK_RC(goldclone_cache_send(cache, P, 0, pipefd[1], NULL, &sent), GOLDCLONE_RESULT_IO);
+    CHECK(goldclone_last_error_errno() == EPIPE);
+    close(pipefd[1]);
+    CHECK_RC(goldclone_cache_receive(cache, P, 1000, NULL, &gen), GOLDCLONE_RESULT_INVALID_ARGUMENT);
+    CHECK_OK(goldclone_cache_delete_project(cache, P));
+
+out:
+    if (fd >= 0) close(fd);
+    goldclone_cache_free(cache);
+    free(stream);
+    free(next);
+    free(golden);
+    place_free(&pl);
+}
+
+static void test_send_receive(void) { on_every_fs(send_receive_on); }
+
 /* A session at a path of the caller's choosing: shown there (the same tree), reused at the
  * same path, refused where the path is bad (nothing made), removed again when the path buffer
  * is too small, and taken away with its directory by cleanup. */
@@ -988,6 +1085,7 @@ int main(void) {
     RUN(test_promote_with_edits);
     RUN(test_delete_project);
     RUN(test_import_next);
+    RUN(test_send_receive);
     RUN(test_setup_at);
     RUN(test_log_callback);
     RUN(test_queries);
