@@ -49,11 +49,12 @@ static void test_result_names(void) {
     CHECK(strcmp(goldclone_result_name(GOLDCLONE_RESULT_INCOMPLETE), "GOLDCLONE_RESULT_INCOMPLETE") == 0);
     CHECK(strcmp(goldclone_result_name(GOLDCLONE_RESULT_PARSE), "GOLDCLONE_RESULT_PARSE") == 0);
     CHECK(strcmp(goldclone_result_name(GOLDCLONE_RESULT_EDIT_FAILED), "GOLDCLONE_RESULT_EDIT_FAILED") == 0);
-    CHECK(strcmp(goldclone_result_name(21), "GOLDCLONE_RESULT_UNKNOWN") == 0);
+    CHECK(strcmp(goldclone_result_name(GOLDCLONE_RESULT_BAD_STREAM), "GOLDCLONE_RESULT_BAD_STREAM") == 0);
+    CHECK(strcmp(goldclone_result_name(22), "GOLDCLONE_RESULT_UNKNOWN") == 0);
     CHECK(strcmp(goldclone_result_name(0xffffffffu), "GOLDCLONE_RESULT_UNKNOWN") == 0);
-    /* every number 0..=20 and 99..=103 has a name */
+    /* every number 0..=21 and 99..=103 has a name */
     for (uint32_t c = 0; c <= 103; c++) {
-        int known = c <= 20 || c >= 99;
+        int known = c <= 21 || c >= 99;
         CHECK((strcmp(goldclone_result_name(c), "GOLDCLONE_RESULT_UNKNOWN") != 0) == known);
     }
 }
