@@ -34,7 +34,12 @@ type Sent struct {
 // a project or generation that does not exist. On ZFS and zvol only the current generation can
 // be sent (ErrUnsupported for an older one): the send reads through a session it makes and
 // removes.
-func (c *Cache) Send(ctx context.Context, projectID string, generation uint64, w io.Writer, onProgress func(sent, total int64)) (Sent, error) {
+//
+// With base (0: none) the stream is an increment from that older generation: only what
+// changed since it, which Receive takes on a cache whose current generation is base. The base
+// need not exist here any more, only its manifest, which every send keeps for the generation
+// it sends (the newest four): ErrNotFound without one.
+func (c *Cache) Send(ctx context.Context, projectID string, generation, base uint64, w io.Writer, onProgress func(sent, total int64)) (Sent, error) {
 	const op = "Send"
 	ctx, err := liveContext(op, ctx)
 	if err != nil {
@@ -74,7 +79,7 @@ func (c *Cache) Send(ctx context.Context, projectID string, generation uint64, w
 	}()
 	var s C.goldclone_sent
 	err = c.watched(op, ctx, onProgress, func(o *C.goldclone_op_options) C.goldclone_result {
-		return C.goldclone_cache_send(p, cp, C.uint64_t(generation), C.int(pw.Fd()), o, &s)
+		return C.goldclone_cache_send(p, cp, C.uint64_t(generation), C.uint64_t(base), C.int(pw.Fd()), o, &s)
 	})
 	var werr error
 	if err == nil {
@@ -118,8 +123,10 @@ func (c *Cache) Send(ctx context.Context, projectID string, generation uint64, w
 // with ImportNext). It returns the generation's number here. Nothing is committed unless the
 // whole stream verifies: a truncated or corrupt stream gives an error matching ErrBadStream
 // and leaves the cache as it was; a stream of another project matches ErrInvalidArgument; a
-// stream of the project's current generation changes nothing and returns its number. An error
-// from r is returned (wrapped) and commits nothing. Progress and cancellation as ImportNext.
+// stream of the project's current generation changes nothing and returns its number. An
+// increment goes only onto its base: ErrNotFound if the project is not here or its current
+// generation is another. An error from r is returned (wrapped) and commits nothing. Progress
+// and cancellation as ImportNext.
 func (c *Cache) Receive(ctx context.Context, projectID string, r io.Reader, onProgress func(received, total int64)) (uint64, error) {
 	const op = "Receive"
 	ctx, err := liveContext(op, ctx)

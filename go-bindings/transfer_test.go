@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -73,7 +74,7 @@ func TestSendReceive(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer c.Close()
-			if _, err := c.Send(context.Background(), project, 0, io.Discard, nil); !errors.Is(err, ErrNotFound) {
+			if _, err := c.Send(context.Background(), project, 0, 0, io.Discard, nil); !errors.Is(err, ErrNotFound) {
 				t.Fatalf("send of an unknown project: %v", err)
 			}
 			if _, err := c.Import(project, first); err != nil {
@@ -81,7 +82,7 @@ func TestSendReceive(t *testing.T) {
 			}
 			var stream bytes.Buffer
 			var last, total int64
-			sent, err := c.Send(context.Background(), project, 0, &stream, func(n, all int64) { last, total = n, all })
+			sent, err := c.Send(context.Background(), project, 0, 0, &stream, func(n, all int64) { last, total = n, all })
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -91,12 +92,25 @@ func TestSendReceive(t *testing.T) {
 			if total != int64(sent.Bytes) || last != total {
 				t.Errorf("progress: last report %d of %d, sent %d", last, total, sent.Bytes)
 			}
-			_, err = c.Send(context.Background(), project, 0, &failingWriter{room: 1 << 20}, nil)
+			_, err = c.Send(context.Background(), project, 0, 0, &failingWriter{room: 1 << 20}, nil)
 			if !errors.Is(err, errWriterBroke) {
 				t.Fatalf("a failing writer: %v", err)
 			}
 			if _, err := c.ImportNext(context.Background(), project, second, nil); err != nil {
 				t.Fatal(err)
+			}
+			// Generation 2 as an increment from 1 (its send kept its manifest); from 2 itself
+			// is no increment.
+			if _, err := c.Send(context.Background(), project, 0, 2, io.Discard, nil); !errors.Is(err, ErrInvalidArgument) {
+				t.Fatalf("an increment from itself: %v", err)
+			}
+			var inc bytes.Buffer
+			if sent, err := c.Send(context.Background(), project, 0, 1, &inc, nil); err != nil || sent.Generation != 2 || inc.Len() >= 1<<20 {
+				t.Fatalf("an increment: %+v (%d bytes), %v", sent, inc.Len(), err)
+			}
+			// Onto generation 2 itself it changes nothing.
+			if g, err := c.Receive(context.Background(), project, bytes.NewReader(inc.Bytes()), nil); err != nil || g != 2 {
+				t.Fatalf("generation 2 received onto itself: %d, %v", g, err)
 			}
 			whole := stream.Bytes()
 			for _, bad := range []io.Reader{
@@ -143,6 +157,23 @@ func TestSendReceive(t *testing.T) {
 			}
 			if readFile(t, filepath.Join(s, "v")) != "1" || len(readFile(t, filepath.Join(s, "sub", "data"))) != 3<<20 {
 				t.Fatal("the received generation is not the sent one")
+			}
+			if err := c.CleanupSession(project, "s"); err != nil {
+				t.Fatal(err)
+			}
+			// Generation 3 is generation 1 received: the increment from 1 goes onto it.
+			g, err = c.Receive(context.Background(), project, bytes.NewReader(inc.Bytes()), nil)
+			if err != nil || g != 4 {
+				t.Fatalf("receive of the increment: %d, %v", g, err)
+			}
+			if s, err = c.SetupSession(project, "s"); err != nil {
+				t.Fatal(err)
+			}
+			if readFile(t, filepath.Join(s, "v")) != "2" {
+				t.Fatal("the increment did not make generation 2's tree")
+			}
+			if _, err := os.Stat(filepath.Join(s, "sub")); !os.IsNotExist(err) {
+				t.Fatalf("the increment left what generation 2 removed: %v", err)
 			}
 			if err := c.CleanupSession(project, "s"); err != nil {
 				t.Fatal(err)

@@ -24,7 +24,7 @@
 #include <stdint.h>
 
 /* Version of the C ABI in this header; compare with goldclone_abi_version() at run time. */
-#define GOLDCLONE_ABI_VERSION 3
+#define GOLDCLONE_ABI_VERSION 4
 
 /* goldclone_open_options.backend: detect the backend from the cache root. */
 #define GOLDCLONE_BACKEND_AUTO 0
@@ -1221,7 +1221,10 @@ goldclone_result goldclone_set_log_callback(goldclone_log_fn callback,
 /**
  * Write generation `generation` of `project` (0: the current one) to the open descriptor
  * `fd` as a portable stream, which `goldclone_cache_receive` makes a generation of a cache of
- * any backend. `fd` is not closed. Progress (totals known up front) and cancellation as
+ * any backend. `fd` is not closed. With `base` (0: none) the stream is an increment from that
+ * older generation (only what changed since it), which a receiver whose current generation
+ * is `base` takes; the base needs only its manifest here, which every send keeps for the
+ * generation it sends (the newest four): NOT_FOUND without it. Progress (totals known up front) and cancellation as
  * `goldclone_cache_import_with` (`opts` may be NULL); `*sent` (may be NULL) receives what was
  * written. The project's lock is held only while the send starts: setups and promotes go on,
  * and a generation retired meanwhile stays until the send is done.
@@ -1233,12 +1236,13 @@ goldclone_result goldclone_set_log_callback(goldclone_log_fn callback,
  * reader stalls. On ZFS and zvol only the current generation can be sent (UNSUPPORTED for an
  * older one): the send reads through a session it makes and removes.
  *
- * Errors: NOT_FOUND (project, generation), INVALID_NAME, INVALID_ARGUMENT (`fd`),
+ * Errors: NOT_FOUND (project, generation, no manifest of `base`), INVALID_NAME, INVALID_ARGUMENT (`fd`),
  * UNSUPPORTED, CANCELLED, IO (EPIPE: the reader went away).
  */
 goldclone_result goldclone_cache_send(const struct goldclone_cache *cache,
                                       const char *project,
                                       uint64_t generation,
+                                      uint64_t base,
                                       int32_t fd,
                                       const struct goldclone_op_options *opts,
                                       struct goldclone_sent *sent);

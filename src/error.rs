@@ -176,6 +176,17 @@ pub enum Error {
         /// The generation asked for.
         generation: u64,
     },
+    /// An increment cannot be made or taken: the sender has no manifest of the base generation,
+    /// or the receiver's current generation is not the stream's base. Nothing was changed.
+    #[error("project {project:?}: no increment from {base}: {what}")]
+    NoBase {
+        /// The project id.
+        project: String,
+        /// The base generation (a number on the sender, an id on the receiver).
+        base: String,
+        /// Why not, and what to do instead.
+        what: String,
+    },
     /// A filesystem ran out of space (or quota): which one, and what needed the space. Told
     /// apart where goldclone writes through one filesystem into another (an image's XFS on
     /// the cache root's filesystem): the caller's remedy differs.
@@ -384,7 +395,8 @@ impl Error {
             Error::EditFailed { .. } => ErrorKind::EditFailed,
             Error::UnknownProject { .. }
             | Error::UnknownSession { .. }
-            | Error::UnknownGeneration { .. } => ErrorKind::NotFound,
+            | Error::UnknownGeneration { .. }
+            | Error::NoBase { .. } => ErrorKind::NotFound,
             Error::SessionBusy { .. } | Error::MountPoint { .. } | Error::GenerationBusy { .. } => {
                 ErrorKind::Busy
             }

@@ -268,6 +268,16 @@ fn punch_holes(image: BorrowedFd<'_>, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A filled image at `staging` made a generation's: its loop device gone, the blocks its XFS
+/// freed given back, synced, rewritten if too fragmented ([`defragment`]); its identity.
+fn finish_image(root: &RootDir, image: OwnedFd, staging: &Path) -> Result<Identity> {
+    wait_detached(image.as_fd(), &root.join(staging))?;
+    punch_holes(image.as_fd(), &root.join(staging))?;
+    rustix::fs::fsync(&image).at_with("fsync", || root.join(staging))?;
+    let (image, _) = defragment(root, image, staging)?;
+    file_identity(root, image.as_fd(), staging)
+}
+
 /// The name beside `staging` that [`defragment`] writes its sequential copy to.
 fn rewrite_name(staging: &Path) -> PathBuf {
     let mut name = staging.file_name().unwrap_or_default().to_os_string();
@@ -590,13 +600,15 @@ impl ImageBackend {
     }
 
     /// Fill the new image `image` (at `staging`) with the tree `src`: its XFS mounted detached
-    /// (see [`mount_detached`]), copied into, synced, and let go.
+    /// (see [`mount_detached`]), copied into (or, `onto_base`, a clone of an increment's base
+    /// image changed by it), synced, and let go.
     fn fill(
         &self,
         root: &RootDir,
         image: BorrowedFd<'_>,
         staging: &Path,
         src: &Source<'_, '_>,
+        onto_base: bool,
         watch: &Watch,
     ) -> Result<()> {
         let shown = root.join(staging);
@@ -611,11 +623,13 @@ impl ImageBackend {
         let mnt = rustix::fs::openat(&mnt, ".", sys::fs::READ_DIR, Mode::empty())
             .at("open the image's root", &shown)?;
         let size = rustix::fs::fstat(image).map_or(0, |st| st.st_size as u64);
-        src.fill(
-            mnt.as_fd(),
-            &shown,
-            &watch.copy_options(CopyOptions { threads: self.threads, ..CopyOptions::default() }),
-        )
+        let opts =
+            watch.copy_options(CopyOptions { threads: self.threads, ..CopyOptions::default() });
+        if onto_base {
+            src.fill_onto_base(mnt.as_fd(), &shown, &opts)
+        } else {
+            src.fill(mnt.as_fd(), &shown, &opts)
+        }
         .map_err(|e| explain_no_space(root, &shown, true, size, e))?;
         // The image's own XFS durable before it is let go and the image synced.
         rustix::fs::syncfs(&mnt)
@@ -773,12 +787,8 @@ impl Backend for ImageBackend {
             rustix::fs::ftruncate(&image, size).at_with("ftruncate", || root.join(staging))?;
             watch.check()?;
             make_xfs(image.as_fd(), &root.join(staging))?;
-            self.fill(root, image.as_fd(), staging, src, watch)?;
-            wait_detached(image.as_fd(), &root.join(staging))?;
-            punch_holes(image.as_fd(), &root.join(staging))?;
-            rustix::fs::fsync(&image).at_with("fsync", || root.join(staging))?;
-            let (image, _) = defragment(root, image, staging)?;
-            file_identity(root, image.as_fd(), staging)
+            self.fill(root, image.as_fd(), staging, src, false, watch)?;
+            finish_image(root, image, staging)
         })()
         .map_err(|e| explain_no_space(root, &root.join(staging), false, size, e));
         if made.is_err() {
@@ -786,6 +796,38 @@ impl Backend for ImageBackend {
             undo_dir();
         }
         made
+    }
+
+    /// An increment onto `previous` ([`StreamBase::InPlace`]) is applied to a clone of its
+    /// image: O(change), where a fresh image would be filled with a copy of the whole tree
+    /// first. Anything else is an import like the first.
+    fn import_next(
+        &self,
+        root: &RootDir,
+        src: &Source<'_, '_>,
+        g: &Generation,
+        previous: &Generation,
+        staging: &Path,
+        watch: &Watch,
+    ) -> Result<Identity> {
+        if !src.in_place() {
+            return self.import(root, src, g, staging, watch);
+        }
+        watch.check()?;
+        let made = (|| {
+            let (image, _) = self.clone_to(root, &previous.place, staging)?;
+            self.fill(root, image.as_fd(), staging, src, true, watch)?;
+            finish_image(root, image, staging)
+        })()
+        .map_err(|e| explain_no_space(root, &root.join(staging), false, 0, e));
+        if made.is_err() {
+            let _ = root.remove_file(staging);
+        }
+        made
+    }
+
+    fn applies_increments_in_place(&self) -> bool {
+        true
     }
 
     /// The generation's image attached read-only (its file opened read-only, so the device

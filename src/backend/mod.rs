@@ -489,6 +489,13 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
         false
     }
 
+    /// Whether [`Backend::import_next`] takes an increment onto the previous generation
+    /// ([`StreamBase::InPlace`]) and applies it to a writable clone of that one (ZFS, zvol,
+    /// images), instead of onto a copy of its tree.
+    fn applies_increments_in_place(&self) -> bool {
+        false
+    }
+
     /// A writable `session` from `generation` (recorded as `recorded`), built at `staging`.
     fn create_session(
         &self,
@@ -845,8 +852,30 @@ pub(crate) fn describe(e: &rootdir::Entry, wanted: &str) -> String {
 pub(crate) enum Source<'a, 'r> {
     /// A directory tree (the caller's path: a symlink at its end is followed).
     Dir(&'a Path),
-    /// A stream whose header has been read; taken by the one fill that unpacks it.
-    Stream(&'a std::cell::RefCell<Option<crate::stream::StreamReader<'r>>>, &'a StreamHeader),
+    /// A stream whose header has been read; taken by the one fill that unpacks it. An
+    /// increment comes with where its base is (the receiver's generation it was sent from).
+    Stream(
+        &'a std::cell::RefCell<Option<crate::stream::StreamReader<'r>>>,
+        &'a StreamHeader,
+        Option<StreamBase<'a>>,
+    ),
+}
+
+/// Where an increment finds the tree of its base.
+pub(crate) enum StreamBase<'a> {
+    /// Open beside the new tree: the fill copies it in first.
+    Copy(&'a BaseTree),
+    /// In the new tree already: the backend makes the next generation as a clone of the
+    /// current one ([`Backend::applies_increments_in_place`]), and the lifecycle checked, under
+    /// the project's exclusive lock, that the current one is the base. Only
+    /// [`Source::fill_onto_base`] takes it.
+    InPlace,
+}
+
+/// The open tree of the generation an increment applies to.
+pub(crate) struct BaseTree {
+    pub fd: OwnedFd,
+    pub path: PathBuf,
 }
 
 impl Source<'_, '_> {
@@ -865,7 +894,7 @@ impl Source<'_, '_> {
             Source::Dir(src) => open_source(src).map_or(0, |fd| disk_usage(fd, src)),
             // The sender's word, so bounded: at least the data (a compressing sender counts
             // fewer blocks), at most 1 PiB (a hostile header must not size a volume to wrap).
-            Source::Stream(_, header) => header.used.max(header.bytes).min(1 << 50),
+            Source::Stream(_, header, _) => header.used.max(header.bytes).min(1 << 50),
         }
     }
 
@@ -874,7 +903,7 @@ impl Source<'_, '_> {
     pub(crate) fn verify(&self) -> Result<()> {
         match self {
             Source::Dir(_) => Ok(()),
-            Source::Stream(reader, _) => match reader.borrow_mut().take() {
+            Source::Stream(reader, _, _) => match reader.borrow_mut().take() {
                 Some(r) => r.verify_to_end(),
                 None => Ok(()),
             },
@@ -894,12 +923,30 @@ impl Source<'_, '_> {
                 let source = open_source(src)?;
                 crate::copy::copy_dir_into(source.as_fd(), src, dst, dst_path, opts).map(|_| ())
             }
-            Source::Stream(reader, _) => {
-                let reader = reader.borrow_mut().take().ok_or_else(|| Error::InvalidArgument {
-                    what: "a received stream can fill one tree only".into(),
-                })?;
-                let filled = reader
-                    .unpack_into(dst, dst_path, opts.progress.as_deref(), opts.cancel.as_ref())
+            Source::Stream(_, _, Some(StreamBase::InPlace)) => Err(Error::InvalidArgument {
+                what: "an increment to apply in place needs a clone of its base".into(),
+            }),
+            Source::Stream(reader, _, base) => {
+                let reader = take_reader(reader)?;
+                // An increment changes a copy of its base (reflinked where the filesystem
+                // can) into its own tree.
+                let based = match base {
+                    Some(StreamBase::Copy(b)) => {
+                        let copy = CopyOptions { sync: false, ..opts.clone() };
+                        crate::copy::copy_dir_into(b.fd.as_fd(), &b.path, dst, dst_path, &copy)
+                            .map(|_| ())
+                    }
+                    _ => Ok(()),
+                };
+                let filled = based
+                    .and_then(|()| {
+                        reader.unpack_into(
+                            dst,
+                            dst_path,
+                            opts.progress.as_deref(),
+                            opts.cancel.as_ref(),
+                        )
+                    })
                     .and_then(|()| {
                         if opts.sync {
                             rustix::fs::syncfs(dst).at("syncfs", dst_path)?;
@@ -913,6 +960,45 @@ impl Source<'_, '_> {
             }
         }
     }
+
+    /// Whether this is an increment to apply in place ([`StreamBase::InPlace`]).
+    pub(crate) fn in_place(&self) -> bool {
+        matches!(self, Source::Stream(_, _, Some(StreamBase::InPlace)))
+    }
+
+    /// Apply an increment in place to `dst`, a writable clone of its base (see
+    /// [`StreamBase::InPlace`]). On error `dst` holds part of the change: the caller discards
+    /// it with the new generation.
+    pub(crate) fn fill_onto_base(
+        &self,
+        dst: BorrowedFd<'_>,
+        dst_path: &Path,
+        opts: &CopyOptions,
+    ) -> Result<()> {
+        let Source::Stream(reader, _, Some(StreamBase::InPlace)) = self else {
+            return Err(Error::InvalidArgument {
+                what: "only an increment can be applied onto its base".into(),
+            });
+        };
+        take_reader(reader)?.unpack_into(
+            dst,
+            dst_path,
+            opts.progress.as_deref(),
+            opts.cancel.as_ref(),
+        )?;
+        if opts.sync {
+            rustix::fs::syncfs(dst).at("syncfs", dst_path)?;
+        }
+        Ok(())
+    }
+}
+
+fn take_reader<'r>(
+    reader: &std::cell::RefCell<Option<crate::stream::StreamReader<'r>>>,
+) -> Result<crate::stream::StreamReader<'r>> {
+    reader.borrow_mut().take().ok_or_else(|| Error::InvalidArgument {
+        what: "a received stream can fill one tree only".into(),
+    })
 }
 
 /// The source directory `src` is a directory (a symlink at its end is followed).

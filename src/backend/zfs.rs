@@ -465,7 +465,8 @@ return out"#;
     }
 
     /// Mount `dataset` at the new directory `staging`, copy the directory `src` into it
-    /// (removing what it holds first if `empty_first`: a clone), and take it away again.
+    /// (removing what it holds first if `empty_first`: a clone, unless `src` is an increment
+    /// onto the clone's origin, which is applied to it), and take it away again.
     fn fill(
         &self,
         root: &RootDir,
@@ -484,6 +485,12 @@ return out"#;
             let (parent, name) = root.parent(staging)?;
             let fd = rustix::fs::openat(&parent, name, crate::sys::fs::READ_DIR, Mode::empty())
                 .at("open", &dir)?;
+            let opts = watch
+                .copy_options(CopyOptions { threads: self.copy_threads, ..CopyOptions::default() });
+            if empty_first && src.in_place() {
+                // The clone is of the increment's base: the increment changes it.
+                return src.fill_onto_base(fd.as_fd(), &dir, &opts);
+            }
             if empty_first {
                 for name in rootdir::list_fd(fd.as_fd(), &dir)? {
                     // The snapshot directory, where the user's dataset shows it.
@@ -494,14 +501,7 @@ return out"#;
                     copy::remove_at(fd.as_fd(), &name, &dir.join(&name))?;
                 }
             }
-            src.fill(
-                fd.as_fd(),
-                &dir,
-                &watch.copy_options(CopyOptions {
-                    threads: self.copy_threads,
-                    ..CopyOptions::default()
-                }),
-            )
+            src.fill(fd.as_fd(), &dir, &opts)
         })();
         let unmounted = self.unmount_and_rmdir(root, dataset, staging);
         filled?;
@@ -805,6 +805,10 @@ impl Backend for ZfsBackend {
     /// to the new head waits for it (seen hanging in the guest), so a promote would wait for
     /// the whole send.
     fn sends_through_session(&self) -> bool {
+        true
+    }
+
+    fn applies_increments_in_place(&self) -> bool {
         true
     }
 

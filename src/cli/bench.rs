@@ -587,8 +587,10 @@ fn per_layer_cp(src: &Path, dst: &Path, jobs: usize) -> Result<()> {
 }
 
 /// `goldclone bench send`: a full send of a generation to a file and its receive into another
-/// cache, against `tar` with xattrs and ACLs writing the same tree to a file and unpacking it
-/// (the usual way to ship a tree); sizes and medians.
+/// cache, against `tar` with xattrs and ACLs writing the same tree (read through a session of
+/// the generation, as the sender reads it) to a file and unpacking it beside the receiving
+/// cache, synced as a receive commits (the usual way to ship a tree); then an increment of 1%
+/// of the files. Page caches are dropped before every timed step; sizes and medians.
 fn bench_send(args: &BenchSendArgs) -> Result<()> {
     use goldclone::golden::{Cache, OpenOptions};
     if args.rounds == 0 {
@@ -617,17 +619,17 @@ fn bench_send(args: &BenchSendArgs) -> Result<()> {
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut stream_bytes, mut tar_bytes) = (0, 0);
     for round in 0..args.rounds {
-        settle(false);
+        settle(true);
         let t = Instant::now();
         let mut out = std::io::BufWriter::with_capacity(
             1 << 20,
             std::fs::File::create(&stream_path).at("create", &stream_path)?,
         );
-        let sent = sender.send(&project, None, &mut out)?;
+        let sent = sender.send(&project, None, None, &mut out)?;
         drop(out);
         send.push(t.elapsed());
         stream_bytes = sent.stream_bytes;
-        settle(false);
+        settle(true);
         // Received whole into a project that does not exist there, deleted after.
         let t = Instant::now();
         let mut input = std::io::BufReader::with_capacity(
@@ -642,7 +644,9 @@ fn bench_send(args: &BenchSendArgs) -> Result<()> {
                 what: format!("received as generation {generation}"),
             });
         }
-        settle(false);
+        // tar reads the generation as the sender does: through the backend (a session).
+        let reading = sender.setup(&project, "bench-tar")?;
+        settle(true);
         let t = Instant::now();
         let tar = |args: &[&std::ffi::OsStr]| -> Result<()> {
             let status = Command::new("tar").args(args).status().at("tar", &sample)?;
@@ -660,15 +664,16 @@ fn bench_send(args: &BenchSendArgs) -> Result<()> {
             "--xattrs".as_ref(),
             "--acls".as_ref(),
             "-C".as_ref(),
-            sample.as_os_str(),
+            reading.as_os_str(),
             "-cf".as_ref(),
             tar_path.as_os_str(),
             ".".as_ref(),
         ])?;
         tar_c.push(t.elapsed());
+        sender.cleanup(&project, "bench-tar")?;
         tar_bytes = std::fs::metadata(&tar_path).map_or(0, |m| m.len());
-        settle(false);
         std::fs::create_dir_all(&unpacked).at("mkdir", &unpacked)?;
+        settle(true);
         let t = Instant::now();
         tar(&[
             "--xattrs".as_ref(),
@@ -679,6 +684,9 @@ fn bench_send(args: &BenchSendArgs) -> Result<()> {
             "-xpf".as_ref(),
             tar_path.as_os_str(),
         ])?;
+        // Durable, as a received generation is when it is committed.
+        let fd = std::fs::File::open(&unpacked).at("open", &unpacked)?;
+        rustix::fs::syncfs(&fd).at("syncfs", &unpacked)?;
         tar_x.push(t.elapsed());
         copy::remove_tree(&unpacked)?;
         errln!(
@@ -690,11 +698,61 @@ fn bench_send(args: &BenchSendArgs) -> Result<()> {
             tar_x[round].as_secs_f64()
         );
     }
+    // The increment: a session of generation 1 with 1% of its files changed, promoted (the
+    // service's flow); sent from generation 1's manifest (kept by the sends above) and received
+    // onto generation 1 on the receiver (received whole, untimed, before each round).
+    let work = sender.setup(&project, "bench-change")?;
+    let (changed_files, changed_bytes) = change_one_percent(&work)?;
+    sender.promote(&project, "bench-change")?;
+    sender.cleanup(&project, "bench-change")?;
+    let (mut inc_send, mut inc_recv) = (Vec::new(), Vec::new());
+    let mut inc_bytes = 0;
+    let inc_path = args.stream_dir.join(format!("goldclone-bench-{id}.increment"));
+    for round in 0..args.rounds {
+        let mut input = std::io::BufReader::with_capacity(
+            1 << 20,
+            std::fs::File::open(&stream_path).at("open", &stream_path)?,
+        );
+        receiver.receive(&project, &mut input)?;
+        settle(true);
+        let t = Instant::now();
+        let mut out = std::io::BufWriter::with_capacity(
+            1 << 20,
+            std::fs::File::create(&inc_path).at("create", &inc_path)?,
+        );
+        let sent = sender.send(&project, None, Some(1), &mut out)?;
+        drop(out);
+        inc_send.push(t.elapsed());
+        inc_bytes = sent.stream_bytes;
+        settle(true);
+        let t = Instant::now();
+        let mut input = std::io::BufReader::with_capacity(
+            1 << 20,
+            std::fs::File::open(&inc_path).at("open", &inc_path)?,
+        );
+        let generation = receiver.receive(&project, &mut input)?;
+        inc_recv.push(t.elapsed());
+        receiver.delete_project(&project)?;
+        if generation != 2 {
+            return Err(Error::InvalidArgument {
+                what: format!("the increment was received as generation {generation}"),
+            });
+        }
+        errln!(
+            "round {}: increment send {:.2} s, receive {:.2} s, {} bytes",
+            round + 1,
+            inc_send[round].as_secs_f64(),
+            inc_recv[round].as_secs_f64(),
+            inc_bytes
+        );
+    }
+    let _ = std::fs::remove_file(&inc_path);
     let _ = std::fs::remove_file(&stream_path);
     let _ = std::fs::remove_file(&tar_path);
     sender.delete_project(&project)?;
     copy::remove_tree(&sample)?;
     let (s, r, c, x) = (median(&send), median(&recv), median(&tar_c), median(&tar_x));
+    let (is, ir) = (median(&inc_send), median(&inc_recv));
     outln!(
         "{} entries, {:.0} MB; {:?} -> {:?}; {} rounds, medians:",
         built.entries,
@@ -716,5 +774,51 @@ fn bench_send(args: &BenchSendArgs) -> Result<()> {
         tar_bytes as f64 / 1e6
     )?;
     outln!("| tar / goldclone | | | **{:.2}x** | |", (c + x) / (s + r))?;
+    outln!(
+        "| goldclone increment (1%: {changed_files} files, {:.1} MB changed) | {is:.2} | {ir:.2} \
+         | **{:.2}** | {:.1} |",
+        changed_bytes as f64 / 1e6,
+        is + ir,
+        inc_bytes as f64 / 1e6
+    )?;
+    outln!(
+        "| increment / full | {:.2}x | {:.2}x | {:.2}x | **{:.3}x** |",
+        is / s,
+        ir / r,
+        (is + ir) / (s + r),
+        inc_bytes as f64 / stream_bytes as f64
+    )?;
     Ok(())
+}
+
+/// Change every hundredth regular file below `dir` (in name order), appending to it: the
+/// files and bytes of data changed (the changed files' sizes after).
+fn change_one_percent(dir: &Path) -> Result<(u64, u64)> {
+    use std::io::Write as _;
+    let (mut seen, mut files, mut bytes) = (0u64, 0u64, 0u64);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&d)
+            .at("readdir", &d)?
+            .collect::<std::io::Result<Vec<_>>>()
+            .at("readdir", &d)?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let t = e.file_type().at_with("stat", || e.path())?;
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                seen += 1;
+                if seen % 100 == 0 {
+                    let path = e.path();
+                    let mut f =
+                        std::fs::OpenOptions::new().append(true).open(&path).at("open", &path)?;
+                    f.write_all(b"changed by goldclone bench send\n").at("write", &path)?;
+                    files += 1;
+                    bytes += f.metadata().at("stat", &path)?.len();
+                }
+            }
+        }
+    }
+    Ok((files, bytes))
 }

@@ -106,6 +106,10 @@ pub enum GoldenCommand {
         /// The generation to send (default: the current one).
         #[arg(long)]
         generation: Option<u64>,
+        /// Send an increment from this older generation (one this cache has sent before): only
+        /// what changed since it, for a receiver whose current generation it is.
+        #[arg(long)]
+        from: Option<u64>,
         /// Project id.
         project: String,
     },
@@ -233,7 +237,7 @@ pub fn golden(cmd: &GoldenCommand) -> Result<()> {
             }
             Ok(())
         }
-        GoldenCommand::Send { root, generation, project } => {
+        GoldenCommand::Send { root, generation, from, project } => {
             use std::io::IsTerminal;
             if std::io::stdout().is_terminal() {
                 return Err(goldclone::Error::InvalidArgument {
@@ -242,7 +246,7 @@ pub fn golden(cmd: &GoldenCommand) -> Result<()> {
             }
             let cache = root.open()?;
             let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-            let sent = cache.send(project, *generation, &mut out)?;
+            let sent = cache.send(project, *generation, *from, &mut out)?;
             // stdout is the stream: what was sent goes to stderr.
             let summary = serde_json::json!({
                 "project": project,

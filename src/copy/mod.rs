@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 pub(crate) use meta::skipped_xattr;
 pub use staging::{cleanup_staging, remove_at, remove_tree, STAGING_PREFIX};
-pub(crate) use staging::{list_entries, remove_contents};
+pub(crate) use staging::{list_entries, remove_contents, remove_entry};
 pub(crate) use walk::entry_path;
 
 use crate::{Context, Error, Result};
@@ -124,6 +124,17 @@ impl Progress {
     pub(crate) fn add(&self, entries: u64, bytes: u64) {
         self.entries.fetch_add(entries, Ordering::Relaxed);
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+    /// Count `entries` and `bytes` more done of work beyond the totals set (an increment
+    /// applied after the copy of its base): the totals grow with them, so done never passes
+    /// them.
+    pub(crate) fn add_beyond_totals(&self, entries: u64, bytes: u64) {
+        let mut totals = self.totals.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((e, b)) = totals.as_mut() {
+            *e += entries;
+            *b += bytes;
+        }
+        self.add(entries, bytes);
     }
     pub(crate) fn set_totals(&self, entries: u64, bytes: u64) {
         *self.totals.lock().unwrap_or_else(|p| p.into_inner()) = Some((entries, bytes));

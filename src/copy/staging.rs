@@ -287,7 +287,8 @@ fn open_for_removal(parent: BorrowedFd<'_>, name: &CStr) -> nix::Result<OwnedFd>
 }
 
 /// Remove entry `name` of the open directory `parent`; `path` is its full path for messages.
-fn remove_entry(parent: BorrowedFd<'_>, name: &OsStr, path: &Path) -> Result<()> {
+/// A directory with all below it; absent is not an error.
+pub(crate) fn remove_entry(parent: BorrowedFd<'_>, name: &OsStr, path: &Path) -> Result<()> {
     match unlinkat(parent, name, UnlinkatFlags::NoRemoveDir) {
         Ok(()) | Err(nix::Error::ENOENT) => Ok(()),
         Err(nix::Error::EISDIR) => remove_dir(parent, name, path),

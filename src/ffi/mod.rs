@@ -54,7 +54,7 @@ use std::ffi::c_char;
 /// Version of the C ABI described by `include/goldclone.h`. Bumped on any incompatible change;
 /// compare with [`goldclone_abi_version`] at run time. The header's `#define` of the same name
 /// is written by `cbindgen.toml` (`after_includes`); a unit test keeps the two equal.
-pub const GOLDCLONE_ABI_VERSION: u32 = 3;
+pub const GOLDCLONE_ABI_VERSION: u32 = 4;
 
 /// A buffer of this many bytes holds any path the library returns (Linux `PATH_MAX`). Also a
 /// `#define` in `cbindgen.toml`, checked by the same test.

@@ -96,7 +96,10 @@ impl Write for Interruptible<'_> {
 
 /// Write generation `generation` of `project` (0: the current one) to the open descriptor
 /// `fd` as a portable stream, which `goldclone_cache_receive` makes a generation of a cache of
-/// any backend. `fd` is not closed. Progress (totals known up front) and cancellation as
+/// any backend. `fd` is not closed. With `base` (0: none) the stream is an increment from that
+/// older generation (only what changed since it), which a receiver whose current generation
+/// is `base` takes; the base needs only its manifest here, which every send keeps for the
+/// generation it sends (the newest four): NOT_FOUND without it. Progress (totals known up front) and cancellation as
 /// `goldclone_cache_import_with` (`opts` may be NULL); `*sent` (may be NULL) receives what was
 /// written. The project's lock is held only while the send starts: setups and promotes go on,
 /// and a generation retired meanwhile stays until the send is done.
@@ -108,13 +111,14 @@ impl Write for Interruptible<'_> {
 /// reader stalls. On ZFS and zvol only the current generation can be sent (UNSUPPORTED for an
 /// older one): the send reads through a session it makes and removes.
 ///
-/// Errors: NOT_FOUND (project, generation), INVALID_NAME, INVALID_ARGUMENT (`fd`),
+/// Errors: NOT_FOUND (project, generation, no manifest of `base`), INVALID_NAME, INVALID_ARGUMENT (`fd`),
 /// UNSUPPORTED, CANCELLED, IO (EPIPE: the reader went away).
 #[no_mangle]
 pub unsafe extern "C" fn goldclone_cache_send(
     cache: *const goldclone_cache,
     project: *const c_char,
     generation: u64,
+    base: u64,
     fd: i32,
     opts: *const goldclone_op_options,
     sent: *mut goldclone_sent,
@@ -126,12 +130,13 @@ pub unsafe extern "C" fn goldclone_cache_send(
         // SAFETY: the caller's promise on `fd`.
         let file = unsafe { borrowed_file(fd, "fd") }?;
         let which = (generation != 0).then_some(generation);
+        let base = (base != 0).then_some(base);
         // SAFETY: the caller's promise on `opts`.
         let s = unsafe {
             watched(opts, |w, _| {
                 let fd = Interruptible { file: &file, cancel: w.cancel.as_ref() };
                 let mut out = BufWriter::with_capacity(1 << 20, fd);
-                let sent = c.send_with(project, which, &mut out, w);
+                let sent = c.send_with(project, which, base, &mut out, w);
                 // Not flushed again on drop: after a failed send that would write outside the
                 // send's SIGPIPE guard (a reader gone would kill the process).
                 drop(out.into_parts());

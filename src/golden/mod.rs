@@ -454,7 +454,7 @@ impl Cache {
     pub fn import_next_with(&self, project: &str, dir: &Path, watch: &Watch) -> Result<u64> {
         validate_name(project)?;
         self.check_import_source(dir)?;
-        self.import_next_from(project, &backend::Source::Dir(dir), None, watch)
+        self.import_next_from(project, &backend::Source::Dir(dir), None, None, watch)
     }
 
     /// Make `src` the next generation of the existing project `project` (`origin`: its id,
@@ -464,12 +464,19 @@ impl Cache {
         project: &str,
         src: &backend::Source<'_, '_>,
         origin: Option<&str>,
+        base: Option<&str>,
         watch: &Watch,
     ) -> Result<u64> {
+        if src.in_place() && base.is_none() {
+            return Err(Error::InvalidArgument {
+                what: "an increment applied in place needs its base checked".into(),
+            });
+        }
         let lock = self.lock_exclusive(project)?;
         self.recover_or_fail(project, &lock)?;
         let (previous, previous_meta) = self.current_generation(project)?;
-        if origin.is_some_and(|o| self.stream_id(&previous_meta) == o) {
+        let current_id = self.stream_id(&previous_meta);
+        if origin.is_some_and(|o| current_id == o) {
             src.verify()?;
             tracing::info!(
                 target: "goldclone::golden",
@@ -477,6 +484,18 @@ impl Cache {
                 previous.number
             );
             return Ok(previous.number);
+        }
+        // An increment goes onto its base only: the current generation when it was opened,
+        // and still (the lock keeps it so from here).
+        if let Some(base) = base.filter(|b| *b != current_id) {
+            return Err(Error::NoBase {
+                project: project.to_string(),
+                base: base.to_string(),
+                what: format!(
+                    "generation {} ({current_id}) became current here meanwhile: receive again",
+                    previous.number
+                ),
+            });
         }
         let g = self.next_generation(project, &previous)?;
         self.store.generation_free(&g, None)?;
@@ -2521,8 +2540,12 @@ impl Cache {
         // Dead writers' temporary files go first; anything else left in a directory keeps the
         // project (and its locks) where it is.
         state::remove_record_temps(root, project)?;
+        // Manifests describe generations that are gone with the project.
+        for name in root.list(&Layout::manifests(project))? {
+            root.remove_file(&Layout::manifests(project).join(name))?;
+        }
         let state_dir = Layout::project_state(project);
-        for d in ["journal", "gen", "sessions", "trash", "detached"]
+        for d in ["journal", "gen", "sessions", "trash", "detached", "manifests"]
             .iter()
             .map(|d| state_dir.join(d))
             .chain(std::iter::once(Layout::trash(project)))

@@ -402,6 +402,13 @@ impl Layout {
     pub fn size_cache(project: &str) -> PathBuf {
         Self::project_state(project).join("size.json")
     }
+    /// Manifests of sent generations, by number (`stream::manifest`).
+    pub fn manifests(project: &str) -> PathBuf {
+        Self::project_state(project).join("manifests")
+    }
+    pub fn manifest(project: &str, generation: u64) -> PathBuf {
+        Self::manifests(project).join(generation.to_string())
+    }
     pub fn journal(project: &str) -> PathBuf {
         Self::project_state(project).join("journal")
     }

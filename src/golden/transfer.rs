@@ -19,11 +19,14 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
 use super::state::{self, read_generation, GenerationMeta};
-use super::{validate_name, Cache};
-use crate::backend::{Presence, Source, Watch};
+use super::{validate_name, Cache, Layout};
+use crate::backend::{BackendKind, BaseTree, Presence, Source, StreamBase, Watch};
 use crate::copy::CancelToken;
 use crate::stream::{self, StreamHeader, StreamReader};
 use crate::{Context, Error, Result};
+
+/// Manifests a project keeps: of the generations sent last, by number (see [`Cache::send`]).
+pub const KEPT_MANIFESTS: usize = 4;
 
 /// What a finished send wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,13 +61,20 @@ impl Cache {
     /// reads through a session of the current generation that it makes and removes, so only
     /// the current generation can be sent there (Unsupported for an older one); a send killed
     /// there leaves that session (`goldclone-send-…`) for a cleanup.
+    ///
+    /// With `base`, the stream is an increment from that older generation: only what changed
+    /// since it (entries, removals, files whose data changed), which a receiver whose current
+    /// generation is `base` makes into this one. The base needs no longer exist here, only its
+    /// manifest, which every send writes for the generation it sends (the newest
+    /// [`KEPT_MANIFESTS`] sent are kept): NotFound ([`Error::NoBase`]) if there is none.
     pub fn send(
         &self,
         project: &str,
         generation: Option<u64>,
+        base: Option<u64>,
         out: &mut dyn Write,
     ) -> Result<Sent> {
-        self.send_with(project, generation, out, &Watch::default())
+        self.send_with(project, generation, base, out, &Watch::default())
     }
 
     /// [`Cache::send`], reporting to and stopped by `watch` (totals are known up front).
@@ -72,12 +82,13 @@ impl Cache {
         &self,
         project: &str,
         generation: Option<u64>,
+        base: Option<u64>,
         out: &mut dyn Write,
         watch: &Watch,
     ) -> Result<Sent> {
         validate_name(project)?;
         if self.store.sends_through_session() {
-            return self.send_through_session(project, generation, out, watch);
+            return self.send_through_session(project, generation, base, out, watch);
         }
         let (tree, meta, hold) = {
             let _lock = self.lock_shared(project)?;
@@ -104,9 +115,7 @@ impl Cache {
         // The hold keeps the generation from here: the counting walk and the stream go on
         // without the project's lock.
         let place = self.root.join(&super::Layout::generation(project, meta.generation));
-        let written = self.header(&meta, tree.as_fd(), &place).and_then(|header| {
-            Ok((write_stream(tree.as_fd(), &place, &header, out, watch)?, header))
-        });
+        let written = self.stream_generation(&meta, tree.as_fd(), &place, base, out, watch);
         drop(tree);
         drop(hold);
         // Retired while it was sent: gone now unless a session still uses it (else gc).
@@ -124,6 +133,7 @@ impl Cache {
         &self,
         project: &str,
         generation: Option<u64>,
+        base: Option<u64>,
         out: &mut dyn Write,
         watch: &Watch,
     ) -> Result<Sent> {
@@ -174,8 +184,8 @@ impl Cache {
             let tree =
                 crate::sys::fs::openat_noatime(rustix::fs::CWD, &path, crate::sys::fs::READ_DIR)
                     .at("open", &path)?;
-            let header = self.header(&meta, tree.as_fd(), &path)?;
-            let written = write_stream(tree.as_fd(), &path, &header, out, watch)?;
+            let (written, header) =
+                self.stream_generation(&meta, tree.as_fd(), &path, base, out, watch)?;
             Ok(sent(header, written))
         })();
         // Lazily: a stream written whole is not failed by something that looks into the
@@ -190,6 +200,93 @@ impl Cache {
             );
         }
         Ok(sent)
+    }
+
+    /// Write generation `meta`, whose tree is open at `tree` (at `at`), as a stream to `out`:
+    /// in full, or as an increment from generation `base` by its manifest. SIGPIPE is kept
+    /// away (see `sys::signal`). Keeps the generation's manifest. The bytes written and the
+    /// header.
+    fn stream_generation(
+        &self,
+        meta: &GenerationMeta,
+        tree: BorrowedFd<'_>,
+        at: &Path,
+        base: Option<u64>,
+        out: &mut dyn Write,
+        watch: &Watch,
+    ) -> Result<(u64, StreamHeader)> {
+        let project = meta.project.as_str();
+        let base_path = base.map(|b| Layout::manifest(project, b));
+        let base_bytes = match (base, &base_path) {
+            (Some(b), _) if b >= meta.generation => {
+                return Err(Error::InvalidArgument {
+                    what: format!(
+                        "an increment's base ({b}) must be older than the generation sent ({})",
+                        meta.generation
+                    ),
+                })
+            }
+            (Some(b), Some(path)) => Some(self.root.read(path)?.ok_or_else(|| Error::NoBase {
+                project: project.to_string(),
+                base: format!("generation {b}"),
+                what: format!(
+                    "this cache keeps no manifest of it (a generation gets one when it is sent, \
+                     and the newest {KEPT_MANIFESTS} are kept): send generation {} in full",
+                    meta.generation
+                ),
+            })?),
+            _ => None,
+        };
+        let mut base_input: &[u8] = base_bytes.as_deref().unwrap_or_default();
+        let mut base_reader = match &base_path {
+            Some(path) if base_bytes.is_some() => Some(stream::manifest::ManifestReader::open(
+                &mut base_input,
+                &self.root.join(path).to_string_lossy(),
+            )?),
+            _ => None,
+        };
+        let mut header = self.header(meta, tree, at)?;
+        header.base = base_reader.as_ref().map(|r| r.id().to_string());
+        let mut kept = Vec::new();
+        let mut record =
+            stream::manifest::ManifestWriter::start(&mut kept, &header.id, meta.created_at)?;
+        // The copy backend copies every file into a session, so its generations share no
+        // inodes: every file is compared by its data there.
+        let quick_check = self.backend() != BackendKind::Copy;
+        let written = crate::sys::signal::without_sigpipe(|| {
+            let manifests = stream::Manifests {
+                base: base_reader.as_mut(),
+                record: Some(&mut record),
+                quick_check,
+            };
+            let progress = watch.progress.as_deref();
+            stream::send_tree(tree, at, &header, out, progress, watch.cancel.as_ref(), manifests)
+        })?;
+        record.finish()?;
+        drop(record);
+        // The stream is whole: a manifest that cannot be kept costs only later increments.
+        if let Err(e) = self.keep_manifest(project, meta.generation, &kept) {
+            tracing::warn!(
+                target: "goldclone::golden",
+                "{project}: the manifest of generation {} was not kept: {e}",
+                meta.generation
+            );
+        }
+        Ok((written, header))
+    }
+
+    /// Keep the manifest of generation `number`, and only the newest [`KEPT_MANIFESTS`].
+    fn keep_manifest(&self, project: &str, number: u64, manifest: &[u8]) -> Result<()> {
+        let dir = Layout::manifests(project);
+        self.root.mkdir_all(&dir)?;
+        self.root.write_atomic(&Layout::manifest(project, number), manifest)?;
+        let mut numbers: Vec<u64> =
+            self.root.list(&dir)?.iter().filter_map(|n| n.to_str()?.parse().ok()).collect();
+        numbers.sort_unstable_by(|a, b| b.cmp(a));
+        for old in numbers.into_iter().skip(KEPT_MANIFESTS) {
+            self.root.remove_file(&Layout::manifest(project, old))?;
+        }
+        Ok(())
     }
 
     /// The stream header of generation `meta`, whose tree is open at `tree`.
@@ -248,18 +345,18 @@ impl Cache {
                 ),
             });
         }
-        if let Some(base) = &header.base {
-            return Err(Error::Unsupported {
-                what: format!("an incremental stream (from {base}): receive a full one"),
-            });
-        }
-        let reader = std::cell::RefCell::new(Some(reader));
-        let src = Source::Stream(&reader, &header);
-        let exists = state::read_current(&self.root, project).ok().flatten().is_some();
-        let received = if exists {
-            self.import_next_from(project, &src, Some(&header.id), watch)?
-        } else {
-            self.import_from(project, &src, Some(&header.id), watch)?
+        let received = match &header.base {
+            Some(base) => self.receive_increment(project, reader, &header, base, watch)?,
+            None => {
+                let reader = std::cell::RefCell::new(Some(reader));
+                let src = Source::Stream(&reader, &header, None);
+                let exists = state::read_current(&self.root, project).ok().flatten().is_some();
+                if exists {
+                    self.import_next_from(project, &src, Some(&header.id), None, watch)?
+                } else {
+                    self.import_from(project, &src, Some(&header.id), watch)?
+                }
+            }
         };
         tracing::info!(
             target: "goldclone::golden",
@@ -272,18 +369,76 @@ impl Cache {
     }
 }
 
-/// Write the tree open at `tree` as a stream with `header`; SIGPIPE kept away (see
-/// `sys::signal`). The bytes written.
-fn write_stream(
-    tree: BorrowedFd<'_>,
-    at: &Path,
-    header: &StreamHeader,
-    out: &mut dyn Write,
-    watch: &Watch,
-) -> Result<u64> {
-    crate::sys::signal::without_sigpipe(|| {
-        stream::send_tree(tree, at, header, out, watch.progress.as_deref(), watch.cancel.as_ref())
-    })
+impl Cache {
+    /// Receive an increment from `base`: the project's current generation here must be it.
+    /// The stream changes, under the import's intent, a clone of it where the backend makes
+    /// the next generation as one (ZFS, zvol, images), else a copy of its tree in the next
+    /// generation's staging (reflinked where the filesystem can).
+    fn receive_increment(
+        &self,
+        project: &str,
+        reader: StreamReader<'_>,
+        header: &StreamHeader,
+        base: &str,
+        watch: &Watch,
+    ) -> Result<u64> {
+        let no_base = |what: String| Error::NoBase {
+            project: project.to_string(),
+            base: base.to_string(),
+            what,
+        };
+        let current = {
+            let _lock = match self.lock_shared(project) {
+                Ok(l) => l,
+                Err(Error::UnknownProject { .. }) => {
+                    return Err(no_base("the project is not here: receive a full stream".into()))
+                }
+                Err(e) => return Err(e),
+            };
+            self.current_generation(project)?.1
+        };
+        let current_id = self.stream_id(&current);
+        if current_id == header.id {
+            reader.verify_to_end()?;
+            return Ok(current.generation);
+        }
+        if current_id != base {
+            return Err(no_base(format!(
+                "the current generation here is {} ({current_id}): receive a full stream, or \
+                 an increment from it",
+                current.generation
+            )));
+        }
+        let reader = std::cell::RefCell::new(Some(reader));
+        if self.store.applies_increments_in_place() {
+            // ZFS, zvol and images: the next generation starts as a clone of the current one,
+            // which `import_next_from` checks is the base under the exclusive lock: the
+            // increment is applied to that clone, with no copy of the base's tree.
+            let src = Source::Stream(&reader, header, Some(StreamBase::InPlace));
+            return self.import_next_from(project, &src, Some(&header.id), Some(base), watch);
+        }
+        let (tree, hold) = {
+            let _lock = self.lock_shared(project)?;
+            let number = current.generation;
+            let gone = || no_base("the base was retired meanwhile: receive again".into());
+            let hold = state::hold_generation(&self.root, project, number)?.ok_or_else(gone)?;
+            let (now, _) = self.current_generation(project)?;
+            if now.number != number {
+                return Err(gone());
+            }
+            let g = self.generation(project, number, number);
+            let fd = self.store.open_generation(&self.root, &g, &current.identity)?;
+            (BaseTree { fd, path: self.root.join(&g.place) }, hold)
+        };
+        let src = Source::Stream(&reader, header, Some(StreamBase::Copy(&tree)));
+        let received = self.import_next_from(project, &src, Some(&header.id), Some(base), watch);
+        drop(tree);
+        drop(hold);
+        if let Ok(_lock) = self.lock_shared(project) {
+            let _ = self.reclaim_if_unused(project, current.generation);
+        }
+        received
+    }
 }
 
 fn sent(header: StreamHeader, stream_bytes: u64) -> Sent {

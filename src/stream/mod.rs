@@ -13,6 +13,7 @@
 //! file arrives silently, and the `tar` crate writes no sparse entries; the records here are
 //! about 200 lines (`record.rs`).
 
+pub mod manifest;
 mod receive;
 pub mod record;
 mod send;
@@ -20,7 +21,7 @@ mod send;
 use serde::{Deserialize, Serialize};
 
 pub use receive::StreamReader;
-pub use send::{count_tree, send_tree, TreeCount};
+pub use send::{count_tree, send_tree, Manifests, TreeCount};
 
 /// The version of the format this library writes and reads.
 pub const FORMAT_VERSION: u32 = 1;

@@ -70,6 +70,7 @@ impl<'r> StreamReader<'r> {
             let (kind, payload) = self.records.next_record()?;
             match kind {
                 record::ENTRY => entries += 1,
+                record::REMOVE => {}
                 record::DATA => bytes += record::read_data(payload, at)?.1.len() as u64,
                 record::TRAILER => {
                     if record::read_trailer(payload, at)? != (entries, bytes, before) {
@@ -82,9 +83,11 @@ impl<'r> StreamReader<'r> {
         }
     }
 
-    /// Make the stream's tree in the empty open directory `dst` (at `dst_path`, for messages),
-    /// its root's metadata on `dst` itself, reading to the trailer and checking it. On error
-    /// `dst` holds part of the tree: the caller removes it.
+    /// Make the stream's tree in the open directory `dst` (at `dst_path`, for messages), its
+    /// root's metadata on `dst` itself, reading to the trailer and checking it. For a full
+    /// stream `dst` is empty; for an increment (`header().base`) it holds the base's tree,
+    /// which the stream changes into its own. On error `dst` holds part of the tree: the
+    /// caller removes it.
     pub fn unpack_into(
         mut self,
         dst: BorrowedFd<'_>,
@@ -92,7 +95,15 @@ impl<'r> StreamReader<'r> {
         progress: Option<&Progress>,
         cancel: Option<&CancelToken>,
     ) -> Result<()> {
-        if let Some(p) = progress {
+        // An increment is applied after the copy of its base, which counted the base's tree
+        // into `progress`, or in place to a clone of it: its records count beyond that.
+        let increment = self.header.base.is_some();
+        let count = |entries, bytes| match progress {
+            Some(p) if increment => p.add_beyond_totals(entries, bytes),
+            Some(p) => p.add(entries, bytes),
+            None => {}
+        };
+        if let Some(p) = progress.filter(|_| !increment) {
             p.set_totals(self.header.entries, self.header.bytes);
         }
         let root = dst.try_clone_to_owned().at("dup", dst_path)?;
@@ -103,6 +114,7 @@ impl<'r> StreamReader<'r> {
             stack: Vec::new(),
             file: None,
             privileged,
+            increment,
             entries: 0,
             bytes: 0,
         };
@@ -117,15 +129,15 @@ impl<'r> StreamReader<'r> {
                 record::ENTRY => {
                     u.finish_file()?;
                     u.entry(Entry::decode(payload, at)?, at)?;
-                    if let Some(p) = progress {
-                        p.add(1, 0);
-                    }
+                    count(1, 0);
+                }
+                record::REMOVE => {
+                    u.finish_file()?;
+                    u.remove(payload, at)?;
                 }
                 record::DATA => {
                     let n = u.data(payload, at)?;
-                    if let Some(p) = progress {
-                        p.add(0, n);
-                    }
+                    count(0, n);
                 }
                 record::TRAILER => {
                     let (entries, bytes, records) = record::read_trailer(payload, at)?;
@@ -146,6 +158,11 @@ impl<'r> StreamReader<'r> {
                     while !u.stack.is_empty() {
                         u.leave()?;
                     }
+                    // An increment applied in place (no copy of its base counted before it):
+                    // its totals are known now.
+                    if let Some(p) = progress.filter(|p| p.totals().is_none()) {
+                        p.set_totals(p.entries(), p.bytes());
+                    }
                     return Ok(());
                 }
                 other => return Err(bad(at, format!("a record of unknown kind {other:#x}"))),
@@ -159,6 +176,8 @@ struct Frame {
     path: Vec<u8>,
     fd: OwnedFd,
     meta: Entry,
+    /// The base's directory, kept: xattrs it has that the entry has not are removed.
+    kept: bool,
 }
 
 /// A file whose data is arriving.
@@ -174,6 +193,8 @@ struct Unpacker<'a> {
     stack: Vec<Frame>,
     file: Option<OpenFile>,
     privileged: bool,
+    /// The stream is an increment: the tree holds the base, and entries replace what is there.
+    increment: bool,
     entries: u64,
     bytes: u64,
 }
@@ -217,7 +238,12 @@ impl Unpacker<'_> {
                 return Err(bad(at, "the stream does not begin with its root directory"));
             }
             let fd = self.root.try_clone().at("dup", self.dst_path)?;
-            self.stack.push(Frame { path: Vec::new(), fd, meta: e });
+            let kept = self.increment;
+            if kept {
+                self.make_writable(fd.as_fd(), self.dst_path)?;
+                drop_default_acl(fd.as_fd(), self.dst_path)?;
+            }
+            self.stack.push(Frame { path: Vec::new(), fd, meta: e, kept });
             return Ok(());
         }
         check_path(&e.path, at)?;
@@ -230,19 +256,74 @@ impl Unpacker<'_> {
         };
         let (dir, name) = (top.fd.as_fd(), cstr(name));
         let path = self.full(&e.path);
+        // In an increment an entry replaces what the base has at its path (a directory kept
+        // where both are one, a file of kind Same taken as it is).
+        let there = if self.increment {
+            match rustix::fs::statat(dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => Some(FileType::from_raw_mode(st.st_mode)),
+                Err(rustix::io::Errno::NOENT) => None,
+                Err(err) => return Err(Error::io("stat", &path, err)),
+            }
+        } else {
+            None
+        };
+        let keep = match e.kind {
+            Kind::Dir => there == Some(FileType::Directory),
+            Kind::Same => true,
+            _ => false,
+        };
+        if there.is_some() && !keep {
+            crate::copy::remove_entry(dir, OsStr::from_bytes(name.as_bytes()), &path)?;
+        }
         match e.kind {
             Kind::Dir => {
-                rustix::fs::mkdirat(dir, name.as_c_str(), Mode::from_raw_mode(0o700))
-                    .at("mkdir", &path)?;
+                if !keep {
+                    rustix::fs::mkdirat(dir, name.as_c_str(), Mode::from_raw_mode(0o700))
+                        .at("mkdir", &path)?;
+                }
                 let fd = rustix::fs::openat(
                     dir,
                     name.as_c_str(),
-                    crate::sys::fs::READ_DIR,
+                    crate::sys::fs::READ_DIR | OFlags::NOFOLLOW,
                     Mode::empty(),
                 )
                 .at("open", &path)?;
+                if keep {
+                    self.make_writable(fd.as_fd(), &path)?;
+                    drop_default_acl(fd.as_fd(), &path)?;
+                }
                 let p = e.path.clone();
-                self.stack.push(Frame { path: p, fd, meta: e });
+                self.stack.push(Frame { path: p, fd, meta: e, kept: keep });
+            }
+            Kind::Same => {
+                if !self.increment || there != Some(FileType::RegularFile) {
+                    return Err(bad(
+                        at,
+                        format!(
+                            "{:?} is sent as the base's file, and the base here has none there",
+                            e.path_lossy()
+                        ),
+                    ));
+                }
+                let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+                let fd = rustix::fs::openat(dir, name.as_c_str(), flags, Mode::empty())
+                    .at("open", &path)?;
+                let st = rustix::fs::fstat(&fd).at("stat", &path)?;
+                if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
+                    || st.st_size as u64 != e.size
+                {
+                    return Err(bad(
+                        at,
+                        format!(
+                            "the base's file {:?} here is not the sender's ({} bytes, not {})",
+                            e.path_lossy(),
+                            st.st_size,
+                            e.size
+                        ),
+                    ));
+                }
+                clear_other_xattrs(fd.as_fd(), &e, &path)?;
+                apply_fd(fd.as_fd(), &e, self.privileged, &path)?;
             }
             Kind::File => {
                 let flags = OFlags::WRONLY
@@ -339,7 +420,54 @@ impl Unpacker<'_> {
     fn leave(&mut self) -> Result<()> {
         let f = self.stack.pop().expect("a directory to leave");
         let path = self.full(&f.path);
+        if f.kept {
+            clear_other_xattrs(f.fd.as_fd(), &f.meta, &path)?;
+        }
         apply_fd(f.fd.as_fd(), &f.meta, self.privileged, &path)
+    }
+
+    /// A kept directory of the base must take new entries (for a caller without
+    /// CAP_DAC_OVERRIDE); its own mode is set when the stream leaves it.
+    fn make_writable(&self, fd: BorrowedFd<'_>, path: &Path) -> Result<()> {
+        if self.privileged {
+            return Ok(());
+        }
+        let st = rustix::fs::fstat(fd).at("stat", path)?;
+        if st.st_mode & 0o700 != 0o700 {
+            rustix::fs::fchmod(fd, Mode::from_raw_mode((st.st_mode | 0o700) & 0o7777))
+                .at("chmod", path)?;
+        }
+        Ok(())
+    }
+
+    /// A removal record: the base's entry at its path goes, with all below it.
+    fn remove(&mut self, payload: &[u8], at: u64) -> Result<()> {
+        if !self.increment {
+            return Err(bad(at, "a removal in a full stream"));
+        }
+        check_path(payload, at)?;
+        let (parent, name) = split(payload);
+        while self.stack.last().is_some_and(|f| f.path != parent) {
+            self.leave()?;
+        }
+        let Some(top) = self.stack.last() else {
+            return Err(bad(at, "a removal outside its directory"));
+        };
+        let path = self.full(payload);
+        let name = cstr(name);
+        match rustix::fs::statat(&top.fd, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(_) => {
+                crate::copy::remove_entry(top.fd.as_fd(), OsStr::from_bytes(name.as_bytes()), &path)
+            }
+            Err(rustix::io::Errno::NOENT) => Err(bad(
+                at,
+                format!(
+                    "the stream removes {:?}, which the base here does not have",
+                    String::from_utf8_lossy(payload)
+                ),
+            )),
+            Err(err) => Err(Error::io("stat", &path, err)),
+        }
     }
 }
 
@@ -388,6 +516,60 @@ fn set_xattrs(
             path: path.to_path_buf(),
             source,
         })?;
+    }
+    Ok(())
+}
+
+/// The default ACL of a directory kept from the base goes while the stream fills it: what is
+/// made inside would inherit it as an access ACL the sender's entry does not have (a full
+/// receive sets a directory's ACLs only when it leaves it, for the same reason). The
+/// directory's own entry sets it again, if it has one, when the stream leaves it.
+fn drop_default_acl(fd: BorrowedFd<'_>, path: &Path) -> Result<()> {
+    match crate::sys::xattr::fremove(fd, c"system.posix_acl_default") {
+        Ok(()) => Ok(()),
+        Err(err) if matches!(err.raw_os_error(), Some(libc::ENODATA | libc::EOPNOTSUPP)) => Ok(()),
+        Err(source) => Err(Error::Xattr {
+            op: "removexattr",
+            attr: "system.posix_acl_default".into(),
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// The label a host's SELinux policy gives every file it makes: the receiving host's own, never
+/// removable there, and not the sender's to take away.
+const SELINUX_LABEL: &[u8] = b"security.selinux";
+
+/// Remove the xattrs of an entry kept from the base that the stream's entry has not (those
+/// the sender never sends, as `copy::meta` skips them, stay, and so does the host's SELinux
+/// label).
+fn clear_other_xattrs(fd: BorrowedFd<'_>, e: &Entry, path: &Path) -> Result<()> {
+    let names = match crate::sys::xattr::flist(fd) {
+        Ok(n) => n,
+        Err(err) if err.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(()),
+        Err(err) => return Err(Error::io("listxattr", path, err)),
+    };
+    for name in names {
+        let n = name.as_bytes();
+        if crate::copy::skipped_xattr(n)
+            || n == SELINUX_LABEL
+            || e.xattrs.iter().any(|(k, _)| k == n)
+        {
+            continue;
+        }
+        match crate::sys::xattr::fremove(fd, &name) {
+            Ok(()) => {}
+            Err(err) if err.raw_os_error() == Some(libc::ENODATA) => {}
+            Err(source) => {
+                return Err(Error::Xattr {
+                    op: "removexattr",
+                    attr: name.to_string_lossy().into_owned(),
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        }
     }
     Ok(())
 }
@@ -594,6 +776,99 @@ mod tests {
         e.size = 2; // the stream's data record carries 4 bytes
         let err = unpack(&stream(&[e]), &dst).unwrap_err();
         assert_eq!(err.kind(), crate::ErrorKind::BadStream, "{err}");
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    enum Rec {
+        E(Entry),
+        R(&'static str),
+    }
+
+    /// An increment (its header names a base) of `recs` after a root entry.
+    fn increment(recs: &[Rec], full: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut w = RecordWriter::start(&mut out).unwrap();
+        let h = StreamHeader { base: (!full).then(|| "b".to_string()), ..header() };
+        w.record(HEADER, &[&serde_json::to_vec(&h).unwrap()]).unwrap();
+        w.record(ENTRY, &[&entry("", Kind::Dir, 0o40755, "").encode()]).unwrap();
+        let (mut entries, mut bytes) = (1, 0);
+        for r in recs {
+            match r {
+                Rec::E(e) => {
+                    entries += 1;
+                    w.record(ENTRY, &[&e.encode()]).unwrap();
+                    if e.kind == Kind::File {
+                        w.record(DATA, &[&0u64.to_le_bytes(), b"data"]).unwrap();
+                        bytes += 4;
+                    }
+                }
+                Rec::R(p) => w.record(crate::stream::record::REMOVE, &[p.as_bytes()]).unwrap(),
+            }
+        }
+        let records = w.records;
+        w.record(TRAILER, &[&crate::stream::record::trailer(entries, bytes, records)]).unwrap();
+        out
+    }
+
+    /// An increment applies to the base's tree: what it replaces and removes is beneath the
+    /// tree, never through a symlink of the base, and a record that does not fit the base
+    /// (removing what is not there, "the base's file" where there is none) is BadStream.
+    #[test]
+    fn an_increment_changes_the_base_and_reaches_nothing_outside() {
+        use Rec::{E, R};
+        let base_tree = |dst: &Path| {
+            std::os::unix::fs::symlink("../outside", dst.join("l")).unwrap();
+            std::os::unix::fs::symlink("../outside/victim", dst.join("s")).unwrap();
+            std::fs::create_dir(dst.join("d")).unwrap();
+            std::fs::write(dst.join("d/f"), "base").unwrap();
+            std::fs::write(dst.join("d/g"), "gone").unwrap();
+        };
+        let same =
+            |p: &str| Entry { kind: Kind::Same, size: 4, ..entry(p, Kind::File, 0o100600, "") };
+        let bad: Vec<(&str, Vec<Rec>, bool)> = vec![
+            ("remove through a symlink", vec![R("l/victim")], false),
+            ("remove outside", vec![R("../outside/victim")], false),
+            ("remove absent", vec![R("absent")], false),
+            (
+                "remove in a new directory",
+                vec![E(entry("l", Kind::Dir, 0o40755, "")), R("l/victim")],
+                false,
+            ),
+            ("the base's file at a symlink", vec![E(same("s"))], false),
+            ("the base's file at a directory", vec![E(same("d"))], false),
+            ("a removal in a full stream", vec![R("d")], true),
+        ];
+        for (what, recs, full) in bad {
+            let (base, dst) = scratch("inc-bad");
+            base_tree(&dst);
+            let err = unpack(&increment(&recs, full), &dst).unwrap_err();
+            assert!(matches!(err, Error::BadStream { .. }), "{what}: {err}");
+            assert_eq!(std::fs::read(base.join("outside/victim")).unwrap(), b"mine", "{what}");
+            std::fs::remove_dir_all(&base).unwrap();
+        }
+        // Replacing the symlinks replaces them, not what they point to; the base's file keeps
+        // its data and takes the new metadata.
+        let (base, dst) = scratch("inc-good");
+        base_tree(&dst);
+        let recs = vec![
+            E(entry("d", Kind::Dir, 0o40700, "")),
+            E(same("d/f")),
+            R("d/g"),
+            E(entry("l", Kind::Dir, 0o40755, "")),
+            E(entry("l/new", Kind::File, 0o100644, "")),
+            E(entry("s", Kind::File, 0o100644, "")),
+        ];
+        unpack(&increment(&recs, false), &dst).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::read(base.join("outside/victim")).unwrap(), b"mine");
+        assert!(!base.join("outside/new").exists());
+        assert_eq!(std::fs::read(dst.join("d/f")).unwrap(), b"base");
+        assert_eq!(std::fs::metadata(dst.join("d/f")).unwrap().mode() & 0o7777, 0o600);
+        assert_eq!(std::fs::metadata(dst.join("d")).unwrap().mode() & 0o7777, 0o700);
+        assert!(!dst.join("d/g").exists());
+        assert_eq!(std::fs::read(dst.join("l/new")).unwrap(), b"data");
+        assert_eq!(std::fs::read(dst.join("s")).unwrap(), b"data");
+        assert!(!std::fs::symlink_metadata(dst.join("s")).unwrap().file_type().is_symlink());
         std::fs::remove_dir_all(&base).unwrap();
     }
 }

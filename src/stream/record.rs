@@ -15,6 +15,8 @@ pub const HEADER: u8 = b'H';
 pub const ENTRY: u8 = b'E';
 /// File data of the entry before it: an offset and bytes.
 pub const DATA: u8 = b'D';
+/// In an increment: remove this path (and all below it) of the base's tree.
+pub const REMOVE: u8 = b'R';
 /// The last record: counts of what came before it.
 pub const TRAILER: u8 = b'T';
 
@@ -174,16 +176,20 @@ pub enum Kind {
     Hardlink = 3,
     /// Character or block device, fifo, socket: made by mknod with `mode` and `rdev`.
     Special = 4,
+    /// In an increment: a regular file whose data is the base's at the same path (only its
+    /// metadata changed); no data records follow.
+    Same = 5,
 }
 
 impl Kind {
-    fn from_u8(b: u8) -> Option<Kind> {
+    pub(crate) fn from_u8(b: u8) -> Option<Kind> {
         Some(match b {
             0 => Kind::Dir,
             1 => Kind::File,
             2 => Kind::Symlink,
             3 => Kind::Hardlink,
             4 => Kind::Special,
+            5 => Kind::Same,
             _ => return None,
         })
     }

@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, OFlags, SeekFrom, Stat};
 
+use super::manifest::{
+    self, meta_digest, DataDigest, Digest16, ManifestEntry, ManifestReader, ManifestWriter,
+};
 use super::record::{self, Entry, Kind, RecordWriter};
 use super::StreamHeader;
 use crate::copy::{CancelToken, Progress};
@@ -113,9 +116,33 @@ pub fn count_tree(root: BorrowedFd<'_>, root_path: &Path) -> Result<TreeCount> {
     Ok(c)
 }
 
+/// The manifests a send reads and writes: the base generation's, for an increment from it,
+/// and the sent generation's, for increments from it later.
+#[derive(Default)]
+pub struct Manifests<'m, 'r, 'w> {
+    pub base: Option<&'m mut ManifestReader<'r>>,
+    pub record: Option<&'m mut ManifestWriter<'w>>,
+    /// Whether the tree keeps the inodes of the base's (its backend's sessions and promotes do
+    /// not copy files): only then may a file whose inode, ctime and metadata are the base's be
+    /// taken as unchanged without reading it, and only if that ctime is more than
+    /// [`RACY_SECONDS`] older than the base's sealing.
+    pub quick_check: bool,
+}
+
+/// How long before a generation was sealed a ctime is not proof enough that nothing changed
+/// the file after: a ctime has the kernel's tick as its grain, and the generation's record
+/// time is taken in whole seconds just after the tree was frozen.
+pub const RACY_SECONDS: u64 = 2;
+
 /// Write the tree at the open directory `root` (at `root_path`, for messages) as a stream
 /// with `header` to `out`, counting into `progress`, stopped by `cancel`. Returns the bytes
 /// written.
+///
+/// With a base manifest the stream is an increment: an entry the base has unchanged is not
+/// sent (nor its directory, unless something below it changed), a file whose data is the
+/// base's but whose metadata changed is sent as [`Kind::Same`] without data, and an entry of
+/// the base that the tree no longer has is sent as a removal. A file with more than one link
+/// (here or in the base) is always sent whole, so the receiver rebuilds its links as here.
 pub fn send_tree(
     root: BorrowedFd<'_>,
     root_path: &Path,
@@ -123,6 +150,7 @@ pub fn send_tree(
     out: &mut dyn Write,
     progress: Option<&Progress>,
     cancel: Option<&CancelToken>,
+    manifests: Manifests<'_, '_, '_>,
 ) -> Result<u64> {
     let json = serde_json::to_vec(header)
         .map_err(|e| Error::InvalidArgument { what: format!("stream header: {e}") })?;
@@ -138,16 +166,41 @@ pub fn send_tree(
         entries: 0,
         bytes: 0,
         buf: vec![0u8; record::CHUNK],
+        quick_before: match &manifests.base {
+            Some(b) if manifests.quick_check => b.sealed_at().saturating_sub(RACY_SECONDS) as i64,
+            _ => i64::MIN,
+        },
+        base: manifests.base,
+        record: manifests.record,
+        pending: Vec::new(),
     };
     s.w.record(record::HEADER, &[&json])?;
     let root = reopen(root, root_path)?;
     let st = rustix::fs::fstat(&root).at("stat", root_path)?;
-    s.entry(Vec::new(), Kind::Dir, &st, Vec::new(), Xattrs::Fd(root.as_fd()))?;
-    s.entries += 1;
+    if let Some(base) = s.base.as_deref_mut() {
+        match base.take_next()? {
+            Some(e) if e.path.is_empty() && e.kind == Kind::Dir => {}
+            _ => {
+                return Err(Error::Damaged {
+                    path: root_path.to_path_buf(),
+                    what: "the base's manifest does not begin with its root".into(),
+                })
+            }
+        }
+    }
+    let e = s.entry(Vec::new(), Kind::Dir, &st, Vec::new(), Xattrs::Fd(root.as_fd()))?;
+    let enc = e.encode();
+    s.emit(&enc)?;
+    s.note(Vec::new(), Kind::Dir, &st, meta_digest(&enc), ZERO)?;
+    s.pending.push(None);
     let mut stack = vec![(root_names(root.as_fd(), root_path)?.into_iter(), root, Vec::new())];
     while let Some((iter, dir, rel)) = stack.last_mut() {
         let Some(name) = iter.next() else {
+            // What the base has in this directory beyond its last name here is gone.
+            let rel = std::mem::take(rel);
+            s.drain(|p| manifest::is_within(p, &rel) && p != rel.as_slice())?;
             stack.pop();
+            s.pending.pop();
             continue;
         };
         if cancel.is_some_and(CancelToken::is_cancelled) {
@@ -155,14 +208,17 @@ pub fn send_tree(
         }
         let (dir, path) = (dir.as_fd(), join(rel, &name));
         let next = s.send_entry(dir, &name, path)?;
-        s.entries += 1;
         if let Some(p) = progress {
             p.add(1, 0);
         }
-        if let Some(next) = next {
-            let listed = names(next.0.as_fd(), &full(root_path, &next.1))?;
-            stack.push((listed.into_iter(), next.0, next.1));
+        if let Some((fd, path, pending)) = next {
+            let listed = names(fd.as_fd(), &full(root_path, &path))?;
+            stack.push((listed.into_iter(), fd, path));
+            s.pending.push(pending);
         }
+    }
+    if let Some(base) = s.base.as_deref_mut() {
+        base.finish()?;
     }
     let records = s.w.records;
     s.w.record(record::TRAILER, &[&record::trailer(s.entries, s.bytes, records)])?;
@@ -170,7 +226,13 @@ pub fn send_tree(
     Ok(s.w.written)
 }
 
-struct Sender<'a, 'w> {
+const ZERO: Digest16 = [0; 16];
+
+fn ctime(st: &Stat) -> (i64, u32) {
+    (st.st_ctime, st.st_ctime_nsec as u32)
+}
+
+struct Sender<'a, 'w, 'r, 'o> {
     w: RecordWriter<'w>,
     root_path: &'a Path,
     /// First path of every file with more than one link, by (dev, ino).
@@ -180,6 +242,14 @@ struct Sender<'a, 'w> {
     entries: u64,
     bytes: u64,
     buf: Vec<u8>,
+    base: Option<&'a mut ManifestReader<'r>>,
+    record: Option<&'a mut ManifestWriter<'o>>,
+    /// A base file whose ctime (seconds) is before this, and whose inode, ctime and metadata
+    /// are the file's here, is taken as unchanged unread ([`Manifests::quick_check`]).
+    quick_before: i64,
+    /// For each directory the walk is in, outermost first: its entry record while it has not
+    /// been sent (unchanged from the base, and nothing below it sent yet).
+    pending: Vec<Option<Vec<u8>>>,
 }
 
 /// Where an entry's xattrs are read: its open fd, or the `/proc/self/fd` path of an entry
@@ -189,34 +259,132 @@ enum Xattrs<'f> {
     Path(CString),
 }
 
-impl Sender<'_, '_> {
-    /// Send `name` of the open `dir`; for a directory, its fd and path, to be walked next.
+impl Sender<'_, '_, '_, '_> {
+    /// Send the entry record `enc`, after the directories it is in that are not sent yet.
+    fn emit(&mut self, enc: &[u8]) -> Result<()> {
+        self.emit_ancestors()?;
+        self.w.record(record::ENTRY, &[enc])?;
+        self.entries += 1;
+        Ok(())
+    }
+
+    fn emit_ancestors(&mut self) -> Result<()> {
+        for pending in self.pending.iter_mut() {
+            if let Some(enc) = pending.take() {
+                self.w.record(record::ENTRY, &[&enc])?;
+                self.entries += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Add the entry to the sent generation's manifest.
+    fn note(
+        &mut self,
+        path: Vec<u8>,
+        kind: Kind,
+        st: &Stat,
+        meta: Digest16,
+        data: Digest16,
+    ) -> Result<()> {
+        match self.record.as_deref_mut() {
+            Some(r) => r.push(&ManifestEntry {
+                path,
+                kind,
+                ino: st.st_ino,
+                ctime: ctime(st),
+                nlink: st.st_nlink,
+                meta,
+                data,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The base's next entry if it is at `path` (everything before `path` is gone from the
+    /// tree: sent as removals first).
+    fn base_at(&mut self, path: &[u8]) -> Result<Option<ManifestEntry>> {
+        self.drain(|p| manifest::walk_order(p, path).is_lt())?;
+        match self.base.as_deref_mut() {
+            Some(b) if b.peek().is_some_and(|e| e.path == path) => b.take_next(),
+            _ => Ok(None),
+        }
+    }
+
+    /// Send a removal for each of the base's next entries that `gone` holds for, skipping
+    /// what is below a removed directory.
+    fn drain(&mut self, gone: impl Fn(&[u8]) -> bool) -> Result<()> {
+        loop {
+            let e = match self.base.as_deref_mut() {
+                Some(b) if b.peek().is_some_and(|e| gone(&e.path)) => b.take_next()?,
+                _ => return Ok(()),
+            };
+            let Some(e) = e else { return Ok(()) };
+            self.emit_ancestors()?;
+            self.w.record(record::REMOVE, &[&e.path])?;
+            self.skip_below(&e.path)?;
+        }
+    }
+
+    /// Pass over the base's entries below `path` (replaced or removed with it).
+    fn skip_below(&mut self, path: &[u8]) -> Result<()> {
+        if let Some(b) = self.base.as_deref_mut() {
+            while b.peek().is_some_and(|e| e.path != path && manifest::is_within(&e.path, path)) {
+                b.take_next()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Send `name` of the open `dir` (as far as it differs from the base); for a directory,
+    /// its fd, path and entry record if not sent yet, to be walked next.
+    #[allow(clippy::type_complexity)]
     fn send_entry(
         &mut self,
         dir: BorrowedFd<'_>,
         name: &CStr,
         path: Vec<u8>,
-    ) -> Result<Option<(OwnedFd, Vec<u8>)>> {
+    ) -> Result<Option<(OwnedFd, Vec<u8>, Option<Vec<u8>>)>> {
+        let base = self.base_at(&path)?;
         let at = || full(self.root_path, &path);
         let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).at_with("stat", at)?;
-        match FileType::from_raw_mode(st.st_mode) {
+        let kind = FileType::from_raw_mode(st.st_mode);
+        if kind != FileType::Directory && base.as_ref().is_some_and(|b| b.kind == Kind::Dir) {
+            self.skip_below(&path)?;
+        }
+        let unchanged = |kind: Kind, meta: &Digest16| {
+            base.as_ref().is_some_and(|b| b.kind == kind && b.meta == *meta)
+        };
+        match kind {
             FileType::Directory => {
                 let fd = open_dir(dir, name).at_with("open", at)?;
                 let st = rustix::fs::fstat(&fd).at_with("stat", at)?;
-                self.entry(path.clone(), Kind::Dir, &st, Vec::new(), Xattrs::Fd(fd.as_fd()))?;
-                Ok(Some((fd, path)))
+                let e =
+                    self.entry(path.clone(), Kind::Dir, &st, Vec::new(), Xattrs::Fd(fd.as_fd()))?;
+                let enc = e.encode();
+                let meta = meta_digest(&enc);
+                self.note(path.clone(), Kind::Dir, &st, meta, ZERO)?;
+                let pending = if unchanged(Kind::Dir, &meta) {
+                    Some(enc)
+                } else {
+                    self.emit(&enc)?;
+                    None
+                };
+                Ok(Some((fd, path, pending)))
             }
             FileType::RegularFile => {
                 if st.st_nlink > 1 {
                     if let Some(first) = self.links.get(&(st.st_dev, st.st_ino)) {
                         let first = first.clone();
-                        self.entry(
-                            path,
+                        let e = self.entry(
+                            path.clone(),
                             Kind::Hardlink,
                             &st,
                             first,
                             Xattrs::Path(CString::default()),
                         )?;
+                        self.emit(&e.encode())?;
+                        self.note(path, Kind::Hardlink, &st, ZERO, ZERO)?;
                         return Ok(None);
                     }
                 }
@@ -232,8 +400,43 @@ impl Sender<'_, '_> {
                 if st.st_nlink > 1 {
                     self.links.insert((st.st_dev, st.st_ino), path.clone());
                 }
-                self.entry(path.clone(), Kind::File, &st, Vec::new(), Xattrs::Fd(fd.as_fd()))?;
-                self.data(fd.as_fd(), st.st_size as u64, &at())?;
+                let mut e =
+                    self.entry(path.clone(), Kind::File, &st, Vec::new(), Xattrs::Fd(fd.as_fd()))?;
+                let enc = e.encode();
+                let meta = meta_digest(&enc);
+                let size = st.st_size as u64;
+                // Only a file of one link, here and in the base, can be left to the base.
+                let single = base
+                    .as_ref()
+                    .filter(|b| b.kind == Kind::File && b.nlink == 1 && st.st_nlink == 1);
+                let data = match single {
+                    Some(b)
+                        if b.ino == st.st_ino
+                            && b.ctime == ctime(&st)
+                            && b.ctime.0 < self.quick_before
+                            && b.meta == meta =>
+                    {
+                        b.data
+                    }
+                    Some(b) => {
+                        let d = self.digest_file(fd.as_fd(), size, &at())?;
+                        if d != b.data {
+                            self.emit(&enc)?;
+                            self.data(fd.as_fd(), size, &at())?
+                        } else {
+                            if b.meta != meta {
+                                e.kind = Kind::Same;
+                                self.emit(&e.encode())?;
+                            }
+                            d
+                        }
+                    }
+                    None => {
+                        self.emit(&enc)?;
+                        self.data(fd.as_fd(), size, &at())?
+                    }
+                };
+                self.note(path, Kind::File, &st, meta, data)?;
                 Ok(None)
             }
             FileType::Symlink => {
@@ -241,7 +444,19 @@ impl Sender<'_, '_> {
                     rustix::fs::readlinkat(dir, name, Vec::new()).at_with("readlink", at)?;
                 keep_atime(dir, name, &st);
                 let xp = crate::copy::entry_path(dir, name, &at())?;
-                self.entry(path, Kind::Symlink, &st, target.into_bytes(), Xattrs::Path(xp))?;
+                let e = self.entry(
+                    path.clone(),
+                    Kind::Symlink,
+                    &st,
+                    target.into_bytes(),
+                    Xattrs::Path(xp),
+                )?;
+                let enc = e.encode();
+                let meta = meta_digest(&enc);
+                if !unchanged(Kind::Symlink, &meta) {
+                    self.emit(&enc)?;
+                }
+                self.note(path, Kind::Symlink, &st, meta, ZERO)?;
                 Ok(None)
             }
             FileType::CharacterDevice
@@ -249,7 +464,14 @@ impl Sender<'_, '_> {
             | FileType::Fifo
             | FileType::Socket => {
                 let xp = crate::copy::entry_path(dir, name, &at())?;
-                self.entry(path, Kind::Special, &st, Vec::new(), Xattrs::Path(xp))?;
+                let e =
+                    self.entry(path.clone(), Kind::Special, &st, Vec::new(), Xattrs::Path(xp))?;
+                let enc = e.encode();
+                let meta = meta_digest(&enc);
+                if !unchanged(Kind::Special, &meta) {
+                    self.emit(&enc)?;
+                }
+                self.note(path, Kind::Special, &st, meta, ZERO)?;
                 Ok(None)
             }
             FileType::Unknown => Err(Error::Unsupported {
@@ -258,6 +480,7 @@ impl Sender<'_, '_> {
         }
     }
 
+    /// The entry record of `path`, as sent.
     fn entry(
         &mut self,
         path: Vec<u8>,
@@ -265,13 +488,13 @@ impl Sender<'_, '_> {
         st: &Stat,
         target: Vec<u8>,
         xattrs: Xattrs<'_>,
-    ) -> Result<()> {
+    ) -> Result<Entry> {
         let xattrs = match (kind, xattrs) {
             // A hardlink's xattrs are its first name's.
             (Kind::Hardlink, _) => Vec::new(),
             (_, x) => read_xattrs(x, &full(self.root_path, &path))?,
         };
-        let e = Entry {
+        Ok(Entry {
             kind,
             mode: st.st_mode,
             uid: st.st_uid,
@@ -283,48 +506,81 @@ impl Sender<'_, '_> {
             target,
             xattrs,
             path,
-        };
-        self.w.record(record::ENTRY, &[&e.encode()])
+        })
     }
 
-    /// The file's data up to `size`, extent by extent.
-    fn data(&mut self, fd: BorrowedFd<'_>, size: u64, at: &Path) -> Result<()> {
-        let mut off = 0u64;
-        while off < size {
-            let start = match rustix::fs::seek(fd, SeekFrom::Data(off)) {
-                Ok(s) => s,
-                Err(rustix::io::Errno::NXIO) => break, // only a hole is left
-                Err(rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) => off,
-                Err(e) => return Err(Error::io("lseek SEEK_DATA", at, e)),
-            };
-            let end = match rustix::fs::seek(fd, SeekFrom::Hole(start)) {
-                Ok(e) => e.min(size),
-                Err(_) => size,
-            };
-            let mut pos = start;
-            while pos < end {
-                if self.cancel.is_some_and(CancelToken::is_cancelled) {
-                    return Err(Error::Cancelled);
-                }
-                let want = ((end - pos) as usize).min(self.buf.len());
-                let n = rustix::io::pread(fd, &mut self.buf[..want], pos).at("read", at)?;
-                if n == 0 {
-                    return Err(Error::Damaged {
-                        path: at.to_path_buf(),
-                        what: "became shorter while it was sent".into(),
-                    });
-                }
-                self.w.record(record::DATA, &[&pos.to_le_bytes(), &self.buf[..n]])?;
-                pos += n as u64;
-                self.bytes += n as u64;
-                if let Some(p) = self.progress {
-                    p.add(0, n as u64);
-                }
+    /// Send the file's data up to `size`, extent by extent; its [`DataDigest`].
+    fn data(&mut self, fd: BorrowedFd<'_>, size: u64, at: &Path) -> Result<Digest16> {
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut digest = DataDigest::default();
+        let (w, bytes, progress) = (&mut self.w, &mut self.bytes, self.progress);
+        let sent = extents(fd, size, at, &mut buf, self.cancel, |pos, chunk| {
+            digest.feed(pos, chunk);
+            w.record(record::DATA, &[&pos.to_le_bytes(), chunk])?;
+            *bytes += chunk.len() as u64;
+            if let Some(p) = progress {
+                p.add(0, chunk.len() as u64);
             }
-            off = end;
-        }
-        Ok(())
+            Ok(())
+        });
+        self.buf = buf;
+        sent.map(|()| digest.finish(size))
     }
+
+    /// The file's [`DataDigest`], nothing sent.
+    fn digest_file(&mut self, fd: BorrowedFd<'_>, size: u64, at: &Path) -> Result<Digest16> {
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut digest = DataDigest::default();
+        let read = extents(fd, size, at, &mut buf, self.cancel, |pos, chunk| {
+            digest.feed(pos, chunk);
+            Ok(())
+        });
+        self.buf = buf;
+        read.map(|()| digest.finish(size))
+    }
+}
+
+/// Read the file's data up to `size` extent by extent (SEEK_DATA/SEEK_HOLE: holes are not
+/// read) into `buf`, a chunk at a time, giving each chunk and its offset to `each`.
+fn extents(
+    fd: BorrowedFd<'_>,
+    size: u64,
+    at: &Path,
+    buf: &mut [u8],
+    cancel: Option<&CancelToken>,
+    mut each: impl FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<()> {
+    let mut off = 0u64;
+    while off < size {
+        let start = match rustix::fs::seek(fd, SeekFrom::Data(off)) {
+            Ok(s) => s,
+            Err(rustix::io::Errno::NXIO) => break, // only a hole is left
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) => off,
+            Err(e) => return Err(Error::io("lseek SEEK_DATA", at, e)),
+        };
+        let end = match rustix::fs::seek(fd, SeekFrom::Hole(start)) {
+            Ok(e) => e.min(size),
+            Err(_) => size,
+        };
+        let mut pos = start;
+        while pos < end {
+            if cancel.is_some_and(CancelToken::is_cancelled) {
+                return Err(Error::Cancelled);
+            }
+            let want = ((end - pos) as usize).min(buf.len());
+            let n = rustix::io::pread(fd, &mut buf[..want], pos).at("read", at)?;
+            if n == 0 {
+                return Err(Error::Damaged {
+                    path: at.to_path_buf(),
+                    what: "became shorter while it was sent".into(),
+                });
+            }
+            each(pos, &buf[..n])?;
+            pos += n as u64;
+        }
+        off = end;
+    }
+    Ok(())
 }
 
 /// Reading a symlink moves its atime (there is no O_NOATIME for it): put back the atime the
@@ -377,4 +633,87 @@ fn read_xattrs(from: Xattrs<'_>, at: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::manifest::ManifestEntry;
+    use crate::stream::FORMAT_VERSION;
+    use rustix::fs::Mode;
+
+    fn header(base: Option<&str>) -> StreamHeader {
+        StreamHeader {
+            format: crate::stream::PORTABLE.into(),
+            version: FORMAT_VERSION,
+            project: "p".into(),
+            generation: 2,
+            id: "x.2.2".into(),
+            base: base.map(str::to_string),
+            sent_from: "copy".into(),
+            entries: 0,
+            bytes: 0,
+            used: 0,
+        }
+    }
+
+    /// The stream of `dir` and its manifest (sealed at `sealed_at`), sent in full.
+    fn full_send(dir: &Path, sealed_at: u64) -> Vec<ManifestEntry> {
+        let fd = rustix::fs::open(dir, crate::sys::fs::READ_DIR, Mode::empty()).unwrap();
+        let mut kept = Vec::new();
+        let mut record = ManifestWriter::start(&mut kept, "x.1.1", sealed_at).unwrap();
+        let manifests = Manifests { record: Some(&mut record), ..Manifests::default() };
+        send_tree(fd.as_fd(), dir, &header(None), &mut Vec::new(), None, None, manifests).unwrap();
+        record.finish().unwrap();
+        drop(record);
+        let mut input = &kept[..];
+        let mut r = ManifestReader::open(&mut input, "test").unwrap();
+        let mut entries = Vec::new();
+        while let Some(e) = r.take_next().unwrap() {
+            entries.push(e);
+        }
+        r.finish().unwrap();
+        entries
+    }
+
+    /// The bytes of an increment of `dir` from a manifest of `entries` sealed at `sealed_at`.
+    fn increment(dir: &Path, entries: &[ManifestEntry], sealed_at: u64, quick: bool) -> usize {
+        let mut base = Vec::new();
+        let mut w = ManifestWriter::start(&mut base, "x.1.1", sealed_at).unwrap();
+        for e in entries {
+            w.push(e).unwrap();
+        }
+        w.finish().unwrap();
+        drop(w);
+        let mut input = &base[..];
+        let mut reader = ManifestReader::open(&mut input, "test").unwrap();
+        let fd = rustix::fs::open(dir, crate::sys::fs::READ_DIR, Mode::empty()).unwrap();
+        let manifests = Manifests { base: Some(&mut reader), record: None, quick_check: quick };
+        let mut out = Vec::new();
+        send_tree(fd.as_fd(), dir, &header(Some("x.1.1")), &mut out, None, None, manifests)
+            .unwrap();
+        out.len()
+    }
+
+    /// A file whose inode, ctime and metadata are the base's is taken unread only where the
+    /// backend keeps inodes and the ctime is well before the base's sealing: the base's
+    /// manifest here says its data was other, so a read finds the difference and sends it.
+    #[test]
+    fn the_quick_check_trusts_only_old_ctimes_of_kept_inodes() {
+        let dir = std::env::temp_dir()
+            .join(format!("goldclone-send-quick-{}", crate::sys::unique_suffix()));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("f"), vec![7u8; 64 << 10]).unwrap();
+        let mut entries = full_send(&dir, u64::MAX);
+        let f = entries.iter_mut().find(|e| e.path == b"f").unwrap();
+        f.data[0] ^= 1; // what a change in the same clock tick would hide from the ctime
+        let ctime = f.ctime.0 as u64;
+        let trusted = increment(&dir, &entries, ctime + 60, true);
+        let racy = increment(&dir, &entries, ctime + 1, true);
+        let copy_backend = increment(&dir, &entries, ctime + 60, false);
+        assert!(trusted < 4096, "the unchanged file was sent: {trusted} bytes");
+        assert!(racy > 64 << 10, "a racy ctime was trusted: {racy} bytes");
+        assert_eq!(copy_backend, racy, "the copy backend's inodes were trusted");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

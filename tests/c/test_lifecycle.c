@@ -592,6 +592,9 @@ static void send_receive_on(const struct harness_fs *f) {
     struct stat st;
     goldclone_backend backend = 0;
     bool sends_older;
+    char *inc_path = NULL;
+    int ifd = -1;
+    goldclone_sent isent = {0};
 
     CHECK(mkdir(next, 0755) == 0);
     p = harness_join(next, "version.txt"); CHECK(harness_write(p, "gen2\n") == 0); free(p);
@@ -603,16 +606,23 @@ static void send_receive_on(const struct harness_fs *f) {
     sends_older = backend != GOLDCLONE_BACKEND_ZFS && backend != GOLDCLONE_BACKEND_ZVOL;
     fd = open(stream, O_RDWR | O_CREAT | O_TRUNC, 0600);
     CHECK(fd >= 0);
-    CHECK_OK(goldclone_cache_send(cache, P, 1, fd, NULL, &sent));
+    CHECK_OK(goldclone_cache_send(cache, P, 1, 0, fd, NULL, &sent));
     CHECK(sent.generation == 1 && sent.entries == 4 && sent.bytes == 10);
     CHECK(fstat(fd, &st) == 0 && (uint64_t)st.st_size == sent.stream_bytes);
     /* A session keeps generation 1 after the next import. */
     CHECK_OK(goldclone_cache_setup(cache, P, "old", s, sizeof s, NULL));
     CHECK_OK(goldclone_cache_import_next(cache, P, next, NULL, &gen));
     CHECK(gen == 2);
-    CHECK_RC(goldclone_cache_send(cache, P, 7, fd, NULL, &sent), GOLDCLONE_RESULT_NOT_FOUND);
-    CHECK_RC(goldclone_cache_send(cache, P, 0, -1, NULL, &sent), GOLDCLONE_RESULT_INVALID_ARGUMENT);
-    CHECK_RC(goldclone_cache_send(cache, "../x", 0, fd, NULL, &sent), GOLDCLONE_RESULT_INVALID_NAME);
+    /* Generation 2 as an increment from 1, whose manifest its send kept. */
+    inc_path = harness_join(pl.scratch, "stream-inc");
+    ifd = open(inc_path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    CHECK(ifd >= 0);
+    CHECK_RC(goldclone_cache_send(cache, P, 0, 2, ifd, NULL, &isent), GOLDCLONE_RESULT_INVALID_ARGUMENT);
+    CHECK_OK(goldclone_cache_send(cache, P, 0, 1, ifd, NULL, &isent));
+    CHECK(isent.generation == 2 && isent.stream_bytes < sent.stream_bytes);
+    CHECK_RC(goldclone_cache_send(cache, P, 7, 0, fd, NULL, &sent), GOLDCLONE_RESULT_NOT_FOUND);
+    CHECK_RC(goldclone_cache_send(cache, P, 0, 0, -1, NULL, &sent), GOLDCLONE_RESULT_INVALID_ARGUMENT);
+    CHECK_RC(goldclone_cache_send(cache, "../x", 0, 0, fd, NULL, &sent), GOLDCLONE_RESULT_INVALID_NAME);
     if (sends_older) {
         /* The older generation, sent again: the same bytes. */
         char *again = harness_join(pl.scratch, "stream-again");
@@ -620,15 +630,15 @@ static void send_receive_on(const struct harness_fs *f) {
         goldclone_sent older = {0};
         struct stat ast;
         CHECK(afd >= 0);
-        CHECK_OK(goldclone_cache_send(cache, P, 1, afd, NULL, &older));
+        CHECK_OK(goldclone_cache_send(cache, P, 1, 0, afd, NULL, &older));
         CHECK(older.generation == 1 && older.stream_bytes == sent.stream_bytes);
         CHECK(fstat(afd, &ast) == 0 && ast.st_size == st.st_size);
         if (afd >= 0) close(afd);
         free(again);
     } else {
-        CHECK_RC(goldclone_cache_send(cache, P, 1, -1, NULL, &sent), GOLDCLONE_RESULT_INVALID_ARGUMENT);
+        CHECK_RC(goldclone_cache_send(cache, P, 1, 0, -1, NULL, &sent), GOLDCLONE_RESULT_INVALID_ARGUMENT);
         struct stat now;
-        CHECK_RC(goldclone_cache_send(cache, P, 1, fd, NULL, &sent), GOLDCLONE_RESULT_UNSUPPORTED);
+        CHECK_RC(goldclone_cache_send(cache, P, 1, 0, fd, NULL, &sent), GOLDCLONE_RESULT_UNSUPPORTED);
         CHECK(fstat(fd, &now) == 0 && now.st_size == st.st_size);
     }
     /* Cut one byte short: BAD_STREAM, nothing changes. */
@@ -659,6 +669,17 @@ static void send_receive_on(const struct harness_fs *f) {
     CHECK_OK(goldclone_cache_setup(cache, P, "s", s, sizeof s, NULL));
     CHECK(file_is(s, "version.txt", "gen1\n") && has(s, "lib/data"));
     CHECK_OK(goldclone_cache_cleanup(cache, P, "s"));
+    /* The increment goes onto generation 3 (generation 1 received, so its base): generation
+     * 4, with generation 2's tree; once more it changes nothing. */
+    CHECK(lseek(ifd, 0, SEEK_SET) == 0);
+    CHECK_OK(goldclone_cache_receive(cache, P, ifd, NULL, &gen));
+    CHECK(gen == 4);
+    CHECK(lseek(ifd, 0, SEEK_SET) == 0);
+    CHECK_OK(goldclone_cache_receive(cache, P, ifd, NULL, &gen));
+    CHECK(gen == 4);
+    CHECK_OK(goldclone_cache_setup(cache, P, "s", s, sizeof s, NULL));
+    CHECK(file_is(s, "version.txt", "gen2\n") && !has(s, "lib/data"));
+    CHECK_OK(goldclone_cache_cleanup(cache, P, "s"));
     /* A peer that stalls halfway (the pipe's write end stays open, nothing more comes): the
      * progress callback's stop ends the blocked read, CANCELLED, nothing committed. */
     {
@@ -681,7 +702,7 @@ static void send_receive_on(const struct harness_fs *f) {
     /* A reader that went away. */
     CHECK(pipe(pipefd) == 0);
     close(pipefd[0]);
-    CHECK_RC(goldclone_cache_send(cache, P, 0, pipefd[1], NULL, &sent), GOLDCLONE_RESULT_IO);
+    CHECK_RC(goldclone_cache_send(cache, P, 0, 0, pipefd[1], NULL, &sent), GOLDCLONE_RESULT_IO);
     CHECK(goldclone_last_error_errno() == EPIPE);
     close(pipefd[1]);
     CHECK_RC(goldclone_cache_receive(cache, P, 1000, NULL, &gen), GOLDCLONE_RESULT_INVALID_ARGUMENT);
@@ -689,6 +710,8 @@ static void send_receive_on(const struct harness_fs *f) {
 
 out:
     if (fd >= 0) close(fd);
+    if (ifd >= 0) close(ifd);
+    free(inc_path);
     goldclone_cache_free(cache);
     free(stream);
     free(next);
