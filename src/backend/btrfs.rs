@@ -139,6 +139,47 @@ impl Backend for BtrfsBackend {
         self.identity(root, staging)
     }
 
+    /// An increment onto `previous` ([`super::StreamBase::InPlace`]) is applied to a writable
+    /// snapshot of it, O(change); anything else is an import like the first.
+    fn import_next(
+        &self,
+        root: &RootDir,
+        src: &Source<'_, '_>,
+        g: &Generation,
+        previous: &Generation,
+        staging: &Path,
+        watch: &Watch,
+    ) -> Result<Identity> {
+        if !src.in_place() {
+            return self.import(root, src, g, staging, watch);
+        }
+        watch.check()?;
+        self.snapshot(root, &previous.place, staging, false)?;
+        // Synced before it is made read-only and published, as an import.
+        let filled = root.dir(staging).and_then(|dst| {
+            src.fill_onto_base(
+                dst.as_fd(),
+                &root.join(staging),
+                &watch.copy_options(CopyOptions {
+                    threads: self.threads,
+                    sync: true,
+                    ..CopyOptions::default()
+                }),
+            )?;
+            sys::btrfs::set_read_only(dst.as_fd(), true)
+                .at_with("btrfs set read-only", || root.join(staging))
+        });
+        if let Err(e) = filled {
+            let _ = self.remove(root, staging);
+            return Err(e);
+        }
+        self.identity(root, staging)
+    }
+
+    fn applies_increments_in_place(&self) -> bool {
+        true
+    }
+
     fn open_generation(&self, root: &RootDir, g: &Generation, _id: &Identity) -> Result<OwnedFd> {
         // A generation is a directory (a read-only subvolume on btrfs) that nothing changes.
         root.dir(&g.place)

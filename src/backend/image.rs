@@ -798,7 +798,7 @@ impl Backend for ImageBackend {
         made
     }
 
-    /// An increment onto `previous` ([`StreamBase::InPlace`]) is applied to a clone of its
+    /// An increment onto `previous` ([`super::StreamBase::InPlace`]) is applied to a clone of its
     /// image: O(change), where a fresh image would be filled with a copy of the whole tree
     /// first. Anything else is an import like the first.
     fn import_next(

@@ -491,7 +491,7 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Whether [`Backend::import_next`] takes an increment onto the previous generation
     /// ([`StreamBase::InPlace`]) and applies it to a writable clone of that one (ZFS, zvol,
-    /// images), instead of onto a copy of its tree.
+    /// images, btrfs), instead of onto a copy of its tree.
     fn applies_increments_in_place(&self) -> bool {
         false
     }

@@ -372,8 +372,8 @@ impl Cache {
 impl Cache {
     /// Receive an increment from `base`: the project's current generation here must be it.
     /// The stream changes, under the import's intent, a clone of it where the backend makes
-    /// the next generation as one (ZFS, zvol, images), else a copy of its tree in the next
-    /// generation's staging (reflinked where the filesystem can).
+    /// the next generation as one (ZFS, zvol, images, btrfs), else (the copy backend) a copy of
+    /// its tree in the next generation's staging (reflinked where the filesystem can).
     fn receive_increment(
         &self,
         project: &str,
@@ -411,7 +411,7 @@ impl Cache {
         }
         let reader = std::cell::RefCell::new(Some(reader));
         if self.store.applies_increments_in_place() {
-            // ZFS, zvol and images: the next generation starts as a clone of the current one,
+            // ZFS, zvol, images, btrfs: the next generation starts as a clone of the current one,
             // which `import_next_from` checks is the base under the exclusive lock: the
             // increment is applied to that clone, with no copy of the base's tree.
             let src = Source::Stream(&reader, header, Some(StreamBase::InPlace));
