@@ -63,6 +63,41 @@ impl BtrfsBackend {
         self.identity(root, dst)
     }
 
+    /// Fill the new subvolume at `staging` with `src` (`onto_base`: it is a snapshot of an
+    /// increment's base, which the increment changes), synced before it is made read-only
+    /// and published (see CopyStore::opts); its identity. On error it is removed.
+    fn fill_and_seal(
+        &self,
+        root: &RootDir,
+        src: &Source<'_, '_>,
+        staging: &Path,
+        onto_base: bool,
+        watch: &Watch,
+    ) -> Result<Identity> {
+        let filled = root.dir(staging).and_then(|dst| {
+            let (dst_path, opts) = (
+                root.join(staging),
+                watch.copy_options(CopyOptions {
+                    threads: self.threads,
+                    sync: true,
+                    ..CopyOptions::default()
+                }),
+            );
+            if onto_base {
+                src.fill_onto_base(dst.as_fd(), &dst_path, &opts)?;
+            } else {
+                src.fill(dst.as_fd(), &dst_path, &opts)?;
+            }
+            sys::btrfs::set_read_only(dst.as_fd(), true)
+                .at_with("btrfs set read-only", || root.join(staging))
+        });
+        if let Err(e) = filled {
+            let _ = self.remove(root, staging);
+            return Err(e);
+        }
+        self.identity(root, staging)
+    }
+
     fn identity(&self, root: &RootDir, rel: &Path) -> Result<Identity> {
         let fd = root.dir(rel)?;
         let id = sys::btrfs::btrfs_subvolume_id(fd.as_fd())
@@ -118,25 +153,7 @@ impl Backend for BtrfsBackend {
         let (parent, name) = root.parent(staging)?;
         sys::btrfs::subvol_create(parent.as_fd(), &cname(name)?)
             .at_with("btrfs subvolume create", || root.join(staging))?;
-        // Synced before it is made read-only and published (see CopyStore::opts).
-        let filled = root.dir(staging).and_then(|dst| {
-            src.fill(
-                dst.as_fd(),
-                &root.join(staging),
-                &watch.copy_options(CopyOptions {
-                    threads: self.threads,
-                    sync: true,
-                    ..CopyOptions::default()
-                }),
-            )?;
-            sys::btrfs::set_read_only(dst.as_fd(), true)
-                .at_with("btrfs set read-only", || root.join(staging))
-        });
-        if let Err(e) = filled {
-            let _ = self.remove(root, staging);
-            return Err(e);
-        }
-        self.identity(root, staging)
+        self.fill_and_seal(root, src, staging, false, watch)
     }
 
     /// An increment onto `previous` ([`super::StreamBase::InPlace`]) is applied to a writable
@@ -155,25 +172,7 @@ impl Backend for BtrfsBackend {
         }
         watch.check()?;
         self.snapshot(root, &previous.place, staging, false)?;
-        // Synced before it is made read-only and published, as an import.
-        let filled = root.dir(staging).and_then(|dst| {
-            src.fill_onto_base(
-                dst.as_fd(),
-                &root.join(staging),
-                &watch.copy_options(CopyOptions {
-                    threads: self.threads,
-                    sync: true,
-                    ..CopyOptions::default()
-                }),
-            )?;
-            sys::btrfs::set_read_only(dst.as_fd(), true)
-                .at_with("btrfs set read-only", || root.join(staging))
-        });
-        if let Err(e) = filled {
-            let _ = self.remove(root, staging);
-            return Err(e);
-        }
-        self.identity(root, staging)
+        self.fill_and_seal(root, src, staging, true, watch)
     }
 
     fn applies_increments_in_place(&self) -> bool {
