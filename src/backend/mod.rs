@@ -938,21 +938,7 @@ impl Source<'_, '_> {
                     }
                     _ => Ok(()),
                 };
-                let filled = based
-                    .and_then(|()| {
-                        reader.unpack_into(
-                            dst,
-                            dst_path,
-                            opts.progress.as_deref(),
-                            opts.cancel.as_ref(),
-                        )
-                    })
-                    .and_then(|()| {
-                        if opts.sync {
-                            rustix::fs::syncfs(dst).at("syncfs", dst_path)?;
-                        }
-                        Ok(())
-                    });
+                let filled = based.and_then(|()| unpack_synced(reader, dst, dst_path, opts));
                 if filled.is_err() {
                     let _ = crate::copy::remove_contents(dst, dst_path);
                 }
@@ -980,17 +966,22 @@ impl Source<'_, '_> {
                 what: "only an increment can be applied onto its base".into(),
             });
         };
-        take_reader(reader)?.unpack_into(
-            dst,
-            dst_path,
-            opts.progress.as_deref(),
-            opts.cancel.as_ref(),
-        )?;
-        if opts.sync {
-            rustix::fs::syncfs(dst).at("syncfs", dst_path)?;
-        }
-        Ok(())
+        unpack_synced(take_reader(reader)?, dst, dst_path, opts)
     }
+}
+
+/// Unpack `reader` into `dst` with `opts`' progress and cancel, then sync it if `opts` asks.
+fn unpack_synced(
+    reader: crate::stream::StreamReader<'_>,
+    dst: BorrowedFd<'_>,
+    dst_path: &Path,
+    opts: &CopyOptions,
+) -> Result<()> {
+    reader.unpack_into(dst, dst_path, opts.progress.as_deref(), opts.cancel.as_ref())?;
+    if opts.sync {
+        rustix::fs::syncfs(dst).at("syncfs", dst_path)?;
+    }
+    Ok(())
 }
 
 fn take_reader<'r>(
