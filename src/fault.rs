@@ -20,6 +20,7 @@ pub const POINTS: &[&str] = &[
     "setup:tree-created",
     "setup:attached",
     "setup:meta-written",
+    "setup:remounted",
     "promote:intent-recorded",
     "promote:session-taken",
     "promote:edited",

@@ -29,7 +29,7 @@ fn in_zfs_guest() -> bool {
 }
 
 /// The backends to crash: ZFS and zvol in the ZFS guest, else copy (ext4 and XFS), btrfs and
-/// images (on XFS).
+/// images (on XFS, btrfs and ext4).
 fn backends() -> Vec<(&'static str, Option<PathBuf>, BackendKind)> {
     if in_zfs_guest() {
         return vec![("zfs", None, BackendKind::Zfs), ("zvol", None, BackendKind::Zvol)];
@@ -39,6 +39,9 @@ fn backends() -> Vec<(&'static str, Option<PathBuf>, BackendKind)> {
         ("copy-xfs", common::Fs::Xfs, BackendKind::Copy),
         ("btrfs", common::Fs::Btrfs, BackendKind::Btrfs),
         ("image-xfs", common::Fs::Xfs, BackendKind::Image),
+        ("image-btrfs", common::Fs::Btrfs, BackendKind::Image),
+        // No reflink: images are copied (sparsely) where XFS and btrfs clone them.
+        ("image-ext4", common::Fs::Ext4, BackendKind::Image),
     ]
     .into_iter()
     .filter_map(|(n, fs, b)| common::mount(fs).map(|m| (n, Some(m), b)))
@@ -147,8 +150,24 @@ fn marker_of(dir: &Path) -> String {
 fn current_marker(cache: &Cache) -> String {
     let probe = cache.setup("proj", "probe").unwrap();
     let marker = marker_of(&probe);
-    cache.cleanup("proj", "probe").unwrap();
+    cleanup_read(cache, "probe");
     marker
+}
+
+/// Remove session `session`, which this process may just have read. A process that another
+/// thread of this one spawned meanwhile holds copies of this process's descriptors from its fork
+/// until its exec closes them (already under its new name): Busy, for a moment, rightly.
+/// Retried.
+fn cleanup_read(cache: &Cache, session: &str) {
+    for _ in 0..50 {
+        match cache.cleanup("proj", session) {
+            Err(goldclone::Error::SessionBusy { .. }) => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            other => return other.unwrap(),
+        }
+    }
+    cache.cleanup("proj", session).unwrap();
 }
 
 fn open(root: &Path, backend: BackendKind) -> Cache {
@@ -187,11 +206,21 @@ enum Op {
     Cleanup,
     /// The cleanup of a session set up at a caller's path.
     CleanupAt,
+    /// A lazy cleanup (`--lazy`) of a session a process works in.
+    CleanupLazy,
+    /// A setup with reuse (`--reuse`) of a session that a reboot unmounted: it is mounted at
+    /// its place again (the backends whose sessions are mounts).
+    Remount,
     Delete,
+    /// A receive of a full stream (`golden receive`) into a cache without the project.
+    Receive,
+    /// A receive of an increment onto the project's current generation, its base, with
+    /// sessions (the project's first generation was received from the same sender).
+    ReceiveNext,
 }
 
 impl Op {
-    const ALL: [Op; 9] = [
+    const ALL: [Op; 13] = [
         Op::Import,
         Op::ImportNext,
         Op::Setup,
@@ -200,23 +229,48 @@ impl Op {
         Op::Consume,
         Op::Cleanup,
         Op::CleanupAt,
+        Op::CleanupLazy,
+        Op::Remount,
         Op::Delete,
+        Op::Receive,
+        Op::ReceiveNext,
     ];
+
+    /// Whether the operation makes the project's first generation / its next one.
+    fn is_import(self) -> bool {
+        matches!(self, Op::Import | Op::Receive)
+    }
+
+    fn is_import_next(self) -> bool {
+        matches!(self, Op::ImportNext | Op::ReceiveNext)
+    }
+
+    /// The file the operation reads on stdin: a receive's stream.
+    fn stdin(self, src: &Path) -> Stdio {
+        match self {
+            Op::Receive => Stdio::from(fs::File::open(full_stream(src)).unwrap()),
+            Op::ReceiveNext => Stdio::from(fs::File::open(next_stream(src)).unwrap()),
+            _ => Stdio::null(),
+        }
+    }
 
     /// The operations that reach fault point `point`.
     fn of(point: &str) -> &'static [Op] {
         match point {
             "promote:session-taken" | "promote:edited" => return &[Op::Consume],
-            "import:snapshot-taken" | "import:head-promoted" => return &[Op::ImportNext],
+            "import:snapshot-taken" | "import:head-promoted" => {
+                return &[Op::ImportNext, Op::ReceiveNext]
+            }
             "setup:attached" => return &[Op::SetupAt],
+            "setup:remounted" => return &[Op::Remount],
             "cleanup:detached" => return &[Op::CleanupAt],
             _ => {}
         }
         match point.split(':').next().unwrap() {
-            "import" => &[Op::Import, Op::ImportNext],
+            "import" => &[Op::Import, Op::ImportNext, Op::Receive, Op::ReceiveNext],
             "setup" => &[Op::Setup, Op::SetupAt],
             "promote" => &[Op::Promote, Op::Consume],
-            "cleanup" => &[Op::Cleanup, Op::CleanupAt],
+            "cleanup" => &[Op::Cleanup, Op::CleanupAt, Op::CleanupLazy],
             "delete" => &[Op::Delete],
             other => panic!("fault point of unknown operation {other}"),
         }
@@ -235,7 +289,10 @@ impl Op {
                 vec!["session", "promote", "--consume", "--drop", "dropme", "proj", "target"]
             }
             Op::Cleanup | Op::CleanupAt => vec!["session", "cleanup", "proj", "target"],
+            Op::CleanupLazy => vec!["session", "cleanup", "--lazy", "proj", "target"],
+            Op::Remount => vec!["session", "setup", "--reuse", "proj", "target"],
             Op::Delete => vec!["golden", "delete", "proj"],
+            Op::Receive | Op::ReceiveNext => vec!["golden", "receive", "proj"],
         };
         v.into_iter().map(String::from).collect()
     }
@@ -255,14 +312,41 @@ fn teardown_shown(root: &Path) {
     let _ = fs::remove_dir_all(&dir);
 }
 
+/// A process that works in a session (its working directory is there) until dropped.
+struct Holder(std::process::Child);
+
+impl Holder {
+    fn new(dir: &Path) -> Holder {
+        Holder(Command::new("sleep").arg("3600").current_dir(dir).spawn().unwrap())
+    }
+
+    /// The session's tree as its user sees it.
+    fn cwd(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/cwd", self.0.id()))
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The state before the operation: for all but import, a project with a bystander session and
-/// the target session, rewritten to marker 2.
-fn prepare(root: &Path, backend: BackendKind, op: Op, src: &Path) {
-    if op == Op::Import {
-        return;
+/// the target session, rewritten to marker 2; for a lazy cleanup, the process that works in it.
+fn prepare(root: &Path, backend: BackendKind, op: Op, src: &Path) -> Option<Holder> {
+    if op.is_import() {
+        return None;
     }
     let cache = open(root, backend);
-    cache.import("proj", src).unwrap();
+    if op == Op::ReceiveNext {
+        // The base of the increment: the sender's generation 1, received.
+        let mut stream = fs::File::open(full_stream(src)).unwrap();
+        assert_eq!(cache.receive("proj", &mut stream).unwrap(), 1);
+    } else {
+        cache.import("proj", src).unwrap();
+    }
     cache.setup("proj", "bystander").unwrap();
     let target = if op == Op::CleanupAt {
         let opts = SetupOptions { at: Some(shown_dir(root).join("target")), reuse: false };
@@ -275,10 +359,17 @@ fn prepare(root: &Path, backend: BackendKind, op: Op, src: &Path) {
         fs::create_dir_all(target.join("dropme/sub")).unwrap();
         fs::write(target.join("dropme/sub/file"), "dropped").unwrap();
     }
+    if op == Op::Remount {
+        // What a reboot leaves: the session recorded and whole, its place not mounted.
+        nix::mount::umount2(&target, nix::mount::MntFlags::empty()).unwrap();
+    }
+    (op == Op::CleanupLazy).then(|| Holder::new(&target))
 }
 
 /// Check that the cache at `root` is exactly in the state before or after `op` (`expect`
-/// says which, if known), then that gc finds nothing more; returns whether it was after.
+/// says which, if known), then that gc finds nothing more; returns whether it was after. A
+/// lazy cleanup's `holder` works in the session throughout recovery and a gc: its tree must
+/// stay whole for it; once it is gone, gc removes the tree.
 fn verify(
     root: &Path,
     backend: BackendKind,
@@ -286,17 +377,30 @@ fn verify(
     src: &Path,
     expect: Option<bool>,
     what: &str,
+    holder: Option<Holder>,
 ) -> bool {
     let cache = open(root, backend);
     assert!(
-        cache.recovery_report().failed.is_empty() && cache.recovery_report().kept.is_empty(),
+        cache.recovery_report().failed.is_empty(),
         "{what}: open: {:?}",
         cache.recovery_report()
     );
-    // Recovery at open leaves nothing: no intent, temporary file, staging or trash.
-    assert_nothing_leaked(root, what);
+    if let Some(holder) = holder {
+        assert_eq!(marker_of(&holder.cwd()), "2", "{what}: the session's user lost its tree");
+        let gc = cache.gc().unwrap();
+        assert!(gc.failed.is_empty(), "{what}: gc while held: {gc:?}");
+        assert_eq!(marker_of(&holder.cwd()), "2", "{what}: gc took the tree from its user");
+    } else {
+        assert!(
+            cache.recovery_report().kept.is_empty(),
+            "{what}: open: {:?}",
+            cache.recovery_report()
+        );
+        // Recovery at open leaves nothing: no intent, temporary file, staging or trash.
+        assert_nothing_leaked(root, what);
+    }
     let after = match op {
-        Op::Import => match cache.info("proj") {
+        Op::Import | Op::Receive => match cache.info("proj") {
             Ok(info) => {
                 assert_eq!(info.generation, 1, "{what}");
                 assert_eq!(current_marker(&cache), "1", "{what}");
@@ -393,7 +497,7 @@ fn verify(
                 assert_eq!(current_marker(&cache), "2", "{what}");
                 let probe = cache.setup("proj", "probe").unwrap();
                 assert!(!probe.join("dropme").exists(), "{what}: the drop was not applied");
-                cache.cleanup("proj", "probe").unwrap();
+                cleanup_read(&cache, "probe");
                 assert!(!listed && !target.exists(), "{what}: the consumed session is left");
             } else {
                 assert_eq!(info.generation, 1, "{what}");
@@ -437,7 +541,19 @@ fn verify(
                 true
             }
         },
-        Op::Cleanup => {
+        Op::Remount => {
+            let info = cache.info("proj").unwrap();
+            assert!(info.sessions.iter().any(|(s, _)| s == "target"), "{what}: record gone");
+            let place = root.join("proj/sessions/target");
+            let mounted = common::is_mount_point(&place);
+            if mounted {
+                assert_eq!(marker_of(&place), "2", "{what}: session lost");
+            } else if place.exists() {
+                assert_eq!(fs::read_dir(&place).unwrap().count(), 0, "{what}: not the place");
+            }
+            mounted
+        }
+        Op::Cleanup | Op::CleanupLazy => {
             let info = cache.info("proj").unwrap();
             let listed = info.sessions.iter().any(|(s, _)| s == "target");
             let present = root.join("proj/sessions/target").exists();
@@ -447,7 +563,7 @@ fn verify(
             }
             !listed
         }
-        Op::ImportNext => {
+        Op::ImportNext | Op::ReceiveNext => {
             let info = cache.info("proj").unwrap();
             let after = info.generation == 2;
             assert_eq!(info.source_session, None, "{what}");
@@ -457,7 +573,7 @@ fn verify(
             let probe = cache.setup("proj", "probe").unwrap();
             assert_eq!(marker_of(&probe), if after { "3" } else { "1" }, "{what}");
             assert_eq!(probe.join("only-in-1").exists(), !after, "{what}: mixed trees");
-            cache.cleanup("proj", "probe").unwrap();
+            cleanup_read(&cache, "probe");
             assert_eq!(marker_of(&root.join("proj/sessions/target")), "2", "{what}: session lost");
             after
         }
@@ -465,7 +581,7 @@ fn verify(
     if let Some(want) = expect {
         assert_eq!(after, want, "{what}: state after recovery (true = the operation took effect)");
     }
-    if op != Op::Import && !(op == Op::Delete && after) {
+    if !(op.is_import() || op == Op::Delete && after) {
         // Nothing else was lost.
         assert_eq!(
             marker_of(&root.join("proj/sessions/bystander")),
@@ -477,17 +593,37 @@ fn verify(
             "{what}"
         );
     }
+    if op == Op::Remount && !after {
+        // An unmounted session is what gc reports and leaves alone (as after a reboot): the
+        // reuse that mounts it again comes first here.
+        let opts = SetupOptions { at: None, reuse: true };
+        let (path, reused) =
+            cache.setup_with_options("proj", "target", &opts, &Default::default()).unwrap();
+        assert!(reused, "{what}: set up anew");
+        assert_eq!(marker_of(&path), "2", "{what}: session lost");
+    }
     let first = cache.gc().unwrap();
     assert!(first.failed.is_empty() && first.kept.is_empty(), "{what}: gc: {first:?}");
     let second = cache.gc().unwrap();
     assert!(second.is_empty(), "{what}: a second gc still found {second:?}");
     assert_nothing_leaked(root, what);
+    assert_no_stray_loop_devices(root, what);
     // What was rolled back can be done again.
     if !after {
         match op {
             Op::Import => assert_eq!(cache.import("proj", src).unwrap(), 1, "{what}"),
             Op::ImportNext => {
                 assert_eq!(cache.import_next("proj", &next_source(src)).unwrap(), 2, "{what}");
+                assert_eq!(current_marker(&cache), "3", "{what}");
+            }
+            Op::Receive => {
+                let mut stream = fs::File::open(full_stream(src)).unwrap();
+                assert_eq!(cache.receive("proj", &mut stream).unwrap(), 1, "{what}");
+                assert_eq!(current_marker(&cache), "1", "{what}");
+            }
+            Op::ReceiveNext => {
+                let mut stream = fs::File::open(next_stream(src)).unwrap();
+                assert_eq!(cache.receive("proj", &mut stream).unwrap(), 2, "{what}");
                 assert_eq!(current_marker(&cache), "3", "{what}");
             }
             Op::Setup => drop(cache.setup("proj", "fresh").unwrap()),
@@ -505,11 +641,40 @@ fn verify(
                 let g = cache.promote_with_options("proj", "target", &opts, &Default::default());
                 assert_eq!(g.unwrap(), 2, "{what}");
             }
-            Op::Cleanup | Op::CleanupAt => cache.cleanup("proj", "target").unwrap(),
+            Op::Cleanup | Op::CleanupAt | Op::CleanupLazy => cleanup_read(&cache, "target"),
+            Op::Remount => {} // above
             Op::Delete => cache.delete_project("proj").unwrap(),
         }
     }
     after
+}
+
+/// Every loop device on a file under `root` serves a mount (an image session): none was left
+/// attached by a kill. An unmount frees its autoclear device a moment later: a short grace.
+fn assert_no_stray_loop_devices(root: &Path, what: &str) {
+    let prefix = format!("{}/", root.display());
+    let stray = || -> Vec<String> {
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let sources: BTreeSet<&str> =
+            mounts.lines().filter_map(|l| l.split_once(" - ")?.1.split(' ').nth(1)).collect();
+        fs::read_dir("/sys/block")
+            .unwrap()
+            .flatten()
+            .filter_map(|d| {
+                let backing = fs::read_to_string(d.path().join("loop/backing_file")).ok()?;
+                let dev = format!("/dev/{}", d.file_name().to_string_lossy());
+                (backing.starts_with(&prefix) && !sources.contains(dev.as_str()))
+                    .then(|| format!("{dev} on {}", backing.trim_end()))
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let mut left = stray();
+    while !left.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        left = stray();
+    }
+    assert!(left.is_empty(), "{what}: loop devices left attached: {left:?}");
 }
 
 /// No intent, temporary file, trash or staging anywhere; every tree under the project's
@@ -624,16 +789,60 @@ fn next_source(src: &Path) -> PathBuf {
     src.with_extension("next")
 }
 
+/// The stream of `src` as a sender's generation 1, and of `next_source(src)` as its
+/// generation 2, an increment from 1: what the receives read.
+fn full_stream(src: &Path) -> PathBuf {
+    src.with_extension("full-stream")
+}
+
+fn next_stream(src: &Path) -> PathBuf {
+    src.with_extension("next-stream")
+}
+
+/// Write the receives' streams for `src` once, from a sender cache of the first backend asked.
+fn make_streams(src: &Path, mnt: &Option<PathBuf>, backend: BackendKind) {
+    if next_stream(src).exists() {
+        return;
+    }
+    let tag = format!("sender-{}", src.file_name().unwrap().to_string_lossy());
+    let sender = CaseRoot::new(mnt, backend, &tag);
+    let cache = open(&sender.path, backend);
+    cache.import("proj", src).unwrap();
+    let mut full = fs::File::create(full_stream(src)).unwrap();
+    cache.send("proj", None, None, &mut full).unwrap();
+    full.sync_all().unwrap();
+    assert_eq!(cache.import_next("proj", &next_source(src)).unwrap(), 2);
+    let tmp = src.with_extension("next-stream.tmp");
+    let mut next = fs::File::create(&tmp).unwrap();
+    cache.send("proj", None, Some(1), &mut next).unwrap();
+    next.sync_all().unwrap();
+    fs::rename(&tmp, next_stream(src)).unwrap();
+}
+
+/// Remove a test's source trees and streams.
+fn remove_sources(src: &Path) {
+    let _ = fs::remove_dir_all(src);
+    let _ = fs::remove_dir_all(next_source(src));
+    let _ = fs::remove_file(full_stream(src));
+    let _ = fs::remove_file(next_stream(src));
+}
+
 /// The named points a consuming promote is killed at in the ZFS guest: where its outcome
 /// differs from a plain promote's (the edits, forward recovery from the session's snapshot) and
 /// its commit. The host runs every point.
 const GUEST_CONSUME: &[&str] =
     &["promote:edited", "promote:snapshot-taken", "promote:current-written"];
 
-/// The named points a setup or cleanup at a caller's path is killed at in the ZFS guest: the
-/// bind's own step and each operation's commit. The host runs every point.
+/// The named points a setup or cleanup at a caller's path, and a lazy cleanup, is killed at in
+/// the ZFS guest: the bind's own step and each operation's commit. The host runs every point.
 const GUEST_AT: &[&str] =
     &["setup:attached", "setup:meta-written", "cleanup:detached", "cleanup:tree-moved"];
+
+/// The named points a receive is killed at in the ZFS guest: it is an import with a stream for
+/// its source, so its start, the tree filled from the stream and its commit. The host runs
+/// every point.
+const GUEST_RECEIVE: &[&str] =
+    &["import:intent-recorded", "import:tree-created", "import:current-written"];
 
 /// The named points the zvol backend is killed at in the ZFS guest: it is the ZFS backend's
 /// code with volumes, so these are where it does something else (makes an XFS, mounts one,
@@ -662,9 +871,11 @@ fn committed_at(point: &str, backend: BackendKind, op: Op) -> bool {
         "promote:snapshot-taken" => zfs && op == Op::Consume,
         // A ZFS import of the next generation goes forward once its head exists.
         "import:head-promoted" => true,
-        "import:tree-created" | "import:meta-written" => zfs && op == Op::ImportNext,
+        "import:tree-created" | "import:meta-written" => zfs && op.is_import_next(),
         p if p.ends_with("current-written") => true,
         "setup:meta-written" => true,
+        // The session is mounted at its place again once that returned.
+        "setup:remounted" => true,
         "cleanup:tree-moved" | "cleanup:meta-removed" => true,
         "delete:current-removed" | "delete:sessions-removed" => true,
         // A ZFS promote is finished once its first lzc_promote may have moved snapshots.
@@ -683,6 +894,7 @@ fn kill_at_every_named_step_then_reopen() {
     let src = scratch_source("named");
     let mut checked = 0;
     for (name, mnt, backend) in backends() {
+        make_streams(&src, &mnt, backend);
         for (point, &op) in fault::POINTS
             .iter()
             .filter(|p| backend.reaches(p))
@@ -691,7 +903,10 @@ fn kill_at_every_named_step_then_reopen() {
                 _ if !in_zfs_guest() => true,
                 _ if backend == BackendKind::Zvol && !GUEST_ZVOL.contains(p) => false,
                 Op::Consume => GUEST_CONSUME.contains(p),
-                Op::SetupAt | Op::CleanupAt => GUEST_AT.contains(p),
+                Op::SetupAt | Op::CleanupAt | Op::CleanupLazy | Op::Remount => {
+                    GUEST_AT.contains(p) || **p == "setup:remounted"
+                }
+                Op::Receive | Op::ReceiveNext => GUEST_RECEIVE.contains(p),
                 _ => true,
             })
         {
@@ -701,11 +916,14 @@ fn kill_at_every_named_step_then_reopen() {
                 backend,
                 &format!("crash-{name}-{op:?}-{}", point.replace(':', "-")),
             );
-            prepare(&root.path, backend, op, &src);
+            let holder = prepare(&root.path, backend, op, &src);
             let shown = shown_dir(&root.path);
             let args = op.args(src.to_str().unwrap(), shown.to_str().unwrap());
-            let out =
-                cli(&root.path, backend, &args).env("GOLDCLONE_FAULT", point).output().unwrap();
+            let out = cli(&root.path, backend, &args)
+                .env("GOLDCLONE_FAULT", point)
+                .stdin(op.stdin(&src))
+                .output()
+                .unwrap();
             assert_eq!(
                 out.status.signal(),
                 Some(9),
@@ -713,12 +931,12 @@ fn kill_at_every_named_step_then_reopen() {
                 out.status,
                 String::from_utf8_lossy(&out.stderr)
             );
-            verify(&root.path, backend, op, &src, Some(committed_at(point, backend, op)), &what);
+            let expect = Some(committed_at(point, backend, op));
+            verify(&root.path, backend, op, &src, expect, &what, holder);
             checked += 1;
         }
     }
-    let _ = fs::remove_dir_all(&src);
-    let _ = fs::remove_dir_all(next_source(&src));
+    remove_sources(&src);
     assert!(checked >= fault::POINTS.len() - 2, "only {checked} crash cases ran");
 }
 
@@ -761,7 +979,9 @@ const SWEPT: &[&str] = &[
     "execve",
 ];
 
-/// How many times `op` makes each swept system call, from one run under `strace -f`.
+/// How many times the busiest thread of `op` makes each swept system call, from one run under
+/// `strace -f`: strace counts `inject=…:when=N` per thread (a kill fires at a thread's N-th
+/// use), so a total over the copy's threads would name uses that no thread reaches.
 fn syscall_counts(
     root: &Path,
     backend: BackendKind,
@@ -774,42 +994,51 @@ fn syscall_counts(
     assert!(out.status.success(), "{op:?} under strace: {}", String::from_utf8_lossy(&out.stderr));
     let text = fs::read_to_string(&log).unwrap();
     let _ = fs::remove_file(&log);
-    let mut counts = BTreeMap::new();
+    let mut per_thread: BTreeMap<(&str, String), usize> = BTreeMap::new();
     for line in text.lines() {
-        // "1234 openat(AT_FDCWD, ..." (pid first under -f); "<... resumed>" lines are the
-        // second half of a call already counted.
-        let rest = line.split_once(' ').map_or(line, |(pid, rest)| {
-            if pid.bytes().all(|b| b.is_ascii_digit()) {
-                rest.trim_start()
-            } else {
-                line
+        // "1234 openat(AT_FDCWD, ..." (the thread's id first under -f); "<... resumed>" lines
+        // are the second half of a call already counted.
+        let (tid, rest) = match line.split_once(' ') {
+            Some((tid, rest)) if tid.bytes().all(|b| b.is_ascii_digit()) => {
+                (tid, rest.trim_start())
             }
-        });
+            _ => ("", line),
+        };
         if let Some((name, _)) = rest.split_once('(') {
             if SWEPT.contains(&name) {
-                *counts.entry(name.to_string()).or_insert(0) += 1;
+                *per_thread.entry((tid, name.to_string())).or_insert(0) += 1;
             }
         }
+    }
+    let mut counts = BTreeMap::new();
+    for ((_, name), n) in per_thread {
+        let c = counts.entry(name).or_insert(0);
+        *c = n.max(*c);
     }
     counts
 }
 
-/// Up to `n` kill points spread over every swept call the operation makes: for each system
-/// call its first and last use and evenly spaced ones between, then every k-th of the whole.
-fn sample(counts: &BTreeMap<String, usize>, n: usize) -> Vec<(String, usize)> {
+/// Up to `n` kill points spread over every swept call the operation makes, drawn by `dice`:
+/// each call's uses cut into equal strata with one random use from each, then `n` of those at
+/// random. A run sees another sample than the last (its seed is printed), so CI's runs together
+/// reach every use, where one run affords only a few dozen kills per backend.
+fn sample(counts: &BTreeMap<String, usize>, n: usize, dice: &mut Dice) -> Vec<(String, usize)> {
     let per_call = n.div_ceil(counts.len().max(1)).max(3);
     let mut all = Vec::new();
     for (name, &c) in counts {
         let m = per_call.min(c);
-        let mut picks: Vec<usize> = (0..m).map(|i| 1 + i * (c - 1) / (m - 1).max(1)).collect();
-        picks.dedup();
-        all.extend(picks.into_iter().map(|k| (name.clone(), k)));
+        for i in 0..m {
+            let (lo, hi) = (i * c / m, (i + 1) * c / m);
+            all.push((name.clone(), 1 + lo + dice.roll((hi - lo) as u64) as usize));
+        }
     }
-    if all.len() <= n {
-        return all;
+    // A partial Fisher-Yates shuffle: the first n are a uniform pick.
+    for i in 0..n.min(all.len()) {
+        let j = i + dice.roll((all.len() - i) as u64) as usize;
+        all.swap(i, j);
     }
-    let step = all.len() as f64 / n as f64;
-    (0..n).map(|i| all[(i as f64 * step) as usize].clone()).collect()
+    all.truncate(n);
+    all
 }
 
 fn run_with_kill(
@@ -834,65 +1063,140 @@ fn under_strace(options: &[&str], root: &Path, backend: BackendKind, op: Op, src
         .arg("--root")
         .arg(root)
         .args(["--backend", backend_arg(backend)])
+        .stdin(op.stdin(src))
         .output()
         .expect("strace (tests/run-all.sh installs it)")
 }
 
 /// A kill at any system call, not only at the named points: sampled over every swept call of
-/// every operation, each outcome checked as "exactly before or exactly after".
+/// every operation, each outcome checked as "exactly before or exactly after". The sample is
+/// another each run: `GOLDCLONE_SWEEP_SEED` (printed) repeats one, `GOLDCLONE_SWEEP_SAMPLES`
+/// sets the kills per operation and backend.
 #[test]
 fn kill_at_sampled_system_calls_then_reopen() {
     let per_op: usize = std::env::var("GOLDCLONE_SWEEP_SAMPLES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(if in_zfs_guest() { 3 } else { 40 });
+        .unwrap_or(if in_zfs_guest() { 3 } else { 16 });
+    let seed = std::env::var("GOLDCLONE_SWEEP_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+                as u64
+        })
+        | 1;
+    eprintln!("sweep seed {seed} (GOLDCLONE_SWEEP_SEED={seed} repeats this sample)");
     let src = scratch_source("sweep");
-    let mut killed = 0;
-    let mut outcomes = BTreeMap::new();
     // In the emulated guest (slow: the whole suite must stay within CI's time) the sweep runs
     // on ZFS only (zvol is the same code with volumes: its own steps are among its named
-    // points), and leaves out the consuming promote, the delete and the operations at
-    // callers' paths: their named points run there, and the host sweeps them.
-    for (name, mnt, backend) in
-        backends().into_iter().filter(|(_, _, b)| !in_zfs_guest() || *b == BackendKind::Zfs)
-    {
-        for op in Op::ALL.into_iter().filter(|op| {
-            !in_zfs_guest() || !matches!(op, Op::Consume | Op::Delete | Op::SetupAt | Op::CleanupAt)
-        }) {
-            let counts = {
-                let root = CaseRoot::new(&mnt, backend, &format!("count-{name}-{op:?}"));
-                prepare(&root.path, backend, op, &src);
-                syscall_counts(&root.path, backend, op, &src)
-            };
-            assert!(!counts.is_empty(), "{name} {op:?}: strace saw no calls");
-            // The bind at a caller's path adds few calls to a setup or cleanup: half as many.
-            let n = if matches!(op, Op::SetupAt | Op::CleanupAt) { per_op / 2 } else { per_op };
-            for (call, nth) in sample(&counts, n) {
-                let what = format!("{name} {op:?} killed at {call} #{nth}");
-                let root =
-                    CaseRoot::new(&mnt, backend, &format!("sweep-{name}-{op:?}-{call}-{nth}"));
-                prepare(&root.path, backend, op, &src);
-                let out = run_with_kill(&root.path, backend, op, &src, &call, nth);
-                let expect = match (out.status.signal(), out.status.code()) {
-                    (Some(9), _) => {
-                        killed += 1;
-                        None
-                    }
-                    // The kill came after the last such call of this run: it finished.
-                    (_, Some(0)) => Some(true),
-                    // A failed operation has had no effect.
-                    _ => Some(false),
-                };
-                let after = verify(&root.path, backend, op, &src, expect, &what);
-                *outcomes.entry((name, format!("{op:?}"), after)).or_insert(0) += 1;
+    // points), and leaves out the consuming promote, the delete, the operations at callers'
+    // paths and the full receive: their named points run there, and the host sweeps them.
+    let lanes: Vec<_> = backends()
+        .into_iter()
+        .filter(|(_, _, b)| !in_zfs_guest() || *b == BackendKind::Zfs)
+        .collect();
+    for (_, mnt, backend) in &lanes {
+        make_streams(&src, mnt, *backend);
+    }
+    let queue = Mutex::new(lanes.into_iter().enumerate().collect::<Vec<_>>());
+    let killed = std::sync::atomic::AtomicUsize::new(0);
+    let outcomes = Mutex::new(BTreeMap::new());
+    // Two backends at a time: a kill's run is mostly waiting for its filesystem's syncs.
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(|| loop {
+                    let Some((lane, (name, mnt, backend))) = queue.lock().unwrap().pop() else {
+                        return;
+                    };
+                    let mut dice = Dice(seed.wrapping_add(lane as u64 * 0x9e37_79b9) | 1);
+                    sweep_backend(name, &mnt, backend, &src, per_op, &mut dice, &killed, &outcomes);
+                })
+            })
+            .collect();
+        for w in workers {
+            if let Err(panic) = w.join() {
+                std::panic::resume_unwind(panic);
             }
         }
-    }
-    let _ = fs::remove_dir_all(&src);
-    let _ = fs::remove_dir_all(next_source(&src));
-    eprintln!("sweep outcomes (backend, op, took effect): {outcomes:?}");
+    });
+    remove_sources(&src);
+    let killed = killed.into_inner();
+    eprintln!(
+        "sweep: {killed} runs killed; outcomes (backend, op, took effect): {:?}",
+        outcomes.lock().unwrap()
+    );
     let least = if in_zfs_guest() { 4 } else { 8 };
-    assert!(killed >= least, "only {killed} runs were killed: the sweep did not sweep");
+    assert!(
+        killed >= least,
+        "only {killed} runs were killed: the sweep did not sweep (seed {seed})"
+    );
+}
+
+/// The sweep's kills of every operation on one backend.
+#[allow(clippy::too_many_arguments)]
+fn sweep_backend(
+    name: &'static str,
+    mnt: &Option<PathBuf>,
+    backend: BackendKind,
+    src: &Path,
+    per_op: usize,
+    dice: &mut Dice,
+    killed: &std::sync::atomic::AtomicUsize,
+    outcomes: &Mutex<BTreeMap<(&'static str, String, bool), usize>>,
+) {
+    for op in Op::ALL.into_iter().filter(|op| {
+        !in_zfs_guest()
+            || !matches!(
+                op,
+                Op::Consume
+                    | Op::Delete
+                    | Op::SetupAt
+                    | Op::CleanupAt
+                    | Op::CleanupLazy
+                    | Op::Remount
+                    | Op::Receive
+            )
+    }) {
+        // A session is remounted only where sessions are mounts.
+        if op == Op::Remount
+            && !matches!(backend, BackendKind::Image | BackendKind::Zfs | BackendKind::Zvol)
+        {
+            continue;
+        }
+        let counts = {
+            let root = CaseRoot::new(mnt, backend, &format!("count-{name}-{op:?}"));
+            let _holder = prepare(&root.path, backend, op, src);
+            syscall_counts(&root.path, backend, op, src)
+        };
+        assert!(!counts.is_empty(), "{name} {op:?}: strace saw no calls");
+        // The bind at a caller's path, or the holder, adds few calls to a setup or cleanup:
+        // half as many.
+        let n = if matches!(op, Op::SetupAt | Op::CleanupAt | Op::CleanupLazy | Op::Remount) {
+            per_op / 2
+        } else {
+            per_op
+        };
+        for (call, nth) in sample(&counts, n, dice) {
+            let what = format!("{name} {op:?} killed at {call} #{nth}");
+            let root = CaseRoot::new(mnt, backend, &format!("sweep-{name}-{op:?}-{call}-{nth}"));
+            let holder = prepare(&root.path, backend, op, src);
+            let out = run_with_kill(&root.path, backend, op, src, &call, nth);
+            let expect = match (out.status.signal(), out.status.code()) {
+                (Some(9), _) => {
+                    killed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    None
+                }
+                // The kill came after the last such call of this run: it finished.
+                (_, Some(0)) => Some(true),
+                // A failed operation has had no effect.
+                _ => Some(false),
+            };
+            let after = verify(&root.path, backend, op, src, expect, &what, holder);
+            *outcomes.lock().unwrap().entry((name, format!("{op:?}"), after)).or_insert(0) += 1;
+        }
+    }
 }
 
 /// A tiny deterministic generator (no dependency for a test's dice).
@@ -1097,6 +1401,5 @@ fn soak_random_operations_with_kills() {
         }
         assert!(cache.gc().unwrap().failed.is_empty(), "{what}");
     }
-    let _ = fs::remove_dir_all(&src);
-    let _ = fs::remove_dir_all(next_source(&src));
+    remove_sources(&src);
 }

@@ -37,7 +37,8 @@ use crate::zfs::mount;
 use crate::{sys, Context, Error, Result};
 
 /// Fault points only this backend reaches.
-pub(crate) const FAULT_POINTS: &[&str] = &["setup:image-cloned", "import:image-filled"];
+pub(crate) const FAULT_POINTS: &[&str] =
+    &["setup:image-cloned", "import:image-filled", "setup:remounted"];
 
 /// The inner XFS's sector size and the loop devices' block size: with direct I/O the loop
 /// device takes its backing filesystem's sector size, and an XFS made for 512-byte sectors does

@@ -59,6 +59,7 @@ pub(crate) const FAULT_POINTS: &[&str] = &[
     "promote:head-promoted",
     "import:snapshot-taken",
     "import:head-promoted",
+    "setup:remounted",
 ];
 
 /// A tree of this backend: a dataset or snapshot, by its name when recorded and its guid

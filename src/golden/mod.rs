@@ -823,7 +823,9 @@ impl Cache {
             return Ok(());
         }
         let mounted = self.under_setup_intent(s, meta, || {
-            self.store.remount_session(&self.root, s, &meta.identity)
+            let mounted = self.store.remount_session(&self.root, s, &meta.identity)?;
+            fault::point("setup:remounted");
+            Ok(mounted)
         })?;
         if mounted {
             tracing::info!(
