@@ -154,20 +154,44 @@ fn current_marker(cache: &Cache) -> String {
     marker
 }
 
-/// Remove session `session`, which this process may just have read. A process that another
-/// thread of this one spawned meanwhile holds copies of this process's descriptors from its fork
-/// until its exec closes them (already under its new name): Busy, for a moment, rightly.
-/// Retried.
-fn cleanup_read(cache: &Cache, session: &str) {
+/// A try that met something busy.
+struct Busy;
+
+/// `f` until it does not meet Busy, a second at most. A process that another thread of this
+/// one spawns holds copies of this process's descriptors from its fork until its exec closes
+/// them (already under its new name): a tree this process just read or wrote is busy, for a
+/// moment, rightly.
+fn retry_busy<T>(mut f: impl FnMut() -> Result<T, Busy>) -> T {
     for _ in 0..50 {
-        match cache.cleanup("proj", session) {
-            Err(goldclone::Error::SessionBusy { .. }) => {
-                std::thread::sleep(std::time::Duration::from_millis(20))
-            }
-            other => return other.unwrap(),
+        match f() {
+            Ok(v) => return v,
+            Err(Busy) => std::thread::sleep(std::time::Duration::from_millis(20)),
         }
     }
-    cache.cleanup("proj", session).unwrap();
+    panic!("still busy after a second")
+}
+
+/// A lifecycle call that may meet the moment's holder of [`retry_busy`]: retried while
+/// SessionBusy.
+fn busy_retried<T>(mut f: impl FnMut() -> goldclone::Result<T>) -> T {
+    retry_busy(|| match f() {
+        Err(goldclone::Error::SessionBusy { .. }) => Err(Busy),
+        other => Ok(other.unwrap()),
+    })
+}
+
+/// Remove session `session`, which this process may just have read ([`retry_busy`]).
+fn cleanup_read(cache: &Cache, session: &str) {
+    busy_retried(|| cache.cleanup("proj", session))
+}
+
+/// Wait (10 s at most) until no loop device is on an image under `root` that no mount uses:
+/// an unmount frees its autoclear device a moment later.
+fn wait_for_loop_devices(root: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !stray_loop_devices(root).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 fn open(root: &Path, backend: BackendKind) -> Cache {
@@ -317,7 +341,22 @@ struct Holder(std::process::Child);
 
 impl Holder {
     fn new(dir: &Path) -> Holder {
-        Holder(Command::new("sleep").arg("3600").current_dir(dir).spawn().unwrap())
+        use std::os::unix::process::CommandExt;
+        let mut c = Command::new("sleep");
+        c.arg("3600").current_dir(dir);
+        // Nothing of the test's: a holder left by a test binary that died must not keep its
+        // output pipe (or the loop filesystem) open for an hour.
+        c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        // SAFETY: prctl is async-signal-safe and touches only the child's own state.
+        unsafe {
+            c.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Holder(c.spawn().unwrap())
     }
 
     /// The session's tree as its user sees it.
@@ -360,8 +399,14 @@ fn prepare(root: &Path, backend: BackendKind, op: Op, src: &Path) -> Option<Hold
         fs::write(target.join("dropme/sub/file"), "dropped").unwrap();
     }
     if op == Op::Remount {
-        // What a reboot leaves: the session recorded and whole, its place not mounted.
-        nix::mount::umount2(&target, nix::mount::MntFlags::empty()).unwrap();
+        // What a reboot leaves: the session recorded and whole, its place not mounted (and an
+        // image's loop device gone with its mount).
+        retry_busy(|| match nix::mount::umount2(&target, nix::mount::MntFlags::empty()) {
+            Err(nix::errno::Errno::EBUSY) => Err(Busy),
+            Err(e) => panic!("umount {}: {e}", target.display()),
+            Ok(()) => Ok(()),
+        });
+        wait_for_loop_devices(root);
     }
     (op == Op::CleanupLazy).then(|| Holder::new(&target))
 }
@@ -386,6 +431,8 @@ fn verify(
         cache.recovery_report()
     );
     if let Some(holder) = holder {
+        // Recovery finished or undid the cleanup: no intent left, whatever waits for the holder.
+        assert_no_intents(root, what);
         assert_eq!(marker_of(&holder.cwd()), "2", "{what}: the session's user lost its tree");
         let gc = cache.gc().unwrap();
         assert!(gc.failed.is_empty(), "{what}: gc while held: {gc:?}");
@@ -608,6 +655,11 @@ fn verify(
     assert!(second.is_empty(), "{what}: a second gc still found {second:?}");
     assert_nothing_leaked(root, what);
     assert_no_stray_loop_devices(root, what);
+    // Nothing waits for a user any more: gc removed every detached tree.
+    for p in fs::read_dir(root.join(".goldclone/projects")).unwrap().flatten() {
+        let left = fs::read_dir(p.path().join("detached")).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(left, 0, "{what}: detached records left in {}", p.path().display());
+    }
     // What was rolled back can be done again.
     if !after {
         match op {
@@ -638,43 +690,53 @@ fn verify(
                     drop: vec!["dropme".into()],
                     edit: None,
                 };
-                let g = cache.promote_with_options("proj", "target", &opts, &Default::default());
-                assert_eq!(g.unwrap(), 2, "{what}");
+                let g = busy_retried(|| {
+                    cache.promote_with_options("proj", "target", &opts, &Default::default())
+                });
+                assert_eq!(g, 2, "{what}");
             }
             Op::Cleanup | Op::CleanupAt | Op::CleanupLazy => cleanup_read(&cache, "target"),
             Op::Remount => {} // above
-            Op::Delete => cache.delete_project("proj").unwrap(),
+            Op::Delete => busy_retried(|| cache.delete_project("proj")),
         }
     }
     after
 }
 
+/// Loop devices on a file under `root` that no mount uses.
+fn stray_loop_devices(root: &Path) -> Vec<String> {
+    // The kernel names the backing file by its resolved path.
+    let root = fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let prefix = format!("{}/", root.display());
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let sources: BTreeSet<&str> =
+        mounts.lines().filter_map(|l| l.split_once(" - ")?.1.split(' ').nth(1)).collect();
+    fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .filter_map(|d| {
+            let backing = fs::read_to_string(d.path().join("loop/backing_file")).ok()?;
+            let dev = format!("/dev/{}", d.file_name().to_string_lossy());
+            (backing.starts_with(&prefix) && !sources.contains(dev.as_str()))
+                .then(|| format!("{dev} on {}", backing.trim_end()))
+        })
+        .collect()
+}
+
 /// Every loop device on a file under `root` serves a mount (an image session): none was left
 /// attached by a kill. An unmount frees its autoclear device a moment later: a short grace.
 fn assert_no_stray_loop_devices(root: &Path, what: &str) {
-    let prefix = format!("{}/", root.display());
-    let stray = || -> Vec<String> {
-        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let sources: BTreeSet<&str> =
-            mounts.lines().filter_map(|l| l.split_once(" - ")?.1.split(' ').nth(1)).collect();
-        fs::read_dir("/sys/block")
-            .unwrap()
-            .flatten()
-            .filter_map(|d| {
-                let backing = fs::read_to_string(d.path().join("loop/backing_file")).ok()?;
-                let dev = format!("/dev/{}", d.file_name().to_string_lossy());
-                (backing.starts_with(&prefix) && !sources.contains(dev.as_str()))
-                    .then(|| format!("{dev} on {}", backing.trim_end()))
-            })
-            .collect()
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-    let mut left = stray();
-    while !left.is_empty() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        left = stray();
-    }
+    wait_for_loop_devices(root);
+    let left = stray_loop_devices(root);
     assert!(left.is_empty(), "{what}: loop devices left attached: {left:?}");
+}
+
+/// No intent in any project's journal.
+fn assert_no_intents(root: &Path, what: &str) {
+    for p in fs::read_dir(root.join(".goldclone/projects")).into_iter().flatten().flatten() {
+        let n = fs::read_dir(p.path().join("journal")).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(n, 0, "{what}: intents left in {}", p.path().display());
+    }
 }
 
 /// No intent, temporary file, trash or staging anywhere; every tree under the project's
@@ -855,6 +917,7 @@ const GUEST_ZVOL: &[&str] = &[
     "setup:tree-created",
     "setup:attached",
     "setup:meta-written",
+    "setup:remounted",
     "promote:edited",
     "promote:snapshot-taken",
     "promote:current-written",
@@ -919,11 +982,21 @@ fn kill_at_every_named_step_then_reopen() {
             let holder = prepare(&root.path, backend, op, &src);
             let shown = shown_dir(&root.path);
             let args = op.args(src.to_str().unwrap(), shown.to_str().unwrap());
-            let out = cli(&root.path, backend, &args)
-                .env("GOLDCLONE_FAULT", point)
-                .stdin(op.stdin(&src))
-                .output()
-                .unwrap();
+            // A refusal as in use (the moment's holder of `retry_busy`) changed nothing: again.
+            let out = retry_busy(|| {
+                let out = cli(&root.path, backend, &args)
+                    .env("GOLDCLONE_FAULT", point)
+                    .stdin(op.stdin(&src))
+                    .output()
+                    .unwrap();
+                let busy = out.status.code().is_some()
+                    && String::from_utf8_lossy(&out.stderr).contains("is in use");
+                if busy {
+                    Err(Busy)
+                } else {
+                    Ok(out)
+                }
+            });
             assert_eq!(
                 out.status.signal(),
                 Some(9),
@@ -1160,9 +1233,7 @@ fn sweep_backend(
             )
     }) {
         // A session is remounted only where sessions are mounts.
-        if op == Op::Remount
-            && !matches!(backend, BackendKind::Image | BackendKind::Zfs | BackendKind::Zvol)
-        {
+        if op == Op::Remount && !backend.reaches("setup:remounted") {
             continue;
         }
         let counts = {
@@ -1397,7 +1468,7 @@ fn soak_random_operations_with_kills() {
             assert!(g <= info.generation, "{what}");
         }
         for (s, _) in info.sessions {
-            cache.cleanup("proj", &s).unwrap();
+            cleanup_read(&cache, &s);
         }
         assert!(cache.gc().unwrap().failed.is_empty(), "{what}");
     }
