@@ -1929,6 +1929,19 @@ impl Cache {
     /// concurrent callers do it. True if this call removed it. When in doubt (a record that
     /// does not read), keep it.
     fn reclaim_if_unused(&self, project: &str, number: u64) -> Result<bool> {
+        self.reclaim_if_unused_within(project, number, std::time::Duration::ZERO)
+    }
+
+    /// [`Cache::reclaim_if_unused`], where a send of the generation is asked to let go for
+    /// up to `patience`: right after this process's own send dropped its hold, a process that
+    /// another thread of ours forked meanwhile still has a copy of the hold's descriptor (and
+    /// with it the lock) until its exec closes it.
+    fn reclaim_if_unused_within(
+        &self,
+        project: &str,
+        number: u64,
+        patience: std::time::Duration,
+    ) -> Result<bool> {
         let Some(current) = read_current(&self.root, project)? else { return Ok(false) };
         if number >= current || read_generation(&self.root, project, current)?.is_none() {
             return Ok(false);
@@ -1946,8 +1959,15 @@ impl Cache {
             _ => return Ok(false),
         }
         // A send reading it keeps it: the send reclaims it when it is done.
-        let Some(_claim) = state::claim_generation(&self.root, project, number)? else {
-            return Ok(false);
+        let until = std::time::Instant::now() + patience;
+        let _claim = loop {
+            match state::claim_generation(&self.root, project, number)? {
+                Some(claim) => break claim,
+                None if std::time::Instant::now() < until => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+                None => return Ok(false),
+            }
         };
         let Some(meta) = read_generation(&self.root, project, number)? else { return Ok(false) };
         let g = self.generation(project, number, current);

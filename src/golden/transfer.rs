@@ -25,6 +25,10 @@ use crate::copy::CancelToken;
 use crate::stream::{self, StreamHeader, StreamReader};
 use crate::{Context, Error, Result};
 
+/// How long a generation this process just stopped holding may stay held by a copy of the
+/// hold in a child that another thread forked and has not exec'd yet.
+const HOLD_LINGERS: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Manifests a project keeps: of the generations sent last, by number (see [`Cache::send`]).
 pub const KEPT_MANIFESTS: usize = 4;
 
@@ -120,7 +124,7 @@ impl Cache {
         drop(hold);
         // Retired while it was sent: gone now unless a session still uses it (else gc).
         if let Ok(_lock) = self.lock_shared(project) {
-            let _ = self.reclaim_if_unused(project, meta.generation);
+            let _ = self.reclaim_if_unused_within(project, meta.generation, HOLD_LINGERS);
         }
         let (written, header) = written?;
         Ok(sent(header, written))
@@ -435,7 +439,7 @@ impl Cache {
         drop(tree);
         drop(hold);
         if let Ok(_lock) = self.lock_shared(project) {
-            let _ = self.reclaim_if_unused(project, current.generation);
+            let _ = self.reclaim_if_unused_within(project, current.generation, HOLD_LINGERS);
         }
         received
     }
