@@ -66,6 +66,8 @@ command -v bc >/dev/null || { apt-get install -y -qq bc >/dev/null; }
 step "format, lints"
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
+# The crash suite and the fault points compile only with fault-injection.
+cargo clippy --all-targets --features fault-injection --quiet -- -D warnings
 
 step "loop filesystems"
 cleanup() { tests/loopfs.sh down || true; }
@@ -91,7 +93,7 @@ require_ran "$host_log" lifecycle_crash 3 || host_rc=1
 require_ran "$host_log" lifecycle_safety 14 || host_rc=1
 require_ran "$host_log" limits 2 || host_rc=1
 require_ran "$host_log" layers 2 || host_rc=1
-require_ran "$host_log" send_receive 6 || host_rc=1
+require_ran "$host_log" send_receive 8 || host_rc=1
 
 c_rc=0; go_rc=0; dockerd_rc=0; zfs_rc=0
 suite c env GOLDCLONE_PROFILE=release tests/c/run.sh || c_rc=1

@@ -638,3 +638,72 @@ fn increments_carry_the_change_and_rebuild_the_generation() {
     drop(caches);
     let _ = goldclone::copy::remove_tree(&base);
 }
+
+/// An increment is applied in place to a clone of the base's image, which was sized for the
+/// base. When the new generation needs more (here: a larger image size is set on the receiver
+/// by then), the clone grows, file and XFS; where it may not, the receive fails with NoSpace
+/// and changes nothing.
+#[test]
+fn an_increment_that_outgrows_its_base_image_grows_it() {
+    if in_guest() {
+        return; // images are the host's backend
+    }
+    let Some(mnt) = common::mount(common::Fs::Xfs) else { return };
+    let scratch = common::Scratch::new(&mnt, "grow");
+    let (sender, receiver, src) =
+        (scratch.join("sender"), scratch.join("receiver"), scratch.join("src"));
+    for d in [&sender, &receiver, &src] {
+        fs::create_dir_all(d).unwrap();
+    }
+    fs::write(src.join("small"), "small").unwrap();
+    let with = |backend, image_size| goldclone::golden::OpenOptions {
+        backend: Some(backend),
+        image_size,
+        ..Default::default()
+    };
+    let a = Cache::open(&sender, &with(BackendKind::Copy, 0)).unwrap();
+    a.import("grow", &src).unwrap();
+    let full = sent(&a, "grow", None);
+    let small = 512 << 20;
+    let b = Cache::open(&receiver, &with(BackendKind::Image, small)).unwrap();
+    assert_eq!(b.receive("grow", &mut &full[..]).unwrap(), 1);
+    drop(b);
+    // Generation 2 holds more data than all of generation 1's image (not zeros: those could
+    // be sent as holes).
+    let s = a.setup("grow", "work").unwrap();
+    let block = vec![0xa5u8; 1 << 20];
+    let mut big = fs::File::create(s.join("big")).unwrap();
+    for _ in 0..600 {
+        big.write_all(&block).unwrap();
+    }
+    big.sync_all().unwrap();
+    drop(big);
+    assert_eq!(a.promote("grow", "work").unwrap(), 2);
+    a.cleanup("grow", "work").unwrap();
+    let mut inc = Vec::new();
+    a.send("grow", None, Some(1), &mut inc).unwrap();
+    // The size the base's image was made with is the size still set: the clone may not grow.
+    let b = Cache::open(&receiver, &with(BackendKind::Image, small)).unwrap();
+    let before = snapshot_tree(&receiver);
+    let err = b.receive("grow", &mut &inc[..]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NoSpace, "{err}");
+    assert_untouched(&b, &receiver, &before, "a receive that did not fit");
+    assert!(b.gc().unwrap().failed.is_empty());
+    drop(b);
+    // A larger size set now: the clone of generation 1's image grows to it.
+    let b = Cache::open(&receiver, &with(BackendKind::Image, 2 << 30)).unwrap();
+    assert_eq!(b.receive("grow", &mut &inc[..]).unwrap(), 2);
+    let (sa, sb) = (a.setup("grow", "check").unwrap(), b.setup("grow", "check").unwrap());
+    assert_sessions_equal(&sa, &sb);
+    let st = rustix::fs::statvfs(&sb).unwrap();
+    assert!(
+        st.f_blocks * st.f_frsize > 1 << 30,
+        "the session's XFS is {} bytes",
+        st.f_blocks * st.f_frsize
+    );
+    a.cleanup("grow", "check").unwrap();
+    b.cleanup("grow", "check").unwrap();
+    for cache in [&a, &b] {
+        cache.delete_project("grow").unwrap();
+    }
+}

@@ -11,12 +11,13 @@
 #   3b. runs the lifecycle suites (tests/lifecycle.rs, lifecycle_crash.rs, lifecycle_safety.rs) on the ZFS and
 #      zvol backends, each test on a dataset of its own, the C and Go API suites on a ZFS
 #      cache root, and the real-dockerd suite (tests/dockerd.sh) on both backends;
-#   4. with BENCH=1, runs the ZFS benchmark on a third pool, copies its CSV/JSON to benches/ and
-#      draws benches/zfs-latency.png on the host;
+#   4. with BENCH=1, runs the ZFS benchmark on a third pool, and the lifecycle and promote
+#      benchmarks on the ZFS and zvol backends; copies their output to benches/ and draws
+#      benches/zfs-latency.png on the host;
 # and prints a closing "N passed, N failed" line.
 #
-#   tests/zfs-vm.sh            # everything above except the benchmark (about 3 minutes)
-#   BENCH=1 tests/zfs-vm.sh    # also the benchmark (about 5 minutes)
+#   tests/zfs-vm.sh            # everything above except the benchmark (about 20 minutes, emulated)
+#   BENCH=1 tests/zfs-vm.sh    # also the benchmarks (about 15 minutes more)
 #
 # Exits non-zero when any test fails, when fewer than MIN_ZFS_TESTS ZFS tests ran, or when the
 # guest did not run at all, so CI cannot mistake "skipped" for "passed".
@@ -213,7 +214,7 @@ GOLDCLONE_EXPECT_ZFS=unavailable GOLDCLONE_EXPECT_REASON=libzfs_core.so.3 \
 
 # 5. Benchmark in the same guest, on a fresh pool, if asked.
 if [ "${BENCH:-0}" = 1 ]; then
-  truncate -s 2G /tmp/gc-bench.img
+  truncate -s 4G /tmp/gc-bench.img
   zpool create -f -m none -O canmount=off gcbench /tmp/gc-bench.img >>"$results/modprobe.log" 2>&1
   "$goldclone_bin" bench zfs --pool gcbench --iterations "${BENCH_ITERS:-30}" --concurrency 16 --out-dir "$results" \
     >"$results/bench.log" 2>&1
@@ -225,6 +226,18 @@ if [ "${BENCH:-0}" = 1 ]; then
     "$goldclone_bin" bench lifecycle --root /tmp/gc-bench-lc-\$b --backend \$b --sessions 16 --rounds 5 \
       >"$results/bench-lifecycle-\$b.log" 2>&1
     echo "rc=\$?" >>"$results/bench-lifecycle-\$b.log"
+  done
+  # Promote, copying and consuming, against the tree: the cache root a dataset of its own
+  # inside another, which holds the bench's sample tree and the cp -a baseline's copy (the
+  # guest's overlaid /tmp takes no whiteouts).
+  for b in zfs zvol; do
+    zfs create -o mountpoint=legacy gcbench/pr-\$b >>"$results/modprobe.log" 2>&1
+    mkdir -p /tmp/gc-bench-pr-\$b && mount -t zfs gcbench/pr-\$b /tmp/gc-bench-pr-\$b
+    zfs create -o mountpoint=legacy gcbench/pr-\$b/root >>"$results/modprobe.log" 2>&1
+    mkdir -p /tmp/gc-bench-pr-\$b/root && mount -t zfs gcbench/pr-\$b/root /tmp/gc-bench-pr-\$b/root
+    "$goldclone_bin" bench promote --root /tmp/gc-bench-pr-\$b/root --backend \$b --entries 2000,20000 \
+      --rounds 3 >"$results/bench-promote-\$b.log" 2>&1
+    echo "rc=\$?" >>"$results/bench-promote-\$b.log"
   done
 fi
 zpool list >>"$results/guest-info.txt" 2>&1
@@ -324,6 +337,8 @@ if [ "${BENCH:-0}" = 1 ]; then
     for b in zfs zvol; do
       echo "== bench lifecycle ($b) =="; cat "$results/bench-lifecycle-$b.log"
       cp "$results/bench-lifecycle-$b.log" "benches/lifecycle-$b.log"
+      echo "== bench promote ($b) =="; cat "$results/bench-promote-$b.log"
+      cp "$results/bench-promote-$b.log" "benches/promote-$b.log"
     done
     /usr/bin/python3 benches/plot_zfs.py benches/zfs-bench.csv benches/zfs-latency.png ||
       problems+=("plot failed")

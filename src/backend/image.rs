@@ -627,6 +627,19 @@ impl ImageBackend {
         let opts =
             watch.copy_options(CopyOptions { threads: self.threads, ..CopyOptions::default() });
         if onto_base {
+            // A clone of the base's image, which may have grown for this generation: its XFS
+            // grows with it.
+            let (before, after) = sys::block::xfs_grow_data(mnt.as_fd(), size)
+                .at_with("XFS_IOC_FSGROWFSDATA", || shown.clone())?;
+            if after > before {
+                tracing::info!(
+                    target: "goldclone::backend",
+                    "{}: the base generation's image grown from {} to {} MiB for this one",
+                    shown.display(),
+                    before >> 20,
+                    after >> 20
+                );
+            }
             src.fill_onto_base(mnt.as_fd(), &shown, &opts)
         } else {
             src.fill(mnt.as_fd(), &shown, &opts)
@@ -817,6 +830,14 @@ impl Backend for ImageBackend {
         watch.check()?;
         let made = (|| {
             let (image, _) = self.clone_to(root, &previous.place, staging)?;
+            // The base's image was sized for the base: the new generation may need more (its
+            // tree grew, or a larger image size is set now). The file grows before its loop
+            // device takes its size, its XFS once mounted.
+            let size = rustix::fs::fstat(&image).at_with("stat", || root.join(staging))?.st_size;
+            let want = self.size_for(root, src);
+            if want > size as u64 {
+                rustix::fs::ftruncate(&image, want).at_with("grow", || root.join(staging))?;
+            }
             self.fill(root, image.as_fd(), staging, src, true, watch)?;
             finish_image(root, image, staging)
         })()

@@ -1,4 +1,5 @@
-//! Block-device and filesystem-freeze ioctls: BLKZNAME (zvol → dataset name), FIFREEZE, FITHAW.
+//! Block-device and filesystem ioctls: BLKZNAME (zvol → dataset name), FIFREEZE, FITHAW, and
+//! XFS's geometry and growfs.
 
 use std::ffi::CStr;
 use std::io;
@@ -12,6 +13,65 @@ nix::ioctl_read!(ioctl_blkzname, 0x12, 125, [u8; ZFS_MAX_DATASET_NAME_LEN]);
 // linux/fs.h: #define FIFREEZE _IOWR('X', 119, int), #define FITHAW _IOWR('X', 120, int)
 nix::ioctl_readwrite!(ioctl_fifreeze, b'X', 119, libc::c_int);
 nix::ioctl_readwrite!(ioctl_fithaw, b'X', 120, libc::c_int);
+
+/// `struct xfs_fsop_geom_v1` (xfsprogs libxfs/xfs_fs.h): the fields every XFS reports.
+#[repr(C)]
+#[derive(Default)]
+struct XfsGeometryV1 {
+    blocksize: u32,
+    rtextsize: u32,
+    agblocks: u32,
+    agcount: u32,
+    logblocks: u32,
+    sectsize: u32,
+    inodesize: u32,
+    imaxpct: u32,
+    datablocks: u64,
+    rtblocks: u64,
+    rtextents: u64,
+    logstart: u64,
+    uuid: [u8; 16],
+    sunit: u32,
+    swidth: u32,
+    version: i32,
+    flags: u32,
+    logsectsize: u32,
+    rtsectsize: u32,
+    dirblocksize: u32,
+}
+
+/// `struct xfs_growfs_data`.
+#[repr(C)]
+struct XfsGrowfsData {
+    newblocks: u64,
+    imaxpct: u32,
+}
+
+// xfs_fs.h: #define XFS_IOC_FSGEOMETRY_V1 _IOR('X', 100, struct xfs_fsop_geom_v1)
+nix::ioctl_read!(ioctl_xfs_geometry_v1, b'X', 100, XfsGeometryV1);
+// xfs_fs.h: #define XFS_IOC_FSGROWFSDATA _IOW('X', 110, struct xfs_growfs_data)
+nix::ioctl_write_ptr!(ioctl_xfs_growfs_data, b'X', 110, XfsGrowfsData);
+
+/// Grow the XFS that `fd` (its root, or anything on it) belongs to until its data section is
+/// `bytes` long (rounded down to its blocks), keeping its inode space limit; its device must
+/// be that large already. Returns the size before and after in bytes; unchanged if it is not
+/// smaller. Needs CAP_SYS_ADMIN.
+pub fn xfs_grow_data(fd: BorrowedFd<'_>, bytes: u64) -> io::Result<(u64, u64)> {
+    let mut geo = XfsGeometryV1::default();
+    // SAFETY: `fd` is open for the call; the kernel fills exactly one xfs_fsop_geom_v1, which
+    // `geo` is (repr(C), the header's layout).
+    unsafe { ioctl_xfs_geometry_v1(fd.as_raw_fd(), &mut geo) }.map_err(io::Error::from)?;
+    let block = u64::from(geo.blocksize.max(1));
+    let before = geo.datablocks * block;
+    let newblocks = bytes / block;
+    if newblocks <= geo.datablocks {
+        return Ok((before, before));
+    }
+    let arg = XfsGrowfsData { newblocks, imaxpct: geo.imaxpct };
+    // SAFETY: `fd` is open for the call; the kernel reads one xfs_growfs_data from `arg`.
+    unsafe { ioctl_xfs_growfs_data(fd.as_raw_fd(), &arg) }.map_err(io::Error::from)?;
+    Ok((before, newblocks * block))
+}
 
 /// The ZFS dataset name behind an open zvol block device (`/dev/zdN`), without udev.
 pub fn blkzname(dev: BorrowedFd<'_>) -> io::Result<String> {
