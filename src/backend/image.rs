@@ -836,7 +836,7 @@ impl Backend for ImageBackend {
             let size = rustix::fs::fstat(&image).at_with("stat", || root.join(staging))?.st_size;
             let want = self.size_for(root, src);
             if want > size as u64 {
-                rustix::fs::ftruncate(&image, want).at_with("grow", || root.join(staging))?;
+                rustix::fs::ftruncate(&image, want).at_with("ftruncate", || root.join(staging))?;
             }
             self.fill(root, image.as_fd(), staging, src, true, watch)?;
             finish_image(root, image, staging)

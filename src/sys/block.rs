@@ -47,6 +47,10 @@ struct XfsGrowfsData {
     imaxpct: u32,
 }
 
+// The ioctl numbers below encode these sizes.
+const _: () = assert!(std::mem::size_of::<XfsGeometryV1>() == 112);
+const _: () = assert!(std::mem::size_of::<XfsGrowfsData>() == 16);
+
 // xfs_fs.h: #define XFS_IOC_FSGEOMETRY_V1 _IOR('X', 100, struct xfs_fsop_geom_v1)
 nix::ioctl_read!(ioctl_xfs_geometry_v1, b'X', 100, XfsGeometryV1);
 // xfs_fs.h: #define XFS_IOC_FSGROWFSDATA _IOW('X', 110, struct xfs_growfs_data)
