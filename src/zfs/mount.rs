@@ -62,12 +62,14 @@ pub fn unmount(dir: &Path) -> Result<(), Error> {
     unmount_waiting_out_forks(dir, UnmountFlags::empty()).at("umount", dir)
 }
 
-/// umount(2), with EBUSY retried for up to two seconds. Callers unmount only what they have
+/// umount(2), with EBUSY retried for up to five seconds. Callers unmount only what they have
 /// found unused; a moment's EBUSY then is a process forked just now (any thread's `Command`
 /// spawn in the caller's process) that holds a copy of a descriptor beneath the mount until
-/// it execs. Still busy after that, it is busy: the error is returned.
+/// it execs. Still busy after that, it is busy: the error is returned. (Two seconds were too
+/// few once in the emulated ZFS guest under load, where forks and execs are slow: a zvol crash
+/// case's staging unmount failed EBUSY.)
 pub fn unmount_waiting_out_forks(dir: &Path, flags: UnmountFlags) -> rustix::io::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         match umount(dir, flags) {
             Err(rustix::io::Errno::BUSY) if Instant::now() < deadline => {
