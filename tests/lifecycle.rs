@@ -1608,20 +1608,6 @@ fn the_default_backend_follows_the_filesystem() {
     }
 }
 
-/// Loop devices whose backing file lies under `dir`.
-fn loop_devices_under(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in fs::read_dir("/sys/block").unwrap().flatten() {
-        let backing = e.path().join("loop/backing_file");
-        if let Ok(file) = fs::read_to_string(&backing) {
-            if Path::new(file.trim()).starts_with(dir) {
-                out.push(format!("{}: {}", e.file_name().to_string_lossy(), file.trim()));
-            }
-        }
-    }
-    out
-}
-
 fn syncfs(dir: &Path) {
     let f = fs::File::open(dir).unwrap();
     rustix::fs::syncfs(&f).unwrap();
@@ -1647,19 +1633,6 @@ fn fill_up(dir: &Path) -> Vec<PathBuf> {
         }
     }
     files
-}
-
-/// Loop devices backed by files under `dir`, once those that are going have gone: an
-/// autoclear device lets go a moment after its last user (and udev may probe it meanwhile).
-fn lasting_loop_devices_under(dir: &Path) -> Vec<String> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let found = loop_devices_under(dir);
-        if found.is_empty() || std::time::Instant::now() >= deadline {
-            return found;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A tree of `n` files of 100 MiB under `dir`, reflinked from one where the filesystem can.
@@ -1764,7 +1737,11 @@ fn image_space_is_given_back_and_runs_out_clearly() {
         assert!(matches!(e, Error::NoSpace { .. }), "{name}: {e:?}");
         assert!(e.to_string().contains("image's own filesystem"), "{name}: {e}");
         assert_eq!(snapshot_tree(&root.path), before, "{name}: the failed import left something");
-        assert_eq!(lasting_loop_devices_under(&root.path), Vec::<String>::new(), "{name}");
+        assert_eq!(
+            common::lasting_loop_devices_under(&root.path, false),
+            Vec::<String>::new(),
+            "{name}"
+        );
         let _ = fs::remove_dir_all(&big);
         assert!(cache.gc().unwrap().is_empty(), "{name}");
     }
@@ -1788,7 +1765,7 @@ fn image_space_is_given_back_and_runs_out_clearly() {
     let e = cache.import("large", &big.path).unwrap_err();
     host_full(&e, "import");
     assert_eq!(snapshot_tree(&root.path), before, "the failed import left something");
-    assert_eq!(lasting_loop_devices_under(&root.path), Vec::<String>::new());
+    assert_eq!(common::lasting_loop_devices_under(&root.path, false), Vec::<String>::new());
     // A setup while it is full: refused, nothing left; once there is room, it works.
     cache.import("proj", &src).unwrap();
     let filled = fill_up(&fillers);
@@ -1796,7 +1773,7 @@ fn image_space_is_given_back_and_runs_out_clearly() {
     let e = cache.setup("proj", "s").unwrap_err();
     host_full(&e, "setup");
     assert_eq!(snapshot_tree(&root.path), before, "the failed setup left something");
-    assert_eq!(lasting_loop_devices_under(&root.path), Vec::<String>::new());
+    assert_eq!(common::lasting_loop_devices_under(&root.path, false), Vec::<String>::new());
     assert!(cache.info("proj").unwrap().sessions.is_empty());
     for f in &filled {
         fs::remove_file(f).unwrap();
@@ -1818,7 +1795,7 @@ fn image_space_is_given_back_and_runs_out_clearly() {
     }
     cache.cleanup("proj", "s").unwrap();
     assert!(cache.gc().unwrap().is_empty());
-    assert_eq!(lasting_loop_devices_under(&root.path), Vec::<String>::new());
+    assert_eq!(common::lasting_loop_devices_under(&root.path, false), Vec::<String>::new());
     let _ = fs::remove_dir_all(&fillers);
 
     // Where images are copied (ext4, no reflink), the same on its small filesystem: the image's
@@ -1835,7 +1812,7 @@ fn image_space_is_given_back_and_runs_out_clearly() {
     let before = snapshot_tree(&root.path);
     host_full(&cache.import("proj", &src).unwrap_err(), "import on the small ext4");
     assert_eq!(snapshot_tree(&root.path), before, "the failed import left something");
-    assert_eq!(lasting_loop_devices_under(&root.path), Vec::<String>::new());
+    assert_eq!(common::lasting_loop_devices_under(&root.path, false), Vec::<String>::new());
     let _ = fs::remove_dir_all(&fillers);
     let _ = fs::remove_dir_all(&src);
 }
@@ -1919,7 +1896,8 @@ fn a_session_a_reboot_unmounted_is_mounted_again_on_reuse() {
         let reboot = || {
             run("umount", &[s1.as_os_str()]);
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while !loop_devices_under(&root.path).is_empty() && std::time::Instant::now() < deadline
+            while !common::loop_devices_under(&root.path, false).is_empty()
+                && std::time::Instant::now() < deadline
             {
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -1980,7 +1958,8 @@ fn a_session_a_reboot_unmounted_is_mounted_again_on_reuse() {
             assert!(err.to_string().contains("loop"), "{name}: {err}");
             run("losetup", &[OsStr::new("-d"), OsStr::new(&dev)]);
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while !loop_devices_under(&root.path).is_empty() && std::time::Instant::now() < deadline
+            while !common::loop_devices_under(&root.path, false).is_empty()
+                && std::time::Instant::now() < deadline
             {
                 std::thread::sleep(Duration::from_millis(20));
             }

@@ -185,15 +185,6 @@ fn cleanup_read(cache: &Cache, session: &str) {
     busy_retried(|| cache.cleanup("proj", session))
 }
 
-/// Wait (10 s at most) until no loop device is on an image under `root` that no mount uses:
-/// an unmount frees its autoclear device a moment later.
-fn wait_for_loop_devices(root: &Path) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !stray_loop_devices(root).is_empty() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
-
 fn open(root: &Path, backend: BackendKind) -> Cache {
     Cache::open(root, &OpenOptions { backend: Some(backend), ..Default::default() }).unwrap()
 }
@@ -406,7 +397,7 @@ fn prepare(root: &Path, backend: BackendKind, op: Op, src: &Path) -> Option<Hold
             Err(e) => panic!("umount {}: {e}", target.display()),
             Ok(()) => Ok(()),
         });
-        wait_for_loop_devices(root);
+        let _ = common::lasting_loop_devices_under(root, true);
     }
     (op == Op::CleanupLazy).then(|| Holder::new(&target))
 }
@@ -703,31 +694,10 @@ fn verify(
     after
 }
 
-/// Loop devices on a file under `root` that no mount uses.
-fn stray_loop_devices(root: &Path) -> Vec<String> {
-    // The kernel names the backing file by its resolved path.
-    let root = fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
-    let prefix = format!("{}/", root.display());
-    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let sources: BTreeSet<&str> =
-        mounts.lines().filter_map(|l| l.split_once(" - ")?.1.split(' ').nth(1)).collect();
-    fs::read_dir("/sys/block")
-        .unwrap()
-        .flatten()
-        .filter_map(|d| {
-            let backing = fs::read_to_string(d.path().join("loop/backing_file")).ok()?;
-            let dev = format!("/dev/{}", d.file_name().to_string_lossy());
-            (backing.starts_with(&prefix) && !sources.contains(dev.as_str()))
-                .then(|| format!("{dev} on {}", backing.trim_end()))
-        })
-        .collect()
-}
-
 /// Every loop device on a file under `root` serves a mount (an image session): none was left
 /// attached by a kill. An unmount frees its autoclear device a moment later: a short grace.
 fn assert_no_stray_loop_devices(root: &Path, what: &str) {
-    wait_for_loop_devices(root);
-    let left = stray_loop_devices(root);
+    let left = common::lasting_loop_devices_under(root, true);
     assert!(left.is_empty(), "{what}: loop devices left attached: {left:?}");
 }
 

@@ -241,6 +241,41 @@ impl Drop for ZfsRoot {
 }
 
 /// Whether `path` is a mount point in this namespace.
+/// Loop devices whose backing file lies under `dir`, as `loopN: FILE`; with `unmounted_only`,
+/// only those that no mount uses (an image session's device serves its mount).
+pub fn loop_devices_under(dir: &Path, unmounted_only: bool) -> Vec<String> {
+    // The kernel names the backing file by its resolved path.
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let sources: std::collections::BTreeSet<&str> =
+        mounts.lines().filter_map(|l| l.split_once(" - ")?.1.split(' ').nth(1)).collect();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/sys/block").unwrap().flatten() {
+        let Ok(file) = std::fs::read_to_string(e.path().join("loop/backing_file")) else {
+            continue;
+        };
+        let name = e.file_name().to_string_lossy().into_owned();
+        let used = sources.contains(format!("/dev/{name}").as_str());
+        if Path::new(file.trim()).starts_with(&dir) && !(unmounted_only && used) {
+            out.push(format!("{name}: {}", file.trim()));
+        }
+    }
+    out
+}
+
+/// [`loop_devices_under`], once those that are going have gone (10 s at most): an autoclear
+/// device lets go a moment after its last user (and udev may probe it meanwhile).
+pub fn lasting_loop_devices_under(dir: &Path, unmounted_only: bool) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let found = loop_devices_under(dir, unmounted_only);
+        if found.is_empty() || std::time::Instant::now() >= deadline {
+            return found;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 pub fn is_mount_point(path: &Path) -> bool {
     let want = path.to_str().unwrap();
     std::fs::read_to_string("/proc/self/mountinfo")
